@@ -1,0 +1,142 @@
+# booth — one Makefile, out-of-tree objects.
+#
+#   make            build build/booth, the test runner and the benchmarks
+#   make test       build and run every test; ends with "N passed, N failed"
+#   make asan       the same tests under AddressSanitizer + UBSan (in build-asan/)
+#   make deps       install the Debian packages booth needs (as root), or print the apt-get line
+#   make demo       the main job end to end on the embedded default
+#   make bench-ops  nn/ kernels vs PyTorch, side by side (needs python3-torch)
+#
+# Knobs: BUILD=dir, SANITIZER=address|undefined, OPT=-O2, CUDA=auto|0|1.
+
+BUILD     ?= build
+SANITIZER ?=
+OPT       ?= -O2
+CUDA      ?= auto
+
+# ---- libraries --------------------------------------------------------------
+# Debian 12 keeps openblas.pc outside the default search path; `pkg-config blas`
+# would find the slow reference BLAS, so point at OpenBLAS explicitly.
+export PKG_CONFIG_PATH := /usr/lib/x86_64-linux-gnu/openblas-pthread/pkgconfig:$(PKG_CONFIG_PATH)
+
+PKGS := libcjson libpng libjpeg libutf8proc
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null)
+BLAS_LIBS   := $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
+
+DEB_PKGS := build-essential pkg-config libopenblas-dev libopenblas0-pthread libcjson-dev \
+            libpng-dev libjpeg62-turbo-dev libutf8proc-dev libzmq3-dev libprotobuf-c-dev \
+            protobuf-c-compiler libhdf5-dev hdf5-tools
+
+# ---- compiler ---------------------------------------------------------------
+CC      ?= cc
+CFLAGS  := -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Wshadow -Wno-unused-parameter \
+           -fno-math-errno -MMD -MP -I. -Itests $(PKG_CFLAGS) $(BLAS_CFLAGS)
+LDLIBS  := $(PKG_LIBS) $(BLAS_LIBS) -lpthread -lm
+
+ifeq ($(SANITIZER),address)
+  CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  LDFLAGS += -fsanitize=address,undefined
+else ifeq ($(SANITIZER),undefined)
+  CFLAGS += -fsanitize=undefined -fno-sanitize-recover=undefined
+  LDFLAGS += -fsanitize=undefined
+else ifneq ($(SANITIZER),)
+  $(error SANITIZER must be address or undefined, not '$(SANITIZER)')
+endif
+
+# ---- CUDA (optional) ---------------------------------------------------------
+NVCC := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+ifeq ($(CUDA),0)
+  NVCC :=
+else ifeq ($(CUDA),1)
+  ifeq ($(NVCC),)
+    $(error CUDA=1 but nvcc is neither on PATH nor in /usr/local/cuda/bin)
+  endif
+else ifneq ($(CUDA),auto)
+  $(error CUDA must be auto, 0 or 1, not '$(CUDA)')
+endif
+CUDA_SRCS := $(wildcard nn/cuda/*.cu)
+ifneq ($(and $(NVCC),$(CUDA_SRCS)),)
+  CFLAGS += -DBOOTH_HAVE_CUDA=1 -I/usr/local/cuda/include
+  LDLIBS += -L/usr/local/cuda/lib64 -lcudart -lcublas
+  CUDA_OBJS := $(CUDA_SRCS:%.cu=$(BUILD)/obj/%.o)
+else
+  CUDA_OBJS :=
+  ifeq ($(MAKECMDGOALS),)
+    $(info booth: building the CPU backend only (nvcc: $(if $(NVCC),found, not found); CUDA sources: $(words $(CUDA_SRCS))))
+  endif
+endif
+
+# ---- sources ----------------------------------------------------------------
+LIB_SRCS := $(wildcard common/*.c nn/*.c nn/cpu/*.c storage/*.c diffusion/*.c)
+CLI_SRCS := $(wildcard cli/*.c)
+TEST_SRCS := $(wildcard tests/*.c tests/unit/*.c)
+BENCH_SRCS := $(wildcard bench/*.c)
+
+LIB_OBJS   := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o) $(CUDA_OBJS)
+CLI_OBJS   := $(CLI_SRCS:%.c=$(BUILD)/obj/%.o)
+TEST_OBJS  := $(TEST_SRCS:%.c=$(BUILD)/obj/%.o)
+BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
+
+LIB    := $(BUILD)/libbooth.a
+BOOTH  := $(BUILD)/booth
+RUNNER := $(BUILD)/tests/runner
+
+.PHONY: all test asan deps demo bench-ops clean format
+all: $(BOOTH) $(RUNNER) $(BENCH_BINS)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/obj/%.o: %.cu
+	@mkdir -p $(@D)
+	$(NVCC) -O2 -std=c++17 -I. -Xcompiler -fPIC -c $< -o $@
+
+$(LIB): $(LIB_OBJS)
+	@mkdir -p $(@D)
+	$(AR) rcs $@ $^
+
+$(BOOTH): $(CLI_OBJS) $(LIB)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+$(RUNNER): $(TEST_OBJS) $(LIB)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIB)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+# The runner forks every test, prints one line each and a final "N passed, N failed".
+test: $(RUNNER) $(BOOTH)
+	BOOTH=$(abspath $(BOOTH)) $(RUNNER)
+
+asan:
+	$(MAKE) BUILD=build-asan SANITIZER=address OPT=-O1 test
+
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then echo "deps: all Debian packages present"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  echo "deps: installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "deps: missing$$missing; run as root:"; \
+	  echo "  apt-get update && apt-get install -y$$missing"; exit 1; fi
+
+bench-ops: $(BUILD)/bench/bench_ops
+	bench/ops.sh $(BUILD)/bench/bench_ops
+
+demo: deps all
+	scripts/demo.sh $(BOOTH)
+
+format:
+	clang-format -i $(LIB_SRCS) $(CLI_SRCS) $(TEST_SRCS) $(BENCH_SRCS) $(wildcard */*.h */*/*.h)
+
+clean:
+	rm -rf build build-asan
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

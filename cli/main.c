@@ -1,0 +1,53 @@
+/*
+ * main.c — `booth`: dispatch to a subcommand.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "nn/backend.h"
+
+#define BOOTH_VERSION "0.1.0"
+
+typedef struct {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    const char *summary;
+} s_cmd_t;
+
+static const s_cmd_t s_cmds[] = {
+    {"info", cmd_info, "show the compute backend, BLAS and thread count"},
+};
+
+static void s_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: booth <command> [options]\n"
+            "\n"
+            "booth fine-tunes Stable Diffusion on a few photos of one subject (DreamBooth + LoRA).\n"
+            "\n"
+            "commands:\n");
+    for (size_t i = 0; i < sizeof s_cmds / sizeof s_cmds[0]; i++)
+        fprintf(out, "  %-12s %s\n", s_cmds[i].name, s_cmds[i].summary);
+    fprintf(out,
+            "\n"
+            "Run `booth <command> --help` for a command's options.\n"
+            "Environment: BOOTH_THREADS (worker threads), BOOTH_LOG=error|warn|info|debug.\n");
+}
+
+int main(int argc, char **argv)
+{
+    nn_process_init(argc, argv);
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        s_usage(stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+        printf("booth %s\n", BOOTH_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof s_cmds / sizeof s_cmds[0]; i++)
+        if (!strcmp(argv[1], s_cmds[i].name)) return s_cmds[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "booth: '%s' is not a booth command (see `booth --help`)\n", argv[1]);
+    return 2;
+}

@@ -1,0 +1,161 @@
+/* fileio.c — temp-file + fsync + rename, whole-file reads, mkdir -p. */
+#include "common/fileio.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/status.h"
+
+static int s_fsync_dir_of(const char *path)
+{
+    char *copy = strdup(path);
+    if (!copy) return BT_ENOMEM;
+    int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY);
+    int rc = BT_OK;
+    if (fd >= 0) {
+        if (fsync(fd) != 0 && errno != EINVAL) rc = BT_EIO; /* some filesystems refuse dir fsync */
+        close(fd);
+    }
+    free(copy);
+    return rc;
+}
+
+int bt_atomic_open(bt_atomic_file_t *af, const char *path)
+{
+    memset(af, 0, sizeof *af);
+    size_t n = strlen(path) + 32;
+    af->path = strdup(path);
+    af->tmp_path = malloc(n);
+    if (!af->path || !af->tmp_path) goto out_nomem;
+    snprintf(af->tmp_path, n, "%s.tmp.%ld", path, (long)getpid());
+    af->f = fopen(af->tmp_path, "wb");
+    if (!af->f) {
+        BT_ERROR("%s: cannot create: %s", af->tmp_path, strerror(errno));
+        bt_atomic_abort(af);
+        return BT_EIO;
+    }
+    return BT_OK;
+out_nomem:
+    bt_atomic_abort(af);
+    return BT_ENOMEM;
+}
+
+void bt_atomic_abort(bt_atomic_file_t *af)
+{
+    if (af->f) fclose(af->f);
+    if (af->tmp_path) unlink(af->tmp_path);
+    free(af->tmp_path);
+    free(af->path);
+    memset(af, 0, sizeof *af);
+}
+
+int bt_fsync_rename(const char *tmp_path, const char *path)
+{
+    int fd = open(tmp_path, O_RDONLY);
+    if (fd < 0 || fsync(fd) != 0) {
+        BT_ERROR("%s: cannot fsync: %s", tmp_path, strerror(errno));
+        if (fd >= 0) close(fd);
+        return BT_EIO;
+    }
+    close(fd);
+    if (rename(tmp_path, path) != 0) {
+        BT_ERROR("%s: cannot rename to %s: %s", tmp_path, path, strerror(errno));
+        return BT_EIO;
+    }
+    return s_fsync_dir_of(path);
+}
+
+int bt_atomic_commit(bt_atomic_file_t *af)
+{
+    int rc = BT_OK;
+    if (fflush(af->f) != 0 || ferror(af->f)) {
+        BT_ERROR("%s: write failed: %s", af->path, strerror(errno));
+        rc = BT_EIO;
+        goto out_abort;
+    }
+    if (fsync(fileno(af->f)) != 0) {
+        BT_ERROR("%s: fsync failed: %s", af->path, strerror(errno));
+        rc = BT_EIO;
+        goto out_abort;
+    }
+    if (fclose(af->f) != 0) {
+        af->f = NULL;
+        BT_ERROR("%s: close failed: %s", af->path, strerror(errno));
+        rc = BT_EIO;
+        goto out_abort;
+    }
+    af->f = NULL;
+    if (rename(af->tmp_path, af->path) != 0) {
+        BT_ERROR("%s: cannot rename temporary file into place: %s", af->path, strerror(errno));
+        rc = BT_EIO;
+        goto out_abort;
+    }
+    rc = s_fsync_dir_of(af->path);
+    free(af->tmp_path);
+    af->tmp_path = NULL; /* renamed: nothing to unlink */
+    free(af->path);
+    af->path = NULL;
+    return rc;
+out_abort:
+    bt_atomic_abort(af);
+    return rc;
+}
+
+int bt_read_file(const char *path, char **data, size_t *len)
+{
+    *data = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        BT_ERROR("%s: cannot open: %s", path, strerror(errno));
+        return errno == ENOENT ? BT_ENOTFOUND : BT_EIO;
+    }
+    int rc = BT_EIO;
+    if (fseek(f, 0, SEEK_END) != 0) goto out_close;
+    long size = ftell(f);
+    if (size < 0 || fseek(f, 0, SEEK_SET) != 0) goto out_close;
+    char *buf = malloc((size_t)size + 1);
+    if (!buf) {
+        rc = BT_ENOMEM;
+        goto out_close;
+    }
+    if (fread(buf, 1, (size_t)size, f) != (size_t)size) {
+        free(buf);
+        goto out_close;
+    }
+    buf[size] = '\0';
+    *data = buf;
+    if (len) *len = (size_t)size;
+    rc = BT_OK;
+out_close:
+    if (rc == BT_EIO) BT_ERROR("%s: read failed", path);
+    fclose(f);
+    return rc;
+}
+
+int bt_mkdirs(const char *path)
+{
+    char *p = strdup(path);
+    if (!p) return BT_ENOMEM;
+    int rc = BT_OK;
+    for (char *s = p + 1;; s++) {
+        if (*s == '/' || *s == '\0') {
+            char c = *s;
+            *s = '\0';
+            if (mkdir(p, 0777) != 0 && errno != EEXIST) {
+                BT_ERROR("%s: cannot create directory: %s", p, strerror(errno));
+                rc = BT_EIO;
+                break;
+            }
+            *s = c;
+            if (c == '\0') break;
+        }
+    }
+    free(p);
+    return rc;
+}

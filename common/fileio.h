@@ -1,0 +1,39 @@
+/*
+ * fileio.h — crash-safe file replacement and whole-file helpers.
+ *
+ * Every file booth writes that a user would miss (model folders, LoRA files,
+ * checkpoints, images) goes through a temporary file in the same directory that is
+ * flushed, fsynced and renamed over the target, and the directory is fsynced: a
+ * killed writer leaves the old file (or none), never a partial one.
+ */
+#ifndef BOOTH_COMMON_FILEIO_H
+#define BOOTH_COMMON_FILEIO_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+typedef struct bt_atomic_file {
+    FILE *f;        /* write here */
+    char *path;     /* final name */
+    char *tmp_path; /* "<path>.tmp.<pid>" in the same directory */
+} bt_atomic_file_t;
+
+/* Opens the temporary file. Returns 0, or BT_EIO with one log line. */
+int bt_atomic_open(bt_atomic_file_t *af, const char *path);
+/* Flush, fsync, close, rename over path, fsync the directory. On failure the
+ * temporary file is removed and the old file is untouched. */
+int bt_atomic_commit(bt_atomic_file_t *af);
+/* Close and delete the temporary file (after a failed write). Safe twice. */
+void bt_atomic_abort(bt_atomic_file_t *af);
+
+/* For files written by a library that takes a path (HDF5, libpng via FILE*):
+ * fsync tmp_path, rename it to path, fsync the directory. */
+int bt_fsync_rename(const char *tmp_path, const char *path);
+
+/* Reads a whole file into a NUL-terminated malloc'd buffer; *len excludes the NUL. */
+int bt_read_file(const char *path, char **data, size_t *len);
+
+/* mkdir -p. Returns 0 or BT_EIO. */
+int bt_mkdirs(const char *path);
+
+#endif

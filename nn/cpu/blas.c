@@ -1,0 +1,102 @@
+/*
+ * blas.c — OpenBLAS: choosing its kernels, its thread count, and the one sgemm
+ * wrapper every matrix product goes through.
+ *
+ * OpenBLAS 0.3.21 (Debian 12) does not know recent Xeons (e.g. family 6 model
+ * 207) and silently uses its generic "Prescott" SSE3 kernels there: 64 GFLOP/s
+ * instead of 310 on two cores. OPENBLAS_CORETYPE fixes that, but OpenBLAS reads
+ * it while the library is loaded, before main() runs; so nn_process_init() sets
+ * it and re-executes the program once.
+ */
+#include <cblas.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/status.h"
+#include "nn/backend.h"
+#include "nn/cpu/cpu.h"
+
+/* Declared by OpenBLAS's cblas.h; repeated here for BLAS headers that lack them. */
+extern char *openblas_get_corename(void);
+extern char *openblas_get_config(void);
+extern void openblas_set_num_threads(int num_threads);
+
+static bool s_in_list(const char *name, const char *const *list)
+{
+    for (; *list; list++)
+        if (!strcasecmp(name, *list)) return true;
+    return false;
+}
+
+void nn_process_init(int argc, char **argv)
+{
+    (void)argc;
+    if (getenv("OPENBLAS_CORETYPE")) return; /* the user chose */
+    __builtin_cpu_init();
+    static const char *const avx512_cores[] = {"SkylakeX", "Cooperlake", "SapphireRapids", NULL};
+    static const char *const avx2_cores[] = {"Haswell", "Zen", "SkylakeX", "Cooperlake", "SapphireRapids", NULL};
+    const char *want = NULL;
+    const char *const *good = NULL;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) {
+        want = "SkylakeX";
+        good = avx512_cores;
+    } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        want = "Haswell";
+        good = avx2_cores;
+    } else {
+        return;
+    }
+    const char *core = openblas_get_corename();
+    if (!core || s_in_list(core, good)) return;
+    if (getenv("BOOTH_BLAS_REEXEC")) {
+        BT_WARN("OpenBLAS still uses its '%s' kernels; set OPENBLAS_CORETYPE=%s for full speed", core, want);
+        return;
+    }
+    setenv("OPENBLAS_CORETYPE", want, 1);
+    setenv("BOOTH_BLAS_REEXEC", "1", 1);
+    fflush(NULL);
+    execv("/proc/self/exe", argv);
+    BT_WARN("OpenBLAS uses its '%s' kernels and re-executing with OPENBLAS_CORETYPE=%s failed", core, want);
+}
+
+const char *nn_blas_info(void)
+{
+    static char buf[256];
+    snprintf(buf, sizeof buf, "%s (kernels: %s)", openblas_get_config(), openblas_get_corename());
+    return buf;
+}
+
+static int s_blas_threads = -1;
+
+void nn_cpu_blas_threads(int n)
+{
+    if (n == s_blas_threads) return;
+    openblas_set_num_threads(n);
+    s_blas_threads = n;
+}
+
+int nn_cpu_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *a,
+                 int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc)
+{
+    if (M < 0 || N < 0 || K < 0 || M > INT_MAX || N > INT_MAX || K > INT_MAX || lda > INT_MAX || ldb > INT_MAX ||
+        ldc > INT_MAX) {
+        BT_ERROR("sgemm: dimensions %lld x %lld x %lld exceed the BLAS interface", (long long)M, (long long)N,
+                 (long long)K);
+        return BT_EINVAL;
+    }
+    if (M == 0 || N == 0) return BT_OK;
+    if (K == 0) { /* BLAS leaves c alone when alpha*op(a)op(b) is empty except for beta */
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t j = 0; j < N; j++) c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j];
+        return BT_OK;
+    }
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, (int)M,
+                (int)N, (int)K, alpha, a, (int)lda, b, (int)ldb, beta, c, (int)ldc);
+    return BT_OK;
+}

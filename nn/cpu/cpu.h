@@ -1,0 +1,112 @@
+/*
+ * cpu.h — what the CPU kernels share (internal to nn/).
+ *
+ * Threading: element-wise and normalisation kernels split their work with the
+ * context's pool (common/pool.h); matrix products go to OpenBLAS. A kernel that
+ * runs many small products inside its own parallel loop (attention, conv
+ * tiles) first switches OpenBLAS to one thread with nn_cpu_blas_threads(1), so
+ * the two thread pools never compete for the same cores.
+ */
+#ifndef BOOTH_NN_CPU_CPU_H
+#define BOOTH_NN_CPU_CPU_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/pool.h"
+#include "nn/ops.h"
+
+/* Hot loops are compiled for AVX-512, AVX2 and plain x86-64; the loader picks. */
+#if defined(__x86_64__) && !defined(__clang__)
+#define NN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define NN_CLONES
+#endif
+
+/* Items per chunk for element-wise loops: big enough to amortise waking threads. */
+#define NN_GRAIN 16384
+
+static inline void nn_cpu_parallel(nn_ctx_t *ctx, int64_t n, int64_t grain, bt_task_fn fn, void *arg)
+{
+    bt_pool_run(ctx->pool, n, grain, fn, arg);
+}
+
+/* Sets OpenBLAS's thread count (cached: a no-op when unchanged). */
+void nn_cpu_blas_threads(int n);
+
+/* Row-major sgemm: c[M,N] = alpha op(a) op(b) + beta c with explicit leading
+ * dimensions. Returns BT_EINVAL if a dimension exceeds BLAS's int range. */
+int nn_cpu_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *a,
+                 int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+
+/* ---- the table's entries ---- */
+void *nn_cpu_alloc(nn_ctx_t *ctx, size_t bytes);
+void nn_cpu_free(nn_ctx_t *ctx, void *p);
+int nn_cpu_copy(nn_ctx_t *ctx, void *dst, const void *src, size_t bytes);
+int nn_cpu_sync(nn_ctx_t *ctx);
+
+int nn_cpu_fill(nn_ctx_t *ctx, float *x, int64_t n, float value);
+int nn_cpu_scale(nn_ctx_t *ctx, float *x, int64_t n, float alpha);
+int nn_cpu_axpy(nn_ctx_t *ctx, float *y, const float *x, int64_t n, float alpha);
+int nn_cpu_add_forward(nn_ctx_t *ctx, float *out, const float *a, const float *b, int64_t n);
+int nn_cpu_add_backward(nn_ctx_t *ctx, float *da, float *db, const float *dout, int64_t n);
+int nn_cpu_add_channel_bias_forward(nn_ctx_t *ctx, float *x, const float *bias, int64_t B, int64_t C, int64_t HW);
+int nn_cpu_add_channel_bias_backward(nn_ctx_t *ctx, float *dbias, const float *dout, int64_t B, int64_t C,
+                                     int64_t HW);
+int nn_cpu_concat_channels(nn_ctx_t *ctx, float *out, const float *a, const float *b, int64_t B, int64_t C1,
+                           int64_t C2, int64_t HW);
+int nn_cpu_split_channels(nn_ctx_t *ctx, float *a, float *b, const float *inp, int64_t B, int64_t C1, int64_t C2,
+                          int64_t HW);
+int nn_cpu_transpose(nn_ctx_t *ctx, float *out, const float *inp, int64_t B, int64_t M, int64_t N);
+int nn_cpu_upsample2x_forward(nn_ctx_t *ctx, float *out, const float *inp, int64_t BC, int64_t H, int64_t W);
+int nn_cpu_upsample2x_backward(nn_ctx_t *ctx, float *dinp, const float *dout, int64_t BC, int64_t H, int64_t W);
+
+int nn_cpu_matmul(nn_ctx_t *ctx, float *c, const float *a, const float *b, int64_t M, int64_t N, int64_t K,
+                  bool trans_a, bool trans_b, float alpha, float beta);
+int nn_cpu_linear_forward(nn_ctx_t *ctx, float *out, const float *inp, const float *w, const float *b, int64_t M,
+                          int64_t K, int64_t N);
+int nn_cpu_linear_backward(nn_ctx_t *ctx, float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                           const float *w, int64_t M, int64_t K, int64_t N);
+int nn_cpu_conv2d_forward(nn_ctx_t *ctx, float *out, const float *inp, const float *w, const float *b,
+                          const nn_conv2d_dims_t *d);
+int nn_cpu_conv2d_backward(nn_ctx_t *ctx, float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                           const float *w, const nn_conv2d_dims_t *d);
+
+int nn_cpu_group_norm_forward(nn_ctx_t *ctx, float *out, float *mean, float *rstd, const float *inp,
+                              const float *gamma, const float *beta, int64_t B, int64_t C, int64_t HW, int64_t G,
+                              float eps);
+int nn_cpu_group_norm_backward(nn_ctx_t *ctx, float *dinp, float *dgamma, float *dbeta, const float *dout,
+                               const float *inp, const float *mean, const float *rstd, const float *gamma,
+                               int64_t B, int64_t C, int64_t HW, int64_t G);
+int nn_cpu_layer_norm_forward(nn_ctx_t *ctx, float *out, float *mean, float *rstd, const float *inp, const float *w,
+                              const float *b, int64_t N, int64_t C, float eps);
+int nn_cpu_layer_norm_backward(nn_ctx_t *ctx, float *dinp, float *dw, float *db, const float *dout,
+                               const float *inp, const float *mean, const float *rstd, const float *w, int64_t N,
+                               int64_t C);
+
+int nn_cpu_act_forward(nn_ctx_t *ctx, float *out, const float *inp, int64_t n, nn_act_t act);
+int nn_cpu_act_backward(nn_ctx_t *ctx, float *dinp, const float *dout, const float *inp, int64_t n, nn_act_t act);
+int nn_cpu_geglu_forward(nn_ctx_t *ctx, float *out, const float *inp, int64_t M, int64_t H);
+int nn_cpu_geglu_backward(nn_ctx_t *ctx, float *dinp, const float *dout, const float *inp, int64_t M, int64_t H);
+int nn_cpu_softmax_forward(nn_ctx_t *ctx, float *out, const float *inp, int64_t rows, int64_t cols);
+int nn_cpu_softmax_backward(nn_ctx_t *ctx, float *dinp, const float *dout, const float *out, int64_t rows,
+                            int64_t cols);
+
+int nn_cpu_attention_forward(nn_ctx_t *ctx, float *out, float *lse, const float *q, const float *k, const float *v,
+                             const nn_attn_dims_t *d);
+int nn_cpu_attention_backward(nn_ctx_t *ctx, float *dq, float *dk, float *dv, const float *dout, const float *q,
+                              const float *k, const float *v, const float *out, const float *lse,
+                              const nn_attn_dims_t *d);
+
+int nn_cpu_embedding_forward(nn_ctx_t *ctx, float *out, const int32_t *ids, const float *table, int64_t N, int64_t C,
+                             int64_t V);
+int nn_cpu_embedding_backward(nn_ctx_t *ctx, float *dtable, const float *dout, const int32_t *ids, int64_t N,
+                              int64_t C, int64_t V);
+int nn_cpu_timestep_embedding_forward(nn_ctx_t *ctx, float *out, const float *t, int64_t B, int64_t C,
+                                      bool flip_sin_to_cos, float freq_shift);
+int nn_cpu_timestep_embedding_backward(nn_ctx_t *ctx, float *dt, const float *dout, const float *t, int64_t B,
+                                       int64_t C, bool flip_sin_to_cos, float freq_shift);
+int nn_cpu_mse_forward(nn_ctx_t *ctx, float *loss, const float *a, const float *b, int64_t n);
+int nn_cpu_mse_backward(nn_ctx_t *ctx, float *da, float dloss, const float *a, const float *b, int64_t n);
+
+#endif

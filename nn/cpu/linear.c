@@ -1,0 +1,68 @@
+/*
+ * linear.c — matmul and linear layers on the CPU: OpenBLAS sgemm with all of
+ * the context's threads, plus the bias sums.
+ */
+#include <string.h>
+
+#include "common/status.h"
+#include "nn/cpu/cpu.h"
+
+int nn_cpu_matmul(nn_ctx_t *ctx, float *c, const float *a, const float *b, int64_t M, int64_t N, int64_t K,
+                  bool trans_a, bool trans_b, float alpha, float beta)
+{
+    nn_cpu_blas_threads(ctx->threads);
+    return nn_cpu_sgemm(trans_a, trans_b, M, N, K, alpha, a, trans_a ? M : K, b, trans_b ? K : N, beta, c, N);
+}
+
+typedef struct {
+    float *out;
+    const float *bias, *dout;
+    int64_t M, N;
+} s_args_t;
+
+static void s_bias_rows(void *arg, int64_t r0, int64_t r1, int tid)
+{
+    s_args_t *p = arg;
+    for (int64_t r = r0; r < r1; r++) memcpy(p->out + r * p->N, p->bias, (size_t)p->N * sizeof(float));
+}
+
+int nn_cpu_linear_forward(nn_ctx_t *ctx, float *out, const float *inp, const float *w, const float *b, int64_t M,
+                          int64_t K, int64_t N)
+{
+    if (b) {
+        s_args_t a = {.out = out, .bias = b, .M = M, .N = N};
+        nn_cpu_parallel(ctx, M, N >= NN_GRAIN ? 1 : NN_GRAIN / (N ? N : 1), s_bias_rows, &a);
+    }
+    nn_cpu_blas_threads(ctx->threads);
+    return nn_cpu_sgemm(false, true, M, N, K, 1.0f, inp, K, w, K, b ? 1.0f : 0.0f, out, N);
+}
+
+/* item = one column block of 64: sums rows in row order (thread-count independent) */
+NN_CLONES static void s_bias_grad(void *arg, int64_t j0, int64_t j1, int tid)
+{
+    s_args_t *p = arg;
+    float acc[64];
+    for (int64_t c0 = j0; c0 < j1; c0 += 64) {
+        int64_t c1 = c0 + 64 < j1 ? c0 + 64 : j1;
+        memset(acc, 0, sizeof acc);
+        for (int64_t r = 0; r < p->M; r++) {
+            const float *g = p->dout + r * p->N;
+            for (int64_t j = c0; j < c1; j++) acc[j - c0] += g[j];
+        }
+        for (int64_t j = c0; j < c1; j++) p->out[j] += acc[j - c0];
+    }
+}
+
+int nn_cpu_linear_backward(nn_ctx_t *ctx, float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                           const float *w, int64_t M, int64_t K, int64_t N)
+{
+    int rc = BT_OK;
+    nn_cpu_blas_threads(ctx->threads);
+    if (dinp && (rc = nn_cpu_sgemm(false, false, M, K, N, 1.0f, dout, N, w, K, 0.0f, dinp, K))) return rc;
+    if (dw && (rc = nn_cpu_sgemm(true, false, N, K, M, 1.0f, dout, N, inp, K, 1.0f, dw, K))) return rc;
+    if (db) {
+        s_args_t a = {.out = db, .dout = dout, .M = M, .N = N};
+        nn_cpu_parallel(ctx, N, 64, s_bias_grad, &a);
+    }
+    return BT_OK;
+}

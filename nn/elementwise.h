@@ -1,0 +1,79 @@
+/*
+ * elementwise.h — fills, scaling, sums, channel concat/split, transposes and
+ * nearest-neighbour upsampling: the glue between the heavy kernels.
+ *
+ * Backward conventions (all of nn/): activation gradients are written with "="
+ * and parameter gradients accumulated with "+="; a NULL gradient pointer means
+ * "frozen: skip this work".
+ */
+#ifndef BOOTH_NN_ELEMENTWISE_H
+#define BOOTH_NN_ELEMENTWISE_H
+
+#include "nn/ops.h"
+
+/* x[i] = value */
+static inline int nn_fill(nn_ctx_t *ctx, float *x, int64_t n, float value) { return ctx->ops->fill(ctx, x, n, value); }
+/* x[i] *= alpha */
+static inline int nn_scale(nn_ctx_t *ctx, float *x, int64_t n, float alpha) { return ctx->ops->scale(ctx, x, n, alpha); }
+/* y[i] += alpha * x[i] */
+static inline int nn_axpy(nn_ctx_t *ctx, float *y, const float *x, int64_t n, float alpha)
+{
+    return ctx->ops->axpy(ctx, y, x, n, alpha);
+}
+
+/* out = a + b (out may alias a or b). Backward: da = dout, db = dout (either NULL skips). */
+static inline int nn_add_forward(nn_ctx_t *ctx, float *out, const float *a, const float *b, int64_t n)
+{
+    return ctx->ops->add_forward(ctx, out, a, b, n);
+}
+static inline int nn_add_backward(nn_ctx_t *ctx, float *da, float *db, const float *dout, int64_t n)
+{
+    return ctx->ops->add_backward(ctx, da, db, dout, n);
+}
+
+/* x[B,C,HW] += bias[B,C] broadcast over HW (a ResNet's time embedding).
+ * Backward: dbias[B,C] = sum over HW of dout (=). */
+static inline int nn_add_channel_bias_forward(nn_ctx_t *ctx, float *x, const float *bias, int64_t B, int64_t C,
+                                              int64_t HW)
+{
+    return ctx->ops->add_channel_bias_forward(ctx, x, bias, B, C, HW);
+}
+static inline int nn_add_channel_bias_backward(nn_ctx_t *ctx, float *dbias, const float *dout, int64_t B, int64_t C,
+                                               int64_t HW)
+{
+    return ctx->ops->add_channel_bias_backward(ctx, dbias, dout, B, C, HW);
+}
+
+/* out[B, C1+C2, HW] = concat(a[B,C1,HW], b[B,C2,HW]) on channels. Its backward is
+ * nn_split_channels, and the other way round. */
+static inline int nn_concat_channels(nn_ctx_t *ctx, float *out, const float *a, const float *b, int64_t B, int64_t C1,
+                                     int64_t C2, int64_t HW)
+{
+    return ctx->ops->concat_channels(ctx, out, a, b, B, C1, C2, HW);
+}
+/* a[B,C1,HW], b[B,C2,HW] = split(inp[B,C1+C2,HW]); a or b NULL skips that part. */
+static inline int nn_split_channels(nn_ctx_t *ctx, float *a, float *b, const float *inp, int64_t B, int64_t C1,
+                                    int64_t C2, int64_t HW)
+{
+    return ctx->ops->split_channels(ctx, a, b, inp, B, C1, C2, HW);
+}
+
+/* out[B,N,M] = inp[B,M,N] transposed per batch: NCHW [B,C,HW] <-> tokens [B,HW,C].
+ * Its own adjoint: the backward of transpose(M, N) is transpose(N, M). */
+static inline int nn_transpose(nn_ctx_t *ctx, float *out, const float *inp, int64_t B, int64_t M, int64_t N)
+{
+    return ctx->ops->transpose(ctx, out, inp, B, M, N);
+}
+
+/* Nearest 2x: out[BC, 2H, 2W] from inp[BC, H, W]. Backward: dinp = sum of the 2x2 block (=). */
+static inline int nn_upsample2x_forward(nn_ctx_t *ctx, float *out, const float *inp, int64_t BC, int64_t H, int64_t W)
+{
+    return ctx->ops->upsample2x_forward(ctx, out, inp, BC, H, W);
+}
+static inline int nn_upsample2x_backward(nn_ctx_t *ctx, float *dinp, const float *dout, int64_t BC, int64_t H,
+                                         int64_t W)
+{
+    return ctx->ops->upsample2x_backward(ctx, dinp, dout, BC, H, W);
+}
+
+#endif
