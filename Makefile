@@ -128,7 +128,7 @@ deps:
 	  echo "  apt-get update && apt-get install -y$$missing"; exit 1; fi
 
 bench-ops: $(BUILD)/bench/bench_ops
-	bench/ops.sh $(BUILD)/bench/bench_ops
+	bench/ops.py --booth $(BUILD)/bench/bench_ops
 
 demo: deps all
 	scripts/demo.sh $(BOOTH)

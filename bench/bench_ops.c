@@ -1,0 +1,249 @@
+/*
+ * bench_ops.c — forward and forward+backward time of nn/ ops on Stable Diffusion
+ * 1.5 shapes at 512 px (batch 1), one JSON line per row.
+ *
+ *   bench_ops [--row NAME] [--iters N] [--threads T] [--list]
+ *
+ * bench/ops.py runs this and the same rows in PyTorch side by side and prints
+ * the ratios; see docs/BENCHMARKS.md. Each figure is the median of N timed runs
+ * after one warm-up run.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/pool.h"
+#include "nn/nn.h"
+
+static double s_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static float *s_buf(int64_t n, uint64_t seed)
+{
+    float *x = aligned_alloc(64, (size_t)((n * 4 + 63) / 64 * 64));
+    uint64_t s = seed * 0x9e3779b97f4a7c15ull + 1;
+    for (int64_t i = 0; i < n; i++) {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        x[i] = (float)((double)(s >> 11) / 9007199254740992.0 - 0.5);
+    }
+    return x;
+}
+
+static int s_cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+typedef struct row row_t;
+typedef void (*step_fn)(nn_ctx_t *ctx, row_t *r, int mode);
+
+enum { MODE_FWD, MODE_FWDBWD, MODE_FWDBWD_FROZEN };
+
+struct row {
+    const char *name;
+    const char *what;
+    step_fn fn;
+    int64_t p[8];
+    float *buf[12];
+    bool frozen_row; /* has a separate "weights frozen" backward (LoRA's case) */
+};
+
+/* ---- conv3x3, stride 1, pad 1: p = {C, H, W} (OC = C) ---- */
+static void s_conv(nn_ctx_t *ctx, row_t *r, int mode)
+{
+    int64_t C = r->p[0], H = r->p[1], W = r->p[2];
+    nn_conv2d_dims_t d = {.B = 1, .C = C, .H = H, .W = W, .OC = C, .KH = 3, .KW = 3, .stride = 1,
+                          .pad_t = 1, .pad_b = 1, .pad_l = 1, .pad_r = 1};
+    if (!r->buf[0]) {
+        r->buf[0] = s_buf(C * H * W, 1);      /* x */
+        r->buf[1] = s_buf(C * C * 9, 2);      /* w */
+        r->buf[2] = s_buf(C, 3);              /* b */
+        r->buf[3] = s_buf(C * H * W, 4);      /* y */
+        r->buf[4] = s_buf(C * H * W, 5);      /* dy */
+        r->buf[5] = s_buf(C * H * W, 6);      /* dx */
+        r->buf[6] = s_buf(C * C * 9, 7);      /* dw */
+        r->buf[7] = s_buf(C, 8);              /* db */
+    }
+    nn_conv2d_forward(ctx, r->buf[3], r->buf[0], r->buf[1], r->buf[2], &d);
+    if (mode == MODE_FWDBWD)
+        nn_conv2d_backward(ctx, r->buf[5], r->buf[6], r->buf[7], r->buf[4], r->buf[0], r->buf[1], &d);
+    else if (mode == MODE_FWDBWD_FROZEN)
+        nn_conv2d_backward(ctx, r->buf[5], NULL, NULL, r->buf[4], r->buf[0], r->buf[1], &d);
+}
+
+/* ---- group norm: p = {C, HW, G} ---- */
+static void s_gn(nn_ctx_t *ctx, row_t *r, int mode)
+{
+    int64_t C = r->p[0], HW = r->p[1], G = r->p[2];
+    if (!r->buf[0]) {
+        r->buf[0] = s_buf(C * HW, 1);
+        r->buf[1] = s_buf(C, 2);
+        r->buf[2] = s_buf(C, 3);
+        r->buf[3] = s_buf(C * HW, 4);
+        r->buf[4] = s_buf(G, 5);
+        r->buf[5] = s_buf(G, 6);
+        r->buf[6] = s_buf(C * HW, 7);
+        r->buf[7] = s_buf(C * HW, 8);
+        r->buf[8] = s_buf(C, 9);
+        r->buf[9] = s_buf(C, 10);
+    }
+    nn_group_norm_forward(ctx, r->buf[3], r->buf[4], r->buf[5], r->buf[0], r->buf[1], r->buf[2], 1, C, HW, G, 1e-5f);
+    if (mode != MODE_FWD)
+        nn_group_norm_backward(ctx, r->buf[7], mode == MODE_FWDBWD ? r->buf[8] : NULL,
+                               mode == MODE_FWDBWD ? r->buf[9] : NULL, r->buf[6], r->buf[0], r->buf[4], r->buf[5],
+                               r->buf[1], 1, C, HW, G);
+}
+
+/* ---- attention core: p = {Tq, Tk, H, D} ---- */
+static void s_attn(nn_ctx_t *ctx, row_t *r, int mode)
+{
+    int64_t Tq = r->p[0], Tk = r->p[1], H = r->p[2], D = r->p[3];
+    nn_attn_dims_t d = {.B = 1, .Tq = Tq, .Tk = Tk, .H = H, .D = D, .scale = 1.0f / sqrtf((float)D)};
+    if (!r->buf[0]) {
+        r->buf[0] = s_buf(Tq * H * D, 1);
+        r->buf[1] = s_buf(Tk * H * D, 2);
+        r->buf[2] = s_buf(Tk * H * D, 3);
+        r->buf[3] = s_buf(Tq * H * D, 4);
+        r->buf[4] = s_buf(H * Tq, 5);
+        r->buf[5] = s_buf(Tq * H * D, 6);
+        r->buf[6] = s_buf(Tq * H * D, 7);
+        r->buf[7] = s_buf(Tk * H * D, 8);
+        r->buf[8] = s_buf(Tk * H * D, 9);
+    }
+    nn_attention_forward(ctx, r->buf[3], mode == MODE_FWD ? NULL : r->buf[4], r->buf[0], r->buf[1], r->buf[2], &d);
+    if (mode != MODE_FWD)
+        nn_attention_backward(ctx, r->buf[6], r->buf[7], r->buf[8], r->buf[5], r->buf[0], r->buf[1], r->buf[2],
+                              r->buf[3], r->buf[4], &d);
+}
+
+/* ---- cross-attention with projections: p = {Tq, Tk, C, Cctx, H} ----
+ * q = x Wq^T, k = ctx Wk^T, v = ctx Wv^T, o = attn(q,k,v), y = o Wo^T + bo */
+static void s_xattn(nn_ctx_t *ctx, row_t *r, int mode)
+{
+    int64_t Tq = r->p[0], Tk = r->p[1], C = r->p[2], Cc = r->p[3], H = r->p[4], D = C / H;
+    nn_attn_dims_t d = {.B = 1, .Tq = Tq, .Tk = Tk, .H = H, .D = D, .scale = 1.0f / sqrtf((float)D)};
+    float **b = r->buf;
+    if (!b[0]) {
+        b[0] = s_buf(Tq * C, 1);          /* x */
+        b[1] = s_buf(Tk * Cc, 2);         /* context */
+        b[2] = s_buf(C * C + 2 * C * Cc + C * C + C, 3); /* Wq | Wk | Wv | Wo | bo */
+        b[3] = s_buf(Tq * C, 4);          /* q */
+        b[4] = s_buf(2 * Tk * C, 5);      /* k | v */
+        b[5] = s_buf(Tq * C, 6);          /* o */
+        b[6] = s_buf(Tq * C, 7);          /* y */
+        b[7] = s_buf(H * Tq, 8);          /* lse */
+        b[8] = s_buf(Tq * C, 9);          /* dy */
+        b[9] = s_buf(Tq * C * 2, 10);     /* do | dq */
+        b[10] = s_buf(2 * Tk * C, 11);    /* dk | dv */
+        b[11] = s_buf(Tq * C + 2 * Tk * Cc, 12); /* dx | dctx x2 */
+    }
+    float *Wq = b[2], *Wk = Wq + C * C, *Wv = Wk + C * Cc, *Wo = Wv + C * Cc, *bo = Wo + C * C;
+    float *k = b[4], *v = k + Tk * C, *dO = b[9], *dq = dO + Tq * C, *dk = b[10], *dv = dk + Tk * C;
+    nn_linear_forward(ctx, b[3], b[0], Wq, NULL, Tq, C, C);
+    nn_linear_forward(ctx, k, b[1], Wk, NULL, Tk, Cc, C);
+    nn_linear_forward(ctx, v, b[1], Wv, NULL, Tk, Cc, C);
+    nn_attention_forward(ctx, b[5], mode == MODE_FWD ? NULL : b[7], b[3], k, v, &d);
+    nn_linear_forward(ctx, b[6], b[5], Wo, bo, Tq, C, C);
+    if (mode == MODE_FWD) return;
+    /* frozen projections: gradients w.r.t. x and the context only (as with LoRA on a frozen base) */
+    nn_linear_backward(ctx, dO, NULL, NULL, b[8], b[5], Wo, Tq, C, C);
+    nn_attention_backward(ctx, dq, dk, dv, dO, b[3], k, v, b[5], b[7], &d);
+    nn_linear_backward(ctx, b[11], NULL, NULL, dq, b[0], Wq, Tq, C, C);
+    nn_linear_backward(ctx, b[11] + Tq * C, NULL, NULL, dk, b[1], Wk, Tk, Cc, C);
+    nn_linear_backward(ctx, b[11] + Tq * C + Tk * Cc, NULL, NULL, dv, b[1], Wv, Tk, Cc, C);
+}
+
+/* ---- linear: p = {M, K, N} ---- */
+static void s_linear(nn_ctx_t *ctx, row_t *r, int mode)
+{
+    int64_t M = r->p[0], K = r->p[1], N = r->p[2];
+    float **b = r->buf;
+    if (!b[0]) {
+        b[0] = s_buf(M * K, 1);
+        b[1] = s_buf(N * K, 2);
+        b[2] = s_buf(N, 3);
+        b[3] = s_buf(M * N, 4);
+        b[4] = s_buf(M * N, 5);
+        b[5] = s_buf(M * K, 6);
+        b[6] = s_buf(N * K, 7);
+        b[7] = s_buf(N, 8);
+    }
+    nn_linear_forward(ctx, b[3], b[0], b[1], b[2], M, K, N);
+    if (mode == MODE_FWDBWD)
+        nn_linear_backward(ctx, b[5], b[6], b[7], b[4], b[0], b[1], M, K, N);
+    else if (mode == MODE_FWDBWD_FROZEN)
+        nn_linear_backward(ctx, b[5], NULL, NULL, b[4], b[0], b[1], M, K, N);
+}
+
+static row_t s_rows[] = {
+    {"conv3x3_320_64", "conv3x3 320->320 @64x64", s_conv, {320, 64, 64}, {0}, true},
+    {"conv3x3_640_32", "conv3x3 640->640 @32x32", s_conv, {640, 32, 32}, {0}, true},
+    {"groupnorm_320_64", "group norm 32 groups, 320x64x64", s_gn, {320, 4096, 32}, {0}, false},
+    {"self_attn_4096", "self-attention 4096 tok x 8 heads x 40", s_attn, {4096, 4096, 8, 40}, {0}, false},
+    {"cross_attn_4096x77", "cross-attention 4096x77, ctx 768 (+projections)", s_xattn, {4096, 77, 320, 768, 8},
+     {0}, false},
+    {"linear_4096_320_2560", "linear 4096x320 -> 2560", s_linear, {4096, 320, 2560}, {0}, true},
+};
+#define NROWS ((int)(sizeof s_rows / sizeof s_rows[0]))
+
+static double s_time(nn_ctx_t *ctx, row_t *r, int mode, int iters)
+{
+    double t[64];
+    if (iters > 64) iters = 64;
+    r->fn(ctx, r, mode); /* warm-up: first-touch, scratch growth */
+    for (int i = 0; i < iters; i++) {
+        double t0 = s_now();
+        r->fn(ctx, r, mode);
+        t[i] = s_now() - t0;
+    }
+    qsort(t, (size_t)iters, sizeof t[0], s_cmp_double);
+    return t[iters / 2] * 1e3;
+}
+
+int main(int argc, char **argv)
+{
+    nn_process_init(argc, argv);
+    const char *only = NULL;
+    int iters = 5, threads = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--row") && i + 1 < argc)
+            only = argv[++i];
+        else if (!strcmp(argv[i], "--iters") && i + 1 < argc)
+            iters = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--list")) {
+            for (int r = 0; r < NROWS; r++) printf("%s\t%s\n", s_rows[r].name, s_rows[r].what);
+            return 0;
+        } else {
+            fprintf(stderr, "usage: bench_ops [--row NAME] [--iters N] [--threads T] [--list]\n");
+            return 2;
+        }
+    }
+    nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, threads);
+    if (!ctx) return 1;
+    for (int i = 0; i < NROWS; i++) {
+        row_t *r = &s_rows[i];
+        if (only && strcmp(only, r->name)) continue;
+        double f = s_time(ctx, r, MODE_FWD, iters);
+        double fb = s_time(ctx, r, MODE_FWDBWD, iters);
+        printf("{\"row\": \"%s\", \"threads\": %d, \"fwd_ms\": %.3f, \"fwdbwd_ms\": %.3f", r->name, ctx->threads, f,
+               fb);
+        if (r->frozen_row) printf(", \"fwdbwd_frozen_ms\": %.3f", s_time(ctx, r, MODE_FWDBWD_FROZEN, iters));
+        printf("}\n");
+        fflush(stdout);
+        for (int k = 0; k < 12; k++) free(r->buf[k]);
+        memset(r->buf, 0, sizeof r->buf);
+    }
+    nn_ctx_destroy(&ctx);
+    return 0;
+}
