@@ -224,7 +224,7 @@ int main(int argc, char **argv)
     }
     /* C tests in file order, then the CLI scripts */
     qsort(s_tests, (size_t)s_ntests, sizeof s_tests[0], s_cmp);
-    glob_t g;
+    glob_t g = {0};
     if (glob("tests/cli/*.sh", 0, NULL, &g) == 0) {
         for (size_t i = 0; i < g.gl_pathc && s_ntests < 1024; i++) {
             const char *base = strrchr(g.gl_pathv[i], '/') + 1;
@@ -251,5 +251,6 @@ int main(int argc, char **argv)
         printf("%d passed, %d failed\n", passed, failed);
     }
     free(pat);
+    globfree(&g);
     return failed ? 1 : 0;
 }

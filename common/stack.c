@@ -1,0 +1,91 @@
+/* stack.c — chunked stack allocator. */
+#include "common/stack.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/arena.h"
+#include "common/log.h"
+
+static void *s_default_alloc(void *user, size_t bytes)
+{
+    (void)user;
+    return aligned_alloc(BT_ARENA_ALIGN, bt_align_up(bytes));
+}
+
+static void s_default_free(void *user, void *p)
+{
+    (void)user;
+    free(p);
+}
+
+void bt_stack_init(bt_stack_t *s, const char *name, size_t chunk_size, bt_alloc_fn alloc, bt_free_fn free_fn,
+                   void *user)
+{
+    memset(s, 0, sizeof *s);
+    s->name = name;
+    s->chunk_size = chunk_size ? chunk_size : (64u << 20);
+    s->alloc = alloc ? alloc : s_default_alloc;
+    s->free = free_fn ? free_fn : s_default_free;
+    s->user = user;
+}
+
+void bt_stack_free(bt_stack_t *s)
+{
+    for (int i = 0; i < s->nchunks; i++) s->free(s->user, s->chunks[i].base);
+    free(s->chunks);
+    const char *name = s->name;
+    size_t cs = s->chunk_size;
+    bt_alloc_fn a = s->alloc;
+    bt_free_fn f = s->free;
+    void *u = s->user;
+    bt_stack_init(s, name, cs, a, f, u);
+}
+
+void *bt_stack_alloc(bt_stack_t *s, size_t bytes)
+{
+    size_t need = bt_align_up(bytes ? bytes : 1);
+    /* first fit in the current chunk, else the next kept chunk that is big enough, else a new one */
+    while (s->nchunks == 0 || s->used + need > s->chunks[s->cur].size) {
+        if (s->nchunks > 0 && s->cur + 1 < s->nchunks) {
+            s->cur++;
+            s->used = 0;
+            continue;
+        }
+        if (s->nchunks == s->cap) {
+            int cap = s->cap ? 2 * s->cap : 8;
+            bt_stack_chunk_t *c = realloc(s->chunks, (size_t)cap * sizeof *c);
+            if (!c) goto out_nomem;
+            s->chunks = c;
+            s->cap = cap;
+        }
+        size_t size = need > s->chunk_size ? need : s->chunk_size;
+        char *base = s->alloc(s->user, size);
+        if (!base) goto out_nomem;
+        s->chunks[s->nchunks++] = (bt_stack_chunk_t){base, size};
+        s->cur = s->nchunks - 1;
+        s->used = 0;
+    }
+    void *p = s->chunks[s->cur].base + s->used;
+    s->used += need;
+    s->live += need;
+    if (s->live > s->peak) s->peak = s->live;
+    return p;
+out_nomem:
+    BT_ERROR("%s: out of memory allocating %zu bytes (%zu in use)", s->name ? s->name : "stack", bytes, s->live);
+    return NULL;
+}
+
+void bt_stack_reset(bt_stack_t *s, bt_stack_mark_t mark)
+{
+    s->cur = mark.chunk;
+    s->used = mark.used;
+    s->live = mark.live;
+}
+
+size_t bt_stack_reserved(const bt_stack_t *s)
+{
+    size_t n = 0;
+    for (int i = 0; i < s->nchunks; i++) n += s->chunks[i].size;
+    return n;
+}

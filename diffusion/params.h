@@ -1,0 +1,80 @@
+/*
+ * params.h — the named parameters of a model part, and their storage.
+ *
+ * Building a model from its config registers every parameter under its
+ * diffusers/transformers state-dict name with its shape and the address of the
+ * module field that will point at it. One allocation then backs all of them, and
+ * they are filled from safetensors files (any float dtype, converted once), from
+ * a seeded random initialisation (`booth init-model`), or saved back. The same
+ * registry type holds LoRA adapters, so weights, fixtures, checkpoints and LoRA
+ * files all load by name.
+ */
+#ifndef BOOTH_DIFFUSION_PARAMS_H
+#define BOOTH_DIFFUSION_PARAMS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "nn/backend.h"
+#include "storage/safetensors.h"
+
+#define SD_NAME_MAX 160
+
+typedef enum sd_init {
+    SD_INIT_ZERO,
+    SD_INIT_ONE,
+    SD_INIT_NORMAL, /* N(0, std) */
+} sd_init_t;
+
+typedef struct sd_param {
+    char name[SD_NAME_MAX];
+    int ndim;
+    int64_t shape[4];
+    float **slot;   /* the module field that points at this parameter's data */
+    float *data;    /* in the context's memory space, after sd_params_alloc */
+    sd_init_t init; /* how `init-model` fills it */
+    float init_std;
+} sd_param_t;
+
+typedef struct sd_params {
+    const char *what; /* "unet", "vae", "text_encoder", "lora": for messages */
+    sd_param_t *p;
+    int n, cap;
+    nn_ctx_t *ctx; /* owner of mem */
+    float *mem;
+    int64_t numel;
+    bool failed; /* a registration failed (out of memory, name too long): reported at alloc */
+} sd_params_t;
+
+void sd_params_init(sd_params_t *ps, const char *what);
+void sd_params_free(sd_params_t *ps);
+
+/* Registers a parameter named by printf-style fmt. Errors are remembered and
+ * reported by sd_params_alloc, so builders can register without checking each call. */
+void sd_params_add(sd_params_t *ps, float **slot, sd_init_t init, float init_std, int ndim, const int64_t *shape,
+                   const char *fmt, ...) __attribute__((format(printf, 7, 8)));
+
+/* Allocates one block for all parameters in ctx's memory space and points every
+ * slot at its part. Returns 0 or an error. */
+int sd_params_alloc(sd_params_t *ps, nn_ctx_t *ctx);
+
+const sd_param_t *sd_params_find(const sd_params_t *ps, const char *name);
+
+/* Loads every registered parameter from the safetensors file(s) of a model part:
+ * `dir/base.safetensors`, `dir/base.fp16.safetensors`, or a sharded
+ * `dir/base.safetensors.index.json`. A missing tensor or a wrong shape is an
+ * error naming the file, the tensor and both shapes; tensors the model does not
+ * use are ignored. Legacy VAE attention names (query/key/value/proj_attn) are
+ * accepted for to_q/to_k/to_v/to_out.0, and [C,C,1,1] for [C,C] and back. */
+int sd_params_load_dir(sd_params_t *ps, const char *dir, const char *base);
+/* Same, from one open file (or several: a parameter comes from the first that has it). */
+int sd_params_load_files(sd_params_t *ps, st_file_t *const *files, int nfiles);
+
+/* Seeded initialisation: every parameter from its own stream (seed, name), so
+ * the values do not depend on registration order. */
+int sd_params_init_random(sd_params_t *ps, uint64_t seed);
+
+/* Writes all parameters to one safetensors file, stored as dtype (F32/F16/BF16). */
+int sd_params_save(const sd_params_t *ps, const char *path, st_dtype_t dtype, const char *const *metadata_kv);
+
+#endif

@@ -1,0 +1,572 @@
+/*
+ * unet.c — UNet2DConditionModel: build, forward, backward.
+ *
+ * Forward (diffusers' order): time embedding; conv_in; down blocks of
+ * (resnet, transformer) x layers then a stride-2 conv, every output pushed on a
+ * skip stack (conv_in's first); mid block; up blocks of (concat skip, resnet,
+ * transformer) x (layers + 1) then nearest-2x + conv (to the next skip's size, so
+ * odd latent sizes work); GN, SiLU, conv_out.
+ *
+ * Backward walks the same path in reverse. Skip gradients are kept until the
+ * down path reaches the tensor they belong to. Nothing upstream of the first
+ * trainable (attention) module computes an input gradient. With gradient
+ * checkpointing, each ResNet and transformer keeps only its input during
+ * forward and re-runs itself during backward.
+ */
+#include "diffusion/unet.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/status.h"
+
+#define TRY(x)                                                                                                 \
+    do {                                                                                                       \
+        if ((rc = (x)) != BT_OK) goto out;                                                                     \
+    } while (0)
+#define ALLOC(p, n)                                                                                            \
+    do {                                                                                                       \
+        if (!((p) = sd_scratch(r, (n)))) {                                                                     \
+            rc = BT_ENOMEM;                                                                                    \
+            goto out;                                                                                          \
+        }                                                                                                      \
+    } while (0)
+
+#define MAX_SKIPS (1 + SD_MAX_BLOCKS * (SD_MAX_LAYERS + 1))
+
+/* ------------------------------------------------------------------- build */
+
+sd_unet_t *sd_unet_new(const sd_unet_config_t *cfg)
+{
+    sd_unet_t *u = calloc(1, sizeof *u);
+    if (!u) return NULL;
+    u->cfg = *cfg;
+    sd_params_init(&u->params, "unet");
+    sd_params_t *ps = &u->params;
+    const sd_unet_config_t *c = &u->cfg;
+    char name[2 * SD_NAME_MAX];
+    int n = c->n_blocks;
+    int64_t c0 = c->block_out_channels[0], td = c->time_embed_dim, G = c->norm_num_groups;
+    for (int i = 0; i < n; i++)
+        if (c->layers_per_block[i] + 1 > SD_MAX_LAYERS) {
+            BT_ERROR("unet: %lld layers per block (at most %d supported)", (long long)c->layers_per_block[i],
+                     SD_MAX_LAYERS - 1);
+            goto out_fail;
+        }
+    sd_conv_build(&u->conv_in, ps, c->in_channels, c0, c->conv_in_kernel, 1, (int)(c->conv_in_kernel - 1) / 2,
+                  "conv_in");
+    sd_linear_build(&u->time_l1, ps, c0, td, true, "time_embedding.linear_1");
+    sd_linear_build(&u->time_l2, ps, td, td, true, "time_embedding.linear_2");
+
+    int64_t ch = c0;
+    for (int i = 0; i < n; i++) {
+        sd_unet_block_t *b = &u->down[i];
+        int64_t out = c->block_out_channels[i];
+        b->cross = c->down_cross[i];
+        b->n_layers = c->layers_per_block[i];
+        b->out_channels = out;
+        for (int64_t j = 0; j < b->n_layers; j++) {
+            snprintf(name, sizeof name, "down_blocks.%d.resnets.%lld", i, (long long)j);
+            sd_resnet_build(&b->resnets[j], ps, j == 0 ? ch : out, out, td, G, c->norm_eps, 1.0f, name);
+            if (b->cross) {
+                snprintf(name, sizeof name, "down_blocks.%d.attentions.%lld", i, (long long)j);
+                if (sd_transformer_build(&b->attns[j], ps, out, c->heads[i], c->transformer_layers[i],
+                                         c->cross_attention_dim[i], G, c->use_linear_projection,
+                                         c->only_cross_attention[i], name))
+                    goto out_fail;
+            }
+        }
+        b->has_sampler = i < n - 1;
+        if (b->has_sampler) {
+            snprintf(name, sizeof name, "down_blocks.%d.downsamplers.0.conv", i);
+            sd_conv_build(&b->sampler, ps, out, out, 3, 2, (int)c->downsample_padding, name);
+            if (c->downsample_padding == 0) { /* diffusers pads right and bottom, then convolves unpadded */
+                b->sampler.pad_b = b->sampler.pad_r = 1;
+            }
+        }
+        ch = out;
+    }
+    int64_t cl = c->block_out_channels[n - 1];
+    if (c->has_mid) {
+        sd_resnet_build(&u->mid_res[0], ps, cl, cl, td, G, c->norm_eps, c->mid_block_scale_factor,
+                        "mid_block.resnets.0");
+        if (c->mid_cross &&
+            sd_transformer_build(&u->mid_attn, ps, cl, c->heads[n - 1], c->transformer_layers[n - 1],
+                                 c->cross_attention_dim[n - 1], G, c->use_linear_projection,
+                                 c->mid_only_cross_attention, "mid_block.attentions.0"))
+            goto out_fail;
+        sd_resnet_build(&u->mid_res[1], ps, cl, cl, td, G, c->norm_eps, c->mid_block_scale_factor,
+                        "mid_block.resnets.1");
+    }
+    int64_t prev = cl;
+    for (int i = 0; i < n; i++) {
+        sd_unet_block_t *b = &u->up[i];
+        int rev = n - 1 - i; /* this up block mirrors down block rev */
+        int64_t out = c->block_out_channels[rev];
+        int64_t in = c->block_out_channels[rev > 0 ? rev - 1 : 0];
+        b->cross = c->up_cross[i];
+        b->n_layers = c->layers_per_block[rev] + 1;
+        b->out_channels = out;
+        for (int64_t j = 0; j < b->n_layers; j++) {
+            int64_t skip = j == b->n_layers - 1 ? in : out;
+            int64_t res_in = j == 0 ? prev : out;
+            snprintf(name, sizeof name, "up_blocks.%d.resnets.%lld", i, (long long)j);
+            sd_resnet_build(&b->resnets[j], ps, res_in + skip, out, td, G, c->norm_eps, 1.0f, name);
+            if (b->cross) {
+                snprintf(name, sizeof name, "up_blocks.%d.attentions.%lld", i, (long long)j);
+                if (sd_transformer_build(&b->attns[j], ps, out, c->heads[rev], c->transformer_layers[rev],
+                                         c->cross_attention_dim[rev], G, c->use_linear_projection,
+                                         c->only_cross_attention[rev], name))
+                    goto out_fail;
+            }
+        }
+        b->has_sampler = i < n - 1;
+        if (b->has_sampler) {
+            snprintf(name, sizeof name, "up_blocks.%d.upsamplers.0.conv", i);
+            sd_conv_build(&b->sampler, ps, out, out, 3, 1, 1, name);
+        }
+        prev = out;
+    }
+    sd_norm_build(&u->norm_out, ps, c0, G, c->norm_eps, "conv_norm_out");
+    sd_conv_build(&u->conv_out, ps, c0, c->out_channels, c->conv_out_kernel, 1, (int)(c->conv_out_kernel - 1) / 2,
+                  "conv_out");
+    if (ps->failed) goto out_fail;
+    return u;
+out_fail:
+    sd_unet_destroy(&u);
+    return NULL;
+}
+
+void sd_unet_destroy(sd_unet_t **pu)
+{
+    sd_unet_t *u = *pu;
+    if (!u) return;
+    sd_params_free(&u->params); /* first: it clears slots inside the transformer blocks */
+    for (int i = 0; i < SD_MAX_BLOCKS; i++)
+        for (int j = 0; j < SD_MAX_LAYERS; j++) {
+            sd_transformer_free(&u->down[i].attns[j]);
+            sd_transformer_free(&u->up[i].attns[j]);
+        }
+    sd_transformer_free(&u->mid_attn);
+    free(u);
+    *pu = NULL;
+}
+
+void sd_unet_visit_attentions(sd_unet_t *u, sd_attention_visit_fn fn, void *user)
+{
+    char name[2 * SD_NAME_MAX];
+    const sd_transformer_t *list[SD_MAX_BLOCKS * SD_MAX_LAYERS * 2 + 1];
+    int n = 0;
+    for (int i = 0; i < u->cfg.n_blocks; i++)
+        if (u->down[i].cross)
+            for (int64_t j = 0; j < u->down[i].n_layers; j++) list[n++] = &u->down[i].attns[j];
+    if (u->cfg.has_mid && u->cfg.mid_cross) list[n++] = &u->mid_attn;
+    for (int i = 0; i < u->cfg.n_blocks; i++)
+        if (u->up[i].cross)
+            for (int64_t j = 0; j < u->up[i].n_layers; j++) list[n++] = &u->up[i].attns[j];
+    for (int k = 0; k < n; k++)
+        for (int64_t b = 0; b < list[k]->n_blocks; b++) {
+            sd_tblock_t *blk = &list[k]->blocks[b];
+            snprintf(name, sizeof name, "%s.transformer_blocks.%lld.attn1", list[k]->name, (long long)b);
+            fn(user, name, &blk->attn1);
+            snprintf(name, sizeof name, "%s.transformer_blocks.%lld.attn2", list[k]->name, (long long)b);
+            fn(user, name, &blk->attn2);
+        }
+}
+
+/* ------------------------------------------------------------ shape plan */
+
+/* Sizes of every stage, so forward and backward agree without saving them. */
+typedef struct {
+    int64_t h[SD_MAX_BLOCKS + 1], w[SD_MAX_BLOCKS + 1]; /* down block i runs at h[i] x w[i] */
+    int nskips;
+    int64_t skip_c[MAX_SKIPS], skip_h[MAX_SKIPS], skip_w[MAX_SKIPS];
+    int consumed[SD_MAX_BLOCKS][SD_MAX_LAYERS]; /* skip index read by up block i, layer j */
+    int down_skip[SD_MAX_BLOCKS][SD_MAX_LAYERS + 1]; /* skip index written by down block i, layer j (j = n: sampler) */
+} s_plan_t;
+
+static void s_plan(const sd_unet_t *u, int64_t H, int64_t W, s_plan_t *p)
+{
+    memset(p, 0, sizeof *p);
+    int n = u->cfg.n_blocks, k = 0;
+    p->h[0] = H;
+    p->w[0] = W;
+    p->skip_c[k] = u->cfg.block_out_channels[0];
+    p->skip_h[k] = H;
+    p->skip_w[k++] = W;
+    for (int i = 0; i < n; i++) {
+        const sd_unet_block_t *b = &u->down[i];
+        for (int64_t j = 0; j < b->n_layers; j++) {
+            p->down_skip[i][j] = k;
+            p->skip_c[k] = b->out_channels;
+            p->skip_h[k] = p->h[i];
+            p->skip_w[k++] = p->w[i];
+        }
+        p->h[i + 1] = p->h[i];
+        p->w[i + 1] = p->w[i];
+        if (b->has_sampler) {
+            p->h[i + 1] = sd_conv_out_size(&b->sampler, p->h[i]);
+            p->w[i + 1] = (p->w[i] + b->sampler.pad_l + b->sampler.pad_r - 3) / 2 + 1;
+            p->down_skip[i][b->n_layers] = k;
+            p->skip_c[k] = b->out_channels;
+            p->skip_h[k] = p->h[i + 1];
+            p->skip_w[k++] = p->w[i + 1];
+        }
+    }
+    p->nskips = k;
+    for (int i = 0; i < n; i++)
+        for (int64_t j = 0; j < u->up[i].n_layers; j++) p->consumed[i][j] = --k;
+}
+
+/* --------------------------------------------------- checkpointed units */
+
+static int s_res_fwd(sd_run_t *r, const sd_resnet_t *m, float *out, const float *x, const float *temb, int64_t B,
+                     int64_t H, int64_t W)
+{
+    if (!r->tape || !r->checkpoint) return sd_resnet_forward(r, m, out, x, temb, B, H, W);
+    if (!sd_tape_save(r->tape, r->nn, x, B * m->in * H * W)) return BT_ENOMEM;
+    sd_run_t r2 = *r;
+    r2.tape = NULL;
+    return sd_resnet_forward(&r2, m, out, x, temb, B, H, W);
+}
+
+static int s_res_bwd(sd_run_t *r, const sd_resnet_t *m, float *dx, const float *dout, const float *temb, int64_t B,
+                     int64_t H, int64_t W)
+{
+    if (!r->checkpoint) return sd_resnet_backward(r, m, dx, dout, B, H, W);
+    float *x = sd_tape_pop(r->tape);
+    if (!x) return BT_EINTERNAL;
+    if (!dx) return BT_OK; /* no input gradient wanted and no parameters: nothing to recompute */
+    bt_stack_mark_t mk = bt_stack_mark(r->scratch);
+    float *tmp = sd_scratch(r, B * m->out * H * W);
+    int rc = tmp ? sd_resnet_forward(r, m, tmp, x, temb, B, H, W) : BT_ENOMEM;
+    if (rc == BT_OK) rc = sd_resnet_backward(r, m, dx, dout, B, H, W);
+    bt_stack_reset(r->scratch, mk);
+    return rc;
+}
+
+static int s_tr_fwd(sd_run_t *r, const sd_transformer_t *m, float *out, const float *x, const float *ctx, int64_t B,
+                    int64_t H, int64_t W, int64_t T)
+{
+    if (!r->tape || !r->checkpoint) return sd_transformer_forward(r, m, out, x, ctx, B, H, W, T);
+    if (!sd_tape_save(r->tape, r->nn, x, B * m->channels * H * W)) return BT_ENOMEM;
+    sd_run_t r2 = *r;
+    r2.tape = NULL;
+    return sd_transformer_forward(&r2, m, out, x, ctx, B, H, W, T);
+}
+
+static int s_tr_bwd(sd_run_t *r, const sd_transformer_t *m, float *dx, float *dctx, const float *dout,
+                    const float *ctx, int64_t B, int64_t H, int64_t W, int64_t T)
+{
+    if (!r->checkpoint) return sd_transformer_backward(r, m, dx, dctx, dout, B, H, W, T);
+    float *x = sd_tape_pop(r->tape);
+    if (!x) return BT_EINTERNAL;
+    bt_stack_mark_t mk = bt_stack_mark(r->scratch);
+    float *tmp = sd_scratch(r, B * m->channels * H * W);
+    int rc = tmp ? sd_transformer_forward(r, m, tmp, x, ctx, B, H, W, T) : BT_ENOMEM;
+    if (rc == BT_OK) rc = sd_transformer_backward(r, m, dx, dctx, dout, B, H, W, T);
+    bt_stack_reset(r->scratch, mk);
+    return rc;
+}
+
+/* --------------------------------------------------------------- forward */
+
+/* silu(temb) for every ResNet: [B, time_embed_dim] in scratch. */
+static int s_time_embedding(sd_run_t *r, const sd_unet_t *u, float **silu_temb, const float *t, int64_t B)
+{
+    int rc = BT_OK;
+    int64_t c0 = u->cfg.block_out_channels[0], td = u->cfg.time_embed_dim;
+    float *tt, *tp, *e1, *e2;
+    ALLOC(tt, B);
+    ALLOC(tp, B * c0);
+    ALLOC(e1, B * td);
+    ALLOC(e2, B * td);
+    TRY(nn_upload(r->nn, tt, t, (size_t)B * sizeof(float)));
+    TRY(nn_timestep_embedding_forward(r->nn, tp, tt, B, c0, u->cfg.flip_sin_to_cos, u->cfg.freq_shift));
+    sd_hook(r, tp, 2, (int64_t[]){B, c0}, "time_proj");
+    TRY(sd_linear_forward(r, &u->time_l1, e1, tp, B));
+    TRY(nn_act_forward(r->nn, e1, e1, B * td, NN_ACT_SILU));
+    TRY(sd_linear_forward(r, &u->time_l2, e2, e1, B));
+    sd_hook(r, e2, 2, (int64_t[]){B, td}, "time_embedding");
+    TRY(nn_act_forward(r->nn, e1, e2, B * td, NN_ACT_SILU));
+    *silu_temb = e1;
+out:
+    return rc;
+}
+
+/* Nearest 2x to (oh, ow), oh in {2h-1, 2h}: the 2x result, cropped. */
+static int s_upsample(sd_run_t *r, float *out, const float *x, int64_t BC, int64_t h, int64_t w, int64_t oh,
+                      int64_t ow)
+{
+    if (oh == 2 * h && ow == 2 * w) return nn_upsample2x_forward(r->nn, out, x, BC, h, w);
+    int rc = BT_OK;
+    bt_stack_mark_t mk = bt_stack_mark(r->scratch);
+    float *full;
+    ALLOC(full, BC * 4 * h * w);
+    TRY(nn_upsample2x_forward(r->nn, full, x, BC, h, w));
+    for (int64_t i = 0; i < BC; i++)
+        for (int64_t y = 0; y < oh; y++)
+            TRY(nn_copy(r->nn, out + (i * oh + y) * ow, full + (i * 2 * h + y) * 2 * w, (size_t)ow * sizeof(float)));
+out:
+    bt_stack_reset(r->scratch, mk);
+    return rc;
+}
+
+static int s_upsample_backward(sd_run_t *r, float *dx, const float *dy, int64_t BC, int64_t h, int64_t w,
+                               int64_t oh, int64_t ow)
+{
+    if (oh == 2 * h && ow == 2 * w) return nn_upsample2x_backward(r->nn, dx, dy, BC, h, w);
+    int rc = BT_OK;
+    bt_stack_mark_t mk = bt_stack_mark(r->scratch);
+    float *full;
+    ALLOC(full, BC * 4 * h * w);
+    TRY(nn_fill(r->nn, full, BC * 4 * h * w, 0.0f));
+    for (int64_t i = 0; i < BC; i++)
+        for (int64_t y = 0; y < oh; y++)
+            TRY(nn_copy(r->nn, full + (i * 2 * h + y) * 2 * w, dy + (i * oh + y) * ow, (size_t)ow * sizeof(float)));
+    TRY(nn_upsample2x_backward(r->nn, dx, full, BC, h, w));
+out:
+    bt_stack_reset(r->scratch, mk);
+    return rc;
+}
+
+int sd_unet_forward(sd_run_t *r, const sd_unet_t *u, float *out, const float *sample, const float *t,
+                    const float *ctx, int64_t B, int64_t H, int64_t W, int64_t T)
+{
+    int rc = BT_OK;
+    bt_stack_mark_t mk = bt_stack_mark(r->scratch);
+    const sd_unet_config_t *c = &u->cfg;
+    int n = c->n_blocks;
+    s_plan_t p;
+    s_plan(u, H, W, &p);
+    float *temb, *skips[MAX_SKIPS], *h, *nh;
+    int ns = 0;
+    TRY(s_time_embedding(r, u, &temb, t, B));
+
+    int64_t c0 = c->block_out_channels[0];
+    ALLOC(h, B * c0 * H * W);
+    TRY(sd_conv_forward(r, &u->conv_in, h, sample, B, H, W));
+    sd_hook(r, h, 4, (int64_t[]){B, c0, H, W}, "conv_in");
+    skips[ns++] = h;
+    int64_t ch = c0;
+    for (int i = 0; i < n; i++) {
+        const sd_unet_block_t *b = &u->down[i];
+        int64_t hh = p.h[i], ww = p.w[i], oc = b->out_channels;
+        const int64_t shape[4] = {B, oc, hh, ww};
+        for (int64_t j = 0; j < b->n_layers; j++) {
+            ALLOC(nh, B * oc * hh * ww);
+            TRY(s_res_fwd(r, &b->resnets[j], nh, h, temb, B, hh, ww));
+            sd_hook(r, nh, 4, shape, "down_blocks.%d.resnets.%lld", i, (long long)j);
+            h = nh;
+            if (b->cross) {
+                ALLOC(nh, B * oc * hh * ww);
+                TRY(s_tr_fwd(r, &b->attns[j], nh, h, ctx, B, hh, ww, T));
+                sd_hook(r, nh, 4, shape, "down_blocks.%d.attentions.%lld", i, (long long)j);
+                h = nh;
+            }
+            skips[ns++] = h;
+        }
+        if (b->has_sampler) {
+            ALLOC(nh, B * oc * p.h[i + 1] * p.w[i + 1]);
+            TRY(sd_conv_forward(r, &b->sampler, nh, h, B, hh, ww));
+            h = nh;
+            sd_hook(r, h, 4, (int64_t[]){B, oc, p.h[i + 1], p.w[i + 1]}, "down_blocks.%d.downsamplers.0", i);
+            skips[ns++] = h;
+        }
+        sd_hook(r, h, 4, (int64_t[]){B, oc, p.h[i + 1], p.w[i + 1]}, "down_blocks.%d", i);
+        ch = oc;
+    }
+    int64_t hh = p.h[n], ww = p.w[n];
+    if (c->has_mid) {
+        const int64_t shape[4] = {B, ch, hh, ww};
+        ALLOC(nh, B * ch * hh * ww);
+        TRY(s_res_fwd(r, &u->mid_res[0], nh, h, temb, B, hh, ww));
+        h = nh;
+        if (c->mid_cross) {
+            ALLOC(nh, B * ch * hh * ww);
+            TRY(s_tr_fwd(r, &u->mid_attn, nh, h, ctx, B, hh, ww, T));
+            h = nh;
+        }
+        ALLOC(nh, B * ch * hh * ww);
+        TRY(s_res_fwd(r, &u->mid_res[1], nh, h, temb, B, hh, ww));
+        h = nh;
+        sd_hook(r, h, 4, shape, "mid_block");
+    }
+    for (int i = 0; i < n; i++) {
+        const sd_unet_block_t *b = &u->up[i];
+        int64_t oc = b->out_channels;
+        const int64_t shape[4] = {B, oc, hh, ww};
+        for (int64_t j = 0; j < b->n_layers; j++) {
+            int k = p.consumed[i][j];
+            int64_t sc = p.skip_c[k], cat_c = ch + sc;
+            float *cat;
+            ALLOC(cat, B * cat_c * hh * ww);
+            TRY(nn_concat_channels(r->nn, cat, h, skips[k], B, ch, sc, hh * ww));
+            ALLOC(nh, B * oc * hh * ww);
+            TRY(s_res_fwd(r, &b->resnets[j], nh, cat, temb, B, hh, ww));
+            h = nh;
+            ch = oc;
+            if (b->cross) {
+                ALLOC(nh, B * oc * hh * ww);
+                TRY(s_tr_fwd(r, &b->attns[j], nh, h, ctx, B, hh, ww, T));
+                h = nh;
+            }
+        }
+        if (b->has_sampler) {
+            int k = p.consumed[i][b->n_layers - 1] - 1; /* the next skip decides the size */
+            int64_t oh = p.skip_h[k], ow = p.skip_w[k];
+            float *upx;
+            ALLOC(upx, B * oc * oh * ow);
+            TRY(s_upsample(r, upx, h, B * oc, hh, ww, oh, ow));
+            ALLOC(nh, B * oc * oh * ow);
+            TRY(sd_conv_forward(r, &b->sampler, nh, upx, B, oh, ow));
+            h = nh;
+            hh = oh;
+            ww = ow;
+            sd_hook(r, h, 4, (int64_t[]){B, oc, hh, ww}, "up_blocks.%d.upsamplers.0", i);
+        }
+        sd_hook(r, h, 4, b->has_sampler ? (int64_t[]){B, oc, hh, ww} : shape, "up_blocks.%d", i);
+    }
+    /* out: GN (hooked before its SiLU), SiLU, conv */
+    float *mean = NULL, *rstd = NULL, *hs = h, *g;
+    int64_t G = u->norm_out.groups;
+    if (r->tape) {
+        if (!(hs = sd_tape_save(r->tape, r->nn, h, B * c0 * H * W)) || !(mean = sd_tape_alloc(r->tape, B * G)) ||
+            !(rstd = sd_tape_alloc(r->tape, B * G))) {
+            rc = BT_ENOMEM;
+            goto out;
+        }
+    }
+    ALLOC(g, B * c0 * H * W);
+    TRY(sd_group_norm_forward(r, &u->norm_out, g, mean, rstd, hs, B, H * W, false));
+    sd_hook(r, g, 4, (int64_t[]){B, c0, H, W}, "conv_norm_out");
+    TRY(nn_act_forward(r->nn, g, g, B * c0 * H * W, NN_ACT_SILU));
+    TRY(sd_conv_forward(r, &u->conv_out, out, g, B, H, W));
+    sd_hook(r, out, 4, (int64_t[]){B, c->out_channels, H, W}, "conv_out");
+out:
+    bt_stack_reset(r->scratch, mk);
+    return rc;
+}
+
+/* -------------------------------------------------------------- backward */
+
+int sd_unet_backward(sd_run_t *r, const sd_unet_t *u, float *dctx, const float *dout, const float *t,
+                     const float *ctx, int64_t B, int64_t H, int64_t W, int64_t T)
+{
+    int rc = BT_OK;
+    bt_stack_mark_t mk = bt_stack_mark(r->scratch);
+    const sd_unet_config_t *c = &u->cfg;
+    int n = c->n_blocks;
+    s_plan_t p;
+    s_plan(u, H, W, &p);
+    float *temb = NULL, *dskip[MAX_SKIPS] = {0}, *dh, *nd;
+    if (r->checkpoint) TRY(s_time_embedding(r, u, &temb, t, B)); /* ResNets re-run their forward */
+
+    /* first trainable module in forward order: the first cross-attention down block */
+    int first = n;
+    for (int i = 0; i < n && first == n; i++)
+        if (u->down[i].cross) first = i;
+
+    int64_t c0 = c->block_out_channels[0];
+    float *rstd = sd_tape_pop(r->tape), *mean = sd_tape_pop(r->tape), *hs = sd_tape_pop(r->tape), *g;
+    if (!rstd || !mean || !hs) {
+        rc = BT_EINTERNAL;
+        goto out;
+    }
+    ALLOC(g, B * c0 * H * W);
+    ALLOC(dh, B * c0 * H * W);
+    TRY(sd_conv_backward(r, &u->conv_out, g, dout, B, H, W));
+    TRY(sd_group_norm_backward(r, &u->norm_out, dh, g, hs, mean, rstd, B, H * W, true));
+    sd_tape_trim(r->tape);
+
+    int64_t hh = H, ww = W;
+    for (int i = n - 1; i >= 0; i--) {
+        const sd_unet_block_t *b = &u->up[i];
+        int64_t oc = b->out_channels;
+        if (b->has_sampler) {
+            int64_t ih = p.skip_h[p.consumed[i][b->n_layers - 1]], iw = p.skip_w[p.consumed[i][b->n_layers - 1]];
+            float *dup;
+            ALLOC(dup, B * oc * hh * ww);
+            TRY(sd_conv_backward(r, &b->sampler, dup, dh, B, hh, ww));
+            ALLOC(nd, B * oc * ih * iw);
+            TRY(s_upsample_backward(r, nd, dup, B * oc, ih, iw, hh, ww));
+            dh = nd;
+            hh = ih;
+            ww = iw;
+        }
+        for (int64_t j = b->n_layers - 1; j >= 0; j--) {
+            if (b->cross) {
+                ALLOC(nd, B * oc * hh * ww);
+                TRY(s_tr_bwd(r, &b->attns[j], nd, dctx, dh, ctx, B, hh, ww, T));
+                sd_tape_trim(r->tape);
+                dh = nd;
+            }
+            int k = p.consumed[i][j];
+            int64_t sc = p.skip_c[k];
+            int64_t prev_c = j == 0 ? (i == 0 ? c->block_out_channels[n - 1] : u->up[i - 1].out_channels) : oc;
+            float *dcat;
+            ALLOC(dcat, B * (prev_c + sc) * hh * ww);
+            TRY(s_res_bwd(r, &b->resnets[j], dcat, dh, temb, B, hh, ww));
+            sd_tape_trim(r->tape);
+            ALLOC(nd, B * prev_c * hh * ww);
+            ALLOC(dskip[k], B * sc * hh * ww);
+            TRY(nn_split_channels(r->nn, nd, dskip[k], dcat, B, prev_c, sc, hh * ww));
+            dh = nd;
+        }
+    }
+    int64_t cl = c->block_out_channels[n - 1];
+    if (c->has_mid) {
+        ALLOC(nd, B * cl * hh * ww);
+        TRY(s_res_bwd(r, &u->mid_res[1], nd, dh, temb, B, hh, ww));
+        sd_tape_trim(r->tape);
+        dh = nd;
+        if (c->mid_cross) {
+            ALLOC(nd, B * cl * hh * ww);
+            TRY(s_tr_bwd(r, &u->mid_attn, nd, dctx, dh, ctx, B, hh, ww, T));
+            sd_tape_trim(r->tape);
+            dh = nd;
+        }
+        ALLOC(nd, B * cl * hh * ww);
+        TRY(s_res_bwd(r, &u->mid_res[0], nd, dh, temb, B, hh, ww));
+        sd_tape_trim(r->tape);
+        dh = nd;
+    }
+    for (int i = n - 1; i >= 0; i--) {
+        const sd_unet_block_t *b = &u->down[i];
+        int64_t oc = b->out_channels, bh = p.h[i], bw = p.w[i];
+        if (b->has_sampler) {
+            int k = p.down_skip[i][b->n_layers];
+            if (dh) TRY(nn_axpy(r->nn, dh, dskip[k], B * oc * hh * ww, 1.0f));
+            nd = NULL;
+            if (dh && i >= first) {
+                ALLOC(nd, B * oc * bh * bw);
+                TRY(sd_conv_backward(r, &b->sampler, nd, dh, B, bh, bw));
+            }
+            dh = nd;
+            hh = bh;
+            ww = bw;
+        }
+        for (int64_t j = b->n_layers - 1; j >= 0; j--) {
+            int k = p.down_skip[i][j];
+            if (dh) TRY(nn_axpy(r->nn, dh, dskip[k], B * oc * hh * ww, 1.0f));
+            if (b->cross) {
+                ALLOC(nd, B * oc * hh * ww);
+                TRY(s_tr_bwd(r, &b->attns[j], nd, dctx, dh, ctx, B, hh, ww, T));
+                sd_tape_trim(r->tape);
+                dh = nd;
+            }
+            bool need_dx = i > first || (i == first && j > 0);
+            int64_t in_c = b->resnets[j].in;
+            nd = NULL;
+            if (need_dx) ALLOC(nd, B * in_c * hh * ww);
+            TRY(s_res_bwd(r, &b->resnets[j], nd, dh, temb, B, hh, ww));
+            sd_tape_trim(r->tape);
+            dh = nd;
+        }
+    }
+out:
+    bt_stack_reset(r->scratch, mk);
+    return rc;
+}
