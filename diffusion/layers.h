@@ -111,6 +111,10 @@ typedef struct sd_resnet {
     float output_scale; /* output = (x + h) / output_scale */
 } sd_resnet_t;
 
+/* Visits an attention module with its state-dict prefix (models offer this to
+ * attach LoRA adapters). */
+typedef void (*sd_attention_visit_fn)(void *user, const char *name, sd_attention_t *attn);
+
 /* ---- building: registers parameters under `prefix` ---- */
 void sd_linear_build(sd_linear_t *m, sd_params_t *ps, int64_t in, int64_t out, bool bias, const char *prefix);
 void sd_conv_build(sd_conv_t *m, sd_params_t *ps, int64_t in, int64_t out, int64_t k, int stride, int pad,

@@ -570,3 +570,15 @@ out:
     bt_stack_reset(r->scratch, mk);
     return rc;
 }
+
+sd_unet_t *sd_unet_load(nn_ctx_t *ctx, const char *dir)
+{
+    char path[4096];
+    sd_unet_config_t cfg;
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (sd_unet_config_load(path, &cfg)) return NULL;
+    sd_unet_t *u = sd_unet_new(&cfg);
+    if (u && (sd_params_alloc(&u->params, ctx) || sd_params_load_dir(&u->params, dir, "diffusion_pytorch_model")))
+        sd_unet_destroy(&u);
+    return u;
+}

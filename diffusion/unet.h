@@ -40,6 +40,8 @@ typedef struct sd_unet {
 /* Builds the module tree and registers every parameter (not yet allocated). */
 sd_unet_t *sd_unet_new(const sd_unet_config_t *cfg);
 void sd_unet_destroy(sd_unet_t **u);
+/* config.json + weights of a model folder's unet/ directory; NULL on error (logged). */
+sd_unet_t *sd_unet_load(nn_ctx_t *ctx, const char *dir);
 
 /* sample [B, in, H, W] at timesteps t[B] (host floats: integer steps, or Euler's
  * fractional ones) with context ctx [B, T, cross_attention_dim] -> out [B, out, H, W]. */
@@ -52,7 +54,6 @@ int sd_unet_backward(sd_run_t *r, const sd_unet_t *u, float *dctx, const float *
 
 /* Visits every attention of the UNet with its module name (e.g.
  * "down_blocks.0.attentions.0.transformer_blocks.0.attn1"): LoRA attaches here. */
-typedef void (*sd_attention_visit_fn)(void *user, const char *name, sd_attention_t *attn);
 void sd_unet_visit_attentions(sd_unet_t *u, sd_attention_visit_fn fn, void *user);
 
 #endif

@@ -138,3 +138,37 @@ const char *tu_tmpdir(void)
     const char *d = getenv("BOOTH_TEST_TMPDIR");
     return d && *d ? d : "/tmp";
 }
+
+void tu_intermediates_hook(void *user, const char *name, const float *data, int ndim, const int64_t *shape)
+{
+    tu_intermediates_t *h = user;
+    char key[256];
+    snprintf(key, sizeof key, "intermediate.%s", name);
+    const st_tensor_t *t = st_find(h->fx, key);
+    if (!t) return; /* the reference records a subset */
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= shape[i];
+    if (st_numel(t) != n) {
+        bt_test_fail(__FILE__, __LINE__, "%s: %lld elements, reference has %lld", name, (long long)n,
+                     (long long)st_numel(t));
+        return;
+    }
+    float *want = malloc((size_t)n * sizeof(float));
+    st_read_f32(t, want);
+    double d = tu_max_abs_diff(data, want, n), rel = tu_rel_l2(data, want, n);
+    if (!(d <= h->atol || rel <= h->rtol))
+        bt_test_fail(__FILE__, __LINE__, "intermediate %s: max abs %.3g, rel %.3g", name, d, rel);
+    if (d > h->worst) {
+        h->worst = d;
+        snprintf(h->worst_name, sizeof h->worst_name, "%s", name);
+    }
+    h->checked++;
+    free(want);
+}
+
+int tu_intermediates_recorded(const st_file_t *fx)
+{
+    int n = 0;
+    for (int i = 0; i < st_count(fx); i++) n += !strncmp(st_at(fx, i)->name, "intermediate.", 13);
+    return n;
+}

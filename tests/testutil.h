@@ -46,6 +46,20 @@ double tu_check_close_f64_at(const char *file, int line, const char *what, const
 #define tu_check_close(what, a, b, n, atol) tu_check_close_at(__FILE__, __LINE__, what, a, b, n, atol)
 #define tu_check_close_f64(what, a, b, n, atol) tu_check_close_f64_at(__FILE__, __LINE__, what, a, b, n, atol)
 
+/* Compares forward-hook tensors against "intermediate.<name>" tensors of a
+ * fixture: pass tu_intermediates_hook as sd_run_t.hook and this as hook_user.
+ * A tensor passes if max abs <= atol or relative L2 <= rtol. */
+typedef struct {
+    st_file_t *fx;
+    double atol, rtol;
+    int checked;
+    double worst;
+    char worst_name[128];
+} tu_intermediates_t;
+void tu_intermediates_hook(void *user, const char *name, const float *data, int ndim, const int64_t *shape);
+/* How many "intermediate." tensors the fixture holds. */
+int tu_intermediates_recorded(const st_file_t *fx);
+
 /* A temporary directory for this test (removed by the runner afterwards). */
 const char *tu_tmpdir(void);
 
