@@ -1,0 +1,205 @@
+/*
+ * pipeline.c — loading a model folder; text-to-image sampling with
+ * classifier-free guidance; decoding latents to images.
+ *
+ * The scheduler works on host arrays (latents are small); the UNet and VAE run
+ * in the context's memory space, so the loop uploads its input and downloads
+ * the noise prediction once per step.
+ */
+#include "diffusion/pipeline.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/rng.h"
+#include "common/status.h"
+#include "nn/memory.h"
+
+static void *s_alloc(void *user, size_t bytes) { return nn_alloc(user, bytes); }
+static void s_free(void *user, void *p) { nn_free(user, p); }
+
+sd_model_t *sd_model_load(nn_ctx_t *ctx, const char *dir, unsigned parts)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/model_index.json", dir);
+    if (access(path, R_OK) != 0) {
+        BT_ERROR("%s: not a diffusers model folder (no model_index.json)", dir);
+        return NULL;
+    }
+    sd_model_t *m = calloc(1, sizeof *m);
+    if (!m || !(m->dir = strdup(dir))) {
+        free(m);
+        return NULL;
+    }
+    m->ctx = ctx;
+    sd_sched_config_init(&m->sched_cfg);
+    bt_stack_init(&m->scratch, "scratch", 64u << 20, s_alloc, s_free, ctx);
+    if (parts & SD_PART_TOKENIZER) {
+        snprintf(path, sizeof path, "%s/tokenizer", dir);
+        if (!(m->tok = sd_tokenizer_load(path))) goto out_fail;
+    }
+    if (parts & SD_PART_TEXT) {
+        snprintf(path, sizeof path, "%s/text_encoder", dir);
+        if (!(m->clip = sd_clip_load(ctx, path))) goto out_fail;
+    }
+    if (parts & SD_PART_UNET) {
+        snprintf(path, sizeof path, "%s/unet", dir);
+        if (!(m->unet = sd_unet_load(ctx, path))) goto out_fail;
+    }
+    if (parts & SD_PART_VAE) {
+        snprintf(path, sizeof path, "%s/vae", dir);
+        if (!(m->vae = sd_vae_load(ctx, path))) goto out_fail;
+    }
+    if (parts & SD_PART_SCHEDULER) {
+        snprintf(path, sizeof path, "%s/scheduler/scheduler_config.json", dir);
+        if (sd_sched_config_load(&m->sched_cfg, path)) goto out_fail;
+        if (!sd_sched_kind_from_class(m->sched_cfg.class_name, &m->default_sampler)) {
+            BT_WARN("%s: scheduler class '%s' is not one booth implements; sampling defaults to ddim", path,
+                    m->sched_cfg.class_name);
+            m->default_sampler = SD_SCHED_DDIM;
+        }
+    }
+    return m;
+out_fail:
+    sd_model_destroy(&m);
+    return NULL;
+}
+
+void sd_model_destroy(sd_model_t **pm)
+{
+    sd_model_t *m = *pm;
+    if (!m) return;
+    sd_tokenizer_destroy(&m->tok);
+    sd_clip_destroy(&m->clip);
+    sd_unet_destroy(&m->unet);
+    sd_vae_destroy(&m->vae);
+    sd_sched_config_free(&m->sched_cfg);
+    bt_stack_free(&m->scratch);
+    free(m->dir);
+    free(m);
+    *pm = NULL;
+}
+
+static sd_run_t s_run(sd_model_t *m) { return (sd_run_t){.nn = m->ctx, .scratch = &m->scratch}; }
+
+int sd_encode_prompt(sd_model_t *m, float *embeds, const char *prompt, int clip_skip)
+{
+    if (!m->tok || !m->clip) {
+        BT_ERROR("%s: the tokenizer and text encoder are not loaded", m->dir);
+        return BT_EINVAL;
+    }
+    sd_tok_result_t tr;
+    int rc = sd_tokenize(m->tok, prompt, &tr);
+    if (rc) return rc;
+    if (tr.truncated)
+        BT_WARN("prompt has %d tokens; the text encoder sees the first %d: \"%s\"", tr.n_tokens, tr.max_length - 2,
+                prompt);
+    sd_run_t r = s_run(m);
+    rc = sd_clip_forward(&r, m->clip, embeds, NULL, tr.input_ids, 1, tr.max_length, clip_skip);
+    sd_tok_result_free(&tr);
+    return rc;
+}
+
+int sd_sample(sd_model_t *m, const sd_sample_params_t *p, const float *cond, const float *uncond, int64_t T,
+              float *latents, bool init, int64_t n, int64_t h, int64_t w)
+{
+    if (!m->unet) {
+        BT_ERROR("%s: the UNet is not loaded", m->dir);
+        return BT_EINVAL;
+    }
+    int rc = BT_OK;
+    sd_run_t r = s_run(m);
+    bt_stack_mark_t mk = bt_stack_mark(r.scratch);
+    bool cfg = p->guidance > 1.0f;
+    int64_t C = m->unet->cfg.in_channels, per = C * h * w, nb = cfg ? 2 * n : n;
+    int64_t ctx_dim = m->unet->cfg.cross_attention_dim[0];
+    sd_sched_t *s = sd_sched_new(&m->sched_cfg, p->sampler, p->steps);
+    float *x_in = malloc((size_t)(nb * per) * sizeof(float));
+    float *eps = malloc((size_t)(nb * per) * sizeof(float));
+    float *noise = malloc((size_t)(n * per) * sizeof(float));
+    float *tt = malloc((size_t)nb * sizeof(float));
+    float *d_in = sd_scratch(&r, nb * per), *d_out = sd_scratch(&r, nb * per), *d_ctx = sd_scratch(&r, nb * T * ctx_dim);
+    if (!s || !x_in || !eps || !noise || !tt || !d_in || !d_out || !d_ctx) {
+        rc = s ? BT_ENOMEM : BT_EINVAL;
+        goto out;
+    }
+    if (p->eta > 0 && (rc = sd_sched_set_eta(s, p->eta))) goto out;
+    /* context batch: [uncond x n, cond x n] (diffusers' order), or [cond x n] */
+    for (int64_t i = 0; i < nb; i++) {
+        const float *src = cfg && i < n ? uncond : cond;
+        if ((rc = nn_copy(m->ctx, d_ctx + i * T * ctx_dim, src, (size_t)(T * ctx_dim) * sizeof(float)))) goto out;
+    }
+    if (!init) {
+        float sigma = sd_sched_init_noise_sigma(s);
+        for (int64_t i = 0; i < n; i++) {
+            bt_rng_normal_fill(latents + i * per, per, bt_rng_key(p->seed, (uint64_t)(p->first_index + i)));
+            for (int64_t j = 0; j < per; j++) latents[i * per + j] *= sigma;
+        }
+    }
+    int steps = sd_sched_num_steps(s);
+    const float *ts = sd_sched_timesteps(s);
+    for (int k = 0; k < steps; k++) {
+        if ((rc = sd_sched_scale_model_input(s, x_in, latents, k, n * per))) goto out;
+        if (cfg) memcpy(x_in + n * per, x_in, (size_t)(n * per) * sizeof(float));
+        for (int64_t i = 0; i < nb; i++) tt[i] = ts[k];
+        if ((rc = nn_upload(m->ctx, d_in, x_in, (size_t)(nb * per) * sizeof(float))) ||
+            (rc = sd_unet_forward(&r, m->unet, d_out, d_in, tt, d_ctx, nb, h, w, T)) ||
+            (rc = nn_download(m->ctx, eps, d_out, (size_t)(nb * per) * sizeof(float))))
+            goto out;
+        if (cfg) /* eps = uncond + g (cond - uncond) */
+            for (int64_t j = 0; j < n * per; j++) eps[j] = eps[j] + p->guidance * (eps[n * per + j] - eps[j]);
+        const float *nz = NULL;
+        if (p->sampler == SD_SCHED_DDPM || (p->sampler == SD_SCHED_DDIM && p->eta > 0)) {
+            for (int64_t i = 0; i < n; i++) /* per image and step: independent of the batch */
+                bt_rng_normal_fill(noise + i * per, per,
+                                   bt_rng_key(p->seed, bt_rng_stream((uint64_t)(p->first_index + i), (uint64_t)k, 1)));
+            nz = noise;
+        }
+        if ((rc = sd_sched_step(s, latents, NULL, latents, eps, nz, k, n * per))) goto out;
+        if (p->progress) p->progress(p->progress_user, k + 1, steps, latents);
+    }
+out:
+    sd_sched_destroy(&s);
+    free(x_in);
+    free(eps);
+    free(noise);
+    free(tt);
+    bt_stack_reset(r.scratch, mk);
+    return rc;
+}
+
+int sd_decode(sd_model_t *m, float *images, float *raw, const float *latents, int64_t n, int64_t h, int64_t w)
+{
+    if (!m->vae) {
+        BT_ERROR("%s: the VAE is not loaded", m->dir);
+        return BT_EINVAL;
+    }
+    int rc = BT_OK;
+    sd_run_t r = s_run(m);
+    bt_stack_mark_t mk = bt_stack_mark(r.scratch);
+    const sd_vae_config_t *c = &m->vae->cfg;
+    int64_t L = c->latent_channels, scale = (int64_t)1 << (c->n_blocks - 1);
+    int64_t nz = n * L * h * w, ni = n * c->out_channels * h * scale * w * scale;
+    float *z = malloc((size_t)nz * sizeof(float)), *d_z = sd_scratch(&r, nz), *d_img = sd_scratch(&r, ni);
+    if (!z || !d_z || !d_img) {
+        rc = BT_ENOMEM;
+        goto out;
+    }
+    for (int64_t i = 0; i < nz; i++) z[i] = latents[i] / c->scaling_factor + c->shift_factor;
+    if ((rc = nn_upload(m->ctx, d_z, z, (size_t)nz * sizeof(float))) ||
+        (rc = sd_vae_decode(&r, m->vae, d_img, d_z, n, h, w)) ||
+        (rc = nn_download(m->ctx, images, d_img, (size_t)ni * sizeof(float))))
+        goto out;
+    if (raw) memcpy(raw, images, (size_t)ni * sizeof(float));
+    for (int64_t i = 0; i < ni; i++) {
+        float v = images[i] / 2.0f + 0.5f;
+        images[i] = v < 0 ? 0 : (v > 1 ? 1 : v);
+    }
+out:
+    free(z);
+    bt_stack_reset(r.scratch, mk);
+    return rc;
+}

@@ -1,0 +1,80 @@
+/*
+ * pipeline.h — a Stable Diffusion model folder and text-to-image sampling.
+ *
+ * A model is the diffusers folder layout real SD 1.x/2.x snapshots use
+ * (model_index.json, tokenizer/, text_encoder/, unet/, vae/, scheduler/). Sampling
+ * is StableDiffusionPipeline's loop: text embeddings for the prompt and the
+ * negative prompt, classifier-free guidance, a scheduler step per timestep, and
+ * the VAE decoder. An image's noise comes from its own RNG stream (seed, image
+ * index), so the same seed gives the same image whatever the batch size.
+ */
+#ifndef BOOTH_DIFFUSION_PIPELINE_H
+#define BOOTH_DIFFUSION_PIPELINE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/stack.h"
+#include "diffusion/clip.h"
+#include "diffusion/scheduler.h"
+#include "diffusion/tokenizer.h"
+#include "diffusion/unet.h"
+#include "diffusion/vae.h"
+
+enum {
+    SD_PART_TOKENIZER = 1,
+    SD_PART_TEXT = 2,
+    SD_PART_UNET = 4,
+    SD_PART_VAE = 8,
+    SD_PART_SCHEDULER = 16,
+    SD_PART_ALL = 31,
+};
+
+typedef struct sd_model {
+    char *dir;
+    nn_ctx_t *ctx; /* not owned */
+    sd_tokenizer_t *tok;
+    sd_clip_t *clip;
+    sd_unet_t *unet;
+    sd_vae_t *vae;
+    sd_sched_config_t sched_cfg;
+    sd_sched_kind_t default_sampler; /* from scheduler_config.json's _class_name */
+    bt_stack_t scratch;              /* temporaries of every forward pass */
+} sd_model_t;
+
+/* Loads the requested parts (SD_PART_* mask) of a model folder; NULL with one
+ * log line naming the file and the problem. */
+sd_model_t *sd_model_load(nn_ctx_t *ctx, const char *dir, unsigned parts);
+void sd_model_destroy(sd_model_t **m);
+
+/* Prompt -> text embeddings [1, 77, C] in the context's memory (ids on the host). */
+int sd_encode_prompt(sd_model_t *m, float *embeds, const char *prompt, int clip_skip);
+
+/* After each sampler step: done of total, and the batch's current latents (host). */
+typedef void (*sd_progress_fn)(void *user, int done, int total, const float *latents);
+
+typedef struct sd_sample_params {
+    float guidance;          /* classifier-free guidance scale; <= 1 disables the unconditional pass */
+    int steps;               /* inference steps */
+    sd_sched_kind_t sampler;
+    float eta;               /* DDIM eta (0: deterministic) */
+    uint64_t seed;
+    int64_t first_index;     /* images are numbered from here: image i uses RNG stream i */
+    sd_progress_fn progress; /* called after every UNet call, may be NULL */
+    void *progress_user;
+} sd_sample_params_t;
+
+/* Runs the sampling loop for n images of latent size [4, h, w] in one batch.
+ * cond/uncond: [1, T, C] embeddings (uncond ignored without guidance).
+ * latents (host, [n, 4, h, w]): the starting latents if init is true (used as
+ * given, like diffusers' `latents=`), else filled from the seed; the final
+ * latents on return. */
+int sd_sample(sd_model_t *m, const sd_sample_params_t *p, const float *cond, const float *uncond, int64_t T,
+              float *latents, bool init, int64_t n, int64_t h, int64_t w);
+
+/* Latents [n, 4, h, w] (host) -> images [n, 3, 8h, 8w] (host) in [0, 1]
+ * (decode(latents / scaling_factor) / 2 + 0.5, clamped). raw (may be NULL)
+ * receives the decoder output before the mapping. */
+int sd_decode(sd_model_t *m, float *images, float *raw, const float *latents, int64_t n, int64_t h, int64_t w);
+
+#endif
