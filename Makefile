@@ -70,11 +70,12 @@ endif
 
 # ---- sources ----------------------------------------------------------------
 LIB_SRCS := $(wildcard common/*.c nn/*.c nn/cpu/*.c storage/*.c diffusion/*.c)
+ASM_SRCS := $(wildcard diffusion/*.S)
 CLI_SRCS := $(wildcard cli/*.c)
 TEST_SRCS := $(wildcard tests/*.c tests/unit/*.c)
 BENCH_SRCS := $(wildcard bench/*.c)
 
-LIB_OBJS   := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o) $(CUDA_OBJS)
+LIB_OBJS   := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o) $(ASM_SRCS:%.S=$(BUILD)/obj/%.o) $(CUDA_OBJS)
 CLI_OBJS   := $(CLI_SRCS:%.c=$(BUILD)/obj/%.o)
 TEST_OBJS  := $(TEST_SRCS:%.c=$(BUILD)/obj/%.o)
 BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
@@ -89,6 +90,12 @@ all: $(BOOTH) $(RUNNER) $(BENCH_BINS)
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -c $< -o $@
+
+# embedded data (.incbin): rebuilt when the data files change
+$(BUILD)/obj/diffusion/clip_tokenizer.o: diffusion/clip_tokenizer/vocab.json diffusion/clip_tokenizer/merges.txt
+$(BUILD)/obj/%.o: %.S
+	@mkdir -p $(@D)
+	$(CC) -c $< -o $@
 
 $(BUILD)/obj/%.o: %.cu
 	@mkdir -p $(@D)

@@ -8,5 +8,6 @@
 #define BOOTH_CLI_CLI_H
 
 int cmd_info(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
 
 #endif

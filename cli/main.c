@@ -17,6 +17,7 @@ typedef struct {
 
 static const s_cmd_t s_cmds[] = {
     {"info", cmd_info, "show the compute backend, BLAS and thread count"},
+    {"tokenize", cmd_tokenize, "show how CLIP tokenizes a prompt (ids, pieces, truncation)"},
 };
 
 static void s_usage(FILE *out)

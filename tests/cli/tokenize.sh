@@ -1,0 +1,48 @@
+# tokenize.sh — `booth tokenize`: the --json output for a DreamBooth prompt, the
+# human-readable listing, and a one-line error for a missing model folder.
+# Run by tests/runner with bash -eu -o pipefail; $BOOTH is the binary, cwd the repo root.
+
+model="$BOOTH_TEST_TMPDIR/model"
+mkdir -p "$model"
+cp -r diffusion/clip_tokenizer "$model/tokenizer"
+
+pad=$(printf ',49407%.0s' $(seq 70))
+want="{\"input_ids\":[49406,320,1125,539,48136,1929,49407$pad],\"tokens\":[\"a</w>\",\"photo</w>\",\"of</w>\",\"sks</w>\",\"dog</w>\"]}"
+
+got=$("$BOOTH" tokenize --model "$model" --prompt "a photo of sks dog" --json)
+if [ "$got" != "$want" ]; then
+    echo "--json output differs:"; echo "got:  $got"; echo "want: $want"; exit 1
+fi
+# --tokenizer points straight at the folder
+got=$("$BOOTH" tokenize --tokenizer diffusion/clip_tokenizer --prompt "a photo of sks dog" --json)
+[ "$got" = "$want" ] || { echo "--tokenizer output differs: $got"; exit 1; }
+
+# human-readable: count, fit, one line per piece
+out=$("$BOOTH" tokenize --model "$model" --prompt "a photo of sks dog")
+echo "$out" | grep -q '^5 tokens (without start/end); fits in 75$' || { echo "bad summary: $out"; exit 1; }
+echo "$out" | grep -Eq '^48136 +sks</w>$' || { echo "no sks line: $out"; exit 1; }
+[ "$(echo "$out" | wc -l)" -eq 6 ] || { echo "expected 6 lines: $out"; exit 1; }
+
+# truncation warning
+long=$(printf 'a %.0s' $(seq 80))
+out=$("$BOOTH" tokenize --model "$model" --prompt "$long")
+echo "$out" | grep -q '^80 tokens (without start/end); does not fit in 75$' || { echo "bad summary: $out"; exit 1; }
+echo "$out" | grep -q '^warning: 5 tokens past the first 75 are cut off' || { echo "no warning: $out"; exit 1; }
+
+# missing model folder: non-zero exit, exactly one line on stderr, nothing on stdout
+set +e
+"$BOOTH" tokenize --model "$BOOTH_TEST_TMPDIR/no-such-model" --prompt "a dog" >"$BOOTH_TEST_TMPDIR/out" 2>"$BOOTH_TEST_TMPDIR/err"
+rc=$?
+set -e
+[ "$rc" -ne 0 ] || { echo "missing model dir: exit status 0"; exit 1; }
+[ "$(wc -l <"$BOOTH_TEST_TMPDIR/err")" -eq 1 ] || { echo "expected one error line:"; cat "$BOOTH_TEST_TMPDIR/err"; exit 1; }
+grep -q 'no-such-model/tokenizer/vocab.json' "$BOOTH_TEST_TMPDIR/err" || { echo "error does not name the file:"; cat "$BOOTH_TEST_TMPDIR/err"; exit 1; }
+[ ! -s "$BOOTH_TEST_TMPDIR/out" ] || { echo "unexpected stdout:"; cat "$BOOTH_TEST_TMPDIR/out"; exit 1; }
+
+# usage errors exit 2; --help exits 0
+set +e
+"$BOOTH" tokenize --prompt "a dog" 2>/dev/null; rc=$?
+set -e
+[ "$rc" -eq 2 ] || { echo "missing --model: exit $rc, expected 2"; exit 1; }
+"$BOOTH" tokenize --help | grep -q '^usage: booth tokenize'
+echo "tokenize.sh: ok"
