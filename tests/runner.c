@@ -211,6 +211,18 @@ static int s_cmp(const void *a, const void *b)
 int main(int argc, char **argv)
 {
     nn_process_init(argc, argv);
+    if (!getenv("BOOTH")) { /* the booth binary beside this runner's directory */
+        char self[4096];
+        ssize_t len = readlink("/proc/self/exe", self, sizeof self - 16);
+        if (len > 0) {
+            self[len] = '\0';
+            char *slash = strrchr(self, '/');
+            if (slash) {
+                strcpy(slash, "/../booth");
+                setenv("BOOTH", self, 1);
+            }
+        }
+    }
     bool fork_tests = true, list = false;
     char **pat = calloc((size_t)argc, sizeof *pat);
     int npat = 0;
