@@ -8,6 +8,8 @@
 #define BOOTH_CLI_CLI_H
 
 int cmd_info(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_init_model(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 
 #endif

@@ -16,6 +16,8 @@ typedef struct {
 } s_cmd_t;
 
 static const s_cmd_t s_cmds[] = {
+    {"generate", cmd_generate, "text to images (PNG) with a model folder; --help for the knobs"},
+    {"init-model", cmd_init_model, "write a randomly initialised model folder (tiny, sd15, sd21)"},
     {"info", cmd_info, "show the compute backend, BLAS and thread count"},
     {"tokenize", cmd_tokenize, "show how CLIP tokenizes a prompt (ids, pieces, truncation)"},
 };

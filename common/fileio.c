@@ -159,3 +159,14 @@ int bt_mkdirs(const char *path)
     free(p);
     return rc;
 }
+
+int bt_mkdirs_for(const char *file_path)
+{
+    const char *slash = strrchr(file_path, '/');
+    if (!slash || slash == file_path) return BT_OK;
+    char *dir = strndup(file_path, (size_t)(slash - file_path));
+    if (!dir) return BT_ENOMEM;
+    int rc = bt_mkdirs(dir);
+    free(dir);
+    return rc;
+}

@@ -35,5 +35,7 @@ int bt_read_file(const char *path, char **data, size_t *len);
 
 /* mkdir -p. Returns 0 or BT_EIO. */
 int bt_mkdirs(const char *path);
+/* mkdir -p of the directory part of a file path (nothing for a bare name). */
+int bt_mkdirs_for(const char *file_path);
 
 #endif

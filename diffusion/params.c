@@ -15,6 +15,7 @@
 #include "common/fileio.h"
 #include "common/log.h"
 #include "common/status.h"
+#include "common/pool.h"
 #include "nn/memory.h"
 
 void sd_params_init(sd_params_t *ps, const char *what)
@@ -301,40 +302,59 @@ static uint64_t s_hash_name(const char *s)
     return h;
 }
 
+/* Fills one parameter's values (host memory dst) from its own stream. */
+static void s_init_one(const sd_param_t *p, float *dst, uint64_t seed)
+{
+    int64_t n = s_numel(p);
+    uint64_t state = s_mix(seed * 0x9e3779b97f4a7c15ull ^ s_hash_name(p->name));
+    for (int64_t k = 0; k < n; k++) {
+        if (p->init == SD_INIT_ZERO) {
+            dst[k] = 0;
+        } else if (p->init == SD_INIT_ONE) {
+            dst[k] = 1;
+        } else { /* Box-Muller from two 53-bit uniforms */
+            double u1 = (double)(s_mix(state += 0x9e3779b97f4a7c15ull) >> 11) * 0x1p-53;
+            double u2 = (double)(s_mix(state += 0x9e3779b97f4a7c15ull) >> 11) * 0x1p-53;
+            if (u1 < 1e-300) u1 = 1e-300;
+            dst[k] = (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2) * p->init_std);
+        }
+    }
+}
+
+typedef struct {
+    sd_params_t *ps;
+    uint64_t seed;
+} s_init_task_t;
+
+static void s_init_task(void *arg, int64_t i0, int64_t i1, int tid)
+{
+    s_init_task_t *t = arg;
+    for (int64_t i = i0; i < i1; i++) s_init_one(&t->ps->p[i], t->ps->p[i].data, t->seed);
+}
+
 int sd_params_init_random(sd_params_t *ps, uint64_t seed)
 {
+    if (ps->ctx->kind == NN_BACKEND_CPU) { /* parameters in parallel: each has its own stream */
+        s_init_task_t t = {ps, seed};
+        bt_pool_run(ps->ctx->pool, ps->n, 1, s_init_task, &t);
+        return BT_OK;
+    }
     float *host = NULL;
     size_t host_n = 0;
-    for (int i = 0; i < ps->n; i++) {
-        sd_param_t *p = &ps->p[i];
-        int64_t n = s_numel(p);
-        float *dst = p->data;
-        if (ps->ctx->kind != NN_BACKEND_CPU) {
-            if ((size_t)n > host_n) {
-                free(host);
-                host = malloc((size_t)n * sizeof(float));
-                host_n = host ? (size_t)n : 0;
-                if (!host) return BT_ENOMEM;
-            }
-            dst = host;
+    int rc = BT_OK;
+    for (int i = 0; i < ps->n && rc == BT_OK; i++) {
+        int64_t n = s_numel(&ps->p[i]);
+        if ((size_t)n > host_n) {
+            free(host);
+            host = malloc((size_t)n * sizeof(float));
+            host_n = host ? (size_t)n : 0;
+            if (!host) return BT_ENOMEM;
         }
-        uint64_t state = s_mix(seed * 0x9e3779b97f4a7c15ull ^ s_hash_name(p->name));
-        for (int64_t k = 0; k < n; k++) {
-            if (p->init == SD_INIT_ZERO) {
-                dst[k] = 0;
-            } else if (p->init == SD_INIT_ONE) {
-                dst[k] = 1;
-            } else { /* Box-Muller from two 53-bit uniforms */
-                double u1 = (double)(s_mix(state += 0x9e3779b97f4a7c15ull) >> 11) * 0x1p-53;
-                double u2 = (double)(s_mix(state += 0x9e3779b97f4a7c15ull) >> 11) * 0x1p-53;
-                if (u1 < 1e-300) u1 = 1e-300;
-                dst[k] = (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2) * p->init_std);
-            }
-        }
-        if (dst != p->data) nn_upload(ps->ctx, p->data, dst, (size_t)n * sizeof(float));
+        s_init_one(&ps->p[i], host, seed);
+        rc = nn_upload(ps->ctx, ps->p[i].data, host, (size_t)n * sizeof(float));
     }
     free(host);
-    return BT_OK;
+    return rc;
 }
 
 int sd_params_save(const sd_params_t *ps, const char *path, st_dtype_t dtype, const char *const *metadata_kv)

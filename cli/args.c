@@ -1,0 +1,134 @@
+/* args.c — option parsing and --help text from one table. */
+#include "cli/args.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void cli_usage(const cli_spec_t *s)
+{
+    printf("usage: booth %s %s\n\n%s\n\noptions:\n", s->command, s->synopsis, s->description);
+    for (const cli_opt_t *o = s->opts; o->name; o++) {
+        char left[64];
+        snprintf(left, sizeof left, "%s%s%s", o->name, o->metavar ? " " : "", o->metavar ? o->metavar : "");
+        printf("  %-28s %s\n", left, o->help);
+    }
+    printf("  %-28s %s\n", "--help", "show this help");
+}
+
+static int s_set(const cli_spec_t *s, const cli_opt_t *o, const char *v)
+{
+    char *end = NULL;
+    errno = 0;
+    switch (o->kind) {
+    case CLI_STR:
+        *(const char **)o->dst = v;
+        return 0;
+    case CLI_INT: {
+        long x = strtol(v, &end, 10);
+        if (*v && !*end && !errno && x >= -2147483647L && x <= 2147483647L) {
+            *(int *)o->dst = (int)x;
+            return 0;
+        }
+        break;
+    }
+    case CLI_I64: {
+        long long x = strtoll(v, &end, 10);
+        if (*v && !*end && !errno) {
+            *(int64_t *)o->dst = x;
+            return 0;
+        }
+        break;
+    }
+    case CLI_U64: {
+        unsigned long long x = strtoull(v, &end, 10);
+        if (*v && !*end && !errno && v[0] != '-') {
+            *(uint64_t *)o->dst = x;
+            return 0;
+        }
+        break;
+    }
+    case CLI_FLOAT: {
+        float x = strtof(v, &end);
+        if (*v && !*end && !errno && isfinite(x)) {
+            *(float *)o->dst = x;
+            return 0;
+        }
+        break;
+    }
+    case CLI_FLOAT_LIST: {
+        cli_floats_t *l = o->dst;
+        l->n = 0;
+        const char *p = v;
+        while (*p) {
+            if (l->n == CLI_MAX_LIST) {
+                fprintf(stderr, "booth %s: %s: at most %d values\n", s->command, o->name, CLI_MAX_LIST);
+                return 2;
+            }
+            float x = strtof(p, &end);
+            if (end == p || !isfinite(x) || (*end && *end != ',')) goto bad;
+            l->v[l->n++] = x;
+            p = *end ? end + 1 : end;
+        }
+        if (l->n > 0) return 0;
+        break;
+    }
+    case CLI_FLAG:
+        break;
+    }
+bad:
+    fprintf(stderr, "booth %s: %s '%s' is not a valid %s\n", s->command, o->name, v,
+            o->kind == CLI_FLOAT_LIST ? "comma-separated list of numbers"
+            : o->kind == CLI_FLOAT    ? "number"
+            : o->kind == CLI_U64      ? "non-negative integer"
+                                      : "integer");
+    return 2;
+}
+
+int cli_parse(const cli_spec_t *s, int argc, char **argv, const char **pos, int *npos)
+{
+    *npos = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            cli_usage(s);
+            return 0;
+        }
+        if (a[0] != '-' || a[1] != '-') {
+            if (*npos >= s->max_positional) {
+                fprintf(stderr, "booth %s: unexpected argument '%s' (see --help)\n", s->command, a);
+                return 2;
+            }
+            pos[(*npos)++] = a;
+            continue;
+        }
+        const char *eq = strchr(a, '=');
+        size_t len = eq ? (size_t)(eq - a) : strlen(a);
+        const cli_opt_t *o = s->opts;
+        for (; o->name; o++)
+            if (strlen(o->name) == len && !strncmp(o->name, a, len)) break;
+        if (!o->name) {
+            fprintf(stderr, "booth %s: unknown option '%.*s' (see --help)\n", s->command, (int)len, a);
+            return 2;
+        }
+        if (o->seen) *o->seen = true;
+        if (o->kind == CLI_FLAG) {
+            if (eq) {
+                fprintf(stderr, "booth %s: %s takes no value\n", s->command, o->name);
+                return 2;
+            }
+            *(bool *)o->dst = true;
+            continue;
+        }
+        const char *v = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
+        if (!v) {
+            fprintf(stderr, "booth %s: %s needs a value (%s)\n", s->command, o->name, o->metavar ? o->metavar : "");
+            return 2;
+        }
+        int rc = s_set(s, o, v);
+        if (rc) return rc;
+    }
+    return -1;
+}
