@@ -153,10 +153,10 @@ static int s_layer_forward(sd_run_t *r, const sd_clip_layer_t *l, float *out, co
     }
     TRY(sd_layer_norm_forward(r, &l->ln2, h, m2, s2, x1, M));
     KEEP(f, M * I);
-    TRY(sd_linear_forward(r, &l->fc1, f, h, M));
+    TRY(sd_linear_forward(r, &l->fc1, f, h, B, T));
     ALLOC(g, M * I);
     TRY(nn_act_forward(r->nn, g, f, M * I, act));
-    TRY(sd_linear_forward(r, &l->fc2, a, g, M));
+    TRY(sd_linear_forward(r, &l->fc2, a, g, B, T));
     TRY(nn_add_forward(r->nn, out, x1, a, M * C));
 out:
     bt_stack_reset(r->scratch, mk);

@@ -208,16 +208,24 @@ void sd_transformer_free(sd_transformer_t *m)
 
 static float s_lora_factor(const sd_lora_t *l) { return l->scale * l->alpha / (float)l->rank; }
 
-int sd_linear_forward(sd_run_t *r, const sd_linear_t *m, float *out, const float *x, int64_t M)
+int sd_linear_forward(sd_run_t *r, const sd_linear_t *m, float *out, const float *x, int64_t B, int64_t N)
 {
-    int rc = nn_linear_forward(r->nn, out, x, m->w, m->b, M, m->in, m->out);
-    const sd_lora_t *l = m->lora;
-    if (rc || !l || l->scale == 0.0f) return rc;
+    int rc = BT_OK;
     bt_stack_mark_t mk = bt_stack_mark(r->scratch);
-    float *u;
-    ALLOC(u, M * l->rank);
-    TRY(nn_matmul(r->nn, u, x, l->A, M, l->rank, m->in, false, true, 1.0f, 0.0f));
-    TRY(nn_matmul(r->nn, out, u, l->B, M, m->out, l->rank, false, true, s_lora_factor(l), 1.0f));
+    const sd_lora_t *l = m->lora;
+    bool lora = l && l->scale != 0.0f;
+    float *u = NULL;
+    if (lora) ALLOC(u, N * l->rank);
+    /* one product per batch item: an item's arithmetic never depends on its batch-mates,
+     * so an image comes out the same whatever the batch size */
+    for (int64_t b = 0; b < B; b++) {
+        const float *xb = x + b * N * m->in;
+        float *ob = out + b * N * m->out;
+        TRY(nn_linear_forward(r->nn, ob, xb, m->w, m->b, N, m->in, m->out));
+        if (!lora) continue;
+        TRY(nn_matmul(r->nn, u, xb, l->A, N, l->rank, m->in, false, true, 1.0f, 0.0f));
+        TRY(nn_matmul(r->nn, ob, u, l->B, N, m->out, l->rank, false, true, s_lora_factor(l), 1.0f));
+    }
 out:
     bt_stack_reset(r->scratch, mk);
     return rc;
@@ -341,13 +349,13 @@ int sd_attention_forward(sd_run_t *r, const sd_attention_t *m, float *out, const
     KEEP(v, B * Tk * inner);
     KEEP(o, B * N * inner);
     if (r->tape) KEEP(lse, B * m->heads * N);
-    TRY(sd_linear_forward(r, &m->to_q, q, xs, B * N));
-    TRY(sd_linear_forward(r, &m->to_k, k, kv, B * Tk));
-    TRY(sd_linear_forward(r, &m->to_v, v, kv, B * Tk));
+    TRY(sd_linear_forward(r, &m->to_q, q, xs, B, N));
+    TRY(sd_linear_forward(r, &m->to_k, k, kv, B, Tk));
+    TRY(sd_linear_forward(r, &m->to_v, v, kv, B, Tk));
     nn_attn_dims_t d = {.B = B, .Tq = N, .Tk = Tk, .H = m->heads, .D = m->head_dim,
                         .scale = 1.0f / sqrtf((float)m->head_dim), .causal = causal};
     TRY(nn_attention_forward(r->nn, o, lse, q, k, v, &d));
-    TRY(sd_linear_forward(r, &m->to_out, out, o, B * N));
+    TRY(sd_linear_forward(r, &m->to_out, out, o, B, N));
 out:
     bt_stack_reset(r->scratch, mk);
     return rc;
@@ -429,10 +437,10 @@ static int s_tblock_forward(sd_run_t *r, const sd_tblock_t *b, float *out, const
     }
     TRY(sd_layer_norm_forward(r, &b->norm3, h, m3, s3, x2, M));
     KEEP(p, M * 2 * b->ff.inner);
-    TRY(sd_linear_forward(r, &b->ff.proj, p, h, M));
+    TRY(sd_linear_forward(r, &b->ff.proj, p, h, B, N));
     ALLOC(g, M * b->ff.inner);
     TRY(nn_geglu_forward(r->nn, g, p, M, b->ff.inner));
-    TRY(sd_linear_forward(r, &b->ff.out, a, g, M));
+    TRY(sd_linear_forward(r, &b->ff.out, a, g, B, N));
     sd_hook(r, a, 3, tok, "%s.ff", name);
     TRY(nn_add_forward(r->nn, out, x2, a, M * C));
 out:
@@ -505,7 +513,7 @@ int sd_transformer_forward(sd_run_t *r, const sd_transformer_t *m, float *out, c
     sd_hook(r, h, 4, nchw, "%s.norm", m->name);
     if (m->linear_proj) { /* tokens first, then Linear */
         TRY(nn_transpose(r->nn, t1, h, B, C, HW));
-        TRY(sd_linear_forward(r, &m->proj_in_lin, t0, t1, B * HW));
+        TRY(sd_linear_forward(r, &m->proj_in_lin, t0, t1, B, HW));
         sd_hook(r, t0, 3, tok, "%s.proj_in", m->name);
     } else { /* 1x1 conv on NCHW, then tokens */
         TRY(sd_conv_forward(r, &m->proj_in_conv, t1, h, B, H, W));
@@ -522,7 +530,7 @@ int sd_transformer_forward(sd_run_t *r, const sd_transformer_t *m, float *out, c
         t1 = sw;
     }
     if (m->linear_proj) {
-        TRY(sd_linear_forward(r, &m->proj_out_lin, t1, t0, B * HW));
+        TRY(sd_linear_forward(r, &m->proj_out_lin, t1, t0, B, HW));
         sd_hook(r, t1, 3, tok, "%s.proj_out", m->name);
         TRY(nn_transpose(r->nn, h, t1, B, HW, C));
     } else {
@@ -599,7 +607,7 @@ int sd_resnet_forward(sd_run_t *r, const sd_resnet_t *m, float *out, const float
     TRY(sd_conv_forward(r, &m->conv1, h1, a, B, H, W));
     if (m->time_proj.w && silu_temb) {
         ALLOC(t, B * m->out);
-        TRY(sd_linear_forward(r, &m->time_proj, t, silu_temb, B));
+        TRY(sd_linear_forward(r, &m->time_proj, t, silu_temb, B, 1));
         TRY(nn_add_channel_bias_forward(r->nn, h1, t, B, m->out, HW));
     }
     if (r->tape) {

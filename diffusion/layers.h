@@ -131,8 +131,9 @@ void sd_transformer_free(sd_transformer_t *m);
 
 /* ---- plain layers ---- */
 
-/* out[M, out] = x[M, in] W^T + b (+ LoRA). */
-int sd_linear_forward(sd_run_t *r, const sd_linear_t *m, float *out, const float *x, int64_t M);
+/* out[B*N, out] = x[B*N, in] W^T + b (+ LoRA), one product per batch item of N rows
+ * (so an item's result does not depend on the batch it is in). */
+int sd_linear_forward(sd_run_t *r, const sd_linear_t *m, float *out, const float *x, int64_t B, int64_t N);
 /* dx (=, may be NULL); LoRA dA/dB (+=) when the adapter has gradient buffers. x is the forward input. */
 int sd_linear_backward(sd_run_t *r, const sd_linear_t *m, float *dx, const float *dy, const float *x, int64_t M);
 

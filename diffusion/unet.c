@@ -286,9 +286,9 @@ static int s_time_embedding(sd_run_t *r, const sd_unet_t *u, float **silu_temb, 
     TRY(nn_upload(r->nn, tt, t, (size_t)B * sizeof(float)));
     TRY(nn_timestep_embedding_forward(r->nn, tp, tt, B, c0, u->cfg.flip_sin_to_cos, u->cfg.freq_shift));
     sd_hook(r, tp, 2, (int64_t[]){B, c0}, "time_proj");
-    TRY(sd_linear_forward(r, &u->time_l1, e1, tp, B));
+    TRY(sd_linear_forward(r, &u->time_l1, e1, tp, B, 1));
     TRY(nn_act_forward(r->nn, e1, e1, B * td, NN_ACT_SILU));
-    TRY(sd_linear_forward(r, &u->time_l2, e2, e1, B));
+    TRY(sd_linear_forward(r, &u->time_l2, e2, e1, B, 1));
     sd_hook(r, e2, 2, (int64_t[]){B, td}, "time_embedding");
     TRY(nn_act_forward(r->nn, e1, e2, B * td, NN_ACT_SILU));
     *silu_temb = e1;

@@ -1,0 +1,53 @@
+# booth init-model + booth generate, end to end on the tiny architecture.
+T=$BOOTH_TEST_TMPDIR
+"$BOOTH" init-model --arch tiny --seed 3 --out "$T/model" 2>/dev/null
+test -f "$T/model/model_index.json"
+"$BOOTH" init-model --help | grep -q -- "--arch"
+"$BOOTH" generate --help | grep -q -- "--init-latents"
+
+# two images at a non-square size with every sampler; PNG signature and size checked
+for s in ddim euler pndm ddpm; do
+    "$BOOTH" generate --model "$T/model" --prompt "a sks dog in the snow" --negative-prompt "blurry" \
+        --sampler $s --steps 3 --width 64 --height 48 --num-images 2 --batch-size 2 --seed 5 \
+        --out "$T/$s.png" --save-latents "$T/$s.safetensors" >"$T/$s.list" 2>/dev/null
+    test "$(wc -l <"$T/$s.list")" = 2
+    for f in "$T/$s-0000.png" "$T/$s-0001.png"; do
+        test "$(head -c 8 "$f" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a
+        # IHDR width and height, big-endian, at bytes 16..23
+        test "$(od -An -tu1 -j16 -N8 "$f" | tr -s ' ')" = " 0 0 0 64 0 0 0 48"
+    done
+done
+
+# the same seed gives the same image whatever the batch size (PNG bytes identical)
+"$BOOTH" generate --model "$T/model" --prompt "a sks dog in the snow" --negative-prompt "blurry" \
+    --sampler ddim --steps 3 --width 64 --height 48 --num-images 2 --batch-size 1 --seed 5 \
+    --out "$T/b1.png" >/dev/null 2>&1
+cmp "$T/ddim-0001.png" "$T/b1-0001.png"
+
+# --init-latents from --save-latents reproduces the run with a deterministic sampler
+"$BOOTH" generate --model "$T/model" --prompt "x" --sampler ddim --steps 2 --seed 9 --width 32 --height 32 \
+    --out "$T/a.png" --save-latents "$T/a_final.safetensors" >/dev/null 2>&1
+"$BOOTH" generate --model "$T/model" --prompt "x" --sampler ddim --steps 2 --width 32 --height 32 \
+    --init-latents "$T/a_final.safetensors" --out "$T/from_init.png" >/dev/null 2>&1
+test -f "$T/from_init.png"
+
+# bad input: one line on stderr, non-zero exit
+check_error() { # expected-substring, command...
+    local want=$1
+    shift
+    if "$@" >/dev/null 2>"$T/err"; then echo "expected failure: $*"; exit 1; fi
+    test "$(wc -l <"$T/err")" -le 2
+    grep -q -- "$want" "$T/err" || { echo "stderr lacks '$want':"; cat "$T/err"; exit 1; }
+}
+check_error "model_index.json" "$BOOTH" generate --model "$T/nowhere" --prompt x
+check_error "multiples of 8" "$BOOTH" generate --model "$T/model" --prompt x --width 30
+check_error "not ddim" "$BOOTH" generate --model "$T/model" --prompt x --sampler heun
+check_error "unknown option" "$BOOTH" generate --model "$T/model" --prompt x --strength 3
+check_error "no tensor named 'latents'" "$BOOTH" generate --model "$T/model" --prompt x \
+    --init-latents "$T/model/unet/diffusion_pytorch_model.safetensors"
+head -c 1000 "$T/model/unet/diffusion_pytorch_model.safetensors" >"$T/trunc.safetensors"
+mkdir -p "$T/broken/unet"
+cp -r "$T/model/"* "$T/broken/"
+cp "$T/trunc.safetensors" "$T/broken/unet/diffusion_pytorch_model.safetensors"
+check_error "diffusion_pytorch_model.safetensors" "$BOOTH" generate --model "$T/broken" --prompt x
+check_error "not tiny, sd15 or sd21" "$BOOTH" init-model --arch sdxl --out "$T/x"
