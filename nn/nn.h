@@ -14,6 +14,7 @@
 #include "nn/loss.h"
 #include "nn/memory.h"
 #include "nn/norm.h"
+#include "nn/optim.h"
 #include "nn/ops.h"
 #include "nn/tensor.h"
 

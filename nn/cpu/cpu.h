@@ -108,5 +108,8 @@ int nn_cpu_timestep_embedding_backward(nn_ctx_t *ctx, float *dt, const float *do
                                        int64_t C, bool flip_sin_to_cos, float freq_shift);
 int nn_cpu_mse_forward(nn_ctx_t *ctx, float *loss, const float *a, const float *b, int64_t n);
 int nn_cpu_mse_backward(nn_ctx_t *ctx, float *da, float dloss, const float *a, const float *b, int64_t n);
+int nn_cpu_sum_squares(nn_ctx_t *ctx, double *out, const float *x, int64_t n);
+int nn_cpu_adamw_step(nn_ctx_t *ctx, float *p, float *m, float *v, const float *g, int64_t n, float lr, float beta1,
+                      float beta2, float eps, float weight_decay, int64_t step);
 
 #endif

@@ -76,4 +76,6 @@ const nn_ops_t nn_ops_cpu = {
     .timestep_embedding_backward = nn_cpu_timestep_embedding_backward,
     .mse_forward = nn_cpu_mse_forward,
     .mse_backward = nn_cpu_mse_backward,
+    .sum_squares = nn_cpu_sum_squares,
+    .adamw_step = nn_cpu_adamw_step,
 };

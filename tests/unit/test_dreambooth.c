@@ -1,0 +1,154 @@
+/*
+ * test_dreambooth.c — the DreamBooth step against the reference: loss (instance,
+ * prior, total), every LoRA gradient of the UNet and the text encoder, and one
+ * AdamW step (from booth's own gradients and from the reference's), on the
+ * oracle's batch [instance, class] with prior preservation.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "diffusion/dreambooth.h"
+#include "nn/nn.h"
+#include "testutil.h"
+
+static void s_read_i32(const st_file_t *f, const char *name, int32_t *out, int64_t n)
+{
+    int64_t tmp[77];
+    const st_tensor_t *t = st_find(f, name);
+    if (!t || st_numel(t) != n || n > 77 || st_read_i64(t, tmp)) {
+        bt_test_fail(__FILE__, __LINE__, "fixture tensor %s", name);
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) out[i] = (int32_t)tmp[i];
+}
+
+/* Checks grads (and one AdamW step) of one LoRA set against prefix "grad.<part>." entries. */
+static void s_check_set(const st_file_t *fx, sd_lora_set_t *set, const char *part, double *worst_rel)
+{
+    char name[512];
+    nn_ctx_t *ctx = set->params.ctx;
+    for (int i = 0; i < set->params.n; i++) {
+        const sd_param_t *p = &set->params.p[i];
+        int64_t n = 1;
+        for (int d = 0; d < p->ndim; d++) n *= p->shape[d];
+        const float *g = set->grad + (p->data - set->params.mem);
+        snprintf(name, sizeof name, "f64.grad.%s.%s", part, p->name);
+        double *g64 = tu_load_f64(fx, name, NULL);
+        snprintf(name, sizeof name, "f32.grad.%s.%s", part, p->name);
+        float *g32 = tu_load_f32(fx, name, NULL);
+        snprintf(name, sizeof name, "f64.adamw_step1.%s.%s", part, p->name);
+        double *a64 = tu_load_f64(fx, name, NULL);
+        snprintf(name, sizeof name, "f32.adamw_step1.%s.%s", part, p->name);
+        float *a32 = tu_load_f32(fx, name, NULL);
+        if (!g64 || !g32 || !a64 || !a32) return;
+        double gmax = 0;
+        for (int64_t k = 0; k < n; k++) gmax = fmax(gmax, fabs(g64[k]));
+        double e64 = tu_max_abs_diff_f64(g, g64, n), e32 = tu_max_abs_diff(g, g32, n);
+        CHECKF(e64 <= 1e-3 * gmax, "%s: grad max err %.3g vs f64 (limit %.3g)", p->name, e64, 1e-3 * gmax);
+        CHECKF(e32 <= 1e-3 * gmax, "%s: grad max err %.3g vs f32 reference", p->name, e32);
+        if (gmax > 0 && e64 / gmax > *worst_rel) *worst_rel = e64 / gmax;
+
+        /* AdamW from zero moments, lr 1e-4, betas (0.9, 0.999), eps 1e-8, wd 1e-2 */
+        float *pp = malloc((size_t)n * sizeof(float)), *pf = malloc((size_t)n * sizeof(float));
+        float *m = calloc((size_t)n, sizeof(float)), *v = calloc((size_t)n, sizeof(float));
+        memcpy(pp, p->data, (size_t)n * sizeof(float));
+        memcpy(pf, p->data, (size_t)n * sizeof(float));
+        REQUIRE(nn_adamw_step(ctx, pp, m, v, g, n, 1e-4f, 0.9f, 0.999f, 1e-8f, 1e-2f, 1) == 0);
+        memset(m, 0, (size_t)n * sizeof(float));
+        memset(v, 0, (size_t)n * sizeof(float));
+        REQUIRE(nn_adamw_step(ctx, pf, m, v, g32, n, 1e-4f, 0.9f, 0.999f, 1e-8f, 1e-2f, 1) == 0);
+        int64_t bad_own = 0, bad_fixture = 0;
+        for (int64_t k = 0; k < n; k++) {
+            /* own gradients: g/(|g|+1e-8) is ill-conditioned where |g| < 1e-7 */
+            double lim = fabs(g64[k]) < 1e-7 ? 2e-4 : 1e-6;
+            if (fabs(pp[k] - a64[k]) > lim) bad_own++;
+            if (fabs(pf[k] - a32[k]) > 1e-6) bad_fixture++; /* the reference's own float32 step */
+        }
+        CHECKF(bad_own == 0, "%s: %lld AdamW entries off (own gradients)", p->name, (long long)bad_own);
+        CHECKF(bad_fixture == 0, "%s: %lld AdamW entries off (reference gradients)", p->name, (long long)bad_fixture);
+        free(pp);
+        free(pf);
+        free(m);
+        free(v);
+        free(g64);
+        free(g32);
+        free(a64);
+        free(a32);
+    }
+}
+
+static void s_run(const char *fixture, bool train_text, bool checkpoint)
+{
+    nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, 0);
+    REQUIRE(ctx);
+    sd_model_t *m = sd_model_load(ctx, tu_fixture_path("tiny-sd"), SD_PART_TEXT | SD_PART_UNET | SD_PART_SCHEDULER);
+    REQUIRE(m);
+    sd_lora_set_t *lu = sd_lora_attach_unet(m->unet, 4, 4.0f, NULL), *lt = NULL;
+    REQUIRE(lu && sd_lora_alloc(lu, ctx, true) == 0);
+    st_file_t *wu = tu_fixture("oracle/lora_unet_weights.safetensors");
+    REQUIRE(wu && sd_params_load_files(&lu->params, &wu, 1) == 0);
+    st_file_t *wt = NULL;
+    if (train_text) {
+        lt = sd_lora_attach_clip(m->clip, 4, 4.0f, NULL);
+        REQUIRE(lt && sd_lora_alloc(lt, ctx, true) == 0);
+        wt = tu_fixture("oracle/lora_text_encoder_weights.safetensors");
+        REQUIRE(wt && sd_params_load_files(&lt->params, &wt, 1) == 0);
+    }
+    st_file_t *fx = tu_fixture(fixture);
+    REQUIRE(fx);
+    int32_t ids[2 * 77];
+    s_read_i32(fx, "instance_input_ids", ids, 77);
+    s_read_i32(fx, "class_input_ids", ids + 77, 77);
+    const int64_t per = 4 * 16 * 16;
+    float lat[2 * per], noise[2 * per];
+    float *il = tu_load_f32(fx, "instance_latents", NULL), *cl = tu_load_f32(fx, "class_latents", NULL);
+    float *in = tu_load_f32(fx, "instance_noise", NULL), *cn = tu_load_f32(fx, "class_noise", NULL);
+    REQUIRE(il && cl && in && cn);
+    memcpy(lat, il, sizeof(float) * per);
+    memcpy(lat + per, cl, sizeof(float) * per);
+    memcpy(noise, in, sizeof(float) * per);
+    memcpy(noise + per, cn, sizeof(float) * per);
+    int64_t ts[2];
+    REQUIRE(st_read_i64(st_find(fx, "instance_timesteps"), ts) == 0);
+    REQUIRE(st_read_i64(st_find(fx, "class_timesteps"), ts + 1) == 0);
+    float weights[2] = {1.0f, 1.0f};
+
+    sd_db_t *db = sd_db_new(m, lu, lt, checkpoint);
+    REQUIRE(db);
+    sd_db_batch_t b = {.n = 2, .T = 77, .h = 16, .w = 16, .ids = ids, .latents = lat, .noise = noise,
+                       .timesteps = ts, .weights = weights};
+    double loss;
+    float per_ex[2];
+    REQUIRE(sd_db_step(db, &b, &loss, per_ex) == 0);
+    double l64, li64, lp64;
+    st_read_f64(st_find(fx, "f64.loss"), &l64);
+    st_read_f64(st_find(fx, "f64.loss_instance"), &li64);
+    st_read_f64(st_find(fx, "f64.loss_prior"), &lp64);
+    CHECKF(fabs(loss - l64) <= 1e-5 * fabs(l64), "loss %.9g vs %.9g", loss, l64);
+    CHECKF(fabs(per_ex[0] - li64) <= 1e-5 * fabs(li64), "instance loss %.9g vs %.9g", per_ex[0], li64);
+    CHECKF(fabs(per_ex[1] - lp64) <= 1e-5 * fabs(lp64), "prior loss %.9g vs %.9g", per_ex[1], lp64);
+    double worst = 0;
+    s_check_set(fx, lu, "unet", &worst);
+    if (lt) s_check_set(fx, lt, "text_encoder", &worst);
+    printf("%s%s: loss %.8f (reference %.8f); worst grad error %.2g of the tensor's max\n", fixture,
+           checkpoint ? " (checkpointed)" : "", loss, l64, worst);
+
+    free(il);
+    free(cl);
+    free(in);
+    free(cn);
+    st_close(&fx);
+    st_close(&wu);
+    st_close(&wt);
+    sd_db_destroy(&db);
+    sd_lora_destroy(&lu);
+    sd_lora_destroy(&lt);
+    sd_model_destroy(&m);
+    nn_ctx_destroy(&ctx);
+}
+
+TEST(dreambooth_unet_lora_matches_oracle) { s_run("oracle/dreambooth_unet_lora.safetensors", false, false); }
+TEST(dreambooth_unet_te_lora_matches_oracle) { s_run("oracle/dreambooth_unet_te_lora.safetensors", true, false); }
+TEST(dreambooth_checkpointing_matches_oracle) { s_run("oracle/dreambooth_unet_te_lora.safetensors", true, true); }
