@@ -235,9 +235,10 @@ int sd_unet_config_load(const char *path, sd_unet_config_t *c)
         (rc = s_int(&j, "time_embedding_dim", 0, 0, &c->time_embed_dim)) ||
         (rc = s_bool(&j, "upcast_attention", false, &c->upcast_attention)))
         goto out;
-    c->mid_only_cross_attention = c->only_cross_attention[n - 1];
-    const cJSON *moc = s_get(&j, "mid_block_only_cross_attention");
-    if (moc) c->mid_only_cross_attention = cJSON_IsTrue(moc);
+    /* UNetMidBlock2DCrossAttn takes no only_cross_attention: its first attention is
+     * always self-attention (mid_block_only_cross_attention belongs to
+     * UNetMidBlock2DSimpleCrossAttn, which booth does not implement) */
+    c->mid_only_cross_attention = false;
     /* legacy naming: without num_attention_heads, attention_head_dim is the head count */
     for (int i = 0; i < n; i++) c->heads[i] = have_num_heads ? heads[i] : head_dim[i];
     if (!c->time_embed_dim) c->time_embed_dim = 4 * c->block_out_channels[0];
