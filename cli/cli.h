@@ -9,6 +9,9 @@
 
 int cmd_info(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_grid(int argc, char **argv);
+int cmd_lora_grad(int argc, char **argv);
 int cmd_init_model(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 

@@ -13,6 +13,7 @@
 #include "common/log.h"
 #include "common/progress.h"
 #include "common/status.h"
+#include "diffusion/lora_io.h"
 #include "diffusion/pipeline.h"
 #include "nn/nn.h"
 #include "storage/png.h"
@@ -71,8 +72,8 @@ static float *s_read_latents(const char *path, int64_t *n, int64_t C, int64_t *h
 int cmd_generate(int argc, char **argv)
 {
     const char *model = NULL, *prompt = NULL, *negative = "", *sampler_s = NULL, *out = "generated.png";
-    const char *init_latents = NULL, *save_latents = NULL;
-    float guidance = 7.5f, eta = 0;
+    const char *init_latents = NULL, *save_latents = NULL, *lora = NULL;
+    float guidance = 7.5f, eta = 0, scale_unet = 1.0f, scale_text = 1.0f;
     int steps = 30, clip_skip = 0;
     uint64_t seed = 0;
     int64_t width = 0, height = 0, num = 1, batch = 1;
@@ -95,6 +96,9 @@ int cmd_generate(int argc, char **argv)
         CLI_OPT("--init-latents", CLI_STR, &init_latents, "FILE",
                 "start from tensor 'latents' [N,4,H/8,W/8] of this safetensors file instead of the seed's noise"),
         CLI_OPT("--save-latents", CLI_STR, &save_latents, "FILE", "write the final latents (before the VAE) as 'latents'"),
+        CLI_OPT("--lora", CLI_STR, &lora, "FILE", "a LoRA file: diffusers, kohya (A1111/ComfyUI) or peft layout"),
+        CLI_OPT("--lora-scale-unet", CLI_FLOAT, &scale_unet, "S", "LoRA strength on the UNet (default 1)"),
+        CLI_OPT("--lora-scale-text", CLI_FLOAT, &scale_text, "S", "LoRA strength on the text encoder (default 1)"),
         CLI_END,
     };
     const cli_spec_t spec = {"generate", "--model DIR --prompt TEXT [options]",
@@ -123,8 +127,16 @@ int cmd_generate(int argc, char **argv)
     if (!ctx) return 1;
     int status = 1;
     float *latents = NULL, *images = NULL, *embeds = NULL;
+    sd_lora_set_t *lora_unet = NULL, *lora_text = NULL;
     sd_model_t *m = sd_model_load(ctx, model, SD_PART_ALL);
     if (!m) goto out;
+    if (lora) {
+        if (sd_lora_load(lora, ctx, m->unet, m->clip, NULL, &lora_unet, &lora_text)) goto out;
+        if (lora_unet) sd_lora_set_scale(lora_unet, scale_unet);
+        if (lora_text) sd_lora_set_scale(lora_text, scale_text);
+        fprintf(stderr, "booth generate: LoRA %s: %d UNet layers (scale %g), %d text-encoder layers (scale %g)\n", lora,
+                lora_unet ? lora_unet->n : 0, scale_unet, lora_text ? lora_text->n : 0, scale_text);
+    }
     sd_sched_kind_t sampler = m->default_sampler;
     if (sampler_s && !sd_sched_kind_parse(sampler_s, &sampler)) {
         fprintf(stderr, "booth generate: --sampler '%s' is not ddim, euler, pndm or ddpm\n", sampler_s);
@@ -189,10 +201,14 @@ int cmd_generate(int argc, char **argv)
         fprintf(stderr, "booth generate: latents -> %s\n", save_latents);
     }
     char params[4096];
-    snprintf(params, sizeof params,
-             "%s\nNegative prompt: %s\nSteps: %d, Sampler: %s, CFG scale: %g, Seed: %llu, Size: %lldx%lld, Model: %s",
-             prompt, negative, steps, sd_sched_kind_name(sampler), guidance, (unsigned long long)seed,
-             (long long)(w * 8), (long long)(h * 8), model);
+    int plen = snprintf(params, sizeof params,
+                        "%s\nNegative prompt: %s\nSteps: %d, Sampler: %s, CFG scale: %g, Seed: %llu, Size: %lldx%lld, "
+                        "Model: %s",
+                        prompt, negative, steps, sd_sched_kind_name(sampler), guidance, (unsigned long long)seed,
+                        (long long)(w * 8), (long long)(h * 8), model);
+    if (lora && plen > 0 && (size_t)plen < sizeof params)
+        snprintf(params + plen, sizeof params - (size_t)plen, ", LoRA: %s (unet %g, text %g)", lora, scale_unet,
+                 scale_text);
     for (int64_t i = 0; i < num; i++) {
         if (sd_decode(m, images, NULL, latents + i * per, 1, h, w)) goto out;
         bt_img_t *img = bt_img_from_f32_chw(images, 3, (int)(h * 8), (int)(w * 8), BT_IMG_RANGE_01);
@@ -209,6 +225,8 @@ out:
     if (embeds) nn_free(ctx, embeds);
     free(latents);
     free(images);
+    sd_lora_destroy(&lora_unet);
+    sd_lora_destroy(&lora_text);
     sd_model_destroy(&m);
     nn_ctx_destroy(&ctx);
     return status;

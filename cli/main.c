@@ -18,7 +18,10 @@ typedef struct {
 static const s_cmd_t s_cmds[] = {
     {"generate", cmd_generate, "text to images (PNG) with a model folder; --help for the knobs"},
     {"init-model", cmd_init_model, "write a randomly initialised model folder (tiny, sd15, sd21)"},
+    {"grid", cmd_grid, "sweep LoRA scales and guidance into labelled image grids"},
+    {"lora-grad", cmd_lora_grad, "loss and LoRA gradients of one given batch (debugging, reference checks)"},
     {"info", cmd_info, "show the compute backend, BLAS and thread count"},
+    {"train", cmd_train, "DreamBooth LoRA fine-tuning on a few photos (diffusers' flag names)"},
     {"tokenize", cmd_tokenize, "show how CLIP tokenizes a prompt (ids, pieces, truncation)"},
 };
 

@@ -42,7 +42,19 @@ void sd_db_destroy(sd_db_t **pdb)
     *pdb = NULL;
 }
 
+static int s_run(sd_db_t *db, const sd_db_batch_t *b, double *loss, float *per_example, bool backward);
+
 int sd_db_step(sd_db_t *db, const sd_db_batch_t *b, double *loss, float *per_example)
+{
+    return s_run(db, b, loss, per_example, true);
+}
+
+int sd_db_eval(sd_db_t *db, const sd_db_batch_t *b, double *loss, float *per_example)
+{
+    return s_run(db, b, loss, per_example, false);
+}
+
+static int s_run(sd_db_t *db, const sd_db_batch_t *b, double *loss, float *per_example, bool backward)
 {
     sd_model_t *m = db->model;
     nn_ctx_t *ctx = m->ctx;
@@ -55,7 +67,7 @@ int sd_db_step(sd_db_t *db, const sd_db_batch_t *b, double *loss, float *per_exa
     }
     int rc = BT_OK;
     bt_stack_mark_t mk = bt_stack_mark(&m->scratch);
-    sd_run_t r = {.nn = ctx, .scratch = &m->scratch, .tape = &db->tape, .checkpoint = db->checkpoint};
+    sd_run_t r = {.nn = ctx, .scratch = &m->scratch, .tape = backward ? &db->tape : NULL, .checkpoint = db->checkpoint};
     sd_run_t r_frozen = {.nn = ctx, .scratch = &m->scratch};
     float *host = malloc((size_t)(2 * n * per) * sizeof(float)), *noisy = host, *target = host + n * per;
     float *tf = malloc((size_t)n * sizeof(float));
@@ -68,7 +80,7 @@ int sd_db_step(sd_db_t *db, const sd_db_batch_t *b, double *loss, float *per_exa
     for (int64_t i = 0; i < n; i++) tf[i] = (float)b->timesteps[i];
 
     /* text embeddings: through the tape only when the text encoder's LoRA trains */
-    if ((rc = sd_clip_forward(db->lora_text ? &r : &r_frozen, m->clip, ehs, NULL, b->ids, n, T, db->clip_skip)))
+    if ((rc = sd_clip_forward(db->lora_text && backward ? &r : &r_frozen, m->clip, ehs, NULL, b->ids, n, T, db->clip_skip)))
         goto out;
     if ((rc = sd_sched_add_noise(&db->table, noisy, b->latents, b->noise, b->timesteps, n, per))) goto out;
     if (db->prediction == SD_PRED_V)
@@ -91,6 +103,7 @@ int sd_db_step(sd_db_t *db, const sd_db_batch_t *b, double *loss, float *per_exa
         total += (double)b->weights[i] * li;
     }
     *loss = total;
+    if (!backward) goto out;
 
     if (db->lora_text) {
         if (!(dehs = sd_scratch(&r, n * T * cd))) {

@@ -48,5 +48,7 @@ void sd_db_destroy(sd_db_t **db);
  * receives mean((pred_b - target_b)^2), *loss the weighted sum; LoRA gradients
  * are added to the sets' gradient buffers. */
 int sd_db_step(sd_db_t *db, const sd_db_batch_t *b, double *loss, float *per_example);
+/* The same loss without the backward pass (no tape, gradients untouched). */
+int sd_db_eval(sd_db_t *db, const sd_db_batch_t *b, double *loss, float *per_example);
 
 #endif

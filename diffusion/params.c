@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "common/status.h"
 #include "common/pool.h"
+#include "nn/elementwise.h"
 #include "nn/memory.h"
 
 void sd_params_init(sd_params_t *ps, const char *what)
@@ -90,6 +91,9 @@ int sd_params_alloc(sd_params_t *ps, nn_ctx_t *ctx)
     }
     ps->ctx = ctx;
     ps->numel = 0;
+    /* zero everything, padding included: optimisers sweep the whole block */
+    int rc = nn_fill(ctx, ps->mem, total ? total : 16, 0.0f);
+    if (rc) return rc;
     int64_t off = 0;
     for (int i = 0; i < ps->n; i++) {
         sd_param_t *p = &ps->p[i];

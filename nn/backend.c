@@ -29,7 +29,7 @@ nn_ctx_t *nn_ctx_new(nn_backend_kind_t kind, int threads)
     if (!ctx->pool) goto out_free;
     if (kind == NN_BACKEND_CPU) {
         ctx->ops = &nn_ops_cpu;
-        nn_cpu_blas_threads(ctx->threads);
+        nn_cpu_blas_threads(1); /* parallelism comes from booth's pool (see nn/cpu/blas.c) */
         return ctx;
     }
     int rc = nn_cuda_init(ctx, &ctx->ops);

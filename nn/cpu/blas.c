@@ -7,6 +7,13 @@
  * instead of 310 on two cores. OPENBLAS_CORETYPE fixes that, but OpenBLAS reads
  * it while the library is loaded, before main() runs; so nn_process_init() sets
  * it and re-executes the program once.
+ *
+ * Threads: OpenBLAS always runs single-threaded. Its own worker threads would
+ * spin on sched_yield between calls and fight booth's pool for the same cores;
+ * instead nn_cpu_sgemm_mt() cuts big products into fixed blocks of 256 output
+ * rows (or columns) and runs them on booth's pool. The blocks depend only on the
+ * dimensions, so every output element is computed by the same call whatever the
+ * thread count.
  */
 #include <cblas.h>
 #include <limits.h>
@@ -99,4 +106,48 @@ int nn_cpu_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, fl
     cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, (int)M,
                 (int)N, (int)K, alpha, a, (int)lda, b, (int)ldb, beta, c, (int)ldc);
     return BT_OK;
+}
+
+typedef struct {
+    bool ta, tb, split_m;
+    int64_t M, N, K, lda, ldb, ldc;
+    float alpha, beta;
+    const float *a, *b;
+    float *c;
+    int rc;
+} s_gemm_t;
+
+#define GEMM_BLOCK 256
+
+static void s_gemm_task(void *arg, int64_t i0, int64_t i1, int tid)
+{
+    s_gemm_t *g = arg;
+    for (int64_t i = i0; i < i1; i++) {
+        int64_t o = i * GEMM_BLOCK, len;
+        int rc;
+        if (g->split_m) {
+            len = g->M - o < GEMM_BLOCK ? g->M - o : GEMM_BLOCK;
+            const float *a = g->ta ? g->a + o : g->a + o * g->lda;
+            rc = nn_cpu_sgemm(g->ta, g->tb, len, g->N, g->K, g->alpha, a, g->lda, g->b, g->ldb, g->beta,
+                              g->c + o * g->ldc, g->ldc);
+        } else {
+            len = g->N - o < GEMM_BLOCK ? g->N - o : GEMM_BLOCK;
+            const float *b = g->tb ? g->b + o * g->ldb : g->b + o;
+            rc = nn_cpu_sgemm(g->ta, g->tb, g->M, len, g->K, g->alpha, g->a, g->lda, b, g->ldb, g->beta, g->c + o,
+                              g->ldc);
+        }
+        if (rc) g->rc = rc;
+    }
+}
+
+int nn_cpu_sgemm_mt(nn_ctx_t *ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                    const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc)
+{
+    nn_cpu_blas_threads(1);
+    s_gemm_t g = {.ta = trans_a, .tb = trans_b, .split_m = M >= N, .M = M, .N = N, .K = K, .lda = lda, .ldb = ldb,
+                  .ldc = ldc, .alpha = alpha, .beta = beta, .a = a, .b = b, .c = c};
+    int64_t blocks = ((g.split_m ? M : N) + GEMM_BLOCK - 1) / GEMM_BLOCK;
+    if (blocks <= 1) return nn_cpu_sgemm(trans_a, trans_b, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
+    nn_cpu_parallel(ctx, blocks, 1, s_gemm_task, &g);
+    return g.rc;
 }

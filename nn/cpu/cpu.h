@@ -39,6 +39,11 @@ void nn_cpu_blas_threads(int n);
 int nn_cpu_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *a,
                  int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
 
+/* The same, split over the pool in fixed blocks of output rows/columns (the
+ * split depends on the dimensions only: results are thread-count independent). */
+int nn_cpu_sgemm_mt(nn_ctx_t *ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                    const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+
 /* ---- the table's entries ---- */
 void *nn_cpu_alloc(nn_ctx_t *ctx, size_t bytes);
 void nn_cpu_free(nn_ctx_t *ctx, void *p);

@@ -152,3 +152,60 @@ static void s_run(const char *fixture, bool train_text, bool checkpoint)
 TEST(dreambooth_unet_lora_matches_oracle) { s_run("oracle/dreambooth_unet_lora.safetensors", false, false); }
 TEST(dreambooth_unet_te_lora_matches_oracle) { s_run("oracle/dreambooth_unet_te_lora.safetensors", true, false); }
 TEST(dreambooth_checkpointing_matches_oracle) { s_run("oracle/dreambooth_unet_te_lora.safetensors", true, true); }
+
+/* `booth lora-grad` on the oracle's batch file with its LoRA in the diffusers layout
+ * reproduces the reference's loss, gradients and AdamW step. */
+TEST(lora_grad_command_matches_oracle)
+{
+    char out[512], cmd[4096];
+    snprintf(out, sizeof out, "%s/grads.safetensors", tu_tmpdir());
+    const char *booth = getenv("BOOTH");
+    REQUIRE(booth);
+    char batch[512], lora[512], model[512];
+    snprintf(batch, sizeof batch, "%s", tu_fixture_path("oracle/dreambooth_unet_te_lora.safetensors"));
+    snprintf(lora, sizeof lora, "%s", tu_fixture_path("oracle/pytorch_lora_weights.safetensors"));
+    snprintf(model, sizeof model, "%s", tu_fixture_path("tiny-sd"));
+    snprintf(cmd, sizeof cmd, "'%s' lora-grad --model '%s' --batch '%s' --lora '%s' --adamw --out '%s' 2>/dev/null",
+             booth, model, batch, lora, out);
+    REQUIRE(system(cmd) == 0);
+    st_file_t *got = st_open(out), *fx = tu_fixture("oracle/dreambooth_unet_te_lora.safetensors");
+    REQUIRE(got && fx);
+    const char *scalars[3][2] = {{"loss", "f64.loss"}, {"loss_instance", "f64.loss_instance"},
+                                 {"loss_prior", "f64.loss_prior"}};
+    for (int i = 0; i < 3; i++) {
+        float v;
+        double want;
+        REQUIRE(st_find(got, scalars[i][0]) && st_find(fx, scalars[i][1]));
+        st_read_f32(st_find(got, scalars[i][0]), &v);
+        st_read_f64(st_find(fx, scalars[i][1]), &want);
+        CHECKF(fabs(v - want) <= 1e-5 * fabs(want), "%s %.8g vs %.8g", scalars[i][0], v, want);
+    }
+    int grads = 0, steps = 0;
+    for (int i = 0; i < st_count(got); i++) {
+        const st_tensor_t *t = st_at(got, i);
+        bool grad = !strncmp(t->name, "grad.", 5), adam = !strncmp(t->name, "adamw_step1.", 12);
+        if (!grad && !adam) continue;
+        char ref[600];
+        snprintf(ref, sizeof ref, "f64.%s", t->name);
+        int64_t n = st_numel(t);
+        float *a = tu_load_f32(got, t->name, NULL);
+        double *b = tu_load_f64(fx, ref, NULL);
+        REQUIRE(a && b);
+        double bmax = 0, err = 0;
+        for (int64_t k = 0; k < n; k++) {
+            bmax = fmax(bmax, fabs(b[k]));
+            err = fmax(err, fabs(a[k] - b[k]));
+        }
+        /* gradients: 1e-3 of the tensor's largest; AdamW: ill-conditioned near g = 0, 2e-4 */
+        double lim = grad ? 1e-3 * bmax : 2e-4;
+        CHECKF(err <= lim, "%s: max err %.3g > %.3g", t->name, err, lim);
+        grads += grad;
+        steps += adam;
+        free(a);
+        free(b);
+    }
+    CHECK_INT_EQ(grads, 280); /* 128 UNet + 12 text-encoder adapters, A and B */
+    CHECK_INT_EQ(steps, 280);
+    st_close(&got);
+    st_close(&fx);
+}

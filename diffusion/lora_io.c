@@ -1,0 +1,500 @@
+/*
+ * lora_io.c — loading and saving LoRA files for a UNet and a CLIP text encoder.
+ *
+ * storage/lora_file.c spells keys; this file knows which layers exist. Loading
+ * lists every projection lora.c can adapt (module name, kohya spelling, layer),
+ * files each tensor of the file under its module, validates the whole file,
+ * and only then attaches and fills the sets, so a bad file leaves the model as
+ * it was.
+ */
+#include "diffusion/lora_io.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/status.h"
+#include "nn/elementwise.h"
+#include "nn/memory.h"
+
+/* The projections lora.c adapts, as its attach functions name them (lora.c owns
+ * the attaching; this list lets a file's modules be found before attaching). */
+#define S_NPROJ 4
+static const char *const s_proj_unet[S_NPROJ] = {"to_q", "to_k", "to_v", "to_out.0"};
+static const char *const s_proj_text[S_NPROJ] = {"q_proj", "k_proj", "v_proj", "out_proj"};
+
+/* One adaptable layer of the model and the file's tensors for it. */
+typedef struct {
+    char module[SD_NAME_MAX]; /* "down_blocks.0....attn1.to_q" */
+    char kohya[SD_NAME_MAX];  /* the same as kohya spells it */
+    int proj;                 /* index into s_proj_* */
+    sd_linear_t *layer;
+    const st_tensor_t *t[ST_LORA_ROLE_COUNT]; /* the file's A, B, alpha (NULL: absent) */
+} s_module_t;
+
+typedef struct {
+    s_module_t *m;
+    int n, cap;
+    bool text;
+    bool failed; /* out of memory or a name too long while listing */
+    int used;    /* modules with at least one tensor */
+} s_modules_t;
+
+static const char *s_part_what(int part)
+{
+    return part == ST_LORA_PART_TEXT ? "text encoder" : "UNet";
+}
+
+static void s_list_visit(void *user, const char *name, sd_attention_t *attn)
+{
+    s_modules_t *ms = user;
+    sd_linear_t *layers[S_NPROJ] = {&attn->to_q, &attn->to_k, &attn->to_v, &attn->to_out};
+    for (int i = 0; i < S_NPROJ && !ms->failed; i++) {
+        if (ms->n == ms->cap) {
+            int cap = ms->cap ? 2 * ms->cap : 128;
+            s_module_t *m = realloc(ms->m, (size_t)cap * sizeof *m);
+            if (!m) {
+                ms->failed = true;
+                return;
+            }
+            ms->m = m;
+            ms->cap = cap;
+        }
+        s_module_t *m = &ms->m[ms->n];
+        memset(m, 0, sizeof *m);
+        int len = snprintf(m->module, sizeof m->module, "%s.%s", name, ms->text ? s_proj_text[i] : s_proj_unet[i]);
+        if (len < 0 || len >= (int)sizeof m->module ||
+            st_lora_spell_module(m->kohya, sizeof m->kohya, ST_LORA_KOHYA, m->module)) {
+            ms->failed = true;
+            return;
+        }
+        m->proj = i;
+        m->layer = layers[i];
+        ms->n++;
+    }
+}
+
+static s_module_t *s_find(s_modules_t *ms, st_lora_layout_t layout, const char *spelled)
+{
+    for (int i = 0; i < ms->n; i++)
+        if (!strcmp(layout == ST_LORA_KOHYA ? ms->m[i].kohya : ms->m[i].module, spelled)) return &ms->m[i];
+    return NULL;
+}
+
+static bool s_is_float(const st_tensor_t *t)
+{
+    return t->dtype == ST_F32 || t->dtype == ST_F16 || t->dtype == ST_BF16 || t->dtype == ST_F64;
+}
+
+/* Files tensor `t` under its module. */
+static int s_file_tensor(const st_file_t *f, const st_tensor_t *t, s_modules_t ms[ST_LORA_PART_COUNT],
+                         const bool given[ST_LORA_PART_COUNT])
+{
+    st_lora_key_t k;
+    if (!st_lora_parse_key(t->name, &k)) { /* st_lora_detect has vetted every name; kept for safety */
+        BT_ERROR("%s: tensor '%s' is not a LoRA key", st_path(f), t->name);
+        return BT_EFORMAT;
+    }
+    s_module_t *m = NULL;
+    if (k.part == ST_LORA_UNPREFIXED) {
+        for (int p = 0; p < ST_LORA_PART_COUNT && !m; p++)
+            m = s_find(&ms[p], k.layout, k.module);
+        if (!m) {
+            BT_ERROR("%s: tensor '%s': '%s' is no layer booth can adapt in the %s given (LoRA attaches to "
+                     "attention to_q/to_k/to_v/to_out.0 and CLIP q_proj/k_proj/v_proj/out_proj)",
+                     st_path(f), t->name, k.module,
+                     given[0] && given[1] ? "UNet or text encoder"
+                     : given[0]           ? "UNet"
+                                          : "text encoder");
+            return BT_ENOTFOUND;
+        }
+    } else {
+        if (!given[k.part]) {
+            BT_ERROR("%s: tensor '%s' adapts the %s, but no %s was given to load it into", st_path(f), t->name,
+                     s_part_what(k.part), s_part_what(k.part));
+            return BT_EINVAL;
+        }
+        if (!(m = s_find(&ms[k.part], k.layout, k.module))) {
+            BT_ERROR("%s: tensor '%s': the %s has no adaptable layer '%s' (LoRA attaches to %s; a file for "
+                     "another architecture?)",
+                     st_path(f), t->name, s_part_what(k.part), k.module,
+                     k.part == ST_LORA_PART_TEXT ? "q_proj/k_proj/v_proj/out_proj of each CLIP layer"
+                                                 : "to_q/to_k/to_v/to_out.0 of each attention");
+            return BT_ENOTFOUND;
+        }
+    }
+    if (m->t[k.role]) {
+        BT_ERROR("%s: tensors '%s' and '%s' are the same LoRA entry", st_path(f), m->t[k.role]->name, t->name);
+        return BT_EFORMAT;
+    }
+    m->t[k.role] = t;
+    return BT_OK;
+}
+
+/* Reads a scalar alpha tensor (0-dim as kohya writes it, or any shape of one element). */
+static int s_read_alpha(const st_file_t *f, const st_tensor_t *t, float *alpha)
+{
+    if (!s_is_float(t) || st_numel(t) != 1) {
+        char b[96];
+        BT_ERROR("%s: tensor '%s' is %s %s, expected one float (alpha)", st_path(f), t->name, st_dtype_name(t->dtype),
+                 st_shape_str(t->ndim, t->shape, b, sizeof b));
+        return BT_EFORMAT;
+    }
+    float a;
+    st_read_f32(t, &a);
+    if (!(a > 0) || !isfinite(a)) {
+        BT_ERROR("%s: tensor '%s': alpha %g is not a positive number", st_path(f), t->name, a);
+        return BT_EFORMAT;
+    }
+    *alpha = a;
+    return BT_OK;
+}
+
+/* Per part: every used module has A and B of consistent shapes; finds the rank,
+ * the first alpha tensor and the projections to adapt. */
+typedef struct {
+    int64_t rank;
+    float first_alpha; /* 0: no alpha tensor */
+    bool proj[S_NPROJ];
+    const char *rank_key; /* the tensor that set the rank, for messages */
+} s_part_info_t;
+
+static int s_check_part(const st_file_t *f, s_modules_t *ms, s_part_info_t *info)
+{
+    char a[96], b[96];
+    memset(info, 0, sizeof *info);
+    for (int i = 0; i < ms->n; i++) {
+        s_module_t *m = &ms->m[i];
+        const st_tensor_t *A = m->t[ST_LORA_A], *B = m->t[ST_LORA_B], *al = m->t[ST_LORA_ALPHA];
+        if (!A && !B && !al) continue;
+        ms->used++;
+        if (!A || !B) {
+            const st_tensor_t *have = A ? A : B ? B : al;
+            BT_ERROR("%s: tensor '%s' has no matching %s for module '%s'", st_path(f), have->name,
+                     !A && !B ? "A/B (lora down/up) weights"
+                     : !A     ? "A (lora down) weight"
+                              : "B (lora up) weight",
+                     m->module);
+            return BT_EFORMAT;
+        }
+        for (int r = 0; r < 2; r++) {
+            const st_tensor_t *t = r ? B : A;
+            if (!s_is_float(t)) {
+                BT_ERROR("%s: tensor '%s' has dtype %s (expected a float type)", st_path(f), t->name,
+                         st_dtype_name(t->dtype));
+                return BT_EFORMAT;
+            }
+        }
+        int64_t in = m->layer->in, out = m->layer->out, rank = A->ndim == 2 ? A->shape[0] : -1;
+        if (A->ndim != 2 || A->shape[1] != in || rank < 1 || rank > 4096) {
+            BT_ERROR("%s: tensor '%s' has shape %s, the layer needs [rank, %lld] with 1 <= rank <= 4096", st_path(f),
+                     A->name, st_shape_str(A->ndim, A->shape, a, sizeof a), (long long)in);
+            return BT_ESHAPE;
+        }
+        if (B->ndim != 2 || B->shape[0] != out || B->shape[1] != rank) {
+            BT_ERROR("%s: tensor '%s' has shape %s, expected %s (its A '%s' has rank %lld)", st_path(f), B->name,
+                     st_shape_str(B->ndim, B->shape, a, sizeof a), st_shape_str(2, (int64_t[]){out, rank}, b, sizeof b),
+                     A->name, (long long)rank);
+            return BT_ESHAPE;
+        }
+        if (info->rank && rank != info->rank) {
+            BT_ERROR("%s: tensor '%s' has rank %lld but '%s' has rank %lld (one rank per model part)", st_path(f),
+                     A->name, (long long)rank, info->rank_key, (long long)info->rank);
+            return BT_ESHAPE;
+        }
+        info->rank = rank;
+        if (!info->rank_key) info->rank_key = A->name;
+        if (al) {
+            float v;
+            int rc = s_read_alpha(f, al, &v);
+            if (rc) return rc;
+            if (!info->first_alpha) info->first_alpha = v;
+        }
+        info->proj[m->proj] = true;
+    }
+    return BT_OK;
+}
+
+static int s_fill(nn_ctx_t *ctx, float *dst, const st_tensor_t *t, float **staging, size_t *staging_n)
+{
+    int64_t n = st_numel(t);
+    if (ctx->kind == NN_BACKEND_CPU) {
+        st_read_f32(t, dst);
+        return BT_OK;
+    }
+    if ((size_t)n > *staging_n) {
+        free(*staging);
+        *staging = malloc((size_t)n * sizeof(float));
+        *staging_n = *staging ? (size_t)n : 0;
+        if (!*staging) return BT_ENOMEM;
+    }
+    st_read_f32(t, *staging);
+    return nn_upload(ctx, dst, *staging, (size_t)n * sizeof(float));
+}
+
+/* Attaches, allocates and fills the set of one part. */
+static int s_build_part(const char *path, nn_ctx_t *ctx, void *model, int part, s_modules_t *ms,
+                        const s_part_info_t *info, double meta_alpha, const sd_lora_load_opts_t *opts,
+                        sd_lora_set_t **out)
+{
+    const char *const *names = part == ST_LORA_PART_TEXT ? s_proj_text : s_proj_unet;
+    const char *targets[S_NPROJ + 1];
+    int nt = 0;
+    for (int i = 0; i < S_NPROJ; i++)
+        if (info->proj[i]) targets[nt++] = names[i];
+    targets[nt] = NULL;
+    /* Alpha without a per-module tensor: metadata, else the caller's default, else rank (scale 1). */
+    float fallback = meta_alpha > 0            ? (float)meta_alpha
+                     : opts->default_alpha > 0 ? opts->default_alpha
+                                               : (float)info->rank;
+    float set_alpha = meta_alpha > 0 ? (float)meta_alpha : info->first_alpha > 0 ? info->first_alpha : fallback;
+    sd_lora_set_t *s = part == ST_LORA_PART_TEXT ? sd_lora_attach_clip(model, info->rank, set_alpha, targets)
+                                                 : sd_lora_attach_unet(model, info->rank, set_alpha, targets);
+    if (!s) return BT_ENOMEM; /* logged by lora.c */
+    int rc = sd_lora_alloc(s, ctx, opts->with_grad);
+    float *staging = NULL;
+    size_t staging_n = 0;
+    int j = 0; /* the set's adapters are the listed modules in order, filtered by target */
+    for (int i = 0; i < s->n && rc == BT_OK; i++) {
+        while (j < ms->n && strcmp(ms->m[j].module, s->modules[i]))
+            j++;
+        if (j == ms->n) {
+            BT_ERROR("%s: internal: adapter '%s' is not among the listed modules", path, s->modules[i]);
+            rc = BT_EINTERNAL;
+            break;
+        }
+        const s_module_t *m = &ms->m[j++];
+        sd_lora_t *ad = &s->adapters[i];
+        if (m->t[ST_LORA_A]) {
+            if ((rc = s_fill(ctx, ad->A, m->t[ST_LORA_A], &staging, &staging_n))) break;
+            if ((rc = s_fill(ctx, ad->B, m->t[ST_LORA_B], &staging, &staging_n))) break;
+            ad->alpha = fallback;
+            if (m->t[ST_LORA_ALPHA]) st_read_f32(m->t[ST_LORA_ALPHA], &ad->alpha); /* validated */
+        } else { /* the file adapts this projection in other layers only: a zero adapter changes nothing */
+            if ((rc = nn_fill(ctx, ad->A, ad->rank * m->layer->in, 0.0f))) break;
+            rc = nn_fill(ctx, ad->B, m->layer->out * ad->rank, 0.0f);
+        }
+    }
+    free(staging);
+    if (rc) {
+        sd_lora_destroy(&s);
+        return rc;
+    }
+    *out = s;
+    return BT_OK;
+}
+
+int sd_lora_load(const char *path, nn_ctx_t *ctx, sd_unet_t *unet, sd_clip_t *clip, const sd_lora_load_opts_t *opts,
+                 sd_lora_set_t **unet_set, sd_lora_set_t **text_set)
+{
+    static const sd_lora_load_opts_t defaults = {0};
+    if (!opts) opts = &defaults;
+    *unet_set = *text_set = NULL;
+    st_file_t *f = st_open(path);
+    if (!f) return access(path, F_OK) ? BT_ENOTFOUND : BT_EFORMAT; /* st_open logged why */
+    s_modules_t ms[ST_LORA_PART_COUNT] = {{.text = false}, {.text = true}};
+    bool given[ST_LORA_PART_COUNT] = {unet != NULL, clip != NULL};
+    sd_lora_set_t *sets[ST_LORA_PART_COUNT] = {NULL, NULL};
+    s_part_info_t info[ST_LORA_PART_COUNT];
+    st_lora_layouts_t layouts;
+    st_lora_meta_t meta;
+    int rc = st_lora_detect(f, &layouts);
+    if (rc == BT_OK) rc = st_lora_meta_read(f, &meta);
+    if (rc) goto out_close;
+
+    if (unet) sd_unet_visit_attentions(unet, s_list_visit, &ms[ST_LORA_PART_UNET]);
+    if (clip) sd_clip_visit_attentions(clip, s_list_visit, &ms[ST_LORA_PART_TEXT]);
+    if (ms[0].failed || ms[1].failed) {
+        BT_ERROR("%s: out of memory listing the model's layers", path);
+        rc = BT_ENOMEM;
+        goto out_free;
+    }
+    for (int i = 0; i < st_count(f) && rc == BT_OK; i++)
+        rc = s_file_tensor(f, st_at(f, i), ms, given);
+    for (int p = 0; p < ST_LORA_PART_COUNT && rc == BT_OK; p++)
+        rc = s_check_part(f, &ms[p], &info[p]);
+    if (rc) goto out_free;
+    if (!ms[0].used && !ms[1].used) {
+        BT_ERROR("%s: no LoRA entries", path);
+        rc = BT_EFORMAT;
+        goto out_free;
+    }
+    for (int p = 0; p < ST_LORA_PART_COUNT; p++) {
+        if (!ms[p].used) continue;
+        if (meta.rank[p] && meta.rank[p] != info[p].rank) {
+            BT_ERROR("%s: metadata gives the %s rank %lld but tensor '%s' has rank %lld", path, s_part_what(p),
+                     (long long)meta.rank[p], info[p].rank_key, (long long)info[p].rank);
+            rc = BT_ESHAPE;
+            goto out_free;
+        }
+        for (int i = 0; i < ms[p].n; i++)
+            if (ms[p].m[i].layer->lora) {
+                BT_ERROR("%s: the %s already has LoRA adapters attached (layer '%s'); remove them first", path,
+                         s_part_what(p), ms[p].m[i].module);
+                rc = BT_EINVAL;
+                goto out_free;
+            }
+    }
+    for (int p = 0; p < ST_LORA_PART_COUNT && rc == BT_OK; p++)
+        if (ms[p].used)
+            rc = s_build_part(path, ctx, p == ST_LORA_PART_TEXT ? (void *)clip : (void *)unet, p, &ms[p], &info[p],
+                              meta.alpha[p], opts, &sets[p]);
+    if (rc) {
+        for (int p = 0; p < ST_LORA_PART_COUNT; p++)
+            sd_lora_destroy(&sets[p]);
+        goto out_free;
+    }
+    BT_DEBUG("%s: LoRA (%s / %s layout): UNet %d modules, text encoder %d modules", path,
+             st_lora_layout_name(layouts.part[0] != ST_LORA_ABSENT ? layouts.part[0] : layouts.unprefixed),
+             st_lora_layout_name(layouts.part[1] != ST_LORA_ABSENT ? layouts.part[1] : layouts.unprefixed), ms[0].used,
+             ms[1].used);
+    *unet_set = sets[ST_LORA_PART_UNET];
+    *text_set = sets[ST_LORA_PART_TEXT];
+out_free:
+    free(ms[0].m);
+    free(ms[1].m);
+out_close:
+    st_close(&f);
+    return rc;
+}
+
+/* ---- saving ---- */
+
+static int s_meta_set(st_writer_t *w, st_lora_part_t part, const char *what, const char *value)
+{
+    char key[96];
+    int rc = st_lora_meta_key(key, sizeof key, part, what);
+    return rc ? rc : st_writer_set_metadata(w, key, value);
+}
+
+static int s_save_set(st_writer_t *w, const char *path, st_lora_layout_t layout, st_dtype_t dtype,
+                      const sd_lora_set_t *s)
+{
+    st_lora_part_t part = s->part == SD_LORA_TEXT ? ST_LORA_PART_TEXT : ST_LORA_PART_UNET;
+    if (!s->params.mem || s->params.n != 2 * s->n) {
+        BT_ERROR("%s: the %s LoRA set is not allocated", path, s_part_what(part));
+        return BT_EINVAL;
+    }
+    /* What alpha a reader of this layout will apply to every adapter; an adapter
+     * with another alpha gets alpha / file_alpha folded into B. The diffusers
+     * layout stores no alpha and its loaders assume alpha == rank, so there the
+     * whole alpha / rank goes into B and the file is exact for them. */
+    float file_alpha = layout == ST_LORA_DIFFUSERS ? (float)s->rank : s->alpha;
+    bool folded = false;
+    float *host = NULL;
+    size_t host_n = 0;
+    int rc = BT_OK;
+    char key[2 * ST_LORA_NAME_MAX];
+    for (int i = 0; i < s->n && rc == BT_OK; i++) {
+        const sd_lora_t *ad = &s->adapters[i];
+        for (int r = 0; r < 2 && rc == BT_OK; r++) {
+            const sd_param_t *p = &s->params.p[2 * i + r];
+            int64_t n = p->shape[0] * p->shape[1];
+            if ((size_t)n > host_n) {
+                free(host);
+                host = malloc((size_t)n * sizeof(float));
+                host_n = host ? (size_t)n : 0;
+                if (!host) {
+                    rc = BT_ENOMEM;
+                    break;
+                }
+            }
+            if (s->params.ctx->kind == NN_BACKEND_CPU)
+                memcpy(host, p->data, (size_t)n * sizeof(float));
+            else if ((rc = nn_download(s->params.ctx, host, p->data, (size_t)n * sizeof(float))))
+                break;
+            if (r == 1 && layout != ST_LORA_KOHYA && ad->alpha != file_alpha) {
+                float fold = (float)((double)ad->alpha / (double)file_alpha);
+                for (int64_t k = 0; k < n; k++)
+                    host[k] *= fold;
+                folded = true;
+            }
+            if (st_lora_key(key, sizeof key, layout, part, r ? ST_LORA_B : ST_LORA_A, s->modules[i])) {
+                BT_ERROR("%s: module name '%s' is too long for a LoRA key", path, s->modules[i]);
+                rc = BT_EINVAL;
+                break;
+            }
+            rc = st_writer_add_f32_as(w, key, dtype, 2, p->shape, host);
+        }
+        if (rc == BT_OK && layout == ST_LORA_KOHYA) {
+            st_lora_key(key, sizeof key, layout, part, ST_LORA_ALPHA, s->modules[i]);
+            rc = st_writer_add_copy(w, key, ST_F32, 0, (int64_t[]){1}, &ad->alpha);
+        }
+    }
+    free(host);
+    if (rc) return rc;
+
+    char num[64], targets[128] = "[";
+    const char *const *names = part == ST_LORA_PART_TEXT ? s_proj_text : s_proj_unet;
+    for (int t = 0; t < S_NPROJ; t++) {
+        char tail[32];
+        snprintf(tail, sizeof tail, ".%s", names[t]);
+        for (int i = 0; i < s->n; i++) {
+            size_t ml = strlen(s->modules[i]), tl = strlen(tail);
+            if (ml > tl && !strcmp(s->modules[i] + ml - tl, tail)) {
+                snprintf(targets + strlen(targets), sizeof targets - strlen(targets), "%s\"%s\"",
+                         targets[1] ? ", " : "", names[t]);
+                break;
+            }
+        }
+    }
+    strcat(targets, "]");
+    snprintf(num, sizeof num, "%lld", (long long)s->rank);
+    rc = s_meta_set(w, part, ST_LORA_META_RANK, num);
+    snprintf(num, sizeof num, "%.9g", file_alpha);
+    if (rc == BT_OK) rc = s_meta_set(w, part, ST_LORA_META_ALPHA, num);
+    if (rc == BT_OK) rc = s_meta_set(w, part, ST_LORA_META_TARGETS, targets);
+    if (rc == BT_OK && folded && layout == ST_LORA_DIFFUSERS) {
+        snprintf(num, sizeof num, "%.9g", s->alpha);
+        rc = s_meta_set(w, part, ST_LORA_META_ALPHA_FOLDED, num);
+    }
+    return rc;
+}
+
+int sd_lora_save(const char *path, st_lora_layout_t layout, st_dtype_t dtype, const sd_lora_set_t *unet,
+                 const sd_lora_set_t *text, const char *const *metadata_kv)
+{
+    if (!unet && !text) {
+        BT_ERROR("%s: no LoRA set to save", path);
+        return BT_EINVAL;
+    }
+    if ((unsigned)layout >= ST_LORA_LAYOUT_COUNT ||
+        (dtype != ST_F32 && dtype != ST_F16 && dtype != ST_BF16 && dtype != ST_F64)) {
+        BT_ERROR("%s: cannot save a LoRA in layout %d as %s", path, (int)layout, st_dtype_name(dtype));
+        return BT_EINVAL;
+    }
+    if ((unet && unet->part != SD_LORA_UNET) || (text && text->part != SD_LORA_TEXT)) {
+        BT_ERROR("%s: LoRA sets passed for the wrong model parts", path);
+        return BT_EINVAL;
+    }
+    st_writer_t *w = st_writer_new();
+    if (!w) return BT_ENOMEM;
+    int rc = BT_OK;
+    for (int i = 0; metadata_kv && metadata_kv[i] && rc == BT_OK; i += 2) {
+        if (!metadata_kv[i + 1]) {
+            BT_ERROR("%s: metadata key '%s' has no value", path, metadata_kv[i]);
+            rc = BT_EINVAL;
+            break;
+        }
+        rc = st_writer_set_metadata(w, metadata_kv[i], metadata_kv[i + 1]);
+    }
+    if (rc == BT_OK) rc = st_writer_set_metadata(w, "format", "pt");
+    if (rc == BT_OK) rc = st_writer_set_metadata(w, ST_LORA_META_LAYOUT, st_lora_layout_name(layout));
+    if (rc == BT_OK && unet) rc = s_save_set(w, path, layout, dtype, unet);
+    if (rc == BT_OK && text) rc = s_save_set(w, path, layout, dtype, text);
+    if (rc == BT_OK && layout == ST_LORA_KOHYA) { /* kohya's own keys, shown by A1111 and read by its tools */
+        const sd_lora_set_t *s = unet ? unet : text;
+        char num[64];
+        rc = st_writer_set_metadata(w, "ss_network_module", "networks.lora");
+        snprintf(num, sizeof num, "%lld", (long long)s->rank);
+        if (rc == BT_OK) rc = st_writer_set_metadata(w, "ss_network_dim", num);
+        snprintf(num, sizeof num, "%.9g", s->alpha);
+        if (rc == BT_OK) rc = st_writer_set_metadata(w, "ss_network_alpha", num);
+    }
+    if (rc == BT_OK) rc = st_writer_save(w, path);
+    st_writer_destroy(&w);
+    return rc;
+}

@@ -1,0 +1,409 @@
+/*
+ * train.c — the DreamBooth LoRA trainer: example plans, micro-batch gradients,
+ * clipping and AdamW.
+ *
+ * Example order: the instance images form a stream of epochs; epoch e visits
+ * max(#instances, #class images) positions in the order of a permutation drawn
+ * from (seed, e), position i using instance i % #instances and class image
+ * i % #classes (diffusers' DreamBoothDataset indexing). A step takes the next
+ * train_batch_size positions. Everything random about an example (its
+ * timestep, noise, latent sample, flip) comes from RNG streams keyed by (seed,
+ * step, slot), so any worker can rebuild any example without replaying others.
+ */
+#include "diffusion/train.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/rng.h"
+#include "common/status.h"
+#include "nn/nn.h"
+
+/* RNG stream tags of an example's random choices */
+enum {
+    TAG_TIMESTEP = 1,
+    TAG_NOISE,
+    TAG_LATENT,
+    TAG_FLIP,
+    TAG_OFFSET,
+    TAG_EPOCH = 100,
+    TAG_LORA_UNET,
+    TAG_LORA_TEXT,
+    TAG_EVAL
+};
+
+bool sd_lr_sched_parse(const char *name, sd_lr_sched_t *out)
+{
+    static const char *const names[] = {"constant", "constant_with_warmup", "linear", "cosine"};
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(name, names[i])) {
+            *out = (sd_lr_sched_t)i;
+            return true;
+        }
+    return false;
+}
+
+const char *sd_lr_sched_name(sd_lr_sched_t s)
+{
+    static const char *const names[] = {"constant", "constant_with_warmup", "linear", "cosine"};
+    return (unsigned)s < 4 ? names[s] : "?";
+}
+
+float sd_lr_at(sd_lr_sched_t s, float lr, int64_t step, int64_t warmup, int64_t total)
+{
+    double f = 1.0;
+    if (s != SD_LR_CONSTANT && step < warmup) {
+        f = (double)step / (double)(warmup > 1 ? warmup : 1);
+    } else if (s == SD_LR_LINEAR) {
+        f = (double)(total - step) / (double)(total - warmup > 1 ? total - warmup : 1);
+        if (f < 0) f = 0;
+    } else if (s == SD_LR_COSINE) { /* num_cycles 0.5: half a cosine down to zero */
+        double progress = (double)(step - warmup) / (double)(total - warmup > 1 ? total - warmup : 1);
+        f = 0.5 * (1.0 + cos(M_PI * progress));
+        if (f < 0) f = 0;
+    }
+    return (float)(lr * f);
+}
+
+void sd_train_config_defaults(sd_train_config_t *c)
+{
+    memset(c, 0, sizeof *c);
+    c->prior_loss_weight = 1.0f;
+    c->num_class_images = 100;
+    c->class_steps = 25;
+    c->class_guidance = 7.5f;
+    c->resolution = 512;
+    c->train_batch_size = 1;
+    c->max_train_steps = 500;
+    c->learning_rate = 1e-4f;
+    c->lr_scheduler = SD_LR_CONSTANT;
+    c->rank = 4;
+    c->lora_alpha = 0; /* 0: = rank */
+    c->max_grad_norm = 1.0f;
+    c->adam_beta1 = 0.9f;
+    c->adam_beta2 = 0.999f;
+    c->adam_epsilon = 1e-8f;
+    c->adam_weight_decay = 1e-2f;
+}
+
+/* floats in a LoRA set's parameter block (64-byte aligned parts, as allocated) */
+static int64_t s_block_floats(const sd_lora_set_t *s)
+{
+    const sd_param_t *last = &s->params.p[s->params.n - 1];
+    int64_t n = 1;
+    for (int d = 0; d < last->ndim; d++) n *= last->shape[d];
+    return (last->data - s->params.mem) + n;
+}
+
+static int s_tokenize(const sd_trainer_t *t, const char *prompt, int32_t *ids)
+{
+    sd_tok_result_t r;
+    int rc = sd_tokenize(t->model->tok, prompt, &r);
+    if (rc) return rc;
+    if (r.truncated) BT_WARN("prompt \"%s\" has %d tokens; training sees the first %d", prompt, r.n_tokens, r.max_length - 2);
+    memcpy(ids, r.input_ids, (size_t)r.max_length * sizeof(int32_t));
+    sd_tok_result_free(&r);
+    return BT_OK;
+}
+
+void sd_trainer_destroy(sd_trainer_t **pt)
+{
+    sd_trainer_t *t = *pt;
+    if (!t) return;
+    for (int k = 0; k < 2; k++) {
+        if (t->model) {
+            if (t->m[k]) nn_free(t->model->ctx, t->m[k]);
+            if (t->v[k]) nn_free(t->model->ctx, t->v[k]);
+            if (t->gsum[k]) nn_free(t->model->ctx, t->gsum[k]);
+        }
+    }
+    sd_db_destroy(&t->db);
+    sd_lora_destroy(&t->lora_unet);
+    sd_lora_destroy(&t->lora_text);
+    sd_image_set_free(&t->instances);
+    sd_image_set_free(&t->classes);
+    sd_model_destroy(&t->model);
+    free(t);
+    *pt = NULL;
+}
+
+sd_trainer_t *sd_trainer_new(sd_model_t **model, const sd_train_config_t *cfg, sd_progress_fn progress, void *user)
+{
+    sd_trainer_t *t = calloc(1, sizeof *t);
+    if (!t) {
+        sd_model_destroy(model);
+        return NULL;
+    }
+    t->model = *model;
+    *model = NULL;
+    nn_ctx_t *ctx = t->model->ctx;
+    t->cfg = *cfg;
+    sd_train_config_t *c = &t->cfg;
+    if (c->lora_alpha <= 0) c->lora_alpha = (float)c->rank;
+    if (c->micro_batch_size <= 0) c->micro_batch_size = c->prior_preservation ? 2 : 1;
+    if (c->train_batch_size < 1 || c->max_train_steps < 0 || c->rank < 1) {
+        BT_ERROR("train: batch size and rank must be positive");
+        goto out_fail;
+    }
+    if (c->prior_preservation && c->micro_batch_size % 2) {
+        BT_ERROR("train: with prior preservation the micro-batch size must be even (instance + class pairs)");
+        goto out_fail;
+    }
+    if (!t->model->tok || !t->model->clip || !t->model->unet || !t->model->vae) {
+        BT_ERROR("%s: training needs every part of the model folder", t->model->dir);
+        goto out_fail;
+    }
+    t->T = sd_tok_max_length(t->model->tok);
+    if (s_tokenize(t, c->instance_prompt, t->ids_instance)) goto out_fail;
+    if (c->prior_preservation && s_tokenize(t, c->class_prompt, t->ids_class)) goto out_fail;
+
+    if (!(t->lora_unet = sd_lora_attach_unet(t->model->unet, c->rank, c->lora_alpha, NULL)) ||
+        sd_lora_alloc(t->lora_unet, ctx, true) ||
+        sd_lora_init(t->lora_unet, bt_rng_key(c->seed, TAG_LORA_UNET)))
+        goto out_fail;
+    if (c->train_text_encoder &&
+        (!(t->lora_text = sd_lora_attach_clip(t->model->clip, c->rank, c->lora_alpha, NULL)) ||
+         sd_lora_alloc(t->lora_text, ctx, true) || sd_lora_init(t->lora_text, bt_rng_key(c->seed, TAG_LORA_TEXT))))
+        goto out_fail;
+    if (!(t->db = sd_db_new(t->model, t->lora_unet, t->lora_text, c->gradient_checkpointing))) goto out_fail;
+
+    if (sd_image_set_load(&t->instances, t->model, c->instance_dir, c->resolution, c->random_flip, 0, progress, user))
+        goto out_fail;
+    if (c->prior_preservation &&
+        sd_image_set_load(&t->classes, t->model, c->class_dir, c->resolution, c->random_flip, c->num_class_images,
+                          progress, user))
+        goto out_fail;
+
+    sd_lora_set_t *sets[2] = {t->lora_unet, t->lora_text};
+    for (int k = 0; k < 2; k++) {
+        if (!sets[k]) continue;
+        t->nblock[k] = s_block_floats(sets[k]);
+        size_t bytes = (size_t)t->nblock[k] * sizeof(float);
+        if (!(t->m[k] = nn_alloc(ctx, bytes)) || !(t->v[k] = nn_alloc(ctx, bytes)) ||
+            !(t->gsum[k] = nn_alloc(ctx, bytes)) || nn_fill(ctx, t->m[k], t->nblock[k], 0) ||
+            nn_fill(ctx, t->v[k], t->nblock[k], 0)) {
+            BT_ERROR("train: cannot allocate optimizer state");
+            goto out_fail;
+        }
+    }
+    return t;
+out_fail:
+    sd_trainer_destroy(&t);
+    return NULL;
+}
+
+int sd_trainer_num_microbatches(const sd_trainer_t *t)
+{
+    int n = t->cfg.train_batch_size * (t->cfg.prior_preservation ? 2 : 1);
+    return (n + t->cfg.micro_batch_size - 1) / t->cfg.micro_batch_size;
+}
+
+/* Position p of the example stream -> dataset index (a permutation per epoch). */
+static int64_t s_dataset_index(const sd_trainer_t *t, int64_t p)
+{
+    int64_t L = t->instances.n;
+    if (t->cfg.prior_preservation && t->classes.n > L) L = t->classes.n;
+    int64_t epoch = p / L, q = p % L;
+    /* Fisher-Yates over [0, L) keyed by (seed, epoch); L is small (tens to hundreds) */
+    int64_t *perm = malloc((size_t)L * sizeof *perm);
+    if (!perm) return q;
+    for (int64_t i = 0; i < L; i++) perm[i] = i;
+    uint64_t key = bt_rng_key(t->cfg.seed, bt_rng_stream(TAG_EPOCH, (uint64_t)epoch, 0));
+    for (int64_t i = L - 1; i > 0; i--) {
+        int64_t j = (int64_t)bt_rng_below(key, (uint64_t)i, (uint64_t)(i + 1));
+        int64_t tmp = perm[i];
+        perm[i] = perm[j];
+        perm[j] = tmp;
+    }
+    int64_t r = perm[q];
+    free(perm);
+    return r;
+}
+
+int sd_trainer_plan(const sd_trainer_t *t, int64_t step, sd_train_example_t *ex, int *n)
+{
+    const sd_train_config_t *c = &t->cfg;
+    int B = c->train_batch_size, k = 0;
+    int64_t N = t->db->table.num_train_timesteps;
+    float snr_w[256];
+    if (B > 128) {
+        BT_ERROR("train: --train-batch-size %d is over 128", B);
+        return BT_EINVAL;
+    }
+    for (int j = 0; j < B; j++) {
+        int64_t idx = s_dataset_index(t, step * B + j);
+        for (int kind = 0; kind < (c->prior_preservation ? 2 : 1); kind++) {
+            sd_train_example_t *e = &ex[k];
+            memset(e, 0, sizeof *e); /* padding too: plans compare with memcmp */
+            uint64_t slot = (uint64_t)k;
+            e->is_class = kind == 1;
+            e->image = (int)(idx % (kind ? t->classes.n : t->instances.n));
+            e->timestep = (int64_t)bt_rng_below(
+                bt_rng_key(c->seed, bt_rng_stream((uint64_t)step, slot, TAG_TIMESTEP)), 0, (uint64_t)N);
+            e->noise_key = bt_rng_key(c->seed, bt_rng_stream((uint64_t)step, slot, TAG_NOISE));
+            e->latent_key = bt_rng_key(c->seed, bt_rng_stream((uint64_t)step, slot, TAG_LATENT));
+            e->offset_key = bt_rng_key(c->seed, bt_rng_stream((uint64_t)step, slot, TAG_OFFSET));
+            e->flip = c->random_flip &&
+                      bt_rng_uniform(bt_rng_key(c->seed, bt_rng_stream((uint64_t)step, slot, TAG_FLIP)), 0) < 0.5;
+            e->weight = kind ? c->prior_loss_weight / (float)B : 1.0f / (float)B;
+            k++;
+        }
+    }
+    if (c->snr_gamma > 0) { /* min-SNR weighting of the instance examples (diffusers applies it there only) */
+        int64_t ts[256] = {0};
+        for (int i = 0; i < k; i++) ts[i] = ex[i].timestep;
+        int rc = sd_sched_snr(&t->db->table, snr_w, ts, k);
+        if (rc) return rc;
+        for (int i = 0; i < k; i++) {
+            if (ex[i].is_class) continue;
+            float snr = snr_w[i], m = snr < c->snr_gamma ? snr : c->snr_gamma;
+            ex[i].weight *= t->db->prediction == SD_PRED_V ? m / (snr + 1.0f) : m / snr;
+        }
+    }
+    *n = k;
+    return BT_OK;
+}
+
+int sd_trainer_microbatch(sd_trainer_t *t, int64_t step, int k, double *loss, double *loss_inst, double *loss_prior)
+{
+    sd_train_example_t ex[256];
+    int n;
+    int rc = sd_trainer_plan(t, step, ex, &n);
+    if (rc) return rc;
+    int mb = t->cfg.micro_batch_size, first = k * mb;
+    if (k < 0 || first >= n) return BT_EINVAL;
+    int cnt = n - first < mb ? n - first : mb;
+    const sd_image_set_t *set = &t->instances;
+    int64_t C = set->C, h = set->h, w = set->w, per = C * h * w, T = t->T;
+    int32_t *ids = malloc((size_t)(cnt * T) * sizeof(int32_t));
+    float *lat = malloc((size_t)(cnt * per) * sizeof(float)), *noise = malloc((size_t)(cnt * per) * sizeof(float));
+    float weights[256], per_ex[256], off[64];
+    int64_t ts[256] = {0};
+    if (!ids || !lat || !noise) {
+        rc = BT_ENOMEM;
+        goto out;
+    }
+    for (int i = 0; i < cnt; i++) {
+        const sd_train_example_t *e = &ex[first + i];
+        memcpy(ids + i * T, e->is_class ? t->ids_class : t->ids_instance, (size_t)T * sizeof(int32_t));
+        sd_image_set_sample(e->is_class ? &t->classes : &t->instances, t->model, e->image, e->flip, e->latent_key,
+                            lat + i * per);
+        bt_rng_normal_fill(noise + i * per, per, e->noise_key);
+        if (t->cfg.noise_offset != 0 && C <= 64) { /* noise += offset * N(0,1) per (example, channel) */
+            bt_rng_normal_fill(off, C, e->offset_key);
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t j = 0; j < h * w; j++) noise[i * per + c * h * w + j] += t->cfg.noise_offset * off[c];
+        }
+        ts[i] = e->timestep;
+        weights[i] = e->weight;
+    }
+    if ((rc = sd_lora_zero_grad(t->lora_unet)) || (t->lora_text && (rc = sd_lora_zero_grad(t->lora_text)))) goto out;
+    sd_db_batch_t b = {.n = cnt, .T = T, .h = h, .w = w, .ids = ids, .latents = lat, .noise = noise,
+                       .timesteps = ts, .weights = weights};
+    if ((rc = sd_db_step(t->db, &b, loss, per_ex))) goto out;
+    *loss_inst = *loss_prior = 0;
+    for (int i = 0; i < cnt; i++) *(ex[first + i].is_class ? loss_prior : loss_inst) += per_ex[i];
+out:
+    free(ids);
+    free(lat);
+    free(noise);
+    return rc;
+}
+
+int sd_trainer_apply(sd_trainer_t *t, float **grad, float *lr_used, double *grad_norm)
+{
+    const sd_train_config_t *c = &t->cfg;
+    nn_ctx_t *ctx = t->model->ctx;
+    sd_lora_set_t *sets[2] = {t->lora_unet, t->lora_text};
+    int rc = BT_OK;
+    /* global L2 norm over every LoRA gradient (both sets) */
+    double ss = 0;
+    for (int k = 0; k < 2; k++) {
+        if (!sets[k]) continue;
+        double part;
+        if ((rc = nn_sum_squares(ctx, &part, grad[k], t->nblock[k]))) return rc;
+        ss += part;
+    }
+    double norm = sqrt(ss);
+    if (grad_norm) *grad_norm = norm;
+    if (c->max_grad_norm > 0) {
+        double coef = c->max_grad_norm / (norm + 1e-6);
+        if (coef < 1.0)
+            for (int k = 0; k < 2; k++)
+                if (sets[k] && (rc = nn_scale(ctx, grad[k], t->nblock[k], (float)coef))) return rc;
+    }
+    float lr = sd_lr_at(c->lr_scheduler, c->learning_rate, t->step, c->lr_warmup_steps, c->max_train_steps);
+    if (lr_used) *lr_used = lr;
+    t->step++;
+    for (int k = 0; k < 2; k++) {
+        if (!sets[k]) continue;
+        if ((rc = nn_adamw_step(ctx, sets[k]->params.mem, t->m[k], t->v[k], grad[k], t->nblock[k], lr, c->adam_beta1,
+                                c->adam_beta2, c->adam_epsilon, c->adam_weight_decay, t->step)))
+            return rc;
+    }
+    return BT_OK;
+}
+
+int sd_trainer_step(sd_trainer_t *t, sd_step_stats_t *st)
+{
+    nn_ctx_t *ctx = t->model->ctx;
+    sd_lora_set_t *sets[2] = {t->lora_unet, t->lora_text};
+    int nmb = sd_trainer_num_microbatches(t), rc = BT_OK;
+    double loss = 0, li = 0, lp = 0;
+    for (int k = 0; k < nmb; k++) {
+        double l, a, b;
+        if ((rc = sd_trainer_microbatch(t, t->step, k, &l, &a, &b))) return rc;
+        loss += l;
+        li += a;
+        lp += b;
+        /* the step's gradient: micro-batch gradients added in order, as the parameter server does */
+        for (int s = 0; s < 2; s++) {
+            if (!sets[s]) continue;
+            rc = k == 0 ? nn_copy(ctx, t->gsum[s], sets[s]->grad, (size_t)t->nblock[s] * sizeof(float))
+                        : nn_axpy(ctx, t->gsum[s], sets[s]->grad, t->nblock[s], 1.0f);
+            if (rc) return rc;
+        }
+    }
+    int B = t->cfg.train_batch_size;
+    st->loss = loss;
+    st->loss_instance = li / B;
+    st->loss_prior = lp / B;
+    return sd_trainer_apply(t, t->gsum, &st->lr, &st->grad_norm);
+}
+
+int sd_trainer_eval(sd_trainer_t *t, double *loss)
+{
+    const sd_image_set_t *set = &t->instances;
+    int nt = 5, n = set->n * nt, rc = BT_OK;
+    int64_t per = set->C * set->h * set->w, T = t->T, N = t->db->table.num_train_timesteps;
+    int32_t *ids = malloc((size_t)(n * T) * sizeof(int32_t));
+    float *lat = malloc((size_t)(n * per) * sizeof(float)), *noise = malloc((size_t)(n * per) * sizeof(float));
+    float *weights = malloc((size_t)n * sizeof(float));
+    int64_t *ts = malloc((size_t)n * sizeof(int64_t));
+    if (!ids || !lat || !noise || !weights || !ts) {
+        rc = BT_ENOMEM;
+        goto out;
+    }
+    for (int i = 0; i < n; i++) {
+        int img = i / nt, k = i % nt;
+        memcpy(ids + i * T, t->ids_instance, (size_t)T * sizeof(int32_t));
+        sd_image_set_sample(set, t->model, img, false, bt_rng_key(t->cfg.seed, bt_rng_stream(TAG_EVAL, (uint64_t)i, 1)),
+                            lat + i * per);
+        bt_rng_normal_fill(noise + i * per, per, bt_rng_key(t->cfg.seed, bt_rng_stream(TAG_EVAL, (uint64_t)i, 2)));
+        ts[i] = (int64_t)((2 * k + 1) * N / (2 * nt));
+        weights[i] = 1.0f / (float)n;
+    }
+    sd_db_batch_t b = {.n = n, .T = T, .h = set->h, .w = set->w, .ids = ids, .latents = lat, .noise = noise,
+                       .timesteps = ts, .weights = weights};
+    rc = sd_db_eval(t->db, &b, loss, NULL);
+out:
+    free(ids);
+    free(lat);
+    free(noise);
+    free(weights);
+    free(ts);
+    return rc;
+}

@@ -1,0 +1,116 @@
+/*
+ * train.h — DreamBooth LoRA training, split into the pieces a cluster spreads:
+ *
+ *   plan(step)           which examples a step uses, with their timesteps, flips,
+ *                        noise and latent streams: a pure function of (seed, step)
+ *   microbatch(step, k)  the loss and LoRA gradient of the step's k-th fixed
+ *                        micro-batch (what a worker computes)
+ *   apply(step, grad)    gradient clipping and AdamW on the ordered sum of the
+ *                        micro-batch gradients (what the parameter server does)
+ *
+ * The single-process trainer runs exactly these pieces in order, summing the
+ * micro-batch gradients one by one into a separate buffer, so a cluster that
+ * reduces in the same order produces byte-identical LoRA weights.
+ */
+#ifndef BOOTH_DIFFUSION_TRAIN_H
+#define BOOTH_DIFFUSION_TRAIN_H
+
+#include "diffusion/dataset.h"
+#include "diffusion/dreambooth.h"
+
+typedef enum sd_lr_sched {
+    SD_LR_CONSTANT,
+    SD_LR_CONSTANT_WARMUP,
+    SD_LR_LINEAR,
+    SD_LR_COSINE,
+} sd_lr_sched_t;
+
+bool sd_lr_sched_parse(const char *name, sd_lr_sched_t *out);
+const char *sd_lr_sched_name(sd_lr_sched_t s);
+/* diffusers' get_scheduler multipliers: lr at optimizer step `step` (0-based). */
+float sd_lr_at(sd_lr_sched_t s, float lr, int64_t step, int64_t warmup, int64_t total);
+
+typedef struct sd_train_config {
+    const char *model_dir;
+    const char *instance_dir, *instance_prompt;
+    const char *class_dir, *class_prompt;
+    bool prior_preservation;
+    float prior_loss_weight;   /* lambda */
+    int num_class_images;
+    int class_steps;           /* sampling steps for generated class images */
+    float class_guidance;
+    int resolution;
+    bool random_flip;
+    int train_batch_size;      /* instance examples per step (as many class examples with priors) */
+    int micro_batch_size;      /* examples per micro-batch (default: 1 instance + 1 class pair) */
+    int64_t max_train_steps;
+    float learning_rate;
+    sd_lr_sched_t lr_scheduler;
+    int64_t lr_warmup_steps;
+    int64_t rank;
+    float lora_alpha;
+    bool train_text_encoder;
+    uint64_t seed;
+    bool gradient_checkpointing;
+    float snr_gamma;           /* 0: off */
+    float noise_offset;        /* 0: off */
+    float max_grad_norm;       /* <= 0: no clipping */
+    float adam_beta1, adam_beta2, adam_epsilon, adam_weight_decay;
+} sd_train_config_t;
+
+/* diffusers' defaults (lr 1e-4 ... rank 4, alpha = rank at prepare time). */
+void sd_train_config_defaults(sd_train_config_t *c);
+
+typedef struct sd_train_example {
+    bool is_class;
+    int image;        /* index in its image set */
+    bool flip;
+    int64_t timestep;
+    uint64_t noise_key, latent_key, offset_key;
+    float weight;     /* its share of the step's loss */
+} sd_train_example_t;
+
+typedef struct sd_trainer {
+    sd_train_config_t cfg;
+    sd_model_t *model;
+    sd_lora_set_t *lora_unet, *lora_text;
+    sd_db_t *db;
+    sd_image_set_t instances, classes;
+    int32_t ids_instance[77], ids_class[77];
+    int64_t T;
+    /* optimizer state and the step's gradient sum, laid out like the LoRA blocks */
+    float *m[2], *v[2], *gsum[2];
+    int64_t nblock[2]; /* floats in each set's block (0 for an absent set) */
+    int64_t step;      /* optimizer steps taken */
+} sd_trainer_t;
+
+/* Takes the model (loaded with SD_PART_ALL; *model becomes NULL, also on
+ * failure), attaches and initialises the LoRA sets, encodes instance (and class)
+ * images. Class images must already exist (see sd_class_images_ensure). NULL
+ * with one log line on failure. */
+sd_trainer_t *sd_trainer_new(sd_model_t **model, const sd_train_config_t *cfg, sd_progress_fn progress, void *user);
+void sd_trainer_destroy(sd_trainer_t **t);
+
+/* Examples of a step in micro-batch order; *n receives the count (<= 2 * batch). */
+int sd_trainer_plan(const sd_trainer_t *t, int64_t step, sd_train_example_t *ex, int *n);
+int sd_trainer_num_microbatches(const sd_trainer_t *t);
+/* The k-th micro-batch of `step`: loss parts and gradient in the LoRA sets'
+ * gradient buffers (overwritten). loss_inst/loss_prior: unweighted per-kind sums. */
+int sd_trainer_microbatch(sd_trainer_t *t, int64_t step, int k, double *loss, double *loss_inst, double *loss_prior);
+/* Clip and AdamW with gradient block(s) gsum; lr from the schedule at t->step. */
+int sd_trainer_apply(sd_trainer_t *t, float **grad, float *lr_used, double *grad_norm);
+
+typedef struct sd_step_stats {
+    double loss, loss_instance, loss_prior, grad_norm;
+    float lr;
+} sd_step_stats_t;
+
+/* Mean instance loss over a fixed evaluation set (every instance image at 5
+ * timesteps spread over the schedule, noise from fixed streams): comparable
+ * across steps, unlike the per-step loss, whose timesteps are random. */
+int sd_trainer_eval(sd_trainer_t *t, double *loss);
+
+/* plan + every micro-batch in order + apply: one optimizer step. */
+int sd_trainer_step(sd_trainer_t *t, sd_step_stats_t *stats);
+
+#endif
