@@ -379,10 +379,12 @@ static int s_save_set(st_writer_t *w, const char *path, st_lora_layout_t layout,
         return BT_EINVAL;
     }
     /* What alpha a reader of this layout will apply to every adapter; an adapter
-     * with another alpha gets alpha / file_alpha folded into B. The diffusers
-     * layout stores no alpha and its loaders assume alpha == rank, so there the
-     * whole alpha / rank goes into B and the file is exact for them. */
-    float file_alpha = layout == ST_LORA_DIFFUSERS ? (float)s->rank : s->alpha;
+     * with another alpha gets alpha / file_alpha folded into B. The diffusers and
+     * peft layouts carry no alpha their usual loaders read (diffusers assumes
+     * alpha == rank, and ignores booth's metadata), so there the whole
+     * alpha / rank goes into B: the file means the same in every loader. The
+     * original alpha is kept in booth.alpha_folded. Kohya stores alphas. */
+    float file_alpha = layout == ST_LORA_KOHYA ? s->alpha : (float)s->rank;
     bool folded = false;
     float *host = NULL;
     size_t host_n = 0;
@@ -447,7 +449,7 @@ static int s_save_set(st_writer_t *w, const char *path, st_lora_layout_t layout,
     snprintf(num, sizeof num, "%.9g", file_alpha);
     if (rc == BT_OK) rc = s_meta_set(w, part, ST_LORA_META_ALPHA, num);
     if (rc == BT_OK) rc = s_meta_set(w, part, ST_LORA_META_TARGETS, targets);
-    if (rc == BT_OK && folded && layout == ST_LORA_DIFFUSERS) {
+    if (rc == BT_OK && folded) {
         snprintf(num, sizeof num, "%.9g", s->alpha);
         rc = s_meta_set(w, part, ST_LORA_META_ALPHA_FOLDED, num);
     }

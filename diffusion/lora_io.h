@@ -41,10 +41,10 @@ int sd_lora_load(const char *path, nn_ctx_t *ctx, sd_unet_t *unet, sd_clip_t *cl
 
 /* Writes the adapters of `unet` and/or `text` (either may be NULL, not both) in
  * `layout`, A and B stored as dtype (F32, F16, BF16 or F64), atomically.
- * Alpha: kohya stores every adapter's own alpha; the diffusers layout has none
- * (loaders assume alpha == rank), so alpha/rank is folded into B; the peft layout
- * keeps the set's alpha in metadata and folds an adapter's differing alpha into
- * its B. metadata_kv: NULL-terminated key/value pairs added to booth's own
+ * Alpha: kohya stores every adapter's own alpha; the diffusers and peft layouts
+ * carry none their loaders read (they assume alpha == rank), so alpha/rank is
+ * folded into B (the original alpha is kept in booth.alpha_folded) and the file
+ * means the same in every loader. metadata_kv: NULL-terminated key/value pairs added to booth's own
  * ("format", "booth.layout", "booth.rank", "booth.alpha", "booth.targets", ...);
  * pass "booth.base_model" there. The user's inference scale is not saved. */
 int sd_lora_save(const char *path, st_lora_layout_t layout, st_dtype_t dtype, const sd_lora_set_t *unet,
