@@ -144,10 +144,16 @@ static bool s_run(const s_test_t *t, bool fork_tests)
         fflush(stdout);
         setenv("BOOTH_TEST_TMPDIR", tmpdir, 1);
         int before = s_failures;
-        if (t->fn_arg)
+        if (t->script) {
+            char *cmd;
+            if (asprintf(&cmd, "bash -eu -o pipefail '%s'", t->script) < 0) return false;
+            if (system(cmd) != 0) s_failures++;
+            free(cmd);
+        } else if (t->fn_arg) {
             t->fn_arg(t->arg);
-        else
+        } else {
             t->fn();
+        }
         nftw(tmpdir, s_rm, 16, FTW_DEPTH | FTW_PHYS);
         return s_failures == before;
     }
