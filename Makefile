@@ -6,6 +6,8 @@
 #   make deps       install the Debian packages booth needs (as root), or print the apt-get line
 #   make demo       the main job end to end on the embedded default
 #   make bench-ops  nn/ kernels vs PyTorch, side by side (needs python3-torch)
+#   make bench-model  whole models (UNet, VAE, a DreamBooth step) vs PyTorch + diffusers
+#                   (needs a venv with diffusers, see bench/model.py, and /tmp/sd15)
 #
 # Knobs: BUILD=dir, SANITIZER=address|undefined, OPT=-O2, CUDA=auto|0|1.
 
@@ -19,7 +21,7 @@ CUDA      ?= auto
 # would find the slow reference BLAS, so point at OpenBLAS explicitly.
 export PKG_CONFIG_PATH := /usr/lib/x86_64-linux-gnu/openblas-pthread/pkgconfig:$(PKG_CONFIG_PATH)
 
-PKGS := libcjson libpng libjpeg libutf8proc
+PKGS := libcjson libpng libjpeg libutf8proc hdf5
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null)
@@ -27,7 +29,8 @@ BLAS_LIBS   := $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas
 
 DEB_PKGS := build-essential pkg-config libopenblas-dev libopenblas0-pthread libcjson-dev \
             libpng-dev libjpeg62-turbo-dev libutf8proc-dev libzmq3-dev libprotobuf-c-dev \
-            protobuf-c-compiler libhdf5-dev hdf5-tools
+            protobuf-c-compiler libhdf5-dev hdf5-tools \
+            python3-h5py python3-numpy xxhash
 
 # ---- compiler ---------------------------------------------------------------
 CC      ?= cc
@@ -84,7 +87,7 @@ LIB    := $(BUILD)/libbooth.a
 BOOTH  := $(BUILD)/booth
 RUNNER := $(BUILD)/tests/runner
 
-.PHONY: all test asan deps demo bench-ops clean format
+.PHONY: all test asan deps demo bench-ops bench-model clean format
 all: $(BOOTH) $(RUNNER) $(BENCH_BINS)
 
 $(BUILD)/obj/%.o: %.c
@@ -136,6 +139,10 @@ deps:
 
 bench-ops: $(BUILD)/bench/bench_ops
 	bench/ops.py --booth $(BUILD)/bench/bench_ops
+
+# BENCH_MODEL_ARGS: e.g. --row train_sd15_256 --rounds 2 --markdown
+bench-model: $(BUILD)/bench/bench_model $(BOOTH)
+	bench/model.py --booth $(BUILD)/bench/bench_model --cli $(BOOTH) $(BENCH_MODEL_ARGS)
 
 demo: deps all
 	scripts/demo.sh $(BOOTH)

@@ -14,5 +14,8 @@ int cmd_grid(int argc, char **argv);
 int cmd_lora_grad(int argc, char **argv);
 int cmd_init_model(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
+int cmd_inspect(int argc, char **argv);
+int cmd_export(int argc, char **argv);
+int cmd_priors(int argc, char **argv);
 
 #endif

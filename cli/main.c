@@ -23,6 +23,9 @@ static const s_cmd_t s_cmds[] = {
     {"info", cmd_info, "show the compute backend, BLAS and thread count"},
     {"train", cmd_train, "DreamBooth LoRA fine-tuning on a few photos (diffusers' flag names)"},
     {"tokenize", cmd_tokenize, "show how CLIP tokenizes a prompt (ids, pieces, truncation)"},
+    {"priors", cmd_priors, "generate prior-preservation class images into one HDF5 prior set (resumable)"},
+    {"inspect", cmd_inspect, "show what a checkpoint or prior set (.h5) holds; --json, --images, --contact-sheet"},
+    {"export", cmd_export, "write a checkpoint's LoRA as a diffusers, kohya or peft safetensors file"},
 };
 
 static void s_usage(FILE *out)

@@ -5,7 +5,11 @@
  *   pytorch_lora_weights_kohya.safetensors   the same LoRA, kohya layout (A1111, ComfyUI)
  *   loss.csv, loss.png                       loss per step and its curve
  *   validation/step-NNNNNN.png               validation grids (--validation-prompt)
- *   checkpoint-N/pytorch_lora_weights.safetensors  every --checkpointing-steps
+ *   checkpoint-N.h5                          the whole training state every --checkpointing-steps
+ *                                            (docs/FORMAT.md; `booth inspect`, `booth export`)
+ *
+ * --resume-from-checkpoint PATH|latest continues a run from a checkpoint; the
+ * result is byte-identical to a run that was never interrupted.
  */
 #include <math.h>
 #include <stdio.h>
@@ -20,6 +24,7 @@
 #include "common/plot.h"
 #include "common/progress.h"
 #include "common/status.h"
+#include "diffusion/checkpoint.h"
 #include "diffusion/lora_io.h"
 #include "diffusion/train.h"
 #include "nn/nn.h"
@@ -120,8 +125,8 @@ int cmd_train(int argc, char **argv)
 {
     sd_train_config_t c;
     sd_train_config_defaults(&c);
-    const char *output_dir = NULL, *lr_sched = "constant", *validation_prompt = NULL;
-    int checkpointing_steps = 0, validation_steps = 0, num_validation_images = 4;
+    const char *output_dir = NULL, *lr_sched = "constant", *validation_prompt = NULL, *resume = NULL;
+    int checkpointing_steps = 0, checkpoints_total_limit = 0, validation_steps = 0, num_validation_images = 4;
     int64_t rank = 4;
     bool alpha_seen = false;
     const cli_opt_t opts[] = {
@@ -130,8 +135,9 @@ int cmd_train(int argc, char **argv)
         CLI_OPT("--instance-data-dir", CLI_STR, &c.instance_dir, "DIR", "the subject's photos, JPEG/PNG (required)"),
         CLI_OPT("--instance-prompt", CLI_STR, &c.instance_prompt, "TEXT", "e.g. \"a photo of sks dog\" (required)"),
         CLI_OPT("--class-prompt", CLI_STR, &c.class_prompt, "TEXT", "e.g. \"a photo of dog\" (prior preservation)"),
-        CLI_OPT("--class-data-dir", CLI_STR, &c.class_dir, "DIR",
-                "class images; missing ones are generated here (default OUTPUT/class_images)"),
+        CLI_OPT("--class-data-dir", CLI_STR, &c.class_dir, "DIR|FILE.h5",
+                "class images (a folder, or a prior set from `booth priors`); missing ones are generated there "
+                "(default OUTPUT/class_images)"),
         CLI_OPT("--with-prior-preservation", CLI_FLAG, &c.prior_preservation, NULL,
                 "add class images to every step, weighted by --prior-loss-weight"),
         CLI_OPT("--prior-loss-weight", CLI_FLOAT, &c.prior_loss_weight, "L", "lambda of the prior loss (default 1)"),
@@ -152,7 +158,12 @@ int cmd_train(int argc, char **argv)
         CLI_OPT("--train-text-encoder", CLI_FLAG, &c.train_text_encoder, NULL, "also train LoRA on the text encoder"),
         CLI_OPT("--seed", CLI_U64, &c.seed, "S", "everything random derives from (seed, step, example) (default 0)"),
         CLI_OPT("--output-dir", CLI_STR, &output_dir, "DIR", "where the LoRA, logs and images go (required)"),
-        CLI_OPT("--checkpointing-steps", CLI_INT, &checkpointing_steps, "N", "save the LoRA every N steps (0: off)"),
+        CLI_OPT("--checkpointing-steps", CLI_INT, &checkpointing_steps, "N",
+                "save the training state as OUTPUT/checkpoint-STEP.h5 every N steps (0: off)"),
+        CLI_OPT("--checkpoints-total-limit", CLI_INT, &checkpoints_total_limit, "K",
+                "keep only the K newest checkpoints (default: all)"),
+        CLI_OPT("--resume-from-checkpoint", CLI_STR, &resume, "PATH|latest",
+                "continue from a checkpoint (latest: the newest in --output-dir); same flags as the first run"),
         CLI_OPT("--validation-prompt", CLI_STR, &validation_prompt, "TEXT", "draw this every --validation-steps"),
         CLI_OPT("--validation-steps", CLI_INT, &validation_steps, "N", "validation interval (default: the end only)"),
         CLI_OPT("--num-validation-images", CLI_INT, &num_validation_images, "N", "images per validation (default 4)"),
@@ -191,7 +202,7 @@ int cmd_train(int argc, char **argv)
     }
     if (rank < 1 || rank > 1024 || c.train_batch_size < 1 || c.max_train_steps < 1 || c.num_class_images < 1 ||
         c.resolution < 8 || c.resolution % 8 || c.learning_rate < 0 || c.lr_warmup_steps < 0 ||
-        checkpointing_steps < 0 || validation_steps < 0 || num_validation_images < 1) {
+        checkpointing_steps < 0 || checkpoints_total_limit < 0 || validation_steps < 0 || num_validation_images < 1) {
         fprintf(stderr, "booth train: --rank 1..1024; batch sizes, steps, class images >= 1; --resolution a multiple "
                         "of 8; rates and intervals >= 0\n");
         return 2;
@@ -211,9 +222,23 @@ int cmd_train(int argc, char **argv)
     int status = 1;
     sd_trainer_t *t = NULL;
     FILE *csv = NULL;
+    sd_train_history_t hist = {0};
+    sd_model_ids_t ids;
+    memset(&ids, 0, sizeof ids);
+    char ckpt[4096] = "";
     float *losses = malloc((size_t)c.max_train_steps * sizeof(float));
     sd_model_t *m = sd_model_load(ctx, c.model_dir, SD_PART_ALL);
     if (!m || !losses) goto out;
+    if ((checkpointing_steps || resume) && sd_model_ids(c.model_dir, &ids)) goto out;
+    if (resume) {
+        if (!strcmp(resume, "latest")) {
+            int found = sd_checkpoint_latest(output_dir, ckpt, sizeof ckpt);
+            if (found < 0) goto out;
+            if (!found) fprintf(stderr, "booth train: no checkpoint in %s yet; starting a new run\n", output_dir);
+        } else {
+            snprintf(ckpt, sizeof ckpt, "%s", resume);
+        }
+    }
     s_prep_t prep = {0};
     if (c.prior_preservation) {
         prep.label = "class images";
@@ -231,6 +256,10 @@ int cmd_train(int argc, char **argv)
             c.prior_preservation ? t->classes.n : 0, t->classes.n == 1 ? "" : "s", (long long)c.rank, c.lora_alpha,
             t->lora_unet->n, t->lora_text ? " + the text encoder" : "", (long long)c.max_train_steps,
             c.train_batch_size, c.learning_rate, sd_lr_sched_name(c.lr_scheduler));
+    if (ckpt[0]) {
+        if (sd_checkpoint_resume(ckpt, t, &ids, &hist)) goto out;
+        fprintf(stderr, "booth train: resumed from %s at step %lld\n", ckpt, (long long)t->step);
+    }
 
     snprintf(path, sizeof path, "%s/loss.csv", output_dir);
     if (!(csv = fopen(path, "w"))) {
@@ -238,14 +267,21 @@ int cmd_train(int argc, char **argv)
         goto out;
     }
     fprintf(csv, "step,loss,loss_instance,loss_prior,lr,grad_norm,seconds\n");
+    for (int64_t s = 0; s < hist.n; s++) { /* a resumed run's log starts with the checkpoint's history */
+        losses[s] = (float)hist.loss[s];
+        fprintf(csv, "%lld,%.6f,%.6f,%.6f,%.6g,%.6f,%.3f\n", (long long)(s + 1), hist.loss[s], hist.loss_instance[s],
+                hist.loss_prior[s], hist.lr[s], hist.grad_norm[s], hist.seconds[s]);
+    }
+    fflush(csv);
     bt_progress_t bar;
     bt_progress_start(&bar, "training", c.max_train_steps, "step");
-    for (int64_t s = 0; s < c.max_train_steps; s++) {
+    for (int64_t s = t->step; s < c.max_train_steps; s++) {
         sd_step_stats_t st;
         double t0 = bt_now();
         if (sd_trainer_step(t, &st)) goto out;
         double dt = bt_now() - t0;
         losses[s] = (float)st.loss;
+        if (sd_history_push(&hist, &st, dt)) goto out;
         fprintf(csv, "%lld,%.6f,%.6f,%.6f,%.6g,%.6f,%.3f\n", (long long)(s + 1), st.loss, st.loss_instance,
                 st.loss_prior, st.lr, st.grad_norm, dt);
         fflush(csv);
@@ -257,10 +293,18 @@ int cmd_train(int argc, char **argv)
         snprintf(tail, sizeof tail, "loss %.4f lr %.2g", st.loss, st.lr);
         bt_progress_update(&bar, s + 1, tail);
         bool last = s + 1 == c.max_train_steps;
-        if (checkpointing_steps && (s + 1) % checkpointing_steps == 0 && !last) {
+        if (checkpointing_steps && (s + 1) % checkpointing_steps == 0) {
             char ck[4096];
-            snprintf(ck, sizeof ck, "%s/checkpoint-%lld", output_dir, (long long)(s + 1));
-            if (s_save_lora(t, ck, c.model_dir)) goto out;
+            snprintf(ck, sizeof ck, "%s/checkpoint-%lld.h5", output_dir, (long long)(s + 1));
+            /* the previous checkpoint (pruning keeps the newest), or else the prior set, lends its
+             * compressed images */
+            const char *reuse = ckpt[0]                                                 ? ckpt
+                                : c.prior_preservation && sd_is_prior_file(c.class_dir) ? c.class_dir
+                                                                                        : NULL;
+            if (sd_checkpoint_save(ck, t, &ids, &hist, reuse) ||
+                sd_checkpoint_prune(output_dir, checkpoints_total_limit))
+                goto out;
+            snprintf(ckpt, sizeof ckpt, "%s", ck);
         }
         if (validation_prompt && ((validation_steps && (s + 1) % validation_steps == 0) || last)) {
             if (bt_mkdirs(vdir) || s_validate(t, validation_prompt, num_validation_images, s + 1, vdir)) goto out;
@@ -276,6 +320,7 @@ int cmd_train(int argc, char **argv)
     status = 0;
 out:
     if (csv) fclose(csv);
+    sd_history_free(&hist);
     free(losses);
     sd_trainer_destroy(&t);
     sd_model_destroy(&m);

@@ -1,6 +1,6 @@
 /*
  * dataset.c — instance and class image sets: listing, preprocessing, VAE
- * encoding; generating missing class images.
+ * encoding, reading prior-set files; generating missing class images.
  */
 #include "diffusion/dataset.h"
 
@@ -17,7 +17,10 @@
 #include "common/log.h"
 #include "common/rng.h"
 #include "common/status.h"
+#include "diffusion/model_hash.h"
+#include "diffusion/priors.h"
 #include "nn/memory.h"
+#include "storage/h5_images.h"
 #include "storage/imageio.h"
 #include "storage/png.h"
 
@@ -74,48 +77,97 @@ void sd_image_set_free(sd_image_set_t *s)
     free(s->logvar);
     free(s->mean_f);
     free(s->logvar_f);
+    free(s->pixels);
+    free(s->gen_prompt);
     memset(s, 0, sizeof *s);
 }
 
-/* One image -> posterior of it (and of its mirror) into the set's slot i. */
-static int s_encode(sd_image_set_t *s, sd_model_t *m, int i, int resolution, float *d_img, float *d_mean,
-                    float *d_logvar)
+bool sd_is_prior_file(const char *path)
 {
-    bt_img_t *img = NULL, *sq = NULL;
-    int rc = bt_image_load_rgb(s->paths[i], &img);
-    if (rc) return rc;
-    sq = bt_img_resize_shorter_side_and_center_crop(img, resolution, BT_IMG_BILINEAR);
-    bt_img_destroy(&img);
-    if (!sq) {
-        BT_ERROR("%s: cannot resize to %d px", s->paths[i], resolution);
-        return BT_ENOMEM;
-    }
-    int64_t npix = 3 * (int64_t)resolution * resolution, per = s->C * s->h * s->w;
-    float *host = malloc((size_t)npix * sizeof(float));
+    size_t n = strlen(path);
+    return n > 3 && !strcasecmp(path + n - 3, ".h5");
+}
+
+/* VAE posterior of a square RGB image into mean/logvar (host), through the
+ * caller's host staging buffer and device buffers (of the model's scratch). */
+static int s_encode_img(sd_model_t *m, const bt_img_t *img, float *host, float *d_img, float *d_mean, float *d_logvar,
+                        float *mean, float *logvar, int64_t per)
+{
+    int64_t npix = 3 * (int64_t)img->width * img->height;
     sd_run_t r = {.nn = m->ctx, .scratch = &m->scratch};
-    for (int pass = 0; pass < (s->mean_f ? 2 : 1) && rc == BT_OK; pass++) {
-        if (!host) {
-            rc = BT_ENOMEM;
-            break;
-        }
-        if (pass == 1) bt_img_flip_h(sq);
-        bt_img_to_f32_chw(sq, host);
-        float *mean = pass ? s->mean_f : s->mean, *logvar = pass ? s->logvar_f : s->logvar;
-        if ((rc = nn_upload(m->ctx, d_img, host, (size_t)npix * sizeof(float))) ||
-            (rc = sd_vae_encode(&r, m->vae, d_mean, d_logvar, d_img, 1, resolution, resolution)) ||
-            (rc = nn_download(m->ctx, mean + i * per, d_mean, (size_t)per * sizeof(float))) ||
-            (rc = nn_download(m->ctx, logvar + i * per, d_logvar, (size_t)per * sizeof(float))))
-            break;
+    bt_img_to_f32_chw(img, host);
+    int rc;
+    if ((rc = nn_upload(m->ctx, d_img, host, (size_t)npix * sizeof(float))) ||
+        (rc = sd_vae_encode(&r, m->vae, d_mean, d_logvar, d_img, 1, img->height, img->width)) ||
+        (rc = nn_download(m->ctx, mean, d_mean, (size_t)per * sizeof(float))) ||
+        (rc = nn_download(m->ctx, logvar, d_logvar, (size_t)per * sizeof(float))))
+        return rc;
+    return BT_OK;
+}
+
+int sd_encode_image(sd_model_t *m, const bt_img_t *img, float *mean, float *logvar)
+{
+    if (!m->vae || img->channels != 3 || img->width != img->height || img->width % 8) {
+        BT_ERROR("encode: need a square RGB image with a side that is a multiple of 8 and a VAE");
+        return BT_EINVAL;
     }
+    int64_t res = img->width, lh = sd_vae_latent_size(m->vae, res), per = m->vae->cfg.latent_channels * lh * lh;
+    bt_stack_mark_t mk = bt_stack_mark(&m->scratch);
+    sd_run_t r = {.nn = m->ctx, .scratch = &m->scratch};
+    float *d_img = sd_scratch(&r, 3 * res * res), *d_mean = sd_scratch(&r, per), *d_logvar = sd_scratch(&r, per);
+    float *host = malloc((size_t)(3 * res * res) * sizeof(float));
+    int rc = d_img && d_mean && d_logvar && host
+                 ? s_encode_img(m, img, host, d_img, d_mean, d_logvar, mean, logvar, per)
+                 : BT_ENOMEM;
     free(host);
-    bt_img_destroy(&sq);
+    bt_stack_reset(&m->scratch, mk);
     return rc;
 }
 
-int sd_image_set_load(sd_image_set_t *s, sd_model_t *m, const char *dir, int resolution, bool flips, int max,
-                      sd_progress_fn progress, void *user)
+/* A preprocessed (res x res RGB) image -> the set's slot i: its pixels, its
+ * posterior and (with flips) its mirror's posterior. mean/logvar: a posterior
+ * already known for the unmirrored image (NULL: encode it). */
+static int s_encode(sd_image_set_t *s, sd_model_t *m, int i, bt_img_t *sq, const float *mean, const float *logvar,
+                    float *d_img, float *d_mean, float *d_logvar)
 {
-    memset(s, 0, sizeof *s);
+    int64_t res = s->res, npix = 3 * res * res, per = s->C * s->h * s->w;
+    memcpy(s->pixels + i * npix, sq->data, (size_t)npix);
+    float *host = malloc((size_t)npix * sizeof(float));
+    int rc = host ? BT_OK : BT_ENOMEM;
+    if (rc == BT_OK && mean) {
+        memcpy(s->mean + i * per, mean, (size_t)per * sizeof(float));
+        memcpy(s->logvar + i * per, logvar, (size_t)per * sizeof(float));
+    } else if (rc == BT_OK) {
+        rc = s_encode_img(m, sq, host, d_img, d_mean, d_logvar, s->mean + i * per, s->logvar + i * per, per);
+    }
+    if (rc == BT_OK && s->mean_f) {
+        bt_img_flip_h(sq);
+        rc = s_encode_img(m, sq, host, d_img, d_mean, d_logvar, s->mean_f + i * per, s->logvar_f + i * per, per);
+    }
+    free(host);
+    return rc;
+}
+
+/* Sizes and buffers of a set of n images at resolution res. */
+static int s_set_alloc(sd_image_set_t *s, sd_model_t *m, int n, int resolution, bool flips)
+{
+    s->n = n;
+    s->res = resolution;
+    s->C = m->vae->cfg.latent_channels;
+    s->h = s->w = sd_vae_latent_size(m->vae, resolution);
+    int64_t per = s->C * s->h * s->w;
+    s->mean = malloc((size_t)(n * per) * sizeof(float));
+    s->logvar = malloc((size_t)(n * per) * sizeof(float));
+    s->pixels = malloc((size_t)n * (size_t)resolution * (size_t)resolution * 3);
+    if (flips) {
+        s->mean_f = malloc((size_t)(n * per) * sizeof(float));
+        s->logvar_f = malloc((size_t)(n * per) * sizeof(float));
+    }
+    return !s->mean || !s->logvar || !s->pixels || (flips && (!s->mean_f || !s->logvar_f)) ? BT_ENOMEM : BT_OK;
+}
+
+static int s_check_args(sd_model_t *m, int resolution)
+{
     if (!m->vae) {
         BT_ERROR("%s: the VAE is not loaded", m->dir);
         return BT_EINVAL;
@@ -124,6 +176,94 @@ int sd_image_set_load(sd_image_set_t *s, sd_model_t *m, const char *dir, int res
         BT_ERROR("resolution %d: must be a multiple of 8 in 8..4096", resolution);
         return BT_EINVAL;
     }
+    return BT_OK;
+}
+
+/* A prior-set file (or any booth file with a /prior group) as an image set. */
+static int s_load_prior_file(sd_image_set_t *s, sd_model_t *m, const char *path, int resolution, bool flips, int max,
+                             sd_progress_fn progress, void *user)
+{
+    bt_h5_file_t *f = bt_h5_open(path);
+    if (!f) return BT_EFORMAT;
+    bt_h5_imgset_info_t info;
+    char *vae_hash = NULL, *prompt = NULL;
+    int64_t steps = 0;
+    double guidance = 0;
+    float *lat = NULL;
+    bt_img_t *img = NULL;
+    int rc = bt_h5_imgset_probe(f, SD_PRIOR_GROUP, &info);
+    if (rc == BT_OK && info.n == 0) {
+        BT_ERROR("%s: the prior set has no images", path);
+        rc = BT_ENOTFOUND;
+    }
+    /* the settings it was generated with (each missing one is one error line) */
+    if (rc == BT_OK) rc = bt_h5_attr_str(f, SD_PRIOR_GROUP, "prompt", &prompt);
+    if (rc == BT_OK) rc = bt_h5_attr_u64(f, SD_PRIOR_GROUP, "seed", &s->gen_seed);
+    if (rc == BT_OK) rc = bt_h5_attr_i64(f, SD_PRIOR_GROUP, "steps", &steps);
+    if (rc == BT_OK) rc = bt_h5_attr_f64(f, SD_PRIOR_GROUP, "guidance", &guidance);
+    if (rc == BT_OK && bt_h5_attr_exists(f, SD_PRIOR_GROUP, "vae_hash"))
+        rc = bt_h5_attr_str(f, SD_PRIOR_GROUP, "vae_hash", &vae_hash);
+    if (rc) goto out;
+    int n = max > 0 && info.n > max ? max : (int)info.n;
+    if ((rc = s_set_alloc(s, m, n, resolution, flips))) goto out;
+    s->gen_prompt = prompt;
+    prompt = NULL;
+    s->gen_steps = (int)steps;
+    s->gen_guidance = (float)guidance;
+    /* stored latents are what an encode would give when the VAE and size are the same */
+    char here[BT_HASH_HEX];
+    bool reuse = vae_hash && info.lat_c == s->C && info.lat_h == s->h && info.lat_w == s->w &&
+                 info.height == resolution && info.width == resolution &&
+                 sd_model_hash(m->dir, SD_PART_VAE, here, NULL) == BT_OK && !strcmp(here, vae_hash);
+    int64_t per = s->C * s->h * s->w;
+    if (!(s->paths = calloc((size_t)n + 1, sizeof *s->paths)) || !(lat = malloc((size_t)(2 * per) * sizeof(float))) ||
+        !(img = bt_img_new((int)info.width, (int)info.height, 3))) {
+        rc = BT_ENOMEM;
+        goto out;
+    }
+    bt_stack_mark_t mk = bt_stack_mark(&m->scratch);
+    sd_run_t r = {.nn = m->ctx, .scratch = &m->scratch};
+    float *d_img = sd_scratch(&r, 3 * (int64_t)resolution * resolution), *d_mean = sd_scratch(&r, per);
+    float *d_logvar = sd_scratch(&r, per);
+    if (!d_img || !d_mean || !d_logvar) rc = BT_ENOMEM;
+    for (int i = 0; i < n && rc == BT_OK; i++) {
+        size_t len = strlen(path) + 24;
+        if (!(s->paths[i] = malloc(len))) {
+            rc = BT_ENOMEM;
+            break;
+        }
+        snprintf(s->paths[i], len, "%s[%d]", path, i);
+        if ((rc = bt_h5_read_rows(f, SD_PRIOR_GROUP "/images", BT_H5_U8, i, 1, img->data))) break;
+        if (reuse && ((rc = bt_h5_read_rows(f, SD_PRIOR_GROUP "/latent_mean", BT_H5_F32, i, 1, lat)) ||
+                      (rc = bt_h5_read_rows(f, SD_PRIOR_GROUP "/latent_logvar", BT_H5_F32, i, 1, lat + per))))
+            break;
+        bt_img_t *sq = bt_img_resize_shorter_side_and_center_crop(img, resolution, BT_IMG_BILINEAR);
+        if (!sq) {
+            rc = BT_ENOMEM;
+            break;
+        }
+        rc = s_encode(s, m, i, sq, reuse ? lat : NULL, reuse ? lat + per : NULL, d_img, d_mean, d_logvar);
+        bt_img_destroy(&sq);
+        if (progress) progress(user, i + 1, n, NULL);
+    }
+    bt_stack_reset(&m->scratch, mk);
+out:
+    if (rc) sd_image_set_free(s);
+    bt_img_destroy(&img);
+    free(lat);
+    free(vae_hash);
+    free(prompt);
+    bt_h5_close(&f);
+    return rc;
+}
+
+int sd_image_set_load(sd_image_set_t *s, sd_model_t *m, const char *dir, int resolution, bool flips, int max,
+                      sd_progress_fn progress, void *user)
+{
+    memset(s, 0, sizeof *s);
+    int rc = s_check_args(m, resolution);
+    if (rc) return rc;
+    if (sd_is_prior_file(dir)) return s_load_prior_file(s, m, dir, resolution, flips, max, progress, user);
     int n = sd_list_images(dir, &s->paths);
     if (n < 0) return n;
     if (n == 0) {
@@ -138,25 +278,25 @@ int sd_image_set_load(sd_image_set_t *s, sd_model_t *m, const char *dir, int res
         }
         n = max;
     }
-    s->n = n;
-    s->C = m->vae->cfg.latent_channels;
-    s->h = s->w = sd_vae_latent_size(m->vae, resolution);
+    rc = s_set_alloc(s, m, n, resolution, flips);
     int64_t per = s->C * s->h * s->w;
-    s->mean = malloc((size_t)(n * per) * sizeof(float));
-    s->logvar = malloc((size_t)(n * per) * sizeof(float));
-    if (flips) {
-        s->mean_f = malloc((size_t)(n * per) * sizeof(float));
-        s->logvar_f = malloc((size_t)(n * per) * sizeof(float));
-    }
-    int rc = BT_OK;
     bt_stack_mark_t mk = bt_stack_mark(&m->scratch);
     sd_run_t r = {.nn = m->ctx, .scratch = &m->scratch};
     float *d_img = sd_scratch(&r, 3 * (int64_t)resolution * resolution), *d_mean = sd_scratch(&r, per);
     float *d_logvar = sd_scratch(&r, per);
-    if (!s->mean || !s->logvar || (flips && (!s->mean_f || !s->logvar_f)) || !d_img || !d_mean || !d_logvar)
-        rc = BT_ENOMEM;
+    if (!d_img || !d_mean || !d_logvar) rc = BT_ENOMEM;
     for (int i = 0; i < n && rc == BT_OK; i++) {
-        rc = s_encode(s, m, i, resolution, d_img, d_mean, d_logvar);
+        bt_img_t *img = NULL, *sq = NULL;
+        if ((rc = bt_image_load_rgb(s->paths[i], &img))) break;
+        sq = bt_img_resize_shorter_side_and_center_crop(img, resolution, BT_IMG_BILINEAR);
+        bt_img_destroy(&img);
+        if (!sq) {
+            BT_ERROR("%s: cannot resize to %d px", s->paths[i], resolution);
+            rc = BT_ENOMEM;
+            break;
+        }
+        rc = s_encode(s, m, i, sq, NULL, NULL, d_img, d_mean, d_logvar);
+        bt_img_destroy(&sq);
         if (progress) progress(user, i + 1, n, NULL);
     }
     bt_stack_reset(&m->scratch, mk);
@@ -178,6 +318,9 @@ void sd_image_set_sample(const sd_image_set_t *s, const sd_model_t *m, int i, bo
 int sd_class_images_ensure(sd_model_t *m, const char *dir, const char *prompt, int want, int resolution,
                            uint64_t seed, int steps, float guidance, sd_progress_fn progress, void *user)
 {
+    sd_prior_spec_t spec = {.prompt = prompt, .seed = seed, .steps = steps, .guidance = guidance,
+                            .resolution = resolution};
+    if (sd_is_prior_file(dir)) return sd_priors_ensure(m, dir, &spec, want, progress, user);
     int rc = bt_mkdirs(dir);
     if (rc) return rc;
     char **paths = NULL;
@@ -185,39 +328,21 @@ int sd_class_images_ensure(sd_model_t *m, const char *dir, const char *prompt, i
     sd_free_paths(paths);
     if (have < 0) return have;
     if (have >= want) return 0;
-    int64_t h = sd_vae_latent_size(m->vae, resolution), C = m->unet->cfg.in_channels, T = 77;
-    int64_t cd = m->clip->cfg.hidden_size, npix = 3 * (int64_t)(h * 8) * (h * 8);
-    float *embeds = nn_alloc(m->ctx, (size_t)(2 * T * cd) * sizeof(float));
-    float *lat = malloc((size_t)(C * h * h) * sizeof(float)), *img = malloc((size_t)npix * sizeof(float));
-    if (!embeds || !lat || !img) {
-        rc = BT_ENOMEM;
-        goto out;
-    }
-    if ((rc = sd_encode_prompt(m, embeds + T * cd, prompt, 0)) || (rc = sd_encode_prompt(m, embeds, "", 0))) goto out;
-    sd_sample_params_t p = {.guidance = guidance, .steps = steps, .sampler = m->default_sampler, .seed = seed};
+    bt_img_t *im = bt_img_new(resolution, resolution, 3);
+    if (!im) return BT_ENOMEM;
     int made = 0;
     /* indices from `have` on: a rerun after an interruption continues where it stopped */
     for (int i = have; i < want; i++) {
-        p.first_index = i;
-        if ((rc = sd_sample(m, &p, embeds + T * cd, embeds, T, lat, false, 1, h, h)) ||
-            (rc = sd_decode(m, img, NULL, lat, 1, h, h)))
-            goto out;
-        bt_img_t *im = bt_img_from_f32_chw(img, 3, (int)(h * 8), (int)(h * 8), BT_IMG_RANGE_01);
+        if ((rc = sd_priors_generate(m, &spec, i, 1, im->data, NULL, NULL, NULL, NULL))) break;
         char path[4096], params[1024];
         snprintf(path, sizeof path, "%s/class-%05d.png", dir, i);
         snprintf(params, sizeof params, "%s\nSteps: %d, CFG scale: %g, Seed: %llu, Index: %d", prompt, steps, guidance,
                  (unsigned long long)seed, i);
         bt_png_text_t text = {"parameters", params};
-        rc = im ? bt_png_write(path, im, &text, 1) : BT_ENOMEM;
-        bt_img_destroy(&im);
-        if (rc) goto out;
+        if ((rc = bt_png_write(path, im, &text, 1))) break;
         made++;
         if (progress) progress(user, i - have + 1, want - have, NULL);
     }
-    rc = made;
-out:
-    if (embeds) nn_free(m->ctx, embeds);
-    free(lat);
-    free(img);
-    return rc;
+    bt_img_destroy(&im);
+    return rc ? rc : made;
 }

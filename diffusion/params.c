@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "common/fileio.h"
@@ -140,6 +141,20 @@ static bool s_legacy_name(const char *name, char *out, size_t len)
     return false;
 }
 
+/* Once a tensor is copied out, its pages of the file mapping are dropped:
+ * otherwise every page read stays resident until the file is closed, and loading
+ * counts the weights twice in the process's RSS (a 3.4 GB UNet peaked at 6.8 GB).
+ * st_open maps files PROT_READ and MAP_PRIVATE, so the pages were never written
+ * and dropping them loses nothing: a later access faults them in again from the
+ * page cache. */
+static void s_release(const st_tensor_t *t)
+{
+    long ps = sysconf(_SC_PAGESIZE);
+    uintptr_t page = ps > 0 ? (uintptr_t)ps : 4096;
+    uintptr_t a = ((uintptr_t)t->data + page - 1) & ~(page - 1), e = ((uintptr_t)t->data + t->nbytes) & ~(page - 1);
+    if (e > a) (void)madvise((void *)a, e - a, MADV_DONTNEED); /* advice only: failure changes nothing */
+}
+
 static const st_tensor_t *s_lookup(st_file_t *const *files, int nfiles, const char *name, st_file_t **from)
 {
     for (int f = 0; f < nfiles; f++) {
@@ -189,6 +204,7 @@ int sd_params_load_files(sd_params_t *ps, st_file_t *const *files, int nfiles)
         int64_t n = s_numel(p);
         if (ps->ctx->kind == NN_BACKEND_CPU) {
             st_read_f32(t, p->data);
+            s_release(t);
         } else {
             if ((size_t)n > staging_n) {
                 free(staging);
@@ -200,6 +216,7 @@ int sd_params_load_files(sd_params_t *ps, st_file_t *const *files, int nfiles)
                 }
             }
             st_read_f32(t, staging);
+            s_release(t);
             if ((rc = nn_upload(ps->ctx, p->data, staging, (size_t)n * sizeof(float)))) break;
         }
     }

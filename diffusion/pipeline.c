@@ -85,6 +85,16 @@ void sd_model_destroy(sd_model_t **pm)
 
 static sd_run_t s_run(sd_model_t *m) { return (sd_run_t){.nn = m->ctx, .scratch = &m->scratch}; }
 
+/* The UNet's temporaries come in many 64 MB chunks, the VAE decoder's in a few
+ * chunks of hundreds of MB; the stack keeps every chunk, so a generate run held
+ * both sets at once (SD 1.5 at 512 px: 6.4 GiB peak RSS, 5.8 without). When
+ * nothing is live between the two phases, the chunks go back before the next
+ * phase grows its own. */
+static void s_drop_idle_scratch(sd_model_t *m)
+{
+    if (m->scratch.live == 0) bt_stack_free(&m->scratch);
+}
+
 int sd_encode_prompt(sd_model_t *m, float *embeds, const char *prompt, int clip_skip)
 {
     if (!m->tok || !m->clip) {
@@ -111,6 +121,7 @@ int sd_sample(sd_model_t *m, const sd_sample_params_t *p, const float *cond, con
         return BT_EINVAL;
     }
     int rc = BT_OK;
+    s_drop_idle_scratch(m);
     sd_run_t r = s_run(m);
     bt_stack_mark_t mk = bt_stack_mark(r.scratch);
     bool cfg = p->guidance > 1.0f;
@@ -178,6 +189,7 @@ int sd_decode(sd_model_t *m, float *images, float *raw, const float *latents, in
         return BT_EINVAL;
     }
     int rc = BT_OK;
+    s_drop_idle_scratch(m);
     sd_run_t r = s_run(m);
     bt_stack_mark_t mk = bt_stack_mark(r.scratch);
     const sd_vae_config_t *c = &m->vae->cfg;

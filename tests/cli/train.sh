@@ -10,7 +10,7 @@ SUBJECT=scripts/demo/subject
     --train-text-encoder --random-flip --checkpointing-steps 3 --validation-prompt "a sks robot" \
     --validation-steps 3 --num-validation-images 2 --seed 4 --output-dir "$T/run" >"$T/out.txt" 2>"$T/err.txt"
 for f in pytorch_lora_weights.safetensors pytorch_lora_weights_kohya.safetensors loss.csv loss.png \
-    validation/step-000003.png validation/step-000006.png checkpoint-3/pytorch_lora_weights.safetensors \
+    validation/step-000003.png validation/step-000006.png checkpoint-3.h5 checkpoint-6.h5 \
     class_images/class-00000.png class_images/class-00001.png; do
     test -s "$T/run/$f" || { echo "missing $f"; cat "$T/err.txt"; exit 1; }
 done

@@ -1,0 +1,560 @@
+/*
+ * inspect.c — `booth inspect FILE.h5`: what a checkpoint or a prior set holds,
+ * without the model or the data folders.
+ *
+ * The summary names the job, the step and the loss history, lists every LoRA
+ * and optimizer tensor with its shape and L2 norm, and describes the stored
+ * image sets; --json prints the same for scripts; --images writes the stored
+ * images as PNGs and --contact-sheet puts them on one grid.
+ */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/args.h"
+#include "cli/cli.h"
+#include "common/fileio.h"
+#include "common/image.h"
+#include "common/log.h"
+#include "common/status.h"
+#include "diffusion/checkpoint.h"
+#include "diffusion/priors.h"
+#include "storage/h5.h"
+#include "storage/h5_images.h"
+#include "storage/png.h"
+
+#define S_MAX_ROW (1ll << 22)    /* elements read at once to take a norm */
+#define S_MAX_HISTORY (1ll << 24) /* steps of a loss history */
+#define S_SHEET_MAX 256          /* images on a contact sheet */
+#define S_THUMB 128              /* their largest side */
+
+typedef struct {
+    bt_h5_file_t *f;
+    const char *path;
+    char *format;
+    int64_t version;
+    bool ckpt;
+} s_file_t;
+
+/* ---- attributes ---- */
+
+/* One attribute as a cJSON value (JSON-valued strings such as "job" parsed). */
+static cJSON *s_attr_json(bt_h5_file_t *f, const char *obj, const char *key)
+{
+    bt_h5_info_t info;
+    if (bt_h5_attr_info(f, obj, key, &info)) return NULL;
+    if (info.dtype == BT_H5_STR) {
+        char *v = NULL;
+        if (bt_h5_attr_str(f, obj, key, &v)) return NULL;
+        cJSON *parsed = (v[0] == '{' || v[0] == '[') ? cJSON_Parse(v) : NULL;
+        cJSON *r = parsed ? parsed : cJSON_CreateString(v);
+        free(v);
+        return r;
+    }
+    if (info.numel != 1) return cJSON_CreateString("(array)");
+    char buf[64];
+    if (info.dtype == BT_H5_U64) {
+        uint64_t u;
+        if (bt_h5_attr_u64(f, obj, key, &u)) return NULL;
+        snprintf(buf, sizeof buf, "%llu", (unsigned long long)u);
+    } else if (info.dtype == BT_H5_F32 || info.dtype == BT_H5_F64) {
+        double d;
+        if (bt_h5_attr_f64(f, obj, key, &d)) return NULL;
+        if (!isfinite(d)) return cJSON_CreateNull();
+        /* the shortest text that reads back as the stored value (float32 or double) */
+        bool f32 = info.dtype == BT_H5_F32;
+        for (int p = 1; p <= 17; p++) {
+            snprintf(buf, sizeof buf, "%.*g", p, d);
+            double back = strtod(buf, NULL);
+            if (f32 ? (float)back == (float)d : back == d) break;
+        }
+    } else if (info.dtype != BT_H5_OTHER) {
+        int64_t i;
+        if (bt_h5_attr_i64(f, obj, key, &i)) return NULL;
+        snprintf(buf, sizeof buf, "%lld", (long long)i);
+    } else {
+        return cJSON_CreateString("(unsupported type)");
+    }
+    return cJSON_CreateRaw(buf);
+}
+
+/* Every attribute of obj as one JSON object. */
+static cJSON *s_attrs_json(bt_h5_file_t *f, const char *obj)
+{
+    char **names;
+    int n;
+    if (bt_h5_attr_list(f, obj, &names, &n)) return NULL;
+    cJSON *o = cJSON_CreateObject();
+    for (int i = 0; o && i < n; i++) {
+        cJSON *v = s_attr_json(f, obj, names[i]);
+        if (!v || !cJSON_AddItemToObject(o, names[i], v)) {
+            cJSON_Delete(v);
+            cJSON_Delete(o);
+            o = NULL;
+        }
+    }
+    bt_h5_free_names(names, n);
+    return o;
+}
+
+/* An attribute as display text ("" if absent). */
+static void s_attr_text(bt_h5_file_t *f, const char *obj, const char *key, char *buf, size_t len)
+{
+    buf[0] = '\0';
+    if (!bt_h5_attr_exists(f, obj, key)) return;
+    cJSON *v = s_attr_json(f, obj, key);
+    if (!v) return;
+    if (cJSON_IsString(v))
+        snprintf(buf, len, "%s", v->valuestring);
+    else {
+        char *t = cJSON_PrintUnformatted(v);
+        if (t) snprintf(buf, len, "%s", t);
+        cJSON_free(t);
+    }
+    cJSON_Delete(v);
+}
+
+/* ---- tensors ---- */
+
+typedef struct {
+    char name[600];
+    bt_h5_info_t info;
+    double norm;
+} s_tensor_t;
+
+static int s_tensors(bt_h5_file_t *f, const char *group, s_tensor_t **out, int *n, int *cap, int64_t *params)
+{
+    if (!bt_h5_is_group(f, group)) return BT_OK;
+    char **names;
+    int nn;
+    int rc = bt_h5_list(f, group, &names, &nn);
+    double *buf = NULL;
+    for (int i = 0; i < nn && rc == BT_OK; i++) {
+        char name[600];
+        snprintf(name, sizeof name, "%s/%s", group, names[i]);
+        if (bt_h5_is_group(f, name)) continue;
+        if (*n == *cap) {
+            int c = *cap ? 2 * *cap : 256;
+            s_tensor_t *p = realloc(*out, (size_t)c * sizeof *p);
+            if (!p) {
+                rc = BT_ENOMEM;
+                break;
+            }
+            *out = p;
+            *cap = c;
+        }
+        s_tensor_t *t = &(*out)[*n];
+        snprintf(t->name, sizeof t->name, "%s", name);
+        if ((rc = bt_h5_info(f, name, &t->info))) break;
+        t->norm = NAN;
+        /* the norm, a slab of rows at a time: a file's claimed sizes never decide an allocation */
+        int64_t row = 1;
+        for (int d = 1; d < t->info.ndim; d++) row *= t->info.shape[d];
+        if ((t->info.dtype == BT_H5_F32 || t->info.dtype == BT_H5_F64) && t->info.ndim >= 1 && row <= S_MAX_ROW) {
+            int64_t per = row > 0 ? S_MAX_ROW / row : 1, rows = t->info.shape[0];
+            if (!buf && !(buf = malloc((size_t)S_MAX_ROW * sizeof *buf))) {
+                rc = BT_ENOMEM;
+                break;
+            }
+            double ss = 0;
+            for (int64_t r = 0; r < rows && rc == BT_OK; r += per) {
+                int64_t cnt = rows - r < per ? rows - r : per;
+                rc = bt_h5_read_rows(f, name, BT_H5_F64, r, cnt, buf);
+                for (int64_t k = 0; rc == BT_OK && k < cnt * row; k++) ss += buf[k] * buf[k];
+            }
+            if (rc) break;
+            t->norm = sqrt(ss);
+        }
+        if (!strncmp(group, "lora", 4)) *params += t->info.numel;
+        (*n)++;
+    }
+    free(buf);
+    bt_h5_free_names(names, nn);
+    return rc;
+}
+
+static char *s_shape(const bt_h5_info_t *i, char *buf, size_t len)
+{
+    size_t o = (size_t)snprintf(buf, len, "[");
+    for (int d = 0; d < i->ndim && o < len; d++)
+        o += (size_t)snprintf(buf + o, len - o, d ? ", %lld" : "%lld", (long long)i->shape[d]);
+    if (o < len) snprintf(buf + o, len - o, "]");
+    return buf;
+}
+
+/* ---- image sets ---- */
+
+static const char *const s_sets[2] = {"instance", SD_PRIOR_GROUP};
+
+/* Reads image row i of group into a new image. */
+static bt_img_t *s_image(bt_h5_file_t *f, const char *group, const bt_h5_imgset_info_t *info, int64_t i)
+{
+    bt_img_t *img = bt_img_new((int)info->width, (int)info->height, 3);
+    char p[512];
+    bt_h5_imgset_path(p, sizeof p, group, "images");
+    if (img && bt_h5_read_rows(f, p, BT_H5_U8, i, 1, img->data)) bt_img_destroy(&img);
+    return img;
+}
+
+static int s_write_images(s_file_t *sf, const char *dir)
+{
+    int rc = bt_mkdirs(dir);
+    for (int k = 0; k < 2 && rc == BT_OK; k++) {
+        const char *g = s_sets[k];
+        if (!bt_h5_is_group(sf->f, g)) continue;
+        bt_h5_imgset_info_t info;
+        if ((rc = bt_h5_imgset_probe(sf->f, g, &info))) break;
+        int64_t *index = malloc((size_t)(info.n ? info.n : 1) * sizeof *index);
+        char p[512], **prompts = NULL;
+        uint64_t seed = 0;
+        int64_t steps = 0;
+        double guidance = 0;
+        bool prior = k == 1 && bt_h5_attr_exists(sf->f, g, "steps");
+        if (!index) rc = BT_ENOMEM;
+        bt_h5_imgset_path(p, sizeof p, g, "index");
+        if (rc == BT_OK) rc = bt_h5_read(sf->f, p, BT_H5_I64, 1, &info.n, index);
+        bt_h5_imgset_path(p, sizeof p, g, "prompt");
+        if (rc == BT_OK && info.has_prompt) rc = bt_h5_read_strings(sf->f, p, info.n, &prompts);
+        if (rc == BT_OK && prior) {
+            rc = bt_h5_attr_u64(sf->f, g, "seed", &seed);
+            if (rc == BT_OK) rc = bt_h5_attr_i64(sf->f, g, "steps", &steps);
+            if (rc == BT_OK) rc = bt_h5_attr_f64(sf->f, g, "guidance", &guidance);
+        }
+        for (int64_t i = 0; i < info.n && rc == BT_OK; i++) {
+            bt_img_t *img = s_image(sf->f, g, &info, i);
+            if (!img) {
+                rc = BT_EFORMAT;
+                break;
+            }
+            char path[4096], params[2048];
+            snprintf(path, sizeof path, k ? "%s/prior-%05lld.png" : "%s/instance-%04lld.png", dir,
+                     (long long)index[i]);
+            if (prior)
+                snprintf(params, sizeof params, "%s\nSteps: %lld, CFG scale: %g, Seed: %llu, Index: %lld",
+                         prompts ? prompts[i] : "", (long long)steps, guidance, (unsigned long long)seed,
+                         (long long)index[i]);
+            else
+                snprintf(params, sizeof params, "%s", prompts ? prompts[i] : "");
+            bt_png_text_t text = {"parameters", params};
+            rc = bt_png_write(path, img, &text, 1);
+            bt_img_destroy(&img);
+            if (rc == BT_OK) printf("%s\n", path);
+        }
+        bt_h5_free_names(prompts, (int)info.n);
+        free(index);
+    }
+    return rc;
+}
+
+static int s_contact_sheet(s_file_t *sf, const char *out)
+{
+    bt_img_t *tiles[S_SHEET_MAX] = {0};
+    int n = 0, rc = BT_OK, total = 0;
+    int64_t counts[2] = {0, 0};
+    for (int k = 0; k < 2 && rc == BT_OK; k++) {
+        const char *g = s_sets[k];
+        if (!bt_h5_is_group(sf->f, g)) continue;
+        bt_h5_imgset_info_t info;
+        if ((rc = bt_h5_imgset_probe(sf->f, g, &info))) break;
+        counts[k] = info.n;
+        total += (int)info.n;
+        for (int64_t i = 0; i < info.n && n < S_SHEET_MAX && rc == BT_OK; i++) {
+            bt_img_t *img = s_image(sf->f, g, &info, i);
+            if (!img) {
+                rc = BT_EFORMAT;
+                break;
+            }
+            int side = img->width > img->height ? img->width : img->height;
+            if (side > S_THUMB) {
+                int w = (int)((int64_t)img->width * S_THUMB / side), h = (int)((int64_t)img->height * S_THUMB / side);
+                bt_img_t *small = bt_img_resize(img, w > 0 ? w : 1, h > 0 ? h : 1, BT_IMG_BICUBIC);
+                bt_img_destroy(&img);
+                img = small;
+            }
+            if (!img) {
+                rc = BT_ENOMEM;
+                break;
+            }
+            /* tiles of a grid share one size: pad to the first tile's */
+            if (n > 0 && (img->width != tiles[0]->width || img->height != tiles[0]->height)) {
+                bt_img_t *fit = bt_img_crop(img, 0, 0, tiles[0]->width, tiles[0]->height);
+                bt_img_destroy(&img);
+                img = fit;
+            }
+            if (!img) {
+                rc = BT_ENOMEM;
+                break;
+            }
+            tiles[n++] = img;
+        }
+    }
+    if (rc == BT_OK && n == 0) {
+        BT_ERROR("%s: no stored images for a contact sheet", sf->path);
+        rc = BT_ENOTFOUND;
+    }
+    if (rc == BT_OK) {
+        char title[1024];
+        const char *base = strrchr(sf->path, '/');
+        int off = snprintf(title, sizeof title, "%s: ", base ? base + 1 : sf->path);
+        if (counts[0]) off += snprintf(title + off, sizeof title - (size_t)off, "%lld instance", (long long)counts[0]);
+        if (counts[1])
+            off += snprintf(title + off, sizeof title - (size_t)off, "%s%lld prior", counts[0] ? " + " : "",
+                            (long long)counts[1]);
+        snprintf(title + off, sizeof title - (size_t)off, " images%s", total > n ? " (the first 256)" : "");
+        int cols = 1;
+        while (cols * cols < n) cols++;
+        bt_img_grid_opts_t o = BT_IMG_GRID_OPTS_INIT;
+        o.title = title;
+        o.margin = 4;
+        o.font_scale = 1;
+        bt_img_t *grid = bt_img_grid((const bt_img_t *const *)tiles, (n + cols - 1) / cols, cols, &o);
+        rc = grid ? bt_png_write(out, grid, NULL, 0) : BT_ENOMEM;
+        bt_img_destroy(&grid);
+        if (rc == BT_OK) printf("%s\n", out);
+    }
+    for (int i = 0; i < n; i++) bt_img_destroy(&tiles[i]);
+    return rc;
+}
+
+/* ---- the summary ---- */
+
+static cJSON *s_set_json(bt_h5_file_t *f, const char *g)
+{
+    bt_h5_imgset_info_t info;
+    if (bt_h5_imgset_probe(f, g, &info)) return NULL;
+    cJSON *o = s_attrs_json(f, g);
+    if (!o) return NULL;
+    cJSON_AddNumberToObject(o, "count", (double)info.n);
+    cJSON_AddNumberToObject(o, "height", (double)info.height);
+    cJSON_AddNumberToObject(o, "width", (double)info.width);
+    if (info.lat_c) {
+        int sh[3] = {(int)info.lat_c, (int)info.lat_h, (int)info.lat_w};
+        cJSON_AddItemToObject(o, "latent_shape", cJSON_CreateIntArray(sh, 3));
+        cJSON_AddBoolToObject(o, "mirrored_latents", info.has_flip);
+    }
+    const char *cols[2] = {"prompt", "source"};
+    bool has[2] = {info.has_prompt, info.has_source};
+    for (int c = 0; c < 2; c++) {
+        if (!has[c]) continue;
+        char p[512], **v = NULL;
+        bt_h5_imgset_path(p, sizeof p, g, cols[c]);
+        if (bt_h5_read_strings(f, p, info.n, &v)) continue;
+        char key[32];
+        snprintf(key, sizeof key, "%ss", cols[c]);
+        cJSON *a = cJSON_AddArrayToObject(o, key);
+        for (int64_t i = 0; a && i < info.n; i++) cJSON_AddItemToArray(a, cJSON_CreateString(v[i]));
+        bt_h5_free_names(v, (int)info.n);
+    }
+    return o;
+}
+
+static int s_history(bt_h5_file_t *f, int64_t *n, double **cols)
+{
+    static const char *const names[5] = {"history/loss", "history/loss_instance", "history/loss_prior", "history/lr",
+                                         "history/grad_norm"};
+    bt_h5_info_t info;
+    *n = 0;
+    if (!bt_h5_exists(f, "history/loss")) return BT_OK;
+    int rc = bt_h5_info(f, "history/loss", &info);
+    if (rc) return rc;
+    if (info.ndim != 1 || info.numel > S_MAX_HISTORY) {
+        BT_ERROR("%s: 'history/loss' is not a 1-D array", bt_h5_path(f));
+        return BT_EFORMAT;
+    }
+    for (int c = 0; c < 5 && rc == BT_OK; c++) {
+        if (!(cols[c] = malloc((size_t)(info.numel ? info.numel : 1) * sizeof(double)))) return BT_ENOMEM;
+        rc = bt_h5_read(f, names[c], BT_H5_F64, 1, &info.numel, cols[c]);
+    }
+    *n = info.numel;
+    return rc;
+}
+
+static int s_print_json(s_file_t *sf, s_tensor_t *ts, int nt, int64_t nh, double **hist)
+{
+    cJSON *root = s_attrs_json(sf->f, "/");
+    if (!root) return BT_ENOMEM;
+    cJSON_AddStringToObject(root, "file", sf->path);
+    if (bt_h5_is_group(sf->f, "optimizer")) cJSON_AddItemToObject(root, "optimizer", s_attrs_json(sf->f, "optimizer"));
+    if (bt_h5_is_group(sf->f, "rng")) cJSON_AddItemToObject(root, "rng", s_attrs_json(sf->f, "rng"));
+    if (nh) {
+        static const char *const names[5] = {"loss", "loss_instance", "loss_prior", "lr", "grad_norm"};
+        cJSON *h = cJSON_AddObjectToObject(root, "history");
+        for (int c = 0; h && c < 5; c++) cJSON_AddItemToObject(h, names[c], cJSON_CreateDoubleArray(hist[c], (int)nh));
+    }
+    cJSON *ta = cJSON_AddArrayToObject(root, "tensors");
+    for (int i = 0; ta && i < nt; i++) {
+        cJSON *t = cJSON_CreateObject();
+        cJSON_AddStringToObject(t, "name", ts[i].name);
+        cJSON_AddStringToObject(t, "dtype", bt_h5_dtype_name(ts[i].info.dtype));
+        cJSON *shape = cJSON_AddArrayToObject(t, "shape");
+        for (int d = 0; shape && d < ts[i].info.ndim; d++)
+            cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)ts[i].info.shape[d]));
+        if (isfinite(ts[i].norm)) cJSON_AddNumberToObject(t, "norm", ts[i].norm);
+        cJSON_AddItemToArray(ta, t);
+    }
+    for (int k = 0; k < 2; k++)
+        if (bt_h5_is_group(sf->f, s_sets[k])) {
+            cJSON *s = s_set_json(sf->f, s_sets[k]);
+            if (s) cJSON_AddItemToObject(root, s_sets[k], s);
+        }
+    char *text = cJSON_Print(root);
+    cJSON_Delete(root);
+    if (!text) return BT_ENOMEM;
+    printf("%s\n", text);
+    cJSON_free(text);
+    return BT_OK;
+}
+
+static void s_print_hist_row(int64_t s, double **h)
+{
+    printf("  %6lld  %9.6f  %9.6f  %9.6f  %9.3g  %9.5f\n", (long long)(s + 1), h[0][s], h[1][s], h[2][s], h[3][s],
+           h[4][s]);
+}
+
+static void s_print_human(s_file_t *sf, s_tensor_t *ts, int nt, int64_t nparams, int64_t nh, double **hist)
+{
+    bt_h5_file_t *f = sf->f;
+    char a[4096], b[1024], c[1024];
+    printf("%s: %s, format version %lld\n", sf->path, sf->ckpt ? "booth training checkpoint" : "booth prior set",
+           (long long)sf->version);
+    if (sf->ckpt) {
+        s_attr_text(f, "/", "step", a, sizeof a);
+        s_attr_text(f, "/", "max_train_steps", b, sizeof b);
+        printf("  step %s of %s\n", a, b);
+        s_attr_text(f, "/", "rank", a, sizeof a);
+        s_attr_text(f, "/", "alpha", b, sizeof b);
+        s_attr_text(f, "/", "targets", c, sizeof c);
+        printf("  LoRA rank %s, alpha %s, targets %s\n", a, b, c);
+        s_attr_text(f, "/", "base_model", a, sizeof a);
+        s_attr_text(f, "/", "base_model_hash", b, sizeof b);
+        printf("  base model %s (content hash %s)\n", a, b);
+        cJSON *job = s_attr_json(f, "/", "job");
+        if (cJSON_IsObject(job)) {
+            printf("job:\n");
+            const cJSON *e;
+            cJSON_ArrayForEach(e, job)
+            {
+                char *v = cJSON_PrintUnformatted(e);
+                printf("  %-30s %s\n", e->string, v ? v : "?");
+                cJSON_free(v);
+            }
+        }
+        cJSON_Delete(job);
+        if (bt_h5_is_group(f, "optimizer")) {
+            char st[64], lr[64], sch[64], b1[64], b2[64], eps[64], wd[64];
+            s_attr_text(f, "optimizer", "type", a, sizeof a);
+            s_attr_text(f, "optimizer", "step", st, sizeof st);
+            s_attr_text(f, "optimizer", "learning_rate", lr, sizeof lr);
+            s_attr_text(f, "optimizer", "lr_scheduler", sch, sizeof sch);
+            s_attr_text(f, "optimizer", "beta1", b1, sizeof b1);
+            s_attr_text(f, "optimizer", "beta2", b2, sizeof b2);
+            s_attr_text(f, "optimizer", "epsilon", eps, sizeof eps);
+            s_attr_text(f, "optimizer", "weight_decay", wd, sizeof wd);
+            printf("optimizer: %s step %s, lr %s (%s), betas %s/%s, eps %s, weight decay %s\n", a, st, lr, sch, b1, b2,
+                   eps, wd);
+        }
+    }
+    if (nh) {
+        int64_t best = 0;
+        for (int64_t s = 1; s < nh; s++)
+            if (hist[0][s] < hist[0][best]) best = s;
+        printf("loss history (%lld steps): first %.6f, last %.6f, lowest %.6f at step %lld\n", (long long)nh,
+               hist[0][0], hist[0][nh - 1], hist[0][best], (long long)(best + 1));
+        printf("  %6s  %9s  %9s  %9s  %9s  %9s\n", "step", "loss", "instance", "prior", "lr", "grad_norm");
+        for (int64_t s = 0; s < nh; s++) {
+            if (nh > 25 && s == 5) {
+                printf("  %6s\n", "...");
+                s = nh - 15;
+            }
+            s_print_hist_row(s, hist);
+        }
+    }
+    if (nt) {
+        printf("tensors (%d; %lld LoRA parameters):\n", nt, (long long)nparams);
+        for (int i = 0; i < nt; i++)
+            printf("  %-90s %s %-12s norm %.6g\n", ts[i].name, bt_h5_dtype_name(ts[i].info.dtype),
+                   s_shape(&ts[i].info, a, sizeof a), ts[i].norm);
+    }
+    for (int k = 0; k < 2; k++) {
+        const char *g = s_sets[k];
+        bt_h5_imgset_info_t info;
+        if (!bt_h5_is_group(f, g) || bt_h5_imgset_probe(f, g, &info)) continue;
+        s_attr_text(f, g, "prompt", a, sizeof a);
+        printf("%s images: %lld at %lldx%lld px, prompt \"%s\"", k ? "prior" : "instance", (long long)info.n,
+               (long long)info.width, (long long)info.height, a);
+        if (info.lat_c)
+            printf(", latents [%lld, %lld, %lld]%s", (long long)info.lat_c, (long long)info.lat_h,
+                   (long long)info.lat_w, info.has_flip ? " (+ mirrored)" : "");
+        printf("\n");
+        if (k == 1 && bt_h5_attr_exists(f, g, "steps")) {
+            char sd[64], stp[64], gd[64], smp[64];
+            s_attr_text(f, g, "seed", sd, sizeof sd);
+            s_attr_text(f, g, "steps", stp, sizeof stp);
+            s_attr_text(f, g, "guidance", gd, sizeof gd);
+            s_attr_text(f, g, "sampler", smp, sizeof smp);
+            s_attr_text(f, g, "base_model_hash", b, sizeof b);
+            printf("  generated with seed %s, %s %s steps, guidance %s, base model hash %s\n", sd, smp, stp, gd, b);
+        }
+        char p[512], **src = NULL;
+        bt_h5_imgset_path(p, sizeof p, g, "source");
+        if (info.has_source && bt_h5_read_strings(f, p, info.n, &src) == 0) {
+            for (int64_t i = 0; i < info.n && i < 8; i++) printf("  %s\n", src[i]);
+            if (info.n > 8) printf("  ... (%lld more)\n", (long long)(info.n - 8));
+            bt_h5_free_names(src, (int)info.n);
+        }
+    }
+}
+
+int cmd_inspect(int argc, char **argv)
+{
+    bool json = false;
+    const char *images = NULL, *sheet = NULL;
+    const cli_opt_t opts[] = {
+        CLI_OPT("--json", CLI_FLAG, &json, NULL, "print everything as one JSON object"),
+        CLI_OPT("--images", CLI_STR, &images, "DIR", "write the stored images as PNGs into DIR"),
+        CLI_OPT("--contact-sheet", CLI_STR, &sheet, "FILE.png", "all stored images (up to 256) on one grid"),
+        CLI_END,
+    };
+    const cli_spec_t spec = {"inspect", "FILE.h5 [--json] [--images DIR] [--contact-sheet FILE.png]",
+                             "Shows what a checkpoint (booth train --checkpointing-steps) or a prior set (booth\n"
+                             "priors) holds: the job, the step, the loss history, every LoRA and optimizer tensor\n"
+                             "with its shape and L2 norm, and the stored instance and prior images.",
+                             opts, 1, "FILE.h5"};
+    const char *pos[1];
+    int npos, rc = cli_parse(&spec, argc, argv, pos, &npos);
+    if (rc >= 0) return rc;
+    if (npos != 1) {
+        fprintf(stderr, "booth inspect: give one .h5 file (see --help)\n");
+        return 2;
+    }
+    s_file_t sf = {.path = pos[0]};
+    if (!(sf.f = sd_booth_h5_open(sf.path, NULL, &sf.format, &sf.version))) return 1;
+    sf.ckpt = !strcmp(sf.format, SD_CKPT_FORMAT);
+    s_tensor_t *ts = NULL;
+    int nt = 0, cap = 0;
+    int64_t nparams = 0, nh = 0;
+    double *hist[5] = {NULL};
+    rc = s_tensors(sf.f, "lora", &ts, &nt, &cap, &nparams);
+    if (rc == BT_OK) rc = s_tensors(sf.f, "optimizer/m", &ts, &nt, &cap, &nparams);
+    if (rc == BT_OK) rc = s_tensors(sf.f, "optimizer/v", &ts, &nt, &cap, &nparams);
+    if (rc == BT_OK) rc = s_history(sf.f, &nh, hist);
+    for (int k = 0; k < 2 && rc == BT_OK; k++) { /* the sets must be readable for either output */
+        bt_h5_imgset_info_t info;
+        if (bt_h5_is_group(sf.f, s_sets[k])) rc = bt_h5_imgset_probe(sf.f, s_sets[k], &info);
+    }
+    if (rc == BT_OK) {
+        if (json)
+            rc = s_print_json(&sf, ts, nt, nh, hist);
+        else if (!images && !sheet)
+            s_print_human(&sf, ts, nt, nparams, nh, hist);
+    }
+    if (rc == BT_OK && images) rc = s_write_images(&sf, images);
+    if (rc == BT_OK && sheet) rc = s_contact_sheet(&sf, sheet);
+    for (int c = 0; c < 5; c++) free(hist[c]);
+    free(ts);
+    free(sf.format);
+    bt_h5_close(&sf.f);
+    return rc ? 1 : 0;
+}

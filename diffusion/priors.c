@@ -1,0 +1,468 @@
+/*
+ * priors.c — generating prior-set images by index range, part files, and the
+ * resumable assembly of a prior-set file.
+ */
+#include "diffusion/priors.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/fileio.h"
+#include "common/image.h"
+#include "common/log.h"
+#include "common/status.h"
+#include "diffusion/dataset.h"
+#include "diffusion/model_hash.h"
+#include "nn/memory.h"
+#include "storage/h5_images.h"
+
+int sd_priors_generate(sd_model_t *m, const sd_prior_spec_t *spec, int64_t first, int count, uint8_t *pixels,
+                       float *mean, float *logvar, sd_progress_fn progress, void *user)
+{
+    int R = spec->resolution;
+    if (!m->unet || !m->vae || !m->clip || !m->tok) {
+        BT_ERROR("%s: generating prior images needs every part of the model", m->dir);
+        return BT_EINVAL;
+    }
+    if (R < 8 || R % 8 || R > 4096 || spec->steps < 1 || first < 0 || count < 0 || !spec->prompt) {
+        BT_ERROR("priors: resolution %d (a multiple of 8 up to 4096), steps %d (>= 1) or range %lld+%d is invalid", R,
+                 spec->steps, (long long)first, count);
+        return BT_EINVAL;
+    }
+    int64_t h = sd_vae_latent_size(m->vae, R), C = m->unet->cfg.in_channels, T = 77;
+    if (h * 8 != R) {
+        BT_ERROR("%s: the VAE maps %d px to %lld latents; prior images need a resolution it divides", m->dir, R,
+                 (long long)h);
+        return BT_EINVAL;
+    }
+    int64_t cd = m->clip->cfg.hidden_size, npix = 3 * (int64_t)R * R;
+    int64_t per = (int64_t)m->vae->cfg.latent_channels * h * h;
+    float *embeds = nn_alloc(m->ctx, (size_t)(2 * T * cd) * sizeof(float));
+    float *lat = malloc((size_t)(C * h * h) * sizeof(float)), *img = malloc((size_t)npix * sizeof(float));
+    int rc = BT_OK;
+    if (!embeds || !lat || !img) {
+        rc = BT_ENOMEM;
+        goto out;
+    }
+    if ((rc = sd_encode_prompt(m, embeds + T * cd, spec->prompt, 0)) || (rc = sd_encode_prompt(m, embeds, "", 0)))
+        goto out;
+    sd_sample_params_t p = {.guidance = spec->guidance, .steps = spec->steps, .sampler = m->default_sampler,
+                            .seed = spec->seed};
+    for (int k = 0; k < count; k++) {
+        p.first_index = first + k; /* image i: noise stream (seed, i), whatever range it is in */
+        if ((rc = sd_sample(m, &p, embeds + T * cd, embeds, T, lat, false, 1, h, h)) ||
+            (rc = sd_decode(m, img, NULL, lat, 1, h, h)))
+            goto out;
+        bt_img_t *im = bt_img_from_f32_chw(img, 3, R, R, BT_IMG_RANGE_01);
+        if (!im) {
+            rc = BT_ENOMEM;
+            goto out;
+        }
+        memcpy(pixels + k * npix, im->data, (size_t)npix);
+        if (mean) rc = sd_encode_image(m, im, mean + k * per, logvar + k * per);
+        bt_img_destroy(&im);
+        if (rc) goto out;
+        if (progress) progress(user, k + 1, count, NULL);
+    }
+out:
+    if (embeds) nn_free(m->ctx, embeds);
+    free(lat);
+    free(img);
+    return rc;
+}
+
+int sd_priors_write_attrs(bt_h5_file_t *f, const char *group, const sd_prior_spec_t *spec, const char *sampler,
+                          const char *model_dir, const char *model_hash, const char *vae_hash)
+{
+    int rc = bt_h5_group(f, group, false);
+    if (!rc) rc = bt_h5_attr_set_str(f, group, "prompt", spec->prompt);
+    if (!rc) rc = bt_h5_attr_set_str(f, group, "negative_prompt", "");
+    if (!rc) rc = bt_h5_attr_set_u64(f, group, "seed", spec->seed);
+    if (!rc) rc = bt_h5_attr_set_i64(f, group, "steps", spec->steps);
+    if (!rc) rc = bt_h5_attr_set_f32(f, group, "guidance", spec->guidance);
+    if (!rc) rc = bt_h5_attr_set_i64(f, group, "resolution", spec->resolution);
+    if (!rc) rc = bt_h5_attr_set_str(f, group, "sampler", sampler);
+    if (!rc && model_dir) rc = bt_h5_attr_set_str(f, group, "base_model", model_dir);
+    if (!rc && model_hash) rc = bt_h5_attr_set_str(f, group, "base_model_hash", model_hash);
+    if (!rc && vae_hash) rc = bt_h5_attr_set_str(f, group, "vae_hash", vae_hash);
+    return rc;
+}
+
+static int s_write_root(bt_h5_file_t *f)
+{
+    int rc = bt_h5_attr_set_str(f, "/", "booth_format", SD_PRIORS_FORMAT);
+    return rc ? rc : bt_h5_attr_set_i64(f, "/", "booth_format_version", SD_PRIORS_FORMAT_VERSION);
+}
+
+/* Per-image seeds and prompts of n images (all the same). */
+static int s_per_image(const sd_prior_spec_t *spec, int64_t n, uint64_t **seeds, const char ***prompts)
+{
+    *seeds = malloc((size_t)(n ? n : 1) * sizeof **seeds);
+    *prompts = malloc((size_t)(n ? n : 1) * sizeof **prompts);
+    if (!*seeds || !*prompts) return BT_ENOMEM;
+    for (int64_t i = 0; i < n; i++) {
+        (*seeds)[i] = spec->seed;
+        (*prompts)[i] = spec->prompt;
+    }
+    return BT_OK;
+}
+
+int sd_priors_write_part(sd_model_t *m, const sd_prior_spec_t *spec, const char *model_hash, const char *vae_hash,
+                         int64_t first, int count, const char *path)
+{
+    int64_t R = spec->resolution, h = R / 8, per = (int64_t)m->vae->cfg.latent_channels * h * h;
+    uint8_t *pixels = malloc((size_t)(count * 3 * R * R));
+    float *mean = malloc((size_t)(count * per) * sizeof(float)),
+          *logvar = malloc((size_t)(count * per) * sizeof(float));
+    int64_t *index = malloc((size_t)count * sizeof *index);
+    uint64_t *seeds = NULL;
+    const char **prompts = NULL;
+    bt_h5_file_t *f = NULL;
+    int rc = pixels && mean && logvar && index ? s_per_image(spec, count, &seeds, &prompts) : BT_ENOMEM;
+    if (rc == BT_OK) rc = sd_priors_generate(m, spec, first, count, pixels, mean, logvar, NULL, NULL);
+    if (rc) goto out;
+    for (int i = 0; i < count; i++) index[i] = first + i;
+    bt_h5_imgset_t s = {.n = count, .height = R, .width = R, .lat_c = m->vae->cfg.latent_channels, .lat_h = h,
+                        .lat_w = h, .images = pixels, .mean = mean, .logvar = logvar, .index = index, .seed = seeds,
+                        .prompt = prompts};
+    if (!(f = bt_h5_create(path))) {
+        rc = BT_EIO;
+        goto out;
+    }
+    if ((rc = s_write_root(f)) ||
+        (rc = sd_priors_write_attrs(f, SD_PRIOR_GROUP, spec, sd_sched_kind_name(m->default_sampler), m->dir,
+                                    model_hash, vae_hash)) ||
+        (rc = bt_h5_imgset_write(f, SD_PRIOR_GROUP, &s))) {
+        bt_h5_abort(&f);
+        goto out;
+    }
+    rc = bt_h5_commit(&f);
+out:
+    free(pixels);
+    free(mean);
+    free(logvar);
+    free(index);
+    free(seeds);
+    free(prompts);
+    return rc;
+}
+
+/* ---- ensure: existing file + parts + missing indices -> one file ---- */
+
+/* Does a prior-set file agree with the settings? One error line naming the first difference. */
+static int s_check_settings(bt_h5_file_t *f, const sd_prior_spec_t *spec, const char *sampler, const char *model_hash,
+                            const char *what)
+{
+    char *fmt = NULL, *prompt = NULL, *smp = NULL, *hash = NULL;
+    uint64_t seed = 0;
+    int64_t steps = 0, res = 0;
+    double guidance = 0;
+    const char *path = bt_h5_path(f);
+    int rc = bt_h5_attr_str(f, "/", "booth_format", &fmt);
+    if (rc == BT_OK && strcmp(fmt, SD_PRIORS_FORMAT)) {
+        BT_ERROR("%s: a '%s' file, not a prior set (%s)", path, fmt, SD_PRIORS_FORMAT);
+        rc = BT_EFORMAT;
+    }
+    if (rc == BT_OK && (rc = bt_h5_attr_str(f, SD_PRIOR_GROUP, "prompt", &prompt)) == BT_OK &&
+        (rc = bt_h5_attr_u64(f, SD_PRIOR_GROUP, "seed", &seed)) == BT_OK &&
+        (rc = bt_h5_attr_i64(f, SD_PRIOR_GROUP, "steps", &steps)) == BT_OK &&
+        (rc = bt_h5_attr_f64(f, SD_PRIOR_GROUP, "guidance", &guidance)) == BT_OK &&
+        (rc = bt_h5_attr_i64(f, SD_PRIOR_GROUP, "resolution", &res)) == BT_OK &&
+        (rc = bt_h5_attr_str(f, SD_PRIOR_GROUP, "sampler", &smp)) == BT_OK &&
+        (rc = bt_h5_attr_str(f, SD_PRIOR_GROUP, "base_model_hash", &hash)) == BT_OK) {
+        char a[300], b[300];
+        const char *key = NULL;
+        if (strcmp(prompt, spec->prompt)) {
+            key = "--class-prompt";
+            snprintf(a, sizeof a, "\"%s\"", prompt);
+            snprintf(b, sizeof b, "\"%s\"", spec->prompt);
+        } else if (seed != spec->seed) {
+            key = "--seed";
+            snprintf(a, sizeof a, "%llu", (unsigned long long)seed);
+            snprintf(b, sizeof b, "%llu", (unsigned long long)spec->seed);
+        } else if (steps != spec->steps) {
+            key = "--steps";
+            snprintf(a, sizeof a, "%lld", (long long)steps);
+            snprintf(b, sizeof b, "%d", spec->steps);
+        } else if ((float)guidance != spec->guidance) {
+            key = "--guidance";
+            snprintf(a, sizeof a, "%g", guidance);
+            snprintf(b, sizeof b, "%g", spec->guidance);
+        } else if (res != spec->resolution) {
+            key = "--resolution";
+            snprintf(a, sizeof a, "%lld", (long long)res);
+            snprintf(b, sizeof b, "%d", spec->resolution);
+        } else if (strcmp(smp, sampler)) {
+            key = "sampler";
+            snprintf(a, sizeof a, "%s", smp);
+            snprintf(b, sizeof b, "%s", sampler);
+        } else if (strcmp(hash, model_hash)) {
+            key = "base model hash";
+            snprintf(a, sizeof a, "%s", hash);
+            snprintf(b, sizeof b, "%s", model_hash);
+        }
+        if (key) {
+            BT_ERROR("%s: %s was made with %s %s, this run asks for %s; use another file or the same settings", path,
+                     what, key, a, b);
+            rc = BT_EINVAL;
+        }
+    }
+    free(fmt);
+    free(prompt);
+    free(smp);
+    free(hash);
+    return rc;
+}
+
+/* Where output row i comes from: file `file` (0: the existing prior set, k > 0:
+ * part k - 1), row `row`. */
+typedef struct {
+    int file;
+    int64_t row;
+} s_src_t;
+
+/* Files each usable source row of f under its index (only indices < want, first source wins). */
+static int s_map_rows(bt_h5_file_t *f, int file, int64_t want, s_src_t *src, int64_t *n_rows)
+{
+    bt_h5_imgset_info_t info;
+    int rc = bt_h5_imgset_probe(f, SD_PRIOR_GROUP, &info);
+    if (rc) return rc;
+    if (info.lat_c == 0) {
+        BT_ERROR("%s: the prior set has no latents", bt_h5_path(f));
+        return BT_EFORMAT;
+    }
+    int64_t *idx = malloc((size_t)(info.n ? info.n : 1) * sizeof *idx);
+    if (!idx) return BT_ENOMEM;
+    rc = bt_h5_read(f, SD_PRIOR_GROUP "/index", BT_H5_I64, 1, &info.n, idx);
+    for (int64_t r = 0; r < info.n && rc == BT_OK; r++)
+        if (idx[r] >= 0 && idx[r] < want && src[idx[r]].file < 0) src[idx[r]] = (s_src_t){file, r};
+    free(idx);
+    *n_rows = info.n;
+    return rc;
+}
+
+static int s_cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* part-*.h5 files of dir, sorted (none if dir does not exist). */
+static int s_list_parts(const char *dir, char ***out, int *n)
+{
+    *out = NULL;
+    *n = 0;
+    DIR *d = opendir(dir);
+    if (!d) {
+        if (errno == ENOENT) return BT_OK;
+        BT_ERROR("%s: cannot list: %s", dir, strerror(errno));
+        return BT_EIO;
+    }
+    char **v = NULL;
+    int cap = 0, rc = BT_OK;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t len = strlen(e->d_name);
+        if (strncmp(e->d_name, "part-", 5) || len < 9 || strcmp(e->d_name + len - 3, ".h5")) continue;
+        if (*n == cap) {
+            cap = cap ? 2 * cap : 64;
+            char **p = realloc(v, (size_t)cap * sizeof *p);
+            if (!p) {
+                rc = BT_ENOMEM;
+                break;
+            }
+            v = p;
+        }
+        size_t plen = strlen(dir) + len + 2;
+        if (!(v[*n] = malloc(plen))) {
+            rc = BT_ENOMEM;
+            break;
+        }
+        snprintf(v[(*n)++], plen, "%s/%s", dir, e->d_name);
+    }
+    closedir(d);
+    if (v) qsort(v, (size_t)*n, sizeof *v, s_cmp_str);
+    *out = v;
+    return rc;
+}
+
+/* Deletes the parts whose images the complete file now holds (every index
+ * below `have`) and the temporaries of part writers that were killed; parts
+ * with later indices stay for a later, larger run. The folder goes when empty. */
+static void s_remove_parts(const char *dir, int64_t have)
+{
+    char **parts;
+    int n;
+    if (s_list_parts(dir, &parts, &n)) return;
+    for (int i = 0; i < n; i++) {
+        bt_h5_file_t *f = bt_h5_open(parts[i]);
+        bt_h5_info_t info;
+        int64_t *idx = NULL;
+        bool redundant = f && bt_h5_info(f, SD_PRIOR_GROUP "/index", &info) == BT_OK && info.ndim == 1 &&
+                         info.numel <= BT_H5_IMAGES_MAX && (idx = malloc((size_t)(info.numel + 1) * sizeof *idx)) &&
+                         bt_h5_read(f, SD_PRIOR_GROUP "/index", BT_H5_I64, 1, info.shape, idx) == BT_OK;
+        for (int64_t k = 0; redundant && k < info.numel; k++) redundant = idx[k] >= 0 && idx[k] < have;
+        free(idx);
+        bt_h5_close(&f);
+        if (redundant) unlink(parts[i]);
+    }
+    bt_h5_free_names(parts, n);
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        const char *tmp = strstr(e->d_name, ".h5.tmp.");
+        if (!tmp) continue;
+        char p[4096];
+        snprintf(p, sizeof p, "%s/%.*s", dir, (int)(tmp + 3 - e->d_name), e->d_name);
+        bt_h5_remove_stale_temps(p);
+    }
+    if (d) closedir(d);
+    rmdir(dir); /* fails, harmlessly, while parts remain */
+}
+
+typedef struct {
+    sd_progress_fn fn;
+    void *user;
+    int done, total;
+} s_prog_t;
+
+/* Writes the complete file from the sources, rows in index order. */
+static int s_assemble(sd_model_t *m, const char *path, const sd_prior_spec_t *spec, const char *model_hash,
+                      const char *vae_hash, int64_t want, const s_src_t *src, char **parts)
+{
+    int64_t R = spec->resolution, h = R / 8, C = m->vae->cfg.latent_channels, per = C * h * h, npix = 3 * R * R;
+    uint8_t *img = malloc((size_t)npix);
+    float *lat = malloc((size_t)(2 * per) * sizeof(float));
+    uint64_t *seeds = NULL;
+    const char **prompts = NULL;
+    bt_h5_file_t *out = NULL, *in = NULL;
+    int open_file = -1;
+    bt_xxh64_t content; /* of all the images, in order: lets a checkpoint copy them instead of compressing */
+    bt_xxh64_init(&content, 0);
+    int rc = img && lat ? s_per_image(spec, want, &seeds, &prompts) : BT_ENOMEM;
+    if (rc) goto out;
+    bt_h5_imgset_t s = {.n = want, .height = R, .width = R, .lat_c = C, .lat_h = h, .lat_w = h, .seed = seeds,
+                        .prompt = prompts};
+    if (!(out = bt_h5_create(path))) {
+        rc = BT_EIO;
+        goto out;
+    }
+    if ((rc = s_write_root(out)) ||
+        (rc = sd_priors_write_attrs(out, SD_PRIOR_GROUP, spec, sd_sched_kind_name(m->default_sampler), m->dir,
+                                    model_hash, vae_hash)) ||
+        (rc = bt_h5_imgset_begin(out, SD_PRIOR_GROUP, &s)))
+        goto out;
+    for (int64_t i = 0; i < want && rc == BT_OK; i++) {
+        if (src[i].file != open_file) {
+            bt_h5_close(&in);
+            open_file = src[i].file;
+            if (!(in = bt_h5_open(open_file ? parts[open_file - 1] : path))) {
+                rc = BT_EFORMAT;
+                break;
+            }
+        }
+        int64_t r = src[i].row;
+        if ((rc = bt_h5_read_rows(in, SD_PRIOR_GROUP "/images", BT_H5_U8, r, 1, img)) ||
+            (rc = bt_h5_read_rows(in, SD_PRIOR_GROUP "/latent_mean", BT_H5_F32, r, 1, lat)) ||
+            (rc = bt_h5_read_rows(in, SD_PRIOR_GROUP "/latent_logvar", BT_H5_F32, r, 1, lat + per)))
+            break;
+        bt_xxh64_update(&content, img, (size_t)npix);
+        rc = bt_h5_imgset_put(out, SD_PRIOR_GROUP, i, 1, img, lat, lat + per, NULL, NULL);
+    }
+    bt_h5_close(&in);
+    char hex[BT_HASH_HEX];
+    bt_hash_hex(bt_xxh64_digest(&content), hex);
+    if (rc == BT_OK) rc = bt_h5_imgset_end(out, SD_PRIOR_GROUP, &s);
+    if (rc == BT_OK) rc = bt_h5_attr_set_str(out, SD_PRIOR_GROUP, "content_hash", hex);
+    if (rc == BT_OK) rc = bt_h5_commit(&out);
+out:
+    bt_h5_abort(&out);
+    free(img);
+    free(lat);
+    free(seeds);
+    free(prompts);
+    return rc;
+}
+
+int sd_priors_ensure(sd_model_t *m, const char *path, const sd_prior_spec_t *spec, int want, sd_progress_fn progress,
+                     void *user)
+{
+    if (want < 1) {
+        BT_ERROR("%s: a prior set needs at least one image", path);
+        return BT_EINVAL;
+    }
+    if (!m->vae) {
+        BT_ERROR("%s: the VAE is not loaded", m->dir);
+        return BT_EINVAL;
+    }
+    char model_hash[BT_HASH_HEX], vae_hash[BT_HASH_HEX], parts_dir[4096];
+    int rc = sd_model_hash(m->dir, SD_PART_ALL, model_hash, NULL);
+    if (rc || (rc = sd_model_hash(m->dir, SD_PART_VAE, vae_hash, NULL))) return rc;
+    const char *sampler = sd_sched_kind_name(m->default_sampler);
+    if (snprintf(parts_dir, sizeof parts_dir, "%s.parts", path) >= (int)sizeof parts_dir) return BT_EINVAL;
+    s_src_t *src = malloc((size_t)want * sizeof *src);
+    char **parts = NULL;
+    int nparts = 0, made = 0;
+    if (!src) return BT_ENOMEM;
+    for (int i = 0; i < want; i++) src[i] = (s_src_t){-1, 0};
+    bt_h5_remove_stale_temps(path); /* a killed run's unfinished final file */
+
+    if (access(path, F_OK) == 0) {
+        bt_h5_file_t *f = bt_h5_open(path);
+        int64_t have = 0;
+        if (!f) {
+            rc = BT_EFORMAT;
+            goto out;
+        }
+        rc = s_check_settings(f, spec, sampler, model_hash, "the prior set");
+        if (rc == BT_OK) rc = s_map_rows(f, 0, want, src, &have);
+        bt_h5_close(&f);
+        if (rc) goto out;
+        if (have >= want) { /* complete: leftovers of an interrupted clean-up go */
+            s_remove_parts(parts_dir, have);
+            goto out;
+        }
+    }
+    if ((rc = s_list_parts(parts_dir, &parts, &nparts))) goto out;
+    for (int k = 0; k < nparts; k++) {
+        bt_h5_file_t *f = bt_h5_open(parts[k]);
+        int64_t n;
+        if (!f) { /* parts are written atomically: this one was damaged afterwards */
+            BT_WARN("%s: unreadable part; its images are generated again", parts[k]);
+            unlink(parts[k]);
+            continue;
+        }
+        rc = s_check_settings(f, spec, sampler, model_hash, "this part of an interrupted run");
+        if (rc == BT_OK) rc = s_map_rows(f, k + 1, want, src, &n);
+        bt_h5_close(&f);
+        if (rc) goto out;
+    }
+    int missing = 0;
+    for (int i = 0; i < want; i++) missing += src[i].file < 0;
+    if (missing && (rc = bt_mkdirs(parts_dir))) goto out;
+    for (int i = 0; i < want && rc == BT_OK; i++) {
+        if (src[i].file >= 0) continue;
+        /* one image per part: an interruption loses at most the image in progress */
+        char part[4200];
+        snprintf(part, sizeof part, "%s/part-%08d.h5", parts_dir, i);
+        if ((rc = sd_priors_write_part(m, spec, model_hash, vae_hash, i, 1, part))) break;
+        char **p = realloc(parts, (size_t)(nparts + 1) * sizeof *p);
+        if (!p || !(p[nparts] = strdup(part))) {
+            if (p) parts = p;
+            rc = BT_ENOMEM;
+            break;
+        }
+        parts = p;
+        src[i] = (s_src_t){++nparts, 0};
+        made++;
+        if (progress) progress(user, made, missing, NULL);
+    }
+    if (rc == BT_OK) rc = s_assemble(m, path, spec, model_hash, vae_hash, want, src, parts);
+    if (rc == BT_OK) s_remove_parts(parts_dir, want);
+out:
+    bt_h5_free_names(parts, nparts);
+    free(src);
+    return rc ? rc : made;
+}
