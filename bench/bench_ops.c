@@ -57,21 +57,21 @@ struct row {
     bool frozen_row; /* has a separate "weights frozen" backward (LoRA's case) */
 };
 
-/* ---- conv3x3, stride 1, pad 1: p = {C, H, W} (OC = C) ---- */
+/* ---- conv3x3, stride 1, pad 1: p = {C, H, W, OC} (OC 0: OC = C) ---- */
 static void s_conv(nn_ctx_t *ctx, row_t *r, int mode)
 {
-    int64_t C = r->p[0], H = r->p[1], W = r->p[2];
-    nn_conv2d_dims_t d = {.B = 1, .C = C, .H = H, .W = W, .OC = C, .KH = 3, .KW = 3, .stride = 1,
+    int64_t C = r->p[0], H = r->p[1], W = r->p[2], OC = r->p[3] ? r->p[3] : C;
+    nn_conv2d_dims_t d = {.B = 1, .C = C, .H = H, .W = W, .OC = OC, .KH = 3, .KW = 3, .stride = 1,
                           .pad_t = 1, .pad_b = 1, .pad_l = 1, .pad_r = 1};
     if (!r->buf[0]) {
         r->buf[0] = s_buf(C * H * W, 1);      /* x */
-        r->buf[1] = s_buf(C * C * 9, 2);      /* w */
-        r->buf[2] = s_buf(C, 3);              /* b */
-        r->buf[3] = s_buf(C * H * W, 4);      /* y */
-        r->buf[4] = s_buf(C * H * W, 5);      /* dy */
+        r->buf[1] = s_buf(OC * C * 9, 2);     /* w */
+        r->buf[2] = s_buf(OC, 3);             /* b */
+        r->buf[3] = s_buf(OC * H * W, 4);     /* y */
+        r->buf[4] = s_buf(OC * H * W, 5);     /* dy */
         r->buf[5] = s_buf(C * H * W, 6);      /* dx */
-        r->buf[6] = s_buf(C * C * 9, 7);      /* dw */
-        r->buf[7] = s_buf(C, 8);              /* db */
+        r->buf[6] = s_buf(OC * C * 9, 7);     /* dw */
+        r->buf[7] = s_buf(OC, 8);             /* db */
     }
     nn_conv2d_forward(ctx, r->buf[3], r->buf[0], r->buf[1], r->buf[2], &d);
     if (mode == MODE_FWDBWD)
@@ -103,11 +103,12 @@ static void s_gn(nn_ctx_t *ctx, row_t *r, int mode)
                                r->buf[1], 1, C, HW, G);
 }
 
-/* ---- attention core: p = {Tq, Tk, H, D} ---- */
+/* ---- attention core: p = {Tq, Tk, H, D, causal} ---- */
 static void s_attn(nn_ctx_t *ctx, row_t *r, int mode)
 {
     int64_t Tq = r->p[0], Tk = r->p[1], H = r->p[2], D = r->p[3];
-    nn_attn_dims_t d = {.B = 1, .Tq = Tq, .Tk = Tk, .H = H, .D = D, .scale = 1.0f / sqrtf((float)D)};
+    nn_attn_dims_t d = {.B = 1, .Tq = Tq, .Tk = Tk, .H = H, .D = D, .scale = 1.0f / sqrtf((float)D),
+                        .causal = r->p[4] != 0};
     if (!r->buf[0]) {
         r->buf[0] = s_buf(Tq * H * D, 1);
         r->buf[1] = s_buf(Tk * H * D, 2);
@@ -187,8 +188,27 @@ static void s_linear(nn_ctx_t *ctx, row_t *r, int mode)
 static row_t s_rows[] = {
     {"conv3x3_320_64", "conv3x3 320->320 @64x64", s_conv, {320, 64, 64}, {0}, true},
     {"conv3x3_640_32", "conv3x3 640->640 @32x32", s_conv, {640, 32, 32}, {0}, true},
+    {"conv3x3_1280_16", "conv3x3 1280->1280 @16x16", s_conv, {1280, 16, 16}, {0}, true},
+    {"conv3x3_1280_8", "conv3x3 1280->1280 @8x8", s_conv, {1280, 8, 8}, {0}, true},
+    {"conv_in_4_320_64", "conv3x3 4->320 @64x64 (UNet conv_in)", s_conv, {4, 64, 64, 320}, {0}, true},
+    {"conv_out_320_4_64", "conv3x3 320->4 @64x64 (UNet conv_out)", s_conv, {320, 64, 64, 4}, {0}, true},
+    {"vae_conv_512_128", "conv3x3 512->512 @128x128 (VAE decoder)", s_conv, {512, 128, 128}, {0}, true},
+    {"vae_conv_256_256", "conv3x3 256->256 @256x256 (VAE decoder)", s_conv, {256, 256, 256}, {0}, true},
+    {"vae_conv_128_512", "conv3x3 128->128 @512x512 (VAE decoder)", s_conv, {128, 512, 512}, {0}, true},
     {"groupnorm_320_64", "group norm 32 groups, 320x64x64", s_gn, {320, 4096, 32}, {0}, false},
     {"self_attn_4096", "self-attention 4096 tok x 8 heads x 40", s_attn, {4096, 4096, 8, 40}, {0}, false},
+    {"self_attn_1024", "self-attention 1024 tok x 8 heads x 80", s_attn, {1024, 1024, 8, 80}, {0}, false},
+    {"self_attn_256", "self-attention 256 tok x 8 heads x 160", s_attn, {256, 256, 8, 160}, {0}, false},
+    {"self_attn_sd2_4096", "self-attention 4096 tok x 5 heads x 64 (SD 2.x)", s_attn, {4096, 4096, 5, 64}, {0},
+     false},
+    {"self_attn_sd2_1024", "self-attention 1024 tok x 10 heads x 64 (SD 2.x)", s_attn, {1024, 1024, 10, 64}, {0},
+     false},
+    {"self_attn_sd2_256", "self-attention 256 tok x 20 heads x 64 (SD 2.x)", s_attn, {256, 256, 20, 64}, {0},
+     false},
+    {"clip_attn_77", "causal self-attention 77 tok x 12 heads x 64 (CLIP)", s_attn, {77, 77, 12, 64, 1}, {0},
+     false},
+    {"tiny_attn_77", "causal self-attention 77 tok x 4 heads x 8 (tiny CLIP)", s_attn, {77, 77, 4, 8, 1}, {0},
+     false},
     {"cross_attn_4096x77", "cross-attention 4096x77, ctx 768 (+projections)", s_xattn, {4096, 77, 320, 768, 8},
      {0}, false},
     {"linear_4096_320_2560", "linear 4096x320 -> 2560", s_linear, {4096, 320, 2560}, {0}, true},

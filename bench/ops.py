@@ -70,11 +70,12 @@ def med(fn, iters):
     return statistics.median(ts) * 1e3
 
 
-def conv_row(C, H, W):
+def conv_row(C, H, W, OC=None):
+    OC = OC or C
     x = torch.randn(1, C, H, W)
-    w = torch.randn(C, C, 3, 3) * 0.02
-    b = torch.randn(C)
-    dy = torch.randn(1, C, H, W)
+    w = torch.randn(OC, C, 3, 3) * 0.02
+    b = torch.randn(OC)
+    dy = torch.randn(1, OC, H, W)
 
     def fwd():
         with torch.no_grad():
@@ -106,32 +107,37 @@ def gn_row(C, HW, G):
     return fwd, fwdbwd, None
 
 
-def attn(q, k, v, H):
-    # diffusers AttnProcessor on torch 1.13: head_to_batch_dim, baddbmm, softmax, bmm
+def attn(q, k, v, H, causal=False):
+    # diffusers AttnProcessor on torch 1.13: head_to_batch_dim, baddbmm, softmax, bmm;
+    # causal (CLIP's text encoder): the additive mask goes in as baddbmm's input
     B, Tq, C = q.shape
     Tk = k.shape[1]
     D = C // H
     qh = q.reshape(B, Tq, H, D).permute(0, 2, 1, 3).reshape(B * H, Tq, D)
     kh = k.reshape(B, Tk, H, D).permute(0, 2, 1, 3).reshape(B * H, Tk, D)
     vh = v.reshape(B, Tk, H, D).permute(0, 2, 1, 3).reshape(B * H, Tk, D)
-    empty = torch.empty(B * H, Tq, Tk, dtype=q.dtype)
-    s = torch.baddbmm(empty, qh, kh.transpose(-1, -2), beta=0, alpha=D ** -0.5)
+    if causal:
+        mask = torch.full((Tq, Tk), float("-inf"), dtype=q.dtype).triu(1).expand(B * H, Tq, Tk)
+        s = torch.baddbmm(mask, qh, kh.transpose(-1, -2), beta=1, alpha=D ** -0.5)
+    else:
+        empty = torch.empty(B * H, Tq, Tk, dtype=q.dtype)
+        s = torch.baddbmm(empty, qh, kh.transpose(-1, -2), beta=0, alpha=D ** -0.5)
     p = s.softmax(dim=-1)
     o = torch.bmm(p, vh)
     return o.reshape(B, H, Tq, D).permute(0, 2, 1, 3).reshape(B, Tq, C)
 
 
-def attn_row(Tq, Tk, H, D):
+def attn_row(Tq, Tk, H, D, causal=False):
     q, k, v = torch.randn(1, Tq, H * D), torch.randn(1, Tk, H * D), torch.randn(1, Tk, H * D)
     dy = torch.randn(1, Tq, H * D)
 
     def fwd():
         with torch.no_grad():
-            attn(q, k, v, H)
+            attn(q, k, v, H, causal)
 
     def fwdbwd():
         qq, kk, vv = (t.detach().requires_grad_(True) for t in (q, k, v))
-        attn(qq, kk, vv, H).backward(dy)
+        attn(qq, kk, vv, H, causal).backward(dy)
 
     return fwd, fwdbwd, None
 
@@ -176,8 +182,22 @@ def linear_row(M, K, N):
 ROWS = {
     "conv3x3_320_64": lambda: conv_row(320, 64, 64),
     "conv3x3_640_32": lambda: conv_row(640, 32, 32),
+    "conv3x3_1280_16": lambda: conv_row(1280, 16, 16),
+    "conv3x3_1280_8": lambda: conv_row(1280, 8, 8),
+    "conv_in_4_320_64": lambda: conv_row(4, 64, 64, 320),
+    "conv_out_320_4_64": lambda: conv_row(320, 64, 64, 4),
+    "vae_conv_512_128": lambda: conv_row(512, 128, 128),
+    "vae_conv_256_256": lambda: conv_row(256, 256, 256),
+    "vae_conv_128_512": lambda: conv_row(128, 512, 512),
     "groupnorm_320_64": lambda: gn_row(320, 4096, 32),
     "self_attn_4096": lambda: attn_row(4096, 4096, 8, 40),
+    "self_attn_1024": lambda: attn_row(1024, 1024, 8, 80),
+    "self_attn_256": lambda: attn_row(256, 256, 8, 160),
+    "self_attn_sd2_4096": lambda: attn_row(4096, 4096, 5, 64),
+    "self_attn_sd2_1024": lambda: attn_row(1024, 1024, 10, 64),
+    "self_attn_sd2_256": lambda: attn_row(256, 256, 20, 64),
+    "clip_attn_77": lambda: attn_row(77, 77, 12, 64, causal=True),
+    "tiny_attn_77": lambda: attn_row(77, 77, 4, 8, causal=True),
     "cross_attn_4096x77": lambda: xattn_row(4096, 77, 320, 768, 8),
     "linear_4096_320_2560": lambda: linear_row(4096, 320, 2560),
 }

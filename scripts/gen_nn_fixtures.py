@@ -104,6 +104,12 @@ def build():
         "conv3x3_s2_vae": (1, 3, 8, 6, 2, 3, 3, 2, 0, 1, 0, 1),
         "conv5x3_s1": (1, 2, 6, 7, 3, 5, 3, 1, 2, 2, 1, 1),
         "conv3x3_nopad": (2, 2, 5, 5, 3, 3, 3, 1, 0, 0, 0, 0),
+        # one case per algorithm mix of nn/cpu/conv2d.c (see test_nn_ops.c)
+        "conv3x3_wino": (1, 16, 16, 15, 9, 3, 3, 1, 1, 1, 1, 1),
+        "conv3x3_wino_pads": (1, 16, 16, 16, 16, 3, 3, 1, 0, 2, 2, 1),
+        "conv3x3_c1": (2, 1, 6, 5, 12, 3, 3, 1, 1, 1, 1, 1),
+        "conv3x3_oc1": (1, 12, 5, 7, 1, 3, 3, 1, 1, 1, 1, 1),
+        "conv3x3_col2im": (1, 9, 5, 4, 32, 3, 3, 1, 1, 1, 1, 1),
     }
     for i, (name, (B, C, H, W, OC, KH, KW, s, pt, pb, pl, pr)) in enumerate(convs.items()):
         case(name,
@@ -146,6 +152,12 @@ def build():
         "attn_self_1head": (1, 7, 7, 1, 5, False),  # B*H = 1: two-pass backward
         "attn_cross_2head": (1, 5, 9, 2, 3, False),
         "attn_causal_2head": (1, 6, 6, 2, 3, True),
+        # several blocks per head (64 queries; 128 keys forward, 64 backward), ends not multiples of them
+        "attn_d40_blocks": (1, 20, 136, 1, 40, False),
+        "attn_d64_blocks": (1, 66, 20, 1, 64, False),
+        "attn_causal_blocks": (1, 140, 140, 1, 8, True),
+        "attn_heads8_blocks": (2, 72, 72, 4, 4, False),  # B*H = 8: per-head backward
+        "attn_causal_heads8": (1, 80, 80, 8, 2, True),
     }
     for i, (name, (B, Tq, Tk, H, D, causal)) in enumerate(attns.items()):
         case(name,

@@ -77,6 +77,31 @@ int nn_cpu_conv2d_forward(nn_ctx_t *ctx, float *out, const float *inp, const flo
 int nn_cpu_conv2d_backward(nn_ctx_t *ctx, float *dinp, float *dw, float *db, const float *dout, const float *inp,
                            const float *w, const nn_conv2d_dims_t *d);
 
+/* Winograd F(2x2,3x3) for 3x3 stride-1 convolutions (winograd.c); conv2d.c
+ * decides from the dimensions alone when to use it. Each part runs on
+ * nn_cpu_winograd_floats() floats of caller-provided scratch (64-byte aligned).
+ * forward: out = conv + b (b may be NULL); dinp: "="; dw: "+=". */
+typedef enum { NN_WINO_FWD, NN_WINO_DINP, NN_WINO_DW } nn_wino_part_t;
+bool nn_cpu_winograd_suits(const nn_conv2d_dims_t *d);
+size_t nn_cpu_winograd_floats(const nn_conv2d_dims_t *d, nn_wino_part_t part, int threads);
+void nn_cpu_winograd_forward(nn_ctx_t *ctx, float *scratch, float *out, const float *inp, const float *w,
+                             const float *b, const nn_conv2d_dims_t *d);
+void nn_cpu_winograd_dinp(nn_ctx_t *ctx, float *scratch, float *dinp, const float *dout, const float *w,
+                          const nn_conv2d_dims_t *d);
+void nn_cpu_winograd_dw(nn_ctx_t *ctx, float *scratch, float *dw, const float *dout, const float *inp,
+                        const nn_conv2d_dims_t *d);
+
+/* Test hooks (conv2d.c): run every 2-D convolution with one algorithm wherever
+ * it applies (IM2COL: im2col forward and weight gradient, stride-1 input
+ * gradients as im2col convolutions; COL2IM: the same but every input gradient
+ * by col2im; WINOGRAD: Winograd for any 3x3 stride-1 shape), and/or with bands
+ * of one row (of output or of 2x2 tiles), so that small shapes reach every code
+ * path and cross band boundaries. (NN_CONV_AUTO, false) restores the normal
+ * choice. nn_cpu_winograd_test_tiny_bands is winograd.c's part of it. */
+typedef enum { NN_CONV_AUTO, NN_CONV_IM2COL, NN_CONV_COL2IM, NN_CONV_WINOGRAD } nn_conv_alg_t;
+void nn_cpu_conv2d_test_force(nn_conv_alg_t alg, bool tiny_bands);
+void nn_cpu_winograd_test_tiny_bands(bool on);
+
 int nn_cpu_group_norm_forward(nn_ctx_t *ctx, float *out, float *mean, float *rstd, const float *inp,
                               const float *gamma, const float *beta, int64_t B, int64_t C, int64_t HW, int64_t G,
                               float eps);
@@ -102,6 +127,10 @@ int nn_cpu_attention_forward(nn_ctx_t *ctx, float *out, float *lse, const float 
 int nn_cpu_attention_backward(nn_ctx_t *ctx, float *dq, float *dk, float *dv, const float *dout, const float *q,
                               const float *k, const float *v, const float *out, const float *lse,
                               const nn_attn_dims_t *d);
+/* Which kernels attention uses, for tests: 0 the best the CPU has (default), 1
+ * generic C, 2 AVX2, 3 AVX-512; a set the CPU lacks gives the next simpler one.
+ * Returns the set now in use. BOOTH_ATTN_KERNELS=generic|avx2 caps the default. */
+int nn_cpu_attention_kernels(int which);
 
 int nn_cpu_embedding_forward(nn_ctx_t *ctx, float *out, const int32_t *ids, const float *table, int64_t N, int64_t C,
                              int64_t V);

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "nn/cpu/cpu.h"
 #include "nn/nn.h"
 #include "testutil.h"
 
@@ -477,6 +478,12 @@ static const tcase_t s_cases[] = {
     CONV("conv3x3_s2_vae", 1, 3, 8, 6, 2, 3, 3, 2, 0, 1, 0, 1, 4, 3),
     CONV("conv5x3_s1", 1, 2, 6, 7, 3, 5, 3, 1, 2, 2, 1, 1, 6, 7),
     CONV("conv3x3_nopad", 2, 2, 5, 5, 3, 3, 3, 1, 0, 0, 0, 0, 3, 3),
+    /* the algorithm each of these gets (conv2d.c): forward / input gradient / weight gradient */
+    CONV("conv3x3_wino", 1, 16, 16, 15, 9, 3, 3, 1, 1, 1, 1, 1, 16, 15),      /* winograd / im2col conv / winograd */
+    CONV("conv3x3_wino_pads", 1, 16, 16, 16, 16, 3, 3, 1, 0, 2, 2, 1, 16, 17), /* winograd throughout, pads 0-2 */
+    CONV("conv3x3_c1", 2, 1, 6, 5, 12, 3, 3, 1, 1, 1, 1, 1, 6, 5),           /* im2col / direct / im2col */
+    CONV("conv3x3_oc1", 1, 12, 5, 7, 1, 3, 3, 1, 1, 1, 1, 1, 5, 7),          /* direct / im2col conv / direct */
+    CONV("conv3x3_col2im", 1, 9, 5, 4, 32, 3, 3, 1, 1, 1, 1, 1, 5, 4),       /* im2col / col2im / im2col */
     {"group_norm", gn_fwd, gn_bwd, gn_ref, 3, {{"x", 240, IN_ACT, 0, 2}, W(w, 6), W(b, 6)}, 240, 12, {2, 6, 20, 3},
      {1e-5f}, 1e-5, 1e-4},
     {"group_norm_eps6", gn_fwd, gn_bwd, gn_ref, 3, {X(x, 288), W(w, 8), W(b, 8)}, 288, 4, {1, 8, 36, 2}, {1e-6f},
@@ -495,6 +502,12 @@ static const tcase_t s_cases[] = {
     ATTN("attn_self_1head", 1, 7, 7, 1, 5, 0),
     ATTN("attn_cross_2head", 1, 5, 9, 2, 3, 0),
     ATTN("attn_causal_2head", 1, 6, 6, 2, 3, 1),
+    /* several blocks per head (64 queries; 128 keys forward, 64 backward), ends not multiples of them */
+    ATTN("attn_d40_blocks", 1, 20, 136, 1, 40, 0),
+    ATTN("attn_d64_blocks", 1, 66, 20, 1, 64, 0),
+    ATTN("attn_causal_blocks", 1, 140, 140, 1, 8, 1),
+    ATTN("attn_heads8_blocks", 2, 72, 72, 4, 4, 0), /* B*H = 8: per-head backward */
+    ATTN("attn_causal_heads8", 1, 80, 80, 8, 2, 1),
     {"upsample2x", up_fwd, up_bwd, up_ref, 1, {X(x, 72)}, 288, 0, {6, 3, 4}, {0}, 0, 1e-5},
     {"concat", concat_fwd, concat_bwd, concat_ref, 2, {X(a, 30), X(b, 20)}, 50, 0, {2, 3, 2, 5}, {0}, 0, 1e-5},
     {"split", split_fwd, split_bwd, split_ref, 1, {X(x, 50)}, 50, 0, {2, 3, 2, 5}, {0}, 0, 1e-5},
@@ -761,6 +774,209 @@ TEST(nn_ops_fixture_covers_cases)
     st_close(&fx);
 }
 
+/* Attention's other kernel sets (generic C, AVX2; the cases above ran the best
+ * this CPU has) on every attention case. */
+TEST(nn_attn_kernel_sets)
+{
+    int best = nn_cpu_attention_kernels(0);
+    for (int which = 1; which < best; which++) {
+        if (nn_cpu_attention_kernels(which) != which) continue; /* this CPU lacks it */
+        for (int i = 0; i < NCASES; i++)
+            if (s_cases[i].fwd == attn_fwd) run_case(&s_cases[i]);
+    }
+    nn_cpu_attention_kernels(0);
+}
+
+/* Attention on shapes with many blocks per head: the same bytes with 1 and 3
+ * threads (with every kernel set this CPU has; heads whole or split into key
+ * groups), the output close to float64, and each kernel set's gradients close
+ * to the generic C ones. */
+static void s_attn_big(int64_t B, int64_t T, int64_t H, int64_t D, bool causal)
+{
+    nn_attn_dims_t d = {.B = B, .Tq = T, .Tk = T, .H = H, .D = D, .scale = 1.0f / sqrtf((float)D), .causal = causal};
+    int64_t n = B * T * H * D, nl = B * H * T;
+    enum { Q, K, V, DO, NIN, NSETS = 4 };
+    float *in[NIN], *res[NSETS][2][5] = {{{0}}}; /* [kernel set][threads 1, 3][out, lse, dq, dk, dv] */
+    tu_rng_t r = tu_rng(31);
+    for (int i = 0; i < NIN; i++) {
+        in[i] = malloc((size_t)n * sizeof(float));
+        tu_fill_normal(&r, in[i], n, 1.0f);
+    }
+    double *in64[3], *out64 = malloc((size_t)n * sizeof(double));
+    for (int i = 0; i < 3; i++) {
+        in64[i] = malloc((size_t)n * sizeof(double));
+        for (int64_t j = 0; j < n; j++) in64[i][j] = in[i][j];
+    }
+    tcase_t c = {.p = {B, T, T, H, D, causal}};
+    attn_ref(&c, (const double *const *)in64, out64);
+    nn_ctx_t *ctx[2] = {nn_ctx_new(NN_BACKEND_CPU, 1), nn_ctx_new(NN_BACKEND_CPU, 3)};
+    REQUIRE(ctx[0] && ctx[1]);
+    for (int set = 1; set < NSETS; set++) {
+        if (nn_cpu_attention_kernels(set) != set) continue;
+        for (int t = 0; t < 2; t++) {
+            float **o = res[set][t];
+            for (int j = 0; j < 5; j++) o[j] = malloc((size_t)(j == 1 ? nl : n) * sizeof(float));
+            CHECK_INT_EQ(nn_attention_forward(ctx[t], o[0], o[1], in[Q], in[K], in[V], &d), 0);
+            CHECK_INT_EQ(nn_attention_backward(ctx[t], o[2], o[3], o[4], in[DO], in[Q], in[K], in[V], o[0], o[1], &d),
+                         0);
+        }
+        for (int j = 0; j < 5; j++)
+            CHECKF(!memcmp(res[set][0][j], res[set][1][j], (size_t)(j == 1 ? nl : n) * sizeof(float)),
+                   "attention B%lld T%lld H%lld D%lld causal %d, kernel set %d: tensor %d differs with 3 threads",
+                   (long long)B, (long long)T, (long long)H, (long long)D, causal, set, j);
+        double scale = 0, err = 0;
+        for (int64_t j = 0; j < n; j++) {
+            scale = fmax(scale, fabs(out64[j]));
+            err = fmax(err, isnan(res[set][0][0][j]) ? INFINITY : fabs(res[set][0][0][j] - out64[j]));
+        }
+        CHECKF(err / scale <= 1e-5, "attention B%lld T%lld H%lld D%lld, kernel set %d vs float64: rel err %.3g",
+               (long long)B, (long long)T, (long long)H, (long long)D, set, err / scale);
+        for (int j = 2; j < 5 && set > 1; j++) {
+            double gs = fmax(tu_max_abs(res[1][0][j], n), 1e-2);
+            double ge = tu_max_abs_diff(res[set][0][j], res[1][0][j], n) / gs;
+            CHECKF(ge <= 2e-5, "attention B%lld T%lld H%lld D%lld: gradient %d, kernel sets %d and 1 differ by %.3g",
+                   (long long)B, (long long)T, (long long)H, (long long)D, j, set, ge);
+        }
+    }
+    nn_cpu_attention_kernels(0);
+    for (int i = 0; i < 3; i++) free(in64[i]);
+    free(out64);
+    for (int set = 0; set < NSETS; set++)
+        for (int t = 0; t < 2; t++)
+            for (int j = 0; j < 5; j++) free(res[set][t][j]);
+    for (int i = 0; i < NIN; i++) free(in[i]);
+    nn_ctx_destroy(&ctx[0]);
+    nn_ctx_destroy(&ctx[1]);
+}
+
+TEST(nn_attn_threads_big_shapes)
+{
+    s_attn_big(1, 300, 2, 40, false); /* B*H < 8: key groups, dQ shares added up */
+    s_attn_big(2, 256, 8, 40, false); /* one task per head */
+    s_attn_big(1, 200, 3, 64, true);
+    s_attn_big(1, 77, 12, 64, true); /* CLIP's text encoder */
+}
+
+/* Attention's gradients in float64 by the formulas: P, dP = dO V^T, dS = P (dP - rowsum(P dP)),
+ * dQ = scale dS K, dK = scale dS^T Q, dV = P^T dO (any of dq/dk/dv may be NULL). */
+static void s_attn_ref_bwd(const nn_attn_dims_t *d, const double *q, const double *k, const double *v,
+                           const double *dout, double *dq, double *dk, double *dv)
+{
+    int64_t HD = d->H * d->D, D = d->D;
+    double *pr = malloc((size_t)d->Tk * sizeof *pr), *dp = malloc((size_t)d->Tk * sizeof *dp);
+    if (dq) memset(dq, 0, (size_t)(d->B * d->Tq * HD) * sizeof *dq);
+    if (dk) memset(dk, 0, (size_t)(d->B * d->Tk * HD) * sizeof *dk);
+    if (dv) memset(dv, 0, (size_t)(d->B * d->Tk * HD) * sizeof *dv);
+    for (int64_t b = 0; b < d->B; b++)
+        for (int64_t h = 0; h < d->H; h++)
+            for (int64_t i = 0; i < d->Tq; i++) {
+                const double *qi = q + (b * d->Tq + i) * HD + h * D, *doi = dout + (b * d->Tq + i) * HD + h * D;
+                double m = -INFINITY, z = 0, delta = 0;
+                for (int64_t j = 0; j < d->Tk; j++) {
+                    const double *kj = k + (b * d->Tk + j) * HD + h * D, *vj = v + (b * d->Tk + j) * HD + h * D;
+                    double sdot = 0, pdot = 0;
+                    for (int64_t e = 0; e < D; e++) {
+                        sdot += qi[e] * kj[e];
+                        pdot += doi[e] * vj[e];
+                    }
+                    pr[j] = d->causal && j > i ? -INFINITY : sdot * d->scale;
+                    dp[j] = pdot;
+                    m = fmax(m, pr[j]);
+                }
+                for (int64_t j = 0; j < d->Tk; j++) z += (pr[j] = exp(pr[j] - m));
+                for (int64_t j = 0; j < d->Tk; j++) delta += (pr[j] /= z) * dp[j];
+                for (int64_t j = 0; j < d->Tk; j++) {
+                    double ds = pr[j] * (dp[j] - delta) * d->scale;
+                    const double *kj = k + (b * d->Tk + j) * HD + h * D;
+                    for (int64_t e = 0; e < D; e++) {
+                        if (dq) dq[(b * d->Tq + i) * HD + h * D + e] += ds * kj[e];
+                        if (dk) dk[(b * d->Tk + j) * HD + h * D + e] += ds * qi[e];
+                        if (dv) dv[(b * d->Tk + j) * HD + h * D + e] += pr[j] * doi[e];
+                    }
+                }
+            }
+    free(pr);
+    free(dp);
+}
+
+/* Attention on odd shapes (one token, one key, D = 1 or 17 or 100, ends of every
+ * kind) and with some gradients not wanted, against float64 forward and
+ * backward, with every kernel set this CPU has. */
+static void s_attn_odd(int64_t B, int64_t Tq, int64_t Tk, int64_t H, int64_t D, bool causal, unsigned want)
+{
+    nn_attn_dims_t d = {.B = B, .Tq = Tq, .Tk = Tk, .H = H, .D = D, .scale = 1.0f / sqrtf((float)D), .causal = causal};
+    int64_t nq = B * Tq * H * D, nk = B * Tk * H * D, n[4] = {nq, nk, nk, nq};
+    float *in[4], *out = malloc((size_t)nq * sizeof(float)), *lse = malloc((size_t)(B * H * Tq) * sizeof(float));
+    double *in64[4], *g64[3];
+    tu_rng_t r = tu_rng(7 + (uint64_t)(Tq * 131 + Tk * 7 + D));
+    for (int i = 0; i < 4; i++) {
+        in[i] = malloc((size_t)n[i] * sizeof(float));
+        in64[i] = malloc((size_t)n[i] * sizeof(double));
+        tu_fill_normal(&r, in[i], n[i], i == 0 ? 2.0f : 1.0f);
+        for (int64_t j = 0; j < n[i]; j++) in64[i][j] = in[i][j];
+    }
+    for (int i = 0; i < 3; i++) g64[i] = malloc((size_t)n[i] * sizeof(double));
+    double *out64 = malloc((size_t)nq * sizeof(double));
+    tcase_t c = {.p = {B, Tq, Tk, H, D, causal}};
+    attn_ref(&c, (const double *const *)in64, out64);
+    s_attn_ref_bwd(&d, in64[0], in64[1], in64[2], in64[3], g64[0], g64[1], g64[2]);
+    nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, 2);
+    REQUIRE(ctx);
+    for (int set = 1; set < 4; set++) {
+        if (nn_cpu_attention_kernels(set) != set) continue;
+        float *g[3];
+        for (int i = 0; i < 3; i++) {
+            g[i] = want >> i & 1 ? malloc((size_t)n[i] * sizeof(float)) : NULL;
+            for (int64_t j = 0; g[i] && j < n[i]; j++) g[i][j] = NAN;
+        }
+        CHECK_INT_EQ(nn_attention_forward(ctx, out, lse, in[0], in[1], in[2], &d), 0);
+        CHECK_INT_EQ(nn_attention_backward(ctx, g[0], g[1], g[2], in[3], in[0], in[1], in[2], out, lse, &d), 0);
+        double err = tu_max_abs_diff_f64(out, out64, nq), scale = 1e-2;
+        for (int64_t j = 0; j < nq; j++) scale = fmax(scale, fabs(out64[j]));
+        CHECKF(err / scale <= 1e-5,
+               "attention B%lld Tq%lld Tk%lld H%lld D%lld causal %d, kernel set %d: output rel err %.3g", (long long)B,
+               (long long)Tq, (long long)Tk, (long long)H, (long long)D, causal, set, err / scale);
+        for (int i = 0; i < 3; i++) {
+            if (!g[i]) continue;
+            /* floor 0.1: with one key, dQ and dK are 0 up to rounding in dS = P (dP - Delta) */
+            double gs = 0.1, ge = tu_max_abs_diff_f64(g[i], g64[i], n[i]);
+            for (int64_t j = 0; j < n[i]; j++) gs = fmax(gs, fabs(g64[i][j]));
+            CHECKF(ge / gs <= 2e-5,
+                   "attention B%lld Tq%lld Tk%lld H%lld D%lld causal %d, kernel set %d, grads %u: d%c rel err %.3g",
+                   (long long)B, (long long)Tq, (long long)Tk, (long long)H, (long long)D, causal, set, want, "qkv"[i],
+                   ge / gs);
+            free(g[i]);
+        }
+    }
+    nn_cpu_attention_kernels(0);
+    nn_ctx_destroy(&ctx);
+    for (int i = 0; i < 4; i++) {
+        free(in[i]);
+        free(in64[i]);
+    }
+    for (int i = 0; i < 3; i++) free(g64[i]);
+    free(out64);
+    free(out);
+    free(lse);
+}
+
+TEST(nn_attn_odd_shapes)
+{
+    s_attn_odd(1, 1, 1, 1, 1, false, 7);
+    s_attn_odd(1, 1, 1, 1, 3, true, 7);
+    s_attn_odd(1, 1, 300, 3, 17, false, 7);
+    s_attn_odd(2, 130, 1, 2, 5, false, 7);
+    s_attn_odd(1, 65, 65, 1, 33, true, 7);
+    s_attn_odd(1, 200, 129, 3, 100, false, 7);
+    s_attn_odd(1, 20, 70, 1, 512, false, 7);
+    s_attn_odd(3, 70, 90, 3, 24, false, 7); /* B*H = 9: one task per head */
+    s_attn_odd(3, 90, 90, 3, 24, true, 7);
+    for (unsigned want = 1; want < 7; want++) {
+        s_attn_odd(1, 100, 150, 2, 40, false, want); /* key groups */
+        s_attn_odd(2, 100, 100, 4, 40, true, want);  /* one task per head */
+    }
+}
+
 /* matmul, all four transpose combinations with alpha and beta, against float64 */
 TEST(nn_matmul_transposes)
 {
@@ -804,4 +1020,134 @@ TEST(nn_bad_arguments)
     CHECK(nn_attention_forward(ctx, out, NULL, table, table, table, &ad) != 0);
     CHECK(nn_group_norm_forward(ctx, out, NULL, NULL, table, NULL, NULL, 1, 6, 1, 4, 1e-5f) != 0);
     nn_ctx_destroy(&ctx);
+}
+
+/* ------------------------------------------------- conv2d: every algorithm */
+
+/* Every conv case again with each algorithm forced wherever it applies, and with
+ * bands of one row, so that the small shapes above reach every code path and
+ * cross band boundaries: against float64, finite differences and 1 vs 3 threads. */
+TEST(nn_conv2d_every_algorithm)
+{
+    static const struct {
+        nn_conv_alg_t alg;
+        bool tiny;
+    } modes[] = {{NN_CONV_AUTO, true},      {NN_CONV_IM2COL, false},  {NN_CONV_IM2COL, true},
+                 {NN_CONV_COL2IM, false},   {NN_CONV_COL2IM, true},   {NN_CONV_WINOGRAD, false},
+                 {NN_CONV_WINOGRAD, true}};
+    nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, 0);
+    REQUIRE(ctx);
+    for (size_t m = 0; m < sizeof modes / sizeof modes[0]; m++) {
+        nn_cpu_conv2d_test_force(modes[m].alg, modes[m].tiny);
+        for (int i = 0; i < NCASES; i++) {
+            if (s_cases[i].fwd != conv_fwd) continue;
+            int before = bt_test_failures();
+            check_f64_and_fd(ctx, &s_cases[i]);
+            check_threads(&s_cases[i]);
+            CHECKF(bt_test_failures() == before, "(the failures above: algorithm %d, one-row bands %d)",
+                   (int)modes[m].alg, (int)modes[m].tiny);
+        }
+    }
+    nn_cpu_conv2d_test_force(NN_CONV_AUTO, false);
+    nn_ctx_destroy(&ctx);
+}
+
+/* float64 forward and all three gradients of sum(out * dout), by the definition */
+static void s_conv_ref_all(const nn_conv2d_dims_t *d, const float *x, const float *w, const float *b,
+                           const float *dout, double *out, double *dx, double *dw, double *db)
+{
+    int64_t OH = nn_conv2d_out_h(d), OW = nn_conv2d_out_w(d);
+    memset(dx, 0, (size_t)(d->B * d->C * d->H * d->W) * sizeof *dx);
+    memset(dw, 0, (size_t)(d->OC * d->C * d->KH * d->KW) * sizeof *dw);
+    memset(db, 0, (size_t)d->OC * sizeof *db);
+    for (int64_t n = 0; n < d->B; n++)
+        for (int64_t o = 0; o < d->OC; o++)
+            for (int64_t y = 0; y < OH; y++)
+                for (int64_t xo = 0; xo < OW; xo++) {
+                    int64_t yi = ((n * d->OC + o) * OH + y) * OW + xo;
+                    double s = b[o], g = dout[yi];
+                    for (int64_t c = 0; c < d->C; c++)
+                        for (int64_t ky = 0; ky < d->KH; ky++)
+                            for (int64_t kx = 0; kx < d->KW; kx++) {
+                                int64_t iy = y * d->stride - d->pad_t + ky, ix = xo * d->stride - d->pad_l + kx;
+                                if (iy < 0 || iy >= d->H || ix < 0 || ix >= d->W) continue;
+                                int64_t xi = ((n * d->C + c) * d->H + iy) * d->W + ix;
+                                int64_t wi = ((o * d->C + c) * d->KH + ky) * d->KW + kx;
+                                s += (double)x[xi] * w[wi];
+                                dx[xi] += g * w[wi];
+                                dw[wi] += g * x[xi];
+                            }
+                    out[yi] = s;
+                    db[o] += g;
+                }
+}
+
+static double s_rel_err(const float *a, const double *want, int64_t n)
+{
+    double scale = 1e-2, err = 0;
+    for (int64_t i = 0; i < n; i++) {
+        scale = fmax(scale, fabs(want[i]));
+        err = fmax(err, isnan(a[i]) ? INFINITY : fabs(a[i] - want[i]));
+    }
+    return err / scale;
+}
+
+/* Shapes big enough for several bands (Winograd, im2col) or row tasks (direct)
+ * in their natural algorithm: the same bytes with 1, 2, 3 and 4 threads, and
+ * close to float64. */
+static void s_conv_big(const nn_conv2d_dims_t *d)
+{
+    int64_t OH = nn_conv2d_out_h(d), OW = nn_conv2d_out_w(d);
+    int64_t nx = d->B * d->C * d->H * d->W, nw = d->OC * d->C * d->KH * d->KW, ny = d->B * d->OC * OH * OW;
+    int64_t n[4] = {ny, nx, nw, d->OC};
+    float *x = malloc((size_t)nx * sizeof(float)), *w = malloc((size_t)nw * sizeof(float));
+    float *b = malloc((size_t)d->OC * sizeof(float)), *dout = malloc((size_t)ny * sizeof(float));
+    tu_rng_t r = tu_rng(17);
+    tu_fill_normal(&r, x, nx, 1.0f);
+    tu_fill_normal(&r, w, nw, 1.0f / sqrtf((float)(d->C * d->KH * d->KW)));
+    tu_fill_normal(&r, b, d->OC, 1.0f);
+    tu_fill_normal(&r, dout, ny, 1.0f);
+    double *ref[4];
+    for (int k = 0; k < 4; k++) ref[k] = malloc((size_t)n[k] * sizeof(double));
+    s_conv_ref_all(d, x, w, b, dout, ref[0], ref[1], ref[2], ref[3]);
+    float *res[4][4]; /* [threads - 1][out, dx, dw, db] */
+    for (int t = 0; t < 4; t++) {
+        nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, t + 1);
+        REQUIRE(ctx);
+        for (int k = 0; k < 4; k++) res[t][k] = calloc((size_t)n[k], sizeof(float));
+        CHECK_INT_EQ(nn_conv2d_forward(ctx, res[t][0], x, w, b, d), 0);
+        CHECK_INT_EQ(nn_conv2d_backward(ctx, res[t][1], res[t][2], res[t][3], dout, x, w, d), 0);
+        nn_ctx_destroy(&ctx);
+    }
+    static const char *const what[4] = {"forward", "d/dx", "d/dw", "d/db"};
+    for (int k = 0; k < 4; k++) {
+        double e = s_rel_err(res[0][k], ref[k], n[k]);
+        CHECKF(e <= 1e-5, "conv B%lld C%lld %lldx%lld OC%lld stride %d: %s vs float64: rel err %.3g", (long long)d->B,
+               (long long)d->C, (long long)d->H, (long long)d->W, (long long)d->OC, d->stride, what[k], e);
+        for (int t = 1; t < 4; t++)
+            CHECKF(!memcmp(res[0][k], res[t][k], (size_t)n[k] * sizeof(float)),
+                   "conv B%lld C%lld %lldx%lld OC%lld stride %d: %s differs with %d threads", (long long)d->B,
+                   (long long)d->C, (long long)d->H, (long long)d->W, (long long)d->OC, d->stride, what[k], t + 1);
+    }
+    for (int k = 0; k < 4; k++) {
+        free(ref[k]);
+        for (int t = 0; t < 4; t++) free(res[t][k]);
+    }
+    free(x);
+    free(w);
+    free(b);
+    free(dout);
+}
+
+TEST(nn_conv2d_threads_big_shapes)
+{
+    /* Winograd: 960 tiles, two bands; input gradient and weight gradient too */
+    s_conv_big(&(nn_conv2d_dims_t){.B = 2, .C = 32, .H = 48, .W = 40, .OC = 40, .KH = 3, .KW = 3, .stride = 1,
+                                   .pad_t = 1, .pad_b = 1, .pad_l = 1, .pad_r = 1});
+    /* im2col, stride 2: two bands, col2im input gradient */
+    s_conv_big(&(nn_conv2d_dims_t){.B = 1, .C = 64, .H = 130, .W = 130, .OC = 24, .KH = 3, .KW = 3, .stride = 2,
+                                   .pad_t = 1, .pad_b = 1, .pad_l = 1, .pad_r = 1});
+    /* direct (3 output channels): five row tasks; the input gradient by im2col */
+    s_conv_big(&(nn_conv2d_dims_t){.B = 1, .C = 40, .H = 33, .W = 33, .OC = 3, .KH = 3, .KW = 3, .stride = 1,
+                                   .pad_t = 1, .pad_b = 1, .pad_l = 1, .pad_r = 1});
 }
