@@ -137,8 +137,9 @@ deps:
 	else echo "deps: missing$$missing; run as root:"; \
 	  echo "  apt-get update && apt-get install -y$$missing"; exit 1; fi
 
+# BENCH_OPS_ARGS: e.g. --markdown --iters 9 --row conv3x3_320_64
 bench-ops: $(BUILD)/bench/bench_ops
-	bench/ops.py --booth $(BUILD)/bench/bench_ops
+	bench/ops.py --booth $(BUILD)/bench/bench_ops $(BENCH_OPS_ARGS)
 
 # BENCH_MODEL_ARGS: e.g. --row train_sd15_256 --rounds 2 --markdown
 bench-model: $(BUILD)/bench/bench_model $(BOOTH)

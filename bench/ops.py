@@ -49,6 +49,9 @@ ap.add_argument("--threads", type=int, default=os.cpu_count())
 ap.add_argument("--iters", type=int, default=5)
 ap.add_argument("--markdown", action="store_true", help="print a markdown table for docs/BENCHMARKS.md")
 ap.add_argument("--row", action="append", help="only these rows")
+ap.add_argument("--settle", type=float, default=0.5,
+                help="seconds of idle time before each side's row: idle OpenBLAS/OpenMP threads spin on "
+                     "sched_yield for a while after work and would slow whichever side runs next")
 args = ap.parse_args()
 
 if "OPENBLAS_CORETYPE" not in os.environ and blas_coretype():
@@ -208,10 +211,12 @@ results = []
 for name, make in ROWS.items():
     if args.row and name not in args.row:
         continue
+    time.sleep(args.settle)  # let PyTorch's OpenMP/OpenBLAS threads stop spinning before booth starts
     out = subprocess.run([args.booth, "--row", name, "--iters", str(args.iters), "--threads", str(args.threads)],
                          capture_output=True, text=True, check=True).stdout
     b = json.loads(out.strip().split("\n")[-1])
     fwd, fwdbwd, frozen = make()
+    time.sleep(args.settle)
     t = {"fwd_ms": med(fwd, args.iters), "fwdbwd_ms": med(fwdbwd, args.iters)}
     if frozen:
         t["fwdbwd_frozen_ms"] = med(frozen, args.iters)

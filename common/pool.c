@@ -1,13 +1,20 @@
 /*
  * pool.c — persistent worker threads woken per job by a generation counter.
  *
- * Jobs are rare and large (one per kernel call over a whole tensor), so a mutex
- * and two condition variables are enough; the caller works as thread 0 instead of
- * sleeping, which also makes a 1-thread pool free of any synchronisation.
+ * A job's items are cut into shares (a few per thread, fixed by n, grain and the
+ * thread count) that threads claim from an atomic counter; the caller works as
+ * thread 0 instead of sleeping. Waking a sleeping thread takes tens of
+ * microseconds on a virtual machine, longer than many small kernels run, so the
+ * caller never waits for a worker to wake: once every share is claimed it closes
+ * the job and waits only for the workers that joined it. A worker that wakes
+ * after that finds the job closed and goes back to sleep. Shares also balance a
+ * core that another process slows down. A 1-thread pool needs no
+ * synchronisation at all.
  */
 #include "common/pool.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -20,27 +27,36 @@ struct bt_pool {
     pthread_mutex_t mu;
     pthread_cond_t cv_work;
     pthread_cond_t cv_done;
-    uint64_t generation; /* bumped for every job; workers run when it moves */
-    int pending;         /* workers that have not finished the current job */
+    uint64_t generation; /* bumped for every job; workers look when it moves */
+    bool open;           /* the current job still takes workers */
+    int active;          /* workers inside the current job */
     bool stop;
     /* the current job */
     bt_task_fn fn;
     void *arg;
-    int64_t n, grain;
+    int64_t n, grain, chunks, shares;
+    atomic_int_fast64_t next; /* the next unclaimed share */
 };
+
+#define SHARES_PER_THREAD 4
 
 typedef struct {
     bt_pool_t *pool;
     int tid;
 } s_worker_arg_t;
 
-static void s_run_share(bt_pool_t *p, int tid)
+/* Claims and runs shares until none is left. Share i is items [chunks i / shares,
+ * chunks (i + 1) / shares) x grain: which thread runs it never changes what it is. */
+static void s_run_shares(bt_pool_t *p, int tid)
 {
-    int64_t chunks = (p->n + p->grain - 1) / p->grain;
-    int64_t c0 = chunks * tid / p->threads, c1 = chunks * (tid + 1) / p->threads;
-    int64_t begin = c0 * p->grain, end = c1 * p->grain;
-    if (end > p->n) end = p->n;
-    if (begin < end) p->fn(p->arg, begin, end, tid);
+    for (;;) {
+        int64_t i = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
+        if (i >= p->shares) return;
+        int64_t c0 = p->chunks * i / p->shares, c1 = p->chunks * (i + 1) / p->shares;
+        int64_t begin = c0 * p->grain, end = c1 * p->grain;
+        if (end > p->n) end = p->n;
+        if (begin < end) p->fn(p->arg, begin, end, tid);
+    }
 }
 
 static void *s_worker(void *varg)
@@ -54,10 +70,12 @@ static void *s_worker(void *varg)
         while (!p->stop && p->generation == seen) pthread_cond_wait(&p->cv_work, &p->mu);
         if (p->stop) break;
         seen = p->generation;
+        if (!p->open) continue; /* woke too late: the caller ran it all */
+        p->active++;
         pthread_mutex_unlock(&p->mu);
-        s_run_share(p, wa.tid);
+        s_run_shares(p, wa.tid);
         pthread_mutex_lock(&p->mu);
-        if (--p->pending == 0) pthread_cond_signal(&p->cv_done);
+        if (--p->active == 0 && !p->open) pthread_cond_signal(&p->cv_done);
     }
     pthread_mutex_unlock(&p->mu);
     return NULL;
@@ -142,14 +160,18 @@ void bt_pool_run(bt_pool_t *p, int64_t n, int64_t grain, bt_task_fn fn, void *ar
     p->arg = arg;
     p->n = n;
     p->grain = grain;
-    p->pending = p->threads - 1;
+    p->chunks = (n + grain - 1) / grain;
+    p->shares = p->chunks < (int64_t)p->threads * SHARES_PER_THREAD ? p->chunks : (int64_t)p->threads * SHARES_PER_THREAD;
+    atomic_store_explicit(&p->next, 0, memory_order_relaxed);
+    p->open = true;
     p->generation++;
     pthread_cond_broadcast(&p->cv_work);
     pthread_mutex_unlock(&p->mu);
 
-    s_run_share(p, 0);
+    s_run_shares(p, 0);
 
     pthread_mutex_lock(&p->mu);
-    while (p->pending > 0) pthread_cond_wait(&p->cv_done, &p->mu);
+    p->open = false;
+    while (p->active > 0) pthread_cond_wait(&p->cv_done, &p->mu);
     pthread_mutex_unlock(&p->mu);
 }

@@ -2,9 +2,11 @@
  * pool.h — a fixed thread pool and a portable parallel loop.
  *
  * bt_pool_run(pool, n, grain, fn, arg) splits [0, n) into chunks of `grain` items
- * and gives each thread one contiguous run of chunks (the caller is thread 0).
- * The split depends only on n, grain and the thread count, never on timing, so a
- * kernel that computes each item independently gives the same bytes on every run.
+ * and the chunks into a few contiguous shares per thread, which the threads claim
+ * as they come (the caller is thread 0). The split depends only on n, grain and
+ * the thread count, never on timing; which thread runs a share does. A kernel
+ * that computes each item independently (per-thread scratch indexed by tid is
+ * fine) gives the same bytes on every run and for any thread count.
  * Thread count: BOOTH_THREADS, else the number of online CPUs.
  */
 #ifndef BOOTH_COMMON_POOL_H
@@ -14,7 +16,8 @@
 
 typedef struct bt_pool bt_pool_t;
 
-/* Called once per thread that has work: items [begin, end), tid in [0, threads). */
+/* Called once per share: items [begin, end), run by thread tid in [0, threads)
+ * (a thread may run several shares of a job, one after another). */
 typedef void (*bt_task_fn)(void *arg, int64_t begin, int64_t end, int tid);
 
 bt_pool_t *bt_pool_new(int threads);

@@ -6,7 +6,7 @@
  * 207) and silently uses its generic "Prescott" SSE3 kernels there: 64 GFLOP/s
  * instead of 310 on two cores. OPENBLAS_CORETYPE fixes that, but OpenBLAS reads
  * it while the library is loaded, before main() runs; so nn_process_init() sets
- * it and re-executes the program once.
+ * it (and OPENBLAS_NUM_THREADS=1, see there) and re-executes the program once.
  *
  * Threads: OpenBLAS always runs single-threaded. Its own worker threads would
  * spin on sched_yield between calls and fight booth's pool for the same cores;
@@ -16,6 +16,7 @@
  * thread count.
  */
 #include <cblas.h>
+#include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +33,7 @@
 extern char *openblas_get_corename(void);
 extern char *openblas_get_config(void);
 extern void openblas_set_num_threads(int num_threads);
+extern int openblas_get_num_threads(void);
 
 static bool s_in_list(const char *name, const char *const *list)
 {
@@ -40,15 +42,16 @@ static bool s_in_list(const char *name, const char *const *list)
     return false;
 }
 
-void nn_process_init(int argc, char **argv)
+/* The OpenBLAS kernels this CPU should use, or NULL when its choice is fine (or
+ * the user made it with OPENBLAS_CORETYPE). */
+static const char *s_wanted_core(void)
 {
-    (void)argc;
-    if (getenv("OPENBLAS_CORETYPE")) return; /* the user chose */
+    if (getenv("OPENBLAS_CORETYPE")) return NULL; /* the user chose */
     __builtin_cpu_init();
     static const char *const avx512_cores[] = {"SkylakeX", "Cooperlake", "SapphireRapids", NULL};
     static const char *const avx2_cores[] = {"Haswell", "Zen", "SkylakeX", "Cooperlake", "SapphireRapids", NULL};
-    const char *want = NULL;
-    const char *const *good = NULL;
+    const char *want;
+    const char *const *good;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) {
         want = "SkylakeX";
@@ -57,19 +60,36 @@ void nn_process_init(int argc, char **argv)
         want = "Haswell";
         good = avx2_cores;
     } else {
-        return;
+        return NULL;
     }
     const char *core = openblas_get_corename();
-    if (!core || s_in_list(core, good)) return;
+    return !core || s_in_list(core, good) ? NULL : want;
+}
+
+void nn_process_init(int argc, char **argv)
+{
+    (void)argc;
+    /* OpenBLAS starts one thread per core when it is loaded, and after start-up
+     * (and after every multi-threaded call) they spin on sched_yield for a while:
+     * long enough to halve the speed of booth's pool on short runs (a small
+     * convolution measured 0.9 ms without them, 1.7 ms with). booth never runs
+     * OpenBLAS multi-threaded, so it asks for none of them. */
+    const char *want = s_wanted_core();
+    bool threads = openblas_get_num_threads() > 1;
+    if (!want && !threads) return;
     if (getenv("BOOTH_BLAS_REEXEC")) {
-        BT_WARN("OpenBLAS still uses its '%s' kernels; set OPENBLAS_CORETYPE=%s for full speed", core, want);
+        if (want)
+            BT_WARN("OpenBLAS still uses its '%s' kernels; set OPENBLAS_CORETYPE=%s for full speed",
+                    openblas_get_corename(), want);
         return;
     }
-    setenv("OPENBLAS_CORETYPE", want, 1);
+    if (want) setenv("OPENBLAS_CORETYPE", want, 1);
+    if (threads) setenv("OPENBLAS_NUM_THREADS", "1", 1);
     setenv("BOOTH_BLAS_REEXEC", "1", 1);
     fflush(NULL);
     execv("/proc/self/exe", argv);
-    BT_WARN("OpenBLAS uses its '%s' kernels and re-executing with OPENBLAS_CORETYPE=%s failed", core, want);
+    BT_WARN("re-executing with OPENBLAS_CORETYPE=%s OPENBLAS_NUM_THREADS=1 failed: %s", want ? want : "(unset)",
+            strerror(errno));
 }
 
 const char *nn_blas_info(void)
