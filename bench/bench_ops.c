@@ -195,6 +195,8 @@ static row_t s_rows[] = {
     {"vae_conv_512_128", "conv3x3 512->512 @128x128 (VAE decoder)", s_conv, {512, 128, 128}, {0}, true},
     {"vae_conv_256_256", "conv3x3 256->256 @256x256 (VAE decoder)", s_conv, {256, 256, 256}, {0}, true},
     {"vae_conv_128_512", "conv3x3 128->128 @512x512 (VAE decoder)", s_conv, {128, 512, 512}, {0}, true},
+    {"tiny_conv_32_128", "conv3x3 32->32 @128x128 (tiny VAE decoder)", s_conv, {32, 128, 128}, {0}, true},
+    {"tiny_conv_64_32", "conv3x3 64->64 @32x32 (tiny VAE decoder)", s_conv, {64, 32, 32}, {0}, true},
     {"groupnorm_320_64", "group norm 32 groups, 320x64x64", s_gn, {320, 4096, 32}, {0}, false},
     {"self_attn_4096", "self-attention 4096 tok x 8 heads x 40", s_attn, {4096, 4096, 8, 40}, {0}, false},
     {"self_attn_1024", "self-attention 1024 tok x 8 heads x 80", s_attn, {1024, 1024, 8, 80}, {0}, false},

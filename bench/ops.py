@@ -192,6 +192,8 @@ ROWS = {
     "vae_conv_512_128": lambda: conv_row(512, 128, 128),
     "vae_conv_256_256": lambda: conv_row(256, 256, 256),
     "vae_conv_128_512": lambda: conv_row(128, 512, 512),
+    "tiny_conv_32_128": lambda: conv_row(32, 128, 128),
+    "tiny_conv_64_32": lambda: conv_row(64, 32, 32),
     "groupnorm_320_64": lambda: gn_row(320, 4096, 32),
     "self_attn_4096": lambda: attn_row(4096, 4096, 8, 40),
     "self_attn_1024": lambda: attn_row(1024, 1024, 8, 80),

@@ -18,6 +18,10 @@
  * each, split over xi), output transform (split over output channels). Every
  * number is computed by the same arithmetic in the same order whatever the
  * thread count, so results are byte-identical for any number of threads.
+ * With few channels (C K < SMALL_CK) those steps are too short to share out,
+ * so bands are smaller and whole bands run in parallel instead (forward and input
+ * gradient: the same arithmetic per band; weight gradient: bands in a fixed
+ * number of groups, each summed in order, the groups then added in order).
  *
  * The input gradient of a stride-1 3x3 convolution is itself one: dout
  * convolved with the kernel rotated by 180 degrees and transposed (in <-> out
@@ -56,6 +60,13 @@
 
 /* Band sizing: aim for this many tiles per sgemm (its N) ... */
 #define BAND_TILES 512
+/* ... except with few channels (C K below SMALL_CK), where a band's three steps
+ * are too short to share out (waking a thread costs more): then an image gets at
+ * least 4 bands of at least SMALL_BAND_TILES tiles, and whole bands run in
+ * parallel, each thread with its own V and M. The bands' arithmetic is the same
+ * either way, so the results are too. */
+#define SMALL_CK (256 * 256)
+#define SMALL_BAND_TILES 64
 /* ... unless a band's V and M (16 (in + out) channels x tiles floats) would exceed this. */
 #define BAND_BYTES ((int64_t)32 << 20)
 
@@ -65,6 +76,7 @@ typedef struct {
     int64_t pt, pl;     /* top/left zero padding; bottom/right follow from OH, OW */
     int64_t TH, TW;     /* tiles per image: ceil(OH/2) x ceil(OW/2) */
     int64_t RB, nbands; /* tile rows per band, bands per image */
+    bool small;         /* C K < SMALL_CK: bands in parallel (forward and input gradient) */
     int64_t PWp;        /* padded row length the transforms read: 2 TW rounded up to 2 L, + 2 */
 } s_geom_t;
 
@@ -102,6 +114,12 @@ static void s_geom(s_geom_t *g, int64_t B, int64_t C, int64_t H, int64_t W, int6
     int64_t rows = g->TH;
     int64_t per_tile = NXI * (C + K) * (int64_t)sizeof(float);
     int64_t tiles = BAND_TILES, cap = BAND_BYTES / per_tile;
+    g->small = C * K < SMALL_CK;
+    if (g->small) {
+        int64_t quarter = (g->TH * g->TW + 3) / 4;
+        if (tiles > quarter) tiles = quarter;
+        if (tiles < SMALL_BAND_TILES) tiles = SMALL_BAND_TILES;
+    }
     if (tiles > cap) tiles = cap;
     int64_t rb = (tiles + g->TW - 1) / g->TW;
     if (rb < 1 || s_tiny) rb = 1;
@@ -331,10 +349,31 @@ static void s_output_task(void *arg, int64_t k0, int64_t k1, int tid)
     for (int64_t k = k0; k < k1; k++) s_output_channel(p, k);
 }
 
-/* scratch layout: U | V | M | per-thread rows */
+/* scratch layout: U | V | M | per-thread rows; small problems: U | per thread (V | M | rows) */
 static size_t s_conv_floats(const s_geom_t *g, int threads)
 {
+    if (g->small && threads > 1)
+        return (size_t)(NXI * g->K * g->C) + (size_t)threads * (s_band_floats(g) + s_thread_floats(g));
     return (size_t)(NXI * g->K * g->C) + s_band_floats(g) + (size_t)threads * s_thread_floats(g);
+}
+
+/* small problems: item = (image, band), all three steps on this thread's V and M */
+static void s_band_task(void *arg, int64_t i0, int64_t i1, int tid)
+{
+    const s_wino_t *p = arg;
+    const s_geom_t *g = &p->g;
+    s_wino_t q = *p;
+    float *mine = p->V + (size_t)tid * (s_band_floats(g) + s_thread_floats(g));
+    q.V = mine;
+    q.M = q.V + NXI * g->C * g->RB * g->TW;
+    q.buf = q.M + NXI * g->K * g->RB * g->TW;
+    for (int64_t i = i0; i < i1; i++) {
+        q.b = i / g->nbands;
+        s_band(&q, i % g->nbands);
+        for (int64_t c = 0; c < g->C; c++) s_input_channel(&q, c, q.buf);
+        s_gemm_task(&q, 0, NXI, tid);
+        s_output_task(&q, 0, g->K, tid);
+    }
 }
 
 static void s_conv_run(nn_ctx_t *ctx, s_wino_t *p, float *scratch)
@@ -342,6 +381,12 @@ static void s_conv_run(nn_ctx_t *ctx, s_wino_t *p, float *scratch)
     const s_geom_t *g = &p->g;
     p->U = scratch;
     p->V = p->U + NXI * g->K * g->C;
+    if (g->small && ctx->threads > 1) {
+        nn_cpu_parallel(ctx, p->K0, 1, s_weight_task, p);
+        nn_cpu_blas_threads(1);
+        nn_cpu_parallel(ctx, g->B * g->nbands, 1, s_band_task, p);
+        return;
+    }
     p->M = p->V + NXI * g->C * g->RB * g->TW;
     p->buf = p->M + NXI * g->K * g->RB * g->TW;
     p->buf_floats = s_thread_floats(g);
@@ -478,20 +523,74 @@ static void s_dw_task(void *arg, int64_t k0, int64_t k1, int tid)
 }
 
 /* scratch layout: Mh | V | D | per-thread rows */
+/* Small problems: the bands are cut into DW_GROUPS fixed groups (by the band
+ * count only) that run in parallel, each adding its bands in order into its own
+ * Mh; the groups' Mh are then added in group order. */
+#define DW_GROUPS 4
+
+static int64_t s_dw_groups(const s_geom_t *g)
+{
+    int64_t items = g->B * g->nbands;
+    return g->small ? (items < DW_GROUPS ? items : DW_GROUPS) : 1;
+}
+
+/* scratch layout: Mh (groups of them) | V | D | per-thread rows; small: Mh x groups | per thread (V | D | rows) */
 static size_t s_dw_floats(const s_geom_t *g, int threads)
 {
-    return (size_t)(NXI * g->K * g->C) + s_band_floats(g) + (size_t)threads * s_thread_floats(g);
+    size_t mh = (size_t)(NXI * g->K * g->C);
+    if (g->small) return mh * (size_t)s_dw_groups(g) + (size_t)threads * (s_band_floats(g) + s_thread_floats(g));
+    return mh + s_band_floats(g) + (size_t)threads * s_thread_floats(g);
+}
+
+static void s_dw_group_task(void *arg, int64_t g0, int64_t g1, int tid)
+{
+    const s_wino_t *p = arg;
+    const s_geom_t *g = &p->g;
+    int64_t items = g->B * g->nbands, groups = s_dw_groups(g);
+    s_wino_t q = *p;
+    q.V = p->V + (size_t)tid * (s_band_floats(g) + s_thread_floats(g));
+    q.D = q.V + NXI * g->C * g->RB * g->TW;
+    q.buf = q.D + NXI * g->K * g->RB * g->TW;
+    for (int64_t grp = g0; grp < g1; grp++) {
+        q.Mh = p->Mh + grp * NXI * g->K * g->C;
+        int64_t i0 = items * grp / groups, i1 = items * (grp + 1) / groups;
+        for (int64_t i = i0; i < i1; i++) {
+            q.b = i / g->nbands;
+            s_band(&q, i % g->nbands);
+            q.beta = i > i0 ? 1.0f : 0.0f;
+            s_dw_transform_task(&q, 0, g->C + g->K, 0);
+            s_dw_gemm_task(&q, 0, NXI, tid);
+        }
+    }
+}
+
+static void s_dw_sum_task(void *arg, int64_t j0, int64_t j1, int tid)
+{
+    const s_wino_t *p = arg;
+    const s_geom_t *g = &p->g;
+    int64_t groups = s_dw_groups(g), n = NXI * g->K * g->C;
+    for (int64_t grp = 1; grp < groups; grp++) {
+        const float *src = p->Mh + grp * n;
+        for (int64_t j = j0; j < j1; j++) p->Mh[j] += src[j];
+    }
 }
 
 static void s_dw_run(nn_ctx_t *ctx, s_wino_t *p, float *scratch)
 {
     const s_geom_t *g = &p->g;
     p->Mh = scratch;
+    p->buf_floats = s_thread_floats(g);
+    nn_cpu_blas_threads(1);
+    if (g->small) {
+        p->V = p->Mh + (size_t)s_dw_groups(g) * NXI * g->K * g->C;
+        nn_cpu_parallel(ctx, s_dw_groups(g), 1, s_dw_group_task, p);
+        nn_cpu_parallel(ctx, NXI * g->K * g->C, 4096, s_dw_sum_task, p);
+        nn_cpu_parallel(ctx, g->K, 1, s_dw_task, p);
+        return;
+    }
     p->V = p->Mh + NXI * g->K * g->C;
     p->D = p->V + NXI * g->C * g->RB * g->TW;
     p->buf = p->D + NXI * g->K * g->RB * g->TW;
-    p->buf_floats = s_thread_floats(g);
-    nn_cpu_blas_threads(1);
     for (p->b = 0; p->b < g->B; p->b++)
         for (int64_t band = 0; band < g->nbands; band++) {
             s_band(p, band);
