@@ -16,11 +16,11 @@ rm -rf "$OUT"
 mkdir -p "$OUT"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "1/4 a tiny Stable Diffusion model (random weights, real layout and CLIP vocabulary)"
+step "1/5 a tiny Stable Diffusion model (random weights, real layout and CLIP vocabulary)"
 "$BOOTH" init-model --arch tiny --seed 0 --out "$OUT/model"
 "$BOOTH" tokenize --model "$OUT/model" --prompt "a photo of sks robot"
 
-step "2/4 DreamBooth LoRA training: 5 photos of 'sks robot' + 8 class images of 'robot'"
+step "2/5 DreamBooth LoRA training: 5 photos of 'sks robot' + 8 class images of 'robot'"
 "$BOOTH" train --model "$OUT/model" \
     --instance-data-dir "$SUBJECT" --instance-prompt "a photo of sks robot" \
     --class-prompt "a photo of robot" --with-prior-preservation --num-class-images 8 \
@@ -29,7 +29,7 @@ step "2/4 DreamBooth LoRA training: 5 photos of 'sks robot' + 8 class images of 
     --validation-prompt "a sks robot in the snow" --validation-steps 75 --num-validation-images 4 \
     --checkpointing-steps 75 --seed 0 --output-dir "$OUT/run"
 
-step "3/4 generating with the LoRA, loaded from both export layouts"
+step "3/5 generating with the LoRA, loaded from both export layouts"
 "$BOOTH" generate --model "$OUT/model" --lora "$OUT/run/pytorch_lora_weights.safetensors" \
     --prompt "a sks robot in the snow" --num-images 2 --steps 25 --seed 1 --width 128 --height 128 \
     --out "$OUT/images/snow.png"
@@ -37,7 +37,12 @@ step "3/4 generating with the LoRA, loaded from both export layouts"
     --lora-scale-unet 0.8 --prompt "a sks robot in the style of van gogh" --steps 25 --seed 2 \
     --width 128 --height 128 --out "$OUT/images/van_gogh.png"
 
-step "4/4 a knob grid: UNet LoRA scale x text-encoder LoRA scale, per guidance scale"
+step "4/5 the last HDF5 checkpoint: what it holds, its images, its LoRA re-exported"
+"$BOOTH" inspect "$OUT/run/checkpoint-150.h5" | sed -n 1,4p
+"$BOOTH" inspect "$OUT/run/checkpoint-150.h5" --contact-sheet "$OUT/checkpoint-images.png"
+"$BOOTH" export "$OUT/run/checkpoint-150.h5" --format kohya -o "$OUT/checkpoint-150-kohya.safetensors"
+
+step "5/5 a knob grid: UNet LoRA scale x text-encoder LoRA scale, per guidance scale"
 "$BOOTH" grid --model "$OUT/model" --lora "$OUT/run/pytorch_lora_weights.safetensors" \
     --prompt "a sks robot in the snow" --lora-scales-unet 0,0.5,1 --lora-scales-text 0,1 \
     --guidance 3,7.5 --steps 20 --seed 3 --width 128 --height 128 --out "$OUT/grid.png"
@@ -50,7 +55,8 @@ cat <<EOT
   LoRA (kohya)        $OUT/run/pytorch_lora_weights_kohya.safetensors
   loss log / curve    $OUT/run/loss.csv  $OUT/run/loss.png
   validation grids    $OUT/run/validation/
-  checkpoint          $OUT/run/checkpoint-75/
+  checkpoints         $OUT/run/checkpoint-75.h5  $OUT/run/checkpoint-150.h5
+  their images        $OUT/checkpoint-images.png
   generated images    $OUT/images/
   knob grids          $OUT/grid-cfg3.png  $OUT/grid-cfg7.5.png
 EOT
