@@ -172,12 +172,45 @@ static int s_resnets(sd_run_t *r, const sd_vae_block_t *b, float **x, float **tm
     return rc;
 }
 
-static int64_t s_max_channels(const sd_vae_config_t *c)
+static int64_t s_max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* The largest activation, in floats per image, that the encoder's ping-pong
+ * buffers x and tmp hold (following sd_vae_encode step by step): sizing them by
+ * the widest block at full resolution would take 2 x 512 MiB for a 512 px SD
+ * image instead of 2 x 128 MiB. */
+static int64_t s_encode_cap(const sd_vae_t *v, int64_t H, int64_t W)
 {
-    int64_t m = c->in_channels > c->out_channels ? c->in_channels : c->out_channels;
-    for (int i = 0; i < c->n_blocks; i++)
-        if (c->block_out_channels[i] > m) m = c->block_out_channels[i];
-    return m > 2 * c->latent_channels ? m : 2 * c->latent_channels;
+    const sd_vae_config_t *c = &v->cfg;
+    int64_t hh = H, ww = W, prev = c->block_out_channels[0], cap = prev * H * W;
+    for (int i = 0; i < c->n_blocks; i++) {
+        const sd_vae_block_t *b = &v->enc_down[i];
+        cap = s_max64(cap, s_max64(prev, b->out_channels) * hh * ww);
+        if (b->has_sampler) {
+            hh = sd_conv_out_size(&b->sampler, hh);
+            ww = (ww + 1 - 3) / 2 + 1;
+            cap = s_max64(cap, b->out_channels * hh * ww);
+        }
+        prev = b->out_channels;
+    }
+    return s_max64(cap, s_max64(prev, 2 * c->latent_channels) * hh * ww); /* mid block, norm, conv_out */
+}
+
+/* The same for sd_vae_decode, from latents of h x w. */
+static int64_t s_decode_cap(const sd_vae_t *v, int64_t h, int64_t w)
+{
+    const sd_vae_config_t *c = &v->cfg;
+    int64_t hh = h, ww = w, prev = c->block_out_channels[c->n_blocks - 1], cap = prev * h * w;
+    for (int i = 0; i < c->n_blocks; i++) {
+        const sd_vae_block_t *b = &v->dec_up[i];
+        cap = s_max64(cap, s_max64(prev, b->out_channels) * hh * ww);
+        if (b->has_sampler) {
+            hh *= 2;
+            ww *= 2;
+            cap = s_max64(cap, b->out_channels * hh * ww);
+        }
+        prev = b->out_channels;
+    }
+    return cap;
 }
 
 int sd_vae_encode(sd_run_t *r, const sd_vae_t *v, float *mean, float *logvar, const float *image, int64_t B,
@@ -187,7 +220,7 @@ int sd_vae_encode(sd_run_t *r, const sd_vae_t *v, float *mean, float *logvar, co
     bt_stack_mark_t mk = bt_stack_mark(r->scratch);
     const sd_vae_config_t *c = &v->cfg;
     int n = c->n_blocks;
-    int64_t cap = B * s_max_channels(c) * H * W, L = c->latent_channels;
+    int64_t cap = B * s_encode_cap(v, H, W), L = c->latent_channels;
     float *x, *tmp, *mom;
     ALLOC(x, cap);
     ALLOC(tmp, cap);
@@ -240,8 +273,8 @@ int sd_vae_decode(sd_run_t *r, const sd_vae_t *v, float *image, const float *z, 
     bt_stack_mark_t mk = bt_stack_mark(r->scratch);
     const sd_vae_config_t *c = &v->cfg;
     int n = c->n_blocks;
-    int64_t scale = (int64_t)1 << (n - 1), L = c->latent_channels, top = c->block_out_channels[n - 1];
-    int64_t cap = B * s_max_channels(c) * (h * scale) * (w * scale);
+    int64_t L = c->latent_channels, top = c->block_out_channels[n - 1];
+    int64_t cap = B * s_decode_cap(v, h, w);
     float *x, *tmp, *zq;
     ALLOC(zq, B * L * h * w);
     ALLOC(x, cap);
