@@ -728,18 +728,19 @@ int sd_checkpoint_prune(const char *dir, int keep)
 /* ---- export ---- */
 
 /* A LoRA set built from the checkpoint's tensors alone (no model): enough for
- * sd_lora_save, which needs names, shapes, rank, alpha and data. The layers it
- * points at are placeholders (sd_lora_destroy only compares them). */
+ * sd_lora_save, which needs names, shapes, rank, alpha and data. Its layers are
+ * shape-only descriptors (in and out sizes from the A and B tensors, no weights):
+ * nothing here runs a forward pass. */
 typedef struct {
     sd_lora_set_t *set;
-    sd_linear_t *dummies;
+    sd_linear_t *shapes;
 } s_detached_t;
 
 static void s_detached_free(s_detached_t *d)
 {
     sd_lora_destroy(&d->set);
-    free(d->dummies);
-    d->dummies = NULL;
+    free(d->shapes);
+    d->shapes = NULL;
 }
 
 static int s_detached_build(bt_h5_file_t *f, nn_ctx_t *ctx, st_lora_part_t part, char **names, int n, int64_t rank,
@@ -766,8 +767,8 @@ static int s_detached_build(bt_h5_file_t *f, nn_ctx_t *ctx, st_lora_part_t part,
     s->adapters = calloc((size_t)na, sizeof *s->adapters);
     s->layers = calloc((size_t)na, sizeof *s->layers);
     s->modules = calloc((size_t)na, sizeof *s->modules);
-    out->dummies = calloc((size_t)na, sizeof *out->dummies);
-    if (!s->adapters || !s->layers || !s->modules || !out->dummies) return BT_ENOMEM;
+    out->shapes = calloc((size_t)na, sizeof *out->shapes);
+    if (!s->adapters || !s->layers || !s->modules || !out->shapes) return BT_ENOMEM;
     int rc = BT_OK;
     for (int i = 0; i < n && rc == BT_OK; i++) {
         if (!st_lora_parse_key(names[i], &k)) {
@@ -802,7 +803,7 @@ static int s_detached_build(bt_h5_file_t *f, nn_ctx_t *ctx, st_lora_part_t part,
         sd_params_add(&s->params, NULL, SD_INIT_ZERO, 0, 2, info.shape, "%s.lora_%s.weight", k.module,
                       want_b ? "B" : "A");
         if (want_b) {
-            sd_linear_t *l = &out->dummies[s->n];
+            sd_linear_t *l = &out->shapes[s->n];
             l->in = s->params.p[s->params.n - 2].shape[1];
             l->out = info.shape[0];
             s->layers[s->n] = l;

@@ -13,32 +13,7 @@
 
 #include "common/log.h"
 #include "common/status.h"
-
-#define TRY(x)                                                                                                 \
-    do {                                                                                                       \
-        if ((rc = (x)) != BT_OK) goto out;                                                                     \
-    } while (0)
-#define ALLOC(p, n)                                                                                            \
-    do {                                                                                                       \
-        if (!((p) = sd_scratch(r, (n)))) {                                                                     \
-            rc = BT_ENOMEM;                                                                                    \
-            goto out;                                                                                          \
-        }                                                                                                      \
-    } while (0)
-#define KEEP(p, n)                                                                                             \
-    do {                                                                                                       \
-        if (!((p) = r->tape ? sd_tape_alloc(r->tape, (n)) : sd_scratch(r, (n)))) {                             \
-            rc = BT_ENOMEM;                                                                                    \
-            goto out;                                                                                          \
-        }                                                                                                      \
-    } while (0)
-#define POP(p)                                                                                                 \
-    do {                                                                                                       \
-        if (!((p) = sd_tape_pop(r->tape))) {                                                                   \
-            rc = BT_EINTERNAL;                                                                                 \
-            goto out;                                                                                          \
-        }                                                                                                      \
-    } while (0)
+#include "diffusion/run_macros.h"
 
 static nn_act_t s_act(sd_act_t a)
 {

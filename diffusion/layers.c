@@ -16,43 +16,7 @@
 
 #include "common/log.h"
 #include "common/status.h"
-
-#define TRY(x)                                                                                                 \
-    do {                                                                                                       \
-        if ((rc = (x)) != BT_OK) goto out;                                                                     \
-    } while (0)
-#define ALLOC(p, n)                                                                                            \
-    do {                                                                                                       \
-        if (!((p) = sd_scratch(r, (n)))) {                                                                     \
-            rc = BT_ENOMEM;                                                                                    \
-            goto out;                                                                                          \
-        }                                                                                                      \
-    } while (0)
-/* Memory that backward will need: tape in training, scratch otherwise. */
-#define KEEP(p, n)                                                                                             \
-    do {                                                                                                       \
-        if (!((p) = r->tape ? sd_tape_alloc(r->tape, (n)) : sd_scratch(r, (n)))) {                             \
-            rc = BT_ENOMEM;                                                                                    \
-            goto out;                                                                                          \
-        }                                                                                                      \
-    } while (0)
-/* The caller's tensor, copied to the tape in training (the caller may reuse it). */
-#define KEEP_COPY(p, src, n)                                                                                   \
-    do {                                                                                                       \
-        if (!r->tape)                                                                                          \
-            (p) = (float *)(src);                                                                              \
-        else if (!((p) = sd_tape_save(r->tape, r->nn, (src), (n)))) {                                          \
-            rc = BT_ENOMEM;                                                                                    \
-            goto out;                                                                                          \
-        }                                                                                                      \
-    } while (0)
-#define POP(p)                                                                                                 \
-    do {                                                                                                       \
-        if (!((p) = sd_tape_pop(r->tape))) {                                                                   \
-            rc = BT_EINTERNAL;                                                                                 \
-            goto out;                                                                                          \
-        }                                                                                                      \
-    } while (0)
+#include "diffusion/run_macros.h"
 
 void sd_hook(const sd_run_t *r, const float *data, int ndim, const int64_t *shape, const char *fmt, ...)
 {

@@ -22,18 +22,7 @@
 
 #include "common/log.h"
 #include "common/status.h"
-
-#define TRY(x)                                                                                                 \
-    do {                                                                                                       \
-        if ((rc = (x)) != BT_OK) goto out;                                                                     \
-    } while (0)
-#define ALLOC(p, n)                                                                                            \
-    do {                                                                                                       \
-        if (!((p) = sd_scratch(r, (n)))) {                                                                     \
-            rc = BT_ENOMEM;                                                                                    \
-            goto out;                                                                                          \
-        }                                                                                                      \
-    } while (0)
+#include "diffusion/run_macros.h"
 
 #define MAX_SKIPS (1 + SD_MAX_BLOCKS * (SD_MAX_LAYERS + 1))
 
