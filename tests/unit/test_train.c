@@ -32,7 +32,7 @@ static void s_make_subject(const char *dir, int n)
     }
 }
 
-static sd_trainer_t *s_trainer(nn_ctx_t *ctx, const char *dir, bool prior, bool text, uint64_t seed)
+static sd_trainer_t *s_trainer_res(nn_ctx_t *ctx, const char *dir, bool prior, bool text, uint64_t seed, int res)
 {
     sd_train_config_t c;
     sd_train_config_defaults(&c);
@@ -47,18 +47,23 @@ static sd_trainer_t *s_trainer(nn_ctx_t *ctx, const char *dir, bool prior, bool 
     c.class_prompt = "a photo of toy";
     c.prior_preservation = prior;
     c.num_class_images = 2;
-    c.resolution = 64;
+    c.resolution = res;
     c.max_train_steps = 30;
     c.learning_rate = 1e-2f; /* a random tiny UNet needs a bold rate to move in 30 steps */
     c.train_text_encoder = text;
     c.random_flip = true;
     c.seed = seed;
     sd_model_t *m = sd_model_load(ctx, model, SD_PART_ALL);
-    if (m && prior && sd_class_images_ensure(m, cls, c.class_prompt, 2, 64, seed, 3, 7.5f, NULL, NULL) < 0)
+    if (m && prior && sd_class_images_ensure(m, cls, c.class_prompt, 2, res, seed, 3, 7.5f, NULL, NULL) < 0)
         sd_model_destroy(&m);
     sd_trainer_t *t = m ? sd_trainer_new(&m, &c, NULL, NULL) : NULL;
     free(model);
     return t;
+}
+
+static sd_trainer_t *s_trainer(nn_ctx_t *ctx, const char *dir, bool prior, bool text, uint64_t seed)
+{
+    return s_trainer_res(ctx, dir, prior, text, seed, 64);
 }
 
 static void s_setup(char *dir, size_t len)
@@ -147,22 +152,29 @@ TEST(train_plan_is_a_function_of_seed_and_step)
     nn_ctx_destroy(&ctx);
 }
 
-/* dL/dA and dL/dB of a few adapters against central differences of the loss. */
+/* dL/dA and dL/dB of a few adapters against central differences of the loss.
+ *
+ * The point is chosen so that differences can resolve the gradient: 128 px (the
+ * tiny UNet's native size; at 64 px its mid block sees 1x1 latents, where a
+ * group norm of 32 groups over 64 channels normalises pairs of values and the
+ * loss jumps wherever two of them cross), and LoRA B set to small seeded values
+ * instead of trained there with a bold rate (which could land anywhere). */
 TEST(train_lora_gradients_match_finite_differences)
 {
     char dir[512];
     s_setup(dir, sizeof dir);
     nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, 0);
     REQUIRE(ctx);
-    sd_trainer_t *t = s_trainer(ctx, dir, false, true, 9);
+    sd_trainer_t *t = s_trainer_res(ctx, dir, false, true, 9, 128);
     REQUIRE(t);
-    /* give B non-zero values so gradients of A are non-zero too */
-    for (int s = 0; s < 4; s++) {
-        sd_step_stats_t st;
-        REQUIRE(sd_trainer_step(t, &st) == 0);
-    }
-    double loss, l0, lp, lm;
     sd_lora_set_t *sets[2] = {t->lora_unet, t->lora_text};
+    tu_rng_t rng = tu_rng(5);
+    for (int s = 0; s < 2; s++) /* B = 0 would leave every dL/dA at 0 */
+        for (int i = 0; i < sets[s]->params.n; i++) {
+            sd_param_t *p = &sets[s]->params.p[i];
+            if (strstr(p->name, "lora_B")) tu_fill_normal(&rng, p->data, p->shape[0] * p->shape[1], 0.02f);
+        }
+    double loss, l0, lp, lm;
     int checked = 0;
     for (int s = 0; s < 2; s++) {
         sd_lora_set_t *L = sets[s];
@@ -176,15 +188,16 @@ TEST(train_lora_gradients_match_finite_differences)
             int64_t n = p->shape[0] * p->shape[1], best = 0;
             for (int64_t i = 1; i < n; i++)
                 if (fabsf(g[i]) > fabsf(g[best])) best = i;
-            float gi = g[best], x0 = p->data[best], h = 1e-2f * fmaxf(fabsf(x0), 0.1f);
+            float gi = g[best], x0 = p->data[best], h = 0.1f * fmaxf(fabsf(x0), 0.1f);
             p->data[best] = x0 + h;
             REQUIRE(sd_trainer_microbatch(t, 0, 0, &lp, &l0, &l0) == 0);
             p->data[best] = x0 - h;
             REQUIRE(sd_trainer_microbatch(t, 0, 0, &lm, &l0, &l0) == 0);
             p->data[best] = x0;
             double fd = (lp - lm) / (2.0 * h);
-            /* a float32 loss near 1 resolves about 1e-7, so differences below ~1e-4 are noise */
-            CHECKF(fabs(fd - gi) <= 0.05 * fabs(fd) + 1e-4, "%s[%lld]: analytic %.6g, finite difference %.6g",
+            /* a float32 loss near 1 resolves about 1e-7, so with h >= 0.01 differences
+             * carry up to ~5e-6 of noise; the curvature error at this h is well under 1 % */
+            CHECKF(fabs(fd - gi) <= 0.02 * fabs(fd) + 5e-6, "%s[%lld]: analytic %.6g, finite difference %.6g",
                    p->name, (long long)best, gi, fd);
             printf("%-80s analytic %+.6e  fd %+.6e\n", p->name, gi, fd);
             checked++;
