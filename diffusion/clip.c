@@ -36,8 +36,8 @@ sd_clip_t *sd_clip_new(const sd_clip_config_t *cfg)
     int64_t C = cfg->hidden_size, L = cfg->num_layers;
     c->layers = calloc((size_t)L, sizeof *c->layers);
     if (!c->layers) goto out_fail;
-    sd_params_add(ps, &c->tok_emb, SD_INIT_NORMAL, 0.02f, 2, (int64_t[]){cfg->vocab_size, C},
-                  "text_model.embeddings.token_embedding.weight");
+    sd_params_add_weight(ps, &c->tok_emb, SD_INIT_NORMAL, 0.02f, 2, (int64_t[]){cfg->vocab_size, C},
+                         "text_model.embeddings.token_embedding.weight");
     sd_params_add(ps, &c->pos_emb, SD_INIT_NORMAL, 0.01f, 2, (int64_t[]){cfg->max_positions, C},
                   "text_model.embeddings.position_embedding.weight");
     char p[2 * SD_NAME_MAX], name[3 * SD_NAME_MAX];
@@ -194,7 +194,19 @@ int sd_clip_forward(sd_run_t *r, const sd_clip_t *c, float *out, float *pooled, 
     ALLOC(x, M * C);
     ALLOC(y, M * C);
     ALLOC(pos, T * C);
-    TRY(nn_embedding_forward(r->nn, x, dids, c->tok_emb, M, C, c->cfg.vocab_size));
+    if (c->tok_emb.f32) {
+        TRY(nn_embedding_forward(r->nn, x, dids, c->tok_emb.f32, M, C, c->cfg.vocab_size));
+    } else { /* 16-bit table: widen just the rows the ids pick */
+        for (int64_t i = 0; i < M; i++) {
+            if (ids[i] < 0 || ids[i] >= c->cfg.vocab_size) {
+                BT_ERROR("text encoder: token id %d at position %lld is outside the vocabulary of %lld", ids[i],
+                         (long long)i, (long long)c->cfg.vocab_size);
+                rc = BT_EINVAL;
+                goto out;
+            }
+            TRY(nn_widen(r->nn, x + i * C, c->tok_emb.h + (int64_t)ids[i] * C, c->tok_emb.dtype, C));
+        }
+    }
     for (int64_t b = 0; b < B; b++) TRY(nn_add_forward(r->nn, x + b * T * C, x + b * T * C, c->pos_emb, T * C));
     sd_hook(r, x, 3, (int64_t[]){B, T, C}, "hidden_states.0");
     for (int64_t i = 0; i < L; i++) {
@@ -257,14 +269,14 @@ out:
     return rc;
 }
 
-sd_clip_t *sd_clip_load(nn_ctx_t *ctx, const char *dir)
+sd_clip_t *sd_clip_load(nn_ctx_t *ctx, const char *dir, sd_store_t store)
 {
     char path[4096];
     sd_clip_config_t cfg;
     snprintf(path, sizeof path, "%s/config.json", dir);
     if (sd_clip_config_load(path, &cfg)) return NULL;
     sd_clip_t *c = sd_clip_new(&cfg);
-    if (c && (sd_params_alloc(&c->params, ctx) || sd_params_load_dir(&c->params, dir, "model")))
+    if (c && sd_params_load_model(&c->params, ctx, dir, "model", store))
         sd_clip_destroy(&c);
     return c;
 }

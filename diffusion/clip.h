@@ -18,15 +18,17 @@ typedef struct sd_clip_layer {
 typedef struct sd_clip {
     sd_clip_config_t cfg;
     sd_params_t params;
-    float *tok_emb, *pos_emb; /* [vocab, C], [max_positions, C] */
+    sd_weight_t tok_emb; /* [vocab, C] (16-bit like the weight matrices when they are) */
+    float *pos_emb;      /* [max_positions, C] */
     sd_clip_layer_t *layers;
     sd_norm_t final_ln;
 } sd_clip_t;
 
 sd_clip_t *sd_clip_new(const sd_clip_config_t *cfg);
 void sd_clip_destroy(sd_clip_t **c);
-/* config.json + weights of a model folder's text_encoder/ directory; NULL on error (logged). */
-sd_clip_t *sd_clip_load(nn_ctx_t *ctx, const char *dir);
+/* config.json + weights of a model folder's text_encoder/ directory, the weight matrices kept as
+ * `store` says (params.h); NULL on error (logged). */
+sd_clip_t *sd_clip_load(nn_ctx_t *ctx, const char *dir, sd_store_t store);
 
 /* ids [B, T] (host, T <= max_positions) -> out [B, T, C] = final_layer_norm of the
  * last hidden state, or with clip_skip k > 0 of hidden_states[-(k+1)] (the

@@ -31,6 +31,14 @@ void sd_hook(const sd_run_t *r, const float *data, int ndim, const int64_t *shap
 
 float *sd_scratch(sd_run_t *r, int64_t n) { return bt_stack_alloc(r->scratch, (size_t)(n > 0 ? n : 1) * sizeof(float)); }
 
+const float *sd_weight_f32(sd_run_t *r, const sd_weight_t *w, int64_t n)
+{
+    if (w->f32) return w->f32;
+    float *f = sd_scratch(r, n);
+    if (f && nn_widen(r->nn, f, w->h, w->dtype, n)) return NULL;
+    return f;
+}
+
 /* ------------------------------------------------------------------ build */
 
 void sd_linear_build(sd_linear_t *m, sd_params_t *ps, int64_t in, int64_t out, bool bias, const char *prefix)
@@ -38,7 +46,8 @@ void sd_linear_build(sd_linear_t *m, sd_params_t *ps, int64_t in, int64_t out, b
     memset(m, 0, sizeof *m);
     m->in = in;
     m->out = out;
-    sd_params_add(ps, &m->w, SD_INIT_NORMAL, 1.0f / sqrtf((float)in), 2, (int64_t[]){out, in}, "%s.weight", prefix);
+    sd_params_add_weight(ps, &m->w, SD_INIT_NORMAL, 1.0f / sqrtf((float)in), 2, (int64_t[]){out, in}, "%s.weight",
+                         prefix);
     if (bias) sd_params_add(ps, &m->b, SD_INIT_ZERO, 0, 1, (int64_t[]){out}, "%s.bias", prefix);
 }
 
@@ -51,8 +60,8 @@ void sd_conv_build(sd_conv_t *m, sd_params_t *ps, int64_t in, int64_t out, int64
     m->k = k;
     m->stride = stride;
     m->pad_t = m->pad_b = m->pad_l = m->pad_r = pad;
-    sd_params_add(ps, &m->w, SD_INIT_NORMAL, 1.0f / sqrtf((float)(in * k * k)), 4, (int64_t[]){out, in, k, k},
-                  "%s.weight", prefix);
+    sd_params_add_weight(ps, &m->w, SD_INIT_NORMAL, 1.0f / sqrtf((float)(in * k * k)), 4,
+                         (int64_t[]){out, in, k, k}, "%s.weight", prefix);
     sd_params_add(ps, &m->b, SD_INIT_ZERO, 0, 1, (int64_t[]){out}, "%s.bias", prefix);
 }
 
@@ -179,13 +188,18 @@ int sd_linear_forward(sd_run_t *r, const sd_linear_t *m, float *out, const float
     const sd_lora_t *l = m->lora;
     bool lora = l && l->scale != 0.0f;
     float *u = NULL;
+    const float *w = sd_weight_f32(r, &m->w, m->in * m->out); /* once for the whole batch */
+    if (!w) {
+        rc = BT_ENOMEM;
+        goto out;
+    }
     if (lora) ALLOC(u, N * l->rank);
     /* one product per batch item: an item's arithmetic never depends on its batch-mates,
      * so an image comes out the same whatever the batch size */
     for (int64_t b = 0; b < B; b++) {
         const float *xb = x + b * N * m->in;
         float *ob = out + b * N * m->out;
-        TRY(nn_linear_forward(r->nn, ob, xb, m->w, m->b, N, m->in, m->out));
+        TRY(nn_linear_forward(r->nn, ob, xb, w, m->b, N, m->in, m->out));
         if (!lora) continue;
         TRY(nn_matmul(r->nn, u, xb, l->A, N, l->rank, m->in, false, true, 1.0f, 0.0f));
         TRY(nn_matmul(r->nn, ob, u, l->B, N, m->out, l->rank, false, true, s_lora_factor(l), 1.0f));
@@ -199,7 +213,15 @@ int sd_linear_backward(sd_run_t *r, const sd_linear_t *m, float *dx, const float
 {
     int rc = BT_OK;
     bt_stack_mark_t mk = bt_stack_mark(r->scratch);
-    if (dx) TRY(nn_linear_backward(r->nn, dx, NULL, NULL, dy, x, m->w, M, m->in, m->out));
+    if (dx) {
+        const float *w = sd_weight_f32(r, &m->w, m->in * m->out);
+        if (!w) {
+            rc = BT_ENOMEM;
+            goto out;
+        }
+        TRY(nn_linear_backward(r->nn, dx, NULL, NULL, dy, x, w, M, m->in, m->out));
+        bt_stack_reset(r->scratch, mk); /* the widened weight is not needed below */
+    }
     const sd_lora_t *l = m->lora;
     if (!l || l->scale == 0.0f || (!dx && !l->dA && !l->dB)) goto out;
     float s = s_lora_factor(l), *g;
@@ -235,13 +257,21 @@ static nn_conv2d_dims_t s_conv_dims(const sd_conv_t *m, int64_t B, int64_t H, in
 int sd_conv_forward(sd_run_t *r, const sd_conv_t *m, float *out, const float *x, int64_t B, int64_t H, int64_t W)
 {
     nn_conv2d_dims_t d = s_conv_dims(m, B, H, W);
-    return nn_conv2d_forward(r->nn, out, x, m->w, m->b, &d);
+    bt_stack_mark_t mk = bt_stack_mark(r->scratch);
+    const float *w = sd_weight_f32(r, &m->w, m->out * m->in * m->k * m->k);
+    int rc = w ? nn_conv2d_forward(r->nn, out, x, w, m->b, &d) : BT_ENOMEM;
+    bt_stack_reset(r->scratch, mk);
+    return rc;
 }
 
 int sd_conv_backward(sd_run_t *r, const sd_conv_t *m, float *dx, const float *dy, int64_t B, int64_t H, int64_t W)
 {
     nn_conv2d_dims_t d = s_conv_dims(m, B, H, W);
-    return nn_conv2d_backward(r->nn, dx, NULL, NULL, dy, NULL, m->w, &d);
+    bt_stack_mark_t mk = bt_stack_mark(r->scratch);
+    const float *w = sd_weight_f32(r, &m->w, m->out * m->in * m->k * m->k);
+    int rc = w ? nn_conv2d_backward(r->nn, dx, NULL, NULL, dy, NULL, w, &d) : BT_ENOMEM;
+    bt_stack_reset(r->scratch, mk);
+    return rc;
 }
 
 /* ------------------------------------------------------------------- norms */
@@ -569,7 +599,7 @@ int sd_resnet_forward(sd_run_t *r, const sd_resnet_t *m, float *out, const float
     TRY(sd_group_norm_forward(r, &m->norm1, a, m1, s1, xs, B, HW, true));
     KEEP(h1, nout);
     TRY(sd_conv_forward(r, &m->conv1, h1, a, B, H, W));
-    if (m->time_proj.w && silu_temb) {
+    if (sd_weight_present(&m->time_proj.w) && silu_temb) {
         ALLOC(t, B * m->out);
         TRY(sd_linear_forward(r, &m->time_proj, t, silu_temb, B, 1));
         TRY(nn_add_channel_bias_forward(r->nn, h1, t, B, m->out, HW));

@@ -54,13 +54,15 @@ typedef struct sd_lora {
 } sd_lora_t;
 
 typedef struct sd_linear {
-    float *w, *b; /* [out, in], [out] or NULL */
+    sd_weight_t w; /* [out, in] */
+    float *b;      /* [out] or NULL */
     int64_t in, out;
     sd_lora_t *lora; /* NULL: plain layer */
 } sd_linear_t;
 
 typedef struct sd_conv {
-    float *w, *b; /* [out, in, k, k], [out] */
+    sd_weight_t w; /* [out, in, k, k] */
+    float *b;      /* [out] */
     int64_t in, out, k;
     int stride, pad_t, pad_b, pad_l, pad_r;
 } sd_conv_t;
@@ -104,7 +106,7 @@ typedef struct sd_transformer {
 typedef struct sd_resnet {
     sd_norm_t norm1, norm2;
     sd_conv_t conv1, conv2;
-    sd_linear_t time_proj; /* absent in the VAE (w == NULL) */
+    sd_linear_t time_proj; /* absent in the VAE (no weight) */
     bool has_shortcut;
     sd_conv_t shortcut; /* 1x1 when in != out */
     int64_t in, out;
@@ -181,5 +183,8 @@ int sd_resnet_backward(sd_run_t *r, const sd_resnet_t *m, float *dx, const float
 
 /* ---- helpers shared by the models ---- */
 float *sd_scratch(sd_run_t *r, int64_t n); /* NULL + log line when out of memory */
+/* A weight's n float32 values: its own storage, or a copy widened from 16 bits
+ * into scratch (freed with the caller's scratch mark). NULL when out of memory. */
+const float *sd_weight_f32(sd_run_t *r, const sd_weight_t *w, int64_t n);
 
 #endif

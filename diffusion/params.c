@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "common/fileio.h"
+#include "common/half.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "common/pool.h"
@@ -29,16 +30,19 @@ void sd_params_init(sd_params_t *ps, const char *what)
 void sd_params_free(sd_params_t *ps)
 {
     if (ps->mem && ps->ctx) nn_free(ps->ctx, ps->mem);
-    for (int i = 0; i < ps->n; i++)
+    if (ps->mem16 && ps->ctx) nn_free(ps->ctx, ps->mem16);
+    for (int i = 0; i < ps->n; i++) {
         if (ps->p[i].slot) *ps->p[i].slot = NULL;
+        if (ps->p[i].wslot) memset(ps->p[i].wslot, 0, sizeof *ps->p[i].wslot);
+    }
     free(ps->p);
     const char *what = ps->what;
     memset(ps, 0, sizeof *ps);
     ps->what = what;
 }
 
-void sd_params_add(sd_params_t *ps, float **slot, sd_init_t init, float init_std, int ndim, const int64_t *shape,
-                   const char *fmt, ...)
+static void s_add(sd_params_t *ps, float **slot, sd_weight_t *wslot, sd_init_t init, float init_std, int ndim,
+                  const int64_t *shape, const char *fmt, va_list ap)
 {
     if (ps->failed) return;
     if (ps->n == ps->cap) {
@@ -53,10 +57,7 @@ void sd_params_add(sd_params_t *ps, float **slot, sd_init_t init, float init_std
     }
     sd_param_t *p = &ps->p[ps->n];
     memset(p, 0, sizeof *p);
-    va_list ap;
-    va_start(ap, fmt);
     int len = vsnprintf(p->name, sizeof p->name, fmt, ap);
-    va_end(ap);
     if (len < 0 || len >= (int)sizeof p->name || ndim < 1 || ndim > 4) {
         ps->failed = true;
         return;
@@ -64,9 +65,50 @@ void sd_params_add(sd_params_t *ps, float **slot, sd_init_t init, float init_std
     p->ndim = ndim;
     for (int i = 0; i < ndim; i++) p->shape[i] = shape[i];
     p->slot = slot;
+    p->wslot = wslot;
+    p->dtype = NN_F32;
     p->init = init;
     p->init_std = init_std;
     ps->n++;
+}
+
+void sd_params_add(sd_params_t *ps, float **slot, sd_init_t init, float init_std, int ndim, const int64_t *shape,
+                   const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    s_add(ps, slot, NULL, init, init_std, ndim, shape, fmt, ap);
+    va_end(ap);
+}
+
+void sd_params_add_weight(sd_params_t *ps, sd_weight_t *w, sd_init_t init, float init_std, int ndim,
+                          const int64_t *shape, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    s_add(ps, NULL, w, init, init_std, ndim, shape, fmt, ap);
+    va_end(ap);
+}
+
+bool sd_store_parse(const char *s, sd_store_t *out)
+{
+    static const struct {
+        const char *name;
+        sd_store_t v;
+    } names[] = {{"auto", SD_STORE_AUTO}, {"fp32", SD_STORE_F32}, {"float32", SD_STORE_F32},
+                 {"fp16", SD_STORE_F16},  {"float16", SD_STORE_F16}, {"bf16", SD_STORE_BF16},
+                 {"bfloat16", SD_STORE_BF16}};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!strcmp(s, names[i].name)) {
+            *out = names[i].v;
+            return true;
+        }
+    return false;
+}
+
+const char *sd_store_name(sd_store_t s)
+{
+    return s == SD_STORE_F32 ? "fp32" : s == SD_STORE_F16 ? "fp16" : s == SD_STORE_BF16 ? "bf16" : "auto";
 }
 
 static int64_t s_numel(const sd_param_t *p)
@@ -76,34 +118,66 @@ static int64_t s_numel(const sd_param_t *p)
     return n;
 }
 
-int sd_params_alloc(sd_params_t *ps, nn_ctx_t *ctx)
+/* Two blocks, float32 and 16-bit, by each parameter's dtype; every part starts
+ * 64 bytes aligned. Zeroed, padding included (optimisers sweep the whole block). */
+static int s_alloc(sd_params_t *ps, nn_ctx_t *ctx)
 {
     if (ps->failed) {
         BT_ERROR("%s: registering parameters failed (out of memory or a name over %d characters)", ps->what,
                  SD_NAME_MAX);
         return BT_ENOMEM;
     }
-    int64_t total = 0;
-    for (int i = 0; i < ps->n; i++) total += (s_numel(&ps->p[i]) + 15) / 16 * 16; /* 64-byte aligned parts */
+    int64_t total = 0, total16 = 0;
+    for (int i = 0; i < ps->n; i++) {
+        if (ps->p[i].dtype == NN_F32)
+            total += (s_numel(&ps->p[i]) + 15) / 16 * 16;
+        else
+            total16 += (s_numel(&ps->p[i]) + 31) / 32 * 32;
+    }
     ps->mem = nn_alloc(ctx, (size_t)(total ? total : 16) * sizeof(float));
-    if (!ps->mem) {
-        BT_ERROR("%s: cannot allocate %.1f MiB for %d parameters", ps->what, (double)total * 4 / 1048576.0, ps->n);
+    ps->mem16 = total16 ? nn_alloc(ctx, (size_t)total16 * sizeof(uint16_t)) : NULL;
+    if (!ps->mem || (total16 && !ps->mem16)) {
+        BT_ERROR("%s: cannot allocate %.1f MiB for %d parameters", ps->what,
+                 ((double)total * 4 + (double)total16 * 2) / 1048576.0, ps->n);
+        if (ps->mem) nn_free(ctx, ps->mem);
+        ps->mem = NULL;
+        ps->mem16 = NULL;
         return BT_ENOMEM;
     }
     ps->ctx = ctx;
-    ps->numel = 0;
-    /* zero everything, padding included: optimisers sweep the whole block */
+    ps->numel = ps->numel16 = 0;
     int rc = nn_fill(ctx, ps->mem, total ? total : 16, 0.0f);
     if (rc) return rc;
-    int64_t off = 0;
+    int64_t off = 0, off16 = 0;
     for (int i = 0; i < ps->n; i++) {
         sd_param_t *p = &ps->p[i];
-        p->data = ps->mem + off;
+        int64_t n = s_numel(p);
+        if (p->dtype == NN_F32) {
+            p->data = ps->mem + off;
+            p->data16 = NULL;
+            off += (n + 15) / 16 * 16;
+        } else {
+            p->data = NULL;
+            p->data16 = (uint16_t *)ps->mem16 + off16;
+            off16 += (n + 31) / 32 * 32;
+            ps->numel16 += n;
+        }
         if (p->slot) *p->slot = p->data;
-        off += (s_numel(p) + 15) / 16 * 16;
-        ps->numel += s_numel(p);
+        if (p->wslot) *p->wslot = (sd_weight_t){.f32 = p->data, .h = p->data16, .dtype = p->dtype};
+        ps->numel += n;
     }
     return BT_OK;
+}
+
+int sd_params_alloc(sd_params_t *ps, nn_ctx_t *ctx)
+{
+    for (int i = 0; i < ps->n; i++) ps->p[i].dtype = NN_F32;
+    return s_alloc(ps, ctx);
+}
+
+size_t sd_params_bytes(const sd_params_t *ps)
+{
+    return (size_t)(ps->numel - ps->numel16) * sizeof(float) + (size_t)ps->numel16 * sizeof(uint16_t);
 }
 
 const sd_param_t *sd_params_find(const sd_params_t *ps, const char *name)
@@ -167,14 +241,48 @@ static const st_tensor_t *s_lookup(st_file_t *const *files, int nfiles, const ch
     return NULL;
 }
 
+/* Grows *buf to hold bytes; false when out of memory. */
+static bool s_grow(void **buf, size_t *cap, size_t bytes)
+{
+    if (bytes <= *cap) return true;
+    free(*buf);
+    *buf = malloc(bytes);
+    *cap = *buf ? bytes : 0;
+    return *buf != NULL;
+}
+
+/* A file tensor into 16-bit storage of type dt (host memory dst): copied when
+ * the file has that type, else through float32 and rounded to nearest even.
+ * BT_EINVAL when a finite value does not fit fp16 (it would become inf). */
+static int s_read16(const st_tensor_t *t, nn_dtype_t dt, uint16_t *dst, float *tmp, const char *path,
+                    const char *name)
+{
+    int64_t n = st_numel(t);
+    if ((t->dtype == ST_F16 && dt == NN_F16) || (t->dtype == ST_BF16 && dt == NN_BF16)) {
+        memcpy(dst, t->data, (size_t)n * sizeof(uint16_t));
+        return BT_OK;
+    }
+    st_read_f32(t, tmp);
+    for (int64_t i = 0; i < n; i++) {
+        if (dt == NN_F16 && isfinite(tmp[i]) && fabsf(tmp[i]) >= 65520.0f) {
+            BT_ERROR("%s: tensor '%s' holds %g, beyond fp16's range (keep the weights in fp32 or bf16)", path, name,
+                     (double)tmp[i]);
+            return BT_EINVAL;
+        }
+        dst[i] = dt == NN_F16 ? bt_f32_to_f16(tmp[i]) : bt_f32_to_bf16(tmp[i]);
+    }
+    return BT_OK;
+}
+
 int sd_params_load_files(sd_params_t *ps, st_file_t *const *files, int nfiles)
 {
     if (!ps->mem) {
         BT_ERROR("%s: parameters are not allocated", ps->what);
         return BT_EINVAL;
     }
-    float *staging = NULL; /* host conversion buffer for non-CPU backends */
-    size_t staging_n = 0;
+    void *staging = NULL, *staging16 = NULL; /* host conversion buffers */
+    size_t staging_n = 0, staging16_n = 0;
+    bool cpu = ps->ctx->kind == NN_BACKEND_CPU;
     int rc = BT_OK;
     for (int i = 0; i < ps->n; i++) {
         sd_param_t *p = &ps->p[i];
@@ -202,18 +310,25 @@ int sd_params_load_files(sd_params_t *ps, st_file_t *const *files, int nfiles)
             break;
         }
         int64_t n = s_numel(p);
-        if (ps->ctx->kind == NN_BACKEND_CPU) {
+        if (p->data16) {
+            uint16_t *dst = p->data16;
+            if ((!cpu && !s_grow(&staging16, &staging16_n, (size_t)n * sizeof(uint16_t))) ||
+                !s_grow(&staging, &staging_n, (size_t)n * sizeof(float))) {
+                rc = BT_ENOMEM;
+                break;
+            }
+            if (!cpu) dst = staging16;
+            rc = s_read16(t, p->dtype, dst, staging, st_path(from), p->name);
+            s_release(t);
+            if (rc || (!cpu && (rc = nn_upload(ps->ctx, p->data16, staging16, (size_t)n * sizeof(uint16_t)))))
+                break;
+        } else if (cpu) {
             st_read_f32(t, p->data);
             s_release(t);
         } else {
-            if ((size_t)n > staging_n) {
-                free(staging);
-                staging = malloc((size_t)n * sizeof(float));
-                staging_n = staging ? (size_t)n : 0;
-                if (!staging) {
-                    rc = BT_ENOMEM;
-                    break;
-                }
+            if (!s_grow(&staging, &staging_n, (size_t)n * sizeof(float))) {
+                rc = BT_ENOMEM;
+                break;
             }
             st_read_f32(t, staging);
             s_release(t);
@@ -221,6 +336,7 @@ int sd_params_load_files(sd_params_t *ps, st_file_t *const *files, int nfiles)
         }
     }
     free(staging);
+    free(staging16);
     return rc;
 }
 
@@ -279,32 +395,72 @@ static int s_open_index(const char *dir, const char *index_path, st_file_t ***fi
     return rc;
 }
 
-int sd_params_load_dir(sd_params_t *ps, const char *dir, const char *base)
+/* Opens a model part's safetensors file(s): one file or a sharded index, plain
+ * or a .fp16/.bf16 variant. *files is calloc'd; close with s_close_files. */
+static int s_open_dir(const sd_params_t *ps, const char *dir, const char *base, st_file_t ***files, int *nfiles)
 {
     char path[4096];
     static const char *const variants[] = {"", ".fp16", ".bf16"};
+    *files = NULL;
+    *nfiles = 0;
     for (int v = 0; v < 3; v++) {
         snprintf(path, sizeof path, "%s/%s%s.safetensors", dir, base, variants[v]);
         if (access(path, F_OK) == 0) {
-            st_file_t *f = st_open(path);
-            if (!f) return BT_EFORMAT;
-            int rc = sd_params_load_files(ps, &f, 1);
-            st_close(&f);
-            return rc;
+            if (!(*files = calloc(1, sizeof **files))) return BT_ENOMEM;
+            if (!((*files)[0] = st_open(path))) return BT_EFORMAT;
+            *nfiles = 1;
+            return BT_OK;
         }
         snprintf(path, sizeof path, "%s/%s%s.safetensors.index.json", dir, base, variants[v]);
-        if (access(path, F_OK) == 0) {
-            st_file_t **files = NULL;
-            int nfiles = 0;
-            int rc = s_open_index(dir, path, &files, &nfiles);
-            if (rc == BT_OK) rc = sd_params_load_files(ps, files, nfiles);
-            for (int i = 0; i < nfiles; i++) st_close(&files[i]);
-            free(files);
-            return rc;
-        }
+        if (access(path, F_OK) == 0) return s_open_index(dir, path, files, nfiles);
     }
     BT_ERROR("%s: no %s.safetensors (or .fp16/.bf16 variant, or sharded index) for the %s", dir, base, ps->what);
     return BT_ENOTFOUND;
+}
+
+static void s_close_files(st_file_t **files, int nfiles)
+{
+    for (int i = 0; i < nfiles; i++) st_close(&files[i]);
+    free(files);
+}
+
+int sd_params_load_dir(sd_params_t *ps, const char *dir, const char *base)
+{
+    st_file_t **files = NULL;
+    int nfiles = 0;
+    int rc = s_open_dir(ps, dir, base, &files, &nfiles);
+    if (rc == BT_OK) rc = sd_params_load_files(ps, files, nfiles);
+    s_close_files(files, nfiles);
+    return rc;
+}
+
+int sd_params_load_model(sd_params_t *ps, nn_ctx_t *ctx, const char *dir, const char *base, sd_store_t store)
+{
+    st_file_t **files = NULL;
+    int nfiles = 0;
+    int rc = s_open_dir(ps, dir, base, &files, &nfiles);
+    for (int i = 0; rc == BT_OK && i < ps->n; i++) {
+        sd_param_t *p = &ps->p[i];
+        p->dtype = NN_F32;
+        if (!p->wslot || store == SD_STORE_F32) continue;
+        if (store == SD_STORE_F16 || store == SD_STORE_BF16) {
+            p->dtype = store == SD_STORE_F16 ? NN_F16 : NN_BF16;
+            continue;
+        }
+        st_file_t *from;
+        char alt[SD_NAME_MAX + 16];
+        const st_tensor_t *t = s_lookup(files, nfiles, p->name, &from);
+        if (!t && s_legacy_name(p->name, alt, sizeof alt)) t = s_lookup(files, nfiles, alt, &from);
+        if (t && t->dtype == ST_F16) p->dtype = NN_F16;
+        if (t && t->dtype == ST_BF16) p->dtype = NN_BF16;
+    }
+    if (rc == BT_OK) rc = s_alloc(ps, ctx);
+    if (rc == BT_OK) rc = sd_params_load_files(ps, files, nfiles);
+    s_close_files(files, nfiles);
+    if (rc == BT_OK && ps->numel16)
+        BT_DEBUG("%s: %.1f M parameters, %.2f GiB resident (%.1f M in 16 bits)", ps->what, (double)ps->numel / 1e6,
+                 (double)sd_params_bytes(ps) / (1u << 30), (double)ps->numel16 / 1e6);
+    return rc;
 }
 
 /* ---- init and save ---- */
@@ -350,31 +506,42 @@ typedef struct {
 static void s_init_task(void *arg, int64_t i0, int64_t i1, int tid)
 {
     s_init_task_t *t = arg;
-    for (int64_t i = i0; i < i1; i++) s_init_one(&t->ps->p[i], t->ps->p[i].data, t->seed);
+    for (int64_t i = i0; i < i1; i++)
+        if (t->ps->p[i].data) s_init_one(&t->ps->p[i], t->ps->p[i].data, t->seed);
+}
+
+/* float32 values into a parameter's storage, converting to its 16-bit type. */
+static int s_store(sd_params_t *ps, sd_param_t *p, const float *host, uint16_t *host16)
+{
+    int64_t n = s_numel(p);
+    if (!p->data16) return nn_upload(ps->ctx, p->data, host, (size_t)n * sizeof(float));
+    for (int64_t k = 0; k < n; k++) host16[k] = p->dtype == NN_F16 ? bt_f32_to_f16(host[k]) : bt_f32_to_bf16(host[k]);
+    return nn_upload(ps->ctx, p->data16, host16, (size_t)n * sizeof(uint16_t));
 }
 
 int sd_params_init_random(sd_params_t *ps, uint64_t seed)
 {
-    if (ps->ctx->kind == NN_BACKEND_CPU) { /* parameters in parallel: each has its own stream */
+    bool cpu = ps->ctx->kind == NN_BACKEND_CPU;
+    if (cpu) { /* float32 parameters in parallel: each has its own stream */
         s_init_task_t t = {ps, seed};
         bt_pool_run(ps->ctx->pool, ps->n, 1, s_init_task, &t);
-        return BT_OK;
     }
-    float *host = NULL;
-    size_t host_n = 0;
+    void *host = NULL, *host16 = NULL;
+    size_t host_n = 0, host16_n = 0;
     int rc = BT_OK;
     for (int i = 0; i < ps->n && rc == BT_OK; i++) {
-        int64_t n = s_numel(&ps->p[i]);
-        if ((size_t)n > host_n) {
-            free(host);
-            host = malloc((size_t)n * sizeof(float));
-            host_n = host ? (size_t)n : 0;
-            if (!host) return BT_ENOMEM;
+        sd_param_t *p = &ps->p[i];
+        if (cpu && !p->data16) continue;
+        size_t n = (size_t)s_numel(p);
+        if (!s_grow(&host, &host_n, n * sizeof(float)) || !s_grow(&host16, &host16_n, n * sizeof(uint16_t))) {
+            rc = BT_ENOMEM;
+            break;
         }
-        s_init_one(&ps->p[i], host, seed);
-        rc = nn_upload(ps->ctx, ps->p[i].data, host, (size_t)n * sizeof(float));
+        s_init_one(p, host, seed);
+        rc = s_store(ps, p, host, host16);
     }
     free(host);
+    free(host16);
     return rc;
 }
 
@@ -383,34 +550,46 @@ int sd_params_save(const sd_params_t *ps, const char *path, st_dtype_t dtype, co
     st_writer_t *w = st_writer_new();
     if (!w) return BT_ENOMEM;
     int rc = BT_OK;
-    float *host = NULL;
-    size_t host_n = 0;
+    bool cpu = ps->ctx->kind == NN_BACKEND_CPU;
+    void *host = NULL, *host16 = NULL;
+    size_t host_n = 0, host16_n = 0;
     for (int i = 0; i < ps->n && rc == BT_OK; i++) {
         const sd_param_t *p = &ps->p[i];
-        int64_t n = s_numel(p);
-        const float *src = p->data;
-        if (ps->ctx->kind != NN_BACKEND_CPU) {
-            if ((size_t)n > host_n) {
-                free(host);
-                host = malloc((size_t)n * sizeof(float));
-                host_n = host ? (size_t)n : 0;
-                if (!host) {
-                    rc = BT_ENOMEM;
-                    break;
-                }
+        size_t n = (size_t)s_numel(p);
+        st_dtype_t have = p->dtype == NN_F16 ? ST_F16 : p->dtype == NN_BF16 ? ST_BF16 : ST_F32;
+        const void *src = p->data16 ? (const void *)p->data16 : (const void *)p->data;
+        if (!cpu) { /* to the host first */
+            size_t bytes = n * (p->data16 ? sizeof(uint16_t) : sizeof(float));
+            if (!s_grow(&host, &host_n, bytes)) {
+                rc = BT_ENOMEM;
+                break;
             }
-            if ((rc = nn_download(ps->ctx, host, p->data, (size_t)n * sizeof(float)))) break;
+            if ((rc = nn_download(ps->ctx, host, src, bytes))) break;
             src = host;
         }
-        if (dtype == ST_F32 && src == p->data)
-            rc = st_writer_add(w, p->name, ST_F32, p->ndim, p->shape, src);
-        else
-            rc = st_writer_add_f32_as(w, p->name, dtype, p->ndim, p->shape, src);
+        if (have == dtype) { /* as stored: the writer keeps a copy when src is a reused buffer */
+            rc = cpu ? st_writer_add(w, p->name, dtype, p->ndim, p->shape, src)
+                     : st_writer_add_copy(w, p->name, dtype, p->ndim, p->shape, src);
+            continue;
+        }
+        const float *f = src;
+        if (p->data16) { /* widen (exact), then write as asked */
+            if (!s_grow(&host16, &host16_n, n * sizeof(float))) {
+                rc = BT_ENOMEM;
+                break;
+            }
+            float *d = host16;
+            const uint16_t *h = src;
+            for (size_t k = 0; k < n; k++) d[k] = p->dtype == NN_F16 ? bt_f16_to_f32(h[k]) : bt_bf16_to_f32(h[k]);
+            f = d;
+        }
+        rc = st_writer_add_f32_as(w, p->name, dtype, p->ndim, p->shape, f);
     }
     for (int i = 0; metadata_kv && metadata_kv[i] && rc == BT_OK; i += 2)
         rc = st_writer_set_metadata(w, metadata_kv[i], metadata_kv[i + 1]);
     if (rc == BT_OK) rc = st_writer_save(w, path);
     free(host);
+    free(host16);
     st_writer_destroy(&w);
     return rc;
 }

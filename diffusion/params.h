@@ -8,6 +8,12 @@
  * a seeded random initialisation (`booth init-model`), or saved back. The same
  * registry type holds LoRA adapters, so weights, fixtures, checkpoints and LoRA
  * files all load by name.
+ *
+ * The weight matrices of linear and convolution layers (registered with
+ * sd_params_add_weight) may instead stay resident in 16 bits: fp16 or bf16 as
+ * the snapshot ships them, widened to float32 per use (exact, so the results
+ * are the same bits), which halves the memory of a frozen model. Everything
+ * else (norms, biases, LoRA) is float32.
  */
 #ifndef BOOTH_DIFFUSION_PARAMS_H
 #define BOOTH_DIFFUSION_PARAMS_H
@@ -16,9 +22,32 @@
 #include <stdint.h>
 
 #include "nn/backend.h"
+#include "nn/ops.h"
 #include "storage/safetensors.h"
 
 #define SD_NAME_MAX 160
+
+/* A frozen weight matrix of a linear or convolution layer: float32, or 16 bits
+ * widened to float32 where it is used (layers.c). */
+typedef struct sd_weight {
+    float *f32;        /* float32 storage, or NULL */
+    const uint16_t *h; /* else 16-bit storage of type dtype (NULL with f32: absent) */
+    nn_dtype_t dtype;
+} sd_weight_t;
+
+static inline bool sd_weight_present(const sd_weight_t *w) { return w->f32 || w->h; }
+
+/* How a model's weight matrices are kept in memory. */
+typedef enum sd_store {
+    SD_STORE_AUTO, /* as the files hold them: fp16/bf16 stay 16-bit (exact), float32 stays float32 */
+    SD_STORE_F32,  /* float32 (the fastest: nothing to widen) */
+    SD_STORE_F16,  /* fp16, rounded from float32 files (lossy there, as diffusers' fp16 weight_dtype) */
+    SD_STORE_BF16, /* bf16, likewise */
+} sd_store_t;
+
+/* "auto", "fp32", "fp16", "bf16" (also "float32"...). false if unknown. */
+bool sd_store_parse(const char *s, sd_store_t *out);
+const char *sd_store_name(sd_store_t s);
 
 typedef enum sd_init {
     SD_INIT_ZERO,
@@ -31,7 +60,10 @@ typedef struct sd_param {
     int ndim;
     int64_t shape[4];
     float **slot;   /* the module field that points at this parameter's data */
-    float *data;    /* in the context's memory space, after sd_params_alloc */
+    sd_weight_t *wslot; /* or the weight a 16-bit-capable matrix fills (sd_params_add_weight) */
+    nn_dtype_t dtype;   /* storage: NN_F32 unless wslot and loaded 16-bit */
+    float *data;        /* float32 storage in the context's memory space, after allocation */
+    uint16_t *data16;   /* 16-bit storage (dtype) instead, or NULL */
     sd_init_t init; /* how `init-model` fills it */
     float init_std;
 } sd_param_t;
@@ -42,7 +74,9 @@ typedef struct sd_params {
     int n, cap;
     nn_ctx_t *ctx; /* owner of mem */
     float *mem;
-    int64_t numel;
+    void *mem16;   /* the 16-bit parameters' block, or NULL */
+    int64_t numel; /* parameters, both blocks */
+    int64_t numel16; /* of which stored in 16 bits */
     bool failed; /* a registration failed (out of memory, name too long): reported at alloc */
 } sd_params_t;
 
@@ -54,9 +88,16 @@ void sd_params_free(sd_params_t *ps);
 void sd_params_add(sd_params_t *ps, float **slot, sd_init_t init, float init_std, int ndim, const int64_t *shape,
                    const char *fmt, ...) __attribute__((format(printf, 7, 8)));
 
-/* Allocates one block for all parameters in ctx's memory space and points every
- * slot at its part. Returns 0 or an error. */
+/* A layer's weight matrix: like sd_params_add, but it may be stored in 16 bits. */
+void sd_params_add_weight(sd_params_t *ps, sd_weight_t *w, sd_init_t init, float init_std, int ndim,
+                          const int64_t *shape, const char *fmt, ...) __attribute__((format(printf, 7, 8)));
+
+/* Allocates one block for all parameters (float32) in ctx's memory space and
+ * points every slot at its part. Returns 0 or an error. */
 int sd_params_alloc(sd_params_t *ps, nn_ctx_t *ctx);
+
+/* Bytes the parameters occupy (both blocks). */
+size_t sd_params_bytes(const sd_params_t *ps);
 
 const sd_param_t *sd_params_find(const sd_params_t *ps, const char *name);
 
@@ -67,6 +108,9 @@ const sd_param_t *sd_params_find(const sd_params_t *ps, const char *name);
  * use are ignored. Legacy VAE attention names (query/key/value/proj_attn) are
  * accepted for to_q/to_k/to_v/to_out.0, and [C,C,1,1] for [C,C] and back. */
 int sd_params_load_dir(sd_params_t *ps, const char *dir, const char *base);
+/* Allocation and loading in one: the same files, with the weight matrices kept
+ * as `store` says (SD_STORE_AUTO: in the type each has in the file). */
+int sd_params_load_model(sd_params_t *ps, nn_ctx_t *ctx, const char *dir, const char *base, sd_store_t store);
 /* Same, from one open file (or several: a parameter comes from the first that has it). */
 int sd_params_load_files(sd_params_t *ps, st_file_t *const *files, int nfiles);
 

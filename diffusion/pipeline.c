@@ -23,6 +23,17 @@ static void s_free(void *user, void *p) { nn_free(user, p); }
 
 sd_model_t *sd_model_load(nn_ctx_t *ctx, const char *dir, unsigned parts)
 {
+    return sd_model_load_as(ctx, dir, parts, SD_STORE_AUTO);
+}
+
+size_t sd_model_param_bytes(const sd_model_t *m)
+{
+    return (m->clip ? sd_params_bytes(&m->clip->params) : 0) + (m->unet ? sd_params_bytes(&m->unet->params) : 0) +
+           (m->vae ? sd_params_bytes(&m->vae->params) : 0);
+}
+
+sd_model_t *sd_model_load_as(nn_ctx_t *ctx, const char *dir, unsigned parts, sd_store_t store)
+{
     char path[4096];
     snprintf(path, sizeof path, "%s/model_index.json", dir);
     if (access(path, R_OK) != 0) {
@@ -35,6 +46,7 @@ sd_model_t *sd_model_load(nn_ctx_t *ctx, const char *dir, unsigned parts)
         return NULL;
     }
     m->ctx = ctx;
+    m->store = store;
     sd_sched_config_init(&m->sched_cfg);
     bt_stack_init(&m->scratch, "scratch", 64u << 20, s_alloc, s_free, ctx);
     if (parts & SD_PART_TOKENIZER) {
@@ -43,15 +55,15 @@ sd_model_t *sd_model_load(nn_ctx_t *ctx, const char *dir, unsigned parts)
     }
     if (parts & SD_PART_TEXT) {
         snprintf(path, sizeof path, "%s/text_encoder", dir);
-        if (!(m->clip = sd_clip_load(ctx, path))) goto out_fail;
+        if (!(m->clip = sd_clip_load(ctx, path, store))) goto out_fail;
     }
     if (parts & SD_PART_UNET) {
         snprintf(path, sizeof path, "%s/unet", dir);
-        if (!(m->unet = sd_unet_load(ctx, path))) goto out_fail;
+        if (!(m->unet = sd_unet_load(ctx, path, store))) goto out_fail;
     }
     if (parts & SD_PART_VAE) {
         snprintf(path, sizeof path, "%s/vae", dir);
-        if (!(m->vae = sd_vae_load(ctx, path))) goto out_fail;
+        if (!(m->vae = sd_vae_load(ctx, path, store))) goto out_fail;
     }
     if (parts & SD_PART_SCHEDULER) {
         snprintf(path, sizeof path, "%s/scheduler/scheduler_config.json", dir);

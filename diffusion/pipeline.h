@@ -39,12 +39,18 @@ typedef struct sd_model {
     sd_vae_t *vae;
     sd_sched_config_t sched_cfg;
     sd_sched_kind_t default_sampler; /* from scheduler_config.json's _class_name */
+    sd_store_t store;                /* how the weight matrices are kept (params.h) */
     bt_stack_t scratch;              /* temporaries of every forward pass */
 } sd_model_t;
 
 /* Loads the requested parts (SD_PART_* mask) of a model folder; NULL with one
- * log line naming the file and the problem. */
+ * log line naming the file and the problem. The weight matrices stay in the
+ * type the files hold (SD_STORE_AUTO: an fp16 snapshot takes half the memory of
+ * float32 and computes the same numbers); sd_model_load_as chooses. */
 sd_model_t *sd_model_load(nn_ctx_t *ctx, const char *dir, unsigned parts);
+sd_model_t *sd_model_load_as(nn_ctx_t *ctx, const char *dir, unsigned parts, sd_store_t store);
+/* Bytes of the loaded parts' parameters. */
+size_t sd_model_param_bytes(const sd_model_t *m);
 void sd_model_destroy(sd_model_t **m);
 
 /* Prompt -> text embeddings [1, 77, C] in the context's memory (ids on the host). */

@@ -606,14 +606,14 @@ out:
     return rc;
 }
 
-sd_unet_t *sd_unet_load(nn_ctx_t *ctx, const char *dir)
+sd_unet_t *sd_unet_load(nn_ctx_t *ctx, const char *dir, sd_store_t store)
 {
     char path[4096];
     sd_unet_config_t cfg;
     snprintf(path, sizeof path, "%s/config.json", dir);
     if (sd_unet_config_load(path, &cfg)) return NULL;
     sd_unet_t *u = sd_unet_new(&cfg);
-    if (u && (sd_params_alloc(&u->params, ctx) || sd_params_load_dir(&u->params, dir, "diffusion_pytorch_model")))
+    if (u && sd_params_load_model(&u->params, ctx, dir, "diffusion_pytorch_model", store))
         sd_unet_destroy(&u);
     return u;
 }

@@ -40,8 +40,9 @@ typedef struct sd_unet {
 /* Builds the module tree and registers every parameter (not yet allocated). */
 sd_unet_t *sd_unet_new(const sd_unet_config_t *cfg);
 void sd_unet_destroy(sd_unet_t **u);
-/* config.json + weights of a model folder's unet/ directory; NULL on error (logged). */
-sd_unet_t *sd_unet_load(nn_ctx_t *ctx, const char *dir);
+/* config.json + weights of a model folder's unet/ directory, the weight matrices kept as
+ * `store` says (params.h); NULL on error (logged). */
+sd_unet_t *sd_unet_load(nn_ctx_t *ctx, const char *dir, sd_store_t store);
 
 /* sample [B, in, H, W] at timesteps t[B] (host floats: integer steps, or Euler's
  * fractional ones) with context ctx [B, T, cross_attention_dim] -> out [B, out, H, W]. */

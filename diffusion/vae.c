@@ -294,14 +294,14 @@ out:
     return rc;
 }
 
-sd_vae_t *sd_vae_load(nn_ctx_t *ctx, const char *dir)
+sd_vae_t *sd_vae_load(nn_ctx_t *ctx, const char *dir, sd_store_t store)
 {
     char path[4096];
     sd_vae_config_t cfg;
     snprintf(path, sizeof path, "%s/config.json", dir);
     if (sd_vae_config_load(path, &cfg)) return NULL;
     sd_vae_t *v = sd_vae_new(&cfg);
-    if (v && (sd_params_alloc(&v->params, ctx) || sd_params_load_dir(&v->params, dir, "diffusion_pytorch_model")))
+    if (v && sd_params_load_model(&v->params, ctx, dir, "diffusion_pytorch_model", store))
         sd_vae_destroy(&v);
     return v;
 }

@@ -40,8 +40,9 @@ typedef struct sd_vae {
 
 sd_vae_t *sd_vae_new(const sd_vae_config_t *cfg);
 void sd_vae_destroy(sd_vae_t **v);
-/* config.json + weights of a model folder's vae/ directory; NULL on error (logged). */
-sd_vae_t *sd_vae_load(nn_ctx_t *ctx, const char *dir);
+/* config.json + weights of a model folder's vae/ directory, the weight matrices kept as
+ * `store` says (params.h); NULL on error (logged). */
+sd_vae_t *sd_vae_load(nn_ctx_t *ctx, const char *dir, sd_store_t store);
 
 /* Latent size of an H x W image (H/8 for SD). */
 int64_t sd_vae_latent_size(const sd_vae_t *v, int64_t size);

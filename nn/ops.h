@@ -21,6 +21,15 @@ typedef enum nn_act {
     NN_ACT_QUICK_GELU, /* x * sigmoid(1.702 x) (CLIP) */
 } nn_act_t;
 
+/* How a tensor's values are stored. Kernels compute in float32; frozen weights
+ * may stay resident in the 16-bit type a snapshot ships and are widened per
+ * use (exactly: every fp16 and bf16 value is a float32 value). */
+typedef enum nn_dtype {
+    NN_F32,
+    NN_F16,  /* IEEE binary16 */
+    NN_BF16, /* bfloat16: the top half of a float32 */
+} nn_dtype_t;
+
 typedef struct nn_conv2d_dims {
     int64_t B, C, H, W; /* input [B, C, H, W] */
     int64_t OC, KH, KW; /* weight [OC, C, KH, KW] */
@@ -45,6 +54,7 @@ struct nn_ops {
     int (*download)(nn_ctx_t *ctx, void *host_dst, const void *src, size_t bytes);
     int (*copy)(nn_ctx_t *ctx, void *dst, const void *src, size_t bytes);
     int (*sync)(nn_ctx_t *ctx);
+    int (*widen)(nn_ctx_t *ctx, float *dst, const void *src, nn_dtype_t dtype, int64_t n);
 
     /* elementwise and layout */
     int (*fill)(nn_ctx_t *ctx, float *x, int64_t n, float value);

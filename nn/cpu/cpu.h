@@ -49,6 +49,10 @@ void *nn_cpu_alloc(nn_ctx_t *ctx, size_t bytes);
 void nn_cpu_free(nn_ctx_t *ctx, void *p);
 int nn_cpu_copy(nn_ctx_t *ctx, void *dst, const void *src, size_t bytes);
 int nn_cpu_sync(nn_ctx_t *ctx);
+int nn_cpu_widen(nn_ctx_t *ctx, float *dst, const void *src, nn_dtype_t dtype, int64_t n);
+/* Tests: which fp16 widening kernel runs (1 generic C, 2 F16C; 0 the best this
+ * CPU has). Returns the one now in use. */
+int nn_cpu_widen_kernels(int which);
 
 int nn_cpu_fill(nn_ctx_t *ctx, float *x, int64_t n, float value);
 int nn_cpu_scale(nn_ctx_t *ctx, float *x, int64_t n, float alpha);

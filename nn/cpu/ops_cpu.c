@@ -41,6 +41,7 @@ const nn_ops_t nn_ops_cpu = {
     .download = nn_cpu_copy,
     .copy = nn_cpu_copy,
     .sync = nn_cpu_sync,
+    .widen = nn_cpu_widen,
     .fill = nn_cpu_fill,
     .scale = nn_cpu_scale,
     .axpy = nn_cpu_axpy,

@@ -32,7 +32,7 @@ TEST(clip_matches_oracle)
 {
     nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, 0);
     REQUIRE(ctx);
-    sd_clip_t *c = sd_clip_load(ctx, tu_fixture_path("tiny-sd/text_encoder"));
+    sd_clip_t *c = sd_clip_load(ctx, tu_fixture_path("tiny-sd/text_encoder"), SD_STORE_AUTO);
     REQUIRE(c);
     st_file_t *fx = tu_fixture("oracle/text_encoder.safetensors");
     REQUIRE(fx);
@@ -79,7 +79,7 @@ TEST(vae_matches_oracle)
 {
     nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, 0);
     REQUIRE(ctx);
-    sd_vae_t *v = sd_vae_load(ctx, tu_fixture_path("tiny-sd/vae"));
+    sd_vae_t *v = sd_vae_load(ctx, tu_fixture_path("tiny-sd/vae"), SD_STORE_AUTO);
     REQUIRE(v);
     st_file_t *fx = tu_fixture("oracle/vae.safetensors");
     REQUIRE(fx);

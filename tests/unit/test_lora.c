@@ -14,7 +14,7 @@ TEST(lora_unet_forward_matches_oracle)
 {
     nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, 0);
     REQUIRE(ctx);
-    sd_unet_t *u = sd_unet_load(ctx, tu_fixture_path("tiny-sd/unet"));
+    sd_unet_t *u = sd_unet_load(ctx, tu_fixture_path("tiny-sd/unet"), SD_STORE_AUTO);
     REQUIRE(u);
     sd_lora_set_t *lora = sd_lora_attach_unet(u, 4, 4.0f, NULL);
     REQUIRE(lora);
@@ -76,7 +76,7 @@ TEST(lora_attach_targets_and_init)
 {
     nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, 0);
     REQUIRE(ctx);
-    sd_clip_t *c = sd_clip_load(ctx, tu_fixture_path("tiny-sd/text_encoder"));
+    sd_clip_t *c = sd_clip_load(ctx, tu_fixture_path("tiny-sd/text_encoder"), SD_STORE_AUTO);
     REQUIRE(c);
     sd_lora_set_t *l = sd_lora_attach_clip(c, 2, 1.0f, (const char *const[]){"q_proj", "v_proj", NULL});
     REQUIRE(l);

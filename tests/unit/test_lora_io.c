@@ -37,8 +37,8 @@ static bool s_env_open(s_env_t *e)
     memset(e, 0, sizeof *e);
     e->ctx = nn_ctx_new(NN_BACKEND_CPU, 0);
     if (!e->ctx) return false;
-    e->unet = sd_unet_load(e->ctx, tu_fixture_path("tiny-sd/unet"));
-    e->clip = sd_clip_load(e->ctx, tu_fixture_path("tiny-sd/text_encoder"));
+    e->unet = sd_unet_load(e->ctx, tu_fixture_path("tiny-sd/unet"), SD_STORE_AUTO);
+    e->clip = sd_clip_load(e->ctx, tu_fixture_path("tiny-sd/text_encoder"), SD_STORE_AUTO);
     if (!e->unet || !e->clip) return false;
     bt_stack_init(&e->scratch, "scratch", 0, NULL, NULL, NULL);
     e->run = (sd_run_t){.nn = e->ctx, .scratch = &e->scratch};

@@ -19,7 +19,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/half.h"
 #include "common/log.h"
+#include "common/status.h"
 #include "nn/cpu/cpu.h"
 #include "nn/nn.h"
 #include "testutil.h"
@@ -1150,4 +1152,39 @@ TEST(nn_conv2d_threads_big_shapes)
     /* direct (3 output channels): five row tasks; the input gradient by im2col */
     s_conv_big(&(nn_conv2d_dims_t){.B = 1, .C = 40, .H = 33, .W = 33, .OC = 3, .KH = 3, .KW = 3, .stride = 1,
                                    .pad_t = 1, .pad_b = 1, .pad_l = 1, .pad_r = 1});
+}
+
+/* nn_widen: every fp16 and bf16 bit pattern, with each fp16 kernel this CPU has
+ * and split over 3 threads, against common/half.h's bit-by-bit conversion. */
+TEST(nn_widen_every_pattern)
+{
+    enum { N = 65536 + 5 }; /* a tail the 8-wide loop does not cover */
+    uint16_t *src = malloc(N * sizeof *src);
+    float *dst = malloc(N * sizeof *dst);
+    REQUIRE(src && dst);
+    for (int i = 0; i < N; i++) src[i] = (uint16_t)i;
+    nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, 3);
+    REQUIRE(ctx);
+    for (int k = 1; k <= 2; k++) {
+        if (nn_cpu_widen_kernels(k) != k) continue; /* no F16C here */
+        for (int dt = NN_F16; dt <= NN_BF16; dt++) {
+            memset(dst, 0xff, N * sizeof *dst);
+            CHECK_INT_EQ(nn_widen(ctx, dst, src, (nn_dtype_t)dt, N), 0);
+            int bad = 0;
+            for (int i = 0; i < N; i++) {
+                float want = dt == NN_F16 ? bt_f16_to_f32(src[i]) : bt_bf16_to_f32(src[i]);
+                bool ok = isnan(want) ? isnan(dst[i]) && signbit(dst[i]) == signbit(want)
+                                      : !memcmp(&dst[i], &want, sizeof want);
+                if (!ok && bad++ < 3)
+                    CHECKF(ok, "%s pattern 0x%04x (kernel %d): %a, want %a", nn_dtype_name((nn_dtype_t)dt), src[i],
+                           k, dst[i], want);
+            }
+            CHECKF(bad == 0, "%s kernel %d: %d patterns wrong", nn_dtype_name((nn_dtype_t)dt), k, bad);
+        }
+    }
+    nn_cpu_widen_kernels(0);
+    CHECK(nn_widen(ctx, dst, src, NN_F32, 4) == BT_EINVAL); /* nothing to widen */
+    nn_ctx_destroy(&ctx);
+    free(src);
+    free(dst);
 }

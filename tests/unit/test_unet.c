@@ -16,7 +16,7 @@ TEST(unet_matches_oracle)
 {
     nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, 0);
     REQUIRE(ctx);
-    sd_unet_t *u = sd_unet_load(ctx, tu_fixture_path("tiny-sd/unet"));
+    sd_unet_t *u = sd_unet_load(ctx, tu_fixture_path("tiny-sd/unet"), SD_STORE_AUTO);
     REQUIRE(u);
     CHECK_INT_EQ(u->params.n, 684); /* every tensor of the oracle's file */
     st_file_t *fx = tu_fixture("oracle/unet.safetensors");

@@ -163,7 +163,7 @@ TEST(variant_unet)
     nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, 0);
     REQUIRE(ctx);
     /* unet/ holds only diffusion_pytorch_model.fp16.safetensors */
-    sd_unet_t *u = sd_unet_load(ctx, s_model_path("unet"));
+    sd_unet_t *u = sd_unet_load(ctx, s_model_path("unet"), SD_STORE_AUTO);
     REQUIRE(u);
     const sd_unet_config_t *c = &u->cfg;
     CHECK_INT_EQ(c->n_blocks, 3);
@@ -264,7 +264,7 @@ TEST(variant_vae)
     nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, 0);
     REQUIRE(ctx);
     /* mid-block attention stored as query/key/value/proj_attn */
-    sd_vae_t *v = sd_vae_load(ctx, s_model_path("vae"));
+    sd_vae_t *v = sd_vae_load(ctx, s_model_path("vae"), SD_STORE_AUTO);
     REQUIRE(v);
     CHECK(fabsf(v->cfg.scaling_factor - 0.13025f) < 1e-7f);
     CHECK_INT_EQ(sd_vae_latent_size(v, 20), 5);
