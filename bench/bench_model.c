@@ -3,7 +3,7 @@
  * DreamBooth LoRA training step, one JSON line per run.
  *
  *   bench_model --model DIR --task unet_fwd|vae_dec|train [--px N] [--checkpoint]
- *               [--iters N] [--threads T] [--breakdown] [--dump FILE]
+ *               [--store auto|fp32|fp16|bf16] [--iters N] [--threads T] [--breakdown] [--dump FILE]
  *
  * unet_fwd  UNet forward of a classifier-free-guidance pair (batch 2) with a
  *           77-token context, as one sampling step of `booth generate` runs it.
@@ -15,6 +15,8 @@
  *           clipping to norm 1 and AdamW (lr 1e-4, wd 1e-2).
  *
  * --px is the image size (latents are px/8; default: the model's sample_size).
+ * --store: how the weight matrices are kept (default auto: as the files hold them,
+ * so an fp16 folder stays 16-bit and is widened per use).
  * Each figure is the median of N timed runs after one warm-up run; the process's
  * peak RSS (getrusage) is reported, so run every row in its own process.
  * --breakdown times every nn/ kernel call (by wrapping the context's op table)
@@ -75,7 +77,7 @@ enum {
     K_ATTN_SELF_FWD, K_ATTN_SELF_BWD, K_ATTN_CROSS_FWD, K_ATTN_CROSS_BWD,
     K_LIN_FF_FWD, K_LIN_FF_BWD, K_LIN_FWD, K_LIN_BWD, K_MATMUL,
     K_GEGLU_FWD, K_GEGLU_BWD, K_GN_FWD, K_GN_BWD, K_LN_FWD, K_LN_BWD, K_ACT_FWD, K_ACT_BWD, K_SOFTMAX,
-    K_ADD, K_AXPY, K_SCALE_FILL, K_BIAS, K_COPY, K_TRANSPOSE, K_CONCAT_SPLIT, K_UPSAMPLE, K_OTHER,
+    K_ADD, K_AXPY, K_SCALE_FILL, K_BIAS, K_COPY, K_WIDEN, K_TRANSPOSE, K_CONCAT_SPLIT, K_UPSAMPLE, K_OTHER,
     K_N
 };
 
@@ -111,6 +113,7 @@ static const char *const s_kname[K_N] = {
     "scale/fill",
     "channel bias",
     "copy/upload/download",
+    "widen 16-bit weights",
     "transpose NCHW<->tokens",
     "concat/split channels",
     "upsample 2x",
@@ -253,6 +256,10 @@ static int w_bias_f(nn_ctx_t *c, float *x, const float *b, int64_t B, int64_t C,
     TIMED(K_BIAS, 0, s_base->add_channel_bias_forward(c, x, b, B, C, HW));
 }
 static int w_copy(nn_ctx_t *c, void *d, const void *s, size_t n) { TIMED(K_COPY, 0, s_base->copy(c, d, s, n)); }
+static int w_widen(nn_ctx_t *c, float *d, const void *s, nn_dtype_t t, int64_t n)
+{
+    TIMED(K_WIDEN, 0, s_base->widen(c, d, s, t, n));
+}
 static int w_upload(nn_ctx_t *c, void *d, const void *s, size_t n) { TIMED(K_COPY, 0, s_base->upload(c, d, s, n)); }
 static int w_download(nn_ctx_t *c, void *d, const void *s, size_t n)
 {
@@ -328,6 +335,7 @@ static void s_install_timers(nn_ctx_t *ctx)
     s_timed.add_forward = w_add_f;
     s_timed.add_channel_bias_forward = w_bias_f;
     s_timed.copy = w_copy;
+    s_timed.widen = w_widen;
     s_timed.upload = w_upload;
     s_timed.download = w_download;
     s_timed.transpose = w_transpose;
@@ -441,7 +449,8 @@ static int s_train(bench_t *b)
 static void s_usage(void)
 {
     fprintf(stderr, "usage: bench_model --model DIR --task unet_fwd|vae_dec|train [--px N] [--checkpoint]\n"
-                    "                   [--iters N] [--threads T] [--breakdown] [--dump FILE]\n");
+                    "                   [--store auto|fp32|fp16|bf16] [--iters N] [--threads T] [--breakdown]\n"
+                    "                   [--dump FILE]\n");
 }
 
 int main(int argc, char **argv)
@@ -451,6 +460,7 @@ int main(int argc, char **argv)
     int iters = 3, threads = 0;
     int64_t px = 0;
     bool checkpoint = false, breakdown = false;
+    sd_store_t store = SD_STORE_AUTO;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--model") && i + 1 < argc)
             dir = argv[++i];
@@ -464,7 +474,12 @@ int main(int argc, char **argv)
             threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--dump") && i + 1 < argc)
             dump = argv[++i];
-        else if (!strcmp(argv[i], "--checkpoint"))
+        else if (!strcmp(argv[i], "--store") && i + 1 < argc) {
+            if (!sd_store_parse(argv[++i], &store)) {
+                s_usage();
+                return 2;
+            }
+        } else if (!strcmp(argv[i], "--checkpoint"))
             checkpoint = true;
         else if (!strcmp(argv[i], "--breakdown"))
             breakdown = true;
@@ -484,7 +499,7 @@ int main(int argc, char **argv)
     if (breakdown) s_install_timers(ctx);
     unsigned parts = which == 0 ? SD_PART_UNET : which == 1 ? SD_PART_VAE : SD_PART_TEXT | SD_PART_UNET | SD_PART_SCHEDULER;
     double t0 = s_now();
-    if (!(b.m = sd_model_load(ctx, dir, parts))) return 1;
+    if (!(b.m = sd_model_load_as(ctx, dir, parts, store))) return 1;
     double load_s = s_now() - t0;
     b.r = (sd_run_t){.nn = ctx, .scratch = &b.m->scratch};
     /* the VAE's spatial factor: 2^(blocks - 1), 8 for SD */
@@ -553,7 +568,9 @@ int main(int argc, char **argv)
            task, dir, (long long)px, checkpoint ? "true" : "false", ctx->threads, iters, sorted[iters / 2], sorted[0],
            sorted[iters - 1]);
     for (int i = 0; i < iters; i++) printf("%s%.4f", i ? ", " : "", times[i]);
-    printf("], \"load_s\": %.2f, \"rss_loaded_mib\": %.0f, \"peak_rss_loaded_mib\": %.0f, \"peak_rss_mib\": %.0f, "
+    printf("], \"store\": \"%s\", \"params_mib\": %.0f", sd_store_name(store),
+           (double)sd_model_param_bytes(b.m) / 1048576.0);
+    printf(", \"load_s\": %.2f, \"rss_loaded_mib\": %.0f, \"peak_rss_loaded_mib\": %.0f, \"peak_rss_mib\": %.0f, "
            "\"scratch_peak_mib\": %.0f, \"scratch_reserved_mib\": %.0f",
            load_s, rss_loaded, peak_loaded, s_peak_rss_mib(), (double)b.m->scratch.peak / 1048576.0,
            (double)bt_stack_reserved(&b.m->scratch) / 1048576.0);

@@ -79,6 +79,19 @@ def blas_coretype():
 PROMPT_IDS = [[49406, 320, 1125, 539, 48136, 1929], [49406, 320, 1125, 539, 1929, 49407]]
 
 
+def variant(model, sub):
+    """diffusers' variant name when a part ships only as NAME.fp16/.bf16.safetensors (as booth
+    init-model --dtype fp16 writes it): PyTorch then loads those files and upcasts to float32."""
+    d = os.path.join(model, sub)
+    names = os.listdir(d) if os.path.isdir(d) else []
+    if any(n.endswith(".safetensors") and n.count(".") == 1 for n in names):
+        return None
+    for v in ("fp16", "bf16"):
+        if any(n.endswith(f".{v}.safetensors") for n in names):
+            return v
+    return None
+
+
 def torch_worker(a):
     import resource
 
@@ -95,7 +108,8 @@ def torch_worker(a):
     if a.task == "unet_fwd":
         from diffusers import UNet2DConditionModel
 
-        unet = UNet2DConditionModel.from_pretrained(a.model, subfolder="unet", torch_dtype=torch.float32).eval()
+        unet = UNet2DConditionModel.from_pretrained(a.model, subfolder="unet", torch_dtype=torch.float32,
+                                                    variant=variant(a.model, "unet")).eval()
         h = a.px // 8 if a.px else unet.config.sample_size
         x = torch.randn(2, unet.config.in_channels, h, h)
         ehs = torch.randn(2, 77, unet.config.cross_attention_dim)
@@ -108,7 +122,8 @@ def torch_worker(a):
     elif a.task == "vae_dec":
         from diffusers import AutoencoderKL
 
-        vae = AutoencoderKL.from_pretrained(a.model, subfolder="vae", torch_dtype=torch.float32).eval()
+        vae = AutoencoderKL.from_pretrained(a.model, subfolder="vae", torch_dtype=torch.float32,
+                                            variant=variant(a.model, "vae")).eval()
         f = 2 ** (len(vae.config.block_out_channels) - 1)
         h = a.px // f if a.px else vae.config.sample_size // f
         z = torch.randn(1, vae.config.latent_channels, h, h)
@@ -123,8 +138,10 @@ def torch_worker(a):
         from peft import LoraConfig
         from transformers import CLIPTextModel
 
-        text_encoder = CLIPTextModel.from_pretrained(a.model, subfolder="text_encoder", torch_dtype=torch.float32)
-        unet = UNet2DConditionModel.from_pretrained(a.model, subfolder="unet", torch_dtype=torch.float32)
+        text_encoder = CLIPTextModel.from_pretrained(a.model, subfolder="text_encoder", torch_dtype=torch.float32,
+                                                     variant=variant(a.model, "text_encoder"))
+        unet = UNet2DConditionModel.from_pretrained(a.model, subfolder="unet", torch_dtype=torch.float32,
+                                                    variant=variant(a.model, "unet"))
         noise_scheduler = DDPMScheduler.from_pretrained(a.model, subfolder="scheduler")
         # as train_dreambooth_lora.py (diffusers 0.25.1) sets things up
         text_encoder.requires_grad_(False)
@@ -215,6 +232,8 @@ def main():
     ap.add_argument("--python", default="/tmp/benchenv/bin/python" if os.path.exists("/tmp/benchenv/bin/python")
                     else sys.executable, help="a Python with torch, diffusers, transformers and peft")
     ap.add_argument("--sd15", default="/tmp/sd15", help="SD 1.5-sized model folder (booth init-model --arch sd15)")
+    ap.add_argument("--sd15-fp16", default="/tmp/sd15h",
+                    help="the same in fp16, as real snapshots ship (booth init-model --arch sd15 --dtype fp16)")
     ap.add_argument("--tiny", default=os.path.join(ROOT, "tests/fixtures/tiny-sd"))
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--iters", type=int, default=0, help="timed runs per process (default: per row)")
@@ -238,7 +257,7 @@ def main():
         a.iters = a.iters or 3
         return torch_worker(a)
 
-    tiny, sd15 = a.tiny, a.sd15
+    tiny, sd15, sd15h = a.tiny, a.sd15, a.sd15_fp16
     # name: (task, model, px, checkpoint, default iters, description)
     ROWS = {
         "unet_fwd_tiny": ("unet_fwd", tiny, 128, False, 20, "UNet forward, tiny, 128 px, batch 2"),
@@ -252,6 +271,18 @@ def main():
         "train_sd15_512": ("train", sd15, 512, False, 2, "DreamBooth step, SD 1.5, 512 px"),
         "train_sd15_512_ckpt": ("train", sd15, 512, True, 2, "DreamBooth step, SD 1.5, 512 px, grad. checkpointing"),
         "generate_sd15_512": ("generate", sd15, 512, False, 20, "booth generate, SD 1.5, 512 px, 20 PNDM steps"),
+        # an fp16 snapshot: booth keeps the weight matrices in fp16 and widens them per use (the same
+        # float32 arithmetic); PyTorch loads the same files upcast to float32, as diffusers' script does
+        "unet_fwd_sd15h": ("unet_fwd", sd15h, 512, False, 3, "UNet forward, SD 1.5 fp16 files, 512 px, batch 2"),
+        "vae_dec_sd15h": ("vae_dec", sd15h, 512, False, 3, "VAE decode, SD 1.5 fp16 files, 512 px, batch 1"),
+        "train_sd15h_256": ("train", sd15h, 256, False, 3, "DreamBooth step, SD 1.5 fp16 files, 256 px"),
+        "train_sd15h_256_ckpt": ("train", sd15h, 256, True, 3,
+                                 "DreamBooth step, SD 1.5 fp16 files, 256 px, grad. checkpointing"),
+        "train_sd15h_512": ("train", sd15h, 512, False, 2, "DreamBooth step, SD 1.5 fp16 files, 512 px"),
+        "train_sd15h_512_ckpt": ("train", sd15h, 512, True, 2,
+                                 "DreamBooth step, SD 1.5 fp16 files, 512 px, grad. checkpointing"),
+        "generate_sd15h_512": ("generate", sd15h, 512, False, 20,
+                               "booth generate, SD 1.5 fp16 files, 512 px, 20 PNDM steps"),
     }
     if a.list:
         for k, v in ROWS.items():
@@ -308,7 +339,8 @@ def main():
         if side == "torch":
             tv = rs[0].get("torch", "?")
     print(f"# booth {os.path.relpath(a.booth)} vs torch {tv} + diffusers, {a.threads} threads "
-          f"(PyTorch: OpenBLAS {a.torch_blas_threads or a.threads}), OPENBLAS_CORETYPE={coretype}, float32; "
+          f"(PyTorch: OpenBLAS {a.torch_blas_threads or a.threads}), OPENBLAS_CORETYPE={coretype}, float32 "
+          f"arithmetic (booth keeps an fp16 folder's weights in fp16, PyTorch upcasts them); "
           f"median of per-process medians over {a.rounds} round(s)")
     rows = []
     for n in names:
@@ -336,7 +368,7 @@ def main():
                   f"{(b[1] if b else float('nan')):9.2f} {(t[1] if t else float('nan')):9.2f} "
                   f"{(b[1] / t[1] if b and t else float('nan')):6.2f}  {b[2] if b else '-'} / {t[2] if t else '-'}")
     # training targets: booth with checkpointing vs PyTorch's best (time and memory taken separately)
-    for size in ("tiny", "sd15_256", "sd15_512"):
+    for size in ("tiny", "sd15_256", "sd15_512", "sd15h_256", "sd15h_512"):
         bc = agg(f"train_{size}_ckpt", "booth")
         ts = [x for x in (agg(f"train_{size}", "torch"), agg(f"train_{size}_ckpt", "torch")) if x]
         if bc and ts:

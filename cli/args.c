@@ -1,5 +1,6 @@
 /* args.c — option parsing and --help text from one table. */
 #include "cli/args.h"
+#include "cli/cli.h"
 
 #include <errno.h>
 #include <math.h>
@@ -131,4 +132,15 @@ int cli_parse(const cli_spec_t *s, int argc, char **argv, const char **pos, int 
         if (rc) return rc;
     }
     return -1;
+}
+
+bool cli_base_dtype(const char *command, const char *value, sd_store_t *out)
+{
+    if (!value) {
+        *out = SD_STORE_AUTO;
+        return true;
+    }
+    if (sd_store_parse(value, out)) return true;
+    fprintf(stderr, "booth %s: --base-dtype '%s': expected auto, fp32, fp16 or bf16\n", command, value);
+    return false;
 }

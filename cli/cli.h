@@ -7,6 +7,8 @@
 #ifndef BOOTH_CLI_CLI_H
 #define BOOTH_CLI_CLI_H
 
+#include "diffusion/params.h"
+
 int cmd_info(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_train(int argc, char **argv);
@@ -17,5 +19,12 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_priors(int argc, char **argv);
+
+/* --base-dtype, shared by every command that loads a model (cli/args.c). */
+#define CLI_BASE_DTYPE_HELP                                                                                    \
+    "keep the frozen weights as: auto (as the files: fp16 stays fp16, half the memory, same results), fp32, "  \
+    "fp16, bf16 (rounds fp32 weights) (default auto)"
+/* Parses a --base-dtype value (NULL: auto); one line and false when unknown. */
+bool cli_base_dtype(const char *command, const char *value, sd_store_t *out);
 
 #endif

@@ -126,12 +126,14 @@ int cmd_train(int argc, char **argv)
     sd_train_config_t c;
     sd_train_config_defaults(&c);
     const char *output_dir = NULL, *lr_sched = "constant", *validation_prompt = NULL, *resume = NULL;
+    const char *base_dtype = NULL;
     int checkpointing_steps = 0, checkpoints_total_limit = 0, validation_steps = 0, num_validation_images = 4;
     int64_t rank = 4;
     bool alpha_seen = false;
     const cli_opt_t opts[] = {
         CLI_OPT("--model", CLI_STR, &c.model_dir, "DIR", "diffusers model folder to fine-tune (required)"),
         CLI_OPT("--pretrained-model-name-or-path", CLI_STR, &c.model_dir, "DIR", "same as --model (diffusers' name)"),
+        CLI_OPT("--base-dtype", CLI_STR, &base_dtype, "TYPE", CLI_BASE_DTYPE_HELP),
         CLI_OPT("--instance-data-dir", CLI_STR, &c.instance_dir, "DIR", "the subject's photos, JPEG/PNG (required)"),
         CLI_OPT("--instance-prompt", CLI_STR, &c.instance_prompt, "TEXT", "e.g. \"a photo of sks dog\" (required)"),
         CLI_OPT("--class-prompt", CLI_STR, &c.class_prompt, "TEXT", "e.g. \"a photo of dog\" (prior preservation)"),
@@ -217,6 +219,8 @@ int cmd_train(int argc, char **argv)
     }
     snprintf(vdir, sizeof vdir, "%s/validation", output_dir);
 
+    sd_store_t store;
+    if (!cli_base_dtype("train", base_dtype, &store)) return 2;
     nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, 0);
     if (!ctx) return 1;
     int status = 1;
@@ -227,7 +231,7 @@ int cmd_train(int argc, char **argv)
     memset(&ids, 0, sizeof ids);
     char ckpt[4096] = "";
     float *losses = malloc((size_t)c.max_train_steps * sizeof(float));
-    sd_model_t *m = sd_model_load(ctx, c.model_dir, SD_PART_ALL);
+    sd_model_t *m = sd_model_load_as(ctx, c.model_dir, SD_PART_ALL, store);
     if (!m || !losses) goto out;
     if ((checkpointing_steps || resume) && sd_model_ids(c.model_dir, &ids)) goto out;
     if (resume) {

@@ -119,6 +119,9 @@ static const s_jfield_t s_job[] = {
     F("adam_beta2", J_F32, adam_beta2, true),
     F("adam_epsilon", J_F32, adam_epsilon, true),
     F("adam_weight_decay", J_F32, adam_weight_decay, true),
+    /* "exact", or the 16-bit type --base-dtype rounded the model's weights to (absent before booth kept
+     * weights in 16 bits: exact) */
+    F("base_weights", J_STR, base_weights, true),
 };
 #undef F
 #define S_NJOB ((int)(sizeof s_job / sizeof s_job[0]))
@@ -187,6 +190,8 @@ static int s_job_compare(const char *path, const char *json, const sd_train_conf
                                        !strcmp(j->key, "prior_loss_weight")))
             continue;
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, j->key);
+        cJSON *exact = NULL;
+        if (!v && !strcmp(j->key, "base_weights")) v = exact = cJSON_CreateString("exact");
         cJSON *mine = s_job_item(j, c);
         char *a = v ? cJSON_PrintUnformatted(v) : NULL, *b = mine ? cJSON_PrintUnformatted(mine) : NULL;
         bool same;
@@ -205,6 +210,7 @@ static int s_job_compare(const char *path, const char *json, const sd_train_conf
             char flag[64];
             snprintf(flag, sizeof flag, "%s", j->key);
             for (char *p = flag; *p; p++) *p = *p == '_' ? '-' : *p;
+            if (!strcmp(j->key, "base_weights")) snprintf(flag, sizeof flag, "base-dtype (weights)");
             BT_ERROR("%s: the checkpoint was trained with --%s %s, this run has %s; resume needs the same settings "
                      "(or a new --output-dir)",
                      path, flag, a ? a : "(missing)", b ? b : "?");
@@ -213,6 +219,7 @@ static int s_job_compare(const char *path, const char *json, const sd_train_conf
         cJSON_free(a);
         cJSON_free(b);
         cJSON_Delete(mine);
+        cJSON_Delete(exact);
     }
     cJSON_Delete(o);
     return rc;
@@ -483,7 +490,8 @@ int sd_checkpoint_save(const char *path, const sd_trainer_t *t, const sd_model_i
         goto out;
     if (c->prior_preservation) {
         const sd_image_set_t *cl = &t->classes;
-        sd_prior_spec_t spec = {.prompt = cl->gen_prompt ? cl->gen_prompt : c->class_prompt,
+        sd_prior_spec_t spec = {.weights = sd_model_weights(t->model),
+                                .prompt = cl->gen_prompt ? cl->gen_prompt : c->class_prompt,
                                 .seed = cl->gen_prompt ? cl->gen_seed : c->seed,
                                 .steps = cl->gen_prompt ? cl->gen_steps : c->class_steps,
                                 .guidance = cl->gen_prompt ? cl->gen_guidance : c->class_guidance,

@@ -252,16 +252,18 @@ static bool s_grow(void **buf, size_t *cap, size_t bytes)
 }
 
 /* A file tensor into 16-bit storage of type dt (host memory dst): copied when
- * the file has that type, else through float32 and rounded to nearest even.
+ * the file has that type, else through float32 and rounded to nearest even
+ * (*rounded set: the values may have changed).
  * BT_EINVAL when a finite value does not fit fp16 (it would become inf). */
 static int s_read16(const st_tensor_t *t, nn_dtype_t dt, uint16_t *dst, float *tmp, const char *path,
-                    const char *name)
+                    const char *name, bool *rounded)
 {
     int64_t n = st_numel(t);
     if ((t->dtype == ST_F16 && dt == NN_F16) || (t->dtype == ST_BF16 && dt == NN_BF16)) {
         memcpy(dst, t->data, (size_t)n * sizeof(uint16_t));
         return BT_OK;
     }
+    *rounded = true;
     st_read_f32(t, tmp);
     for (int64_t i = 0; i < n; i++) {
         if (dt == NN_F16 && isfinite(tmp[i]) && fabsf(tmp[i]) >= 65520.0f) {
@@ -318,7 +320,9 @@ int sd_params_load_files(sd_params_t *ps, st_file_t *const *files, int nfiles)
                 break;
             }
             if (!cpu) dst = staging16;
-            rc = s_read16(t, p->dtype, dst, staging, st_path(from), p->name);
+            bool rounded = false;
+            rc = s_read16(t, p->dtype, dst, staging, st_path(from), p->name, &rounded);
+            ps->rounded += rounded;
             s_release(t);
             if (rc || (!cpu && (rc = nn_upload(ps->ctx, p->data16, staging16, (size_t)n * sizeof(uint16_t)))))
                 break;
@@ -439,6 +443,7 @@ int sd_params_load_model(sd_params_t *ps, nn_ctx_t *ctx, const char *dir, const 
     st_file_t **files = NULL;
     int nfiles = 0;
     int rc = s_open_dir(ps, dir, base, &files, &nfiles);
+    ps->rounded = 0;
     for (int i = 0; rc == BT_OK && i < ps->n; i++) {
         sd_param_t *p = &ps->p[i];
         p->dtype = NN_F32;

@@ -77,6 +77,7 @@ typedef struct sd_params {
     void *mem16;   /* the 16-bit parameters' block, or NULL */
     int64_t numel; /* parameters, both blocks */
     int64_t numel16; /* of which stored in 16 bits */
+    int rounded;     /* parameters rounded at load (a wider file value kept in fewer bits) */
     bool failed; /* a registration failed (out of memory, name too long): reported at alloc */
 } sd_params_t;
 

@@ -32,6 +32,13 @@ size_t sd_model_param_bytes(const sd_model_t *m)
            (m->vae ? sd_params_bytes(&m->vae->params) : 0);
 }
 
+const char *sd_model_weights(const sd_model_t *m)
+{
+    int rounded = (m->clip ? m->clip->params.rounded : 0) + (m->unet ? m->unet->params.rounded : 0) +
+                  (m->vae ? m->vae->params.rounded : 0);
+    return !rounded ? "exact" : m->store == SD_STORE_BF16 ? "bf16" : "fp16";
+}
+
 sd_model_t *sd_model_load_as(nn_ctx_t *ctx, const char *dir, unsigned parts, sd_store_t store)
 {
     char path[4096];

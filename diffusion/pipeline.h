@@ -51,6 +51,10 @@ sd_model_t *sd_model_load(nn_ctx_t *ctx, const char *dir, unsigned parts);
 sd_model_t *sd_model_load_as(nn_ctx_t *ctx, const char *dir, unsigned parts, sd_store_t store);
 /* Bytes of the loaded parts' parameters. */
 size_t sd_model_param_bytes(const sd_model_t *m);
+/* What the model computes with, for records that must match on reuse (prior
+ * sets, checkpoints): "exact" when every weight is the file's value, else the
+ * 16-bit type they were rounded to ("fp16", "bf16"). */
+const char *sd_model_weights(const sd_model_t *m);
 void sd_model_destroy(sd_model_t **m);
 
 /* Prompt -> text embeddings [1, 77, C] in the context's memory (ids on the host). */

@@ -91,6 +91,7 @@ int sd_priors_write_attrs(bt_h5_file_t *f, const char *group, const sd_prior_spe
     if (!rc && model_dir) rc = bt_h5_attr_set_str(f, group, "base_model", model_dir);
     if (!rc && model_hash) rc = bt_h5_attr_set_str(f, group, "base_model_hash", model_hash);
     if (!rc && vae_hash) rc = bt_h5_attr_set_str(f, group, "vae_hash", vae_hash);
+    if (!rc) rc = bt_h5_attr_set_str(f, group, "base_weights", spec->weights ? spec->weights : "exact");
     return rc;
 }
 
@@ -113,9 +114,11 @@ static int s_per_image(const sd_prior_spec_t *spec, int64_t n, uint64_t **seeds,
     return BT_OK;
 }
 
-int sd_priors_write_part(sd_model_t *m, const sd_prior_spec_t *spec, const char *model_hash, const char *vae_hash,
+int sd_priors_write_part(sd_model_t *m, const sd_prior_spec_t *spec_in, const char *model_hash, const char *vae_hash,
                          int64_t first, int count, const char *path)
 {
+    sd_prior_spec_t with = *spec_in, *spec = &with;
+    if (!spec->weights) spec->weights = sd_model_weights(m);
     int64_t R = spec->resolution, h = R / 8, per = (int64_t)m->vae->cfg.latent_channels * h * h;
     uint8_t *pixels = malloc((size_t)(count * 3 * R * R));
     float *mean = malloc((size_t)(count * per) * sizeof(float)),
@@ -159,7 +162,7 @@ out:
 static int s_check_settings(bt_h5_file_t *f, const sd_prior_spec_t *spec, const char *sampler, const char *model_hash,
                             const char *what)
 {
-    char *fmt = NULL, *prompt = NULL, *smp = NULL, *hash = NULL;
+    char *fmt = NULL, *prompt = NULL, *smp = NULL, *hash = NULL, *weights = NULL;
     uint64_t seed = 0;
     int64_t steps = 0, res = 0;
     double guidance = 0;
@@ -175,7 +178,9 @@ static int s_check_settings(bt_h5_file_t *f, const sd_prior_spec_t *spec, const 
         (rc = bt_h5_attr_f64(f, SD_PRIOR_GROUP, "guidance", &guidance)) == BT_OK &&
         (rc = bt_h5_attr_i64(f, SD_PRIOR_GROUP, "resolution", &res)) == BT_OK &&
         (rc = bt_h5_attr_str(f, SD_PRIOR_GROUP, "sampler", &smp)) == BT_OK &&
-        (rc = bt_h5_attr_str(f, SD_PRIOR_GROUP, "base_model_hash", &hash)) == BT_OK) {
+        (rc = bt_h5_attr_str(f, SD_PRIOR_GROUP, "base_model_hash", &hash)) == BT_OK &&
+        (!bt_h5_attr_exists(f, SD_PRIOR_GROUP, "base_weights") || /* older sets: exact */
+         (rc = bt_h5_attr_str(f, SD_PRIOR_GROUP, "base_weights", &weights)) == BT_OK)) {
         char a[300], b[300];
         const char *key = NULL;
         if (strcmp(prompt, spec->prompt)) {
@@ -206,6 +211,10 @@ static int s_check_settings(bt_h5_file_t *f, const sd_prior_spec_t *spec, const 
             key = "base model hash";
             snprintf(a, sizeof a, "%s", hash);
             snprintf(b, sizeof b, "%s", model_hash);
+        } else if (strcmp(weights ? weights : "exact", spec->weights ? spec->weights : "exact")) {
+            key = "--base-dtype (weights)";
+            snprintf(a, sizeof a, "%s", weights ? weights : "exact");
+            snprintf(b, sizeof b, "%s", spec->weights ? spec->weights : "exact");
         }
         if (key) {
             BT_ERROR("%s: %s was made with %s %s, this run asks for %s; use another file or the same settings", path,
@@ -217,6 +226,7 @@ static int s_check_settings(bt_h5_file_t *f, const sd_prior_spec_t *spec, const 
     free(prompt);
     free(smp);
     free(hash);
+    free(weights);
     return rc;
 }
 
@@ -386,9 +396,11 @@ out:
     return rc;
 }
 
-int sd_priors_ensure(sd_model_t *m, const char *path, const sd_prior_spec_t *spec, int want, sd_progress_fn progress,
-                     void *user)
+int sd_priors_ensure(sd_model_t *m, const char *path, const sd_prior_spec_t *spec_in, int want,
+                     sd_progress_fn progress, void *user)
 {
+    sd_prior_spec_t with = *spec_in, *spec = &with;
+    if (!spec->weights) spec->weights = sd_model_weights(m);
     if (want < 1) {
         BT_ERROR("%s: a prior set needs at least one image", path);
         return BT_EINVAL;

@@ -40,6 +40,8 @@ typedef struct sd_prior_spec {
     int steps;      /* sampler steps per image */
     float guidance; /* classifier-free guidance scale */
     int resolution; /* square images of this many pixels a side (a multiple of 8) */
+    const char *weights; /* sd_model_weights() of the model that drew them ("exact", "fp16", "bf16");
+                          * NULL: filled in from the model where one is given, else "exact" */
 } sd_prior_spec_t;
 
 /* Images [first, first + count) with the model's default sampler: pixels

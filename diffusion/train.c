@@ -142,6 +142,7 @@ sd_trainer_t *sd_trainer_new(sd_model_t **model, const sd_train_config_t *cfg, s
     nn_ctx_t *ctx = t->model->ctx;
     t->cfg = *cfg;
     sd_train_config_t *c = &t->cfg;
+    c->base_weights = sd_model_weights(t->model);
     if (c->lora_alpha <= 0) c->lora_alpha = (float)c->rank;
     if (c->micro_batch_size <= 0) c->micro_batch_size = c->prior_preservation ? 2 : 1;
     if (c->train_batch_size < 1 || c->max_train_steps < 0 || c->rank < 1) {

@@ -56,6 +56,7 @@ typedef struct sd_train_config {
     float noise_offset;        /* 0: off */
     float max_grad_norm;       /* <= 0: no clipping */
     float adam_beta1, adam_beta2, adam_epsilon, adam_weight_decay;
+    const char *base_weights;  /* set by sd_trainer_new: sd_model_weights() of the model it trains */
 } sd_train_config_t;
 
 /* diffusers' defaults (lr 1e-4 ... rank 4, alpha = rank at prepare time). */

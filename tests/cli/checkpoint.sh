@@ -106,7 +106,8 @@ for f in "$T/c"/checkpoint-*.h5; do
     [ -e "$f" ] || continue
     "$BOOTH" inspect "$f" >/dev/null
 done
-train "$T/c" --checkpointing-steps 1 --resume-from-checkpoint latest >/dev/null 2>&1
+# (--base-dtype fp32 keeps this float32 model's weights exact, as auto does: it resumes)
+train "$T/c" --checkpointing-steps 1 --resume-from-checkpoint latest --base-dtype fp32 >/dev/null 2>&1
 cmp "$T/a/pytorch_lora_weights.safetensors" "$T/c/pytorch_lora_weights.safetensors"
 
 # checkpoints that cannot be resumed: one line each, the cause named
@@ -114,6 +115,8 @@ check_error "trained with --learning-rate 0.005, this run has 0.001" \
     train "$T/d" --resume-from-checkpoint "$CK" --learning-rate 1e-3
 check_error "trained with --rank 4, this run has 8" train "$T/d" --resume-from-checkpoint "$CK" --rank 8
 check_error "trained with --seed 4, this run has 5" train "$T/d" --resume-from-checkpoint "$CK" --seed 5
+check_error "trained with --base-dtype (weights) \"exact\", this run has \"fp16\"" \
+    train "$T/d" --resume-from-checkpoint "$CK" --base-dtype fp16
 head -c 5000 "$CK" >"$T/trunc.h5"
 check_error "trunc.h5: truncated, corrupt or unfinished HDF5 file" train "$T/d" --resume-from-checkpoint "$T/trunc.h5"
 cp "$T/sheet.png" "$T/foreign.h5"

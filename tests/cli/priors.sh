@@ -54,7 +54,7 @@ cmp "$T/full.h5" "$T/rand.h5"
 
 # --num grows the set; the result equals a set made at that size at once
 "$BOOTH" priors "${P[@]}" --num 3 --out "$T/grow.h5" >/dev/null 2>&1
-"$BOOTH" priors "${P[@]}" --num 5 --out "$T/grow.h5" >/dev/null 2>"$T/grow.err"
+"$BOOTH" priors "${P[@]}" --num 5 --out "$T/grow.h5" --base-dtype fp32 >/dev/null 2>"$T/grow.err" # fp32 = exact here
 grep -q "generated 2 images" "$T/grow.err"
 cmp "$T/full.h5" "$T/grow.h5"
 
@@ -84,6 +84,14 @@ check_error "made with --seed 7, this run asks for 8" "$BOOTH" priors --model $M
     --steps 2 --resolution 64 --seed 8 --num 6 --out "$T/full.h5"
 check_error "made with --class-prompt \"a photo of robot\"" "$BOOTH" priors --model $MODEL --class-prompt "a dog" \
     --steps 2 --resolution 64 --seed 7 --num 6 --out "$T/full.h5"
+# weights rounded to bf16 draw other images: not mixed into a set drawn with the file's weights
+check_error "made with --base-dtype (weights) exact, this run asks for bf16" "$BOOTH" priors "${P[@]}" --num 6 \
+    --base-dtype bf16 --out "$T/full.h5"
+set +e
+"$BOOTH" priors "${P[@]}" --num 6 --base-dtype fp8 --out "$T/full.h5" >/dev/null 2>"$T/err"
+test $? = 2 || { echo "--base-dtype fp8 is a usage error"; exit 1; }
+set -e
+grep -q -- "--base-dtype 'fp8': expected auto, fp32, fp16 or bf16" "$T/err"
 head -c 3000 "$T/full.h5" >"$T/trunc.h5"
 check_error "trunc.h5: truncated" "$BOOTH" priors "${P[@]}" --num 5 --out "$T/trunc.h5"
 check_error "trunc.h5: truncated" "$BOOTH" inspect "$T/trunc.h5"
