@@ -56,22 +56,28 @@ static int s_save_lora(const sd_trainer_t *t, const char *dir, const char *model
     return rc;
 }
 
-/* num images of `prompt` with the current LoRA as one labelled grid. */
-static int s_validate(sd_trainer_t *t, const char *prompt, int num, int64_t step, const char *dir)
+/* num images of `prompt` with the current LoRA as one labelled grid. embeds: the
+ * prompt's and the empty prompt's embeddings, computed once when the text
+ * encoder is frozen; NULL: encode them now (with its LoRA as it is). */
+static int s_validate(sd_trainer_t *t, const char *prompt, const float *embeds, int num, int64_t step,
+                      const char *dir)
 {
     sd_model_t *m = t->model;
-    int64_t h = t->instances.h, w = t->instances.w, C = t->instances.C, T = t->T, cd = m->clip->cfg.hidden_size;
-    int64_t npix = 3 * h * 8 * w * 8;
+    int64_t h = t->instances.h, w = t->instances.w, C = t->instances.C, T = t->T;
+    int64_t cd = m->unet->cfg.cross_attention_dim[0], npix = 3 * h * 8 * w * 8;
     int rc = BT_OK;
-    float *embeds = nn_alloc(m->ctx, (size_t)(2 * T * cd) * sizeof(float));
+    float *own = embeds ? NULL : nn_alloc(m->ctx, (size_t)(2 * T * cd) * sizeof(float));
     float *lat = malloc((size_t)(C * h * w) * sizeof(float)), *img = malloc((size_t)npix * sizeof(float));
     bt_img_t *tiles[16] = {0};
     if (num > 16) num = 16;
-    if (!embeds || !lat || !img) {
+    if ((!embeds && !own) || !lat || !img) {
         rc = BT_ENOMEM;
         goto out;
     }
-    if ((rc = sd_encode_prompt(m, embeds + T * cd, prompt, 0)) || (rc = sd_encode_prompt(m, embeds, "", 0))) goto out;
+    if (own) {
+        if ((rc = sd_encode_prompt(m, own + T * cd, prompt, 0)) || (rc = sd_encode_prompt(m, own, "", 0))) goto out;
+        embeds = own;
+    }
     sd_sample_params_t p = {.guidance = 7.5f, .steps = 25, .sampler = m->default_sampler, .seed = t->cfg.seed};
     for (int i = 0; i < num; i++) {
         p.first_index = i; /* the same noise at every validation: the grids are comparable */
@@ -94,7 +100,7 @@ static int s_validate(sd_trainer_t *t, const char *prompt, int num, int64_t step
     bt_img_destroy(&grid);
 out:
     for (int i = 0; i < 16; i++) bt_img_destroy(&tiles[i]);
-    if (embeds) nn_free(m->ctx, embeds);
+    if (own) nn_free(m->ctx, own);
     free(lat);
     free(img);
     return rc;
@@ -230,6 +236,7 @@ int cmd_train(int argc, char **argv)
     sd_model_ids_t ids;
     memset(&ids, 0, sizeof ids);
     char ckpt[4096] = "";
+    float *val_embeds = NULL; /* [2, T, C]: "" and the validation prompt, with a frozen text encoder */
     float *losses = malloc((size_t)c.max_train_steps * sizeof(float));
     sd_model_t *m = sd_model_load_as(ctx, c.model_dir, SD_PART_ALL, store);
     if (!m || !losses) goto out;
@@ -260,6 +267,18 @@ int cmd_train(int argc, char **argv)
             c.prior_preservation ? t->classes.n : 0, t->classes.n == 1 ? "" : "s", (long long)c.rank, c.lora_alpha,
             t->lora_unet->n, t->lora_text ? " + the text encoder" : "", (long long)c.max_train_steps,
             c.train_batch_size, c.learning_rate, sd_lr_sched_name(c.lr_scheduler));
+    if (t->ehs) { /* a frozen text encoder: embed the validation prompts now, then free it */
+        int64_t cd = t->model->unet->cfg.cross_attention_dim[0], T = t->T;
+        if (validation_prompt &&
+            (!(val_embeds = nn_alloc(ctx, (size_t)(2 * T * cd) * sizeof(float))) ||
+             sd_encode_prompt(t->model, val_embeds + T * cd, validation_prompt, 0) ||
+             sd_encode_prompt(t->model, val_embeds, "", 0)))
+            goto out;
+        size_t before = sd_model_param_bytes(t->model);
+        sd_trainer_release_text_encoder(t);
+        BT_INFO("prompt embeddings computed; text encoder released (%.0f MiB)",
+                (double)(before - sd_model_param_bytes(t->model)) / 1048576.0);
+    }
     if (ckpt[0]) {
         if (sd_checkpoint_resume(ckpt, t, &ids, &hist)) goto out;
         fprintf(stderr, "booth train: resumed from %s at step %lld\n", ckpt, (long long)t->step);
@@ -311,7 +330,7 @@ int cmd_train(int argc, char **argv)
             snprintf(ckpt, sizeof ckpt, "%s", ck);
         }
         if (validation_prompt && ((validation_steps && (s + 1) % validation_steps == 0) || last)) {
-            if (bt_mkdirs(vdir) || s_validate(t, validation_prompt, num_validation_images, s + 1, vdir)) goto out;
+            if (bt_mkdirs(vdir) || s_validate(t, validation_prompt, val_embeds, num_validation_images, s + 1, vdir)) goto out;
         }
     }
     bt_progress_finish(&bar, NULL);
@@ -323,6 +342,7 @@ int cmd_train(int argc, char **argv)
     if (validation_prompt) printf("%s/step-%06lld.png\n", vdir, (long long)c.max_train_steps);
     status = 0;
 out:
+    if (val_embeds) nn_free(ctx, val_embeds);
     if (csv) fclose(csv);
     sd_history_free(&hist);
     free(losses);

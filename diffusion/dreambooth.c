@@ -59,10 +59,16 @@ static int s_run(sd_db_t *db, const sd_db_batch_t *b, double *loss, float *per_e
     sd_model_t *m = db->model;
     nn_ctx_t *ctx = m->ctx;
     int64_t n = b->n, C = m->unet->cfg.in_channels, per = C * b->h * b->w;
-    int64_t cd = m->clip->cfg.hidden_size, T = b->T;
-    if (m->unet->cfg.cross_attention_dim[0] != cd) {
+    int64_t cd = m->unet->cfg.cross_attention_dim[0], T = b->T;
+    if (m->clip && m->clip->cfg.hidden_size != cd) {
         BT_ERROR("%s: the UNet expects %lld-wide text embeddings, the text encoder makes %lld", m->dir,
-                 (long long)m->unet->cfg.cross_attention_dim[0], (long long)cd);
+                 (long long)cd, (long long)m->clip->cfg.hidden_size);
+        return BT_EINVAL;
+    }
+    if (b->ehs ? db->lora_text != NULL : !m->clip) {
+        BT_ERROR("%s: %s", m->dir,
+                 b->ehs ? "precomputed text embeddings with a text encoder that trains"
+                        : "no text encoder to embed the prompts (and no precomputed embeddings)");
         return BT_EINVAL;
     }
     int rc = BT_OK;
@@ -71,17 +77,22 @@ static int s_run(sd_db_t *db, const sd_db_batch_t *b, double *loss, float *per_e
     sd_run_t r_frozen = {.nn = ctx, .scratch = &m->scratch};
     float *host = malloc((size_t)(2 * n * per) * sizeof(float)), *noisy = host, *target = host + n * per;
     float *tf = malloc((size_t)n * sizeof(float));
-    float *ehs = sd_scratch(&r, n * T * cd), *dehs = NULL, *x = sd_scratch(&r, n * per);
+    const float *ehs = b->ehs;
+    float *ehs_buf = b->ehs ? NULL : sd_scratch(&r, n * T * cd), *dehs = NULL, *x = sd_scratch(&r, n * per);
     float *pred = sd_scratch(&r, n * per), *tgt = sd_scratch(&r, n * per), *dpred = sd_scratch(&r, n * per);
-    if (!host || !tf || !ehs || !x || !pred || !tgt || !dpred) {
+    if (!host || !tf || (!ehs && !ehs_buf) || !x || !pred || !tgt || !dpred) {
         rc = BT_ENOMEM;
         goto out;
     }
     for (int64_t i = 0; i < n; i++) tf[i] = (float)b->timesteps[i];
 
     /* text embeddings: through the tape only when the text encoder's LoRA trains */
-    if ((rc = sd_clip_forward(db->lora_text && backward ? &r : &r_frozen, m->clip, ehs, NULL, b->ids, n, T, db->clip_skip)))
-        goto out;
+    if (!ehs) {
+        if ((rc = sd_clip_forward(db->lora_text && backward ? &r : &r_frozen, m->clip, ehs_buf, NULL, b->ids, n, T,
+                                  db->clip_skip)))
+            goto out;
+        ehs = ehs_buf;
+    }
     if ((rc = sd_sched_add_noise(&db->table, noisy, b->latents, b->noise, b->timesteps, n, per))) goto out;
     if (db->prediction == SD_PRED_V)
         rc = sd_sched_get_velocity(&db->table, target, b->latents, b->noise, b->timesteps, n, per);

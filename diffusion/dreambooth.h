@@ -3,7 +3,8 @@
  * micro-batch of examples.
  *
  * For each example (token ids, cached VAE latents, noise, timestep, weight):
- *   ehs   = CLIP(ids)                     (with text-encoder LoRA if trained)
+ *   ehs   = CLIP(ids)                     (with text-encoder LoRA if trained; a
+ *                                          frozen encoder's may come precomputed)
  *   noisy = sqrt(a_t) latents + sqrt(1 - a_t) noise           (DDPM add_noise)
  *   pred  = UNet(noisy, t, ehs)
  *   target = noise (epsilon), v = sqrt(a_t) noise - sqrt(1 - a_t) latents
@@ -29,6 +30,8 @@ typedef struct sd_db_batch {
     const float *noise;       /* [n, 4, h, w] (host) */
     const int64_t *timesteps; /* [n] */
     const float *weights;     /* [n] loss weight of each example */
+    const float *ehs;         /* [n, T, C] text embeddings in the context's memory, computed once for a
+                               * frozen text encoder; NULL: CLIP(ids) now (required when it trains) */
 } sd_db_batch_t;
 
 typedef struct sd_db {

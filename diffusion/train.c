@@ -120,6 +120,7 @@ void sd_trainer_destroy(sd_trainer_t **pt)
             if (t->gsum[k]) nn_free(t->model->ctx, t->gsum[k]);
         }
     }
+    if (t->ehs && t->model) nn_free(t->model->ctx, t->ehs);
     sd_db_destroy(&t->db);
     sd_lora_destroy(&t->lora_unet);
     sd_lora_destroy(&t->lora_text);
@@ -170,6 +171,15 @@ sd_trainer_t *sd_trainer_new(sd_model_t **model, const sd_train_config_t *cfg, s
          sd_lora_alloc(t->lora_text, ctx, true) || sd_lora_init(t->lora_text, bt_rng_key(c->seed, TAG_LORA_TEXT))))
         goto out_fail;
     if (!(t->db = sd_db_new(t->model, t->lora_unet, t->lora_text, c->gradient_checkpointing))) goto out_fail;
+    if (!c->train_text_encoder) { /* the embeddings never change: once, not every micro-batch */
+        int64_t cd = t->model->clip->cfg.hidden_size;
+        sd_run_t r = {.nn = ctx, .scratch = &t->model->scratch};
+        if (!(t->ehs = nn_alloc(ctx, (size_t)(2 * t->T * cd) * sizeof(float))) ||
+            sd_clip_forward(&r, t->model->clip, t->ehs, NULL, t->ids_instance, 1, t->T, t->db->clip_skip) ||
+            (c->prior_preservation &&
+             sd_clip_forward(&r, t->model->clip, t->ehs + t->T * cd, NULL, t->ids_class, 1, t->T, t->db->clip_skip)))
+            goto out_fail;
+    }
 
     if (sd_image_set_load(&t->instances, t->model, c->instance_dir, c->resolution, c->random_flip, 0, progress, user))
         goto out_fail;
@@ -194,6 +204,31 @@ sd_trainer_t *sd_trainer_new(sd_model_t **model, const sd_train_config_t *cfg, s
 out_fail:
     sd_trainer_destroy(&t);
     return NULL;
+}
+
+void sd_trainer_release_text_encoder(sd_trainer_t *t)
+{
+    if (t->ehs && t->model->clip) sd_clip_destroy(&t->model->clip);
+}
+
+/* A batch's precomputed embeddings: example i's prompt (class or not) into row
+ * i of a new buffer in the context's memory; NULL without a cache (or memory). */
+static float *s_batch_ehs(const sd_trainer_t *t, const bool *is_class, int n, int *rc)
+{
+    if (!t->ehs) return NULL;
+    nn_ctx_t *ctx = t->model->ctx;
+    size_t row = (size_t)(t->T * t->model->unet->cfg.cross_attention_dim[0]);
+    float *e = nn_alloc(ctx, (size_t)n * row * sizeof(float));
+    if (!e) {
+        *rc = BT_ENOMEM;
+        return NULL;
+    }
+    for (int i = 0; i < n && !*rc; i++) *rc = nn_copy(ctx, e + i * row, t->ehs + (is_class[i] ? row : 0), row * sizeof(float));
+    if (*rc) {
+        nn_free(ctx, e);
+        return NULL;
+    }
+    return e;
 }
 
 int sd_trainer_num_microbatches(const sd_trainer_t *t)
@@ -281,7 +316,7 @@ int sd_trainer_microbatch(sd_trainer_t *t, int64_t step, int k, double *loss, do
     int64_t C = set->C, h = set->h, w = set->w, per = C * h * w, T = t->T;
     int32_t *ids = malloc((size_t)(cnt * T) * sizeof(int32_t));
     float *lat = malloc((size_t)(cnt * per) * sizeof(float)), *noise = malloc((size_t)(cnt * per) * sizeof(float));
-    float weights[256], per_ex[256], off[64];
+    float weights[256], per_ex[256], off[64], *ehs = NULL;
     int64_t ts[256] = {0};
     if (!ids || !lat || !noise) {
         rc = BT_ENOMEM;
@@ -302,12 +337,16 @@ int sd_trainer_microbatch(sd_trainer_t *t, int64_t step, int k, double *loss, do
         weights[i] = e->weight;
     }
     if ((rc = sd_lora_zero_grad(t->lora_unet)) || (t->lora_text && (rc = sd_lora_zero_grad(t->lora_text)))) goto out;
+    bool is_class[256];
+    for (int i = 0; i < cnt; i++) is_class[i] = ex[first + i].is_class;
+    if (!(ehs = s_batch_ehs(t, is_class, cnt, &rc)) && rc) goto out;
     sd_db_batch_t b = {.n = cnt, .T = T, .h = h, .w = w, .ids = ids, .latents = lat, .noise = noise,
-                       .timesteps = ts, .weights = weights};
+                       .timesteps = ts, .weights = weights, .ehs = ehs};
     if ((rc = sd_db_step(t->db, &b, loss, per_ex))) goto out;
     *loss_inst = *loss_prior = 0;
     for (int i = 0; i < cnt; i++) *(ex[first + i].is_class ? loss_prior : loss_inst) += per_ex[i];
 out:
+    if (ehs) nn_free(t->model->ctx, ehs);
     free(ids);
     free(lat);
     free(noise);
@@ -397,9 +436,15 @@ int sd_trainer_eval(sd_trainer_t *t, double *loss)
         ts[i] = (int64_t)((2 * k + 1) * N / (2 * nt));
         weights[i] = 1.0f / (float)n;
     }
+    bool *is_class = calloc((size_t)n, sizeof *is_class); /* all instance examples */
+    float *ehs = is_class ? s_batch_ehs(t, is_class, n, &rc) : NULL;
+    free(is_class);
+    if (!is_class) rc = BT_ENOMEM;
+    if (rc) goto out;
     sd_db_batch_t b = {.n = n, .T = T, .h = set->h, .w = set->w, .ids = ids, .latents = lat, .noise = noise,
-                       .timesteps = ts, .weights = weights};
+                       .timesteps = ts, .weights = weights, .ehs = ehs};
     rc = sd_db_eval(t->db, &b, loss, NULL);
+    if (ehs) nn_free(t->model->ctx, ehs);
 out:
     free(ids);
     free(lat);

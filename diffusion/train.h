@@ -79,6 +79,8 @@ typedef struct sd_trainer {
     sd_image_set_t instances, classes;
     int32_t ids_instance[77], ids_class[77];
     int64_t T;
+    float *ehs;        /* [2, T, C] instance and class prompt embeddings (context memory), computed once
+                        * when the text encoder is frozen; NULL when it trains */
     /* optimizer state and the step's gradient sum, laid out like the LoRA blocks */
     float *m[2], *v[2], *gsum[2];
     int64_t nblock[2]; /* floats in each set's block (0 for an absent set) */
@@ -91,6 +93,12 @@ typedef struct sd_trainer {
  * with one log line on failure. */
 sd_trainer_t *sd_trainer_new(sd_model_t **model, const sd_train_config_t *cfg, sd_progress_fn progress, void *user);
 void sd_trainer_destroy(sd_trainer_t **t);
+
+/* With a frozen text encoder every prompt it will see is embedded already (the
+ * instance and class prompts by sd_trainer_new; the caller's validation prompts
+ * by then too): frees it, as diffusers' --pre_compute_text_embeddings does.
+ * No-op when it trains. */
+void sd_trainer_release_text_encoder(sd_trainer_t *t);
 
 /* Examples of a step in micro-batch order; *n receives the count (<= 2 * batch). */
 int sd_trainer_plan(const sd_trainer_t *t, int64_t step, sd_train_example_t *ex, int *n);

@@ -222,3 +222,39 @@ TEST(train_lr_schedules)
     CHECK(sd_lr_sched_parse("cosine", &s) && s == SD_LR_COSINE);
     CHECK(!sd_lr_sched_parse("polynomial", &s));
 }
+
+/* A frozen text encoder's prompt embeddings are computed once (batch of one) and
+ * reused: a micro-batch gives the same bytes as running CLIP on it, and still
+ * does after the text encoder is freed. */
+TEST(train_cached_prompt_embeddings_are_exact)
+{
+    char dir[512];
+    s_setup(dir, sizeof dir);
+    nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, 0);
+    REQUIRE(ctx);
+    sd_trainer_t *t = s_trainer(ctx, dir, true, false, 5);
+    REQUIRE(t && t->ehs && !t->lora_text);
+    size_t bytes = (size_t)t->nblock[0] * sizeof(float);
+    float *g[3];
+    double loss[3], li, lp;
+    for (int k = 0; k < 3; k++) {
+        REQUIRE((g[k] = malloc(bytes)));
+        float *cache = t->ehs;
+        if (k == 1) t->ehs = NULL; /* CLIP on the micro-batch, as before caching */
+        if (k == 2) {
+            sd_trainer_release_text_encoder(t);
+            CHECK(t->model->clip == NULL);
+        }
+        REQUIRE(sd_trainer_microbatch(t, 3, 0, &loss[k], &li, &lp) == 0);
+        t->ehs = cache;
+        memcpy(g[k], t->lora_unet->grad, bytes);
+    }
+    CHECK(loss[0] == loss[1] && loss[0] == loss[2]);
+    CHECK(!memcmp(g[0], g[1], bytes) && !memcmp(g[0], g[2], bytes));
+    CHECK(tu_max_abs(g[0], t->nblock[0]) > 0);
+    double ev;
+    CHECK(sd_trainer_eval(t, &ev) == 0 && ev > 0); /* evaluation uses the cache too */
+    for (int k = 0; k < 3; k++) free(g[k]);
+    sd_trainer_destroy(&t);
+    nn_ctx_destroy(&ctx);
+}
