@@ -2,7 +2,7 @@
 """booth vs PyTorch + diffusers on whole models: inference and one DreamBooth LoRA step.
 
     bench/model.py [--booth build/bench/bench_model] [--cli build/booth]
-                   [--python /tmp/benchenv/bin/python] [--sd15 /tmp/sd15]
+                   [--python /tmp/benchenv/bin/python] [--sd15 /tmp/sd15] [--sd15-fp16 /tmp/sd15h]
                    [--tiny tests/fixtures/tiny-sd] [--threads 2] [--iters N]
                    [--rounds R] [--row NAME ...] [--markdown] [--json FILE]
 
@@ -17,6 +17,9 @@ Rows (see ROWS below; --list prints them):
                *_ckpt rows add unet.enable_gradient_checkpointing() / booth's
                --checkpoint.
   generate_*   `booth generate` end to end (booth only): total time, peak RSS.
+  *_sd15h*     the same on an fp16 folder, as real snapshots ship: booth keeps its weight
+               matrices in fp16 and widens them per use (the same float32 arithmetic);
+               PyTorch loads the same files (diffusers' variant="fp16") upcast to float32.
 
 Every measurement is its own process (booth's bench_model, or this script in
 --torch-worker mode under --python), so each reports its own peak RSS
@@ -38,7 +41,8 @@ Needs a virtualenv with diffusers for the PyTorch side, e.g.
   /tmp/benchenv/bin/pip install --no-deps diffusers==0.25.1 transformers==4.35.2 peft==0.7.1 \\
       accelerate==0.25.0 safetensors==0.4.2 huggingface_hub==0.20.3 tokenizers==0.15.2 \\
       packaging tqdm filelock regex fsspec importlib_metadata zipp
-and an SD 1.5-sized folder: build/booth init-model --arch sd15 --out /tmp/sd15.
+and SD 1.5-sized folders: build/booth init-model --arch sd15 --out /tmp/sd15 (and
+--dtype fp16 --out /tmp/sd15h: the same weights rounded to fp16).
 """
 import argparse
 import json
