@@ -119,7 +119,8 @@ static int64_t s_numel(const sd_param_t *p)
 }
 
 /* Two blocks, float32 and 16-bit, by each parameter's dtype; every part starts
- * 64 bytes aligned. Zeroed, padding included (optimisers sweep the whole block). */
+ * 64 bytes aligned. The float32 block is zeroed, padding included (optimisers
+ * sweep the whole block); the 16-bit one only ever holds loaded weights. */
 static int s_alloc(sd_params_t *ps, nn_ctx_t *ctx)
 {
     if (ps->failed) {
@@ -140,6 +141,7 @@ static int s_alloc(sd_params_t *ps, nn_ctx_t *ctx)
         BT_ERROR("%s: cannot allocate %.1f MiB for %d parameters", ps->what,
                  ((double)total * 4 + (double)total16 * 2) / 1048576.0, ps->n);
         if (ps->mem) nn_free(ctx, ps->mem);
+        if (ps->mem16) nn_free(ctx, ps->mem16);
         ps->mem = NULL;
         ps->mem16 = NULL;
         return BT_ENOMEM;
