@@ -85,9 +85,11 @@ typedef struct {
     s_jkind_t kind;
     size_t off;
     bool math;
+    const char *absent; /* JSON of the value a checkpoint written before the field existed had, or NULL */
+    const char *flag;   /* how messages name it, when not --key with '-' for '_' */
 } s_jfield_t;
 
-#define F(key, kind, field, math) {key, kind, offsetof(sd_train_config_t, field), math}
+#define F(key, kind, field, math) {key, kind, offsetof(sd_train_config_t, field), math, NULL, NULL}
 static const s_jfield_t s_job[] = {
     F("pretrained_model_name_or_path", J_STR, model_dir, false),
     F("instance_data_dir", J_STR, instance_dir, false),
@@ -121,7 +123,7 @@ static const s_jfield_t s_job[] = {
     F("adam_weight_decay", J_F32, adam_weight_decay, true),
     /* "exact", or the 16-bit type --base-dtype rounded the model's weights to (absent before booth kept
      * weights in 16 bits: exact) */
-    F("base_weights", J_STR, base_weights, true),
+    {"base_weights", J_STR, offsetof(sd_train_config_t, base_weights), true, "\"exact\"", "base-dtype (weights)"},
 };
 #undef F
 #define S_NJOB ((int)(sizeof s_job / sizeof s_job[0]))
@@ -190,8 +192,8 @@ static int s_job_compare(const char *path, const char *json, const sd_train_conf
                                        !strcmp(j->key, "prior_loss_weight")))
             continue;
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, j->key);
-        cJSON *exact = NULL;
-        if (!v && !strcmp(j->key, "base_weights")) v = exact = cJSON_CreateString("exact");
+        cJSON *absent = NULL;
+        if (!v && j->absent) v = absent = cJSON_Parse(j->absent);
         cJSON *mine = s_job_item(j, c);
         char *a = v ? cJSON_PrintUnformatted(v) : NULL, *b = mine ? cJSON_PrintUnformatted(mine) : NULL;
         bool same;
@@ -208,9 +210,8 @@ static int s_job_compare(const char *path, const char *json, const sd_train_conf
         }
         if (!same) {
             char flag[64];
-            snprintf(flag, sizeof flag, "%s", j->key);
-            for (char *p = flag; *p; p++) *p = *p == '_' ? '-' : *p;
-            if (!strcmp(j->key, "base_weights")) snprintf(flag, sizeof flag, "base-dtype (weights)");
+            snprintf(flag, sizeof flag, "%s", j->flag ? j->flag : j->key);
+            for (char *p = flag; *p && !j->flag; p++) *p = *p == '_' ? '-' : *p;
             BT_ERROR("%s: the checkpoint was trained with --%s %s, this run has %s; resume needs the same settings "
                      "(or a new --output-dir)",
                      path, flag, a ? a : "(missing)", b ? b : "?");
@@ -219,7 +220,7 @@ static int s_job_compare(const char *path, const char *json, const sd_train_conf
         cJSON_free(a);
         cJSON_free(b);
         cJSON_Delete(mine);
-        cJSON_Delete(exact);
+        cJSON_Delete(absent);
     }
     cJSON_Delete(o);
     return rc;

@@ -243,6 +243,21 @@ static const st_tensor_t *s_lookup(st_file_t *const *files, int nfiles, const ch
     return NULL;
 }
 
+/* A parameter's tensor in the files, under its name or its legacy VAE name. */
+static const st_tensor_t *s_find(st_file_t *const *files, int nfiles, const char *name, st_file_t **from)
+{
+    char alt[SD_NAME_MAX + 16];
+    const st_tensor_t *t = s_lookup(files, nfiles, name, from);
+    if (!t && s_legacy_name(name, alt, sizeof alt)) t = s_lookup(files, nfiles, alt, from);
+    return t;
+}
+
+/* float32 -> 16-bit type dt, rounding to nearest even. */
+static void s_narrow(uint16_t *dst, const float *src, int64_t n, nn_dtype_t dt)
+{
+    for (int64_t i = 0; i < n; i++) dst[i] = dt == NN_F16 ? bt_f32_to_f16(src[i]) : bt_f32_to_bf16(src[i]);
+}
+
 /* Grows *buf to hold bytes; false when out of memory. */
 static bool s_grow(void **buf, size_t *cap, size_t bytes)
 {
@@ -267,14 +282,13 @@ static int s_read16(const st_tensor_t *t, nn_dtype_t dt, uint16_t *dst, float *t
     }
     *rounded = true;
     st_read_f32(t, tmp);
-    for (int64_t i = 0; i < n; i++) {
-        if (dt == NN_F16 && isfinite(tmp[i]) && fabsf(tmp[i]) >= 65520.0f) {
+    for (int64_t i = 0; dt == NN_F16 && i < n; i++)
+        if (isfinite(tmp[i]) && fabsf(tmp[i]) >= 65520.0f) {
             BT_ERROR("%s: tensor '%s' holds %g, beyond fp16's range (keep the weights in fp32 or bf16)", path, name,
                      (double)tmp[i]);
             return BT_EINVAL;
         }
-        dst[i] = dt == NN_F16 ? bt_f32_to_f16(tmp[i]) : bt_f32_to_bf16(tmp[i]);
-    }
+    s_narrow(dst, tmp, n, dt);
     return BT_OK;
 }
 
@@ -291,9 +305,7 @@ int sd_params_load_files(sd_params_t *ps, st_file_t *const *files, int nfiles)
     for (int i = 0; i < ps->n; i++) {
         sd_param_t *p = &ps->p[i];
         st_file_t *from = NULL;
-        const st_tensor_t *t = s_lookup(files, nfiles, p->name, &from);
-        char alt[SD_NAME_MAX + 16];
-        if (!t && s_legacy_name(p->name, alt, sizeof alt)) t = s_lookup(files, nfiles, alt, &from);
+        const st_tensor_t *t = s_find(files, nfiles, p->name, &from);
         char a[96], b[96];
         if (!t) {
             BT_ERROR("%s: %s tensor '%s' %s is missing", nfiles ? st_path(files[0]) : ps->what, ps->what, p->name,
@@ -455,9 +467,7 @@ int sd_params_load_model(sd_params_t *ps, nn_ctx_t *ctx, const char *dir, const 
             continue;
         }
         st_file_t *from;
-        char alt[SD_NAME_MAX + 16];
-        const st_tensor_t *t = s_lookup(files, nfiles, p->name, &from);
-        if (!t && s_legacy_name(p->name, alt, sizeof alt)) t = s_lookup(files, nfiles, alt, &from);
+        const st_tensor_t *t = s_find(files, nfiles, p->name, &from);
         if (t && t->dtype == ST_F16) p->dtype = NN_F16;
         if (t && t->dtype == ST_BF16) p->dtype = NN_BF16;
     }
@@ -522,7 +532,7 @@ static int s_store(sd_params_t *ps, sd_param_t *p, const float *host, uint16_t *
 {
     int64_t n = s_numel(p);
     if (!p->data16) return nn_upload(ps->ctx, p->data, host, (size_t)n * sizeof(float));
-    for (int64_t k = 0; k < n; k++) host16[k] = p->dtype == NN_F16 ? bt_f32_to_f16(host[k]) : bt_f32_to_bf16(host[k]);
+    s_narrow(host16, host, n, p->dtype);
     return nn_upload(ps->ctx, p->data16, host16, (size_t)n * sizeof(uint16_t));
 }
 

@@ -182,7 +182,8 @@ static int s_check_settings(bt_h5_file_t *f, const sd_prior_spec_t *spec, const 
         (!bt_h5_attr_exists(f, SD_PRIOR_GROUP, "base_weights") || /* older sets: exact */
          (rc = bt_h5_attr_str(f, SD_PRIOR_GROUP, "base_weights", &weights)) == BT_OK)) {
         char a[300], b[300];
-        const char *key = NULL;
+        const char *key = NULL, *have_w = weights ? weights : "exact";
+        const char *want_w = spec->weights ? spec->weights : "exact";
         if (strcmp(prompt, spec->prompt)) {
             key = "--class-prompt";
             snprintf(a, sizeof a, "\"%s\"", prompt);
@@ -211,10 +212,10 @@ static int s_check_settings(bt_h5_file_t *f, const sd_prior_spec_t *spec, const 
             key = "base model hash";
             snprintf(a, sizeof a, "%s", hash);
             snprintf(b, sizeof b, "%s", model_hash);
-        } else if (strcmp(weights ? weights : "exact", spec->weights ? spec->weights : "exact")) {
+        } else if (strcmp(have_w, want_w)) {
             key = "--base-dtype (weights)";
-            snprintf(a, sizeof a, "%s", weights ? weights : "exact");
-            snprintf(b, sizeof b, "%s", spec->weights ? spec->weights : "exact");
+            snprintf(a, sizeof a, "%s", have_w);
+            snprintf(b, sizeof b, "%s", want_w);
         }
         if (key) {
             BT_ERROR("%s: %s was made with %s %s, this run asks for %s; use another file or the same settings", path,

@@ -211,8 +211,9 @@ void sd_trainer_release_text_encoder(sd_trainer_t *t)
     if (t->ehs && t->model->clip) sd_clip_destroy(&t->model->clip);
 }
 
-/* A batch's precomputed embeddings: example i's prompt (class or not) into row
- * i of a new buffer in the context's memory; NULL without a cache (or memory). */
+/* A batch's precomputed embeddings: example i's prompt (class when is_class[i];
+ * is_class NULL: all instance) into row i of a new buffer in the context's
+ * memory; NULL without a cache (or memory: *rc says). */
 static float *s_batch_ehs(const sd_trainer_t *t, const bool *is_class, int n, int *rc)
 {
     if (!t->ehs) return NULL;
@@ -223,7 +224,7 @@ static float *s_batch_ehs(const sd_trainer_t *t, const bool *is_class, int n, in
         *rc = BT_ENOMEM;
         return NULL;
     }
-    for (int i = 0; i < n && !*rc; i++) *rc = nn_copy(ctx, e + i * row, t->ehs + (is_class[i] ? row : 0), row * sizeof(float));
+    for (int i = 0; i < n && !*rc; i++) *rc = nn_copy(ctx, e + i * row, t->ehs + (is_class && is_class[i] ? row : 0), row * sizeof(float));
     if (*rc) {
         nn_free(ctx, e);
         return NULL;
@@ -436,10 +437,7 @@ int sd_trainer_eval(sd_trainer_t *t, double *loss)
         ts[i] = (int64_t)((2 * k + 1) * N / (2 * nt));
         weights[i] = 1.0f / (float)n;
     }
-    bool *is_class = calloc((size_t)n, sizeof *is_class); /* all instance examples */
-    float *ehs = is_class ? s_batch_ehs(t, is_class, n, &rc) : NULL;
-    free(is_class);
-    if (!is_class) rc = BT_ENOMEM;
+    float *ehs = s_batch_ehs(t, NULL, n, &rc);
     if (rc) goto out;
     sd_db_batch_t b = {.n = n, .T = T, .h = set->h, .w = set->w, .ids = ids, .latents = lat, .noise = noise,
                        .timesteps = ts, .weights = weights, .ehs = ehs};

@@ -15,8 +15,6 @@
 #endif
 
 #include <stdatomic.h>
-#include <stdlib.h>
-#include <string.h>
 
 #include "common/half.h"
 #include "common/log.h"
