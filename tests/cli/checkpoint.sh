@@ -110,6 +110,20 @@ done
 train "$T/c" --checkpointing-steps 1 --resume-from-checkpoint latest --base-dtype fp32 >/dev/null 2>&1
 cmp "$T/a/pytorch_lora_weights.safetensors" "$T/c/pytorch_lora_weights.safetensors"
 
+# a checkpoint from before booth recorded base_weights: its weights were the files', so it resumes
+# with them (to the same bytes) and refuses rounded ones
+cp "$T/a/checkpoint-4.h5" "$T/old.h5"
+$PY - "$T/old.h5" <<'EOF'
+import json, sys
+import h5py
+with h5py.File(sys.argv[1], "r+") as f:
+    job = json.loads(f.attrs["job"])
+    del job["base_weights"]
+    f.attrs["job"] = json.dumps(job)
+EOF
+train "$T/e" --resume-from-checkpoint "$T/old.h5" >/dev/null 2>&1
+cmp "$T/a/pytorch_lora_weights.safetensors" "$T/e/pytorch_lora_weights.safetensors"
+
 # checkpoints that cannot be resumed: one line each, the cause named
 check_error "trained with --learning-rate 0.005, this run has 0.001" \
     train "$T/d" --resume-from-checkpoint "$CK" --learning-rate 1e-3
@@ -117,6 +131,8 @@ check_error "trained with --rank 4, this run has 8" train "$T/d" --resume-from-c
 check_error "trained with --seed 4, this run has 5" train "$T/d" --resume-from-checkpoint "$CK" --seed 5
 check_error "trained with --base-dtype (weights) \"exact\", this run has \"fp16\"" \
     train "$T/d" --resume-from-checkpoint "$CK" --base-dtype fp16
+check_error "trained with --base-dtype (weights) \"exact\", this run has \"bf16\"" \
+    train "$T/d" --resume-from-checkpoint "$T/old.h5" --base-dtype bf16
 head -c 5000 "$CK" >"$T/trunc.h5"
 check_error "trunc.h5: truncated, corrupt or unfinished HDF5 file" train "$T/d" --resume-from-checkpoint "$T/trunc.h5"
 cp "$T/sheet.png" "$T/foreign.h5"
