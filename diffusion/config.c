@@ -11,144 +11,25 @@
 #include <string.h>
 
 #include "common/fileio.h"
+#include "common/json.h"
 #include "common/log.h"
 #include "common/status.h"
 
-/* A parsed file with its path, for error messages. */
-typedef struct {
-    const char *path;
-    cJSON *root;
-} s_json_t;
-
-static int s_open(s_json_t *j, const char *path)
-{
-    char *text = NULL;
-    size_t len = 0;
-    j->path = path;
-    j->root = NULL;
-    int rc = bt_read_file(path, &text, &len);
-    if (rc) return rc;
-    j->root = cJSON_ParseWithLength(text, len);
-    free(text);
-    if (!j->root || !cJSON_IsObject(j->root)) {
-        BT_ERROR("%s: not a JSON object", path);
-        cJSON_Delete(j->root);
-        j->root = NULL;
-        return BT_EFORMAT;
-    }
-    return BT_OK;
-}
-
-static const cJSON *s_get(const s_json_t *j, const char *key)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j->root, key);
-    return v && !cJSON_IsNull(v) ? v : NULL;
-}
-
-static bool s_is_int(const cJSON *v) { return cJSON_IsNumber(v) && v->valuedouble == floor(v->valuedouble); }
-
-/* Integer key: default if absent/null; error if the wrong type or < min. */
-static int s_int(const s_json_t *j, const char *key, int64_t def, int64_t min, int64_t *out)
-{
-    const cJSON *v = s_get(j, key);
-    if (!v) {
-        *out = def;
-        return BT_OK;
-    }
-    if (!s_is_int(v) || v->valuedouble < (double)min || v->valuedouble > 1e9) {
-        BT_ERROR("%s: '%s' must be an integer >= %lld", j->path, key, (long long)min);
-        return BT_EFORMAT;
-    }
-    *out = (int64_t)v->valuedouble;
-    return BT_OK;
-}
-
-static int s_float(const s_json_t *j, const char *key, float def, float *out)
-{
-    const cJSON *v = s_get(j, key);
-    if (!v) {
-        *out = def;
-        return BT_OK;
-    }
-    if (!cJSON_IsNumber(v)) {
-        BT_ERROR("%s: '%s' must be a number", j->path, key);
-        return BT_EFORMAT;
-    }
-    *out = (float)v->valuedouble;
-    return BT_OK;
-}
-
-static int s_bool(const s_json_t *j, const char *key, bool def, bool *out)
-{
-    const cJSON *v = s_get(j, key);
-    if (!v) {
-        *out = def;
-        return BT_OK;
-    }
-    if (!cJSON_IsBool(v)) {
-        BT_ERROR("%s: '%s' must be true or false", j->path, key);
-        return BT_EFORMAT;
-    }
-    *out = cJSON_IsTrue(v);
-    return BT_OK;
-}
-
-static const char *s_str(const s_json_t *j, const char *key)
-{
-    const cJSON *v = s_get(j, key);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
-/* A list of n integers, or one integer broadcast to n (def when absent). */
-static int s_int_list(const s_json_t *j, const char *key, int n, int64_t def, int64_t min, int64_t *out)
-{
-    const cJSON *v = s_get(j, key);
-    if (!v) {
-        for (int i = 0; i < n; i++) out[i] = def;
-        return BT_OK;
-    }
-    if (s_is_int(v)) {
-        if (v->valuedouble < (double)min) goto bad;
-        for (int i = 0; i < n; i++) out[i] = (int64_t)v->valuedouble;
-        return BT_OK;
-    }
-    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != n) goto bad;
-    for (int i = 0; i < n; i++) {
-        const cJSON *e = cJSON_GetArrayItem(v, i);
-        if (!s_is_int(e) || e->valuedouble < (double)min || e->valuedouble > 1e9) goto bad;
-        out[i] = (int64_t)e->valuedouble;
-    }
-    return BT_OK;
-bad:
-    BT_ERROR("%s: '%s' must be an integer >= %lld or a list of %d of them", j->path, key, (long long)min, n);
-    return BT_EFORMAT;
-}
-
-static int s_bool_list(const s_json_t *j, const char *key, int n, bool def, bool *out)
-{
-    const cJSON *v = s_get(j, key);
-    if (!v || cJSON_IsBool(v)) {
-        for (int i = 0; i < n; i++) out[i] = v ? cJSON_IsTrue(v) : def;
-        return BT_OK;
-    }
-    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != n) goto bad;
-    for (int i = 0; i < n; i++) {
-        const cJSON *e = cJSON_GetArrayItem(v, i);
-        if (!cJSON_IsBool(e)) goto bad;
-        out[i] = cJSON_IsTrue(e);
-    }
-    return BT_OK;
-bad:
-    BT_ERROR("%s: '%s' must be true/false or a list of %d of them", j->path, key, n);
-    return BT_EFORMAT;
-}
+/* Sizes above this are a corrupt file, not a model (and products of two stay far
+ * inside int64). */
+#define S_MAX_INT 1000000000
 
 /* A list of block type names; *n receives the count. */
-static int s_types(const s_json_t *j, const char *key, const char *cross, const char *plain, bool *is_cross, int *n)
+static int s_types(const bt_json_t *j, const char *key, const char *cross, const char *plain, bool *is_cross, int *n)
 {
-    const cJSON *v = s_get(j, key);
+    const cJSON *v = bt_json_get(j, key);
     if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) < 1 || cJSON_GetArraySize(v) > SD_MAX_BLOCKS) {
-        BT_ERROR("%s: '%s' must be a list of 1 to %d block types", j->path, key, SD_MAX_BLOCKS);
+        if (cJSON_IsArray(v))
+            bt_json_error(j, key, "has %d entries, must be a list of 1 to %d block types", cJSON_GetArraySize(v),
+                          SD_MAX_BLOCKS);
+        else
+            bt_json_error(j, key, "must be a list of 1 to %d block types, not %s", SD_MAX_BLOCKS,
+                          bt_json_type_name(v));
         return BT_EFORMAT;
     }
     *n = cJSON_GetArraySize(v);
@@ -159,8 +40,9 @@ static int s_types(const s_json_t *j, const char *key, const char *cross, const 
         else if (cJSON_IsString(e) && !strcmp(e->valuestring, plain))
             is_cross[i] = false;
         else {
-            BT_ERROR("%s: %s[%d] = '%s' is not supported (booth implements %s%s%s)", j->path, key, i,
-                     cJSON_IsString(e) ? e->valuestring : "?", plain, cross ? " and " : "", cross ? cross : "");
+            BT_ERROR("%s: %s[%d] = '%s' is not supported (booth implements %s%s%s)", j->name, key, i,
+                     cJSON_IsString(e) ? e->valuestring : bt_json_type_name(e), plain, cross ? " and " : "",
+                     cross ? cross : "");
             return BT_EUNSUPPORTED;
         }
     }
@@ -168,13 +50,13 @@ static int s_types(const s_json_t *j, const char *key, const char *cross, const 
 }
 
 /* A key that must be absent/null/false (or equal to `allowed`) because booth does not implement it. */
-static int s_unsupported(const s_json_t *j, const char *key, const char *allowed)
+static int s_unsupported(const bt_json_t *j, const char *key, const char *allowed)
 {
-    const cJSON *v = s_get(j, key);
+    const cJSON *v = bt_json_get(j, key);
     if (!v || cJSON_IsFalse(v)) return BT_OK;
     if (allowed && cJSON_IsString(v) && !strcmp(v->valuestring, allowed)) return BT_OK;
     char *txt = cJSON_PrintUnformatted(v);
-    BT_ERROR("%s: '%s': %s is not supported (Stable Diffusion 1.x/2.x models do not use it)", j->path, key,
+    BT_ERROR("%s: '%s': %s is not supported (Stable Diffusion 1.x/2.x models do not use it)", j->name, key,
              txt ? txt : "?");
     free(txt);
     return BT_EUNSUPPORTED;
@@ -182,11 +64,14 @@ static int s_unsupported(const s_json_t *j, const char *key, const char *allowed
 
 int sd_unet_config_load(const char *path, sd_unet_config_t *c)
 {
-    s_json_t j;
+    bt_json_t j;
     memset(c, 0, sizeof *c);
-    int rc = s_open(&j, path);
+    int rc = bt_json_open(&j, path);
     if (rc) return rc;
-    const char *cls = s_str(&j, "_class_name");
+    const char *cls, *mid, *act;
+    if ((rc = bt_json_string(&j, "_class_name", NULL, &cls)) ||
+        (rc = bt_json_string(&j, "mid_block_type", NULL, &mid)) || (rc = bt_json_string(&j, "act_fn", NULL, &act)))
+        goto out;
     if (cls && strcmp(cls, "UNet2DConditionModel")) {
         BT_ERROR("%s: _class_name '%s' is not UNet2DConditionModel", path, cls);
         rc = BT_EUNSUPPORTED;
@@ -202,7 +87,6 @@ int sd_unet_config_load(const char *path, sd_unet_config_t *c)
         goto out;
     }
     int n = c->n_blocks;
-    const char *mid = s_str(&j, "mid_block_type");
     c->has_mid = mid != NULL;
     if (mid && !strcmp(mid, "UNetMidBlock2DCrossAttn"))
         c->mid_cross = true;
@@ -212,28 +96,28 @@ int sd_unet_config_load(const char *path, sd_unet_config_t *c)
         goto out;
     }
     int64_t heads[SD_MAX_BLOCKS], head_dim[SD_MAX_BLOCKS];
-    bool have_num_heads = s_get(&j, "num_attention_heads") != NULL;
-    if ((rc = s_int(&j, "sample_size", 64, 1, &c->sample_size)) ||
-        (rc = s_int(&j, "in_channels", 4, 1, &c->in_channels)) ||
-        (rc = s_int(&j, "out_channels", 4, 1, &c->out_channels)) ||
-        (rc = s_bool(&j, "flip_sin_to_cos", true, &c->flip_sin_to_cos)) ||
-        (rc = s_float(&j, "freq_shift", 0, &c->freq_shift)) ||
-        (rc = s_int_list(&j, "block_out_channels", n, 0, 1, c->block_out_channels)) ||
-        (rc = s_int_list(&j, "layers_per_block", n, 2, 1, c->layers_per_block)) ||
-        (rc = s_int_list(&j, "transformer_layers_per_block", n, 1, 1, c->transformer_layers)) ||
-        (rc = s_int_list(&j, "attention_head_dim", n, 8, 1, head_dim)) ||
-        (rc = s_int_list(&j, "num_attention_heads", n, 8, 1, heads)) ||
-        (rc = s_int_list(&j, "cross_attention_dim", n, 1280, 1, c->cross_attention_dim)) ||
-        (rc = s_bool_list(&j, "only_cross_attention", n, false, c->only_cross_attention)) ||
-        (rc = s_int(&j, "downsample_padding", 1, 0, &c->downsample_padding)) ||
-        (rc = s_float(&j, "mid_block_scale_factor", 1, &c->mid_block_scale_factor)) ||
-        (rc = s_int(&j, "norm_num_groups", 32, 1, &c->norm_num_groups)) ||
-        (rc = s_float(&j, "norm_eps", 1e-5f, &c->norm_eps)) ||
-        (rc = s_bool(&j, "use_linear_projection", false, &c->use_linear_projection)) ||
-        (rc = s_int(&j, "conv_in_kernel", 3, 1, &c->conv_in_kernel)) ||
-        (rc = s_int(&j, "conv_out_kernel", 3, 1, &c->conv_out_kernel)) ||
-        (rc = s_int(&j, "time_embedding_dim", 0, 0, &c->time_embed_dim)) ||
-        (rc = s_bool(&j, "upcast_attention", false, &c->upcast_attention)))
+    bool have_num_heads = bt_json_get(&j, "num_attention_heads") != NULL;
+    if ((rc = bt_json_int64(&j, "sample_size", 64, 1, S_MAX_INT, &c->sample_size)) ||
+        (rc = bt_json_int64(&j, "in_channels", 4, 1, S_MAX_INT, &c->in_channels)) ||
+        (rc = bt_json_int64(&j, "out_channels", 4, 1, S_MAX_INT, &c->out_channels)) ||
+        (rc = bt_json_bool(&j, "flip_sin_to_cos", true, &c->flip_sin_to_cos)) ||
+        (rc = bt_json_float(&j, "freq_shift", 0, -INFINITY, INFINITY, &c->freq_shift)) ||
+        (rc = bt_json_int64_list(&j, "block_out_channels", n, 0, 1, S_MAX_INT, c->block_out_channels)) ||
+        (rc = bt_json_int64_list(&j, "layers_per_block", n, 2, 1, S_MAX_INT, c->layers_per_block)) ||
+        (rc = bt_json_int64_list(&j, "transformer_layers_per_block", n, 1, 1, S_MAX_INT, c->transformer_layers)) ||
+        (rc = bt_json_int64_list(&j, "attention_head_dim", n, 8, 1, S_MAX_INT, head_dim)) ||
+        (rc = bt_json_int64_list(&j, "num_attention_heads", n, 8, 1, S_MAX_INT, heads)) ||
+        (rc = bt_json_int64_list(&j, "cross_attention_dim", n, 1280, 1, S_MAX_INT, c->cross_attention_dim)) ||
+        (rc = bt_json_bool_list(&j, "only_cross_attention", n, false, c->only_cross_attention)) ||
+        (rc = bt_json_int64(&j, "downsample_padding", 1, 0, S_MAX_INT, &c->downsample_padding)) ||
+        (rc = bt_json_float(&j, "mid_block_scale_factor", 1, -INFINITY, INFINITY, &c->mid_block_scale_factor)) ||
+        (rc = bt_json_int64(&j, "norm_num_groups", 32, 1, S_MAX_INT, &c->norm_num_groups)) ||
+        (rc = bt_json_float(&j, "norm_eps", 1e-5f, -INFINITY, INFINITY, &c->norm_eps)) ||
+        (rc = bt_json_bool(&j, "use_linear_projection", false, &c->use_linear_projection)) ||
+        (rc = bt_json_int64(&j, "conv_in_kernel", 3, 1, S_MAX_INT, &c->conv_in_kernel)) ||
+        (rc = bt_json_int64(&j, "conv_out_kernel", 3, 1, S_MAX_INT, &c->conv_out_kernel)) ||
+        (rc = bt_json_int64(&j, "time_embedding_dim", 0, 0, S_MAX_INT, &c->time_embed_dim)) ||
+        (rc = bt_json_bool(&j, "upcast_attention", false, &c->upcast_attention)))
         goto out;
     /* UNetMidBlock2DCrossAttn takes no only_cross_attention: its first attention is
      * always self-attention (mid_block_only_cross_attention belongs to
@@ -252,14 +136,13 @@ int sd_unet_config_load(const char *path, sd_unet_config_t *c)
         (rc = s_unsupported(&j, "time_embedding_type", "positional")) ||
         (rc = s_unsupported(&j, "attention_type", "default")))
         goto out;
-    const char *act = s_str(&j, "act_fn");
     if (act && strcmp(act, "silu") && strcmp(act, "swish")) {
         BT_ERROR("%s: act_fn '%s' is not supported (silu)", path, act);
         rc = BT_EUNSUPPORTED;
         goto out;
     }
     float rosf = 1;
-    if ((rc = s_float(&j, "resnet_out_scale_factor", 1, &rosf))) goto out;
+    if ((rc = bt_json_float(&j, "resnet_out_scale_factor", 1, -INFINITY, INFINITY, &rosf))) goto out;
     if (rosf != 1.0f) {
         BT_ERROR("%s: resnet_out_scale_factor %g is not supported (1.0)", path, rosf);
         rc = BT_EUNSUPPORTED;
@@ -279,19 +162,20 @@ int sd_unet_config_load(const char *path, sd_unet_config_t *c)
         rc = BT_EFORMAT;
     }
 out:
-    cJSON_Delete(j.root);
+    bt_json_free(&j);
     return rc;
 }
 
 int sd_vae_config_load(const char *path, sd_vae_config_t *c)
 {
-    s_json_t j;
+    bt_json_t j;
     memset(c, 0, sizeof *c);
-    int rc = s_open(&j, path);
+    int rc = bt_json_open(&j, path);
     if (rc) return rc;
     bool cross[SD_MAX_BLOCKS];
     int nup = 0;
-    const char *cls = s_str(&j, "_class_name");
+    const char *cls;
+    if ((rc = bt_json_string(&j, "_class_name", NULL, &cls))) goto out;
     if (cls && strcmp(cls, "AutoencoderKL")) {
         BT_ERROR("%s: _class_name '%s' is not AutoencoderKL", path, cls);
         rc = BT_EUNSUPPORTED;
@@ -305,18 +189,18 @@ int sd_vae_config_load(const char *path, sd_vae_config_t *c)
         rc = BT_EFORMAT;
         goto out;
     }
-    if ((rc = s_int(&j, "in_channels", 3, 1, &c->in_channels)) ||
-        (rc = s_int(&j, "out_channels", 3, 1, &c->out_channels)) ||
-        (rc = s_int(&j, "latent_channels", 4, 1, &c->latent_channels)) ||
-        (rc = s_int_list(&j, "block_out_channels", c->n_blocks, 64, 1, c->block_out_channels)) ||
-        (rc = s_int(&j, "layers_per_block", 1, 1, &c->layers_per_block)) ||
-        (rc = s_int(&j, "norm_num_groups", 32, 1, &c->norm_num_groups)) ||
-        (rc = s_float(&j, "scaling_factor", 0.18215f, &c->scaling_factor)) ||
-        (rc = s_float(&j, "shift_factor", 0, &c->shift_factor)) ||
-        (rc = s_int(&j, "sample_size", 512, 1, &c->sample_size)) ||
-        (rc = s_bool(&j, "mid_block_add_attention", true, &c->mid_attention)))
+    if ((rc = bt_json_int64(&j, "in_channels", 3, 1, S_MAX_INT, &c->in_channels)) ||
+        (rc = bt_json_int64(&j, "out_channels", 3, 1, S_MAX_INT, &c->out_channels)) ||
+        (rc = bt_json_int64(&j, "latent_channels", 4, 1, S_MAX_INT, &c->latent_channels)) ||
+        (rc = bt_json_int64_list(&j, "block_out_channels", c->n_blocks, 64, 1, S_MAX_INT, c->block_out_channels)) ||
+        (rc = bt_json_int64(&j, "layers_per_block", 1, 1, S_MAX_INT, &c->layers_per_block)) ||
+        (rc = bt_json_int64(&j, "norm_num_groups", 32, 1, S_MAX_INT, &c->norm_num_groups)) ||
+        (rc = bt_json_float(&j, "scaling_factor", 0.18215f, -INFINITY, INFINITY, &c->scaling_factor)) ||
+        (rc = bt_json_float(&j, "shift_factor", 0, -INFINITY, INFINITY, &c->shift_factor)) ||
+        (rc = bt_json_int64(&j, "sample_size", 512, 1, S_MAX_INT, &c->sample_size)) ||
+        (rc = bt_json_bool(&j, "mid_block_add_attention", true, &c->mid_attention)))
         goto out;
-    const cJSON *uq = s_get(&j, "use_quant_conv"), *upq = s_get(&j, "use_post_quant_conv");
+    const cJSON *uq = bt_json_get(&j, "use_quant_conv"), *upq = bt_json_get(&j, "use_post_quant_conv");
     if ((uq && cJSON_IsFalse(uq)) || (upq && cJSON_IsFalse(upq))) {
         BT_ERROR("%s: VAEs without quant_conv/post_quant_conv are not supported", path);
         rc = BT_EUNSUPPORTED;
@@ -330,26 +214,27 @@ int sd_vae_config_load(const char *path, sd_vae_config_t *c)
             goto out;
         }
 out:
-    cJSON_Delete(j.root);
+    bt_json_free(&j);
     return rc;
 }
 
 int sd_clip_config_load(const char *path, sd_clip_config_t *c)
 {
-    s_json_t j;
+    bt_json_t j;
     memset(c, 0, sizeof *c);
-    int rc = s_open(&j, path);
+    int rc = bt_json_open(&j, path);
     if (rc) return rc;
-    if ((rc = s_int(&j, "vocab_size", 49408, 1, &c->vocab_size)) ||
-        (rc = s_int(&j, "hidden_size", 512, 1, &c->hidden_size)) ||
-        (rc = s_int(&j, "intermediate_size", 2048, 1, &c->intermediate_size)) ||
-        (rc = s_int(&j, "num_hidden_layers", 12, 1, &c->num_layers)) ||
-        (rc = s_int(&j, "num_attention_heads", 8, 1, &c->num_heads)) ||
-        (rc = s_int(&j, "max_position_embeddings", 77, 1, &c->max_positions)) ||
-        (rc = s_float(&j, "layer_norm_eps", 1e-5f, &c->layer_norm_eps)) ||
-        (rc = s_int(&j, "eos_token_id", 2, 0, &c->eos_token_id)))
+    if ((rc = bt_json_int64(&j, "vocab_size", 49408, 1, S_MAX_INT, &c->vocab_size)) ||
+        (rc = bt_json_int64(&j, "hidden_size", 512, 1, S_MAX_INT, &c->hidden_size)) ||
+        (rc = bt_json_int64(&j, "intermediate_size", 2048, 1, S_MAX_INT, &c->intermediate_size)) ||
+        (rc = bt_json_int64(&j, "num_hidden_layers", 12, 1, S_MAX_INT, &c->num_layers)) ||
+        (rc = bt_json_int64(&j, "num_attention_heads", 8, 1, S_MAX_INT, &c->num_heads)) ||
+        (rc = bt_json_int64(&j, "max_position_embeddings", 77, 1, S_MAX_INT, &c->max_positions)) ||
+        (rc = bt_json_float(&j, "layer_norm_eps", 1e-5f, -INFINITY, INFINITY, &c->layer_norm_eps)) ||
+        (rc = bt_json_int64(&j, "eos_token_id", 2, 0, S_MAX_INT, &c->eos_token_id)))
         goto out;
-    const char *act = s_str(&j, "hidden_act");
+    const char *act;
+    if ((rc = bt_json_string(&j, "hidden_act", NULL, &act))) goto out;
     if (!act || !strcmp(act, "quick_gelu"))
         c->act = SD_ACT_QUICK_GELU;
     else if (!strcmp(act, "gelu"))
@@ -367,7 +252,7 @@ int sd_clip_config_load(const char *path, sd_clip_config_t *c)
         rc = BT_EFORMAT;
     }
 out:
-    cJSON_Delete(j.root);
+    bt_json_free(&j);
     return rc;
 }
 

@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "common/fileio.h"
+#include "common/json.h"
 #include "common/log.h"
 #include "common/status.h"
 
@@ -137,130 +138,32 @@ void sd_sched_config_free(sd_sched_config_t *cfg)
     cfg->trained_betas = NULL;
 }
 
-/* Parsing context: the object, its "_use_default_values" list, the origin. */
-typedef struct {
-    const cJSON *root;
-    const cJSON *use_defaults;
-    const char *origin;
-} s_json_t;
-
-static const char *s_json_type(const cJSON *it)
-{
-    if (cJSON_IsNull(it)) return "null";
-    if (cJSON_IsBool(it)) return "a boolean";
-    if (cJSON_IsNumber(it)) return "a number";
-    if (cJSON_IsString(it)) return "a string";
-    if (cJSON_IsArray(it)) return "an array";
-    if (cJSON_IsObject(it)) return "an object";
-    return "invalid";
-}
-
-/* The value of key, or NULL when absent or listed in _use_default_values. */
-static const cJSON *s_item(const s_json_t *j, const char *key)
-{
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(j->root, key);
-    if (!it) return NULL;
-    const cJSON *d;
-    cJSON_ArrayForEach(d, j->use_defaults)
-    {
-        if (cJSON_IsString(d) && !strcmp(d->valuestring, key)) return NULL;
-    }
-    return it;
-}
-
-static int s_wrong_type(const s_json_t *j, const char *key, const char *want, const cJSON *it)
-{
-    BT_ERROR("%s: '%s' must be %s, not %s", j->origin, key, want, s_json_type(it));
-    return BT_EFORMAT;
-}
-
-static int s_get_bool(const s_json_t *j, const char *key, bool *out, bool *found)
-{
-    const cJSON *it = s_item(j, key);
-    if (found) *found = it != NULL;
-    if (!it) return BT_OK;
-    if (!cJSON_IsBool(it)) return s_wrong_type(j, key, "true or false", it);
-    *out = cJSON_IsTrue(it);
-    return BT_OK;
-}
-
-static int s_get_int(const s_json_t *j, const char *key, int lo, int hi, int *out)
-{
-    const cJSON *it = s_item(j, key);
-    if (!it) return BT_OK;
-    if (!cJSON_IsNumber(it)) return s_wrong_type(j, key, "an integer", it);
-    if (it->valuedouble != floor(it->valuedouble)) {
-        BT_ERROR("%s: '%s' must be an integer, not %g", j->origin, key, it->valuedouble);
-        return BT_EFORMAT;
-    }
-    if (!(it->valuedouble >= lo && it->valuedouble <= hi)) {
-        BT_ERROR("%s: '%s' is %g, must be in [%d, %d]", j->origin, key, it->valuedouble, lo, hi);
-        return BT_EFORMAT;
-    }
-    *out = (int)it->valuedouble;
-    return BT_OK;
-}
-
-static int s_get_double(const s_json_t *j, const char *key, double lo, double hi, double *out)
-{
-    const cJSON *it = s_item(j, key);
-    if (!it) return BT_OK;
-    if (!cJSON_IsNumber(it)) return s_wrong_type(j, key, "a number", it);
-    if (!(it->valuedouble >= lo && it->valuedouble <= hi)) {
-        BT_ERROR("%s: '%s' is %g, must be in [%g, %g]", j->origin, key, it->valuedouble, lo, hi);
-        return BT_EFORMAT;
-    }
-    *out = it->valuedouble;
-    return BT_OK;
-}
-
 /* A string key copied into buf (truncation is an error: no known value is long). */
-static int s_get_str(const s_json_t *j, const char *key, char *buf, size_t cap, bool *found)
+static int s_get_str(const bt_json_t *j, const char *key, char *buf, size_t cap)
 {
-    const cJSON *it = s_item(j, key);
-    if (found) *found = it != NULL;
-    if (!it) return BT_OK;
-    if (!cJSON_IsString(it)) return s_wrong_type(j, key, "a string", it);
-    if (strlen(it->valuestring) >= cap) {
-        BT_ERROR("%s: '%s' is too long (%zu characters)", j->origin, key, strlen(it->valuestring));
+    const char *v = NULL;
+    int rc = bt_json_string(j, key, NULL, &v);
+    if (rc || !v) return rc;
+    if (strlen(v) >= cap) {
+        bt_json_error(j, key, "is too long (%zu characters, at most %zu)", strlen(v), cap - 1);
         return BT_EFORMAT;
     }
-    strcpy(buf, it->valuestring);
+    strcpy(buf, v);
     return BT_OK;
-}
-
-/* A string key that must be one of names[]; *out gets its index. */
-static int s_get_enum(const s_json_t *j, const char *key, const char *const *names, int count, int *out, bool *found)
-{
-    char v[64];
-    bool have = false;
-    int rc = s_get_str(j, key, v, sizeof v, &have);
-    if (found) *found = have;
-    if (rc || !have) return rc;
-    for (int i = 0; i < count; i++)
-        if (!strcmp(v, names[i])) {
-            *out = i;
-            return BT_OK;
-        }
-    char list[256] = "";
-    for (int i = 0; i < count; i++) {
-        size_t len = strlen(list);
-        snprintf(list + len, sizeof list - len, "%s%s", i ? ", " : "", names[i]);
-    }
-    BT_ERROR("%s: '%s' is \"%s\", booth supports %s", j->origin, key, v, list);
-    return BT_EFORMAT;
 }
 
 /* The JSON null is allowed where diffusers takes None. */
-static int s_get_trained_betas(const s_json_t *j, sd_sched_config_t *cfg)
+static int s_get_trained_betas(const bt_json_t *j, sd_sched_config_t *cfg)
 {
-    const cJSON *it = s_item(j, "trained_betas");
+    const cJSON *it = bt_json_get(j, "trained_betas");
     if (!it || cJSON_IsNull(it)) return BT_OK;
-    if (!cJSON_IsArray(it)) return s_wrong_type(j, "trained_betas", "null or an array of numbers", it);
+    if (!cJSON_IsArray(it)) {
+        bt_json_error(j, "trained_betas", "must be null or an array of numbers, not %s", bt_json_type_name(it));
+        return BT_EFORMAT;
+    }
     int n = cJSON_GetArraySize(it);
     if (n != cfg->num_train_timesteps) {
-        BT_ERROR("%s: 'trained_betas' has %d values, num_train_timesteps is %d", j->origin, n,
-                 cfg->num_train_timesteps);
+        bt_json_error(j, "trained_betas", "has %d values, num_train_timesteps is %d", n, cfg->num_train_timesteps);
         return BT_EFORMAT;
     }
     cfg->trained_betas = malloc((size_t)n * sizeof(float));
@@ -270,7 +173,11 @@ static int s_get_trained_betas(const s_json_t *j, sd_sched_config_t *cfg)
     cJSON_ArrayForEach(v, it)
     {
         if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0 && v->valuedouble < 1)) {
-            BT_ERROR("%s: 'trained_betas'[%d] must be a number in [0, 1)", j->origin, i);
+            if (cJSON_IsNumber(v))
+                BT_ERROR("%s: 'trained_betas'[%d] is %.15g, must be in [0, 1)", j->name, i, v->valuedouble);
+            else
+                BT_ERROR("%s: 'trained_betas'[%d] must be a number in [0, 1), not %s", j->name, i,
+                         bt_json_type_name(v));
             return BT_EFORMAT;
         }
         cfg->trained_betas[i++] = (float)v->valuedouble; /* torch.tensor(list, float32) */
@@ -279,43 +186,51 @@ static int s_get_trained_betas(const s_json_t *j, sd_sched_config_t *cfg)
     return BT_OK;
 }
 
-static int s_parse_object(sd_sched_config_t *cfg, const s_json_t *j)
+/* A boolean whose presence is recorded in cfg->present (diffusers' defaults differ per sampler). */
+static int s_get_flag(const bt_json_t *j, const char *key, bool *out, sd_sched_config_t *cfg, unsigned present)
+{
+    int rc = bt_json_bool(j, key, *out, out);
+    if (rc == BT_OK && bt_json_get(j, key)) cfg->present |= present;
+    return rc;
+}
+
+/* Absent keys keep the defaults sd_sched_config_init wrote. */
+static int s_parse_object(sd_sched_config_t *cfg, const bt_json_t *j)
 {
     static const char *const schedules[] = {"linear", "scaled_linear", "squaredcos_cap_v2"};
     static const char *const preds[] = {"epsilon", "v_prediction", "sample"};
     static const char *const spacings[] = {"leading", "trailing", "linspace"};
     int rc, e;
-    bool found;
-    if ((rc = s_get_str(j, "_class_name", cfg->class_name, sizeof cfg->class_name, NULL))) return rc;
-    if ((rc = s_get_int(j, "num_train_timesteps", 2, S_MAX_TRAIN_TIMESTEPS, &cfg->num_train_timesteps))) return rc;
-    if ((rc = s_get_double(j, "beta_start", 0, 1, &cfg->beta_start))) return rc;
-    if ((rc = s_get_double(j, "beta_end", 0, 1, &cfg->beta_end))) return rc;
-    e = (int)cfg->beta_schedule;
-    if ((rc = s_get_enum(j, "beta_schedule", schedules, 3, &e, NULL))) return rc;
+    if ((rc = s_get_str(j, "_class_name", cfg->class_name, sizeof cfg->class_name))) return rc;
+    if ((rc = bt_json_int(j, "num_train_timesteps", cfg->num_train_timesteps, 2, S_MAX_TRAIN_TIMESTEPS,
+                          &cfg->num_train_timesteps)))
+        return rc;
+    if ((rc = bt_json_double(j, "beta_start", cfg->beta_start, 0, 1, &cfg->beta_start))) return rc;
+    if ((rc = bt_json_double(j, "beta_end", cfg->beta_end, 0, 1, &cfg->beta_end))) return rc;
+    if ((rc = bt_json_enum(j, "beta_schedule", schedules, 3, (int)cfg->beta_schedule, &e))) return rc;
     cfg->beta_schedule = (sd_sched_beta_t)e;
     if ((rc = s_get_trained_betas(j, cfg))) return rc;
-    e = (int)cfg->prediction_type;
-    if ((rc = s_get_enum(j, "prediction_type", preds, 3, &e, NULL))) return rc;
+    if ((rc = bt_json_enum(j, "prediction_type", preds, 3, (int)cfg->prediction_type, &e))) return rc;
     cfg->prediction_type = (sd_sched_pred_t)e;
-    e = (int)cfg->timestep_spacing;
-    if ((rc = s_get_enum(j, "timestep_spacing", spacings, 3, &e, &found))) return rc;
+    if ((rc = bt_json_enum(j, "timestep_spacing", spacings, 3, (int)cfg->timestep_spacing, &e))) return rc;
     cfg->timestep_spacing = (sd_sched_spacing_t)e;
-    if (found) cfg->present |= SD_SCHED_HAS_TIMESTEP_SPACING;
-    if ((rc = s_get_int(j, "steps_offset", 0, S_MAX_TRAIN_TIMESTEPS, &cfg->steps_offset))) return rc;
-    if ((rc = s_get_bool(j, "set_alpha_to_one", &cfg->set_alpha_to_one, &found))) return rc;
-    if (found) cfg->present |= SD_SCHED_HAS_SET_ALPHA_TO_ONE;
-    if ((rc = s_get_bool(j, "clip_sample", &cfg->clip_sample, &found))) return rc;
-    if (found) cfg->present |= SD_SCHED_HAS_CLIP_SAMPLE;
-    if ((rc = s_get_double(j, "clip_sample_range", 0, INFINITY, &cfg->clip_sample_range))) return rc;
-    if ((rc = s_get_bool(j, "skip_prk_steps", &cfg->skip_prk_steps, &found))) return rc;
-    if (found) cfg->present |= SD_SCHED_HAS_SKIP_PRK_STEPS;
-    if ((rc = s_get_bool(j, "thresholding", &cfg->thresholding, NULL))) return rc;
-    if ((rc = s_get_bool(j, "rescale_betas_zero_snr", &cfg->rescale_betas_zero_snr, NULL))) return rc;
-    if ((rc = s_get_bool(j, "use_karras_sigmas", &cfg->use_karras_sigmas, NULL))) return rc;
-    if ((rc = s_get_str(j, "interpolation_type", cfg->interpolation_type, sizeof cfg->interpolation_type, NULL)))
+    if (bt_json_get(j, "timestep_spacing")) cfg->present |= SD_SCHED_HAS_TIMESTEP_SPACING;
+    if ((rc = bt_json_int(j, "steps_offset", cfg->steps_offset, 0, S_MAX_TRAIN_TIMESTEPS, &cfg->steps_offset)))
         return rc;
-    if ((rc = s_get_str(j, "variance_type", cfg->variance_type, sizeof cfg->variance_type, NULL))) return rc;
-    if ((rc = s_get_str(j, "timestep_type", cfg->timestep_type, sizeof cfg->timestep_type, NULL))) return rc;
+    if ((rc = s_get_flag(j, "set_alpha_to_one", &cfg->set_alpha_to_one, cfg, SD_SCHED_HAS_SET_ALPHA_TO_ONE)) ||
+        (rc = s_get_flag(j, "clip_sample", &cfg->clip_sample, cfg, SD_SCHED_HAS_CLIP_SAMPLE)))
+        return rc;
+    if ((rc = bt_json_double(j, "clip_sample_range", cfg->clip_sample_range, 0, INFINITY, &cfg->clip_sample_range)))
+        return rc;
+    if ((rc = s_get_flag(j, "skip_prk_steps", &cfg->skip_prk_steps, cfg, SD_SCHED_HAS_SKIP_PRK_STEPS))) return rc;
+    if ((rc = bt_json_bool(j, "thresholding", cfg->thresholding, &cfg->thresholding)) ||
+        (rc = bt_json_bool(j, "rescale_betas_zero_snr", cfg->rescale_betas_zero_snr, &cfg->rescale_betas_zero_snr)) ||
+        (rc = bt_json_bool(j, "use_karras_sigmas", cfg->use_karras_sigmas, &cfg->use_karras_sigmas)))
+        return rc;
+    if ((rc = s_get_str(j, "interpolation_type", cfg->interpolation_type, sizeof cfg->interpolation_type)) ||
+        (rc = s_get_str(j, "variance_type", cfg->variance_type, sizeof cfg->variance_type)) ||
+        (rc = s_get_str(j, "timestep_type", cfg->timestep_type, sizeof cfg->timestep_type)))
+        return rc;
     return BT_OK;
 }
 
@@ -326,28 +241,14 @@ int sd_sched_config_parse(sd_sched_config_t *cfg, const char *json, size_t len, 
     free(cfg->path);
     cfg->path = strdup(origin ? origin : "<memory>");
     if (!cfg->path) return BT_ENOMEM;
-    /* the parse end pointer, unlike cJSON_GetErrorPtr, is not a global */
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, false);
-    if (!root) {
-        BT_ERROR("%s: not valid JSON (error at byte %zu)", cfg->path, end && end >= json ? (size_t)(end - json) : 0);
-        return BT_EFORMAT;
+    bt_json_t j;
+    int rc = bt_json_parse(&j, json, len, cfg->path);
+    if (rc == BT_OK) {
+        j.null_is_absent = false; /* a null is an error, except where diffusers takes None (trained_betas) */
+        rc = bt_json_use_defaults(&j, "_use_default_values");
     }
-    int rc = BT_OK;
-    if (!cJSON_IsObject(root)) {
-        BT_ERROR("%s: the top level must be a JSON object, not %s", cfg->path, s_json_type(root));
-        rc = BT_EFORMAT;
-        goto out_free_json;
-    }
-    s_json_t j = {.root = root, .origin = cfg->path};
-    j.use_defaults = cJSON_GetObjectItemCaseSensitive(root, "_use_default_values");
-    if (j.use_defaults && !cJSON_IsArray(j.use_defaults)) {
-        rc = s_wrong_type(&j, "_use_default_values", "an array of key names", j.use_defaults);
-        goto out_free_json;
-    }
-    rc = s_parse_object(cfg, &j);
-out_free_json:
-    cJSON_Delete(root);
+    if (rc == BT_OK) rc = s_parse_object(cfg, &j);
+    bt_json_free(&j);
     if (rc) {
         /* leave defaults, keeping the origin for the caller's messages */
         char *path = cfg->path;

@@ -28,6 +28,7 @@
 #include <utf8proc.h>
 
 #include "common/fileio.h"
+#include "common/json.h"
 #include "common/log.h"
 #include "common/status.h"
 
@@ -786,22 +787,11 @@ static int s_read(const char *path, char **data, size_t *len)
 
 static int s_load_vocab(sd_tokenizer_t *t, const char *path, int *n_need_merge)
 {
-    char *data = NULL;
-    size_t len = 0;
-    int rc = s_read(path, &data, &len);
+    bt_json_t j;
+    int rc = bt_json_open(&j, path);
     if (rc) return rc;
     rc = BT_EFORMAT;
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(data, len, &end, false);
-    if (!root) {
-        BT_ERROR("%s: not valid JSON (error at byte %zu of %zu)", path, end ? (size_t)(end - data) : (size_t)0, len);
-        goto out_free_data;
-    }
-    if (!cJSON_IsObject(root)) {
-        BT_ERROR("%s: expected a JSON object mapping tokens to ids", path);
-        goto out_free_json;
-    }
-    int n = cJSON_GetArraySize(root);
+    int n = cJSON_GetArraySize(j.root);
     if (n <= 0) {
         BT_ERROR("%s: the vocabulary is empty", path);
         goto out_free_json;
@@ -812,10 +802,14 @@ static int s_load_vocab(sd_tokenizer_t *t, const char *path, int *n_need_merge)
     }
     rc = BT_EFORMAT;
     *n_need_merge = 0;
-    for (const cJSON *it = root->child; it; it = it->next) {
+    for (const cJSON *it = j.root->child; it; it = it->next) {
         double v = it->valuedouble;
         if (!cJSON_IsNumber(it) || !(v >= 0 && v <= INT32_MAX - 1) || v != floor(v)) {
-            BT_ERROR("%s: token '%.40s' has no valid id (expected an integer in [0, 2^31-2])", path, it->string);
+            if (cJSON_IsNumber(it))
+                BT_ERROR("%s: token '%.40s' has id %.15g, expected an integer in [0, 2^31-2]", path, it->string, v);
+            else
+                BT_ERROR("%s: token '%.40s' has no valid id (expected an integer in [0, 2^31-2], not %s)", path,
+                         it->string, bt_json_type_name(it));
             goto out_free_json;
         }
         size_t sl = strlen(it->string);
@@ -829,9 +823,7 @@ static int s_load_vocab(sd_tokenizer_t *t, const char *path, int *n_need_merge)
     }
     rc = BT_OK;
 out_free_json:
-    cJSON_Delete(root);
-out_free_data:
-    free(data);
+    bt_json_free(&j);
     return rc;
 }
 
@@ -905,44 +897,30 @@ out_free:
     return rc;
 }
 
-/* A special-token value: "str" or {"content": "str", ...}; NULL/absent keeps *out. */
-static int s_special_value(const cJSON *root, const char *key, const char *path, const char **out)
+/* A special-token value: "str" or {"content": "str", ...}; null/absent keeps *out. */
+static int s_special_value(const bt_json_t *j, const char *key, const char **out)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
-    if (!v || cJSON_IsNull(v)) return BT_OK;
-    if (cJSON_IsObject(v)) v = cJSON_GetObjectItemCaseSensitive(v, "content");
-    if (!cJSON_IsString(v) || !v->valuestring[0]) {
-        BT_ERROR("%s: %s must be a non-empty string or an object with a \"content\" string", path, key);
+    const cJSON *v = bt_json_get(j, key);
+    if (!v) return BT_OK;
+    const cJSON *s = cJSON_IsObject(v) ? cJSON_GetObjectItemCaseSensitive(v, "content") : v;
+    if (!cJSON_IsString(s) || !s->valuestring[0]) {
+        const char *was = cJSON_IsString(s)   ? "an empty string"
+                          : cJSON_IsObject(v) ? "an object without a \"content\" string"
+                                              : bt_json_type_name(v);
+        bt_json_error(j, key, "must be a non-empty string or an object with a \"content\" string, not %s", was);
         return BT_EFORMAT;
     }
-    *out = v->valuestring;
+    *out = s->valuestring;
     return BT_OK;
 }
 
-/* Parses an optional JSON object file: *root NULL when the file does not exist. */
-static int s_load_optional_json(const char *path, cJSON **root)
+/* Parses an optional JSON object file: j->root NULL when the file does not exist. */
+static int s_load_optional_json(const char *path, bt_json_t *j)
 {
-    *root = NULL;
+    memset(j, 0, sizeof *j);
     struct stat st;
     if (stat(path, &st) != 0 && errno == ENOENT) return BT_OK;
-    char *data = NULL;
-    size_t len = 0;
-    int rc = s_read(path, &data, &len);
-    if (rc) return rc;
-    const char *end = NULL;
-    *root = cJSON_ParseWithLengthOpts(data, len, &end, false);
-    rc = BT_OK;
-    if (!*root) {
-        BT_ERROR("%s: not valid JSON (error at byte %zu of %zu)", path, end ? (size_t)(end - data) : (size_t)0, len);
-        rc = BT_EFORMAT;
-    } else if (!cJSON_IsObject(*root)) {
-        BT_ERROR("%s: expected a JSON object", path);
-        cJSON_Delete(*root);
-        *root = NULL;
-        rc = BT_EFORMAT;
-    }
-    free(data);
-    return rc;
+    return bt_json_open(j, path);
 }
 
 static char *s_join(const char *dir, const char *name)
@@ -958,7 +936,7 @@ static char *s_join(const char *dir, const char *name)
 static int s_load_config(sd_tokenizer_t *t, const char *dir)
 {
     char *cfg_path = s_join(dir, "tokenizer_config.json"), *map_path = s_join(dir, "special_tokens_map.json");
-    cJSON *cfg = NULL, *map = NULL;
+    bt_json_t cfg = {0}, map = {0}; /* root NULL: the file does not exist, every key reads as absent */
     const char *special[S_NSPECIAL], *from[S_NSPECIAL];
     int rc = BT_ENOMEM;
     if (!cfg_path || !map_path) {
@@ -967,34 +945,32 @@ static int s_load_config(sd_tokenizer_t *t, const char *dir)
     }
     if ((rc = s_load_optional_json(cfg_path, &cfg)) || (rc = s_load_optional_json(map_path, &map))) goto out_free;
 
-    t->max_length = 77;
-    const cJSON *ml = cfg ? cJSON_GetObjectItemCaseSensitive(cfg, "model_max_length") : NULL;
-    if (ml && !cJSON_IsNull(ml)) {
-        double v = ml->valuedouble;
+    double ml;
+    if ((rc = bt_json_double(&cfg, "model_max_length", 77, 3, INFINITY, &ml))) goto out_free;
+    if (ml != floor(ml)) {
+        bt_json_error(&cfg, "model_max_length", "must be an integer, not %.15g", ml);
         rc = BT_EFORMAT;
-        if (!cJSON_IsNumber(ml) || v != floor(v) || v < 3) {
-            BT_ERROR("%s: model_max_length must be an integer >= 3", cfg_path);
-            goto out_free;
-        }
-        if (v > S_MAX_LENGTH_LIMIT)
-            BT_WARN("%s: model_max_length %.0f means \"unset\"; using 77", cfg_path, v);
-        else
-            t->max_length = (int)v;
+        goto out_free;
     }
+    t->max_length = 77;
+    if (ml > S_MAX_LENGTH_LIMIT)
+        BT_WARN("%s: model_max_length %.0f means \"unset\"; using 77", cfg_path, ml);
+    else
+        t->max_length = (int)ml;
     for (int k = 0; k < S_NSPECIAL; k++) {
         special[k] = s_special_defaults[k];
         from[k] = NULL;
         const char *before = special[k];
-        if (cfg && (rc = s_special_value(cfg, s_special_keys[k], cfg_path, &special[k]))) goto out_free;
+        if ((rc = s_special_value(&cfg, s_special_keys[k], &special[k]))) goto out_free;
         if (special[k] != before) from[k] = cfg_path;
         before = special[k];
-        if (map && (rc = s_special_value(map, s_special_keys[k], map_path, &special[k]))) goto out_free;
+        if ((rc = s_special_value(&map, s_special_keys[k], &special[k]))) goto out_free;
         if (special[k] != before) from[k] = map_path;
     }
 
     /* Added tokens beyond the four specials (textual-inversion words saved by newer
      * transformers) would also be split out by transformers; they are not supported. */
-    const cJSON *added = cfg ? cJSON_GetObjectItemCaseSensitive(cfg, "added_tokens_decoder") : NULL;
+    const cJSON *added = bt_json_get(&cfg, "added_tokens_decoder");
     for (const cJSON *a = cJSON_IsObject(added) ? added->child : NULL; a; a = a->next) {
         const cJSON *c = cJSON_GetObjectItemCaseSensitive(a, "content");
         bool known = false;
@@ -1045,8 +1021,8 @@ static int s_load_config(sd_tokenizer_t *t, const char *dir)
     }
     rc = BT_OK;
 out_free:
-    cJSON_Delete(cfg);
-    cJSON_Delete(map);
+    bt_json_free(&cfg);
+    bt_json_free(&map);
     free(cfg_path);
     free(map_path);
     return rc;
