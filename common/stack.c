@@ -1,16 +1,25 @@
-/* stack.c — chunked stack allocator. */
+/*
+ * stack.c — the chunked stack allocator: requests are rounded up to 64 bytes and
+ * carved in order from the current chunk; a reset to a mark gives them back.
+ * Chunks are kept for reuse (an idle one too small for a request is replaced by a
+ * bigger one), so a repeated workload stops allocating after its first pass.
+ */
 #include "common/stack.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/arena.h"
 #include "common/log.h"
+
+/* Every block starts on a cache line, which also suits AVX-512 loads. */
+#define S_ALIGN 64
+
+static size_t s_align_up(size_t n) { return (n + S_ALIGN - 1) & ~(size_t)(S_ALIGN - 1); }
 
 static void *s_default_alloc(void *user, size_t bytes)
 {
     (void)user;
-    return aligned_alloc(BT_ARENA_ALIGN, bt_align_up(bytes));
+    return aligned_alloc(S_ALIGN, s_align_up(bytes));
 }
 
 static void s_default_free(void *user, void *p)
@@ -44,7 +53,7 @@ void bt_stack_free(bt_stack_t *s)
 
 void *bt_stack_alloc(bt_stack_t *s, size_t bytes)
 {
-    size_t need = bt_align_up(bytes ? bytes : 1);
+    size_t need = s_align_up(bytes ? bytes : 1);
     /* first fit in the current chunk, else the next kept chunk; a kept chunk too
      * small for this request is idle (everything after the current one is) and is
      * replaced by a big enough one rather than skipped: skipped chunks stayed

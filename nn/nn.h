@@ -1,5 +1,5 @@
 /*
- * nn.h — everything model code needs from nn/: context, tensors, and the ops.
+ * nn.h — everything model code needs from nn/: the context, memory and the ops.
  */
 #ifndef BOOTH_NN_NN_H
 #define BOOTH_NN_NN_H
@@ -16,6 +16,5 @@
 #include "nn/norm.h"
 #include "nn/optim.h"
 #include "nn/ops.h"
-#include "nn/tensor.h"
 
 #endif
