@@ -73,159 +73,6 @@ int sd_model_ids(const char *dir, sd_model_ids_t *ids)
     return rc ? rc : sd_model_hash(dir, SD_PART_VAE, ids->vae, NULL);
 }
 
-/* ---- the job ---- */
-
-typedef enum { J_STR, J_BOOL, J_INT, J_I64, J_U64, J_F32, J_SCHED } s_jkind_t;
-
-/* Every setting of sd_train_config_t, by diffusers' flag name. math: a resumed
- * run must agree on it (the others are covered by the content hashes, or do not
- * change the numbers: gradient checkpointing recomputes the same values). */
-typedef struct {
-    const char *key;
-    s_jkind_t kind;
-    size_t off;
-    bool math;
-    const char *absent; /* JSON of the value a checkpoint written before the field existed had, or NULL */
-    const char *flag;   /* how messages name it, when not --key with '-' for '_' */
-} s_jfield_t;
-
-#define F(key, kind, field, math) {key, kind, offsetof(sd_train_config_t, field), math, NULL, NULL}
-static const s_jfield_t s_job[] = {
-    F("pretrained_model_name_or_path", J_STR, model_dir, false),
-    F("instance_data_dir", J_STR, instance_dir, false),
-    F("instance_prompt", J_STR, instance_prompt, true),
-    F("class_data_dir", J_STR, class_dir, false),
-    F("class_prompt", J_STR, class_prompt, true),
-    F("with_prior_preservation", J_BOOL, prior_preservation, true),
-    F("prior_loss_weight", J_F32, prior_loss_weight, true),
-    F("num_class_images", J_INT, num_class_images, true),
-    F("class_inference_steps", J_INT, class_steps, false),
-    F("class_guidance", J_F32, class_guidance, false),
-    F("resolution", J_INT, resolution, true),
-    F("random_flip", J_BOOL, random_flip, true),
-    F("train_batch_size", J_INT, train_batch_size, true),
-    F("micro_batch_size", J_INT, micro_batch_size, true),
-    F("max_train_steps", J_I64, max_train_steps, true), /* math only for schedules that depend on it */
-    F("learning_rate", J_F32, learning_rate, true),
-    F("lr_scheduler", J_SCHED, lr_scheduler, true),
-    F("lr_warmup_steps", J_I64, lr_warmup_steps, true),
-    F("rank", J_I64, rank, true),
-    F("lora_alpha", J_F32, lora_alpha, true),
-    F("train_text_encoder", J_BOOL, train_text_encoder, true),
-    F("seed", J_U64, seed, true),
-    F("gradient_checkpointing", J_BOOL, gradient_checkpointing, false),
-    F("snr_gamma", J_F32, snr_gamma, true),
-    F("noise_offset", J_F32, noise_offset, true),
-    F("max_grad_norm", J_F32, max_grad_norm, true),
-    F("adam_beta1", J_F32, adam_beta1, true),
-    F("adam_beta2", J_F32, adam_beta2, true),
-    F("adam_epsilon", J_F32, adam_epsilon, true),
-    F("adam_weight_decay", J_F32, adam_weight_decay, true),
-    /* "exact", or the 16-bit type --base-dtype rounded the model's weights to (absent before booth kept
-     * weights in 16 bits: exact) */
-    {"base_weights", J_STR, offsetof(sd_train_config_t, base_weights), true, "\"exact\"", "base-dtype (weights)"},
-};
-#undef F
-#define S_NJOB ((int)(sizeof s_job / sizeof s_job[0]))
-
-/* The shortest decimal that reads back (through double, as JSON readers do) as f. */
-static void s_fmt_f32(char *buf, size_t len, float f)
-{
-    for (int p = 1; p <= 9; p++) {
-        snprintf(buf, len, "%.*g", p, (double)f);
-        if ((float)strtod(buf, NULL) == f) return;
-    }
-}
-
-/* One field's value as JSON text (numbers and booleans raw, strings quoted by cJSON). */
-static cJSON *s_job_item(const s_jfield_t *j, const sd_train_config_t *c)
-{
-    const char *base = (const char *)c;
-    char buf[64];
-    switch (j->kind) {
-    case J_STR: {
-        const char *s = *(const char *const *)(base + j->off);
-        return s ? cJSON_CreateString(s) : cJSON_CreateNull();
-    }
-    case J_BOOL: return cJSON_CreateBool(*(const bool *)(base + j->off));
-    case J_INT: snprintf(buf, sizeof buf, "%d", *(const int *)(base + j->off)); break;
-    case J_I64: snprintf(buf, sizeof buf, "%lld", (long long)*(const int64_t *)(base + j->off)); break;
-    case J_U64: snprintf(buf, sizeof buf, "%llu", (unsigned long long)*(const uint64_t *)(base + j->off)); break;
-    case J_F32: s_fmt_f32(buf, sizeof buf, *(const float *)(base + j->off)); break;
-    case J_SCHED: return cJSON_CreateString(sd_lr_sched_name(*(const sd_lr_sched_t *)(base + j->off)));
-    }
-    return cJSON_CreateRaw(buf);
-}
-
-char *sd_train_job_json(const sd_train_config_t *c)
-{
-    cJSON *o = cJSON_CreateObject();
-    bool ok = o != NULL;
-    for (int i = 0; i < S_NJOB && ok; i++) {
-        cJSON *v = s_job_item(&s_job[i], c);
-        ok = v && cJSON_AddItemToObject(o, s_job[i].key, v);
-    }
-    char *text = ok ? cJSON_PrintUnformatted(o) : NULL;
-    cJSON_Delete(o);
-    if (!text) return NULL;
-    char *copy = strdup(text); /* cJSON_free and free may differ */
-    cJSON_free(text);
-    return copy;
-}
-
-/* The checkpoint's job against this run's; one line naming the first difference. */
-static int s_job_compare(const char *path, const char *json, const sd_train_config_t *c)
-{
-    cJSON *o = cJSON_Parse(json);
-    if (!cJSON_IsObject(o)) {
-        cJSON_Delete(o);
-        BT_ERROR("%s: the 'job' attribute is not a JSON object", path);
-        return BT_EFORMAT;
-    }
-    int rc = BT_OK;
-    bool sched_needs_total = c->lr_scheduler == SD_LR_LINEAR || c->lr_scheduler == SD_LR_COSINE;
-    for (int i = 0; i < S_NJOB && rc == BT_OK; i++) {
-        const s_jfield_t *j = &s_job[i];
-        if (!j->math || j->kind == J_U64) continue; /* the seed is compared exactly, from its own attribute */
-        if (!strcmp(j->key, "max_train_steps") && !sched_needs_total) continue;
-        if (!c->prior_preservation && (!strcmp(j->key, "class_prompt") || !strcmp(j->key, "num_class_images") ||
-                                       !strcmp(j->key, "prior_loss_weight")))
-            continue;
-        const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, j->key);
-        cJSON *absent = NULL;
-        if (!v && j->absent) v = absent = cJSON_Parse(j->absent);
-        cJSON *mine = s_job_item(j, c);
-        char *a = v ? cJSON_PrintUnformatted(v) : NULL, *b = mine ? cJSON_PrintUnformatted(mine) : NULL;
-        bool same;
-        if (!v || !mine) {
-            same = false;
-        } else if (j->kind == J_F32) { /* numbers compare as the float they were printed from */
-            same = cJSON_IsNumber(v) && (float)v->valuedouble == *(const float *)((const char *)c + j->off);
-        } else if (j->kind == J_INT || j->kind == J_I64) {
-            const char *base = (const char *)c;
-            double want = j->kind == J_INT ? *(const int *)(base + j->off) : (double)*(const int64_t *)(base + j->off);
-            same = cJSON_IsNumber(v) && v->valuedouble == want;
-        } else {
-            same = a && b && !strcmp(a, b);
-        }
-        if (!same) {
-            char flag[64];
-            snprintf(flag, sizeof flag, "%s", j->flag ? j->flag : j->key);
-            for (char *p = flag; *p && !j->flag; p++) *p = *p == '_' ? '-' : *p;
-            BT_ERROR("%s: the checkpoint was trained with --%s %s, this run has %s; resume needs the same settings "
-                     "(or a new --output-dir)",
-                     path, flag, a ? a : "(missing)", b ? b : "?");
-            rc = BT_EINVAL;
-        }
-        cJSON_free(a);
-        cJSON_free(b);
-        cJSON_Delete(mine);
-        cJSON_Delete(absent);
-    }
-    cJSON_Delete(o);
-    return rc;
-}
-
 /* ---- opening booth files ---- */
 
 bt_h5_file_t *sd_booth_h5_open(const char *path, const char *want, char **format, int64_t *version)
@@ -273,47 +120,42 @@ static uint64_t s_pixels_hash(const sd_image_set_t *s)
     return bt_xxh64(s->pixels, (size_t)s->n * (size_t)s->res * (size_t)s->res * 3, 0);
 }
 
-/* The LoRA set's tensor names as the checkpoint spells them: peft keys with the part prefix. */
-static int s_key(char *buf, size_t len, const sd_lora_set_t *s, int param)
+/* Writes group/<name> for every tensor of o, from the array `which` selects (0 p, 1 m, 2 v). */
+static int s_write_tensors(bt_h5_file_t *f, const char *group, const sd_optim_t *o, int which, float *host)
 {
-    st_lora_part_t part = s->part == SD_LORA_TEXT ? ST_LORA_PART_TEXT : ST_LORA_PART_UNET;
-    return st_lora_key(buf, len, ST_LORA_PEFT, part, param % 2 ? ST_LORA_B : ST_LORA_A, s->modules[param / 2]);
-}
-
-/* Writes group/<key> for every parameter of s, from `block` (a buffer laid out like s->params.mem). */
-static int s_write_block(bt_h5_file_t *f, const char *group, const sd_lora_set_t *s, const float *block, float *host)
-{
-    char key[2 * ST_LORA_NAME_MAX], name[2 * ST_LORA_NAME_MAX + 64];
+    char name[SD_OPTIM_NAME_MAX + 64];
     int rc = BT_OK;
-    for (int i = 0; i < s->params.n && rc == BT_OK; i++) {
-        const sd_param_t *p = &s->params.p[i];
-        int64_t n = p->shape[0] * p->shape[1];
-        if ((rc = s_key(key, sizeof key, s, i))) break;
-        snprintf(name, sizeof name, "%s/%s", group, key);
-        if (!(rc = nn_download(s->params.ctx, host, block + (p->data - s->params.mem), (size_t)n * sizeof(float))))
-            rc = bt_h5_write(f, name, BT_H5_F32, 2, p->shape, host, NULL);
+    for (int i = 0; i < o->n && rc == BT_OK; i++) {
+        const sd_optim_tensor_t *t = &o->t[i];
+        const float *src = which == 0 ? t->p : which == 1 ? t->m : t->v;
+        snprintf(name, sizeof name, "%s/%s", group, t->name);
+        if (!(rc = nn_download(o->ctx, host, src, (size_t)t->numel * sizeof(float))))
+            rc = bt_h5_write(f, name, BT_H5_F32, 2, t->shape, host, NULL);
     }
     return rc;
 }
 
-/* "[\"to_q\", ...]" of the projections a set adapts, in s_proj order. */
-static void s_targets(const sd_lora_set_t *s, char *buf, size_t len)
+/* "[\"to_q\", ...]" of the projections the tensors of one part (name prefix) adapt. */
+static void s_targets(const sd_optim_t *o, const char *prefix, bool text, char *buf, size_t len)
 {
-    static const char *const unet[] = {"to_q", "to_k", "to_v", "to_out.0"}, *const text[] = {"q_proj", "k_proj",
-                                                                                             "v_proj", "out_proj"};
-    const char *const *names = s->part == SD_LORA_TEXT ? text : unet;
-    size_t o = (size_t)snprintf(buf, len, "[");
+    static const char *const unet[] = {"to_q", "to_k", "to_v", "to_out.0"}, *const txt[] = {"q_proj", "k_proj",
+                                                                                            "v_proj", "out_proj"};
+    const char *const *names = text ? txt : unet;
+    size_t o_ = (size_t)snprintf(buf, len, "["), pl = strlen(prefix);
     for (int t = 0; t < 4; t++) {
-        size_t tl = strlen(names[t]);
-        for (int i = 0; i < s->n; i++) {
-            size_t ml = strlen(s->modules[i]);
-            if (ml > tl && s->modules[i][ml - tl - 1] == '.' && !strcmp(s->modules[i] + ml - tl, names[t])) {
-                o += (size_t)snprintf(buf + o, o < len ? len - o : 0, "%s\"%s\"", o > 1 ? ", " : "", names[t]);
+        char tail[48];
+        snprintf(tail, sizeof tail, ".%s.lora_A.weight", names[t]);
+        size_t tl = strlen(tail);
+        for (int i = 0; i < o->n; i++) {
+            const char *nm = o->t[i].name;
+            size_t ml = strlen(nm);
+            if (!strncmp(nm, prefix, pl) && ml > tl && !strcmp(nm + ml - tl, tail)) {
+                o_ += (size_t)snprintf(buf + o_, o_ < len ? len - o_ : 0, "%s\"%s\"", o_ > 1 ? ", " : "", names[t]);
                 break;
             }
         }
     }
-    snprintf(buf + o, o < len ? len - o : 0, "]");
+    snprintf(buf + o_, o_ < len ? len - o_ : 0, "]");
 }
 
 /* Can the pixels and latents of set s be copied from another booth file
@@ -386,18 +228,24 @@ static int s_write_set(bt_h5_file_t *f, const char *group, const sd_image_set_t 
     return rc;
 }
 
-int sd_checkpoint_save(const char *path, const sd_trainer_t *t, const sd_model_ids_t *ids, const sd_train_history_t *h,
+void sd_trainer_ckpt_data(const sd_trainer_t *t, const sd_model_ids_t *ids, sd_ckpt_data_t *d)
+{
+    *d = (sd_ckpt_data_t){.cfg = &t->cfg,
+                          .instances = &t->instances,
+                          .classes = t->cfg.prior_preservation ? &t->classes : NULL,
+                          .sampler = sd_sched_kind_name(t->model->default_sampler),
+                          .ids = *ids};
+}
+
+int sd_checkpoint_save(const char *path, const sd_optim_t *o, const sd_ckpt_data_t *d, const sd_train_history_t *h,
                        const char *reuse_path)
 {
-    const sd_train_config_t *c = &t->cfg;
-    const sd_lora_set_t *sets[2] = {t->lora_unet, t->lora_text};
+    const sd_train_config_t *c = d->cfg;
+    const sd_model_ids_t *ids = &d->ids;
     char *job = sd_train_job_json(c);
     size_t maxn = 0;
-    for (int k = 0; k < 2; k++)
-        for (int i = 0; sets[k] && i < sets[k]->params.n; i++) {
-            size_t n = (size_t)(sets[k]->params.p[i].shape[0] * sets[k]->params.p[i].shape[1]);
-            if (n > maxn) maxn = n;
-        }
+    for (int i = 0; i < o->n; i++)
+        if ((size_t)o->t[i].numel > maxn) maxn = (size_t)o->t[i].numel;
     float *host = malloc((maxn ? maxn : 1) * sizeof(float));
     bt_h5_file_t *f = NULL, *reuse = NULL;
     int rc = job && host ? BT_OK : BT_ENOMEM;
@@ -408,14 +256,14 @@ int sd_checkpoint_save(const char *path, const sd_trainer_t *t, const sd_model_i
         goto out;
     }
     char targets[256], tu[96], tt[96] = "[]";
-    s_targets(t->lora_unet, tu, sizeof tu);
-    if (t->lora_text) s_targets(t->lora_text, tt, sizeof tt);
+    s_targets(o, "unet.", false, tu, sizeof tu);
+    if (c->train_text_encoder) s_targets(o, "text_encoder.", true, tt, sizeof tt);
     snprintf(targets, sizeof targets, "{\"unet\": %s, \"text_encoder\": %s}", tu, tt);
 
     /* root: what the file is, where the run stands, what it trains */
     if ((rc = bt_h5_attr_set_str(f, "/", "booth_format", SD_CKPT_FORMAT)) ||
         (rc = bt_h5_attr_set_i64(f, "/", "booth_format_version", SD_CKPT_FORMAT_VERSION)) ||
-        (rc = bt_h5_attr_set_i64(f, "/", "step", t->step)) ||
+        (rc = bt_h5_attr_set_i64(f, "/", "step", o->step)) ||
         (rc = bt_h5_attr_set_i64(f, "/", "max_train_steps", c->max_train_steps)) ||
         (rc = bt_h5_attr_set_i64(f, "/", "rank", c->rank)) ||
         (rc = bt_h5_attr_set_f32(f, "/", "alpha", c->lora_alpha)) ||
@@ -429,14 +277,12 @@ int sd_checkpoint_save(const char *path, const sd_trainer_t *t, const sd_model_i
         (rc = bt_h5_attr_set_i64(f, "lora", "rank", c->rank)) ||
         (rc = bt_h5_attr_set_f32(f, "lora", "alpha", c->lora_alpha)))
         goto out;
-    for (int k = 0; k < 2 && rc == BT_OK; k++)
-        if (sets[k]) rc = s_write_block(f, "lora", sets[k], sets[k]->params.mem, host);
-    if (rc) goto out;
+    if ((rc = s_write_tensors(f, "lora", o, 0, host))) goto out;
 
     /* AdamW: the moments under the same names, and its step */
     if ((rc = bt_h5_group(f, "optimizer", false)) || (rc = bt_h5_group(f, "optimizer/m", true)) ||
         (rc = bt_h5_group(f, "optimizer/v", true)) || (rc = bt_h5_attr_set_str(f, "optimizer", "type", "AdamW")) ||
-        (rc = bt_h5_attr_set_i64(f, "optimizer", "step", t->step)) ||
+        (rc = bt_h5_attr_set_i64(f, "optimizer", "step", o->step)) ||
         (rc = bt_h5_attr_set_f32(f, "optimizer", "learning_rate", c->learning_rate)) ||
         (rc = bt_h5_attr_set_str(f, "optimizer", "lr_scheduler", sd_lr_sched_name(c->lr_scheduler))) ||
         (rc = bt_h5_attr_set_i64(f, "optimizer", "lr_warmup_steps", c->lr_warmup_steps)) ||
@@ -446,12 +292,8 @@ int sd_checkpoint_save(const char *path, const sd_trainer_t *t, const sd_model_i
         (rc = bt_h5_attr_set_f32(f, "optimizer", "weight_decay", c->adam_weight_decay)) ||
         (rc = bt_h5_attr_set_f32(f, "optimizer", "max_grad_norm", c->max_grad_norm)))
         goto out;
-    for (int k = 0; k < 2 && rc == BT_OK; k++) {
-        if (!sets[k]) continue;
-        if (!(rc = s_write_block(f, "optimizer/m", sets[k], t->m[k], host)))
-            rc = s_write_block(f, "optimizer/v", sets[k], t->v[k], host);
-    }
-    if (rc) goto out;
+    if ((rc = s_write_tensors(f, "optimizer/m", o, 1, host)) || (rc = s_write_tensors(f, "optimizer/v", o, 2, host)))
+        goto out;
 
     /* randomness: counter-based, so the seed is the whole state */
     if ((rc = bt_h5_group(f, "rng", false)) ||
@@ -459,11 +301,11 @@ int sd_checkpoint_save(const char *path, const sd_trainer_t *t, const sd_model_i
                                  "booth counter-based RNG (common/rng.h): every draw is a function of (seed, step, "
                                  "slot); no generator state to restore")) ||
         (rc = bt_h5_attr_set_u64(f, "rng", "seed", c->seed)) ||
-        (rc = bt_h5_attr_set_i64(f, "rng", "next_step", t->step)))
+        (rc = bt_h5_attr_set_i64(f, "rng", "next_step", o->step)))
         goto out;
 
     /* the per-step log: one row per step taken (NaN where the caller kept none) */
-    int64_t n = t->step, have = h ? (h->n < n ? h->n : n) : 0;
+    int64_t n = o->step, have = h ? (h->n < n ? h->n : n) : 0;
     int64_t *steps = malloc((size_t)(n ? n : 1) * sizeof *steps);
     double *col = malloc((size_t)(n ? n : 1) * sizeof *col);
     if (!steps || !col) {
@@ -486,19 +328,19 @@ int sd_checkpoint_save(const char *path, const sd_trainer_t *t, const sd_model_i
     if (rc) goto out;
 
     /* the data the run trains on */
-    if ((rc = s_write_set(f, "instance", &t->instances, c->instance_prompt, false, 0, reuse, ids)) ||
+    if ((rc = s_write_set(f, "instance", d->instances, c->instance_prompt, false, 0, reuse, ids)) ||
         (rc = bt_h5_attr_set_str(f, "instance", "prompt", c->instance_prompt)))
         goto out;
     if (c->prior_preservation) {
-        const sd_image_set_t *cl = &t->classes;
-        sd_prior_spec_t spec = {.weights = sd_model_weights(t->model),
+        const sd_image_set_t *cl = d->classes;
+        sd_prior_spec_t spec = {.weights = c->base_weights,
                                 .prompt = cl->gen_prompt ? cl->gen_prompt : c->class_prompt,
                                 .seed = cl->gen_prompt ? cl->gen_seed : c->seed,
                                 .steps = cl->gen_prompt ? cl->gen_steps : c->class_steps,
                                 .guidance = cl->gen_prompt ? cl->gen_guidance : c->class_guidance,
                                 .resolution = cl->res};
         if ((rc = s_write_set(f, SD_PRIOR_GROUP, cl, spec.prompt, true, spec.seed, reuse, ids)) ||
-            (rc = sd_priors_write_attrs(f, SD_PRIOR_GROUP, &spec, sd_sched_kind_name(t->model->default_sampler),
+            (rc = sd_priors_write_attrs(f, SD_PRIOR_GROUP, &spec, d->sampler,
                                         c->model_dir, ids->model, ids->vae)) ||
             (rc = bt_h5_attr_set_str(f, SD_PRIOR_GROUP, "origin", c->class_dir ? c->class_dir : "")) ||
             (rc = bt_h5_attr_set_str(f, SD_PRIOR_GROUP, "class_prompt", c->class_prompt)))
@@ -514,20 +356,6 @@ out:
 }
 
 /* ---- resuming ---- */
-
-/* Reads every tensor of set s under group into host (laid out like params.mem), shapes checked. */
-static int s_read_block(bt_h5_file_t *f, const char *group, const sd_lora_set_t *s, float *host)
-{
-    char key[2 * ST_LORA_NAME_MAX], name[2 * ST_LORA_NAME_MAX + 64];
-    int rc = BT_OK;
-    for (int i = 0; i < s->params.n && rc == BT_OK; i++) {
-        const sd_param_t *p = &s->params.p[i];
-        if ((rc = s_key(key, sizeof key, s, i))) break;
-        snprintf(name, sizeof name, "%s/%s", group, key);
-        rc = bt_h5_read(f, name, BT_H5_F32, 2, p->shape, host + (p->data - s->params.mem));
-    }
-    return rc;
-}
 
 static int s_check_set(const char *path, bt_h5_file_t *f, const char *group, const sd_image_set_t *s,
                        const char *what, const char *flag)
@@ -548,11 +376,20 @@ static int s_check_set(const char *path, bt_h5_file_t *f, const char *group, con
     return rc;
 }
 
-int sd_checkpoint_resume(const char *path, sd_trainer_t *t, const sd_model_ids_t *ids, sd_train_history_t *h)
+/* Where tensor i's parameters (g 0), m (1) or v (2) go in the resume staging buffer. */
+static int64_t s_stage_at(const sd_optim_t *o, int i, int g)
 {
-    const sd_train_config_t *c = &t->cfg;
-    sd_lora_set_t *sets[2] = {t->lora_unet, t->lora_text};
-    float *stage[2][3] = {{NULL}};
+    int64_t at = 0;
+    for (int k = 0; k < i; k++) at += 3 * o->t[k].numel;
+    return at + g * o->t[i].numel;
+}
+
+int sd_checkpoint_resume(const char *path, sd_optim_t *o, const sd_ckpt_data_t *d, sd_train_history_t *h)
+{
+    const sd_train_config_t *c = d->cfg;
+    const sd_model_ids_t *ids = &d->ids;
+    float *stage = NULL;
+    int64_t staged = 0;
     char *job = NULL, *hash = NULL;
     char **names = NULL;
     int nnames = 0;
@@ -568,7 +405,7 @@ int sd_checkpoint_resume(const char *path, sd_trainer_t *t, const sd_model_ids_t
         rc = BT_EINVAL;
     }
     if (rc == BT_OK) rc = bt_h5_attr_str(f, "/", "job", &job);
-    if (rc == BT_OK) rc = s_job_compare(path, job, c);
+    if (rc == BT_OK) rc = sd_job_compare(path, job, c);
     if (rc == BT_OK) rc = bt_h5_attr_u64(f, "rng", "seed", &seed);
     if (rc == BT_OK && seed != c->seed) {
         BT_ERROR("%s: the checkpoint was trained with --seed %llu, this run has %llu; resume needs the same settings",
@@ -585,27 +422,32 @@ int sd_checkpoint_resume(const char *path, sd_trainer_t *t, const sd_model_ids_t
     if (rc) goto out;
 
     /* the data */
-    if ((rc = s_check_set(path, f, "instance", &t->instances, "instance images", "--instance-data-dir"))) goto out;
+    if ((rc = s_check_set(path, f, "instance", d->instances, "instance images", "--instance-data-dir"))) goto out;
     if (c->prior_preservation &&
-        (rc = s_check_set(path, f, SD_PRIOR_GROUP, &t->classes, "class images", "--class-data-dir")))
+        (rc = s_check_set(path, f, SD_PRIOR_GROUP, d->classes, "class images", "--class-data-dir")))
         goto out;
 
     /* the tensors: exactly the trainer's, each of its shape */
     if ((rc = bt_h5_list(f, "lora", &names, &nnames))) goto out;
-    for (int k = 0; k < 2; k++) total += sets[k] ? sets[k]->params.n : 0;
+    total = o->n;
     if (nnames != total) {
         BT_ERROR("%s: the checkpoint has %d LoRA tensors, this run's adapters have %lld", path, nnames,
                  (long long)total);
         rc = BT_ESHAPE;
         goto out;
     }
-    for (int k = 0; k < 2 && rc == BT_OK; k++) {
-        if (!sets[k]) continue;
-        for (int j = 0; j < 3 && rc == BT_OK; j++)
-            if (!(stage[k][j] = calloc((size_t)t->nblock[k], sizeof(float)))) rc = BT_ENOMEM;
-        if (rc == BT_OK) rc = s_read_block(f, "lora", sets[k], stage[k][0]);
-        if (rc == BT_OK) rc = s_read_block(f, "optimizer/m", sets[k], stage[k][1]);
-        if (rc == BT_OK) rc = s_read_block(f, "optimizer/v", sets[k], stage[k][2]);
+    for (int i = 0; i < o->n; i++) staged += 3 * o->t[i].numel;
+    if (!(stage = malloc((size_t)(staged ? staged : 1) * sizeof(float)))) {
+        rc = BT_ENOMEM;
+        goto out;
+    }
+    for (int i = 0, at = 0; i < o->n && rc == BT_OK; i++) {
+        static const char *const groups[3] = {"lora", "optimizer/m", "optimizer/v"};
+        for (int g = 0; g < 3 && rc == BT_OK; g++, at++) {
+            char name[SD_OPTIM_NAME_MAX + 64];
+            snprintf(name, sizeof name, "%s/%s", groups[g], o->t[i].name);
+            rc = bt_h5_read(f, name, BT_H5_F32, 2, o->t[i].shape, stage + s_stage_at(o, i, g));
+        }
     }
     if (rc) goto out;
 
@@ -621,23 +463,22 @@ int sd_checkpoint_resume(const char *path, sd_trainer_t *t, const sd_model_ids_t
     hist.n = hist.cap = step;
 
     /* everything read and checked: now the trainer changes */
-    for (int k = 0; k < 2 && rc == BT_OK; k++) {
-        if (!sets[k]) continue;
-        size_t bytes = (size_t)t->nblock[k] * sizeof(float);
-        if (!(rc = nn_upload(t->model->ctx, sets[k]->params.mem, stage[k][0], bytes)) &&
-            !(rc = nn_upload(t->model->ctx, t->m[k], stage[k][1], bytes)))
-            rc = nn_upload(t->model->ctx, t->v[k], stage[k][2], bytes);
+    for (int i = 0; i < o->n && rc == BT_OK; i++) {
+        sd_optim_tensor_t *t = &o->t[i];
+        size_t bytes = (size_t)t->numel * sizeof(float);
+        if (!(rc = nn_upload(o->ctx, t->p, stage + s_stage_at(o, i, 0), bytes)) &&
+            !(rc = nn_upload(o->ctx, t->m, stage + s_stage_at(o, i, 1), bytes)))
+            rc = nn_upload(o->ctx, t->v, stage + s_stage_at(o, i, 2), bytes);
     }
     if (rc) goto out;
-    t->step = step;
+    o->step = step;
     if (h) {
         sd_history_free(h);
         *h = hist;
         memset(&hist, 0, sizeof hist);
     }
 out:
-    for (int k = 0; k < 2; k++)
-        for (int j = 0; j < 3; j++) free(stage[k][j]);
+    free(stage);
     sd_history_free(&hist);
     bt_h5_free_names(names, nnames);
     free(job);
@@ -736,101 +577,44 @@ int sd_checkpoint_prune(const char *dir, int keep)
 
 /* ---- export ---- */
 
-/* A LoRA set built from the checkpoint's tensors alone (no model): enough for
- * sd_lora_save, which needs names, shapes, rank, alpha and data. Its layers are
- * shape-only descriptors (in and out sizes from the A and B tensors, no weights):
- * nothing here runs a forward pass. */
-typedef struct {
-    sd_lora_set_t *set;
-    sd_linear_t *shapes;
-} s_detached_t;
-
-static void s_detached_free(s_detached_t *d)
+int sd_optim_save_lora(const sd_optim_t *o, int64_t rank, float alpha, const char *path, st_lora_layout_t layout,
+                       st_dtype_t dtype, const char *base_model)
 {
-    sd_lora_destroy(&d->set);
-    free(d->shapes);
-    d->shapes = NULL;
-}
-
-static int s_detached_build(bt_h5_file_t *f, nn_ctx_t *ctx, st_lora_part_t part, char **names, int n, int64_t rank,
-                            float alpha, s_detached_t *out)
-{
-    const char *path = bt_h5_path(f);
-    int count = 0;
-    st_lora_key_t k;
-    for (int i = 0; i < n; i++)
-        if (st_lora_parse_key(names[i], &k) && k.part == part) count++;
-    if (count == 0) return BT_OK;
-    if (count % 2) {
-        BT_ERROR("%s: the %s LoRA has an odd number of tensors", path, st_lora_part_name(part));
-        return BT_EFORMAT;
-    }
-    sd_lora_set_t *s = calloc(1, sizeof *s);
-    if (!s) return BT_ENOMEM;
-    out->set = s;
-    s->part = part == ST_LORA_PART_TEXT ? SD_LORA_TEXT : SD_LORA_UNET;
-    s->rank = rank;
-    s->alpha = alpha;
-    sd_params_init(&s->params, "lora");
-    int na = count / 2;
-    s->adapters = calloc((size_t)na, sizeof *s->adapters);
-    s->layers = calloc((size_t)na, sizeof *s->layers);
-    s->modules = calloc((size_t)na, sizeof *s->modules);
-    out->shapes = calloc((size_t)na, sizeof *out->shapes);
-    if (!s->adapters || !s->layers || !s->modules || !out->shapes) return BT_ENOMEM;
-    int rc = BT_OK;
-    for (int i = 0; i < n && rc == BT_OK; i++) {
-        if (!st_lora_parse_key(names[i], &k)) {
-            BT_ERROR("%s: 'lora/%s' is not a LoRA key", path, names[i]);
-            return BT_EFORMAT;
-        }
-        if (k.part != part) continue;
-        /* tensors come as A then B of each module, in model order */
-        bool want_b = s->n < na && s->modules[s->n][0] != '\0';
-        if (k.layout != ST_LORA_PEFT || k.role != (want_b ? ST_LORA_B : ST_LORA_A) ||
-            (want_b && strcmp(k.module, s->modules[s->n]))) {
-            BT_ERROR("%s: 'lora/%s' is out of order (expected the %s of each module, A then B)", path, names[i],
-                     st_lora_part_name(part));
-            return BT_EFORMAT;
-        }
-        char name[2 * ST_LORA_NAME_MAX];
-        bt_h5_info_t info;
-        snprintf(name, sizeof name, "lora/%s", names[i]);
-        if ((rc = bt_h5_info(f, name, &info))) return rc;
-        if (info.ndim != 2 || info.shape[want_b ? 1 : 0] != rank || info.shape[0] < 1 || info.shape[1] < 1 ||
-            info.shape[0] > 16384 || info.shape[1] > 16384) {
-            BT_ERROR("%s: '%s' has %d dims [%lld, ...], expected a %s of rank %lld", path, name, info.ndim,
-                     (long long)(info.ndim ? info.shape[0] : 0), want_b ? "B [out, rank]" : "A [rank, in]",
-                     (long long)rank);
-            return BT_ESHAPE;
-        }
-        if (strlen(k.module) >= SD_NAME_MAX) {
-            BT_ERROR("%s: '%s': module name too long", path, name);
-            return BT_EFORMAT;
-        }
-        if (!want_b) memcpy(s->modules[s->n], k.module, strlen(k.module) + 1);
-        sd_params_add(&s->params, NULL, SD_INIT_ZERO, 0, 2, info.shape, "%s.lora_%s.weight", k.module,
-                      want_b ? "B" : "A");
-        if (want_b) {
-            sd_linear_t *l = &out->shapes[s->n];
-            l->in = s->params.p[s->params.n - 2].shape[1];
-            l->out = info.shape[0];
-            s->layers[s->n] = l;
-            s->adapters[s->n] = (sd_lora_t){.rank = rank, .alpha = alpha, .scale = 1.0f};
-            s->n++;
+    const char **names = malloc((size_t)(o->n ? o->n : 1) * sizeof *names);
+    int64_t(*shapes)[2] = malloc((size_t)(o->n ? o->n : 1) * sizeof *shapes);
+    const float **data = malloc((size_t)(o->n ? o->n : 1) * sizeof *data);
+    float *host = NULL;
+    sd_lora_records_t r[2] = {{0}};
+    int rc = names && shapes && data ? BT_OK : BT_ENOMEM;
+    int64_t total = 0;
+    for (int i = 0; i < o->n; i++) total += o->t[i].numel;
+    if (rc == BT_OK && o->ctx->kind != NN_BACKEND_CPU && !(host = malloc((size_t)(total ? total : 1) * sizeof(float))))
+        rc = BT_ENOMEM;
+    for (int i = 0, at = 0; i < o->n && rc == BT_OK; i++) {
+        const sd_optim_tensor_t *t = &o->t[i];
+        names[i] = t->name;
+        shapes[i][0] = t->shape[0];
+        shapes[i][1] = t->shape[1];
+        data[i] = t->p;
+        if (host) {
+            rc = nn_download(o->ctx, host + at, t->p, (size_t)t->numel * sizeof(float));
+            data[i] = host + at;
+            at += (int)t->numel;
         }
     }
-    if (s->n != na) {
-        BT_ERROR("%s: the %s LoRA tensors do not pair up as A and B", path, st_lora_part_name(part));
-        return BT_EFORMAT;
+    if (rc == BT_OK)
+        rc = sd_lora_records_from_named(r, path, (const char *const *)names, (const int64_t(*)[2])shapes, data, o->n,
+                                        rank, alpha);
+    if (rc == BT_OK) {
+        const char *meta[] = {"booth.base_model", base_model ? base_model : "", NULL};
+        rc = sd_lora_save_records(path, layout, dtype, &r[0], &r[1], meta);
     }
-    if ((rc = sd_lora_alloc(s, ctx, false))) return rc;
-    for (int i = 0; i < s->params.n && rc == BT_OK; i++) {
-        char name[2 * ST_LORA_NAME_MAX + 8], key[2 * ST_LORA_NAME_MAX];
-        st_lora_key(key, sizeof key, ST_LORA_PEFT, part, i % 2 ? ST_LORA_B : ST_LORA_A, s->modules[i / 2]);
-        snprintf(name, sizeof name, "lora/%s", key);
-        rc = bt_h5_read(f, name, BT_H5_F32, 2, s->params.p[i].shape, s->params.p[i].data);
-    }
+    sd_lora_records_free(&r[0]);
+    sd_lora_records_free(&r[1]);
+    free(names);
+    free(shapes);
+    free(data);
+    free(host);
     return rc;
 }
 
@@ -838,14 +622,13 @@ int sd_checkpoint_export(const char *ckpt, const char *out, st_lora_layout_t lay
 {
     bt_h5_file_t *f = sd_booth_h5_open(ckpt, SD_CKPT_FORMAT, NULL, NULL);
     if (!f) return BT_EFORMAT;
-    nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, 1);
     char **names = NULL, *model = NULL;
     int n = 0;
-    int64_t rank = 0;
+    int64_t rank = 0, (*shapes)[2] = NULL;
+    float **data = NULL;
     double alpha = 0;
-    s_detached_t sets[2] = {{0}};
-    int rc = ctx ? BT_OK : BT_ENOMEM;
-    if (rc == BT_OK) rc = bt_h5_attr_i64(f, "lora", "rank", &rank);
+    sd_lora_records_t r[2] = {{0}};
+    int rc = bt_h5_attr_i64(f, "lora", "rank", &rank);
     if (rc == BT_OK) rc = bt_h5_attr_f64(f, "lora", "alpha", &alpha);
     if (rc == BT_OK) rc = bt_h5_attr_str(f, "/", "base_model", &model);
     if (rc == BT_OK && (rank < 1 || rank > 4096 || !(alpha > 0))) {
@@ -853,21 +636,42 @@ int sd_checkpoint_export(const char *ckpt, const char *out, st_lora_layout_t lay
         rc = BT_EFORMAT;
     }
     if (rc == BT_OK) rc = bt_h5_list(f, "lora", &names, &n);
-    for (int p = 0; p < 2 && rc == BT_OK; p++)
-        rc = s_detached_build(f, ctx, p ? ST_LORA_PART_TEXT : ST_LORA_PART_UNET, names, n, rank, (float)alpha,
-                              &sets[p]);
-    if (rc == BT_OK && !sets[0].set && !sets[1].set) {
+    if (rc == BT_OK && n == 0) {
         BT_ERROR("%s: the checkpoint has no LoRA tensors", ckpt);
         rc = BT_EFORMAT;
     }
+    if (rc == BT_OK && (!(shapes = calloc((size_t)n, sizeof *shapes)) || !(data = calloc((size_t)n, sizeof *data))))
+        rc = BT_ENOMEM;
+    for (int i = 0; i < n && rc == BT_OK; i++) {
+        char name[2 * ST_LORA_NAME_MAX + 8];
+        bt_h5_info_t info;
+        snprintf(name, sizeof name, "lora/%s", names[i]);
+        if ((rc = bt_h5_info(f, name, &info))) break;
+        if (info.ndim != 2 || info.shape[0] < 1 || info.shape[1] < 1 || info.shape[0] > 16384 ||
+            info.shape[1] > 16384) {
+            BT_ERROR("%s: '%s' is not a LoRA matrix (%d dims)", ckpt, name, info.ndim);
+            rc = BT_ESHAPE;
+            break;
+        }
+        shapes[i][0] = info.shape[0];
+        shapes[i][1] = info.shape[1];
+        if (!(data[i] = malloc((size_t)(info.shape[0] * info.shape[1]) * sizeof(float)))) rc = BT_ENOMEM;
+        else rc = bt_h5_read(f, name, BT_H5_F32, 2, shapes[i], data[i]);
+    }
+    if (rc == BT_OK)
+        rc = sd_lora_records_from_named(r, ckpt, (const char *const *)names, (const int64_t(*)[2])shapes,
+                                        (const float *const *)data, n, rank, (float)alpha);
     if (rc == BT_OK) {
         const char *meta[] = {"booth.base_model", model, NULL};
-        rc = sd_lora_save(out, layout, dtype, sets[0].set, sets[1].set, meta);
+        rc = sd_lora_save_records(out, layout, dtype, &r[0], &r[1], meta);
     }
-    for (int p = 0; p < 2; p++) s_detached_free(&sets[p]);
+    sd_lora_records_free(&r[0]);
+    sd_lora_records_free(&r[1]);
+    for (int i = 0; data && i < n; i++) free(data[i]);
+    free(data);
+    free(shapes);
     bt_h5_free_names(names, n);
     free(model);
     bt_h5_close(&f);
-    nn_ctx_destroy(&ctx);
     return rc;
 }

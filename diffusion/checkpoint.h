@@ -21,6 +21,8 @@
 #define BOOTH_DIFFUSION_CHECKPOINT_H
 
 #include "common/hash.h"
+#include "diffusion/job.h"
+#include "diffusion/optim.h"
 #include "diffusion/train.h"
 #include "storage/h5.h"
 #include "storage/lora_file.h"
@@ -45,22 +47,37 @@ typedef struct sd_model_ids {
 } sd_model_ids_t;
 int sd_model_ids(const char *dir, sd_model_ids_t *ids);
 
-/* The job as JSON (every setting, diffusers' flag names); malloc'd, NULL if out of memory. */
-char *sd_train_job_json(const sd_train_config_t *c);
+/* What a checkpoint records besides the optimizer state, as plain records:
+ * the job, the data it trains on, and where the model came from. A trainer
+ * fills it (sd_trainer_ckpt_data); the coordinator fills it without a model. */
+typedef struct sd_ckpt_data {
+    const sd_train_config_t *cfg;   /* the job (base_weights set) */
+    const sd_image_set_t *instances;
+    const sd_image_set_t *classes;  /* NULL without prior preservation */
+    const char *sampler;            /* the model's default sampler (prior sets record it) */
+    sd_model_ids_t ids;
+} sd_ckpt_data_t;
 
-/* Writes the trainer's state at t->step to path (temporary file, fsync, rename).
- * h (may be NULL) is the history of steps 1..t->step. reuse (may be NULL): an
- * earlier checkpoint of this run, or the prior set it trains on; image sets it
- * holds unchanged (same content hash, sizes and base model) are copied from it
- * chunk by chunk instead of being compressed again, which makes checkpoints
- * cheap (docs/BENCHMARKS.md, Storage). */
-int sd_checkpoint_save(const char *path, const sd_trainer_t *t, const sd_model_ids_t *ids, const sd_train_history_t *h,
+/* The record of a trainer's job, data and model. */
+void sd_trainer_ckpt_data(const sd_trainer_t *t, const sd_model_ids_t *ids, sd_ckpt_data_t *d);
+
+/* Writes the optimizer state o at o->step with d to path (temporary file,
+ * fsync, rename). h (may be NULL) is the history of steps 1..o->step. reuse
+ * (may be NULL): an earlier checkpoint of this run, or the prior set it trains
+ * on; image sets it holds unchanged (same content hash, sizes and base model)
+ * are copied from it chunk by chunk instead of being compressed again, which
+ * makes checkpoints cheap (docs/BENCHMARKS.md, Storage). */
+int sd_checkpoint_save(const char *path, const sd_optim_t *o, const sd_ckpt_data_t *d, const sd_train_history_t *h,
                        const char *reuse);
 
-/* Loads a checkpoint into a trainer built for the same job (sd_trainer_new with
- * the same settings and data): LoRA parameters, m, v and the step; h (may be
- * NULL) receives the history. On any error t is unchanged. */
-int sd_checkpoint_resume(const char *path, sd_trainer_t *t, const sd_model_ids_t *ids, sd_train_history_t *h);
+/* Loads a checkpoint into optimizer state built for the same job (the same
+ * settings, data d and tensors): parameters, m, v and the step; h (may be
+ * NULL) receives the history. On any error o is unchanged. */
+int sd_checkpoint_resume(const char *path, sd_optim_t *o, const sd_ckpt_data_t *d, sd_train_history_t *h);
+
+/* The LoRA of optimizer state o as a LoRA file (what the run exports). */
+int sd_optim_save_lora(const sd_optim_t *o, int64_t rank, float alpha, const char *path, st_lora_layout_t layout,
+                       st_dtype_t dtype, const char *base_model);
 
 /* The newest dir/checkpoint-N.h5 (largest N) into path: 1 if found, 0 if there
  * is none, negative on error. Temporary files are never candidates. */

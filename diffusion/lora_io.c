@@ -371,13 +371,9 @@ static int s_meta_set(st_writer_t *w, st_lora_part_t part, const char *what, con
 }
 
 static int s_save_set(st_writer_t *w, const char *path, st_lora_layout_t layout, st_dtype_t dtype,
-                      const sd_lora_set_t *s)
+                      const sd_lora_records_t *s)
 {
-    st_lora_part_t part = s->part == SD_LORA_TEXT ? ST_LORA_PART_TEXT : ST_LORA_PART_UNET;
-    if (!s->params.mem || s->params.n != 2 * s->n) {
-        BT_ERROR("%s: the %s LoRA set is not allocated", path, s_part_what(part));
-        return BT_EINVAL;
-    }
+    st_lora_part_t part = s->part;
     /* What alpha a reader of this layout will apply to every adapter; an adapter
      * with another alpha gets alpha / file_alpha folded into B. The diffusers and
      * peft layouts carry no alpha their usual loaders read (diffusers assumes
@@ -391,27 +387,24 @@ static int s_save_set(st_writer_t *w, const char *path, st_lora_layout_t layout,
     int rc = BT_OK;
     char key[2 * ST_LORA_NAME_MAX];
     for (int i = 0; i < s->n && rc == BT_OK; i++) {
-        const sd_lora_t *ad = &s->adapters[i];
+        float alpha = s->alphas ? s->alphas[i] : s->alpha;
         for (int r = 0; r < 2 && rc == BT_OK; r++) {
-            const sd_param_t *p = &s->params.p[2 * i + r];
-            int64_t n = p->shape[0] * p->shape[1];
-            if ((size_t)n > host_n) {
-                free(host);
-                host = malloc((size_t)n * sizeof(float));
-                host_n = host ? (size_t)n : 0;
-                if (!host) {
-                    rc = BT_ENOMEM;
-                    break;
+            const int64_t *shape = r ? s->b_shape[i] : s->a_shape[i];
+            const float *data = r ? s->b[i] : s->a[i];
+            int64_t n = shape[0] * shape[1];
+            if (r == 1 && layout != ST_LORA_KOHYA && alpha != file_alpha) {
+                if ((size_t)n > host_n) {
+                    free(host);
+                    host = malloc((size_t)n * sizeof(float));
+                    host_n = host ? (size_t)n : 0;
+                    if (!host) {
+                        rc = BT_ENOMEM;
+                        break;
+                    }
                 }
-            }
-            if (s->params.ctx->kind == NN_BACKEND_CPU)
-                memcpy(host, p->data, (size_t)n * sizeof(float));
-            else if ((rc = nn_download(s->params.ctx, host, p->data, (size_t)n * sizeof(float))))
-                break;
-            if (r == 1 && layout != ST_LORA_KOHYA && ad->alpha != file_alpha) {
-                float fold = (float)((double)ad->alpha / (double)file_alpha);
-                for (int64_t k = 0; k < n; k++)
-                    host[k] *= fold;
+                float fold = (float)((double)alpha / (double)file_alpha);
+                for (int64_t k = 0; k < n; k++) host[k] = data[k] * fold;
+                data = host;
                 folded = true;
             }
             if (st_lora_key(key, sizeof key, layout, part, r ? ST_LORA_B : ST_LORA_A, s->modules[i])) {
@@ -419,11 +412,11 @@ static int s_save_set(st_writer_t *w, const char *path, st_lora_layout_t layout,
                 rc = BT_EINVAL;
                 break;
             }
-            rc = st_writer_add_f32_as(w, key, dtype, 2, p->shape, host);
+            rc = st_writer_add_f32_as(w, key, dtype, 2, shape, data);
         }
         if (rc == BT_OK && layout == ST_LORA_KOHYA) {
             st_lora_key(key, sizeof key, layout, part, ST_LORA_ALPHA, s->modules[i]);
-            rc = st_writer_add_copy(w, key, ST_F32, 0, (int64_t[]){1}, &ad->alpha);
+            rc = st_writer_add_copy(w, key, ST_F32, 0, (int64_t[]){1}, &alpha);
         }
     }
     free(host);
@@ -456,11 +449,11 @@ static int s_save_set(st_writer_t *w, const char *path, st_lora_layout_t layout,
     return rc;
 }
 
-int sd_lora_save(const char *path, st_lora_layout_t layout, st_dtype_t dtype, const sd_lora_set_t *unet,
-                 const sd_lora_set_t *text, const char *const *metadata_kv)
+int sd_lora_save_records(const char *path, st_lora_layout_t layout, st_dtype_t dtype, const sd_lora_records_t *unet,
+                         const sd_lora_records_t *text, const char *const *metadata_kv)
 {
-    if (!unet && !text) {
-        BT_ERROR("%s: no LoRA set to save", path);
+    if ((!unet || !unet->n) && (!text || !text->n)) {
+        BT_ERROR("%s: no LoRA adapters to save", path);
         return BT_EINVAL;
     }
     if ((unsigned)layout >= ST_LORA_LAYOUT_COUNT ||
@@ -468,8 +461,8 @@ int sd_lora_save(const char *path, st_lora_layout_t layout, st_dtype_t dtype, co
         BT_ERROR("%s: cannot save a LoRA in layout %d as %s", path, (int)layout, st_dtype_name(dtype));
         return BT_EINVAL;
     }
-    if ((unet && unet->part != SD_LORA_UNET) || (text && text->part != SD_LORA_TEXT)) {
-        BT_ERROR("%s: LoRA sets passed for the wrong model parts", path);
+    if ((unet && unet->n && unet->part != ST_LORA_PART_UNET) || (text && text->n && text->part != ST_LORA_PART_TEXT)) {
+        BT_ERROR("%s: LoRA adapters passed for the wrong model parts", path);
         return BT_EINVAL;
     }
     st_writer_t *w = st_writer_new();
@@ -485,10 +478,10 @@ int sd_lora_save(const char *path, st_lora_layout_t layout, st_dtype_t dtype, co
     }
     if (rc == BT_OK) rc = st_writer_set_metadata(w, "format", "pt");
     if (rc == BT_OK) rc = st_writer_set_metadata(w, ST_LORA_META_LAYOUT, st_lora_layout_name(layout));
-    if (rc == BT_OK && unet) rc = s_save_set(w, path, layout, dtype, unet);
-    if (rc == BT_OK && text) rc = s_save_set(w, path, layout, dtype, text);
+    if (rc == BT_OK && unet && unet->n) rc = s_save_set(w, path, layout, dtype, unet);
+    if (rc == BT_OK && text && text->n) rc = s_save_set(w, path, layout, dtype, text);
     if (rc == BT_OK && layout == ST_LORA_KOHYA) { /* kohya's own keys, shown by A1111 and read by its tools */
-        const sd_lora_set_t *s = unet ? unet : text;
+        const sd_lora_records_t *s = unet && unet->n ? unet : text;
         char num[64];
         rc = st_writer_set_metadata(w, "ss_network_module", "networks.lora");
         snprintf(num, sizeof num, "%lld", (long long)s->rank);
@@ -498,5 +491,154 @@ int sd_lora_save(const char *path, st_lora_layout_t layout, st_dtype_t dtype, co
     }
     if (rc == BT_OK) rc = st_writer_save(w, path);
     st_writer_destroy(&w);
+    return rc;
+}
+
+void sd_lora_records_free(sd_lora_records_t *r)
+{
+    free(r->modules_mem);
+    free(r->modules);
+    free(r->alphas_mem);
+    free(r->a);
+    free(r->b);
+    free(r->a_shape);
+    free(r->b_shape);
+    free(r->host);
+    memset(r, 0, sizeof *r);
+}
+
+static int s_records_alloc(sd_lora_records_t *r, int n)
+{
+    r->modules = calloc((size_t)(n ? n : 1), sizeof *r->modules);
+    r->modules_mem = calloc((size_t)(n ? n : 1), sizeof *r->modules_mem);
+    r->a = calloc((size_t)(n ? n : 1), sizeof *r->a);
+    r->b = calloc((size_t)(n ? n : 1), sizeof *r->b);
+    r->a_shape = calloc((size_t)(n ? n : 1), sizeof *r->a_shape);
+    r->b_shape = calloc((size_t)(n ? n : 1), sizeof *r->b_shape);
+    return r->modules && r->modules_mem && r->a && r->b && r->a_shape && r->b_shape ? BT_OK : BT_ENOMEM;
+}
+
+/* A set's adapters as records (device memory downloaded into r->host). */
+static int s_records_from_set(sd_lora_records_t *r, const sd_lora_set_t *s)
+{
+    memset(r, 0, sizeof *r);
+    if (!s) return BT_OK;
+    if (!s->params.mem || s->params.n != 2 * s->n) {
+        BT_ERROR("the %s LoRA set is not allocated", s->part == SD_LORA_TEXT ? "text encoder" : "UNet");
+        return BT_EINVAL;
+    }
+    r->part = s->part == SD_LORA_TEXT ? ST_LORA_PART_TEXT : ST_LORA_PART_UNET;
+    r->rank = s->rank;
+    r->alpha = s->alpha;
+    r->n = s->n;
+    int rc = s_records_alloc(r, s->n);
+    if (rc == BT_OK && !(r->alphas = r->alphas_mem = malloc((size_t)(s->n ? s->n : 1) * sizeof(float)))) rc = BT_ENOMEM;
+    const float *base = s->params.mem;
+    if (rc == BT_OK && s->params.ctx->kind != NN_BACKEND_CPU) {
+        const sd_param_t *last = &s->params.p[s->params.n - 1];
+        size_t bytes = (size_t)((last->data - s->params.mem) + last->shape[0] * last->shape[1]) * sizeof(float);
+        if (!(r->host = malloc(bytes))) rc = BT_ENOMEM;
+        else rc = nn_download(s->params.ctx, r->host, s->params.mem, bytes);
+        base = r->host;
+    }
+    for (int i = 0; i < s->n && rc == BT_OK; i++) {
+        const sd_param_t *pa = &s->params.p[2 * i], *pb = &s->params.p[2 * i + 1];
+        r->modules[i] = s->modules[i];
+        r->alphas_mem[i] = s->adapters[i].alpha;
+        r->a[i] = base + (pa->data - s->params.mem);
+        r->b[i] = base + (pb->data - s->params.mem);
+        memcpy(r->a_shape[i], pa->shape, sizeof r->a_shape[i]);
+        memcpy(r->b_shape[i], pb->shape, sizeof r->b_shape[i]);
+    }
+    return rc;
+}
+
+int sd_lora_save(const char *path, st_lora_layout_t layout, st_dtype_t dtype, const sd_lora_set_t *unet,
+                 const sd_lora_set_t *text, const char *const *metadata_kv)
+{
+    if (!unet && !text) {
+        BT_ERROR("%s: no LoRA set to save", path);
+        return BT_EINVAL;
+    }
+    if ((unet && unet->part != SD_LORA_UNET) || (text && text->part != SD_LORA_TEXT)) {
+        BT_ERROR("%s: LoRA sets passed for the wrong model parts", path);
+        return BT_EINVAL;
+    }
+    sd_lora_records_t r[2];
+    int rc = s_records_from_set(&r[0], unet);
+    if (rc == BT_OK) rc = s_records_from_set(&r[1], text);
+    else memset(&r[1], 0, sizeof r[1]);
+    if (rc == BT_OK) rc = sd_lora_save_records(path, layout, dtype, &r[0], &r[1], metadata_kv);
+    sd_lora_records_free(&r[0]);
+    sd_lora_records_free(&r[1]);
+    return rc;
+}
+
+int sd_lora_records_from_named(sd_lora_records_t out[2], const char *what, const char *const *names,
+                               const int64_t (*shapes)[2], const float *const *data, int n, int64_t rank, float alpha)
+{
+    memset(out, 0, 2 * sizeof *out);
+    int count[2] = {0, 0}, rc = BT_OK;
+    st_lora_key_t k;
+    for (int i = 0; i < n; i++) {
+        if (!st_lora_parse_key(names[i], &k) || k.layout != ST_LORA_PEFT ||
+            (k.part != ST_LORA_PART_UNET && k.part != ST_LORA_PART_TEXT) || (k.role != ST_LORA_A && k.role != ST_LORA_B)) {
+            BT_ERROR("%s: '%s' is not a LoRA tensor name (peft, with the part prefix)", what, names[i]);
+            return BT_EFORMAT;
+        }
+        count[k.part == ST_LORA_PART_TEXT]++;
+    }
+    for (int p = 0; p < 2 && rc == BT_OK; p++) {
+        if (count[p] % 2) {
+            BT_ERROR("%s: the %s LoRA has an odd number of tensors", what, s_part_what(p ? ST_LORA_PART_TEXT : ST_LORA_PART_UNET));
+            rc = BT_EFORMAT;
+            break;
+        }
+        out[p].part = p ? ST_LORA_PART_TEXT : ST_LORA_PART_UNET;
+        out[p].rank = rank;
+        out[p].alpha = alpha;
+        rc = s_records_alloc(&out[p], count[p] / 2);
+    }
+    /* tensors come as A then B of each module, in model order */
+    for (int i = 0; i < n && rc == BT_OK; i++) {
+        st_lora_parse_key(names[i], &k);
+        sd_lora_records_t *r = &out[k.part == ST_LORA_PART_TEXT];
+        bool want_b = r->n < count[k.part == ST_LORA_PART_TEXT] / 2 && r->modules_mem[r->n] != NULL;
+        if (k.role != (want_b ? ST_LORA_B : ST_LORA_A) || (want_b && strcmp(k.module, r->modules_mem[r->n]))) {
+            BT_ERROR("%s: '%s' is out of order (expected A then B of each module)", what, names[i]);
+            rc = BT_EFORMAT;
+            break;
+        }
+        const int64_t *sh = shapes[i];
+        if (sh[want_b ? 1 : 0] != rank || sh[0] < 1 || sh[1] < 1) {
+            BT_ERROR("%s: '%s' has shape [%lld, %lld], expected a %s of rank %lld", what, names[i], (long long)sh[0],
+                     (long long)sh[1], want_b ? "B [out, rank]" : "A [rank, in]", (long long)rank);
+            rc = BT_ESHAPE;
+            break;
+        }
+        if (!want_b) {
+            if (!(r->modules_mem[r->n] = strdup(k.module))) {
+                rc = BT_ENOMEM;
+                break;
+            }
+            r->modules[r->n] = r->modules_mem[r->n];
+            r->a[r->n] = data[i];
+            memcpy(r->a_shape[r->n], sh, sizeof r->a_shape[0]);
+        } else {
+            r->b[r->n] = data[i];
+            memcpy(r->b_shape[r->n], sh, sizeof r->b_shape[0]);
+            r->n++;
+        }
+    }
+    for (int p = 0; p < 2 && rc == BT_OK; p++)
+        if (out[p].modules && out[p].n != count[p] / 2) {
+            BT_ERROR("%s: the %s LoRA tensors do not pair up as A and B", what,
+                     s_part_what(p ? ST_LORA_PART_TEXT : ST_LORA_PART_UNET));
+            rc = BT_EFORMAT;
+        }
+    if (rc) {
+        sd_lora_records_free(&out[0]);
+        sd_lora_records_free(&out[1]);
+    }
     return rc;
 }

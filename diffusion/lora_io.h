@@ -50,4 +50,32 @@ int sd_lora_load(const char *path, nn_ctx_t *ctx, sd_unet_t *unet, sd_clip_t *cl
 int sd_lora_save(const char *path, st_lora_layout_t layout, st_dtype_t dtype, const sd_lora_set_t *unet,
                  const sd_lora_set_t *text, const char *const *metadata_kv);
 
+/* One part's adapters as plain records, the writer's input: what a LoRA file
+ * needs and nothing of a model (the parameter server's or a checkpoint's
+ * tensors become a file through these). Data on the host. */
+typedef struct sd_lora_records {
+    st_lora_part_t part;
+    int64_t rank;
+    float alpha;                  /* the set's */
+    int n;                        /* adapters */
+    const char **modules;         /* dotted module names */
+    const float *alphas;          /* per adapter (NULL: all alpha) */
+    const float **a, **b;         /* A [rank, in] and B [out, rank] of each adapter */
+    int64_t (*a_shape)[2], (*b_shape)[2];
+    /* owned storage */
+    char **modules_mem;
+    float *alphas_mem, *host;
+} sd_lora_records_t;
+
+int sd_lora_save_records(const char *path, st_lora_layout_t layout, st_dtype_t dtype, const sd_lora_records_t *unet,
+                         const sd_lora_records_t *text, const char *const *metadata_kv);
+void sd_lora_records_free(sd_lora_records_t *r);
+
+/* Records of both parts (out[0] UNet, out[1] text encoder; n == 0 for a part
+ * without tensors) from tensors named as checkpoints name them (peft keys
+ * with the part prefix), A then B of each module, in model order. data is
+ * borrowed. One error line naming `what` on a name, order or shape problem. */
+int sd_lora_records_from_named(sd_lora_records_t out[2], const char *what, const char *const *names,
+                               const int64_t (*shapes)[2], const float *const *data, int n, int64_t rank, float alpha);
+
 #endif

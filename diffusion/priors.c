@@ -114,24 +114,32 @@ static int s_per_image(const sd_prior_spec_t *spec, int64_t n, uint64_t **seeds,
     return BT_OK;
 }
 
-int sd_priors_write_part(sd_model_t *m, const sd_prior_spec_t *spec_in, const char *model_hash, const char *vae_hash,
-                         int64_t first, int count, const char *path)
+int sd_prior_origin_of(sd_model_t *m, sd_prior_origin_t *o)
 {
-    sd_prior_spec_t with = *spec_in, *spec = &with;
-    if (!spec->weights) spec->weights = sd_model_weights(m);
-    int64_t R = spec->resolution, h = R / 8, per = (int64_t)m->vae->cfg.latent_channels * h * h;
-    uint8_t *pixels = malloc((size_t)(count * 3 * R * R));
-    float *mean = malloc((size_t)(count * per) * sizeof(float)),
-          *logvar = malloc((size_t)(count * per) * sizeof(float));
-    int64_t *index = malloc((size_t)count * sizeof *index);
+    memset(o, 0, sizeof *o);
+    if (!m->vae) {
+        BT_ERROR("%s: the VAE is not loaded", m->dir);
+        return BT_EINVAL;
+    }
+    o->model_dir = m->dir;
+    o->sampler = sd_sched_kind_name(m->default_sampler);
+    o->latent_channels = m->vae->cfg.latent_channels;
+    int rc = sd_model_hash(m->dir, SD_PART_ALL, o->model_hash, NULL);
+    return rc ? rc : sd_model_hash(m->dir, SD_PART_VAE, o->vae_hash, NULL);
+}
+
+int sd_priors_part_write(const char *path, const sd_prior_spec_t *spec, const sd_prior_origin_t *origin, int64_t first,
+                         int count, const uint8_t *pixels, const float *mean, const float *logvar)
+{
+    int64_t R = spec->resolution, h = R / 8;
+    int64_t *index = malloc((size_t)(count ? count : 1) * sizeof *index);
     uint64_t *seeds = NULL;
     const char **prompts = NULL;
     bt_h5_file_t *f = NULL;
-    int rc = pixels && mean && logvar && index ? s_per_image(spec, count, &seeds, &prompts) : BT_ENOMEM;
-    if (rc == BT_OK) rc = sd_priors_generate(m, spec, first, count, pixels, mean, logvar, NULL, NULL);
+    int rc = index ? s_per_image(spec, count, &seeds, &prompts) : BT_ENOMEM;
     if (rc) goto out;
     for (int i = 0; i < count; i++) index[i] = first + i;
-    bt_h5_imgset_t s = {.n = count, .height = R, .width = R, .lat_c = m->vae->cfg.latent_channels, .lat_h = h,
+    bt_h5_imgset_t s = {.n = count, .height = R, .width = R, .lat_c = origin->latent_channels, .lat_h = h,
                         .lat_w = h, .images = pixels, .mean = mean, .logvar = logvar, .index = index, .seed = seeds,
                         .prompt = prompts};
     if (!(f = bt_h5_create(path))) {
@@ -139,20 +147,35 @@ int sd_priors_write_part(sd_model_t *m, const sd_prior_spec_t *spec_in, const ch
         goto out;
     }
     if ((rc = s_write_root(f)) ||
-        (rc = sd_priors_write_attrs(f, SD_PRIOR_GROUP, spec, sd_sched_kind_name(m->default_sampler), m->dir,
-                                    model_hash, vae_hash)) ||
+        (rc = sd_priors_write_attrs(f, SD_PRIOR_GROUP, spec, origin->sampler, origin->model_dir, origin->model_hash,
+                                    origin->vae_hash)) ||
         (rc = bt_h5_imgset_write(f, SD_PRIOR_GROUP, &s))) {
         bt_h5_abort(&f);
         goto out;
     }
     rc = bt_h5_commit(&f);
 out:
-    free(pixels);
-    free(mean);
-    free(logvar);
     free(index);
     free(seeds);
     free(prompts);
+    return rc;
+}
+
+int sd_priors_write_part(sd_model_t *m, const sd_prior_spec_t *spec_in, const sd_prior_origin_t *origin, int64_t first,
+                         int count, const char *path)
+{
+    sd_prior_spec_t with = *spec_in, *spec = &with;
+    if (!spec->weights) spec->weights = sd_model_weights(m);
+    int64_t R = spec->resolution, h = R / 8, per = origin->latent_channels * h * h;
+    uint8_t *pixels = malloc((size_t)(count * 3 * R * R));
+    float *mean = malloc((size_t)(count * per) * sizeof(float)),
+          *logvar = malloc((size_t)(count * per) * sizeof(float));
+    int rc = pixels && mean && logvar ? BT_OK : BT_ENOMEM;
+    if (rc == BT_OK) rc = sd_priors_generate(m, spec, first, count, pixels, mean, logvar, NULL, NULL);
+    if (rc == BT_OK) rc = sd_priors_part_write(path, spec, origin, first, count, pixels, mean, logvar);
+    free(pixels);
+    free(mean);
+    free(logvar);
     return rc;
 }
 
@@ -340,10 +363,10 @@ typedef struct {
 } s_prog_t;
 
 /* Writes the complete file from the sources, rows in index order. */
-static int s_assemble(sd_model_t *m, const char *path, const sd_prior_spec_t *spec, const char *model_hash,
-                      const char *vae_hash, int64_t want, const s_src_t *src, char **parts)
+static int s_assemble(const char *path, const sd_prior_spec_t *spec, const sd_prior_origin_t *origin, int64_t want,
+                      const s_src_t *src, char **parts)
 {
-    int64_t R = spec->resolution, h = R / 8, C = m->vae->cfg.latent_channels, per = C * h * h, npix = 3 * R * R;
+    int64_t R = spec->resolution, h = R / 8, C = origin->latent_channels, per = C * h * h, npix = 3 * R * R;
     uint8_t *img = malloc((size_t)npix);
     float *lat = malloc((size_t)(2 * per) * sizeof(float));
     uint64_t *seeds = NULL;
@@ -361,8 +384,8 @@ static int s_assemble(sd_model_t *m, const char *path, const sd_prior_spec_t *sp
         goto out;
     }
     if ((rc = s_write_root(out)) ||
-        (rc = sd_priors_write_attrs(out, SD_PRIOR_GROUP, spec, sd_sched_kind_name(m->default_sampler), m->dir,
-                                    model_hash, vae_hash)) ||
+        (rc = sd_priors_write_attrs(out, SD_PRIOR_GROUP, spec, origin->sampler, origin->model_dir,
+                                    origin->model_hash, origin->vae_hash)) ||
         (rc = bt_h5_imgset_begin(out, SD_PRIOR_GROUP, &s)))
         goto out;
     for (int64_t i = 0; i < want && rc == BT_OK; i++) {
@@ -397,6 +420,92 @@ out:
     return rc;
 }
 
+/* The sources of every index below want: the existing file, then its parts; *complete when the file alone has them. */
+static int s_sources(const char *path, const sd_prior_spec_t *spec, const sd_prior_origin_t *origin, int want,
+                     s_src_t *src, char ***parts, int *nparts, bool *complete)
+{
+    char parts_dir[4096];
+    int rc = BT_OK;
+    *parts = NULL;
+    *nparts = 0;
+    *complete = false;
+    if (snprintf(parts_dir, sizeof parts_dir, "%s.parts", path) >= (int)sizeof parts_dir) return BT_EINVAL;
+    for (int i = 0; i < want; i++) src[i] = (s_src_t){-1, 0};
+    bt_h5_remove_stale_temps(path); /* a killed run's unfinished final file */
+    if (access(path, F_OK) == 0) {
+        bt_h5_file_t *f = bt_h5_open(path);
+        int64_t have = 0;
+        if (!f) return BT_EFORMAT;
+        rc = s_check_settings(f, spec, origin->sampler, origin->model_hash, "the prior set");
+        if (rc == BT_OK) rc = s_map_rows(f, 0, want, src, &have);
+        bt_h5_close(&f);
+        if (rc) return rc;
+        if (have >= want) { /* complete: leftovers of an interrupted clean-up go */
+            s_remove_parts(parts_dir, have);
+            *complete = true;
+            return BT_OK;
+        }
+    }
+    if ((rc = s_list_parts(parts_dir, parts, nparts))) return rc;
+    for (int k = 0; k < *nparts; k++) {
+        bt_h5_file_t *f = bt_h5_open((*parts)[k]);
+        int64_t n;
+        if (!f) { /* parts are written atomically: this one was damaged afterwards */
+            BT_WARN("%s: unreadable part; its images are generated again", (*parts)[k]);
+            unlink((*parts)[k]);
+            continue;
+        }
+        rc = s_check_settings(f, spec, origin->sampler, origin->model_hash, "this part of an interrupted run");
+        if (rc == BT_OK) rc = s_map_rows(f, k + 1, want, src, &n);
+        bt_h5_close(&f);
+        if (rc) return rc;
+    }
+    return BT_OK;
+}
+
+int sd_priors_missing(const char *path, const sd_prior_spec_t *spec, const sd_prior_origin_t *origin, int want,
+                      int *missing, int *n)
+{
+    *n = 0;
+    if (want < 1) {
+        BT_ERROR("%s: a prior set needs at least one image", path);
+        return BT_EINVAL;
+    }
+    s_src_t *src = malloc((size_t)want * sizeof *src);
+    char **parts = NULL;
+    int nparts = 0;
+    bool complete;
+    if (!src) return BT_ENOMEM;
+    int rc = s_sources(path, spec, origin, want, src, &parts, &nparts, &complete);
+    for (int i = 0; i < want && rc == BT_OK; i++)
+        if (src[i].file < 0) missing[(*n)++] = i;
+    bt_h5_free_names(parts, nparts);
+    free(src);
+    return rc;
+}
+
+int sd_priors_assemble(const char *path, const sd_prior_spec_t *spec, const sd_prior_origin_t *origin, int want)
+{
+    char parts_dir[4096];
+    s_src_t *src = malloc((size_t)(want > 0 ? want : 1) * sizeof *src);
+    char **parts = NULL;
+    int nparts = 0;
+    bool complete;
+    if (!src) return BT_ENOMEM;
+    snprintf(parts_dir, sizeof parts_dir, "%s.parts", path);
+    int rc = s_sources(path, spec, origin, want, src, &parts, &nparts, &complete);
+    for (int i = 0; i < want && rc == BT_OK; i++)
+        if (src[i].file < 0) {
+            BT_ERROR("%s: image %d is neither in the file nor in a part; cannot assemble", path, i);
+            rc = BT_ENOTFOUND;
+        }
+    if (rc == BT_OK && !complete) rc = s_assemble(path, spec, origin, want, src, parts);
+    if (rc == BT_OK && !complete) s_remove_parts(parts_dir, want);
+    bt_h5_free_names(parts, nparts);
+    free(src);
+    return rc;
+}
+
 int sd_priors_ensure(sd_model_t *m, const char *path, const sd_prior_spec_t *spec_in, int want,
                      sd_progress_fn progress, void *user)
 {
@@ -406,76 +515,25 @@ int sd_priors_ensure(sd_model_t *m, const char *path, const sd_prior_spec_t *spe
         BT_ERROR("%s: a prior set needs at least one image", path);
         return BT_EINVAL;
     }
-    if (!m->vae) {
-        BT_ERROR("%s: the VAE is not loaded", m->dir);
-        return BT_EINVAL;
-    }
-    char model_hash[BT_HASH_HEX], vae_hash[BT_HASH_HEX], parts_dir[4096];
-    int rc = sd_model_hash(m->dir, SD_PART_ALL, model_hash, NULL);
-    if (rc || (rc = sd_model_hash(m->dir, SD_PART_VAE, vae_hash, NULL))) return rc;
-    const char *sampler = sd_sched_kind_name(m->default_sampler);
+    sd_prior_origin_t origin;
+    char parts_dir[4096];
+    int rc = sd_prior_origin_of(m, &origin);
+    if (rc) return rc;
     if (snprintf(parts_dir, sizeof parts_dir, "%s.parts", path) >= (int)sizeof parts_dir) return BT_EINVAL;
-    s_src_t *src = malloc((size_t)want * sizeof *src);
-    char **parts = NULL;
-    int nparts = 0, made = 0;
-    if (!src) return BT_ENOMEM;
-    for (int i = 0; i < want; i++) src[i] = (s_src_t){-1, 0};
-    bt_h5_remove_stale_temps(path); /* a killed run's unfinished final file */
-
-    if (access(path, F_OK) == 0) {
-        bt_h5_file_t *f = bt_h5_open(path);
-        int64_t have = 0;
-        if (!f) {
-            rc = BT_EFORMAT;
-            goto out;
-        }
-        rc = s_check_settings(f, spec, sampler, model_hash, "the prior set");
-        if (rc == BT_OK) rc = s_map_rows(f, 0, want, src, &have);
-        bt_h5_close(&f);
-        if (rc) goto out;
-        if (have >= want) { /* complete: leftovers of an interrupted clean-up go */
-            s_remove_parts(parts_dir, have);
-            goto out;
-        }
-    }
-    if ((rc = s_list_parts(parts_dir, &parts, &nparts))) goto out;
-    for (int k = 0; k < nparts; k++) {
-        bt_h5_file_t *f = bt_h5_open(parts[k]);
-        int64_t n;
-        if (!f) { /* parts are written atomically: this one was damaged afterwards */
-            BT_WARN("%s: unreadable part; its images are generated again", parts[k]);
-            unlink(parts[k]);
-            continue;
-        }
-        rc = s_check_settings(f, spec, sampler, model_hash, "this part of an interrupted run");
-        if (rc == BT_OK) rc = s_map_rows(f, k + 1, want, src, &n);
-        bt_h5_close(&f);
-        if (rc) goto out;
-    }
-    int missing = 0;
-    for (int i = 0; i < want; i++) missing += src[i].file < 0;
-    if (missing && (rc = bt_mkdirs(parts_dir))) goto out;
-    for (int i = 0; i < want && rc == BT_OK; i++) {
-        if (src[i].file >= 0) continue;
+    int *missing = malloc((size_t)want * sizeof *missing), nmissing = 0, made = 0;
+    if (!missing) return BT_ENOMEM;
+    if ((rc = sd_priors_missing(path, spec, &origin, want, missing, &nmissing))) goto out;
+    if (nmissing && (rc = bt_mkdirs(parts_dir))) goto out;
+    for (int k = 0; k < nmissing && rc == BT_OK; k++) {
         /* one image per part: an interruption loses at most the image in progress */
         char part[4200];
-        snprintf(part, sizeof part, "%s/part-%08d.h5", parts_dir, i);
-        if ((rc = sd_priors_write_part(m, spec, model_hash, vae_hash, i, 1, part))) break;
-        char **p = realloc(parts, (size_t)(nparts + 1) * sizeof *p);
-        if (!p || !(p[nparts] = strdup(part))) {
-            if (p) parts = p;
-            rc = BT_ENOMEM;
-            break;
-        }
-        parts = p;
-        src[i] = (s_src_t){++nparts, 0};
+        snprintf(part, sizeof part, "%s/part-%08d.h5", parts_dir, missing[k]);
+        if ((rc = sd_priors_write_part(m, spec, &origin, missing[k], 1, part))) break;
         made++;
-        if (progress) progress(user, made, missing, NULL);
+        if (progress) progress(user, made, nmissing, NULL);
     }
-    if (rc == BT_OK) rc = s_assemble(m, path, spec, model_hash, vae_hash, want, src, parts);
-    if (rc == BT_OK) s_remove_parts(parts_dir, want);
+    if (rc == BT_OK) rc = sd_priors_assemble(path, spec, &origin, want);
 out:
-    bt_h5_free_names(parts, nparts);
-    free(src);
+    free(missing);
     return rc ? rc : made;
 }

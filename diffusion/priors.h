@@ -27,6 +27,7 @@
 #ifndef BOOTH_DIFFUSION_PRIORS_H
 #define BOOTH_DIFFUSION_PRIORS_H
 
+#include "common/hash.h"
 #include "diffusion/pipeline.h"
 #include "storage/h5.h"
 
@@ -51,11 +52,40 @@ typedef struct sd_prior_spec {
 int sd_priors_generate(sd_model_t *m, const sd_prior_spec_t *spec, int64_t first, int count, uint8_t *pixels,
                        float *mean, float *logvar, sd_progress_fn progress, void *user);
 
-/* Generates images [first, first + count) into a prior-set file of their own
- * (a part; what a cluster worker would hand back). model_hash / vae_hash:
- * sd_model_hash of the model folder (every part / the VAE). */
-int sd_priors_write_part(sd_model_t *m, const sd_prior_spec_t *spec, const char *model_hash, const char *vae_hash,
-                         int64_t first, int count, const char *path);
+/* Where a prior set's images come from, as a prior-set file records it: no
+ * model needed (the coordinator of a cluster has none; its workers report
+ * these in their hello). */
+typedef struct sd_prior_origin {
+    const char *model_dir;  /* as the user named it */
+    char model_hash[BT_HASH_HEX], vae_hash[BT_HASH_HEX]; /* sd_model_hash: every part / the VAE */
+    const char *sampler;    /* the model's default sampler (sd_sched_kind_name) */
+    int64_t latent_channels;
+} sd_prior_origin_t;
+
+/* A loaded model's origin (hashes its folder). */
+int sd_prior_origin_of(sd_model_t *m, sd_prior_origin_t *o);
+
+/* Writes images [first, first + count) — pixels [count, R, R, 3], VAE
+ * posterior mean/logvar [count, C, R/8, R/8] as sd_priors_generate makes
+ * them — as a prior-set file of their own (a part), atomically. */
+int sd_priors_part_write(const char *path, const sd_prior_spec_t *spec, const sd_prior_origin_t *origin, int64_t first,
+                         int count, const uint8_t *pixels, const float *mean, const float *logvar);
+
+/* Generates images [first, first + count) into a part file (sd_priors_generate + sd_priors_part_write). */
+int sd_priors_write_part(sd_model_t *m, const sd_prior_spec_t *spec, const sd_prior_origin_t *origin, int64_t first,
+                         int count, const char *path);
+
+/* The indices below `want` that neither the prior-set file `path` nor its
+ * parts ("<path>.parts/") hold yet, ascending, into missing (want entries);
+ * *n receives their count. A file or part made with other settings is an
+ * error naming the setting; an unreadable part is deleted with a warning. */
+int sd_priors_missing(const char *path, const sd_prior_spec_t *spec, const sd_prior_origin_t *origin, int want,
+                      int *missing, int *n);
+
+/* Writes the complete file from the existing file and the parts (every index
+ * below want must be present: sd_priors_missing says none is), rows in index
+ * order (temporary file, fsync, rename), and removes the parts it took in. */
+int sd_priors_assemble(const char *path, const sd_prior_spec_t *spec, const sd_prior_origin_t *origin, int want);
 
 /* Makes the prior-set file `path` hold at least `want` images (see above).
  * An existing file or part made with other settings or another base model is

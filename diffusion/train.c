@@ -17,10 +17,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/image.h"
 #include "common/log.h"
 #include "common/rng.h"
 #include "common/status.h"
+#include "diffusion/optim.h"
 #include "nn/nn.h"
+#include "storage/lora_file.h"
 
 /* RNG stream tags of an example's random choices */
 enum {
@@ -87,6 +90,7 @@ void sd_train_config_defaults(sd_train_config_t *c)
     c->adam_beta2 = 0.999f;
     c->adam_epsilon = 1e-8f;
     c->adam_weight_decay = 1e-2f;
+    c->num_validation_images = 4;
 }
 
 /* floats in a LoRA set's parameter block (64-byte aligned parts, as allocated) */
@@ -109,17 +113,49 @@ static int s_tokenize(const sd_trainer_t *t, const char *prompt, int32_t *ids)
     return BT_OK;
 }
 
+/* The tensor table: every LoRA parameter in global order, named as checkpoints name them. */
+static int s_tensors(sd_trainer_t *t)
+{
+    sd_lora_set_t *sets[2] = {t->lora_unet, t->lora_text};
+    int n = 0;
+    for (int k = 0; k < 2; k++) n += sets[k] ? sets[k]->params.n : 0;
+    t->tensors = calloc((size_t)(n ? n : 1), sizeof *t->tensors);
+    t->grads = calloc((size_t)(n ? n : 1), sizeof *t->grads);
+    char (*names)[SD_OPTIM_NAME_MAX] = calloc((size_t)(n ? n : 1), sizeof *names);
+    if (!t->tensors || !t->grads || !names) {
+        free(names);
+        return BT_ENOMEM;
+    }
+    t->names = names;
+    int i = 0;
+    for (int k = 0; k < 2; k++) {
+        if (!sets[k]) continue;
+        sd_lora_set_t *s = sets[k];
+        t->nblock[k] = s_block_floats(s);
+        st_lora_part_t part = s->part == SD_LORA_TEXT ? ST_LORA_PART_TEXT : ST_LORA_PART_UNET;
+        for (int j = 0; j < s->params.n; j++, i++) {
+            const sd_param_t *p = &s->params.p[j];
+            if (st_lora_key(names[i], SD_OPTIM_NAME_MAX, ST_LORA_PEFT, part, j % 2 ? ST_LORA_B : ST_LORA_A,
+                            s->modules[j / 2])) {
+                BT_ERROR("train: module name '%s' is too long", s->modules[j / 2]);
+                return BT_EINVAL;
+            }
+            t->tensors[i] = (sd_optim_spec_t){.name = names[i], .index = i, .shape = {p->shape[0], p->shape[1]},
+                                              .params = p->data};
+            t->grads[i] = s->grad + (p->data - s->params.mem);
+        }
+    }
+    t->ntensors = n;
+    return BT_OK;
+}
+
 void sd_trainer_destroy(sd_trainer_t **pt)
 {
     sd_trainer_t *t = *pt;
     if (!t) return;
-    for (int k = 0; k < 2; k++) {
-        if (t->model) {
-            if (t->m[k]) nn_free(t->model->ctx, t->m[k]);
-            if (t->v[k]) nn_free(t->model->ctx, t->v[k]);
-            if (t->gsum[k]) nn_free(t->model->ctx, t->gsum[k]);
-        }
-    }
+    free(t->tensors);
+    free(t->grads);
+    free(t->names);
     if (t->ehs && t->model) nn_free(t->model->ctx, t->ehs);
     sd_db_destroy(&t->db);
     sd_lora_destroy(&t->lora_unet);
@@ -174,10 +210,13 @@ sd_trainer_t *sd_trainer_new(sd_model_t **model, const sd_train_config_t *cfg, s
     if (!c->train_text_encoder) { /* the embeddings never change: once, not every micro-batch */
         int64_t cd = t->model->clip->cfg.hidden_size;
         sd_run_t r = {.nn = ctx, .scratch = &t->model->scratch};
-        if (!(t->ehs = nn_alloc(ctx, (size_t)(2 * t->T * cd) * sizeof(float))) ||
+        if (!(t->ehs = nn_alloc(ctx, (size_t)(4 * t->T * cd) * sizeof(float))) ||
             sd_clip_forward(&r, t->model->clip, t->ehs, NULL, t->ids_instance, 1, t->T, t->db->clip_skip) ||
             (c->prior_preservation &&
-             sd_clip_forward(&r, t->model->clip, t->ehs + t->T * cd, NULL, t->ids_class, 1, t->T, t->db->clip_skip)))
+             sd_clip_forward(&r, t->model->clip, t->ehs + t->T * cd, NULL, t->ids_class, 1, t->T, t->db->clip_skip)) ||
+            /* validation renders encode like `booth generate` (sd_encode_prompt), not like training */
+            (c->validation_prompt && (sd_encode_prompt(t->model, t->ehs + 2 * t->T * cd, c->validation_prompt, 0) ||
+                                      sd_encode_prompt(t->model, t->ehs + 3 * t->T * cd, "", 0))))
             goto out_fail;
     }
 
@@ -188,18 +227,7 @@ sd_trainer_t *sd_trainer_new(sd_model_t **model, const sd_train_config_t *cfg, s
                           progress, user))
         goto out_fail;
 
-    sd_lora_set_t *sets[2] = {t->lora_unet, t->lora_text};
-    for (int k = 0; k < 2; k++) {
-        if (!sets[k]) continue;
-        t->nblock[k] = s_block_floats(sets[k]);
-        size_t bytes = (size_t)t->nblock[k] * sizeof(float);
-        if (!(t->m[k] = nn_alloc(ctx, bytes)) || !(t->v[k] = nn_alloc(ctx, bytes)) ||
-            !(t->gsum[k] = nn_alloc(ctx, bytes)) || nn_fill(ctx, t->m[k], t->nblock[k], 0) ||
-            nn_fill(ctx, t->v[k], t->nblock[k], 0)) {
-            BT_ERROR("train: cannot allocate optimizer state");
-            goto out_fail;
-        }
-    }
+    if (s_tensors(t)) goto out_fail;
     return t;
 out_fail:
     sd_trainer_destroy(&t);
@@ -354,65 +382,97 @@ out:
     return rc;
 }
 
-int sd_trainer_apply(sd_trainer_t *t, float **grad, float *lr_used, double *grad_norm)
+sd_optim_t *sd_trainer_optim(const sd_trainer_t *t)
 {
-    const sd_train_config_t *c = &t->cfg;
-    nn_ctx_t *ctx = t->model->ctx;
-    sd_lora_set_t *sets[2] = {t->lora_unet, t->lora_text};
-    int rc = BT_OK;
-    /* global L2 norm over every LoRA gradient (both sets) */
-    double ss = 0;
-    for (int k = 0; k < 2; k++) {
-        if (!sets[k]) continue;
-        double part;
-        if ((rc = nn_sum_squares(ctx, &part, grad[k], t->nblock[k]))) return rc;
-        ss += part;
-    }
-    double norm = sqrt(ss);
-    if (grad_norm) *grad_norm = norm;
-    if (c->max_grad_norm > 0) {
-        double coef = c->max_grad_norm / (norm + 1e-6);
-        if (coef < 1.0)
-            for (int k = 0; k < 2; k++)
-                if (sets[k] && (rc = nn_scale(ctx, grad[k], t->nblock[k], (float)coef))) return rc;
-    }
-    float lr = sd_lr_at(c->lr_scheduler, c->learning_rate, t->step, c->lr_warmup_steps, c->max_train_steps);
-    if (lr_used) *lr_used = lr;
-    t->step++;
-    for (int k = 0; k < 2; k++) {
-        if (!sets[k]) continue;
-        if ((rc = nn_adamw_step(ctx, sets[k]->params.mem, t->m[k], t->v[k], grad[k], t->nblock[k], lr, c->adam_beta1,
-                                c->adam_beta2, c->adam_epsilon, c->adam_weight_decay, t->step)))
-            return rc;
-    }
-    return BT_OK;
+    sd_optim_config_t oc;
+    sd_optim_config_from_train(&oc, &t->cfg);
+    return sd_optim_new(t->model->ctx, &oc, t->tensors, t->ntensors);
 }
 
-int sd_trainer_step(sd_trainer_t *t, sd_step_stats_t *st)
+int sd_trainer_step(sd_trainer_t *t, sd_optim_t *o, sd_step_stats_t *st)
 {
-    nn_ctx_t *ctx = t->model->ctx;
-    sd_lora_set_t *sets[2] = {t->lora_unet, t->lora_text};
     int nmb = sd_trainer_num_microbatches(t), rc = BT_OK;
     double loss = 0, li = 0, lp = 0;
+    if (o->n != t->ntensors) return BT_EINVAL;
     for (int k = 0; k < nmb; k++) {
         double l, a, b;
-        if ((rc = sd_trainer_microbatch(t, t->step, k, &l, &a, &b))) return rc;
+        if ((rc = sd_trainer_microbatch(t, o->step, k, &l, &a, &b))) return rc;
         loss += l;
         li += a;
         lp += b;
         /* the step's gradient: micro-batch gradients added in order, as the parameter server does */
-        for (int s = 0; s < 2; s++) {
-            if (!sets[s]) continue;
-            rc = k == 0 ? nn_copy(ctx, t->gsum[s], sets[s]->grad, (size_t)t->nblock[s] * sizeof(float))
-                        : nn_axpy(ctx, t->gsum[s], sets[s]->grad, t->nblock[s], 1.0f);
-            if (rc) return rc;
-        }
+        for (int i = 0; i < o->n && rc == BT_OK; i++) rc = sd_optim_add_grad(o, i, k, t->grads[i]);
+        if (rc) return rc;
     }
     int B = t->cfg.train_batch_size;
     st->loss = loss;
     st->loss_instance = li / B;
     st->loss_prior = lp / B;
-    return sd_trainer_apply(t, t->gsum, &st->lr, &st->grad_norm);
+    return sd_optim_step(o, &st->lr, &st->grad_norm);
+}
+
+int sd_trainer_set_tensor(sd_trainer_t *t, const char *name, const float *data, int64_t n)
+{
+    for (int i = 0; i < t->ntensors; i++) {
+        const sd_optim_spec_t *s = &t->tensors[i];
+        if (strcmp(s->name, name)) continue;
+        if (n != s->shape[0] * s->shape[1]) {
+            BT_ERROR("train: tensor '%s' has %lld values, the model's adapter %lld", name, (long long)n,
+                     (long long)(s->shape[0] * s->shape[1]));
+            return BT_ESHAPE;
+        }
+        return nn_upload(t->model->ctx, s->params, data, (size_t)n * sizeof(float));
+    }
+    BT_ERROR("train: no LoRA tensor '%s' in this model", name);
+    return BT_ENOTFOUND;
+}
+
+int sd_trainer_validate(sd_trainer_t *t, int64_t step, bt_img_t **grid)
+{
+    sd_model_t *m = t->model;
+    const char *prompt = t->cfg.validation_prompt;
+    int num = t->cfg.num_validation_images;
+    int64_t h = t->instances.h, w = t->instances.w, C = t->instances.C, T = t->T;
+    int64_t cd = m->unet->cfg.cross_attention_dim[0], npix = 3 * h * 8 * w * 8;
+    int rc = BT_OK;
+    *grid = NULL;
+    if (!prompt) return BT_EINVAL;
+    /* with a frozen text encoder the prompts were embedded at the start ([2] prompt, [3] ""); else now,
+     * with the text encoder's LoRA as it is */
+    float *own = t->ehs ? NULL : nn_alloc(m->ctx, (size_t)(2 * T * cd) * sizeof(float));
+    const float *embeds = t->ehs ? t->ehs + 2 * T * cd : own;
+    float *lat = malloc((size_t)(C * h * w) * sizeof(float)), *img = malloc((size_t)npix * sizeof(float));
+    bt_img_t *tiles[16] = {0};
+    if (num > 16) num = 16;
+    if (!embeds || !lat || !img) {
+        rc = BT_ENOMEM;
+        goto out;
+    }
+    if (own && ((rc = sd_encode_prompt(m, own, prompt, 0)) || (rc = sd_encode_prompt(m, own + T * cd, "", 0))))
+        goto out;
+    sd_sample_params_t p = {.guidance = 7.5f, .steps = 25, .sampler = m->default_sampler, .seed = t->cfg.seed};
+    for (int i = 0; i < num; i++) {
+        p.first_index = i; /* the same noise at every validation: the grids are comparable */
+        if ((rc = sd_sample(m, &p, embeds, embeds + T * cd, T, lat, false, 1, h, w)) ||
+            (rc = sd_decode(m, img, NULL, lat, 1, h, w)))
+            goto out;
+        if (!(tiles[i] = bt_img_from_f32_chw(img, 3, (int)(h * 8), (int)(w * 8), BT_IMG_RANGE_01))) {
+            rc = BT_ENOMEM;
+            goto out;
+        }
+    }
+    char title[512];
+    snprintf(title, sizeof title, "step %lld: %s", (long long)step, prompt);
+    bt_img_grid_opts_t o = BT_IMG_GRID_OPTS_INIT;
+    o.title = title;
+    int cols = num < 4 ? num : 4, rows = (num + cols - 1) / cols;
+    if (!(*grid = bt_img_grid((const bt_img_t *const *)tiles, rows, cols, &o))) rc = BT_ENOMEM;
+out:
+    for (int i = 0; i < 16; i++) bt_img_destroy(&tiles[i]);
+    if (own) nn_free(m->ctx, own);
+    free(lat);
+    free(img);
+    return rc;
 }
 
 int sd_trainer_eval(sd_trainer_t *t, double *loss)

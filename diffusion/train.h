@@ -1,22 +1,32 @@
 /*
  * train.h — DreamBooth LoRA training, split into the pieces a cluster spreads:
  *
- *   plan(step)           which examples a step uses, with their timesteps, flips,
- *                        noise and latent streams: a pure function of (seed, step)
- *   microbatch(step, k)  the loss and LoRA gradient of the step's k-th fixed
- *                        micro-batch (what a worker computes)
- *   apply(step, grad)    gradient clipping and AdamW on the ordered sum of the
- *                        micro-batch gradients (what the parameter server does)
+ *   sd_trainer_t         the gradient computer (what a worker holds): the model
+ *                        with LoRA attached, the encoded image sets, and
+ *     plan(step)           which examples a step uses, with their timesteps, flips,
+ *                          noise and latent streams: a pure function of (seed, step)
+ *     microbatch(step, k)  the loss and LoRA gradient of the step's k-th fixed
+ *                          micro-batch
+ *   sd_optim_t           the optimizer state (what the parameter server holds,
+ *                        diffusion/optim.h): the ordered sum of the micro-batch
+ *                        gradients, the global norm, clipping and AdamW
+ *   sd_loop_t            the run loop (what the coordinator drives,
+ *                        diffusion/loop.h): history, loss log, checkpoints,
+ *                        validation grids, the final LoRA files
  *
- * The single-process trainer runs exactly these pieces in order, summing the
- * micro-batch gradients one by one into a separate buffer, so a cluster that
- * reduces in the same order produces byte-identical LoRA weights.
+ * `booth train` is the three in one process (sd_trainer_step below), summing
+ * the micro-batch gradients one by one in order, so a cluster that reduces in
+ * the same order produces byte-identical LoRA weights.
  */
 #ifndef BOOTH_DIFFUSION_TRAIN_H
 #define BOOTH_DIFFUSION_TRAIN_H
 
 #include "diffusion/dataset.h"
 #include "diffusion/dreambooth.h"
+
+#define SD_OPTIM_NAME_MAX 256 /* a LoRA tensor's checkpoint name ("unet.<module>.lora_A.weight") */
+typedef struct sd_optim_spec sd_optim_spec_t;
+typedef struct sd_optim sd_optim_t;
 
 typedef enum sd_lr_sched {
     SD_LR_CONSTANT,
@@ -57,6 +67,12 @@ typedef struct sd_train_config {
     float max_grad_norm;       /* <= 0: no clipping */
     float adam_beta1, adam_beta2, adam_epsilon, adam_weight_decay;
     const char *base_weights;  /* set by sd_trainer_new: sd_model_weights() of the model it trains */
+    /* what the run writes besides the LoRA (diffusion/loop.h); none changes the numbers */
+    int checkpointing_steps;     /* 0: none */
+    int checkpoints_total_limit; /* 0: keep all */
+    const char *validation_prompt;
+    int validation_steps;        /* 0: at the end only */
+    int num_validation_images;
 } sd_train_config_t;
 
 /* diffusers' defaults (lr 1e-4 ... rank 4, alpha = rank at prepare time). */
@@ -79,12 +95,15 @@ typedef struct sd_trainer {
     sd_image_set_t instances, classes;
     int32_t ids_instance[77], ids_class[77];
     int64_t T;
-    float *ehs;        /* [2, T, C] instance and class prompt embeddings (context memory), computed once
-                        * when the text encoder is frozen; NULL when it trains */
-    /* optimizer state and the step's gradient sum, laid out like the LoRA blocks */
-    float *m[2], *v[2], *gsum[2];
-    int64_t nblock[2]; /* floats in each set's block (0 for an absent set) */
-    int64_t step;      /* optimizer steps taken */
+    float *ehs;        /* [4, T, C] instance, class, validation and empty prompt embeddings (context
+                        * memory), computed once when the text encoder is frozen; NULL when it trains */
+    int64_t nblock[2]; /* floats in each set's parameter block (0 for an absent set) */
+    /* the LoRA tensors in the job's global order (UNet then text encoder, model order, A then B):
+     * names, shapes, and params pointing into the sets' blocks; grads[i] is tensor i's gradient */
+    sd_optim_spec_t *tensors;
+    float **grads;
+    int ntensors;
+    char (*names)[SD_OPTIM_NAME_MAX]; /* storage of tensors[i].name */
 } sd_trainer_t;
 
 /* Takes the model (loaded with SD_PART_ALL; *model becomes NULL, also on
@@ -106,8 +125,8 @@ int sd_trainer_num_microbatches(const sd_trainer_t *t);
 /* The k-th micro-batch of `step`: loss parts and gradient in the LoRA sets'
  * gradient buffers (overwritten). loss_inst/loss_prior: unweighted per-kind sums. */
 int sd_trainer_microbatch(sd_trainer_t *t, int64_t step, int k, double *loss, double *loss_inst, double *loss_prior);
-/* Clip and AdamW with gradient block(s) gsum; lr from the schedule at t->step. */
-int sd_trainer_apply(sd_trainer_t *t, float **grad, float *lr_used, double *grad_norm);
+/* The optimizer over this trainer's LoRA, in place (booth train). */
+sd_optim_t *sd_trainer_optim(const sd_trainer_t *t);
 
 typedef struct sd_step_stats {
     double loss, loss_instance, loss_prior, grad_norm;
@@ -119,7 +138,17 @@ typedef struct sd_step_stats {
  * across steps, unlike the per-step loss, whose timesteps are random. */
 int sd_trainer_eval(sd_trainer_t *t, double *loss);
 
-/* plan + every micro-batch in order + apply: one optimizer step. */
-int sd_trainer_step(sd_trainer_t *t, sd_step_stats_t *stats);
+/* One optimizer step in one process: every micro-batch of step o->step in
+ * order, each added to o (sd_optim_add_grad), then sd_optim_step. */
+int sd_trainer_step(sd_trainer_t *t, sd_optim_t *o, sd_step_stats_t *stats);
+
+/* Copies LoRA values into the trainer's sets by tensor name (a worker after a
+ * pull); every name must be one of the trainer's, with n floats. */
+int sd_trainer_set_tensor(sd_trainer_t *t, const char *name, const float *data, int64_t n);
+
+/* num (<= 16) images of the validation prompt at the current LoRA, as one
+ * labelled grid (4 columns) titled with the step; the same noise at every
+ * step, so grids compare. */
+int sd_trainer_validate(sd_trainer_t *t, int64_t step, bt_img_t **grid);
 
 #endif

@@ -77,37 +77,72 @@ static void s_job(s_job_t *j, bool prior)
     c->seed = 21;
 }
 
-static sd_trainer_t *s_trainer(nn_ctx_t *ctx, const sd_train_config_t *c)
+/* A trainer and the optimizer over its LoRA: `booth train` in one process. */
+typedef struct {
+    sd_trainer_t *t;
+    sd_optim_t *o;
+} s_tr_t;
+
+static void s_destroy(s_tr_t **pt)
+{
+    if (!*pt) return;
+    sd_optim_destroy(&(*pt)->o);
+    sd_trainer_destroy(&(*pt)->t);
+    free(*pt);
+    *pt = NULL;
+}
+
+static s_tr_t *s_trainer(nn_ctx_t *ctx, const sd_train_config_t *c)
 {
     sd_model_t *m = sd_model_load(ctx, c->model_dir, SD_PART_ALL);
     if (m && c->prior_preservation &&
         sd_class_images_ensure(m, c->class_dir, c->class_prompt, c->num_class_images, c->resolution, c->seed,
                                c->class_steps, c->class_guidance, NULL, NULL) < 0)
         sd_model_destroy(&m);
-    return m ? sd_trainer_new(&m, c, NULL, NULL) : NULL;
+    s_tr_t *r = calloc(1, sizeof *r);
+    if (!m || !r || !(r->t = sd_trainer_new(&m, c, NULL, NULL)) || !(r->o = sd_trainer_optim(r->t))) {
+        sd_model_destroy(&m);
+        s_destroy(&r);
+    }
+    return r;
 }
 
-static int s_steps(sd_trainer_t *t, int n, sd_train_history_t *h)
+static int s_steps(s_tr_t *t, int n, sd_train_history_t *h)
 {
     for (int i = 0; i < n; i++) {
         sd_step_stats_t st;
-        int rc = sd_trainer_step(t, &st);
+        int rc = sd_trainer_step(t->t, t->o, &st);
         if (rc || (h && (rc = sd_history_push(h, &st, 0.5)))) return rc;
     }
     return BT_OK;
 }
 
-static bool s_same_state(const sd_trainer_t *a, const sd_trainer_t *b)
+static int s_save(const char *path, const s_tr_t *t, const sd_model_ids_t *ids, const sd_train_history_t *h,
+                  const char *reuse)
 {
-    const sd_lora_set_t *sa[2] = {a->lora_unet, a->lora_text}, *sb[2] = {b->lora_unet, b->lora_text};
-    for (int k = 0; k < 2; k++) {
-        if (!sa[k]) continue;
-        size_t bytes = (size_t)a->nblock[k] * sizeof(float);
-        if (a->nblock[k] != b->nblock[k] || memcmp(sa[k]->params.mem, sb[k]->params.mem, bytes) ||
-            memcmp(a->m[k], b->m[k], bytes) || memcmp(a->v[k], b->v[k], bytes))
+    sd_ckpt_data_t d;
+    sd_trainer_ckpt_data(t->t, ids, &d);
+    return sd_checkpoint_save(path, t->o, &d, h, reuse);
+}
+
+static int s_resume(const char *path, s_tr_t *t, const sd_model_ids_t *ids, sd_train_history_t *h)
+{
+    sd_ckpt_data_t d;
+    sd_trainer_ckpt_data(t->t, ids, &d);
+    return sd_checkpoint_resume(path, t->o, &d, h);
+}
+
+static bool s_same_state(const s_tr_t *a, const s_tr_t *b)
+{
+    if (a->o->n != b->o->n) return false;
+    for (int i = 0; i < a->o->n; i++) {
+        const sd_optim_tensor_t *x = &a->o->t[i], *y = &b->o->t[i];
+        size_t bytes = (size_t)x->numel * sizeof(float);
+        if (x->numel != y->numel || memcmp(x->p, y->p, bytes) || memcmp(x->m, y->m, bytes) ||
+            memcmp(x->v, y->v, bytes))
             return false;
     }
-    return a->step == b->step;
+    return a->o->step == b->o->step;
 }
 
 /* Stop after 3 steps, write, read into a fresh trainer, go on: the same bytes as 6 steps straight. */
@@ -119,21 +154,21 @@ TEST_TIMEOUT(checkpoint_resume_is_byte_identical, 600)
     REQUIRE(ctx);
     sd_model_ids_t ids;
     REQUIRE(sd_model_ids(j.model, &ids) == 0);
-    sd_trainer_t *a = s_trainer(ctx, &j.cfg), *b = s_trainer(ctx, &j.cfg);
+    s_tr_t *a = s_trainer(ctx, &j.cfg), *b = s_trainer(ctx, &j.cfg);
     REQUIRE(a && b);
     sd_train_history_t ha = {0}, hb = {0};
     REQUIRE(s_steps(a, 6, &ha) == 0);
     REQUIRE(s_steps(b, 3, &hb) == 0);
     char path[600];
     snprintf(path, sizeof path, "%s/checkpoint-3.h5", j.dir);
-    REQUIRE(sd_checkpoint_save(path, b, &ids, &hb, NULL) == 0);
-    sd_trainer_destroy(&b);
+    REQUIRE(s_save(path, b, &ids, &hb, NULL) == 0);
+    s_destroy(&b);
 
-    sd_trainer_t *c = s_trainer(ctx, &j.cfg);
+    s_tr_t *c = s_trainer(ctx, &j.cfg);
     REQUIRE(c);
     sd_train_history_t hc = {0};
-    REQUIRE(sd_checkpoint_resume(path, c, &ids, &hc) == 0);
-    CHECK_INT_EQ(c->step, 3);
+    REQUIRE(s_resume(path, c, &ids, &hc) == 0);
+    CHECK_INT_EQ(c->o->step, 3);
     CHECK_INT_EQ(hc.n, 3);
     for (int i = 0; i < 3; i++) CHECK(hc.loss[i] == ha.loss[i] && hc.grad_norm[i] == ha.grad_norm[i]);
     REQUIRE(s_steps(c, 3, &hc) == 0);
@@ -145,7 +180,7 @@ TEST_TIMEOUT(checkpoint_resume_is_byte_identical, 600)
     char p1[600], p2[600];
     snprintf(p1, sizeof p1, "%s/x1.h5", j.dir);
     snprintf(p2, sizeof p2, "%s/x2.h5", j.dir);
-    REQUIRE(sd_checkpoint_save(p1, a, &ids, &ha, NULL) == 0 && sd_checkpoint_save(p2, a, &ids, &ha, NULL) == 0);
+    REQUIRE(s_save(p1, a, &ids, &ha, NULL) == 0 && s_save(p2, a, &ids, &ha, NULL) == 0);
     char *d1, *d2;
     size_t l1, l2;
     REQUIRE(bt_read_file(p1, &d1, &l1) == 0 && bt_read_file(p2, &d2, &l2) == 0);
@@ -155,7 +190,7 @@ TEST_TIMEOUT(checkpoint_resume_is_byte_identical, 600)
     /* with the images copied from the step-3 checkpoint: the same arrays */
     char p3[600];
     snprintf(p3, sizeof p3, "%s/x3.h5", j.dir);
-    REQUIRE(sd_checkpoint_save(p3, a, &ids, &ha, path) == 0);
+    REQUIRE(s_save(p3, a, &ids, &ha, path) == 0);
     bt_h5_file_t *f1 = bt_h5_open(p1), *f3 = bt_h5_open(p3);
     REQUIRE(f1 && f3);
     const char *arrays[] = {"prior/images",
@@ -187,7 +222,7 @@ TEST_TIMEOUT(checkpoint_resume_is_byte_identical, 600)
     snprintf(e2, sizeof e2, "%s/export.safetensors", j.dir);
     const char *meta[] = {"booth.base_model", j.model, NULL};
     for (int layout = 0; layout < ST_LORA_LAYOUT_COUNT; layout++) {
-        REQUIRE(sd_lora_save(e1, (st_lora_layout_t)layout, ST_F16, a->lora_unet, a->lora_text, meta) == 0);
+        REQUIRE(sd_lora_save(e1, (st_lora_layout_t)layout, ST_F16, a->t->lora_unet, a->t->lora_text, meta) == 0);
         REQUIRE(sd_checkpoint_export(p1, e2, (st_lora_layout_t)layout, ST_F16) == 0);
         REQUIRE(bt_read_file(e1, &d1, &l1) == 0 && bt_read_file(e2, &d2, &l2) == 0);
         CHECKF(l1 == l2 && !memcmp(d1, d2, l1), "layout %s differs", st_lora_layout_name((st_lora_layout_t)layout));
@@ -197,8 +232,8 @@ TEST_TIMEOUT(checkpoint_resume_is_byte_identical, 600)
     sd_history_free(&ha);
     sd_history_free(&hb);
     sd_history_free(&hc);
-    sd_trainer_destroy(&a);
-    sd_trainer_destroy(&c);
+    s_destroy(&a);
+    s_destroy(&c);
     nn_ctx_destroy(&ctx);
 }
 
@@ -211,12 +246,12 @@ TEST_TIMEOUT(checkpoint_resume_refuses_mismatches, 600)
     REQUIRE(ctx);
     sd_model_ids_t ids;
     REQUIRE(sd_model_ids(j.model, &ids) == 0);
-    sd_trainer_t *a = s_trainer(ctx, &j.cfg);
+    s_tr_t *a = s_trainer(ctx, &j.cfg);
     REQUIRE(a);
     REQUIRE(s_steps(a, 2, NULL) == 0);
     char path[600];
     snprintf(path, sizeof path, "%s/ck.h5", j.dir);
-    REQUIRE(sd_checkpoint_save(path, a, &ids, NULL, NULL) == 0); /* no history: NaN rows */
+    REQUIRE(s_save(path, a, &ids, NULL, NULL) == 0); /* no history: NaN rows */
 
     bt_log_set_level(BT_LOG_ERROR);
     struct {
@@ -234,42 +269,42 @@ TEST_TIMEOUT(checkpoint_resume_refuses_mismatches, 600)
         if (i == 1) c.train_text_encoder = false;
         if (i == 2) c.instance_prompt = "a sks toy";
         if (i == 3) c.seed = 22;
-        sd_trainer_t *b = s_trainer(ctx, &c);
+        s_tr_t *b = s_trainer(ctx, &c);
         REQUIRE(b);
-        sd_trainer_t *fresh = s_trainer(ctx, &c);
+        s_tr_t *fresh = s_trainer(ctx, &c);
         REQUIRE(fresh);
-        CHECKF(sd_checkpoint_resume(path, b, &ids, NULL) == BT_EINVAL, "%s accepted", cases[i].what);
+        CHECKF(s_resume(path, b, &ids, NULL) == BT_EINVAL, "%s accepted", cases[i].what);
         CHECKF(strstr(bt_log_last_error(), cases[i].want) != NULL, "%s: '%s'", cases[i].what, bt_log_last_error());
         CHECK(s_same_state(b, fresh));
-        sd_trainer_destroy(&b);
-        sd_trainer_destroy(&fresh);
+        s_destroy(&b);
+        s_destroy(&fresh);
     }
     /* a different base model (hash), other instance images */
     sd_model_ids_t other = ids;
     other.model[0] = other.model[0] == '0' ? '1' : '0';
-    sd_trainer_t *b = s_trainer(ctx, &j.cfg);
+    s_tr_t *b = s_trainer(ctx, &j.cfg);
     REQUIRE(b);
-    CHECK(sd_checkpoint_resume(path, b, &other, NULL) == BT_EINVAL);
+    CHECK(s_resume(path, b, &other, NULL) == BT_EINVAL);
     CHECK(strstr(bt_log_last_error(), "base model has content hash"));
-    sd_trainer_destroy(&b);
+    s_destroy(&b);
     char inst2[700];
     snprintf(inst2, sizeof inst2, "%s/instance2", j.dir);
     s_make_subject(inst2, 3, 0x010101u);
     sd_train_config_t c = j.cfg;
     c.instance_dir = inst2;
     REQUIRE((b = s_trainer(ctx, &c)));
-    CHECK(sd_checkpoint_resume(path, b, &ids, NULL) == BT_EINVAL);
+    CHECK(s_resume(path, b, &ids, NULL) == BT_EINVAL);
     CHECK(strstr(bt_log_last_error(), "resume needs the same --instance-data-dir"));
-    CHECK_INT_EQ(b->step, 0);
-    sd_trainer_destroy(&b);
+    CHECK_INT_EQ(b->o->step, 0);
+    s_destroy(&b);
     /* a learning-rate schedule that depends on the total makes --max-train-steps part of the job */
     c = j.cfg;
     c.max_train_steps = 9;
     REQUIRE((b = s_trainer(ctx, &c)));
-    CHECK(sd_checkpoint_resume(path, b, &ids, NULL) == 0); /* constant lr: a longer run may go on */
-    CHECK_INT_EQ(b->step, 2);
-    sd_trainer_destroy(&b);
-    sd_trainer_destroy(&a);
+    CHECK(s_resume(path, b, &ids, NULL) == 0); /* constant lr: a longer run may go on */
+    CHECK_INT_EQ(b->o->step, 2);
+    s_destroy(&b);
+    s_destroy(&a);
     nn_ctx_destroy(&ctx);
 }
 
@@ -331,14 +366,14 @@ TEST_TIMEOUT(priors_are_a_function_of_the_index, 600)
     snprintf(a, sizeof a, "%s/a.h5", dir);
     snprintf(b, sizeof b, "%s/b.h5", dir);
     CHECK_INT_EQ(sd_priors_ensure(m, a, &spec, 4, NULL, NULL), 4);
-    sd_model_ids_t ids;
-    REQUIRE(sd_model_ids(m->dir, &ids) == 0);
+    sd_prior_origin_t origin;
+    REQUIRE(sd_prior_origin_of(m, &origin) == 0);
     snprintf(part, sizeof part, "%s/b.h5.parts", dir);
     REQUIRE(bt_mkdirs(part) == 0);
     snprintf(part, sizeof part, "%s/b.h5.parts/part-00000002.h5", dir);
-    REQUIRE(sd_priors_write_part(m, &spec, ids.model, ids.vae, 2, 2, part) == 0);
+    REQUIRE(sd_priors_write_part(m, &spec, &origin, 2, 2, part) == 0);
     snprintf(part, sizeof part, "%s/b.h5.parts/part-00000000.h5", dir);
-    REQUIRE(sd_priors_write_part(m, &spec, ids.model, ids.vae, 0, 1, part) == 0);
+    REQUIRE(sd_priors_write_part(m, &spec, &origin, 0, 1, part) == 0);
     CHECK_INT_EQ(sd_priors_ensure(m, b, &spec, 4, NULL, NULL), 1); /* only index 1 was missing */
     char *da, *db;
     size_t la, lb;
@@ -532,52 +567,64 @@ TEST_TIMEOUT(checkpoint_bench_sd15, 3600)
     REQUIRE(unet && ctx);
     char dir[512];
     snprintf(dir, sizeof dir, "%s", getenv("BOOTH_BENCH_DIR") ? getenv("BOOTH_BENCH_DIR") : tu_tmpdir());
-    sd_model_t model = {.dir = "sd15", .ctx = ctx, .default_sampler = SD_SCHED_PNDM};
-    sd_trainer_t t;
-    memset(&t, 0, sizeof t);
-    t.model = &model;
-    sd_train_config_defaults(&t.cfg);
-    t.cfg.model_dir = "sd15";
-    t.cfg.instance_dir = "photos";
-    t.cfg.instance_prompt = "a photo of sks dog";
-    t.cfg.class_dir = "priors.h5";
-    t.cfg.class_prompt = "a photo of dog";
-    t.cfg.prior_preservation = true;
-    t.cfg.num_class_images = 200;
-    t.cfg.resolution = 512;
-    t.cfg.rank = 16;
-    t.cfg.lora_alpha = 16;
-    t.cfg.micro_batch_size = 2;
-    t.cfg.max_train_steps = 800;
-    t.step = 400;
-    REQUIRE((t.lora_unet = sd_lora_attach_unet(unet, 16, 16.0f, NULL)));
-    REQUIRE(sd_lora_alloc(t.lora_unet, ctx, false) == 0 && sd_lora_init(t.lora_unet, 1) == 0);
-    const sd_param_t *last = &t.lora_unet->params.p[t.lora_unet->params.n - 1];
-    t.nblock[0] = (last->data - t.lora_unet->params.mem) + last->shape[0] * last->shape[1];
-    t.m[0] = malloc((size_t)t.nblock[0] * sizeof(float));
-    t.v[0] = malloc((size_t)t.nblock[0] * sizeof(float));
-    REQUIRE(t.m[0] && t.v[0]);
+    /* a checkpoint is optimizer state and plain records: no model, no trainer */
+    sd_train_config_t cfg;
+    sd_train_config_defaults(&cfg);
+    cfg.model_dir = "sd15";
+    cfg.instance_dir = "photos";
+    cfg.instance_prompt = "a photo of sks dog";
+    cfg.class_dir = "priors.h5";
+    cfg.class_prompt = "a photo of dog";
+    cfg.prior_preservation = true;
+    cfg.num_class_images = 200;
+    cfg.resolution = 512;
+    cfg.rank = 16;
+    cfg.lora_alpha = 16;
+    cfg.micro_batch_size = 2;
+    cfg.max_train_steps = 800;
+    cfg.base_weights = "exact";
+    sd_lora_set_t *lora = sd_lora_attach_unet(unet, 16, 16.0f, NULL);
+    REQUIRE(lora);
+    REQUIRE(sd_lora_alloc(lora, ctx, false) == 0);
+    sd_optim_spec_t *spec = calloc((size_t)lora->params.n, sizeof *spec);
+    char(*names)[SD_OPTIM_NAME_MAX] = calloc((size_t)lora->params.n, sizeof *names);
+    REQUIRE(spec && names);
+    for (int i = 0; i < lora->params.n; i++) {
+        REQUIRE(st_lora_key(names[i], SD_OPTIM_NAME_MAX, ST_LORA_PEFT, ST_LORA_PART_UNET, i % 2 ? ST_LORA_B : ST_LORA_A,
+                            lora->modules[i / 2]) == 0);
+        spec[i] = (sd_optim_spec_t){.name = names[i], .index = i,
+                                    .shape = {lora->params.p[i].shape[0], lora->params.p[i].shape[1]}};
+    }
+    sd_optim_config_t oc;
+    sd_optim_config_from_train(&oc, &cfg);
+    sd_optim_t *opt = sd_optim_new(ctx, &oc, spec, lora->params.n);
+    REQUIRE(opt);
+    opt->step = 400;
     tu_rng_t r = tu_rng(5);
-    tu_fill_normal(&r, t.lora_unet->params.mem, t.nblock[0], 0.01f);
-    tu_fill_normal(&r, t.m[0], t.nblock[0], 1e-4f);
-    tu_fill_uniform(&r, t.v[0], t.nblock[0], 0.0f, 1e-8f);
-    s_fake_set(&t.instances, 5, 512, 1);
-    s_fake_set(&t.classes, 200, 512, 2);
+    for (int i = 0; i < opt->n; i++) {
+        tu_fill_normal(&r, opt->t[i].p, opt->t[i].numel, 0.01f);
+        tu_fill_normal(&r, opt->t[i].m, opt->t[i].numel, 1e-4f);
+        tu_fill_uniform(&r, opt->t[i].v, opt->t[i].numel, 0.0f, 1e-8f);
+    }
+    sd_image_set_t instances = {0}, classes = {0};
+    s_fake_set(&instances, 5, 512, 1);
+    s_fake_set(&classes, 200, 512, 2);
     sd_train_history_t h = {0};
     for (int i = 0; i < 400; i++) {
         sd_step_stats_t st = {.loss = 0.1 + 0.01 * tu_uniform(&r), .loss_instance = 0.05, .loss_prior = 0.05,
                               .grad_norm = 0.5, .lr = 1e-4f};
         REQUIRE(sd_history_push(&h, &st, 42.0) == 0);
     }
-    sd_model_ids_t ids = {.model = "0123456789abcdef", .vae = "fedcba9876543210"};
-    int64_t nparams = sd_lora_numel(t.lora_unet);
+    sd_ckpt_data_t d = {.cfg = &cfg, .instances = &instances, .classes = &classes, .sampler = "pndm",
+                        .ids = {.model = "0123456789abcdef", .vae = "fedcba9876543210"}};
+    int64_t nparams = sd_lora_numel(lora);
     printf("SD 1.5 UNet LoRA rank 16: %lld parameters (%.1f MB fp32; with m and v %.1f MB); 5 + 200 images at 512 px\n",
            (long long)nparams, nparams * 4 / 1e6, 3 * nparams * 4 / 1e6);
 
     char path[700];
     snprintf(path, sizeof path, "%s/checkpoint-400.h5", dir);
     double t0 = s_secs();
-    REQUIRE(sd_checkpoint_save(path, &t, &ids, &h, NULL) == 0);
+    REQUIRE(sd_checkpoint_save(path, opt, &d, &h, NULL) == 0);
     double t_write = s_secs() - t0;
     struct stat st;
     REQUIRE(stat(path, &st) == 0);
@@ -587,20 +634,20 @@ TEST_TIMEOUT(checkpoint_bench_sd15, 3600)
     /* the next checkpoint of the run: images and latents copied from this one */
     char path2[700];
     snprintf(path2, sizeof path2, "%s/checkpoint-401.h5", dir);
-    t.step = 401;
+    opt->step = 401;
     sd_step_stats_t st1 = {.loss = 0.1};
     REQUIRE(sd_history_push(&h, &st1, 42.0) == 0);
     t0 = s_secs();
-    REQUIRE(sd_checkpoint_save(path2, &t, &ids, &h, path) == 0);
+    REQUIRE(sd_checkpoint_save(path2, opt, &d, &h, path) == 0);
     double t_next = s_secs() - t0;
     REQUIRE(stat(path2, &st) == 0);
     printf("next checkpoint, images copied from the previous one: %.2f s, %.1f MB\n", t_next, st.st_size / 1e6);
     unlink(path2);
-    t.step = 400;
+    opt->step = 400;
     h.n = 400;
 
     t0 = s_secs();
-    REQUIRE(sd_checkpoint_resume(path, &t, &ids, NULL) == 0);
+    REQUIRE(sd_checkpoint_resume(path, opt, &d, NULL) == 0);
     double t_resume = s_secs() - t0;
     printf("resume (open, check job/model/data, read LoRA + m + v + history): %.3f s\n", t_resume);
 
@@ -637,7 +684,7 @@ TEST_TIMEOUT(checkpoint_bench_sd15, 3600)
         bt_h5_opts_t o = {.deflate = level, .rows_per_chunk = 1};
         REQUIRE(bt_h5_create_dataset(w, "images", BT_H5_U8, 4, (int64_t[]){200, 512, 512, 3}, &o) == 0);
         for (int i = 0; i < 200; i++)
-            REQUIRE(bt_h5_write_rows(w, "images", i, 1, t.classes.pixels + (size_t)i * 512 * 512 * 3) == 0);
+            REQUIRE(bt_h5_write_rows(w, "images", i, 1, classes.pixels + (size_t)i * 512 * 512 * 3) == 0);
         REQUIRE(bt_h5_commit(&w) == 0);
         double tw = s_secs() - t0;
         REQUIRE(stat(p2, &st) == 0);
@@ -653,11 +700,12 @@ TEST_TIMEOUT(checkpoint_bench_sd15, 3600)
     free(img);
     free(lat);
     sd_history_free(&h);
-    sd_image_set_free(&t.instances);
-    sd_image_set_free(&t.classes);
-    free(t.m[0]);
-    free(t.v[0]);
-    sd_lora_destroy(&t.lora_unet);
+    sd_image_set_free(&instances);
+    sd_image_set_free(&classes);
+    sd_optim_destroy(&opt);
+    free(spec);
+    free(names);
+    sd_lora_destroy(&lora);
     sd_unet_destroy(&unet);
     nn_ctx_destroy(&ctx);
 }

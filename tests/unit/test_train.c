@@ -10,6 +10,7 @@
 
 #include "common/fileio.h"
 #include "common/image.h"
+#include "diffusion/optim.h"
 #include "diffusion/train.h"
 #include "storage/png.h"
 #include "testutil.h"
@@ -83,16 +84,19 @@ TEST_TIMEOUT(train_instance_loss_falls, 600)
     REQUIRE(ctx);
     sd_trainer_t *t = s_trainer(ctx, dir, true, true, 11);
     REQUIRE(t);
+    sd_optim_t *o = sd_trainer_optim(t);
+    REQUIRE(o);
     double before, after;
     REQUIRE(sd_trainer_eval(t, &before) == 0);
     for (int s = 0; s < 30; s++) {
         sd_step_stats_t st;
-        REQUIRE(sd_trainer_step(t, &st) == 0);
+        REQUIRE(sd_trainer_step(t, o, &st) == 0);
         CHECK(isfinite(st.loss) && st.grad_norm > 0);
     }
     REQUIRE(sd_trainer_eval(t, &after) == 0);
     printf("fixed-set instance loss: %.5f -> %.5f after 30 steps\n", before, after);
     CHECKF(after < 0.9 * before, "instance loss %.5f -> %.5f did not fall", before, after);
+    sd_optim_destroy(&o);
     sd_trainer_destroy(&t);
     nn_ctx_destroy(&ctx);
 }
@@ -107,12 +111,17 @@ TEST_TIMEOUT(train_is_reproducible, 600)
     sd_trainer_t *a = s_trainer(ctx1, dir, true, false, 5), *b = s_trainer(ctx2, dir, true, false, 5);
     sd_trainer_t *c = s_trainer(ctx2, dir, true, false, 6);
     REQUIRE(a && b && c);
+    sd_optim_t *oa = sd_trainer_optim(a), *ob = sd_trainer_optim(b), *oc = sd_trainer_optim(c);
+    REQUIRE(oa && ob && oc);
     for (int s = 0; s < 3; s++) {
         sd_step_stats_t st;
-        REQUIRE(sd_trainer_step(a, &st) == 0);
-        REQUIRE(sd_trainer_step(b, &st) == 0);
-        REQUIRE(sd_trainer_step(c, &st) == 0);
+        REQUIRE(sd_trainer_step(a, oa, &st) == 0);
+        REQUIRE(sd_trainer_step(b, ob, &st) == 0);
+        REQUIRE(sd_trainer_step(c, oc, &st) == 0);
     }
+    sd_optim_destroy(&oa);
+    sd_optim_destroy(&ob);
+    sd_optim_destroy(&oc);
     size_t bytes = (size_t)a->nblock[0] * sizeof(float);
     CHECK(!memcmp(a->lora_unet->params.mem, b->lora_unet->params.mem, bytes)); /* 1 vs 2 threads */
     CHECK(memcmp(a->lora_unet->params.mem, c->lora_unet->params.mem, bytes) != 0);

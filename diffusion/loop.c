@@ -1,0 +1,183 @@
+/*
+ * loop.c — the run loop between optimizer steps: history and loss log,
+ * checkpoints and their rotation, validation grids, the final LoRA files
+ * (loop.h), and the single-process loop over it.
+ */
+#include "diffusion/loop.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/fileio.h"
+#include "common/log.h"
+#include "common/plot.h"
+#include "common/status.h"
+#include "storage/png.h"
+
+static void s_csv_row(FILE *f, int64_t step, const sd_train_history_t *h, int64_t i)
+{
+    fprintf(f, "%lld,%.6f,%.6f,%.6f,%.6g,%.6f,%.3f\n", (long long)step, h->loss[i], h->loss_instance[i],
+            h->loss_prior[i], h->lr[i], h->grad_norm[i], h->seconds[i]);
+}
+
+sd_loop_t *sd_loop_new(const char *output_dir, const sd_train_config_t *cfg, const char *resumed_from,
+                     sd_train_history_t *resumed, bool show_progress)
+{
+    sd_loop_t *r = calloc(1, sizeof *r);
+    char path[4200];
+    if (!r) return NULL;
+    snprintf(r->dir, sizeof r->dir, "%s", output_dir);
+    r->cfg = cfg;
+    r->show_progress = show_progress;
+    if (resumed) {
+        r->hist = *resumed;
+        memset(resumed, 0, sizeof *resumed);
+    }
+    if (resumed_from) snprintf(r->last_ckpt, sizeof r->last_ckpt, "%s", resumed_from);
+    if (bt_mkdirs(output_dir)) goto out_fail;
+    snprintf(path, sizeof path, "%s/loss.csv", output_dir);
+    if (!(r->csv = fopen(path, "w"))) {
+        BT_ERROR("%s: cannot create the loss log", path);
+        goto out_fail;
+    }
+    fprintf(r->csv, "step,loss,loss_instance,loss_prior,lr,grad_norm,seconds\n");
+    for (int64_t s = 0; s < r->hist.n; s++) s_csv_row(r->csv, s + 1, &r->hist, s); /* a resumed run's log */
+    fflush(r->csv);
+    if (show_progress) {
+        bt_progress_start(&r->bar, "training", cfg->max_train_steps, "step");
+        if (r->hist.n) bt_progress_update(&r->bar, r->hist.n, NULL);
+    }
+    return r;
+out_fail:
+    sd_loop_destroy(&r);
+    return NULL;
+}
+
+void sd_loop_destroy(sd_loop_t **pr)
+{
+    sd_loop_t *r = *pr;
+    if (!r) return;
+    if (r->csv) fclose(r->csv);
+    sd_history_free(&r->hist);
+    free(r);
+    *pr = NULL;
+}
+
+int sd_loop_step_done(sd_loop_t *r, const sd_step_stats_t *st, double seconds)
+{
+    int rc = sd_history_push(&r->hist, st, seconds);
+    if (rc) return rc;
+    int64_t s = r->hist.n;
+    s_csv_row(r->csv, s, &r->hist, s - 1);
+    fflush(r->csv);
+    if (!isfinite(st->loss)) {
+        BT_ERROR("step %lld: the loss is %g; stopping (lower --learning-rate?)", (long long)s, st->loss);
+        return BT_EINVAL;
+    }
+    if (r->show_progress) {
+        char tail[96];
+        snprintf(tail, sizeof tail, "loss %.4f lr %.2g", st->loss, st->lr);
+        bt_progress_update(&r->bar, s, tail);
+    }
+    return BT_OK;
+}
+
+bool sd_loop_checkpoint_due(const sd_loop_t *r)
+{
+    int every = r->cfg->checkpointing_steps;
+    return every > 0 && r->hist.n > 0 && r->hist.n % every == 0;
+}
+
+bool sd_loop_validation_due(const sd_loop_t *r)
+{
+    const sd_train_config_t *c = r->cfg;
+    int64_t s = r->hist.n;
+    return c->validation_prompt && s > 0 &&
+           ((c->validation_steps && s % c->validation_steps == 0) || s == c->max_train_steps);
+}
+
+int sd_loop_checkpoint(sd_loop_t *r, const sd_optim_t *o, const sd_ckpt_data_t *d, const char *reuse_images)
+{
+    char ck[4200];
+    snprintf(ck, sizeof ck, "%s/checkpoint-%lld.h5", r->dir, (long long)o->step);
+    /* the previous checkpoint (pruning keeps the newest), or else the prior set, lends its compressed images */
+    const char *reuse = r->last_ckpt[0] ? r->last_ckpt : reuse_images;
+    int rc = sd_checkpoint_save(ck, o, d, &r->hist, reuse);
+    if (rc == BT_OK) rc = sd_checkpoint_prune(r->dir, r->cfg->checkpoints_total_limit);
+    if (rc == BT_OK) snprintf(r->last_ckpt, sizeof r->last_ckpt, "%s", ck);
+    return rc;
+}
+
+int sd_loop_validation(sd_loop_t *r, const bt_img_t *grid)
+{
+    char dir[4200], path[4300];
+    snprintf(dir, sizeof dir, "%s/validation", r->dir);
+    snprintf(path, sizeof path, "%s/step-%06lld.png", dir, (long long)r->hist.n);
+    int rc = bt_mkdirs(dir);
+    return rc ? rc : bt_png_write(path, grid, NULL, 0);
+}
+
+static int s_plot_loss(const char *path, const sd_train_history_t *h)
+{
+    int n = (int)h->n;
+    float *y = malloc((size_t)(n ? n : 1) * sizeof(float)), *avg = malloc((size_t)(n ? n : 1) * sizeof(float)),
+          *x = malloc((size_t)(n ? n : 1) * sizeof(float));
+    int rc = y && avg && x ? BT_OK : BT_ENOMEM;
+    if (rc == BT_OK) {
+        for (int i = 0; i < n; i++) {
+            x[i] = (float)(i + 1);
+            y[i] = (float)h->loss[i];
+        }
+        bt_plot_moving_average(y, n, n >= 50 ? 10 : 3, avg);
+        bt_plot_series_t s[2] = {
+            {.label = "loss", .x = x, .y = y, .n = n, .color = 0x9ecae1, .line_width = 1.0f},
+            {.label = "moving average", .x = x, .y = avg, .n = n, .color = 0x08519c, .line_width = 2.0f}};
+        bt_plot_opts_t o = {.title = "DreamBooth LoRA training loss", .x_label = "step", .y_label = "loss"};
+        bt_img_t *img = bt_img_plot_lines(960, 540, s, 2, &o);
+        rc = img ? bt_png_write(path, img, NULL, 0) : BT_ENOMEM;
+        bt_img_destroy(&img);
+    }
+    free(y);
+    free(avg);
+    free(x);
+    return rc;
+}
+
+int sd_loop_finish(sd_loop_t *r, const sd_optim_t *o, const char *base_model)
+{
+    const sd_train_config_t *c = r->cfg;
+    char a[4200], b[4200], png[4200];
+    if (r->show_progress) bt_progress_finish(&r->bar, NULL);
+    snprintf(a, sizeof a, "%s/pytorch_lora_weights.safetensors", r->dir);
+    snprintf(b, sizeof b, "%s/pytorch_lora_weights_kohya.safetensors", r->dir);
+    snprintf(png, sizeof png, "%s/loss.png", r->dir);
+    int rc = sd_optim_save_lora(o, c->rank, c->lora_alpha, a, ST_LORA_DIFFUSERS, ST_F32, base_model);
+    if (rc == BT_OK) rc = sd_optim_save_lora(o, c->rank, c->lora_alpha, b, ST_LORA_KOHYA, ST_F32, base_model);
+    if (rc == BT_OK) rc = s_plot_loss(png, &r->hist);
+    if (rc) return rc;
+    printf("%s\n%s\n%s/loss.csv\n%s\n", a, b, r->dir, png);
+    if (c->validation_prompt) printf("%s/validation/step-%06lld.png\n", r->dir, (long long)c->max_train_steps);
+    return BT_OK;
+}
+
+int sd_train_local(sd_trainer_t *t, sd_optim_t *o, sd_loop_t *r, const sd_model_ids_t *ids, const char *reuse_images)
+{
+    sd_ckpt_data_t d;
+    sd_trainer_ckpt_data(t, ids, &d);
+    int rc = BT_OK;
+    while (o->step < t->cfg.max_train_steps) {
+        sd_step_stats_t st;
+        double t0 = bt_now();
+        if ((rc = sd_trainer_step(t, o, &st)) || (rc = sd_loop_step_done(r, &st, bt_now() - t0))) return rc;
+        if (sd_loop_checkpoint_due(r) && (rc = sd_loop_checkpoint(r, o, &d, reuse_images))) return rc;
+        if (sd_loop_validation_due(r)) {
+            bt_img_t *grid = NULL;
+            rc = sd_trainer_validate(t, o->step, &grid);
+            if (rc == BT_OK) rc = sd_loop_validation(r, grid);
+            bt_img_destroy(&grid);
+            if (rc) return rc;
+        }
+    }
+    return sd_loop_finish(r, o, t->cfg.model_dir);
+}
