@@ -20,6 +20,23 @@ int cmd_inspect(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_priors(int argc, char **argv);
 
+int cmd_coordinator(int argc, char **argv);
+int cmd_ps(int argc, char **argv);
+int cmd_worker(int argc, char **argv);
+int cmd_submit(int argc, char **argv);
+int cmd_status(int argc, char **argv);
+int cmd_cancel(int argc, char **argv);
+int cmd_fetch(int argc, char **argv);
+
+/* The options every cluster process and client shares (proto/node.h), as rows of a cli_opt_t table. */
+#define CLI_NODE_OPTS(n)                                                                                        \
+    CLI_OPT("--keys", CLI_STR, &(n)->keys_dir, "DIR",                                                           \
+            "this process's CURVE keys (booth keygen); servers also read DIR/authorized_keys"),                \
+        CLI_OPT("--coordinator-key", CLI_STR, &(n)->coordinator_key, "FILE|Z85",                               \
+                "the coordinator's public key (default DIR/coordinator.pub, else DIR/public.key)"),             \
+        CLI_OPT("--insecure", CLI_FLAG, &(n)->insecure, NULL, "plain TCP without CURVE: anyone who can connect is trusted"), \
+        CLI_OPT("--max-message-mb", CLI_INT, &(n)->max_message_mb, "MB", "largest message accepted (default 1024)")
+
 /* --base-dtype, shared by every command that loads a model (cli/args.c). */
 #define CLI_BASE_DTYPE_HELP                                                                                    \
     "keep the frozen weights as: auto (as the files: fp16 stays fp16, half the memory, same results), fp32, "  \

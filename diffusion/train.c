@@ -167,11 +167,26 @@ void sd_trainer_destroy(sd_trainer_t **pt)
     *pt = NULL;
 }
 
-sd_trainer_t *sd_trainer_new(sd_model_t **model, const sd_train_config_t *cfg, sd_progress_fn progress, void *user)
+sd_model_t *sd_trainer_take_model(sd_trainer_t **pt)
+{
+    sd_trainer_t *t = *pt;
+    if (!t) return NULL;
+    sd_model_t *m = t->model;
+    t->model = NULL;
+    if (t->ehs && m) nn_free(m->ctx, t->ehs);
+    t->ehs = NULL;
+    sd_trainer_destroy(pt);
+    return m;
+}
+
+/* keep: on failure the model goes back to *model (LoRA detached) instead of being destroyed */
+static sd_trainer_t *s_trainer_new(sd_model_t **model, const sd_train_config_t *cfg, sd_progress_fn progress,
+                                   void *user, bool keep)
 {
     sd_trainer_t *t = calloc(1, sizeof *t);
     if (!t) {
-        sd_model_destroy(model);
+        BT_ERROR("train: out of memory");
+        if (!keep) sd_model_destroy(model);
         return NULL;
     }
     t->model = *model;
@@ -230,8 +245,20 @@ sd_trainer_t *sd_trainer_new(sd_model_t **model, const sd_train_config_t *cfg, s
     if (s_tensors(t)) goto out_fail;
     return t;
 out_fail:
+    if (keep) *model = sd_trainer_take_model(&t);
     sd_trainer_destroy(&t);
     return NULL;
+}
+
+sd_trainer_t *sd_trainer_new(sd_model_t **model, const sd_train_config_t *cfg, sd_progress_fn progress, void *user)
+{
+    return s_trainer_new(model, cfg, progress, user, false);
+}
+
+sd_trainer_t *sd_trainer_new_keep(sd_model_t **model, const sd_train_config_t *cfg, sd_progress_fn progress,
+                                  void *user)
+{
+    return s_trainer_new(model, cfg, progress, user, true);
 }
 
 void sd_trainer_release_text_encoder(sd_trainer_t *t)

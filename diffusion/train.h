@@ -111,7 +111,15 @@ typedef struct sd_trainer {
  * images. Class images must already exist (see sd_class_images_ensure). NULL
  * with one log line on failure. */
 sd_trainer_t *sd_trainer_new(sd_model_t **model, const sd_train_config_t *cfg, sd_progress_fn progress, void *user);
+/* The same, but on failure *model is given back (LoRA detached), not destroyed:
+ * a worker's model outlives a job it could not start. */
+sd_trainer_t *sd_trainer_new_keep(sd_model_t **model, const sd_train_config_t *cfg, sd_progress_fn progress,
+                                  void *user);
 void sd_trainer_destroy(sd_trainer_t **t);
+/* Destroys the trainer but not its model, which it returns with the LoRA
+ * detached (a worker keeps its model loaded from job to job). The text
+ * encoder is gone if sd_trainer_release_text_encoder freed it. */
+sd_model_t *sd_trainer_take_model(sd_trainer_t **t);
 
 /* With a frozen text encoder every prompt it will see is embedded already (the
  * instance and class prompts by sd_trainer_new; the caller's validation prompts
