@@ -116,7 +116,7 @@ static const char *const s_kname[K_N] = {
     "widen 16-bit weights",
     "transpose NCHW<->tokens",
     "concat/split channels",
-    "upsample 2x",
+    "upsample nearest",
     "other (embeddings, loss, optimizer)",
 };
 
@@ -278,13 +278,17 @@ static int w_split(nn_ctx_t *c, float *a, float *b, const float *x, int64_t B, i
 {
     TIMED(K_CONCAT_SPLIT, 0, s_base->split_channels(c, a, b, x, B, C1, C2, HW));
 }
-static int w_up_f(nn_ctx_t *c, float *o, const float *x, int64_t BC, int64_t H, int64_t W)
+static int w_up_f(nn_ctx_t *c, float *o, const float *x, int64_t BC, int64_t H, int64_t W, int64_t OH, int64_t OW)
 {
-    TIMED(K_UPSAMPLE, 0, s_base->upsample2x_forward(c, o, x, BC, H, W));
+    TIMED(K_UPSAMPLE, 0, s_base->upsample_nearest_forward(c, o, x, BC, H, W, OH, OW));
 }
-static int w_up_b(nn_ctx_t *c, float *dx, const float *dy, int64_t BC, int64_t H, int64_t W)
+static int w_up_b(nn_ctx_t *c, float *dx, const float *dy, int64_t BC, int64_t H, int64_t W, int64_t OH, int64_t OW)
 {
-    TIMED(K_UPSAMPLE, 0, s_base->upsample2x_backward(c, dx, dy, BC, H, W));
+    TIMED(K_UPSAMPLE, 0, s_base->upsample_nearest_backward(c, dx, dy, BC, H, W, OH, OW));
+}
+static int w_clamp(nn_ctx_t *c, float *o, const float *x, int64_t n, float lo, float hi)
+{
+    TIMED(K_OTHER, 0, s_base->clamp(c, o, x, n, lo, hi));
 }
 static int w_emb_f(nn_ctx_t *c, float *o, const int32_t *ids, const float *t, int64_t N, int64_t C, int64_t V)
 {
@@ -341,8 +345,9 @@ static void s_install_timers(nn_ctx_t *ctx)
     s_timed.transpose = w_transpose;
     s_timed.concat_channels = w_concat;
     s_timed.split_channels = w_split;
-    s_timed.upsample2x_forward = w_up_f;
-    s_timed.upsample2x_backward = w_up_b;
+    s_timed.upsample_nearest_forward = w_up_f;
+    s_timed.upsample_nearest_backward = w_up_b;
+    s_timed.clamp = w_clamp;
     s_timed.embedding_forward = w_emb_f;
     s_timed.timestep_embedding_forward = w_temb_f;
     s_timed.mse_forward = w_mse_f;

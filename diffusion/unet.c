@@ -15,7 +15,6 @@
  */
 #include "diffusion/unet.h"
 
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -286,87 +285,6 @@ out:
     return rc;
 }
 
-/* Source index of output index o when nearest-resizing in -> out, as PyTorch
- * computes it for F.interpolate(size=...): floor(o * (float)in / out). */
-static int64_t s_nearest_src(int64_t o, int64_t in, int64_t out)
-{
-    float scale = (float)in / (float)out;
-    int64_t s = (int64_t)floorf((float)o * scale);
-    return s < in - 1 ? s : in - 1;
-}
-
-/* Upsample2D to the next skip's size (oh, ow). The usual sizes (2h, or 2h-1 after
- * a padded stride-2 conv of an odd size) are the 2x result, cropped; any other
- * size (downsample_padding 0 gives 2h+1) takes the general nearest rule, on the
- * host: rare, and small. */
-static bool s_is_crop(int64_t h, int64_t w, int64_t oh, int64_t ow)
-{
-    return (oh == 2 * h || oh == 2 * h - 1) && (ow == 2 * w || ow == 2 * w - 1);
-}
-
-static int s_upsample(sd_run_t *r, float *out, const float *x, int64_t BC, int64_t h, int64_t w, int64_t oh,
-                      int64_t ow)
-{
-    if (oh == 2 * h && ow == 2 * w) return nn_upsample2x_forward(r->nn, out, x, BC, h, w);
-    int rc = BT_OK;
-    bt_stack_mark_t mk = bt_stack_mark(r->scratch);
-    if (s_is_crop(h, w, oh, ow)) {
-        float *full;
-        ALLOC(full, BC * 4 * h * w);
-        TRY(nn_upsample2x_forward(r->nn, full, x, BC, h, w));
-        for (int64_t i = 0; i < BC; i++)
-            for (int64_t y = 0; y < oh; y++)
-                TRY(nn_copy(r->nn, out + (i * oh + y) * ow, full + (i * 2 * h + y) * 2 * w,
-                            (size_t)ow * sizeof(float)));
-        goto out;
-    }
-    float *hx = malloc((size_t)(BC * h * w) * sizeof(float)), *ho = malloc((size_t)(BC * oh * ow) * sizeof(float));
-    if (!hx || !ho) rc = BT_ENOMEM;
-    if (rc == BT_OK) rc = nn_download(r->nn, hx, x, (size_t)(BC * h * w) * sizeof(float));
-    for (int64_t i = 0; rc == BT_OK && i < BC; i++)
-        for (int64_t y = 0; y < oh; y++)
-            for (int64_t xx = 0; xx < ow; xx++)
-                ho[(i * oh + y) * ow + xx] = hx[(i * h + s_nearest_src(y, h, oh)) * w + s_nearest_src(xx, w, ow)];
-    if (rc == BT_OK) rc = nn_upload(r->nn, out, ho, (size_t)(BC * oh * ow) * sizeof(float));
-    free(hx);
-    free(ho);
-out:
-    bt_stack_reset(r->scratch, mk);
-    return rc;
-}
-
-static int s_upsample_backward(sd_run_t *r, float *dx, const float *dy, int64_t BC, int64_t h, int64_t w,
-                               int64_t oh, int64_t ow)
-{
-    if (oh == 2 * h && ow == 2 * w) return nn_upsample2x_backward(r->nn, dx, dy, BC, h, w);
-    int rc = BT_OK;
-    bt_stack_mark_t mk = bt_stack_mark(r->scratch);
-    if (s_is_crop(h, w, oh, ow)) {
-        float *full;
-        ALLOC(full, BC * 4 * h * w);
-        TRY(nn_fill(r->nn, full, BC * 4 * h * w, 0.0f));
-        for (int64_t i = 0; i < BC; i++)
-            for (int64_t y = 0; y < oh; y++)
-                TRY(nn_copy(r->nn, full + (i * 2 * h + y) * 2 * w, dy + (i * oh + y) * ow,
-                            (size_t)ow * sizeof(float)));
-        TRY(nn_upsample2x_backward(r->nn, dx, full, BC, h, w));
-        goto out;
-    }
-    float *hd = malloc((size_t)(BC * oh * ow) * sizeof(float)), *hx = calloc((size_t)(BC * h * w), sizeof(float));
-    if (!hd || !hx) rc = BT_ENOMEM;
-    if (rc == BT_OK) rc = nn_download(r->nn, hd, dy, (size_t)(BC * oh * ow) * sizeof(float));
-    for (int64_t i = 0; rc == BT_OK && i < BC; i++)
-        for (int64_t y = 0; y < oh; y++)
-            for (int64_t xx = 0; xx < ow; xx++)
-                hx[(i * h + s_nearest_src(y, h, oh)) * w + s_nearest_src(xx, w, ow)] += hd[(i * oh + y) * ow + xx];
-    if (rc == BT_OK) rc = nn_upload(r->nn, dx, hx, (size_t)(BC * h * w) * sizeof(float));
-    free(hd);
-    free(hx);
-out:
-    bt_stack_reset(r->scratch, mk);
-    return rc;
-}
-
 int sd_unet_forward(sd_run_t *r, const sd_unet_t *u, float *out, const float *sample, const float *t,
                     const float *ctx, int64_t B, int64_t H, int64_t W, int64_t T)
 {
@@ -454,7 +372,7 @@ int sd_unet_forward(sd_run_t *r, const sd_unet_t *u, float *out, const float *sa
             int64_t oh = p.skip_h[k], ow = p.skip_w[k];
             float *upx;
             ALLOC(upx, B * oc * oh * ow);
-            TRY(s_upsample(r, upx, h, B * oc, hh, ww, oh, ow));
+            TRY(nn_upsample_nearest_forward(r->nn, upx, h, B * oc, hh, ww, oh, ow));
             ALLOC(nh, B * oc * oh * ow);
             TRY(sd_conv_forward(r, &b->sampler, nh, upx, B, oh, ow));
             h = nh;
@@ -526,7 +444,7 @@ int sd_unet_backward(sd_run_t *r, const sd_unet_t *u, float *dctx, const float *
             ALLOC(dup, B * oc * hh * ww);
             TRY(sd_conv_backward(r, &b->sampler, dup, dh, B, hh, ww));
             ALLOC(nd, B * oc * ih * iw);
-            TRY(s_upsample_backward(r, nd, dup, B * oc, ih, iw, hh, ww));
+            TRY(nn_upsample_nearest_backward(r->nn, nd, dup, B * oc, ih, iw, hh, ww));
             dh = nd;
             hh = ih;
             ww = iw;

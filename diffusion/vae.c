@@ -240,17 +240,8 @@ int sd_vae_encode(sd_run_t *r, const sd_vae_t *v, float *mean, float *logvar, co
     TRY(sd_conv_forward(r, &v->quant_conv, mom, x, B, hh, ww));
     sd_hook(r, mom, 4, (int64_t[]){B, 2 * L, hh, ww}, "quant_conv");
     TRY(nn_split_channels(r->nn, mean, logvar, mom, B, L, L, hh * ww));
-    /* clamp logvar to [-30, 20] on the host (small) */
-    int64_t nl = B * L * hh * ww;
-    float *host = malloc((size_t)nl * sizeof(float));
-    if (!host) {
-        rc = BT_ENOMEM;
-        goto out;
-    }
-    rc = nn_download(r->nn, host, logvar, (size_t)nl * sizeof(float));
-    for (int64_t i = 0; i < nl; i++) host[i] = host[i] < -30.0f ? -30.0f : (host[i] > 20.0f ? 20.0f : host[i]);
-    if (rc == BT_OK) rc = nn_upload(r->nn, logvar, host, (size_t)nl * sizeof(float));
-    free(host);
+    /* DiagonalGaussianDistribution clamps logvar to [-30, 20] */
+    TRY(nn_clamp(r->nn, logvar, logvar, B * L * hh * ww, -30.0f, 20.0f));
 out:
     bt_stack_reset(r->scratch, mk);
     return rc;

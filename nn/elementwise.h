@@ -1,6 +1,6 @@
 /*
- * elementwise.h — fills, scaling, sums, channel concat/split, transposes and
- * nearest-neighbour upsampling: the glue between the heavy kernels.
+ * elementwise.h — fills, scaling, sums, channel concat/split, transposes,
+ * nearest-neighbour resizing and clamping: the glue between the heavy kernels.
  *
  * Backward conventions (all of nn/): activation gradients are written with "="
  * and parameter gradients accumulated with "+="; a NULL gradient pointer means
@@ -65,15 +65,43 @@ static inline int nn_transpose(nn_ctx_t *ctx, float *out, const float *inp, int6
     return ctx->ops->transpose(ctx, out, inp, B, M, N);
 }
 
-/* Nearest 2x: out[BC, 2H, 2W] from inp[BC, H, W]. Backward: dinp = sum of the 2x2 block (=). */
+/* Nearest-neighbour resize of BC planes: out[BC, OH, OW] from inp[BC, H, W] (all
+ * sizes >= 1), out[c, y, x] = inp[c, sy(y), sx(x)] with the source index of
+ * PyTorch's F.interpolate(size=(OH, OW), mode="nearest"): sy(y) = y when OH == H,
+ * y / 2 when OH == 2H, else min(floor(y * ((float)H / OH)), H - 1) in float (sx
+ * likewise). So it is Upsample2D's 2x, and its resize to a skip of any size (2H - 1
+ * after a padded stride-2 conv of an odd size, 2H + 1 with downsample_padding 0).
+ * Backward: dinp[c, i, j] = the sum of dout over the outputs whose source is
+ * (i, j) (=; 0 where no output reads it), summed row by row in a fixed order. */
+static inline int nn_upsample_nearest_forward(nn_ctx_t *ctx, float *out, const float *inp, int64_t BC, int64_t H,
+                                              int64_t W, int64_t OH, int64_t OW)
+{
+    return ctx->ops->upsample_nearest_forward(ctx, out, inp, BC, H, W, OH, OW);
+}
+static inline int nn_upsample_nearest_backward(nn_ctx_t *ctx, float *dinp, const float *dout, int64_t BC, int64_t H,
+                                               int64_t W, int64_t OH, int64_t OW)
+{
+    return ctx->ops->upsample_nearest_backward(ctx, dinp, dout, BC, H, W, OH, OW);
+}
+
+/* Nearest 2x, the usual case: nn_upsample_nearest_* with OH = 2H, OW = 2W.
+ * Backward: dinp = sum of the 2x2 block (=). */
 static inline int nn_upsample2x_forward(nn_ctx_t *ctx, float *out, const float *inp, int64_t BC, int64_t H, int64_t W)
 {
-    return ctx->ops->upsample2x_forward(ctx, out, inp, BC, H, W);
+    return ctx->ops->upsample_nearest_forward(ctx, out, inp, BC, H, W, 2 * H, 2 * W);
 }
 static inline int nn_upsample2x_backward(nn_ctx_t *ctx, float *dinp, const float *dout, int64_t BC, int64_t H,
                                          int64_t W)
 {
-    return ctx->ops->upsample2x_backward(ctx, dinp, dout, BC, H, W);
+    return ctx->ops->upsample_nearest_backward(ctx, dinp, dout, BC, H, W, 2 * H, 2 * W);
+}
+
+/* out[i] = inp[i] clamped to [lo, hi] (out may alias inp); NaN stays NaN, as in
+ * torch.clamp. No backward: nothing trains through a clamp (the VAE posterior's
+ * logvar is the one user). */
+static inline int nn_clamp(nn_ctx_t *ctx, float *out, const float *inp, int64_t n, float lo, float hi)
+{
+    return ctx->ops->clamp(ctx, out, inp, n, lo, hi);
 }
 
 #endif

@@ -70,8 +70,11 @@ struct nn_ops {
     int (*split_channels)(nn_ctx_t *ctx, float *a, float *b, const float *inp, int64_t B, int64_t C1, int64_t C2,
                           int64_t HW);
     int (*transpose)(nn_ctx_t *ctx, float *out, const float *inp, int64_t B, int64_t M, int64_t N);
-    int (*upsample2x_forward)(nn_ctx_t *ctx, float *out, const float *inp, int64_t BC, int64_t H, int64_t W);
-    int (*upsample2x_backward)(nn_ctx_t *ctx, float *dinp, const float *dout, int64_t BC, int64_t H, int64_t W);
+    int (*upsample_nearest_forward)(nn_ctx_t *ctx, float *out, const float *inp, int64_t BC, int64_t H, int64_t W,
+                                    int64_t OH, int64_t OW);
+    int (*upsample_nearest_backward)(nn_ctx_t *ctx, float *dinp, const float *dout, int64_t BC, int64_t H, int64_t W,
+                                     int64_t OH, int64_t OW);
+    int (*clamp)(nn_ctx_t *ctx, float *out, const float *inp, int64_t n, float lo, float hi);
 
     /* matrix products */
     int (*matmul)(nn_ctx_t *ctx, float *c, const float *a, const float *b, int64_t M, int64_t N, int64_t K,

@@ -67,8 +67,11 @@ int nn_cpu_concat_channels(nn_ctx_t *ctx, float *out, const float *a, const floa
 int nn_cpu_split_channels(nn_ctx_t *ctx, float *a, float *b, const float *inp, int64_t B, int64_t C1, int64_t C2,
                           int64_t HW);
 int nn_cpu_transpose(nn_ctx_t *ctx, float *out, const float *inp, int64_t B, int64_t M, int64_t N);
-int nn_cpu_upsample2x_forward(nn_ctx_t *ctx, float *out, const float *inp, int64_t BC, int64_t H, int64_t W);
-int nn_cpu_upsample2x_backward(nn_ctx_t *ctx, float *dinp, const float *dout, int64_t BC, int64_t H, int64_t W);
+int nn_cpu_upsample_nearest_forward(nn_ctx_t *ctx, float *out, const float *inp, int64_t BC, int64_t H, int64_t W,
+                                    int64_t OH, int64_t OW);
+int nn_cpu_upsample_nearest_backward(nn_ctx_t *ctx, float *dinp, const float *dout, int64_t BC, int64_t H, int64_t W,
+                                     int64_t OH, int64_t OW);
+int nn_cpu_clamp(nn_ctx_t *ctx, float *out, const float *inp, int64_t n, float lo, float hi);
 
 int nn_cpu_matmul(nn_ctx_t *ctx, float *c, const float *a, const float *b, int64_t M, int64_t N, int64_t K,
                   bool trans_a, bool trans_b, float alpha, float beta);

@@ -1,6 +1,6 @@
 /*
  * elementwise.c — fill, scale, axpy, add, channel bias, concat/split,
- * transpose and nearest upsampling on the CPU.
+ * transpose, nearest resizing and clamping on the CPU.
  *
  * Every loop is split by the pool into contiguous ranges; each output element
  * is computed by exactly one thread from the same inputs, so results do not
@@ -15,6 +15,7 @@
 #pragma GCC optimize("vect-cost-model=dynamic")
 #endif
 
+#include <math.h>
 #include <string.h>
 
 #include "common/status.h"
@@ -23,7 +24,7 @@
 typedef struct {
     float *y;
     const float *a, *b;
-    float alpha;
+    float alpha, beta;
     int64_t B, C, C1, C2, HW, M, N, H, W;
     float *y2;
 } s_args_t;
@@ -212,7 +213,9 @@ int nn_cpu_transpose(nn_ctx_t *ctx, float *out, const float *inp, int64_t B, int
     return BT_OK;
 }
 
-/* item = one input row (bc, y) */
+/* ---- nearest resize ---- */
+
+/* Doubling, the common case: item = one input row (bc, y), written to output rows 2y and 2y+1. */
 NN_CLONES static void s_up(void *arg, int64_t i0, int64_t i1, int tid)
 {
     s_args_t *p = arg;
@@ -228,13 +231,7 @@ NN_CLONES static void s_up(void *arg, int64_t i0, int64_t i1, int tid)
     }
 }
 
-int nn_cpu_upsample2x_forward(nn_ctx_t *ctx, float *out, const float *inp, int64_t BC, int64_t H, int64_t W)
-{
-    s_args_t a = {.y = out, .a = inp, .W = W};
-    nn_cpu_parallel(ctx, BC * H, W >= NN_GRAIN ? 1 : NN_GRAIN / (4 * W), s_up, &a);
-    return BT_OK;
-}
-
+/* item = one input row; the block's sum pairs as the general path does: rows first, then the two rows */
 NN_CLONES static void s_up_back(void *arg, int64_t i0, int64_t i1, int tid)
 {
     s_args_t *p = arg;
@@ -247,9 +244,136 @@ NN_CLONES static void s_up_back(void *arg, int64_t i0, int64_t i1, int tid)
     }
 }
 
-int nn_cpu_upsample2x_backward(nn_ctx_t *ctx, float *dinp, const float *dout, int64_t BC, int64_t H, int64_t W)
+/* Any other size. The source index is monotone in the output index, so the
+ * outputs reading one source form a range [beg, end) on each axis. */
+typedef struct {
+    float *y;
+    const float *a;
+    int64_t H, W, OH, OW;
+    const int64_t *src_h, *src_w; /* [OH], [OW]: source row/column of each output row/column */
+    const int64_t *beg_h, *end_h; /* [H]: the output rows reading each input row */
+    const int64_t *beg_w, *end_w; /* [W]: the output columns reading each input column */
+} s_resize_t;
+
+/* PyTorch's nearest_idx (aten/src/ATen/native/UpSample.h) for a given output size. */
+static int64_t s_nearest_src(int64_t o, int64_t n_in, int64_t n_out)
 {
-    s_args_t a = {.y = dinp, .a = dout, .W = W};
-    nn_cpu_parallel(ctx, BC * H, W >= NN_GRAIN ? 1 : NN_GRAIN / (4 * W), s_up_back, &a);
+    if (n_out == n_in) return o;
+    if (n_out == 2 * n_in) return o >> 1;
+    float scale = (float)n_in / (float)n_out;
+    int64_t s = (int64_t)floorf((float)o * scale);
+    return s < n_in - 1 ? s : n_in - 1;
+}
+
+static void s_axis(int64_t n_in, int64_t n_out, int64_t *src, int64_t *beg, int64_t *end)
+{
+    for (int64_t i = 0; i < n_in; i++) beg[i] = end[i] = 0;
+    for (int64_t o = 0; o < n_out; o++) {
+        int64_t s = src[o] = s_nearest_src(o, n_in, n_out);
+        if (end[s] == 0) beg[s] = o;
+        end[s] = o + 1;
+    }
+}
+
+/* item = one output row (bc, y) */
+static void s_resize(void *arg, int64_t i0, int64_t i1, int tid)
+{
+    const s_resize_t *p = arg;
+    for (int64_t i = i0; i < i1; i++) {
+        int64_t bc = i / p->OH, y = i % p->OH;
+        const float *restrict src = p->a + (bc * p->H + p->src_h[y]) * p->W;
+        float *restrict dst = p->y + i * p->OW;
+        for (int64_t x = 0; x < p->OW; x++) dst[x] = src[p->src_w[x]];
+    }
+}
+
+/* item = one input row (bc, iy): each element sums its block's rows, then the rows */
+static void s_resize_back(void *arg, int64_t i0, int64_t i1, int tid)
+{
+    const s_resize_t *p = arg;
+    for (int64_t i = i0; i < i1; i++) {
+        int64_t bc = i / p->H, iy = i % p->H;
+        const float *g = p->a + bc * p->OH * p->OW;
+        float *restrict dst = p->y + i * p->W;
+        for (int64_t ix = 0; ix < p->W; ix++) {
+            float acc = 0;
+            for (int64_t y = p->beg_h[iy]; y < p->end_h[iy]; y++) {
+                float row = 0;
+                for (int64_t x = p->beg_w[ix]; x < p->end_w[ix]; x++) row += g[y * p->OW + x];
+                acc += row;
+            }
+            dst[ix] = acc;
+        }
+    }
+}
+
+/* Index tables in the context's scratch; NULL when it cannot grow. */
+static int64_t *s_resize_tables(nn_ctx_t *ctx, s_resize_t *r)
+{
+    int64_t *t = nn_ctx_scratch(ctx, (size_t)(r->OH + r->OW + 2 * r->H + 2 * r->W) * sizeof(int64_t));
+    if (!t) return NULL;
+    int64_t *src_h = t, *src_w = src_h + r->OH, *beg_h = src_w + r->OW, *end_h = beg_h + r->H, *beg_w = end_h + r->H,
+            *end_w = beg_w + r->W;
+    s_axis(r->H, r->OH, src_h, beg_h, end_h);
+    s_axis(r->W, r->OW, src_w, beg_w, end_w);
+    r->src_h = src_h, r->src_w = src_w, r->beg_h = beg_h, r->end_h = end_h, r->beg_w = beg_w, r->end_w = end_w;
+    return t;
+}
+
+static bool s_resize_dims_ok(int64_t BC, int64_t H, int64_t W, int64_t OH, int64_t OW)
+{
+    return BC >= 0 && H >= 1 && W >= 1 && OH >= 1 && OW >= 1;
+}
+
+int nn_cpu_upsample_nearest_forward(nn_ctx_t *ctx, float *out, const float *inp, int64_t BC, int64_t H, int64_t W,
+                                    int64_t OH, int64_t OW)
+{
+    if (!s_resize_dims_ok(BC, H, W, OH, OW)) return BT_EINVAL;
+    if (OH == 2 * H && OW == 2 * W) {
+        s_args_t a = {.y = out, .a = inp, .W = W};
+        nn_cpu_parallel(ctx, BC * H, W >= NN_GRAIN ? 1 : NN_GRAIN / (4 * W), s_up, &a);
+        return BT_OK;
+    }
+    s_resize_t r = {.y = out, .a = inp, .H = H, .W = W, .OH = OH, .OW = OW};
+    if (!s_resize_tables(ctx, &r)) return BT_ENOMEM;
+    nn_cpu_parallel(ctx, BC * OH, OW >= NN_GRAIN ? 1 : NN_GRAIN / OW, s_resize, &r);
+    return BT_OK;
+}
+
+int nn_cpu_upsample_nearest_backward(nn_ctx_t *ctx, float *dinp, const float *dout, int64_t BC, int64_t H, int64_t W,
+                                     int64_t OH, int64_t OW)
+{
+    if (!s_resize_dims_ok(BC, H, W, OH, OW)) return BT_EINVAL;
+    if (OH == 2 * H && OW == 2 * W) {
+        s_args_t a = {.y = dinp, .a = dout, .W = W};
+        nn_cpu_parallel(ctx, BC * H, W >= NN_GRAIN ? 1 : NN_GRAIN / (4 * W), s_up_back, &a);
+        return BT_OK;
+    }
+    s_resize_t r = {.y = dinp, .a = dout, .H = H, .W = W, .OH = OH, .OW = OW};
+    if (!s_resize_tables(ctx, &r)) return BT_ENOMEM;
+    int64_t per_row = (OH * OW + H - 1) / H + W; /* outputs read per input row, plus its writes */
+    nn_cpu_parallel(ctx, BC * H, per_row >= NN_GRAIN ? 1 : NN_GRAIN / per_row, s_resize_back, &r);
+    return BT_OK;
+}
+
+/* ---- clamp ---- */
+
+NN_CLONES static void s_clamp(void *arg, int64_t i0, int64_t i1, int tid)
+{
+    s_args_t *p = arg;
+    float *y = p->y;
+    const float *x = p->a;
+    float lo = p->alpha, hi = p->beta;
+    for (int64_t i = i0; i < i1; i++) {
+        float v = x[i];
+        y[i] = v < lo ? lo : (v > hi ? hi : v); /* NaN fails both tests and stays */
+    }
+}
+
+int nn_cpu_clamp(nn_ctx_t *ctx, float *out, const float *inp, int64_t n, float lo, float hi)
+{
+    if (n < 0 || !(lo <= hi)) return BT_EINVAL;
+    s_args_t a = {.y = out, .a = inp, .alpha = lo, .beta = hi};
+    nn_cpu_parallel(ctx, n, NN_GRAIN, s_clamp, &a);
     return BT_OK;
 }
