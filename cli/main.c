@@ -26,6 +26,7 @@ static const s_cmd_t s_cmds[] = {
     {"priors", cmd_priors, "generate prior-preservation class images into one HDF5 prior set (resumable)"},
     {"inspect", cmd_inspect, "show what a checkpoint or prior set (.h5) holds; --json, --images, --contact-sheet"},
     {"export", cmd_export, "write a checkpoint's LoRA as a diffusers, kohya or peft safetensors file"},
+    {"ps", cmd_ps, "a cluster parameter server: holds LoRA tensors and AdamW state, sums gradients in order"},
 };
 
 static void s_usage(FILE *out)
