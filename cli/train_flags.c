@@ -29,6 +29,7 @@ int cli_train_opts(cli_train_flags_t *f, cli_opt_t *opts, int max)
         CLI_OPT("--prior-loss-weight", CLI_FLOAT, &f->c.prior_loss_weight, "L", "lambda of the prior loss (default 1)"),
         CLI_OPT("--num-class-images", CLI_INT, &f->c.num_class_images, "N", "class images to use (default 100)"),
         CLI_OPT("--class-inference-steps", CLI_INT, &f->c.class_steps, "N", "steps per generated class image (default 25)"),
+        CLI_OPT("--class-guidance", CLI_FLOAT, &f->c.class_guidance, "G", "guidance scale of generated class images (default 7.5)"),
         CLI_OPT("--resolution", CLI_INT, &f->c.resolution, "PX", "training resolution, a multiple of 8 (default 512)"),
         CLI_OPT("--random-flip", CLI_FLAG, &f->c.random_flip, NULL, "mirror examples at random"),
         CLI_OPT("--train-batch-size", CLI_INT, &f->c.train_batch_size, "N", "instance images per step (default 1)"),
