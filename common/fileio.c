@@ -170,3 +170,16 @@ int bt_mkdirs_for(const char *file_path)
     free(dir);
     return rc;
 }
+
+int bt_write_file_atomic(const char *path, const void *data, size_t len)
+{
+    bt_atomic_file_t af;
+    int rc = bt_atomic_open(&af, path);
+    if (rc) return rc;
+    if (len && fwrite(data, 1, len, af.f) != len) {
+        BT_ERROR("%s: write failed: %s", path, strerror(errno));
+        bt_atomic_abort(&af);
+        return BT_EIO;
+    }
+    return bt_atomic_commit(&af);
+}

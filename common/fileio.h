@@ -26,6 +26,9 @@ int bt_atomic_commit(bt_atomic_file_t *af);
 /* Close and delete the temporary file (after a failed write). Safe twice. */
 void bt_atomic_abort(bt_atomic_file_t *af);
 
+/* The whole of data as path, through the crash-safe writer above. */
+int bt_write_file_atomic(const char *path, const void *data, size_t len);
+
 /* For files written by a library that takes a path (HDF5, libpng via FILE*):
  * fsync tmp_path, rename it to path, fsync the directory. */
 int bt_fsync_rename(const char *tmp_path, const char *path);

@@ -4,8 +4,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static int s_level = -1; /* -1: not yet read from BOOTH_LOG */
+static bool s_stamps; /* long-running processes: each line starts with the local time */
 static bt_log_sink_fn s_sink;
 static void *s_sink_user;
 static _Thread_local char s_last_error[1024];
@@ -28,6 +30,8 @@ bt_log_level_t bt_log_get_level(void)
 
 void bt_log_set_level(bt_log_level_t level) { s_level = (int)level; }
 
+void bt_log_set_timestamps(bool on) { s_stamps = on; }
+
 void bt_log_set_sink(bt_log_sink_fn fn, void *user)
 {
     s_sink = fn;
@@ -47,6 +51,15 @@ void bt_vlog(bt_log_level_t level, const char *fmt, va_list ap)
         return;
     }
     static const char *const prefix[] = {"error: ", "warning: ", "", ""};
+    if (s_stamps) {
+        struct timespec ts;
+        struct tm tm;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        localtime_r(&ts.tv_sec, &tm);
+        fprintf(stderr, "%04d-%02d-%02d %02d:%02d:%02d.%03ld booth: %s%s\n", tm.tm_year + 1900, tm.tm_mon + 1,
+                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000, prefix[level], msg);
+        return;
+    }
     fprintf(stderr, "booth: %s%s\n", prefix[level], msg);
 }
 

@@ -10,6 +10,7 @@
 #define BOOTH_COMMON_LOG_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 
 typedef enum bt_log_level { BT_LOG_ERROR, BT_LOG_WARN, BT_LOG_INFO, BT_LOG_DEBUG } bt_log_level_t;
 
@@ -21,6 +22,8 @@ void bt_vlog(bt_log_level_t level, const char *fmt, va_list ap);
 void bt_log_set_level(bt_log_level_t level);
 bt_log_level_t bt_log_get_level(void);
 /* NULL restores stderr. */
+/* Prefix every line with the local date and time (the cluster's long-running processes). */
+void bt_log_set_timestamps(bool on);
 void bt_log_set_sink(bt_log_sink_fn fn, void *user);
 /* The last error-level message of this thread ("" if none). */
 const char *bt_log_last_error(void);

@@ -118,6 +118,15 @@ int sd_loop_validation(sd_loop_t *r, const bt_img_t *grid)
     return rc ? rc : bt_png_write(path, grid, NULL, 0);
 }
 
+int sd_loop_validation_png(sd_loop_t *r, const void *png, size_t len)
+{
+    char dir[4200], path[4300];
+    snprintf(dir, sizeof dir, "%s/validation", r->dir);
+    snprintf(path, sizeof path, "%s/step-%06lld.png", dir, (long long)r->hist.n);
+    int rc = bt_mkdirs(dir);
+    return rc ? rc : bt_write_file_atomic(path, png, len);
+}
+
 static int s_plot_loss(const char *path, const sd_train_history_t *h)
 {
     int n = (int)h->n;

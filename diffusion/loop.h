@@ -58,6 +58,8 @@ int sd_loop_checkpoint(sd_loop_t *r, const sd_optim_t *o, const sd_ckpt_data_t *
 
 /* validation/step-STEP.png. */
 int sd_loop_validation(sd_loop_t *r, const bt_img_t *grid);
+/* The same from a PNG a worker rendered (written as it is, crash-safe). */
+int sd_loop_validation_png(sd_loop_t *r, const void *png, size_t len);
 
 /* The LoRA in both layouts and loss.png; prints the paths of what it wrote on stdout. */
 int sd_loop_finish(sd_loop_t *r, const sd_optim_t *o, const char *base_model);

@@ -195,8 +195,7 @@ static sd_trainer_t *s_trainer_new(sd_model_t **model, const sd_train_config_t *
     t->cfg = *cfg;
     sd_train_config_t *c = &t->cfg;
     c->base_weights = sd_model_weights(t->model);
-    if (c->lora_alpha <= 0) c->lora_alpha = (float)c->rank;
-    if (c->micro_batch_size <= 0) c->micro_batch_size = c->prior_preservation ? 2 : 1;
+    sd_train_config_resolve(c);
     if (c->train_batch_size < 1 || c->max_train_steps < 0 || c->rank < 1) {
         BT_ERROR("train: batch size and rank must be positive");
         goto out_fail;
@@ -287,11 +286,20 @@ static float *s_batch_ehs(const sd_trainer_t *t, const bool *is_class, int n, in
     return e;
 }
 
-int sd_trainer_num_microbatches(const sd_trainer_t *t)
+void sd_train_config_resolve(sd_train_config_t *c)
 {
-    int n = t->cfg.train_batch_size * (t->cfg.prior_preservation ? 2 : 1);
-    return (n + t->cfg.micro_batch_size - 1) / t->cfg.micro_batch_size;
+    if (c->lora_alpha <= 0) c->lora_alpha = (float)c->rank;
+    if (c->micro_batch_size <= 0) c->micro_batch_size = c->prior_preservation ? 2 : 1;
 }
+
+int sd_train_num_microbatches(const sd_train_config_t *c)
+{
+    int n = c->train_batch_size * (c->prior_preservation ? 2 : 1), mb = c->micro_batch_size;
+    if (mb <= 0) mb = c->prior_preservation ? 2 : 1;
+    return (n + mb - 1) / mb;
+}
+
+int sd_trainer_num_microbatches(const sd_trainer_t *t) { return sd_train_num_microbatches(&t->cfg); }
 
 /* Position p of the example stream -> dataset index (a permutation per epoch). */
 static int64_t s_dataset_index(const sd_trainer_t *t, int64_t p)

@@ -77,6 +77,11 @@ typedef struct sd_train_config {
 
 /* diffusers' defaults (lr 1e-4 ... rank 4, alpha = rank at prepare time). */
 void sd_train_config_defaults(sd_train_config_t *c);
+/* The settings left to be derived: alpha = rank when unset, the default
+ * micro-batch (1 instance + 1 class example with prior preservation). */
+void sd_train_config_resolve(sd_train_config_t *c);
+/* Micro-batches per step. */
+int sd_train_num_microbatches(const sd_train_config_t *c);
 
 typedef struct sd_train_example {
     bool is_class;
