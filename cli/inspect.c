@@ -5,7 +5,8 @@
  * The summary names the job, the step and the loss history, lists every LoRA
  * and optimizer tensor with its shape and L2 norm, and describes the stored
  * image sets; --json prints the same for scripts; --images writes the stored
- * images as PNGs and --contact-sheet puts them on one grid.
+ * images as PNGs and --contact-sheet puts them on one grid. It names what it
+ * reads through diffusion/layout.h, the writers' own spelling of the layout.
  */
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -20,6 +21,7 @@
 #include "common/log.h"
 #include "common/status.h"
 #include "diffusion/checkpoint.h"
+#include "diffusion/layout.h"
 #include "diffusion/priors.h"
 #include "storage/h5.h"
 #include "storage/h5_images.h"
@@ -29,6 +31,8 @@
 #define S_MAX_HISTORY (1ll << 24) /* steps of a loss history */
 #define S_SHEET_MAX 256          /* images on a contact sheet */
 #define S_THUMB 128              /* their largest side */
+/* The /history columns shown: loss to grad_norm, not the steps' wall time. */
+#define S_HIST_COLS (SD_H5_HIST_GRAD_NORM + 1)
 
 typedef struct {
     bt_h5_file_t *f;
@@ -40,7 +44,7 @@ typedef struct {
 
 /* ---- attributes ---- */
 
-/* One attribute as a cJSON value (JSON-valued strings such as "job" parsed). */
+/* One attribute as a cJSON value (JSON-valued strings such as the job parsed). */
 static cJSON *s_attr_json(bt_h5_file_t *f, const char *obj, const char *key)
 {
     bt_h5_info_t info;
@@ -167,7 +171,7 @@ static int s_tensors(bt_h5_file_t *f, const char *group, s_tensor_t **out, int *
             if (rc) break;
             t->norm = sqrt(ss);
         }
-        if (!strncmp(group, "lora", 4)) *params += t->info.numel;
+        if (!strcmp(group, SD_H5_LORA)) *params += t->info.numel;
         (*n)++;
     }
     free(buf);
@@ -186,14 +190,14 @@ static char *s_shape(const bt_h5_info_t *i, char *buf, size_t len)
 
 /* ---- image sets ---- */
 
-static const char *const s_sets[2] = {"instance", SD_PRIOR_GROUP};
+static const char *const s_sets[2] = {SD_H5_INSTANCE, SD_H5_PRIOR};
 
 /* Reads image row i of group into a new image. */
 static bt_img_t *s_image(bt_h5_file_t *f, const char *group, const bt_h5_imgset_info_t *info, int64_t i)
 {
     bt_img_t *img = bt_img_new((int)info->width, (int)info->height, 3);
     char p[512];
-    bt_h5_imgset_path(p, sizeof p, group, "images");
+    bt_h5_imgset_path(p, sizeof p, group, SD_H5_IMAGES);
     if (img && bt_h5_read_rows(f, p, BT_H5_U8, i, 1, img->data)) bt_img_destroy(&img);
     return img;
 }
@@ -211,16 +215,16 @@ static int s_write_images(s_file_t *sf, const char *dir)
         uint64_t seed = 0;
         int64_t steps = 0;
         double guidance = 0;
-        bool prior = k == 1 && bt_h5_attr_exists(sf->f, g, "steps");
+        bool prior = k == 1 && bt_h5_attr_exists(sf->f, g, SD_H5_PRIOR_STEPS);
         if (!index) rc = BT_ENOMEM;
-        bt_h5_imgset_path(p, sizeof p, g, "index");
+        bt_h5_imgset_path(p, sizeof p, g, SD_H5_IMAGE_INDEX);
         if (rc == BT_OK) rc = bt_h5_read(sf->f, p, BT_H5_I64, 1, &info.n, index);
-        bt_h5_imgset_path(p, sizeof p, g, "prompt");
+        bt_h5_imgset_path(p, sizeof p, g, SD_H5_IMAGE_PROMPT);
         if (rc == BT_OK && info.has_prompt) rc = bt_h5_read_strings(sf->f, p, info.n, &prompts);
         if (rc == BT_OK && prior) {
-            rc = bt_h5_attr_u64(sf->f, g, "seed", &seed);
-            if (rc == BT_OK) rc = bt_h5_attr_i64(sf->f, g, "steps", &steps);
-            if (rc == BT_OK) rc = bt_h5_attr_f64(sf->f, g, "guidance", &guidance);
+            rc = bt_h5_attr_u64(sf->f, g, SD_H5_PRIOR_SEED, &seed);
+            if (rc == BT_OK) rc = bt_h5_attr_i64(sf->f, g, SD_H5_PRIOR_STEPS, &steps);
+            if (rc == BT_OK) rc = bt_h5_attr_f64(sf->f, g, SD_H5_PRIOR_GUIDANCE, &guidance);
         }
         for (int64_t i = 0; i < info.n && rc == BT_OK; i++) {
             bt_img_t *img = s_image(sf->f, g, &info, i);
@@ -334,7 +338,7 @@ static cJSON *s_set_json(bt_h5_file_t *f, const char *g)
         cJSON_AddItemToObject(o, "latent_shape", cJSON_CreateIntArray(sh, 3));
         cJSON_AddBoolToObject(o, "mirrored_latents", info.has_flip);
     }
-    const char *cols[2] = {"prompt", "source"};
+    const char *cols[2] = {SD_H5_IMAGE_PROMPT, SD_H5_IMAGE_SOURCE}; /* printed as "prompts", "sources" */
     bool has[2] = {info.has_prompt, info.has_source};
     for (int c = 0; c < 2; c++) {
         if (!has[c]) continue;
@@ -350,22 +354,24 @@ static cJSON *s_set_json(bt_h5_file_t *f, const char *g)
     return o;
 }
 
+/* The first S_HIST_COLS columns of /history into cols (SD_H5_HIST_* order). */
 static int s_history(bt_h5_file_t *f, int64_t *n, double **cols)
 {
-    static const char *const names[5] = {"history/loss", "history/loss_instance", "history/loss_prior", "history/lr",
-                                         "history/grad_norm"};
+    char name[64];
     bt_h5_info_t info;
     *n = 0;
-    if (!bt_h5_exists(f, "history/loss")) return BT_OK;
-    int rc = bt_h5_info(f, "history/loss", &info);
+    snprintf(name, sizeof name, SD_H5_HISTORY "/%s", sd_h5_history_column(SD_H5_HIST_LOSS));
+    if (!bt_h5_exists(f, name)) return BT_OK;
+    int rc = bt_h5_info(f, name, &info);
     if (rc) return rc;
     if (info.ndim != 1 || info.numel > S_MAX_HISTORY) {
-        BT_ERROR("%s: 'history/loss' is not a 1-D array", bt_h5_path(f));
+        BT_ERROR("%s: '%s' is not a 1-D array", bt_h5_path(f), name);
         return BT_EFORMAT;
     }
-    for (int c = 0; c < 5 && rc == BT_OK; c++) {
+    for (int c = 0; c < S_HIST_COLS && rc == BT_OK; c++) {
         if (!(cols[c] = malloc((size_t)(info.numel ? info.numel : 1) * sizeof(double)))) return BT_ENOMEM;
-        rc = bt_h5_read(f, names[c], BT_H5_F64, 1, &info.numel, cols[c]);
+        snprintf(name, sizeof name, SD_H5_HISTORY "/%s", sd_h5_history_column(c));
+        rc = bt_h5_read(f, name, BT_H5_F64, 1, &info.numel, cols[c]);
     }
     *n = info.numel;
     return rc;
@@ -373,15 +379,17 @@ static int s_history(bt_h5_file_t *f, int64_t *n, double **cols)
 
 static int s_print_json(s_file_t *sf, s_tensor_t *ts, int nt, int64_t nh, double **hist)
 {
-    cJSON *root = s_attrs_json(sf->f, "/");
+    cJSON *root = s_attrs_json(sf->f, SD_H5_ROOT);
     if (!root) return BT_ENOMEM;
     cJSON_AddStringToObject(root, "file", sf->path);
-    if (bt_h5_is_group(sf->f, "optimizer")) cJSON_AddItemToObject(root, "optimizer", s_attrs_json(sf->f, "optimizer"));
-    if (bt_h5_is_group(sf->f, "rng")) cJSON_AddItemToObject(root, "rng", s_attrs_json(sf->f, "rng"));
+    /* the groups' attributes and the history under their names in the file */
+    if (bt_h5_is_group(sf->f, SD_H5_OPTIM))
+        cJSON_AddItemToObject(root, SD_H5_OPTIM, s_attrs_json(sf->f, SD_H5_OPTIM));
+    if (bt_h5_is_group(sf->f, SD_H5_RNG)) cJSON_AddItemToObject(root, SD_H5_RNG, s_attrs_json(sf->f, SD_H5_RNG));
     if (nh) {
-        static const char *const names[5] = {"loss", "loss_instance", "loss_prior", "lr", "grad_norm"};
-        cJSON *h = cJSON_AddObjectToObject(root, "history");
-        for (int c = 0; h && c < 5; c++) cJSON_AddItemToObject(h, names[c], cJSON_CreateDoubleArray(hist[c], (int)nh));
+        cJSON *h = cJSON_AddObjectToObject(root, SD_H5_HISTORY);
+        for (int c = 0; h && c < S_HIST_COLS; c++)
+            cJSON_AddItemToObject(h, sd_h5_history_column(c), cJSON_CreateDoubleArray(hist[c], (int)nh));
     }
     cJSON *ta = cJSON_AddArrayToObject(root, "tensors");
     for (int i = 0; ta && i < nt; i++) {
@@ -409,8 +417,9 @@ static int s_print_json(s_file_t *sf, s_tensor_t *ts, int nt, int64_t nh, double
 
 static void s_print_hist_row(int64_t s, double **h)
 {
-    printf("  %6lld  %9.6f  %9.6f  %9.6f  %9.3g  %9.5f\n", (long long)(s + 1), h[0][s], h[1][s], h[2][s], h[3][s],
-           h[4][s]);
+    printf("  %6lld  %9.6f  %9.6f  %9.6f  %9.3g  %9.5f\n", (long long)(s + 1), h[SD_H5_HIST_LOSS][s],
+           h[SD_H5_HIST_LOSS_INSTANCE][s], h[SD_H5_HIST_LOSS_PRIOR][s], h[SD_H5_HIST_LR][s],
+           h[SD_H5_HIST_GRAD_NORM][s]);
 }
 
 static void s_print_human(s_file_t *sf, s_tensor_t *ts, int nt, int64_t nparams, int64_t nh, double **hist)
@@ -420,17 +429,18 @@ static void s_print_human(s_file_t *sf, s_tensor_t *ts, int nt, int64_t nparams,
     printf("%s: %s, format version %lld\n", sf->path, sf->ckpt ? "booth training checkpoint" : "booth prior set",
            (long long)sf->version);
     if (sf->ckpt) {
-        s_attr_text(f, "/", "step", a, sizeof a);
-        s_attr_text(f, "/", "max_train_steps", b, sizeof b);
+        const char *root = SD_H5_ROOT;
+        s_attr_text(f, root, SD_H5_CKPT_STEP, a, sizeof a);
+        s_attr_text(f, root, SD_H5_CKPT_MAX_TRAIN_STEPS, b, sizeof b);
         printf("  step %s of %s\n", a, b);
-        s_attr_text(f, "/", "rank", a, sizeof a);
-        s_attr_text(f, "/", "alpha", b, sizeof b);
-        s_attr_text(f, "/", "targets", c, sizeof c);
+        s_attr_text(f, root, SD_H5_CKPT_RANK, a, sizeof a);
+        s_attr_text(f, root, SD_H5_CKPT_ALPHA, b, sizeof b);
+        s_attr_text(f, root, SD_H5_CKPT_TARGETS, c, sizeof c);
         printf("  LoRA rank %s, alpha %s, targets %s\n", a, b, c);
-        s_attr_text(f, "/", "base_model", a, sizeof a);
-        s_attr_text(f, "/", "base_model_hash", b, sizeof b);
+        s_attr_text(f, root, SD_H5_CKPT_BASE_MODEL, a, sizeof a);
+        s_attr_text(f, root, SD_H5_CKPT_BASE_MODEL_HASH, b, sizeof b);
         printf("  base model %s (content hash %s)\n", a, b);
-        cJSON *job = s_attr_json(f, "/", "job");
+        cJSON *job = s_attr_json(f, root, SD_H5_CKPT_JOB);
         if (cJSON_IsObject(job)) {
             printf("job:\n");
             const cJSON *e;
@@ -442,26 +452,28 @@ static void s_print_human(s_file_t *sf, s_tensor_t *ts, int nt, int64_t nparams,
             }
         }
         cJSON_Delete(job);
-        if (bt_h5_is_group(f, "optimizer")) {
+        if (bt_h5_is_group(f, SD_H5_OPTIM)) {
+            const char *opt = SD_H5_OPTIM;
             char st[64], lr[64], sch[64], b1[64], b2[64], eps[64], wd[64];
-            s_attr_text(f, "optimizer", "type", a, sizeof a);
-            s_attr_text(f, "optimizer", "step", st, sizeof st);
-            s_attr_text(f, "optimizer", "learning_rate", lr, sizeof lr);
-            s_attr_text(f, "optimizer", "lr_scheduler", sch, sizeof sch);
-            s_attr_text(f, "optimizer", "beta1", b1, sizeof b1);
-            s_attr_text(f, "optimizer", "beta2", b2, sizeof b2);
-            s_attr_text(f, "optimizer", "epsilon", eps, sizeof eps);
-            s_attr_text(f, "optimizer", "weight_decay", wd, sizeof wd);
+            s_attr_text(f, opt, SD_H5_OPTIM_TYPE, a, sizeof a);
+            s_attr_text(f, opt, SD_H5_OPTIM_STEP, st, sizeof st);
+            s_attr_text(f, opt, SD_H5_OPTIM_LEARNING_RATE, lr, sizeof lr);
+            s_attr_text(f, opt, SD_H5_OPTIM_LR_SCHEDULER, sch, sizeof sch);
+            s_attr_text(f, opt, SD_H5_OPTIM_BETA1, b1, sizeof b1);
+            s_attr_text(f, opt, SD_H5_OPTIM_BETA2, b2, sizeof b2);
+            s_attr_text(f, opt, SD_H5_OPTIM_EPSILON, eps, sizeof eps);
+            s_attr_text(f, opt, SD_H5_OPTIM_WEIGHT_DECAY, wd, sizeof wd);
             printf("optimizer: %s step %s, lr %s (%s), betas %s/%s, eps %s, weight decay %s\n", a, st, lr, sch, b1, b2,
                    eps, wd);
         }
     }
     if (nh) {
+        const double *loss = hist[SD_H5_HIST_LOSS];
         int64_t best = 0;
         for (int64_t s = 1; s < nh; s++)
-            if (hist[0][s] < hist[0][best]) best = s;
-        printf("loss history (%lld steps): first %.6f, last %.6f, lowest %.6f at step %lld\n", (long long)nh,
-               hist[0][0], hist[0][nh - 1], hist[0][best], (long long)(best + 1));
+            if (loss[s] < loss[best]) best = s;
+        printf("loss history (%lld steps): first %.6f, last %.6f, lowest %.6f at step %lld\n", (long long)nh, loss[0],
+               loss[nh - 1], loss[best], (long long)(best + 1));
         printf("  %6s  %9s  %9s  %9s  %9s  %9s\n", "step", "loss", "instance", "prior", "lr", "grad_norm");
         for (int64_t s = 0; s < nh; s++) {
             if (nh > 25 && s == 5) {
@@ -481,24 +493,24 @@ static void s_print_human(s_file_t *sf, s_tensor_t *ts, int nt, int64_t nparams,
         const char *g = s_sets[k];
         bt_h5_imgset_info_t info;
         if (!bt_h5_is_group(f, g) || bt_h5_imgset_probe(f, g, &info)) continue;
-        s_attr_text(f, g, "prompt", a, sizeof a);
+        s_attr_text(f, g, SD_H5_SET_PROMPT, a, sizeof a);
         printf("%s images: %lld at %lldx%lld px, prompt \"%s\"", k ? "prior" : "instance", (long long)info.n,
                (long long)info.width, (long long)info.height, a);
         if (info.lat_c)
             printf(", latents [%lld, %lld, %lld]%s", (long long)info.lat_c, (long long)info.lat_h,
                    (long long)info.lat_w, info.has_flip ? " (+ mirrored)" : "");
         printf("\n");
-        if (k == 1 && bt_h5_attr_exists(f, g, "steps")) {
+        if (k == 1 && bt_h5_attr_exists(f, g, SD_H5_PRIOR_STEPS)) {
             char sd[64], stp[64], gd[64], smp[64];
-            s_attr_text(f, g, "seed", sd, sizeof sd);
-            s_attr_text(f, g, "steps", stp, sizeof stp);
-            s_attr_text(f, g, "guidance", gd, sizeof gd);
-            s_attr_text(f, g, "sampler", smp, sizeof smp);
-            s_attr_text(f, g, "base_model_hash", b, sizeof b);
+            s_attr_text(f, g, SD_H5_PRIOR_SEED, sd, sizeof sd);
+            s_attr_text(f, g, SD_H5_PRIOR_STEPS, stp, sizeof stp);
+            s_attr_text(f, g, SD_H5_PRIOR_GUIDANCE, gd, sizeof gd);
+            s_attr_text(f, g, SD_H5_PRIOR_SAMPLER, smp, sizeof smp);
+            s_attr_text(f, g, SD_H5_PRIOR_BASE_MODEL_HASH, b, sizeof b);
             printf("  generated with seed %s, %s %s steps, guidance %s, base model hash %s\n", sd, smp, stp, gd, b);
         }
         char p[512], **src = NULL;
-        bt_h5_imgset_path(p, sizeof p, g, "source");
+        bt_h5_imgset_path(p, sizeof p, g, SD_H5_IMAGE_SOURCE);
         if (info.has_source && bt_h5_read_strings(f, p, info.n, &src) == 0) {
             for (int64_t i = 0; i < info.n && i < 8; i++) printf("  %s\n", src[i]);
             if (info.n > 8) printf("  ... (%lld more)\n", (long long)(info.n - 8));
@@ -535,10 +547,10 @@ int cmd_inspect(int argc, char **argv)
     s_tensor_t *ts = NULL;
     int nt = 0, cap = 0;
     int64_t nparams = 0, nh = 0;
-    double *hist[5] = {NULL};
-    rc = s_tensors(sf.f, "lora", &ts, &nt, &cap, &nparams);
-    if (rc == BT_OK) rc = s_tensors(sf.f, "optimizer/m", &ts, &nt, &cap, &nparams);
-    if (rc == BT_OK) rc = s_tensors(sf.f, "optimizer/v", &ts, &nt, &cap, &nparams);
+    double *hist[S_HIST_COLS] = {NULL};
+    rc = s_tensors(sf.f, SD_H5_LORA, &ts, &nt, &cap, &nparams);
+    if (rc == BT_OK) rc = s_tensors(sf.f, SD_H5_OPTIM_M, &ts, &nt, &cap, &nparams);
+    if (rc == BT_OK) rc = s_tensors(sf.f, SD_H5_OPTIM_V, &ts, &nt, &cap, &nparams);
     if (rc == BT_OK) rc = s_history(sf.f, &nh, hist);
     for (int k = 0; k < 2 && rc == BT_OK; k++) { /* the sets must be readable for either output */
         bt_h5_imgset_info_t info;
@@ -552,7 +564,7 @@ int cmd_inspect(int argc, char **argv)
     }
     if (rc == BT_OK && images) rc = s_write_images(&sf, images);
     if (rc == BT_OK && sheet) rc = s_contact_sheet(&sf, sheet);
-    for (int c = 0; c < 5; c++) free(hist[c]);
+    for (int c = 0; c < S_HIST_COLS; c++) free(hist[c]);
     free(ts);
     free(sf.format);
     bt_h5_close(&sf.f);

@@ -1,6 +1,7 @@
 /*
  * checkpoint.c — trainer state <-> HDF5 checkpoint files; the job spec and
  * the checks a resume makes; checkpoint rotation; export of a checkpoint's LoRA.
+ * Every name in the file comes from diffusion/layout.h.
  */
 #include "diffusion/checkpoint.h"
 
@@ -26,15 +27,23 @@
 
 /* ---- history ---- */
 
+/* The array of /history column c (SD_H5_HIST_*). */
+static double **s_hist_col(sd_train_history_t *h, int c)
+{
+#define S_COL(id, name, field, meaning) &h->field,
+    double **cols[SD_H5_HIST_NCOLS] = {SD_H5_HISTORY_COLUMNS(S_COL)};
+#undef S_COL
+    return cols[c];
+}
+
 int sd_history_push(sd_train_history_t *h, const sd_step_stats_t *st, double seconds)
 {
     if (h->n == h->cap) {
         int64_t cap = h->cap ? 2 * h->cap : 256;
-        double **cols[6] = {&h->loss, &h->loss_instance, &h->loss_prior, &h->lr, &h->grad_norm, &h->seconds};
-        for (int c = 0; c < 6; c++) {
-            double *p = realloc(*cols[c], (size_t)cap * sizeof *p);
+        for (int c = 0; c < SD_H5_HIST_NCOLS; c++) {
+            double **col = s_hist_col(h, c), *p = realloc(*col, (size_t)cap * sizeof *p);
             if (!p) return BT_ENOMEM;
-            *cols[c] = p;
+            *col = p;
         }
         h->cap = cap;
     }
@@ -50,21 +59,8 @@ int sd_history_push(sd_train_history_t *h, const sd_step_stats_t *st, double sec
 
 void sd_history_free(sd_train_history_t *h)
 {
-    free(h->loss);
-    free(h->loss_instance);
-    free(h->loss_prior);
-    free(h->lr);
-    free(h->grad_norm);
-    free(h->seconds);
+    for (int c = 0; c < SD_H5_HIST_NCOLS; c++) free(*s_hist_col(h, c));
     memset(h, 0, sizeof *h);
-}
-
-static const char *const s_hist_names[6] = {"loss", "loss_instance", "loss_prior", "lr", "grad_norm", "seconds"};
-
-static double **s_hist_col(sd_train_history_t *h, int c)
-{
-    double **cols[6] = {&h->loss, &h->loss_instance, &h->loss_prior, &h->lr, &h->grad_norm, &h->seconds};
-    return cols[c];
 }
 
 int sd_model_ids(const char *dir, sd_model_ids_t *ids)
@@ -81,18 +77,19 @@ bt_h5_file_t *sd_booth_h5_open(const char *path, const char *want, char **format
     if (!f) return NULL;
     char *fmt = NULL;
     int64_t ver = 0;
-    if (!bt_h5_attr_exists(f, "/", "booth_format")) {
-        BT_ERROR("%s: an HDF5 file, but not one of booth's (no 'booth_format' attribute on the root group)", path);
+    if (!bt_h5_attr_exists(f, SD_H5_ROOT, SD_H5_FORMAT)) {
+        BT_ERROR("%s: an HDF5 file, but not one of booth's (no '" SD_H5_FORMAT "' attribute on the root group)", path);
         goto out_fail;
     }
-    if (bt_h5_attr_str(f, "/", "booth_format", &fmt) || bt_h5_attr_i64(f, "/", "booth_format_version", &ver))
+    if (bt_h5_attr_str(f, SD_H5_ROOT, SD_H5_FORMAT, &fmt) ||
+        bt_h5_attr_i64(f, SD_H5_ROOT, SD_H5_FORMAT_VERSION, &ver))
         goto out_fail;
     if (want && strcmp(fmt, want)) {
         BT_ERROR("%s: a %s file, not a %s", path, fmt, want);
         goto out_fail;
     }
     if (strcmp(fmt, SD_CKPT_FORMAT) && strcmp(fmt, SD_PRIORS_FORMAT)) {
-        BT_ERROR("%s: unknown booth_format '%s'", path, fmt);
+        BT_ERROR("%s: unknown " SD_H5_FORMAT " '%s'", path, fmt);
         goto out_fail;
     }
     int64_t mine = strcmp(fmt, SD_CKPT_FORMAT) ? SD_PRIORS_FORMAT_VERSION : SD_CKPT_FORMAT_VERSION;
@@ -135,12 +132,15 @@ static int s_write_tensors(bt_h5_file_t *f, const char *group, const sd_optim_t 
     return rc;
 }
 
-/* "[\"to_q\", ...]" of the projections the tensors of one part (name prefix) adapt. */
-static void s_targets(const sd_optim_t *o, const char *prefix, bool text, char *buf, size_t len)
+/* "[\"to_q\", ...]" of the projections the tensors of one model part (their
+ * names start with "<part name>.", as the peft keys do) adapt. */
+static void s_targets(const sd_optim_t *o, st_lora_part_t part, char *buf, size_t len)
 {
     static const char *const unet[] = {"to_q", "to_k", "to_v", "to_out.0"}, *const txt[] = {"q_proj", "k_proj",
                                                                                             "v_proj", "out_proj"};
-    const char *const *names = text ? txt : unet;
+    const char *const *names = part == ST_LORA_PART_TEXT ? txt : unet;
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, "%s.", st_lora_part_name(part));
     size_t o_ = (size_t)snprintf(buf, len, "["), pl = strlen(prefix);
     for (int t = 0; t < 4; t++) {
         char tail[48];
@@ -165,14 +165,17 @@ static void s_targets(const sd_optim_t *o, const char *prefix, bool text, char *
 static bool s_reusable(bt_h5_file_t *src, const char *group, const sd_image_set_t *s, const char *hex,
                        const sd_model_ids_t *ids)
 {
-    if (!src || !bt_h5_is_group(src, group) || !bt_h5_attr_exists(src, group, "content_hash")) return false;
-    const char *hash_at = bt_h5_attr_exists(src, "/", "base_model_hash") ? "/" : group;
+    if (!src || !bt_h5_is_group(src, group) || !bt_h5_attr_exists(src, group, SD_H5_SET_CONTENT_HASH)) return false;
+    /* the base model: a checkpoint's root records it, a prior set's /prior */
+    bool ckpt = bt_h5_attr_exists(src, SD_H5_ROOT, SD_H5_CKPT_BASE_MODEL_HASH);
+    const char *hash_at = ckpt ? SD_H5_ROOT : group, *hash_name = ckpt ? SD_H5_CKPT_BASE_MODEL_HASH
+                                                                      : SD_H5_PRIOR_BASE_MODEL_HASH;
     char *h = NULL, *mh = NULL;
     bt_h5_imgset_info_t info;
     bool ok = bt_h5_imgset_probe(src, group, &info) == BT_OK && info.n == s->n && info.height == s->res &&
               info.width == s->res && info.lat_c == s->C && info.lat_h == s->h && info.lat_w == s->w &&
-              bt_h5_attr_str(src, group, "content_hash", &h) == BT_OK && !strcmp(h, hex) &&
-              bt_h5_attr_str(src, hash_at, "base_model_hash", &mh) == BT_OK && !strcmp(mh, ids->model);
+              bt_h5_attr_str(src, group, SD_H5_SET_CONTENT_HASH, &h) == BT_OK && !strcmp(h, hex) &&
+              bt_h5_attr_str(src, hash_at, hash_name, &mh) == BT_OK && !strcmp(mh, ids->model);
     free(h);
     free(mh);
     return ok;
@@ -202,13 +205,13 @@ static int s_write_set(bt_h5_file_t *f, const char *group, const sd_image_set_t 
     if (s_reusable(reuse, group, s, hex, ids)) {
         /* images and latents as the other file stores them (chunks copied, not recompressed);
          * mirrored latents copied when it has them, else written; the rest written anew */
-        static const char *const names[] = {"images", "latent_mean", "latent_logvar", "latent_mean_flip",
-                                            "latent_logvar_flip"};
+        static const char *const names[] = {SD_H5_IMAGES, SD_H5_LATENT_MEAN, SD_H5_LATENT_LOGVAR,
+                                            SD_H5_LATENT_MEAN_FLIP, SD_H5_LATENT_LOGVAR_FLIP};
         const float *flip[2] = {s->mean_f, s->logvar_f};
         rc = bt_h5_group(f, group, false);
         for (int k = 0; k < (s->mean_f ? 5 : 3) && rc == BT_OK; k++) {
             char p[256];
-            snprintf(p, sizeof p, "%s/%s", group, names[k]);
+            if ((rc = bt_h5_imgset_path(p, sizeof p, group, names[k]))) break;
             if (k < 3 || bt_h5_exists(reuse, p)) {
                 rc = bt_h5_copy(f, p, reuse, p);
             } else {
@@ -221,8 +224,8 @@ static int s_write_set(bt_h5_file_t *f, const char *group, const sd_image_set_t 
     } else {
         rc = bt_h5_imgset_write(f, group, &w);
     }
-    if (rc == BT_OK) rc = bt_h5_attr_set_str(f, group, "content_hash", hex);
-    if (rc == BT_OK) rc = bt_h5_attr_set_i64(f, group, "resolution", s->res);
+    if (rc == BT_OK) rc = bt_h5_attr_set_str(f, group, SD_H5_SET_CONTENT_HASH, hex);
+    if (rc == BT_OK) rc = bt_h5_attr_set_i64(f, group, SD_H5_SET_RESOLUTION, s->res);
     free(prompts);
     free(seeds);
     return rc;
@@ -256,52 +259,59 @@ int sd_checkpoint_save(const char *path, const sd_optim_t *o, const sd_ckpt_data
         goto out;
     }
     char targets[256], tu[96], tt[96] = "[]";
-    s_targets(o, "unet.", false, tu, sizeof tu);
-    if (c->train_text_encoder) s_targets(o, "text_encoder.", true, tt, sizeof tt);
-    snprintf(targets, sizeof targets, "{\"unet\": %s, \"text_encoder\": %s}", tu, tt);
+    s_targets(o, ST_LORA_PART_UNET, tu, sizeof tu);
+    if (c->train_text_encoder) s_targets(o, ST_LORA_PART_TEXT, tt, sizeof tt);
+    /* {"<part name>": [...], ...}, the parts under the names their tensors' keys begin with */
+    snprintf(targets, sizeof targets, "{\"%s\": %s, \"%s\": %s}", st_lora_part_name(ST_LORA_PART_UNET), tu,
+             st_lora_part_name(ST_LORA_PART_TEXT), tt);
 
     /* root: what the file is, where the run stands, what it trains */
-    if ((rc = bt_h5_attr_set_str(f, "/", "booth_format", SD_CKPT_FORMAT)) ||
-        (rc = bt_h5_attr_set_i64(f, "/", "booth_format_version", SD_CKPT_FORMAT_VERSION)) ||
-        (rc = bt_h5_attr_set_i64(f, "/", "step", o->step)) ||
-        (rc = bt_h5_attr_set_i64(f, "/", "max_train_steps", c->max_train_steps)) ||
-        (rc = bt_h5_attr_set_i64(f, "/", "rank", c->rank)) ||
-        (rc = bt_h5_attr_set_f32(f, "/", "alpha", c->lora_alpha)) ||
-        (rc = bt_h5_attr_set_str(f, "/", "targets", targets)) || (rc = bt_h5_attr_set_str(f, "/", "job", job)) ||
-        (rc = bt_h5_attr_set_str(f, "/", "base_model", c->model_dir)) ||
-        (rc = bt_h5_attr_set_str(f, "/", "base_model_hash", ids->model)))
+    const char *root = SD_H5_ROOT;
+    if ((rc = bt_h5_attr_set_str(f, root, SD_H5_FORMAT, SD_CKPT_FORMAT)) ||
+        (rc = bt_h5_attr_set_i64(f, root, SD_H5_FORMAT_VERSION, SD_CKPT_FORMAT_VERSION)) ||
+        (rc = bt_h5_attr_set_i64(f, root, SD_H5_CKPT_STEP, o->step)) ||
+        (rc = bt_h5_attr_set_i64(f, root, SD_H5_CKPT_MAX_TRAIN_STEPS, c->max_train_steps)) ||
+        (rc = bt_h5_attr_set_i64(f, root, SD_H5_CKPT_RANK, c->rank)) ||
+        (rc = bt_h5_attr_set_f32(f, root, SD_H5_CKPT_ALPHA, c->lora_alpha)) ||
+        (rc = bt_h5_attr_set_str(f, root, SD_H5_CKPT_TARGETS, targets)) ||
+        (rc = bt_h5_attr_set_str(f, root, SD_H5_CKPT_JOB, job)) ||
+        (rc = bt_h5_attr_set_str(f, root, SD_H5_CKPT_BASE_MODEL, c->model_dir)) ||
+        (rc = bt_h5_attr_set_str(f, root, SD_H5_CKPT_BASE_MODEL_HASH, ids->model)))
         goto out;
 
     /* the LoRA, named like the peft-layout LoRA keys, in model order */
-    if ((rc = bt_h5_group(f, "lora", true)) || (rc = bt_h5_attr_set_str(f, "lora", "layout", "peft")) ||
-        (rc = bt_h5_attr_set_i64(f, "lora", "rank", c->rank)) ||
-        (rc = bt_h5_attr_set_f32(f, "lora", "alpha", c->lora_alpha)))
+    if ((rc = bt_h5_group(f, SD_H5_LORA, true)) ||
+        (rc = bt_h5_attr_set_str(f, SD_H5_LORA, SD_H5_LORA_LAYOUT, SD_H5_LORA_LAYOUT_PEFT)) ||
+        (rc = bt_h5_attr_set_i64(f, SD_H5_LORA, SD_H5_LORA_RANK, c->rank)) ||
+        (rc = bt_h5_attr_set_f32(f, SD_H5_LORA, SD_H5_LORA_ALPHA, c->lora_alpha)))
         goto out;
-    if ((rc = s_write_tensors(f, "lora", o, 0, host))) goto out;
+    if ((rc = s_write_tensors(f, SD_H5_LORA, o, 0, host))) goto out;
 
     /* AdamW: the moments under the same names, and its step */
-    if ((rc = bt_h5_group(f, "optimizer", false)) || (rc = bt_h5_group(f, "optimizer/m", true)) ||
-        (rc = bt_h5_group(f, "optimizer/v", true)) || (rc = bt_h5_attr_set_str(f, "optimizer", "type", "AdamW")) ||
-        (rc = bt_h5_attr_set_i64(f, "optimizer", "step", o->step)) ||
-        (rc = bt_h5_attr_set_f32(f, "optimizer", "learning_rate", c->learning_rate)) ||
-        (rc = bt_h5_attr_set_str(f, "optimizer", "lr_scheduler", sd_lr_sched_name(c->lr_scheduler))) ||
-        (rc = bt_h5_attr_set_i64(f, "optimizer", "lr_warmup_steps", c->lr_warmup_steps)) ||
-        (rc = bt_h5_attr_set_f32(f, "optimizer", "beta1", c->adam_beta1)) ||
-        (rc = bt_h5_attr_set_f32(f, "optimizer", "beta2", c->adam_beta2)) ||
-        (rc = bt_h5_attr_set_f32(f, "optimizer", "epsilon", c->adam_epsilon)) ||
-        (rc = bt_h5_attr_set_f32(f, "optimizer", "weight_decay", c->adam_weight_decay)) ||
-        (rc = bt_h5_attr_set_f32(f, "optimizer", "max_grad_norm", c->max_grad_norm)))
+    const char *opt = SD_H5_OPTIM;
+    if ((rc = bt_h5_group(f, opt, false)) || (rc = bt_h5_group(f, SD_H5_OPTIM_M, true)) ||
+        (rc = bt_h5_group(f, SD_H5_OPTIM_V, true)) ||
+        (rc = bt_h5_attr_set_str(f, opt, SD_H5_OPTIM_TYPE, SD_H5_OPTIM_ADAMW)) ||
+        (rc = bt_h5_attr_set_i64(f, opt, SD_H5_OPTIM_STEP, o->step)) ||
+        (rc = bt_h5_attr_set_f32(f, opt, SD_H5_OPTIM_LEARNING_RATE, c->learning_rate)) ||
+        (rc = bt_h5_attr_set_str(f, opt, SD_H5_OPTIM_LR_SCHEDULER, sd_lr_sched_name(c->lr_scheduler))) ||
+        (rc = bt_h5_attr_set_i64(f, opt, SD_H5_OPTIM_LR_WARMUP_STEPS, c->lr_warmup_steps)) ||
+        (rc = bt_h5_attr_set_f32(f, opt, SD_H5_OPTIM_BETA1, c->adam_beta1)) ||
+        (rc = bt_h5_attr_set_f32(f, opt, SD_H5_OPTIM_BETA2, c->adam_beta2)) ||
+        (rc = bt_h5_attr_set_f32(f, opt, SD_H5_OPTIM_EPSILON, c->adam_epsilon)) ||
+        (rc = bt_h5_attr_set_f32(f, opt, SD_H5_OPTIM_WEIGHT_DECAY, c->adam_weight_decay)) ||
+        (rc = bt_h5_attr_set_f32(f, opt, SD_H5_OPTIM_MAX_GRAD_NORM, c->max_grad_norm)))
         goto out;
-    if ((rc = s_write_tensors(f, "optimizer/m", o, 1, host)) || (rc = s_write_tensors(f, "optimizer/v", o, 2, host)))
+    if ((rc = s_write_tensors(f, SD_H5_OPTIM_M, o, 1, host)) || (rc = s_write_tensors(f, SD_H5_OPTIM_V, o, 2, host)))
         goto out;
 
     /* randomness: counter-based, so the seed is the whole state */
-    if ((rc = bt_h5_group(f, "rng", false)) ||
-        (rc = bt_h5_attr_set_str(f, "rng", "algorithm",
+    if ((rc = bt_h5_group(f, SD_H5_RNG, false)) ||
+        (rc = bt_h5_attr_set_str(f, SD_H5_RNG, SD_H5_RNG_ALGORITHM,
                                  "booth counter-based RNG (common/rng.h): every draw is a function of (seed, step, "
                                  "slot); no generator state to restore")) ||
-        (rc = bt_h5_attr_set_u64(f, "rng", "seed", c->seed)) ||
-        (rc = bt_h5_attr_set_i64(f, "rng", "next_step", o->step)))
+        (rc = bt_h5_attr_set_u64(f, SD_H5_RNG, SD_H5_RNG_SEED, c->seed)) ||
+        (rc = bt_h5_attr_set_i64(f, SD_H5_RNG, SD_H5_RNG_NEXT_STEP, o->step)))
         goto out;
 
     /* the per-step log: one row per step taken (NaN where the caller kept none) */
@@ -315,11 +325,11 @@ int sd_checkpoint_save(const char *path, const sd_optim_t *o, const sd_ckpt_data
         goto out;
     }
     for (int64_t i = 0; i < n; i++) steps[i] = i + 1;
-    rc = bt_h5_group(f, "history", false);
-    if (rc == BT_OK) rc = bt_h5_write(f, "history/step", BT_H5_I64, 1, &n, steps, NULL);
-    for (int c_ = 0; c_ < 6 && rc == BT_OK; c_++) {
+    rc = bt_h5_group(f, SD_H5_HISTORY, false);
+    if (rc == BT_OK) rc = bt_h5_write(f, SD_H5_HISTORY "/" SD_H5_HISTORY_STEP, BT_H5_I64, 1, &n, steps, NULL);
+    for (int c_ = 0; c_ < SD_H5_HIST_NCOLS && rc == BT_OK; c_++) {
         char name[64];
-        snprintf(name, sizeof name, "history/%s", s_hist_names[c_]);
+        snprintf(name, sizeof name, SD_H5_HISTORY "/%s", sd_h5_history_column(c_));
         for (int64_t i = 0; i < n; i++) col[i] = i < have ? (*s_hist_col((sd_train_history_t *)h, c_))[i] : NAN;
         rc = bt_h5_write(f, name, BT_H5_F64, 1, &n, col, NULL);
     }
@@ -328,8 +338,8 @@ int sd_checkpoint_save(const char *path, const sd_optim_t *o, const sd_ckpt_data
     if (rc) goto out;
 
     /* the data the run trains on */
-    if ((rc = s_write_set(f, "instance", d->instances, c->instance_prompt, false, 0, reuse, ids)) ||
-        (rc = bt_h5_attr_set_str(f, "instance", "prompt", c->instance_prompt)))
+    if ((rc = s_write_set(f, SD_H5_INSTANCE, d->instances, c->instance_prompt, false, 0, reuse, ids)) ||
+        (rc = bt_h5_attr_set_str(f, SD_H5_INSTANCE, SD_H5_SET_PROMPT, c->instance_prompt)))
         goto out;
     if (c->prior_preservation) {
         const sd_image_set_t *cl = d->classes;
@@ -339,11 +349,10 @@ int sd_checkpoint_save(const char *path, const sd_optim_t *o, const sd_ckpt_data
                                 .steps = cl->gen_prompt ? cl->gen_steps : c->class_steps,
                                 .guidance = cl->gen_prompt ? cl->gen_guidance : c->class_guidance,
                                 .resolution = cl->res};
-        if ((rc = s_write_set(f, SD_PRIOR_GROUP, cl, spec.prompt, true, spec.seed, reuse, ids)) ||
-            (rc = sd_priors_write_attrs(f, SD_PRIOR_GROUP, &spec, d->sampler,
-                                        c->model_dir, ids->model, ids->vae)) ||
-            (rc = bt_h5_attr_set_str(f, SD_PRIOR_GROUP, "origin", c->class_dir ? c->class_dir : "")) ||
-            (rc = bt_h5_attr_set_str(f, SD_PRIOR_GROUP, "class_prompt", c->class_prompt)))
+        if ((rc = s_write_set(f, SD_H5_PRIOR, cl, spec.prompt, true, spec.seed, reuse, ids)) ||
+            (rc = sd_priors_write_attrs(f, SD_H5_PRIOR, &spec, d->sampler, c->model_dir, ids->model, ids->vae)) ||
+            (rc = bt_h5_attr_set_str(f, SD_H5_PRIOR, SD_H5_PRIOR_ORIGIN, c->class_dir ? c->class_dir : "")) ||
+            (rc = bt_h5_attr_set_str(f, SD_H5_PRIOR, SD_H5_PRIOR_CLASS_PROMPT, c->class_prompt)))
             goto out;
     }
     rc = bt_h5_commit(&f);
@@ -363,7 +372,7 @@ static int s_check_set(const char *path, bt_h5_file_t *f, const char *group, con
     char *hash = NULL, here[BT_HASH_HEX];
     bt_h5_imgset_info_t info;
     int rc = bt_h5_imgset_probe(f, group, &info);
-    if (rc == BT_OK) rc = bt_h5_attr_str(f, group, "content_hash", &hash);
+    if (rc == BT_OK) rc = bt_h5_attr_str(f, group, SD_H5_SET_CONTENT_HASH, &hash);
     if (rc) return rc;
     bt_hash_hex(s_pixels_hash(s), here);
     if (info.n != s->n || info.height != s->res || strcmp(hash, here)) {
@@ -398,22 +407,22 @@ int sd_checkpoint_resume(const char *path, sd_optim_t *o, const sd_ckpt_data_t *
     uint64_t seed = 0;
     bt_h5_file_t *f = sd_booth_h5_open(path, SD_CKPT_FORMAT, NULL, NULL);
     if (!f) return BT_EFORMAT;
-    int rc = bt_h5_attr_str(f, "/", "base_model_hash", &hash);
+    int rc = bt_h5_attr_str(f, SD_H5_ROOT, SD_H5_CKPT_BASE_MODEL_HASH, &hash);
     if (rc == BT_OK && strcmp(hash, ids->model)) {
         BT_ERROR("%s: the checkpoint's base model has content hash %s, %s has %s; resume needs the same model", path,
                  hash, c->model_dir, ids->model);
         rc = BT_EINVAL;
     }
-    if (rc == BT_OK) rc = bt_h5_attr_str(f, "/", "job", &job);
+    if (rc == BT_OK) rc = bt_h5_attr_str(f, SD_H5_ROOT, SD_H5_CKPT_JOB, &job);
     if (rc == BT_OK) rc = sd_job_compare(path, job, c);
-    if (rc == BT_OK) rc = bt_h5_attr_u64(f, "rng", "seed", &seed);
+    if (rc == BT_OK) rc = bt_h5_attr_u64(f, SD_H5_RNG, SD_H5_RNG_SEED, &seed);
     if (rc == BT_OK && seed != c->seed) {
         BT_ERROR("%s: the checkpoint was trained with --seed %llu, this run has %llu; resume needs the same settings",
                  path, (unsigned long long)seed, (unsigned long long)c->seed);
         rc = BT_EINVAL;
     }
-    if (rc == BT_OK) rc = bt_h5_attr_i64(f, "/", "step", &step);
-    if (rc == BT_OK) rc = bt_h5_attr_i64(f, "optimizer", "step", &ostep);
+    if (rc == BT_OK) rc = bt_h5_attr_i64(f, SD_H5_ROOT, SD_H5_CKPT_STEP, &step);
+    if (rc == BT_OK) rc = bt_h5_attr_i64(f, SD_H5_OPTIM, SD_H5_OPTIM_STEP, &ostep);
     if (rc == BT_OK && (step < 0 || step != ostep || step > c->max_train_steps)) {
         BT_ERROR("%s: the checkpoint is at step %lld (optimizer step %lld); this run has --max-train-steps %lld", path,
                  (long long)step, (long long)ostep, (long long)c->max_train_steps);
@@ -422,13 +431,13 @@ int sd_checkpoint_resume(const char *path, sd_optim_t *o, const sd_ckpt_data_t *
     if (rc) goto out;
 
     /* the data */
-    if ((rc = s_check_set(path, f, "instance", d->instances, "instance images", "--instance-data-dir"))) goto out;
+    if ((rc = s_check_set(path, f, SD_H5_INSTANCE, d->instances, "instance images", "--instance-data-dir"))) goto out;
     if (c->prior_preservation &&
-        (rc = s_check_set(path, f, SD_PRIOR_GROUP, d->classes, "class images", "--class-data-dir")))
+        (rc = s_check_set(path, f, SD_H5_PRIOR, d->classes, "class images", "--class-data-dir")))
         goto out;
 
     /* the tensors: exactly the trainer's, each of its shape */
-    if ((rc = bt_h5_list(f, "lora", &names, &nnames))) goto out;
+    if ((rc = bt_h5_list(f, SD_H5_LORA, &names, &nnames))) goto out;
     total = o->n;
     if (nnames != total) {
         BT_ERROR("%s: the checkpoint has %d LoRA tensors, this run's adapters have %lld", path, nnames,
@@ -442,7 +451,7 @@ int sd_checkpoint_resume(const char *path, sd_optim_t *o, const sd_ckpt_data_t *
         goto out;
     }
     for (int i = 0, at = 0; i < o->n && rc == BT_OK; i++) {
-        static const char *const groups[3] = {"lora", "optimizer/m", "optimizer/v"};
+        static const char *const groups[3] = {SD_H5_LORA, SD_H5_OPTIM_M, SD_H5_OPTIM_V};
         for (int g = 0; g < 3 && rc == BT_OK; g++, at++) {
             char name[SD_OPTIM_NAME_MAX + 64];
             snprintf(name, sizeof name, "%s/%s", groups[g], o->t[i].name);
@@ -452,10 +461,10 @@ int sd_checkpoint_resume(const char *path, sd_optim_t *o, const sd_ckpt_data_t *
     if (rc) goto out;
 
     /* the history */
-    for (int col = 0; col < 6 && rc == BT_OK; col++) {
+    for (int col = 0; col < SD_H5_HIST_NCOLS && rc == BT_OK; col++) {
         double **p = s_hist_col(&hist, col);
         char name[64];
-        snprintf(name, sizeof name, "history/%s", s_hist_names[col]);
+        snprintf(name, sizeof name, SD_H5_HISTORY "/%s", sd_h5_history_column(col));
         if (!(*p = malloc((size_t)(step ? step : 1) * sizeof **p))) rc = BT_ENOMEM;
         if (rc == BT_OK) rc = bt_h5_read(f, name, BT_H5_F64, 1, &step, *p);
     }
@@ -492,12 +501,13 @@ out:
 /* N of "checkpoint-N.h5" (digits only), or -1. */
 static int64_t s_ckpt_step(const char *name)
 {
-    if (strncmp(name, "checkpoint-", 11)) return -1;
-    const char *p = name + 11;
+    size_t pl = strlen(SD_H5_CKPT_PREFIX);
+    if (strncmp(name, SD_H5_CKPT_PREFIX, pl)) return -1;
+    const char *p = name + pl;
     int64_t n = 0;
     int digits = 0;
     for (; *p >= '0' && *p <= '9' && digits < 18; p++, digits++) n = n * 10 + (*p - '0');
-    return digits && !strcmp(p, ".h5") ? n : -1;
+    return digits && !strcmp(p, SD_H5_EXT) ? n : -1;
 }
 
 static int s_cmp_i64(const void *a, const void *b)
@@ -542,7 +552,7 @@ int sd_checkpoint_latest(const char *dir, char *path, size_t len)
     int64_t *steps;
     int n, rc = s_list_steps(dir, &steps, &n);
     if (rc == BT_OK && n > 0)
-        rc = snprintf(path, len, "%s/checkpoint-%lld.h5", dir, (long long)steps[n - 1]) < (int)len ? 1 : BT_EINVAL;
+        rc = sd_checkpoint_path(path, len, dir, steps[n - 1]) == BT_OK ? 1 : BT_EINVAL;
     free(steps);
     return rc;
 }
@@ -553,7 +563,7 @@ int sd_checkpoint_prune(const char *dir, int keep)
     int n, rc = s_list_steps(dir, &steps, &n);
     char path[4096];
     for (int i = 0; rc == BT_OK && keep > 0 && i < n - keep; i++) {
-        snprintf(path, sizeof path, "%s/checkpoint-%lld.h5", dir, (long long)steps[i]);
+        if (sd_checkpoint_path(path, sizeof path, dir, steps[i])) continue; /* not a name this folder can hold */
         if (unlink(path) != 0 && errno != ENOENT) {
             BT_ERROR("%s: cannot delete an old checkpoint: %s", path, strerror(errno));
             rc = BT_EIO;
@@ -564,8 +574,8 @@ int sd_checkpoint_prune(const char *dir, int keep)
     DIR *d = opendir(dir);
     struct dirent *e;
     while (d && (e = readdir(d))) {
-        const char *tmp = strstr(e->d_name, ".h5.tmp.");
-        if (strncmp(e->d_name, "checkpoint-", 11) || !tmp) continue;
+        const char *tmp = strstr(e->d_name, SD_H5_EXT ".tmp."); /* storage/h5.h's temporary name */
+        if (strncmp(e->d_name, SD_H5_CKPT_PREFIX, strlen(SD_H5_CKPT_PREFIX)) || !tmp) continue;
         long pid = strtol(tmp + 8, NULL, 10);
         if (pid <= 0 || pid == (long)getpid() || (kill((pid_t)pid, 0) == 0 || errno != ESRCH)) continue;
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
@@ -628,14 +638,14 @@ int sd_checkpoint_export(const char *ckpt, const char *out, st_lora_layout_t lay
     float **data = NULL;
     double alpha = 0;
     sd_lora_records_t r[2] = {{0}};
-    int rc = bt_h5_attr_i64(f, "lora", "rank", &rank);
-    if (rc == BT_OK) rc = bt_h5_attr_f64(f, "lora", "alpha", &alpha);
-    if (rc == BT_OK) rc = bt_h5_attr_str(f, "/", "base_model", &model);
+    int rc = bt_h5_attr_i64(f, SD_H5_LORA, SD_H5_LORA_RANK, &rank);
+    if (rc == BT_OK) rc = bt_h5_attr_f64(f, SD_H5_LORA, SD_H5_LORA_ALPHA, &alpha);
+    if (rc == BT_OK) rc = bt_h5_attr_str(f, SD_H5_ROOT, SD_H5_CKPT_BASE_MODEL, &model);
     if (rc == BT_OK && (rank < 1 || rank > 4096 || !(alpha > 0))) {
         BT_ERROR("%s: LoRA rank %lld / alpha %g are not valid", ckpt, (long long)rank, alpha);
         rc = BT_EFORMAT;
     }
-    if (rc == BT_OK) rc = bt_h5_list(f, "lora", &names, &n);
+    if (rc == BT_OK) rc = bt_h5_list(f, SD_H5_LORA, &names, &n);
     if (rc == BT_OK && n == 0) {
         BT_ERROR("%s: the checkpoint has no LoRA tensors", ckpt);
         rc = BT_EFORMAT;
@@ -645,7 +655,7 @@ int sd_checkpoint_export(const char *ckpt, const char *out, st_lora_layout_t lay
     for (int i = 0; i < n && rc == BT_OK; i++) {
         char name[2 * ST_LORA_NAME_MAX + 8];
         bt_h5_info_t info;
-        snprintf(name, sizeof name, "lora/%s", names[i]);
+        snprintf(name, sizeof name, SD_H5_LORA "/%s", names[i]);
         if ((rc = bt_h5_info(f, name, &info))) break;
         if (info.ndim != 2 || info.shape[0] < 1 || info.shape[1] < 1 || info.shape[0] > 16384 ||
             info.shape[1] > 16384) {

@@ -2,7 +2,8 @@
  * checkpoint.h — a DreamBooth training run's whole state in one HDF5 file, and
  * back: what `booth train --checkpointing-steps` writes, what
  * `--resume-from-checkpoint` reads, what `booth inspect` shows and `booth
- * export` turns into a LoRA file. docs/FORMAT.md is the layout's reference.
+ * export` turns into a LoRA file. docs/FORMAT.md is the layout's reference;
+ * diffusion/layout.h spells its names.
  *
  * The trainer's state is small: the LoRA parameters, AdamW's m and v, the
  * optimizer step, and the job. Every random choice is a pure function of (seed,
@@ -22,16 +23,15 @@
 
 #include "common/hash.h"
 #include "diffusion/job.h"
+#include "diffusion/layout.h"
 #include "diffusion/optim.h"
 #include "diffusion/train.h"
 #include "storage/h5.h"
 #include "storage/lora_file.h"
 
-#define SD_CKPT_FORMAT "booth-checkpoint"
-#define SD_CKPT_FORMAT_VERSION 1
-
 /* Per-step log of a run (what loss.csv holds), kept so a resumed run and
- * `booth inspect` have the whole history. */
+ * `booth inspect` have the whole history: one array per /history column
+ * (SD_H5_HISTORY_COLUMNS, which names these fields and says what they mean). */
 typedef struct sd_train_history {
     int64_t n, cap;
     double *loss, *loss_instance, *loss_prior, *lr, *grad_norm, *seconds;

@@ -1,6 +1,7 @@
 /*
  * priors.c — generating prior-set images by index range, part files, and the
- * resumable assembly of a prior-set file.
+ * resumable assembly of a prior-set file. Every name in the file comes from
+ * diffusion/layout.h.
  */
 #include "diffusion/priors.h"
 
@@ -81,24 +82,25 @@ int sd_priors_write_attrs(bt_h5_file_t *f, const char *group, const sd_prior_spe
                           const char *model_dir, const char *model_hash, const char *vae_hash)
 {
     int rc = bt_h5_group(f, group, false);
-    if (!rc) rc = bt_h5_attr_set_str(f, group, "prompt", spec->prompt);
-    if (!rc) rc = bt_h5_attr_set_str(f, group, "negative_prompt", "");
-    if (!rc) rc = bt_h5_attr_set_u64(f, group, "seed", spec->seed);
-    if (!rc) rc = bt_h5_attr_set_i64(f, group, "steps", spec->steps);
-    if (!rc) rc = bt_h5_attr_set_f32(f, group, "guidance", spec->guidance);
-    if (!rc) rc = bt_h5_attr_set_i64(f, group, "resolution", spec->resolution);
-    if (!rc) rc = bt_h5_attr_set_str(f, group, "sampler", sampler);
-    if (!rc && model_dir) rc = bt_h5_attr_set_str(f, group, "base_model", model_dir);
-    if (!rc && model_hash) rc = bt_h5_attr_set_str(f, group, "base_model_hash", model_hash);
-    if (!rc && vae_hash) rc = bt_h5_attr_set_str(f, group, "vae_hash", vae_hash);
-    if (!rc) rc = bt_h5_attr_set_str(f, group, "base_weights", spec->weights ? spec->weights : "exact");
+    if (!rc) rc = bt_h5_attr_set_str(f, group, SD_H5_SET_PROMPT, spec->prompt);
+    if (!rc) rc = bt_h5_attr_set_str(f, group, SD_H5_PRIOR_NEGATIVE_PROMPT, "");
+    if (!rc) rc = bt_h5_attr_set_u64(f, group, SD_H5_PRIOR_SEED, spec->seed);
+    if (!rc) rc = bt_h5_attr_set_i64(f, group, SD_H5_PRIOR_STEPS, spec->steps);
+    if (!rc) rc = bt_h5_attr_set_f32(f, group, SD_H5_PRIOR_GUIDANCE, spec->guidance);
+    if (!rc) rc = bt_h5_attr_set_i64(f, group, SD_H5_SET_RESOLUTION, spec->resolution);
+    if (!rc) rc = bt_h5_attr_set_str(f, group, SD_H5_PRIOR_SAMPLER, sampler);
+    if (!rc && model_dir) rc = bt_h5_attr_set_str(f, group, SD_H5_PRIOR_BASE_MODEL, model_dir);
+    if (!rc && model_hash) rc = bt_h5_attr_set_str(f, group, SD_H5_PRIOR_BASE_MODEL_HASH, model_hash);
+    if (!rc && vae_hash) rc = bt_h5_attr_set_str(f, group, SD_H5_PRIOR_VAE_HASH, vae_hash);
+    const char *weights = spec->weights ? spec->weights : SD_H5_WEIGHTS_EXACT;
+    if (!rc) rc = bt_h5_attr_set_str(f, group, SD_H5_PRIOR_BASE_WEIGHTS, weights);
     return rc;
 }
 
 static int s_write_root(bt_h5_file_t *f)
 {
-    int rc = bt_h5_attr_set_str(f, "/", "booth_format", SD_PRIORS_FORMAT);
-    return rc ? rc : bt_h5_attr_set_i64(f, "/", "booth_format_version", SD_PRIORS_FORMAT_VERSION);
+    int rc = bt_h5_attr_set_str(f, SD_H5_ROOT, SD_H5_FORMAT, SD_PRIORS_FORMAT);
+    return rc ? rc : bt_h5_attr_set_i64(f, SD_H5_ROOT, SD_H5_FORMAT_VERSION, SD_PRIORS_FORMAT_VERSION);
 }
 
 /* Per-image seeds and prompts of n images (all the same). */
@@ -147,9 +149,9 @@ int sd_priors_part_write(const char *path, const sd_prior_spec_t *spec, const sd
         goto out;
     }
     if ((rc = s_write_root(f)) ||
-        (rc = sd_priors_write_attrs(f, SD_PRIOR_GROUP, spec, origin->sampler, origin->model_dir, origin->model_hash,
+        (rc = sd_priors_write_attrs(f, SD_H5_PRIOR, spec, origin->sampler, origin->model_dir, origin->model_hash,
                                     origin->vae_hash)) ||
-        (rc = bt_h5_imgset_write(f, SD_PRIOR_GROUP, &s))) {
+        (rc = bt_h5_imgset_write(f, SD_H5_PRIOR, &s))) {
         bt_h5_abort(&f);
         goto out;
     }
@@ -189,24 +191,24 @@ static int s_check_settings(bt_h5_file_t *f, const sd_prior_spec_t *spec, const 
     uint64_t seed = 0;
     int64_t steps = 0, res = 0;
     double guidance = 0;
-    const char *path = bt_h5_path(f);
-    int rc = bt_h5_attr_str(f, "/", "booth_format", &fmt);
+    const char *path = bt_h5_path(f), *g = SD_H5_PRIOR;
+    int rc = bt_h5_attr_str(f, SD_H5_ROOT, SD_H5_FORMAT, &fmt);
     if (rc == BT_OK && strcmp(fmt, SD_PRIORS_FORMAT)) {
         BT_ERROR("%s: a '%s' file, not a prior set (%s)", path, fmt, SD_PRIORS_FORMAT);
         rc = BT_EFORMAT;
     }
-    if (rc == BT_OK && (rc = bt_h5_attr_str(f, SD_PRIOR_GROUP, "prompt", &prompt)) == BT_OK &&
-        (rc = bt_h5_attr_u64(f, SD_PRIOR_GROUP, "seed", &seed)) == BT_OK &&
-        (rc = bt_h5_attr_i64(f, SD_PRIOR_GROUP, "steps", &steps)) == BT_OK &&
-        (rc = bt_h5_attr_f64(f, SD_PRIOR_GROUP, "guidance", &guidance)) == BT_OK &&
-        (rc = bt_h5_attr_i64(f, SD_PRIOR_GROUP, "resolution", &res)) == BT_OK &&
-        (rc = bt_h5_attr_str(f, SD_PRIOR_GROUP, "sampler", &smp)) == BT_OK &&
-        (rc = bt_h5_attr_str(f, SD_PRIOR_GROUP, "base_model_hash", &hash)) == BT_OK &&
-        (!bt_h5_attr_exists(f, SD_PRIOR_GROUP, "base_weights") || /* older sets: exact */
-         (rc = bt_h5_attr_str(f, SD_PRIOR_GROUP, "base_weights", &weights)) == BT_OK)) {
+    if (rc == BT_OK && (rc = bt_h5_attr_str(f, g, SD_H5_SET_PROMPT, &prompt)) == BT_OK &&
+        (rc = bt_h5_attr_u64(f, g, SD_H5_PRIOR_SEED, &seed)) == BT_OK &&
+        (rc = bt_h5_attr_i64(f, g, SD_H5_PRIOR_STEPS, &steps)) == BT_OK &&
+        (rc = bt_h5_attr_f64(f, g, SD_H5_PRIOR_GUIDANCE, &guidance)) == BT_OK &&
+        (rc = bt_h5_attr_i64(f, g, SD_H5_SET_RESOLUTION, &res)) == BT_OK &&
+        (rc = bt_h5_attr_str(f, g, SD_H5_PRIOR_SAMPLER, &smp)) == BT_OK &&
+        (rc = bt_h5_attr_str(f, g, SD_H5_PRIOR_BASE_MODEL_HASH, &hash)) == BT_OK &&
+        (!bt_h5_attr_exists(f, g, SD_H5_PRIOR_BASE_WEIGHTS) || /* older sets: exact */
+         (rc = bt_h5_attr_str(f, g, SD_H5_PRIOR_BASE_WEIGHTS, &weights)) == BT_OK)) {
         char a[300], b[300];
-        const char *key = NULL, *have_w = weights ? weights : "exact";
-        const char *want_w = spec->weights ? spec->weights : "exact";
+        const char *key = NULL, *have_w = weights ? weights : SD_H5_WEIGHTS_EXACT;
+        const char *want_w = spec->weights ? spec->weights : SD_H5_WEIGHTS_EXACT;
         if (strcmp(prompt, spec->prompt)) {
             key = "--class-prompt";
             snprintf(a, sizeof a, "\"%s\"", prompt);
@@ -265,7 +267,7 @@ typedef struct {
 static int s_map_rows(bt_h5_file_t *f, int file, int64_t want, s_src_t *src, int64_t *n_rows)
 {
     bt_h5_imgset_info_t info;
-    int rc = bt_h5_imgset_probe(f, SD_PRIOR_GROUP, &info);
+    int rc = bt_h5_imgset_probe(f, SD_H5_PRIOR, &info);
     if (rc) return rc;
     if (info.lat_c == 0) {
         BT_ERROR("%s: the prior set has no latents", bt_h5_path(f));
@@ -273,7 +275,7 @@ static int s_map_rows(bt_h5_file_t *f, int file, int64_t want, s_src_t *src, int
     }
     int64_t *idx = malloc((size_t)(info.n ? info.n : 1) * sizeof *idx);
     if (!idx) return BT_ENOMEM;
-    rc = bt_h5_read(f, SD_PRIOR_GROUP "/index", BT_H5_I64, 1, &info.n, idx);
+    rc = bt_h5_read(f, SD_H5_PRIOR "/" SD_H5_IMAGE_INDEX, BT_H5_I64, 1, &info.n, idx);
     for (int64_t r = 0; r < info.n && rc == BT_OK; r++)
         if (idx[r] >= 0 && idx[r] < want && src[idx[r]].file < 0) src[idx[r]] = (s_src_t){file, r};
     free(idx);
@@ -299,7 +301,9 @@ static int s_list_parts(const char *dir, char ***out, int *n)
     struct dirent *e;
     while ((e = readdir(d))) {
         size_t len = strlen(e->d_name);
-        if (strncmp(e->d_name, "part-", 5) || len < 9 || strcmp(e->d_name + len - 3, ".h5")) continue;
+        size_t pl = strlen(SD_H5_PART_PREFIX), el = strlen(SD_H5_EXT);
+        if (strncmp(e->d_name, SD_H5_PART_PREFIX, pl) || len < pl + 1 + el || strcmp(e->d_name + len - el, SD_H5_EXT))
+            continue;
         if (*n == cap) {
             cap = cap ? 2 * cap : 64;
             char **p = realloc(v, (size_t)cap * sizeof *p);
@@ -334,9 +338,10 @@ static void s_remove_parts(const char *dir, int64_t have)
         bt_h5_file_t *f = bt_h5_open(parts[i]);
         bt_h5_info_t info;
         int64_t *idx = NULL;
-        bool redundant = f && bt_h5_info(f, SD_PRIOR_GROUP "/index", &info) == BT_OK && info.ndim == 1 &&
+        const char *ipath = SD_H5_PRIOR "/" SD_H5_IMAGE_INDEX;
+        bool redundant = f && bt_h5_info(f, ipath, &info) == BT_OK && info.ndim == 1 &&
                          info.numel <= BT_H5_IMAGES_MAX && (idx = malloc((size_t)(info.numel + 1) * sizeof *idx)) &&
-                         bt_h5_read(f, SD_PRIOR_GROUP "/index", BT_H5_I64, 1, info.shape, idx) == BT_OK;
+                         bt_h5_read(f, ipath, BT_H5_I64, 1, info.shape, idx) == BT_OK;
         for (int64_t k = 0; redundant && k < info.numel; k++) redundant = idx[k] >= 0 && idx[k] < have;
         free(idx);
         bt_h5_close(&f);
@@ -346,10 +351,10 @@ static void s_remove_parts(const char *dir, int64_t have)
     DIR *d = opendir(dir);
     struct dirent *e;
     while (d && (e = readdir(d))) {
-        const char *tmp = strstr(e->d_name, ".h5.tmp.");
+        const char *tmp = strstr(e->d_name, SD_H5_EXT ".tmp."); /* storage/h5.h's temporary name */
         if (!tmp) continue;
         char p[4096];
-        snprintf(p, sizeof p, "%s/%.*s", dir, (int)(tmp + 3 - e->d_name), e->d_name);
+        snprintf(p, sizeof p, "%s/%.*s", dir, (int)(tmp + strlen(SD_H5_EXT) - e->d_name), e->d_name);
         bt_h5_remove_stale_temps(p);
     }
     if (d) closedir(d);
@@ -384,9 +389,9 @@ static int s_assemble(const char *path, const sd_prior_spec_t *spec, const sd_pr
         goto out;
     }
     if ((rc = s_write_root(out)) ||
-        (rc = sd_priors_write_attrs(out, SD_PRIOR_GROUP, spec, origin->sampler, origin->model_dir,
+        (rc = sd_priors_write_attrs(out, SD_H5_PRIOR, spec, origin->sampler, origin->model_dir,
                                     origin->model_hash, origin->vae_hash)) ||
-        (rc = bt_h5_imgset_begin(out, SD_PRIOR_GROUP, &s)))
+        (rc = bt_h5_imgset_begin(out, SD_H5_PRIOR, &s)))
         goto out;
     for (int64_t i = 0; i < want && rc == BT_OK; i++) {
         if (src[i].file != open_file) {
@@ -398,18 +403,18 @@ static int s_assemble(const char *path, const sd_prior_spec_t *spec, const sd_pr
             }
         }
         int64_t r = src[i].row;
-        if ((rc = bt_h5_read_rows(in, SD_PRIOR_GROUP "/images", BT_H5_U8, r, 1, img)) ||
-            (rc = bt_h5_read_rows(in, SD_PRIOR_GROUP "/latent_mean", BT_H5_F32, r, 1, lat)) ||
-            (rc = bt_h5_read_rows(in, SD_PRIOR_GROUP "/latent_logvar", BT_H5_F32, r, 1, lat + per)))
+        if ((rc = bt_h5_read_rows(in, SD_H5_PRIOR "/" SD_H5_IMAGES, BT_H5_U8, r, 1, img)) ||
+            (rc = bt_h5_read_rows(in, SD_H5_PRIOR "/" SD_H5_LATENT_MEAN, BT_H5_F32, r, 1, lat)) ||
+            (rc = bt_h5_read_rows(in, SD_H5_PRIOR "/" SD_H5_LATENT_LOGVAR, BT_H5_F32, r, 1, lat + per)))
             break;
         bt_xxh64_update(&content, img, (size_t)npix);
-        rc = bt_h5_imgset_put(out, SD_PRIOR_GROUP, i, 1, img, lat, lat + per, NULL, NULL);
+        rc = bt_h5_imgset_put(out, SD_H5_PRIOR, i, 1, img, lat, lat + per, NULL, NULL);
     }
     bt_h5_close(&in);
     char hex[BT_HASH_HEX];
     bt_hash_hex(bt_xxh64_digest(&content), hex);
-    if (rc == BT_OK) rc = bt_h5_imgset_end(out, SD_PRIOR_GROUP, &s);
-    if (rc == BT_OK) rc = bt_h5_attr_set_str(out, SD_PRIOR_GROUP, "content_hash", hex);
+    if (rc == BT_OK) rc = bt_h5_imgset_end(out, SD_H5_PRIOR, &s);
+    if (rc == BT_OK) rc = bt_h5_attr_set_str(out, SD_H5_PRIOR, SD_H5_SET_CONTENT_HASH, hex);
     if (rc == BT_OK) rc = bt_h5_commit(&out);
 out:
     bt_h5_abort(&out);
@@ -429,7 +434,7 @@ static int s_sources(const char *path, const sd_prior_spec_t *spec, const sd_pri
     *parts = NULL;
     *nparts = 0;
     *complete = false;
-    if (snprintf(parts_dir, sizeof parts_dir, "%s.parts", path) >= (int)sizeof parts_dir) return BT_EINVAL;
+    if (sd_priors_parts_dir(parts_dir, sizeof parts_dir, path)) return BT_EINVAL;
     for (int i = 0; i < want; i++) src[i] = (s_src_t){-1, 0};
     bt_h5_remove_stale_temps(path); /* a killed run's unfinished final file */
     if (access(path, F_OK) == 0) {
@@ -492,7 +497,7 @@ int sd_priors_assemble(const char *path, const sd_prior_spec_t *spec, const sd_p
     int nparts = 0;
     bool complete;
     if (!src) return BT_ENOMEM;
-    snprintf(parts_dir, sizeof parts_dir, "%s.parts", path);
+    sd_priors_parts_dir(parts_dir, sizeof parts_dir, path); /* s_sources refuses a path too long for it */
     int rc = s_sources(path, spec, origin, want, src, &parts, &nparts, &complete);
     for (int i = 0; i < want && rc == BT_OK; i++)
         if (src[i].file < 0) {
@@ -519,7 +524,7 @@ int sd_priors_ensure(sd_model_t *m, const char *path, const sd_prior_spec_t *spe
     char parts_dir[4096];
     int rc = sd_prior_origin_of(m, &origin);
     if (rc) return rc;
-    if (snprintf(parts_dir, sizeof parts_dir, "%s.parts", path) >= (int)sizeof parts_dir) return BT_EINVAL;
+    if (sd_priors_parts_dir(parts_dir, sizeof parts_dir, path)) return BT_EINVAL;
     int *missing = malloc((size_t)want * sizeof *missing), nmissing = 0, made = 0;
     if (!missing) return BT_ENOMEM;
     if ((rc = sd_priors_missing(path, spec, &origin, want, missing, &nmissing))) goto out;
@@ -527,8 +532,9 @@ int sd_priors_ensure(sd_model_t *m, const char *path, const sd_prior_spec_t *spe
     for (int k = 0; k < nmissing && rc == BT_OK; k++) {
         /* one image per part: an interruption loses at most the image in progress */
         char part[4200];
-        snprintf(part, sizeof part, "%s/part-%08d.h5", parts_dir, missing[k]);
-        if ((rc = sd_priors_write_part(m, spec, &origin, missing[k], 1, part))) break;
+        if ((rc = sd_priors_part_path(part, sizeof part, path, missing[k])) ||
+            (rc = sd_priors_write_part(m, spec, &origin, missing[k], 1, part)))
+            break;
         made++;
         if (progress) progress(user, made, nmissing, NULL);
     }

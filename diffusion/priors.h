@@ -19,21 +19,19 @@
  * The file therefore comes out byte-identical however often the run was
  * interrupted, and a file that exists is always complete.
  *
- * Layout (docs/FORMAT.md): root attributes booth_format = "booth-priors",
- * booth_format_version; group /prior with the generation settings as
- * attributes and the image-set datasets of storage/h5_images.h (images,
- * latent_mean/latent_logvar from the model's VAE, index, seed, prompt).
+ * Layout (docs/FORMAT.md; the names in diffusion/layout.h): root attributes
+ * booth_format = "booth-priors", booth_format_version; group /prior with the
+ * generation settings as attributes and the image-set datasets of
+ * storage/h5_images.h (images, latent_mean/latent_logvar from the model's VAE,
+ * index, seed, prompt).
  */
 #ifndef BOOTH_DIFFUSION_PRIORS_H
 #define BOOTH_DIFFUSION_PRIORS_H
 
 #include "common/hash.h"
+#include "diffusion/layout.h"
 #include "diffusion/pipeline.h"
 #include "storage/h5.h"
-
-#define SD_PRIOR_GROUP "prior"
-#define SD_PRIORS_FORMAT "booth-priors"
-#define SD_PRIORS_FORMAT_VERSION 1
 
 typedef struct sd_prior_spec {
     const char *prompt;
