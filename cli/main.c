@@ -27,6 +27,7 @@ static const s_cmd_t s_cmds[] = {
     {"inspect", cmd_inspect, "show what a checkpoint or prior set (.h5) holds; --json, --images, --contact-sheet"},
     {"export", cmd_export, "write a checkpoint's LoRA as a diffusers, kohya or peft safetensors file"},
     {"ps", cmd_ps, "a cluster parameter server: holds LoRA tensors and AdamW state, sums gradients in order"},
+    {"worker", cmd_worker, "a cluster worker: loads the model once, computes prior images, gradients, validation"},
     {"submit", cmd_submit, "queue a training job (booth train's flags) on a cluster's coordinator; --wait follows it"},
     {"status", cmd_status, "show a cluster's jobs, workers and parameter servers (--json for the raw reply)"},
     {"cancel", cmd_cancel, "stop a job queued or running on a cluster"},

@@ -1,0 +1,52 @@
+/*
+ * worker.c — `booth worker`: a cluster worker (worker/worker.h,
+ * docs/CLUSTER.md). It loads the model once, registers with the coordinator
+ * and computes prior images, micro-batch gradients and validation grids until
+ * SIGINT or SIGTERM.
+ */
+#include <stdio.h>
+
+#include "cli/args.h"
+#include "cli/cli.h"
+#include "worker/worker.h"
+
+int cmd_worker(int argc, char **argv)
+{
+    wk_opts_t o = {0};
+    const char *base_dtype = NULL;
+    const cli_opt_t opts[] = {
+        CLI_OPT("--coordinator", CLI_STR, &o.coordinator, "ADDR", "the coordinator, tcp://HOST:PORT (required)"),
+        CLI_OPT("--model", CLI_STR, &o.model_dir, "DIR",
+                "diffusers model folder, the same model as the jobs' (required; loaded once)"),
+        CLI_OPT("--base-dtype", CLI_STR, &base_dtype, "TYPE", CLI_BASE_DTYPE_HELP),
+        CLI_OPT("--threads", CLI_INT, &o.threads, "N", "compute threads (default BOOTH_THREADS or the CPU count)"),
+        CLI_OPT("--work-dir", CLI_STR, &o.work_dir, "DIR",
+                "where jobs' files are kept while they run (default $TMPDIR/booth-worker-PID, removed at exit)"),
+        CLI_OPT("--name", CLI_STR, &o.name, "NAME", "how the coordinator's logs name this worker (default host:pid)"),
+        CLI_NODE_OPTS(&o.node),
+        CLI_END,
+    };
+    const cli_spec_t spec = {
+        "worker",
+        "--coordinator ADDR --model DIR [options]",
+        "Joins a booth cluster as a worker: loads the model once, registers with the coordinator, and computes\n"
+        "what it is handed (prior images, micro-batch gradients pushed to the parameter servers, validation\n"
+        "grids) until SIGINT or SIGTERM. Job data comes over the network; no shared filesystem is needed.\n"
+        "Sockets are CURVE-encrypted with --keys DIR (booth keygen) unless --insecure.",
+        opts,
+        0,
+        NULL};
+    const char *pos[1];
+    int npos, rc = cli_parse(&spec, argc, argv, pos, &npos);
+    if (rc >= 0) return rc;
+    if (!o.coordinator || !o.model_dir) {
+        fprintf(stderr, "booth worker: --coordinator and --model are required\n");
+        return 2;
+    }
+    if (o.threads < 0 || o.node.max_message_mb < 0) {
+        fprintf(stderr, "booth worker: --threads and --max-message-mb must not be negative\n");
+        return 2;
+    }
+    if (!cli_base_dtype("worker", base_dtype, &o.store)) return 2;
+    return wk_run(&o);
+}
