@@ -75,29 +75,40 @@ int co_count_ps(const co_t *c)
     return n;
 }
 
+/* Whether worker i may serve job j; a worker with another model is told once per job, and logged. */
+static bool s_fits(co_t *c, co_job_t *j, int i)
+{
+    co_peer_t *p = &c->peers[i];
+    if (!j->model_hash[0]) { /* the client had no copy of the model: the first worker's decides */
+        snprintf(j->model_hash, sizeof j->model_hash, "%s", p->model_hash);
+        BT_INFO("job %s: base model hash %s (from worker %s)", j->id, j->model_hash, p->name);
+    }
+    if (!strcmp(p->model_hash, j->model_hash)) return true;
+    if (strcmp(p->refused_job, j->id)) {
+        char msg[512];
+        snprintf(msg, sizeof msg,
+                 "job %s trains base model %s; this worker's model (%s) has hash %s: not used for this job", j->id,
+                 j->model_hash, p->model_dir, p->model_hash);
+        BT_WARN("worker %s refused for job %s: its model has hash %s, the job's %s", p->name, j->id, p->model_hash,
+                j->model_hash);
+        co_send_error(c, i, msg, false);
+        snprintf(p->refused_job, sizeof p->refused_job, "%s", j->id);
+    }
+    return false;
+}
+
+void co_check_workers(co_t *c, co_job_t *j)
+{
+    for (int i = 0; i < CO_MAX_PEERS; i++)
+        if (c->peers[i].used && c->peers[i].role == BOOTH__ROLE__ROLE_WORKER) s_fits(c, j, i);
+}
+
 int co_idle_worker(co_t *c, co_job_t *j)
 {
     for (int i = 0; i < CO_MAX_PEERS; i++) {
         co_peer_t *p = &c->peers[i];
         if (!p->used || p->role != BOOTH__ROLE__ROLE_WORKER || p->task) continue;
-        if (!j->model_hash[0]) { /* the client had no copy of the model: the first worker's decides */
-            snprintf(j->model_hash, sizeof j->model_hash, "%s", p->model_hash);
-            BT_INFO("job %s: base model hash %s (from worker %s)", j->id, j->model_hash, p->name);
-        }
-        if (strcmp(p->model_hash, j->model_hash)) {
-            if (strcmp(p->refused_job, j->id)) {
-                char msg[512];
-                snprintf(msg, sizeof msg,
-                         "job %s trains base model %s; this worker's model (%s) has hash %s: not used for this job",
-                         j->id, j->model_hash, p->model_dir, p->model_hash);
-                BT_WARN("worker %s refused for job %s: its model has hash %s, the job's %s", p->name, j->id,
-                        p->model_hash, j->model_hash);
-                co_send_error(c, i, msg, false);
-                snprintf(p->refused_job, sizeof p->refused_job, "%s", j->id);
-            }
-            continue;
-        }
-        return i;
+        if (s_fits(c, j, i)) return i;
     }
     return -1;
 }

@@ -129,6 +129,8 @@ int co_send(co_t *c, int peer, Booth__Envelope *env, const pr_blob_t *blobs, int
 int co_send_error(co_t *c, int peer, const char *msg, bool fatal);
 /* Workers that may serve job j (alive, same model), first idle one or -1. */
 int co_idle_worker(co_t *c, co_job_t *j);
+/* Tells every registered worker with another model than job j's that it is not used for j (once per job). */
+void co_check_workers(co_t *c, co_job_t *j);
 int co_count_ps(const co_t *c);
 
 /* jobs.c */

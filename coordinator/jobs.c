@@ -160,8 +160,6 @@ static int s_check_job(const co_job_t *j, char *why, size_t len)
         cf->checkpointing_steps < 0 || cf->validation_steps < 0 || cf->num_validation_images < 0 ||
         !(cf->learning_rate >= 0))
         return snprintf(why, len, "rank 1..1024, batch 1..128, steps >= 1, intervals >= 0"), BT_EINVAL;
-    if (cf->prior_preservation && cf->micro_batch_size % 2)
-        return snprintf(why, len, "with prior preservation the micro-batch size must be even"), BT_EINVAL;
     return BT_OK;
 }
 

@@ -800,5 +800,6 @@ void co_schedule(co_t *c)
         if (!(j = s_running(c))) return;
     }
     if (j->state == CO_TRAINING && j->wait == CO_W_LOADED && j->nps == 0) s_load_ps(c, j);
+    co_check_workers(c, j);
     s_hand_out(c, j);
 }

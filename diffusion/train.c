@@ -200,10 +200,6 @@ static sd_trainer_t *s_trainer_new(sd_model_t **model, const sd_train_config_t *
         BT_ERROR("train: batch size and rank must be positive");
         goto out_fail;
     }
-    if (c->prior_preservation && c->micro_batch_size % 2) {
-        BT_ERROR("train: with prior preservation the micro-batch size must be even (instance + class pairs)");
-        goto out_fail;
-    }
     if (!t->model->tok || !t->model->clip || !t->model->unet || !t->model->vae) {
         BT_ERROR("%s: training needs every part of the model folder", t->model->dir);
         goto out_fail;

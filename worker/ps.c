@@ -174,6 +174,21 @@ static int s_on_weights(wk_t *w, int i, pr_msg_t *m, void *arg)
     return ++p->ndone == w->ncur ? WK_WAIT_DONE : WK_WAIT_TAKEN;
 }
 
+/* Drops what a PS sent after an earlier request was given up on (a late Weights, Error or
+ * PushAck): a reply read now must answer the request about to be sent, and an Error carries no
+ * job or version to tell. */
+static void s_drain(wk_t *w, wk_ps_t *ps)
+{
+    for (int k = 0; k < 4096; k++) {
+        pr_msg_t m;
+        int rc = pr_recv_nowait(ps->sock, false, w->node.max_bytes, &m);
+        if (rc == BT_OK)
+            BT_DEBUG("PS %s: a late '%s' dropped before the next request", ps->endpoint, pr_body_name(m.env->body_case));
+        pr_msg_free(&m);
+        if (rc == BT_EAGAIN || rc == BT_EIO) return;
+    }
+}
+
 int wk_ps_pull(wk_t *w, int64_t version)
 {
     bool known = true;
@@ -206,6 +221,7 @@ int wk_ps_pull(wk_t *w, int64_t version)
         wk_ps_t *ps = &w->ps[w->cur[k]];
         ps->known = false;
         socks[k] = ps->sock;
+        s_drain(w, ps);
         rc = pr_send(ps->sock, NULL, &env, NULL, 0);
     }
     if (rc) goto out;
@@ -300,6 +316,7 @@ int wk_ps_push(wk_t *w, int64_t step, int micro)
             }
             blobs[j] = pr_blob_of_f32(s->name, g, 2, s->shape);
         }
+        s_drain(w, ps);
         rc = pr_send(ps->sock, NULL, &env, blobs, ps->nheld);
     }
     if (rc) goto out;

@@ -38,7 +38,8 @@ same() { # run-dir-a, run-dir-b: the same LoRA files, checkpoint tensors, valida
             h5dump -g $g "$b/$ck" | tail -n +2 >"$T/b.dump"
             cmp "$T/a.dump" "$T/b.dump" || { echo "$ck $g differs between $a and $b"; exit 1; }
         done
-        test "$(h5dump -a /step "$b/$ck" | grep -c "(0): ${ck//[^0-9]/}")" = 1
+        local at=${ck#checkpoint-}
+        test "$(h5dump -a /step "$b/$ck" | grep -c "(0): ${at%.h5}$")" = 1
     done
     cut -d, -f1-6 "$a/loss.csv" >"$T/a.csv"
     cut -d, -f1-6 "$b/loss.csv" >"$T/b.csv"
@@ -60,10 +61,10 @@ grep -q "prior images to generate" "$C/logs/coordinator.log"
 # 3 workers: the same bits, and the prior set is reused, not generated again
 cluster/local add-worker "$C" >/dev/null
 cluster/local add-worker "$C" >/dev/null
-n=$(grep -c "prior images to generate" "$C/logs/coordinator.log")
+gens=$(grep -c "prior images to generate" "$C/logs/coordinator.log")
 submit "$T/w3"
 same "$T/single" "$T/w3"
-test "$(grep -c "prior images to generate" "$C/logs/coordinator.log")" = "$n"
+test "$(grep -c "prior images to generate" "$C/logs/coordinator.log")" = "$gens"
 grep -q "3 of 3 prior images already in" "$C/logs/coordinator.log"
 # the work was spread: more than one worker computed micro-batches
 test "$(grep -l "micro-batch" "$C"/logs/worker*.log | wc -l)" -ge 2
