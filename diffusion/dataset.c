@@ -17,6 +17,7 @@
 #include "common/log.h"
 #include "common/rng.h"
 #include "common/status.h"
+#include "diffusion/layout.h"
 #include "diffusion/model_hash.h"
 #include "diffusion/priors.h"
 #include "nn/memory.h"
@@ -197,12 +198,12 @@ static int s_load_prior_file(sd_image_set_t *s, sd_model_t *m, const char *path,
         rc = BT_ENOTFOUND;
     }
     /* the settings it was generated with (each missing one is one error line) */
-    if (rc == BT_OK) rc = bt_h5_attr_str(f, SD_PRIOR_GROUP, "prompt", &prompt);
-    if (rc == BT_OK) rc = bt_h5_attr_u64(f, SD_PRIOR_GROUP, "seed", &s->gen_seed);
-    if (rc == BT_OK) rc = bt_h5_attr_i64(f, SD_PRIOR_GROUP, "steps", &steps);
-    if (rc == BT_OK) rc = bt_h5_attr_f64(f, SD_PRIOR_GROUP, "guidance", &guidance);
-    if (rc == BT_OK && bt_h5_attr_exists(f, SD_PRIOR_GROUP, "vae_hash"))
-        rc = bt_h5_attr_str(f, SD_PRIOR_GROUP, "vae_hash", &vae_hash);
+    if (rc == BT_OK) rc = bt_h5_attr_str(f, SD_PRIOR_GROUP, SD_H5_SET_PROMPT, &prompt);
+    if (rc == BT_OK) rc = bt_h5_attr_u64(f, SD_PRIOR_GROUP, SD_H5_PRIOR_SEED, &s->gen_seed);
+    if (rc == BT_OK) rc = bt_h5_attr_i64(f, SD_PRIOR_GROUP, SD_H5_PRIOR_STEPS, &steps);
+    if (rc == BT_OK) rc = bt_h5_attr_f64(f, SD_PRIOR_GROUP, SD_H5_PRIOR_GUIDANCE, &guidance);
+    if (rc == BT_OK && bt_h5_attr_exists(f, SD_PRIOR_GROUP, SD_H5_PRIOR_VAE_HASH))
+        rc = bt_h5_attr_str(f, SD_PRIOR_GROUP, SD_H5_PRIOR_VAE_HASH, &vae_hash);
     if (rc) goto out;
     int n = max > 0 && info.n > max ? max : (int)info.n;
     if ((rc = s_set_alloc(s, m, n, resolution, flips))) goto out;
@@ -233,9 +234,9 @@ static int s_load_prior_file(sd_image_set_t *s, sd_model_t *m, const char *path,
             break;
         }
         snprintf(s->paths[i], len, "%s[%d]", path, i);
-        if ((rc = bt_h5_read_rows(f, SD_PRIOR_GROUP "/images", BT_H5_U8, i, 1, img->data))) break;
-        if (reuse && ((rc = bt_h5_read_rows(f, SD_PRIOR_GROUP "/latent_mean", BT_H5_F32, i, 1, lat)) ||
-                      (rc = bt_h5_read_rows(f, SD_PRIOR_GROUP "/latent_logvar", BT_H5_F32, i, 1, lat + per))))
+        if ((rc = bt_h5_read_rows(f, SD_PRIOR_GROUP "/" SD_H5_IMAGES, BT_H5_U8, i, 1, img->data))) break;
+        if (reuse && ((rc = bt_h5_read_rows(f, SD_PRIOR_GROUP "/" SD_H5_LATENT_MEAN, BT_H5_F32, i, 1, lat)) ||
+                      (rc = bt_h5_read_rows(f, SD_PRIOR_GROUP "/" SD_H5_LATENT_LOGVAR, BT_H5_F32, i, 1, lat + per))))
             break;
         bt_img_t *sq = bt_img_resize_shorter_side_and_center_crop(img, resolution, BT_IMG_BILINEAR);
         if (!sq) {

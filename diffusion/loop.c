@@ -41,7 +41,10 @@ sd_loop_t *sd_loop_new(const char *output_dir, const sd_train_config_t *cfg, con
         BT_ERROR("%s: cannot create the loss log", path);
         goto out_fail;
     }
-    fprintf(r->csv, "step,loss,loss_instance,loss_prior,lr,grad_norm,seconds\n");
+    /* the history's columns (diffusion/layout.h), one row per step */
+    fprintf(r->csv, SD_H5_HISTORY_STEP);
+    for (int c = 0; c < SD_H5_HIST_NCOLS; c++) fprintf(r->csv, ",%s", sd_h5_history_column(c));
+    fprintf(r->csv, "\n");
     for (int64_t s = 0; s < r->hist.n; s++) s_csv_row(r->csv, s + 1, &r->hist, s); /* a resumed run's log */
     fflush(r->csv);
     if (show_progress) {
@@ -100,7 +103,7 @@ bool sd_loop_validation_due(const sd_loop_t *r)
 int sd_loop_checkpoint(sd_loop_t *r, const sd_optim_t *o, const sd_ckpt_data_t *d, const char *reuse_images)
 {
     char ck[4200];
-    snprintf(ck, sizeof ck, "%s/checkpoint-%lld.h5", r->dir, (long long)o->step);
+    if (sd_checkpoint_path(ck, sizeof ck, r->dir, o->step)) return BT_EINVAL;
     /* the previous checkpoint (pruning keeps the newest), or else the prior set, lends its compressed images */
     const char *reuse = r->last_ckpt[0] ? r->last_ckpt : reuse_images;
     int rc = sd_checkpoint_save(ck, o, d, &r->hist, reuse);
