@@ -21,7 +21,7 @@ CUDA      ?= auto
 # would find the slow reference BLAS, so point at OpenBLAS explicitly.
 export PKG_CONFIG_PATH := /usr/lib/x86_64-linux-gnu/openblas-pthread/pkgconfig:$(PKG_CONFIG_PATH)
 
-PKGS := libcjson libpng libjpeg libutf8proc hdf5
+PKGS := libcjson libpng libjpeg libutf8proc hdf5 libzmq libprotobuf-c
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null)
@@ -35,7 +35,7 @@ DEB_PKGS := build-essential pkg-config libopenblas-dev libopenblas0-pthread libc
 # ---- compiler ---------------------------------------------------------------
 CC      ?= cc
 CFLAGS  := -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Wshadow -Wno-unused-parameter \
-           -fno-math-errno -MMD -MP -I. -Itests $(PKG_CFLAGS) $(BLAS_CFLAGS)
+           -fno-math-errno -MMD -MP -I. -I$(BUILD)/gen -Itests $(PKG_CFLAGS) $(BLAS_CFLAGS)
 LDLIBS  := $(PKG_LIBS) $(BLAS_LIBS) -lpthread -lm
 
 ifeq ($(SANITIZER),address)
@@ -71,14 +71,25 @@ else
   endif
 endif
 
+# ---- generated code ------------------------------------------------------------
+# protoc-c writes the wire schema's C code into $(BUILD)/gen/proto/, never into the
+# source tree; sources include it as "proto/booth.pb-c.h". protoc-c is looked up when
+# the rule runs, not when the Makefile is read, so `make deps` and `make clean` work
+# without it.
+PROTOC_C = $(shell command -v protoc-c 2>/dev/null)
+GEN_H := $(BUILD)/gen/proto/booth.pb-c.h
+GEN_C := $(BUILD)/gen/proto/booth.pb-c.c
+GEN_OBJS := $(BUILD)/obj/gen/proto/booth.pb-c.o
+
 # ---- sources ----------------------------------------------------------------
-LIB_SRCS := $(wildcard common/*.c nn/*.c nn/cpu/*.c storage/*.c diffusion/*.c)
+LIB_SRCS := $(wildcard common/*.c nn/*.c nn/cpu/*.c storage/*.c diffusion/*.c \
+                       proto/*.c coordinator/*.c ps/*.c worker/*.c)
 ASM_SRCS := $(wildcard diffusion/*.S)
 CLI_SRCS := $(wildcard cli/*.c)
 TEST_SRCS := $(wildcard tests/*.c tests/unit/*.c)
 BENCH_SRCS := $(wildcard bench/*.c)
 
-LIB_OBJS   := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o) $(ASM_SRCS:%.S=$(BUILD)/obj/%.o) $(CUDA_OBJS)
+LIB_OBJS   := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o) $(ASM_SRCS:%.S=$(BUILD)/obj/%.o) $(CUDA_OBJS) $(GEN_OBJS)
 CLI_OBJS   := $(CLI_SRCS:%.c=$(BUILD)/obj/%.o)
 TEST_OBJS  := $(TEST_SRCS:%.c=$(BUILD)/obj/%.o)
 BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
@@ -90,7 +101,18 @@ RUNNER := $(BUILD)/tests/runner
 .PHONY: all test asan deps demo bench-ops bench-model clean format
 all: $(BOOTH) $(RUNNER) $(BENCH_BINS)
 
-$(BUILD)/obj/%.o: %.c
+# Order-only on the generated header: any C file may include it, and -MMD records
+# the real dependency after the first compile (so a changed booth.proto rebuilds them).
+$(BUILD)/obj/%.o: %.c | $(GEN_H)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(GEN_H) $(GEN_C) &: proto/booth.proto
+	$(if $(PROTOC_C),,$(error protoc-c not found: install Debian's protobuf-c-compiler (make deps)))
+	@mkdir -p $(BUILD)/gen
+	$(PROTOC_C) --c_out=$(BUILD)/gen $<
+
+$(GEN_OBJS): $(GEN_C) $(GEN_H)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -c $< -o $@
 

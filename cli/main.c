@@ -9,6 +9,8 @@
 
 #define BOOTH_VERSION "0.1.0"
 
+int cmd_keygen(int argc, char **argv); /* cli/keygen.c */
+
 typedef struct {
     const char *name;
     int (*fn)(int argc, char **argv);
@@ -28,6 +30,7 @@ static const s_cmd_t s_cmds[] = {
     {"export", cmd_export, "write a checkpoint's LoRA as a diffusers, kohya or peft safetensors file"},
     {"ps", cmd_ps, "a cluster parameter server: holds LoRA tensors and AdamW state, sums gradients in order"},
     {"worker", cmd_worker, "a cluster worker: loads the model once, computes prior images, gradients, validation"},
+    {"keygen", cmd_keygen, "write a CURVE keypair (secret.key, public.key) for the cluster's encrypted sockets"},
     {"submit", cmd_submit, "queue a training job (booth train's flags) on a cluster's coordinator; --wait follows it"},
     {"status", cmd_status, "show a cluster's jobs, workers and parameter servers (--json for the raw reply)"},
     {"cancel", cmd_cancel, "stop a job queued or running on a cluster"},

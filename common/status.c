@@ -13,6 +13,8 @@ const char *bt_status_str(int status)
     case BT_ENOTFOUND: return "not found";
     case BT_EUNSUPPORTED: return "not supported";
     case BT_EINTERNAL: return "internal error";
+    case BT_EPROTO: return "protocol violation";
+    case BT_EAGAIN: return "nothing to receive";
     }
     return "unknown status";
 }

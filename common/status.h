@@ -18,6 +18,8 @@ typedef enum bt_status {
     BT_ENOTFOUND = -6,    /* a named tensor, key or file is missing */
     BT_EUNSUPPORTED = -7, /* valid input that this build cannot handle (e.g. no CUDA) */
     BT_EINTERNAL = -8,    /* a library call failed for a reason we did not expect */
+    BT_EPROTO = -9,       /* a peer's message broke the protocol; it was dropped, go on */
+    BT_EAGAIN = -10,      /* nothing to receive yet (timeout, non-blocking, interrupted) */
 } bt_status_t;
 
 /* A short lowercase phrase for the code ("malformed input", ...). */
