@@ -20,6 +20,7 @@ int cmd_inspect(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_priors(int argc, char **argv);
 
+int cmd_keygen(int argc, char **argv);
 int cmd_coordinator(int argc, char **argv);
 int cmd_ps(int argc, char **argv);
 int cmd_worker(int argc, char **argv);

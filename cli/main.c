@@ -9,8 +9,6 @@
 
 #define BOOTH_VERSION "0.1.0"
 
-int cmd_keygen(int argc, char **argv); /* cli/keygen.c */
-
 typedef struct {
     const char *name;
     int (*fn)(int argc, char **argv);
@@ -28,6 +26,7 @@ static const s_cmd_t s_cmds[] = {
     {"priors", cmd_priors, "generate prior-preservation class images into one HDF5 prior set (resumable)"},
     {"inspect", cmd_inspect, "show what a checkpoint or prior set (.h5) holds; --json, --images, --contact-sheet"},
     {"export", cmd_export, "write a checkpoint's LoRA as a diffusers, kohya or peft safetensors file"},
+    {"coordinator", cmd_coordinator, "the cluster's hub: job queue, prior farm, training over workers and PS"},
     {"ps", cmd_ps, "a cluster parameter server: holds LoRA tensors and AdamW state, sums gradients in order"},
     {"worker", cmd_worker, "a cluster worker: loads the model once, computes prior images, gradients, validation"},
     {"keygen", cmd_keygen, "write a CURVE keypair (secret.key, public.key) for the cluster's encrypted sockets"},
