@@ -218,8 +218,8 @@ int cmd_generate(int argc, char **argv)
         bt_img_t *img = bt_img_from_f32_chw(images, 3, (int)(h * 8), (int)(w * 8), BT_IMG_RANGE_01);
         char path[4096];
         s_image_path(path, sizeof path, out, i, num);
-        bt_png_text_t text = {"parameters", params};
-        int wrc = img ? bt_png_write(path, img, &text, 1) : BT_ENOMEM;
+        st_png_text_t text = {"parameters", params};
+        int wrc = img ? st_png_write(path, img, &text, 1) : BT_ENOMEM;
         bt_img_destroy(&img);
         if (wrc) goto out;
         printf("%s\n", path);

@@ -185,7 +185,7 @@ int cmd_grid(int argc, char **argv)
         } else {
             snprintf(path, sizeof path, "%s", out);
         }
-        int wrc = grid ? bt_png_write(path, grid, NULL, 0) : BT_ENOMEM;
+        int wrc = grid ? st_png_write(path, grid, NULL, 0) : BT_ENOMEM;
         bt_img_destroy(&grid);
         if (wrc) goto out;
         printf("%s\n", path);

@@ -35,7 +35,7 @@
 #define S_HIST_COLS (SD_H5_HIST_GRAD_NORM + 1)
 
 typedef struct {
-    bt_h5_file_t *f;
+    st_h5_file_t *f;
     const char *path;
     char *format;
     int64_t version;
@@ -45,13 +45,13 @@ typedef struct {
 /* ---- attributes ---- */
 
 /* One attribute as a cJSON value (JSON-valued strings such as the job parsed). */
-static cJSON *s_attr_json(bt_h5_file_t *f, const char *obj, const char *key)
+static cJSON *s_attr_json(st_h5_file_t *f, const char *obj, const char *key)
 {
-    bt_h5_info_t info;
-    if (bt_h5_attr_info(f, obj, key, &info)) return NULL;
-    if (info.dtype == BT_H5_STR) {
+    st_h5_info_t info;
+    if (st_h5_attr_info(f, obj, key, &info)) return NULL;
+    if (info.dtype == ST_H5_STR) {
         char *v = NULL;
-        if (bt_h5_attr_str(f, obj, key, &v)) return NULL;
+        if (st_h5_attr_str(f, obj, key, &v)) return NULL;
         cJSON *parsed = (v[0] == '{' || v[0] == '[') ? cJSON_Parse(v) : NULL;
         cJSON *r = parsed ? parsed : cJSON_CreateString(v);
         free(v);
@@ -59,24 +59,24 @@ static cJSON *s_attr_json(bt_h5_file_t *f, const char *obj, const char *key)
     }
     if (info.numel != 1) return cJSON_CreateString("(array)");
     char buf[64];
-    if (info.dtype == BT_H5_U64) {
+    if (info.dtype == ST_H5_U64) {
         uint64_t u;
-        if (bt_h5_attr_u64(f, obj, key, &u)) return NULL;
+        if (st_h5_attr_u64(f, obj, key, &u)) return NULL;
         snprintf(buf, sizeof buf, "%llu", (unsigned long long)u);
-    } else if (info.dtype == BT_H5_F32 || info.dtype == BT_H5_F64) {
+    } else if (info.dtype == ST_H5_F32 || info.dtype == ST_H5_F64) {
         double d;
-        if (bt_h5_attr_f64(f, obj, key, &d)) return NULL;
+        if (st_h5_attr_f64(f, obj, key, &d)) return NULL;
         if (!isfinite(d)) return cJSON_CreateNull();
         /* the shortest text that reads back as the stored value (float32 or double) */
-        bool f32 = info.dtype == BT_H5_F32;
+        bool f32 = info.dtype == ST_H5_F32;
         for (int p = 1; p <= 17; p++) {
             snprintf(buf, sizeof buf, "%.*g", p, d);
             double back = strtod(buf, NULL);
             if (f32 ? (float)back == (float)d : back == d) break;
         }
-    } else if (info.dtype != BT_H5_OTHER) {
+    } else if (info.dtype != ST_H5_OTHER) {
         int64_t i;
-        if (bt_h5_attr_i64(f, obj, key, &i)) return NULL;
+        if (st_h5_attr_i64(f, obj, key, &i)) return NULL;
         snprintf(buf, sizeof buf, "%lld", (long long)i);
     } else {
         return cJSON_CreateString("(unsupported type)");
@@ -85,11 +85,11 @@ static cJSON *s_attr_json(bt_h5_file_t *f, const char *obj, const char *key)
 }
 
 /* Every attribute of obj as one JSON object. */
-static cJSON *s_attrs_json(bt_h5_file_t *f, const char *obj)
+static cJSON *s_attrs_json(st_h5_file_t *f, const char *obj)
 {
     char **names;
     int n;
-    if (bt_h5_attr_list(f, obj, &names, &n)) return NULL;
+    if (st_h5_attr_list(f, obj, &names, &n)) return NULL;
     cJSON *o = cJSON_CreateObject();
     for (int i = 0; o && i < n; i++) {
         cJSON *v = s_attr_json(f, obj, names[i]);
@@ -99,15 +99,15 @@ static cJSON *s_attrs_json(bt_h5_file_t *f, const char *obj)
             o = NULL;
         }
     }
-    bt_h5_free_names(names, n);
+    st_h5_free_names(names, n);
     return o;
 }
 
 /* An attribute as display text ("" if absent). */
-static void s_attr_text(bt_h5_file_t *f, const char *obj, const char *key, char *buf, size_t len)
+static void s_attr_text(st_h5_file_t *f, const char *obj, const char *key, char *buf, size_t len)
 {
     buf[0] = '\0';
-    if (!bt_h5_attr_exists(f, obj, key)) return;
+    if (!st_h5_attr_exists(f, obj, key)) return;
     cJSON *v = s_attr_json(f, obj, key);
     if (!v) return;
     if (cJSON_IsString(v))
@@ -124,21 +124,21 @@ static void s_attr_text(bt_h5_file_t *f, const char *obj, const char *key, char 
 
 typedef struct {
     char name[600];
-    bt_h5_info_t info;
+    st_h5_info_t info;
     double norm;
 } s_tensor_t;
 
-static int s_tensors(bt_h5_file_t *f, const char *group, s_tensor_t **out, int *n, int *cap, int64_t *params)
+static int s_tensors(st_h5_file_t *f, const char *group, s_tensor_t **out, int *n, int *cap, int64_t *params)
 {
-    if (!bt_h5_is_group(f, group)) return BT_OK;
+    if (!st_h5_is_group(f, group)) return BT_OK;
     char **names;
     int nn;
-    int rc = bt_h5_list(f, group, &names, &nn);
+    int rc = st_h5_list(f, group, &names, &nn);
     double *buf = NULL;
     for (int i = 0; i < nn && rc == BT_OK; i++) {
         char name[600];
         snprintf(name, sizeof name, "%s/%s", group, names[i]);
-        if (bt_h5_is_group(f, name)) continue;
+        if (st_h5_is_group(f, name)) continue;
         if (*n == *cap) {
             int c = *cap ? 2 * *cap : 256;
             s_tensor_t *p = realloc(*out, (size_t)c * sizeof *p);
@@ -151,12 +151,12 @@ static int s_tensors(bt_h5_file_t *f, const char *group, s_tensor_t **out, int *
         }
         s_tensor_t *t = &(*out)[*n];
         snprintf(t->name, sizeof t->name, "%s", name);
-        if ((rc = bt_h5_info(f, name, &t->info))) break;
+        if ((rc = st_h5_info(f, name, &t->info))) break;
         t->norm = NAN;
         /* the norm, a slab of rows at a time: a file's claimed sizes never decide an allocation */
         int64_t row = 1;
         for (int d = 1; d < t->info.ndim; d++) row *= t->info.shape[d];
-        if ((t->info.dtype == BT_H5_F32 || t->info.dtype == BT_H5_F64) && t->info.ndim >= 1 && row <= S_MAX_ROW) {
+        if ((t->info.dtype == ST_H5_F32 || t->info.dtype == ST_H5_F64) && t->info.ndim >= 1 && row <= S_MAX_ROW) {
             int64_t per = row > 0 ? S_MAX_ROW / row : 1, rows = t->info.shape[0];
             if (!buf && !(buf = malloc((size_t)S_MAX_ROW * sizeof *buf))) {
                 rc = BT_ENOMEM;
@@ -165,7 +165,7 @@ static int s_tensors(bt_h5_file_t *f, const char *group, s_tensor_t **out, int *
             double ss = 0;
             for (int64_t r = 0; r < rows && rc == BT_OK; r += per) {
                 int64_t cnt = rows - r < per ? rows - r : per;
-                rc = bt_h5_read_rows(f, name, BT_H5_F64, r, cnt, buf);
+                rc = st_h5_read_rows(f, name, ST_H5_F64, r, cnt, buf);
                 for (int64_t k = 0; rc == BT_OK && k < cnt * row; k++) ss += buf[k] * buf[k];
             }
             if (rc) break;
@@ -175,11 +175,11 @@ static int s_tensors(bt_h5_file_t *f, const char *group, s_tensor_t **out, int *
         (*n)++;
     }
     free(buf);
-    bt_h5_free_names(names, nn);
+    st_h5_free_names(names, nn);
     return rc;
 }
 
-static char *s_shape(const bt_h5_info_t *i, char *buf, size_t len)
+static char *s_shape(const st_h5_info_t *i, char *buf, size_t len)
 {
     size_t o = (size_t)snprintf(buf, len, "[");
     for (int d = 0; d < i->ndim && o < len; d++)
@@ -193,12 +193,12 @@ static char *s_shape(const bt_h5_info_t *i, char *buf, size_t len)
 static const char *const s_sets[2] = {SD_H5_INSTANCE, SD_H5_PRIOR};
 
 /* Reads image row i of group into a new image. */
-static bt_img_t *s_image(bt_h5_file_t *f, const char *group, const bt_h5_imgset_info_t *info, int64_t i)
+static bt_img_t *s_image(st_h5_file_t *f, const char *group, const st_h5_imgset_info_t *info, int64_t i)
 {
     bt_img_t *img = bt_img_new((int)info->width, (int)info->height, 3);
     char p[512];
-    bt_h5_imgset_path(p, sizeof p, group, SD_H5_IMAGES);
-    if (img && bt_h5_read_rows(f, p, BT_H5_U8, i, 1, img->data)) bt_img_destroy(&img);
+    st_h5_imgset_path(p, sizeof p, group, SD_H5_IMAGES);
+    if (img && st_h5_read_rows(f, p, ST_H5_U8, i, 1, img->data)) bt_img_destroy(&img);
     return img;
 }
 
@@ -207,24 +207,24 @@ static int s_write_images(s_file_t *sf, const char *dir)
     int rc = bt_mkdirs(dir);
     for (int k = 0; k < 2 && rc == BT_OK; k++) {
         const char *g = s_sets[k];
-        if (!bt_h5_is_group(sf->f, g)) continue;
-        bt_h5_imgset_info_t info;
-        if ((rc = bt_h5_imgset_probe(sf->f, g, &info))) break;
+        if (!st_h5_is_group(sf->f, g)) continue;
+        st_h5_imgset_info_t info;
+        if ((rc = st_h5_imgset_probe(sf->f, g, &info))) break;
         int64_t *index = malloc((size_t)(info.n ? info.n : 1) * sizeof *index);
         char p[512], **prompts = NULL;
         uint64_t seed = 0;
         int64_t steps = 0;
         double guidance = 0;
-        bool prior = k == 1 && bt_h5_attr_exists(sf->f, g, SD_H5_PRIOR_STEPS);
+        bool prior = k == 1 && st_h5_attr_exists(sf->f, g, SD_H5_PRIOR_STEPS);
         if (!index) rc = BT_ENOMEM;
-        bt_h5_imgset_path(p, sizeof p, g, SD_H5_IMAGE_INDEX);
-        if (rc == BT_OK) rc = bt_h5_read(sf->f, p, BT_H5_I64, 1, &info.n, index);
-        bt_h5_imgset_path(p, sizeof p, g, SD_H5_IMAGE_PROMPT);
-        if (rc == BT_OK && info.has_prompt) rc = bt_h5_read_strings(sf->f, p, info.n, &prompts);
+        st_h5_imgset_path(p, sizeof p, g, SD_H5_IMAGE_INDEX);
+        if (rc == BT_OK) rc = st_h5_read(sf->f, p, ST_H5_I64, 1, &info.n, index);
+        st_h5_imgset_path(p, sizeof p, g, SD_H5_IMAGE_PROMPT);
+        if (rc == BT_OK && info.has_prompt) rc = st_h5_read_strings(sf->f, p, info.n, &prompts);
         if (rc == BT_OK && prior) {
-            rc = bt_h5_attr_u64(sf->f, g, SD_H5_PRIOR_SEED, &seed);
-            if (rc == BT_OK) rc = bt_h5_attr_i64(sf->f, g, SD_H5_PRIOR_STEPS, &steps);
-            if (rc == BT_OK) rc = bt_h5_attr_f64(sf->f, g, SD_H5_PRIOR_GUIDANCE, &guidance);
+            rc = st_h5_attr_u64(sf->f, g, SD_H5_PRIOR_SEED, &seed);
+            if (rc == BT_OK) rc = st_h5_attr_i64(sf->f, g, SD_H5_PRIOR_STEPS, &steps);
+            if (rc == BT_OK) rc = st_h5_attr_f64(sf->f, g, SD_H5_PRIOR_GUIDANCE, &guidance);
         }
         for (int64_t i = 0; i < info.n && rc == BT_OK; i++) {
             bt_img_t *img = s_image(sf->f, g, &info, i);
@@ -241,12 +241,12 @@ static int s_write_images(s_file_t *sf, const char *dir)
                          (long long)index[i]);
             else
                 snprintf(params, sizeof params, "%s", prompts ? prompts[i] : "");
-            bt_png_text_t text = {"parameters", params};
-            rc = bt_png_write(path, img, &text, 1);
+            st_png_text_t text = {"parameters", params};
+            rc = st_png_write(path, img, &text, 1);
             bt_img_destroy(&img);
             if (rc == BT_OK) printf("%s\n", path);
         }
-        bt_h5_free_names(prompts, (int)info.n);
+        st_h5_free_names(prompts, (int)info.n);
         free(index);
     }
     return rc;
@@ -259,9 +259,9 @@ static int s_contact_sheet(s_file_t *sf, const char *out)
     int64_t counts[2] = {0, 0};
     for (int k = 0; k < 2 && rc == BT_OK; k++) {
         const char *g = s_sets[k];
-        if (!bt_h5_is_group(sf->f, g)) continue;
-        bt_h5_imgset_info_t info;
-        if ((rc = bt_h5_imgset_probe(sf->f, g, &info))) break;
+        if (!st_h5_is_group(sf->f, g)) continue;
+        st_h5_imgset_info_t info;
+        if ((rc = st_h5_imgset_probe(sf->f, g, &info))) break;
         counts[k] = info.n;
         total += (int)info.n;
         for (int64_t i = 0; i < info.n && n < S_SHEET_MAX && rc == BT_OK; i++) {
@@ -314,7 +314,7 @@ static int s_contact_sheet(s_file_t *sf, const char *out)
         o.margin = 4;
         o.font_scale = 1;
         bt_img_t *grid = bt_img_grid((const bt_img_t *const *)tiles, (n + cols - 1) / cols, cols, &o);
-        rc = grid ? bt_png_write(out, grid, NULL, 0) : BT_ENOMEM;
+        rc = grid ? st_png_write(out, grid, NULL, 0) : BT_ENOMEM;
         bt_img_destroy(&grid);
         if (rc == BT_OK) printf("%s\n", out);
     }
@@ -324,10 +324,10 @@ static int s_contact_sheet(s_file_t *sf, const char *out)
 
 /* ---- the summary ---- */
 
-static cJSON *s_set_json(bt_h5_file_t *f, const char *g)
+static cJSON *s_set_json(st_h5_file_t *f, const char *g)
 {
-    bt_h5_imgset_info_t info;
-    if (bt_h5_imgset_probe(f, g, &info)) return NULL;
+    st_h5_imgset_info_t info;
+    if (st_h5_imgset_probe(f, g, &info)) return NULL;
     cJSON *o = s_attrs_json(f, g);
     if (!o) return NULL;
     cJSON_AddNumberToObject(o, "count", (double)info.n);
@@ -343,35 +343,35 @@ static cJSON *s_set_json(bt_h5_file_t *f, const char *g)
     for (int c = 0; c < 2; c++) {
         if (!has[c]) continue;
         char p[512], **v = NULL;
-        bt_h5_imgset_path(p, sizeof p, g, cols[c]);
-        if (bt_h5_read_strings(f, p, info.n, &v)) continue;
+        st_h5_imgset_path(p, sizeof p, g, cols[c]);
+        if (st_h5_read_strings(f, p, info.n, &v)) continue;
         char key[32];
         snprintf(key, sizeof key, "%ss", cols[c]);
         cJSON *a = cJSON_AddArrayToObject(o, key);
         for (int64_t i = 0; a && i < info.n; i++) cJSON_AddItemToArray(a, cJSON_CreateString(v[i]));
-        bt_h5_free_names(v, (int)info.n);
+        st_h5_free_names(v, (int)info.n);
     }
     return o;
 }
 
 /* The first S_HIST_COLS columns of /history into cols (SD_H5_HIST_* order). */
-static int s_history(bt_h5_file_t *f, int64_t *n, double **cols)
+static int s_history(st_h5_file_t *f, int64_t *n, double **cols)
 {
     char name[64];
-    bt_h5_info_t info;
+    st_h5_info_t info;
     *n = 0;
     snprintf(name, sizeof name, SD_H5_HISTORY "/%s", sd_h5_history_column(SD_H5_HIST_LOSS));
-    if (!bt_h5_exists(f, name)) return BT_OK;
-    int rc = bt_h5_info(f, name, &info);
+    if (!st_h5_exists(f, name)) return BT_OK;
+    int rc = st_h5_info(f, name, &info);
     if (rc) return rc;
     if (info.ndim != 1 || info.numel > S_MAX_HISTORY) {
-        BT_ERROR("%s: '%s' is not a 1-D array", bt_h5_path(f), name);
+        BT_ERROR("%s: '%s' is not a 1-D array", st_h5_path(f), name);
         return BT_EFORMAT;
     }
     for (int c = 0; c < S_HIST_COLS && rc == BT_OK; c++) {
         if (!(cols[c] = malloc((size_t)(info.numel ? info.numel : 1) * sizeof(double)))) return BT_ENOMEM;
         snprintf(name, sizeof name, SD_H5_HISTORY "/%s", sd_h5_history_column(c));
-        rc = bt_h5_read(f, name, BT_H5_F64, 1, &info.numel, cols[c]);
+        rc = st_h5_read(f, name, ST_H5_F64, 1, &info.numel, cols[c]);
     }
     *n = info.numel;
     return rc;
@@ -383,9 +383,9 @@ static int s_print_json(s_file_t *sf, s_tensor_t *ts, int nt, int64_t nh, double
     if (!root) return BT_ENOMEM;
     cJSON_AddStringToObject(root, "file", sf->path);
     /* the groups' attributes and the history under their names in the file */
-    if (bt_h5_is_group(sf->f, SD_H5_OPTIM))
+    if (st_h5_is_group(sf->f, SD_H5_OPTIM))
         cJSON_AddItemToObject(root, SD_H5_OPTIM, s_attrs_json(sf->f, SD_H5_OPTIM));
-    if (bt_h5_is_group(sf->f, SD_H5_RNG)) cJSON_AddItemToObject(root, SD_H5_RNG, s_attrs_json(sf->f, SD_H5_RNG));
+    if (st_h5_is_group(sf->f, SD_H5_RNG)) cJSON_AddItemToObject(root, SD_H5_RNG, s_attrs_json(sf->f, SD_H5_RNG));
     if (nh) {
         cJSON *h = cJSON_AddObjectToObject(root, SD_H5_HISTORY);
         for (int c = 0; h && c < S_HIST_COLS; c++)
@@ -395,7 +395,7 @@ static int s_print_json(s_file_t *sf, s_tensor_t *ts, int nt, int64_t nh, double
     for (int i = 0; ta && i < nt; i++) {
         cJSON *t = cJSON_CreateObject();
         cJSON_AddStringToObject(t, "name", ts[i].name);
-        cJSON_AddStringToObject(t, "dtype", bt_h5_dtype_name(ts[i].info.dtype));
+        cJSON_AddStringToObject(t, "dtype", st_h5_dtype_name(ts[i].info.dtype));
         cJSON *shape = cJSON_AddArrayToObject(t, "shape");
         for (int d = 0; shape && d < ts[i].info.ndim; d++)
             cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)ts[i].info.shape[d]));
@@ -403,7 +403,7 @@ static int s_print_json(s_file_t *sf, s_tensor_t *ts, int nt, int64_t nh, double
         cJSON_AddItemToArray(ta, t);
     }
     for (int k = 0; k < 2; k++)
-        if (bt_h5_is_group(sf->f, s_sets[k])) {
+        if (st_h5_is_group(sf->f, s_sets[k])) {
             cJSON *s = s_set_json(sf->f, s_sets[k]);
             if (s) cJSON_AddItemToObject(root, s_sets[k], s);
         }
@@ -424,7 +424,7 @@ static void s_print_hist_row(int64_t s, double **h)
 
 static void s_print_human(s_file_t *sf, s_tensor_t *ts, int nt, int64_t nparams, int64_t nh, double **hist)
 {
-    bt_h5_file_t *f = sf->f;
+    st_h5_file_t *f = sf->f;
     char a[4096], b[1024], c[1024];
     printf("%s: %s, format version %lld\n", sf->path, sf->ckpt ? "booth training checkpoint" : "booth prior set",
            (long long)sf->version);
@@ -452,7 +452,7 @@ static void s_print_human(s_file_t *sf, s_tensor_t *ts, int nt, int64_t nparams,
             }
         }
         cJSON_Delete(job);
-        if (bt_h5_is_group(f, SD_H5_OPTIM)) {
+        if (st_h5_is_group(f, SD_H5_OPTIM)) {
             const char *opt = SD_H5_OPTIM;
             char st[64], lr[64], sch[64], b1[64], b2[64], eps[64], wd[64];
             s_attr_text(f, opt, SD_H5_OPTIM_TYPE, a, sizeof a);
@@ -486,13 +486,13 @@ static void s_print_human(s_file_t *sf, s_tensor_t *ts, int nt, int64_t nparams,
     if (nt) {
         printf("tensors (%d; %lld LoRA parameters):\n", nt, (long long)nparams);
         for (int i = 0; i < nt; i++)
-            printf("  %-90s %s %-12s norm %.6g\n", ts[i].name, bt_h5_dtype_name(ts[i].info.dtype),
+            printf("  %-90s %s %-12s norm %.6g\n", ts[i].name, st_h5_dtype_name(ts[i].info.dtype),
                    s_shape(&ts[i].info, a, sizeof a), ts[i].norm);
     }
     for (int k = 0; k < 2; k++) {
         const char *g = s_sets[k];
-        bt_h5_imgset_info_t info;
-        if (!bt_h5_is_group(f, g) || bt_h5_imgset_probe(f, g, &info)) continue;
+        st_h5_imgset_info_t info;
+        if (!st_h5_is_group(f, g) || st_h5_imgset_probe(f, g, &info)) continue;
         s_attr_text(f, g, SD_H5_SET_PROMPT, a, sizeof a);
         printf("%s images: %lld at %lldx%lld px, prompt \"%s\"", k ? "prior" : "instance", (long long)info.n,
                (long long)info.width, (long long)info.height, a);
@@ -500,7 +500,7 @@ static void s_print_human(s_file_t *sf, s_tensor_t *ts, int nt, int64_t nparams,
             printf(", latents [%lld, %lld, %lld]%s", (long long)info.lat_c, (long long)info.lat_h,
                    (long long)info.lat_w, info.has_flip ? " (+ mirrored)" : "");
         printf("\n");
-        if (k == 1 && bt_h5_attr_exists(f, g, SD_H5_PRIOR_STEPS)) {
+        if (k == 1 && st_h5_attr_exists(f, g, SD_H5_PRIOR_STEPS)) {
             char sd[64], stp[64], gd[64], smp[64];
             s_attr_text(f, g, SD_H5_PRIOR_SEED, sd, sizeof sd);
             s_attr_text(f, g, SD_H5_PRIOR_STEPS, stp, sizeof stp);
@@ -510,11 +510,11 @@ static void s_print_human(s_file_t *sf, s_tensor_t *ts, int nt, int64_t nparams,
             printf("  generated with seed %s, %s %s steps, guidance %s, base model hash %s\n", sd, smp, stp, gd, b);
         }
         char p[512], **src = NULL;
-        bt_h5_imgset_path(p, sizeof p, g, SD_H5_IMAGE_SOURCE);
-        if (info.has_source && bt_h5_read_strings(f, p, info.n, &src) == 0) {
+        st_h5_imgset_path(p, sizeof p, g, SD_H5_IMAGE_SOURCE);
+        if (info.has_source && st_h5_read_strings(f, p, info.n, &src) == 0) {
             for (int64_t i = 0; i < info.n && i < 8; i++) printf("  %s\n", src[i]);
             if (info.n > 8) printf("  ... (%lld more)\n", (long long)(info.n - 8));
-            bt_h5_free_names(src, (int)info.n);
+            st_h5_free_names(src, (int)info.n);
         }
     }
 }
@@ -553,8 +553,8 @@ int cmd_inspect(int argc, char **argv)
     if (rc == BT_OK) rc = s_tensors(sf.f, SD_H5_OPTIM_V, &ts, &nt, &cap, &nparams);
     if (rc == BT_OK) rc = s_history(sf.f, &nh, hist);
     for (int k = 0; k < 2 && rc == BT_OK; k++) { /* the sets must be readable for either output */
-        bt_h5_imgset_info_t info;
-        if (bt_h5_is_group(sf.f, s_sets[k])) rc = bt_h5_imgset_probe(sf.f, s_sets[k], &info);
+        st_h5_imgset_info_t info;
+        if (st_h5_is_group(sf.f, s_sets[k])) rc = st_h5_imgset_probe(sf.f, s_sets[k], &info);
     }
     if (rc == BT_OK) {
         if (json)
@@ -567,6 +567,6 @@ int cmd_inspect(int argc, char **argv)
     for (int c = 0; c < S_HIST_COLS; c++) free(hist[c]);
     free(ts);
     free(sf.format);
-    bt_h5_close(&sf.f);
+    st_h5_close(&sf.f);
     return rc ? 1 : 0;
 }

@@ -71,18 +71,18 @@ int sd_model_ids(const char *dir, sd_model_ids_t *ids)
 
 /* ---- opening booth files ---- */
 
-bt_h5_file_t *sd_booth_h5_open(const char *path, const char *want, char **format, int64_t *version)
+st_h5_file_t *sd_booth_h5_open(const char *path, const char *want, char **format, int64_t *version)
 {
-    bt_h5_file_t *f = bt_h5_open(path);
+    st_h5_file_t *f = st_h5_open(path);
     if (!f) return NULL;
     char *fmt = NULL;
     int64_t ver = 0;
-    if (!bt_h5_attr_exists(f, SD_H5_ROOT, SD_H5_FORMAT)) {
+    if (!st_h5_attr_exists(f, SD_H5_ROOT, SD_H5_FORMAT)) {
         BT_ERROR("%s: an HDF5 file, but not one of booth's (no '" SD_H5_FORMAT "' attribute on the root group)", path);
         goto out_fail;
     }
-    if (bt_h5_attr_str(f, SD_H5_ROOT, SD_H5_FORMAT, &fmt) ||
-        bt_h5_attr_i64(f, SD_H5_ROOT, SD_H5_FORMAT_VERSION, &ver))
+    if (st_h5_attr_str(f, SD_H5_ROOT, SD_H5_FORMAT, &fmt) ||
+        st_h5_attr_i64(f, SD_H5_ROOT, SD_H5_FORMAT_VERSION, &ver))
         goto out_fail;
     if (want && strcmp(fmt, want)) {
         BT_ERROR("%s: a %s file, not a %s", path, fmt, want);
@@ -106,7 +106,7 @@ bt_h5_file_t *sd_booth_h5_open(const char *path, const char *want, char **format
     return f;
 out_fail:
     free(fmt);
-    bt_h5_close(&f);
+    st_h5_close(&f);
     return NULL;
 }
 
@@ -118,7 +118,7 @@ static uint64_t s_pixels_hash(const sd_image_set_t *s)
 }
 
 /* Writes group/<name> for every tensor of o, from the array `which` selects (0 p, 1 m, 2 v). */
-static int s_write_tensors(bt_h5_file_t *f, const char *group, const sd_optim_t *o, int which, float *host)
+static int s_write_tensors(st_h5_file_t *f, const char *group, const sd_optim_t *o, int which, float *host)
 {
     char name[SD_OPTIM_NAME_MAX + 64];
     int rc = BT_OK;
@@ -127,7 +127,7 @@ static int s_write_tensors(bt_h5_file_t *f, const char *group, const sd_optim_t 
         const float *src = which == 0 ? t->p : which == 1 ? t->m : t->v;
         snprintf(name, sizeof name, "%s/%s", group, t->name);
         if (!(rc = nn_download(o->ctx, host, src, (size_t)t->numel * sizeof(float))))
-            rc = bt_h5_write(f, name, BT_H5_F32, 2, t->shape, host, NULL);
+            rc = st_h5_write(f, name, ST_H5_F32, 2, t->shape, host, NULL);
     }
     return rc;
 }
@@ -162,27 +162,27 @@ static void s_targets(const sd_optim_t *o, st_lora_part_t part, char *buf, size_
  * (an earlier checkpoint of this run, or the prior set it trains on) instead of
  * being compressed again? Only if that file holds exactly these images
  * (content hash) at these sizes, encoded by the same base model. */
-static bool s_reusable(bt_h5_file_t *src, const char *group, const sd_image_set_t *s, const char *hex,
+static bool s_reusable(st_h5_file_t *src, const char *group, const sd_image_set_t *s, const char *hex,
                        const sd_model_ids_t *ids)
 {
-    if (!src || !bt_h5_is_group(src, group) || !bt_h5_attr_exists(src, group, SD_H5_SET_CONTENT_HASH)) return false;
+    if (!src || !st_h5_is_group(src, group) || !st_h5_attr_exists(src, group, SD_H5_SET_CONTENT_HASH)) return false;
     /* the base model: a checkpoint's root records it, a prior set's /prior */
-    bool ckpt = bt_h5_attr_exists(src, SD_H5_ROOT, SD_H5_CKPT_BASE_MODEL_HASH);
+    bool ckpt = st_h5_attr_exists(src, SD_H5_ROOT, SD_H5_CKPT_BASE_MODEL_HASH);
     const char *hash_at = ckpt ? SD_H5_ROOT : group, *hash_name = ckpt ? SD_H5_CKPT_BASE_MODEL_HASH
                                                                       : SD_H5_PRIOR_BASE_MODEL_HASH;
     char *h = NULL, *mh = NULL;
-    bt_h5_imgset_info_t info;
-    bool ok = bt_h5_imgset_probe(src, group, &info) == BT_OK && info.n == s->n && info.height == s->res &&
+    st_h5_imgset_info_t info;
+    bool ok = st_h5_imgset_probe(src, group, &info) == BT_OK && info.n == s->n && info.height == s->res &&
               info.width == s->res && info.lat_c == s->C && info.lat_h == s->h && info.lat_w == s->w &&
-              bt_h5_attr_str(src, group, SD_H5_SET_CONTENT_HASH, &h) == BT_OK && !strcmp(h, hex) &&
-              bt_h5_attr_str(src, hash_at, hash_name, &mh) == BT_OK && !strcmp(mh, ids->model);
+              st_h5_attr_str(src, group, SD_H5_SET_CONTENT_HASH, &h) == BT_OK && !strcmp(h, hex) &&
+              st_h5_attr_str(src, hash_at, hash_name, &mh) == BT_OK && !strcmp(mh, ids->model);
     free(h);
     free(mh);
     return ok;
 }
 
-static int s_write_set(bt_h5_file_t *f, const char *group, const sd_image_set_t *s, const char *prompt,
-                       bool per_image_seed, uint64_t seed, bt_h5_file_t *reuse, const sd_model_ids_t *ids)
+static int s_write_set(st_h5_file_t *f, const char *group, const sd_image_set_t *s, const char *prompt,
+                       bool per_image_seed, uint64_t seed, st_h5_file_t *reuse, const sd_model_ids_t *ids)
 {
     const char **prompts = malloc((size_t)(s->n ? s->n : 1) * sizeof *prompts);
     uint64_t *seeds = malloc((size_t)(s->n ? s->n : 1) * sizeof *seeds);
@@ -195,7 +195,7 @@ static int s_write_set(bt_h5_file_t *f, const char *group, const sd_image_set_t 
         prompts[i] = prompt;
         seeds[i] = seed;
     }
-    bt_h5_imgset_t w = {.n = s->n, .height = s->res, .width = s->res, .lat_c = s->C, .lat_h = s->h, .lat_w = s->w,
+    st_h5_imgset_t w = {.n = s->n, .height = s->res, .width = s->res, .lat_c = s->C, .lat_h = s->h, .lat_w = s->w,
                         .flips = s->mean_f != NULL, .images = s->pixels, .mean = s->mean, .logvar = s->logvar,
                         .mean_flip = s->mean_f, .logvar_flip = s->logvar_f, .seed = per_image_seed ? seeds : NULL,
                         .prompt = prompts, .source = (const char *const *)s->paths};
@@ -208,24 +208,24 @@ static int s_write_set(bt_h5_file_t *f, const char *group, const sd_image_set_t 
         static const char *const names[] = {SD_H5_IMAGES, SD_H5_LATENT_MEAN, SD_H5_LATENT_LOGVAR,
                                             SD_H5_LATENT_MEAN_FLIP, SD_H5_LATENT_LOGVAR_FLIP};
         const float *flip[2] = {s->mean_f, s->logvar_f};
-        rc = bt_h5_group(f, group, false);
+        rc = st_h5_group(f, group, false);
         for (int k = 0; k < (s->mean_f ? 5 : 3) && rc == BT_OK; k++) {
             char p[256];
-            if ((rc = bt_h5_imgset_path(p, sizeof p, group, names[k]))) break;
-            if (k < 3 || bt_h5_exists(reuse, p)) {
-                rc = bt_h5_copy(f, p, reuse, p);
+            if ((rc = st_h5_imgset_path(p, sizeof p, group, names[k]))) break;
+            if (k < 3 || st_h5_exists(reuse, p)) {
+                rc = st_h5_copy(f, p, reuse, p);
             } else {
-                const bt_h5_opts_t row = {.rows_per_chunk = 1};
-                rc = bt_h5_write(f, p, BT_H5_F32, 4, (int64_t[]){s->n, s->C, s->h, s->w}, flip[k - 3], &row);
+                const st_h5_opts_t row = {.rows_per_chunk = 1};
+                rc = st_h5_write(f, p, ST_H5_F32, 4, (int64_t[]){s->n, s->C, s->h, s->w}, flip[k - 3], &row);
             }
         }
-        if (rc == BT_OK) rc = bt_h5_imgset_end(f, group, &w);
-        BT_DEBUG("%s: /%s images and latents copied from %s", bt_h5_path(f), group, bt_h5_path(reuse));
+        if (rc == BT_OK) rc = st_h5_imgset_end(f, group, &w);
+        BT_DEBUG("%s: /%s images and latents copied from %s", st_h5_path(f), group, st_h5_path(reuse));
     } else {
-        rc = bt_h5_imgset_write(f, group, &w);
+        rc = st_h5_imgset_write(f, group, &w);
     }
-    if (rc == BT_OK) rc = bt_h5_attr_set_str(f, group, SD_H5_SET_CONTENT_HASH, hex);
-    if (rc == BT_OK) rc = bt_h5_attr_set_i64(f, group, SD_H5_SET_RESOLUTION, s->res);
+    if (rc == BT_OK) rc = st_h5_attr_set_str(f, group, SD_H5_SET_CONTENT_HASH, hex);
+    if (rc == BT_OK) rc = st_h5_attr_set_i64(f, group, SD_H5_SET_RESOLUTION, s->res);
     free(prompts);
     free(seeds);
     return rc;
@@ -250,11 +250,11 @@ int sd_checkpoint_save(const char *path, const sd_optim_t *o, const sd_ckpt_data
     for (int i = 0; i < o->n; i++)
         if ((size_t)o->t[i].numel > maxn) maxn = (size_t)o->t[i].numel;
     float *host = malloc((maxn ? maxn : 1) * sizeof(float));
-    bt_h5_file_t *f = NULL, *reuse = NULL;
+    st_h5_file_t *f = NULL, *reuse = NULL;
     int rc = job && host ? BT_OK : BT_ENOMEM;
     if (rc == BT_OK && reuse_path && access(reuse_path, R_OK) == 0)
         reuse = sd_booth_h5_open(reuse_path, NULL, NULL, NULL); /* NULL: write everything */
-    if (rc || !(f = bt_h5_create(path))) {
+    if (rc || !(f = st_h5_create(path))) {
         rc = rc ? rc : BT_EIO;
         goto out;
     }
@@ -267,51 +267,51 @@ int sd_checkpoint_save(const char *path, const sd_optim_t *o, const sd_ckpt_data
 
     /* root: what the file is, where the run stands, what it trains */
     const char *root = SD_H5_ROOT;
-    if ((rc = bt_h5_attr_set_str(f, root, SD_H5_FORMAT, SD_CKPT_FORMAT)) ||
-        (rc = bt_h5_attr_set_i64(f, root, SD_H5_FORMAT_VERSION, SD_CKPT_FORMAT_VERSION)) ||
-        (rc = bt_h5_attr_set_i64(f, root, SD_H5_CKPT_STEP, o->step)) ||
-        (rc = bt_h5_attr_set_i64(f, root, SD_H5_CKPT_MAX_TRAIN_STEPS, c->max_train_steps)) ||
-        (rc = bt_h5_attr_set_i64(f, root, SD_H5_CKPT_RANK, c->rank)) ||
-        (rc = bt_h5_attr_set_f32(f, root, SD_H5_CKPT_ALPHA, c->lora_alpha)) ||
-        (rc = bt_h5_attr_set_str(f, root, SD_H5_CKPT_TARGETS, targets)) ||
-        (rc = bt_h5_attr_set_str(f, root, SD_H5_CKPT_JOB, job)) ||
-        (rc = bt_h5_attr_set_str(f, root, SD_H5_CKPT_BASE_MODEL, c->model_dir)) ||
-        (rc = bt_h5_attr_set_str(f, root, SD_H5_CKPT_BASE_MODEL_HASH, ids->model)))
+    if ((rc = st_h5_attr_set_str(f, root, SD_H5_FORMAT, SD_CKPT_FORMAT)) ||
+        (rc = st_h5_attr_set_i64(f, root, SD_H5_FORMAT_VERSION, SD_CKPT_FORMAT_VERSION)) ||
+        (rc = st_h5_attr_set_i64(f, root, SD_H5_CKPT_STEP, o->step)) ||
+        (rc = st_h5_attr_set_i64(f, root, SD_H5_CKPT_MAX_TRAIN_STEPS, c->max_train_steps)) ||
+        (rc = st_h5_attr_set_i64(f, root, SD_H5_CKPT_RANK, c->rank)) ||
+        (rc = st_h5_attr_set_f32(f, root, SD_H5_CKPT_ALPHA, c->lora_alpha)) ||
+        (rc = st_h5_attr_set_str(f, root, SD_H5_CKPT_TARGETS, targets)) ||
+        (rc = st_h5_attr_set_str(f, root, SD_H5_CKPT_JOB, job)) ||
+        (rc = st_h5_attr_set_str(f, root, SD_H5_CKPT_BASE_MODEL, c->model_dir)) ||
+        (rc = st_h5_attr_set_str(f, root, SD_H5_CKPT_BASE_MODEL_HASH, ids->model)))
         goto out;
 
     /* the LoRA, named like the peft-layout LoRA keys, in model order */
-    if ((rc = bt_h5_group(f, SD_H5_LORA, true)) ||
-        (rc = bt_h5_attr_set_str(f, SD_H5_LORA, SD_H5_LORA_LAYOUT, SD_H5_LORA_LAYOUT_PEFT)) ||
-        (rc = bt_h5_attr_set_i64(f, SD_H5_LORA, SD_H5_LORA_RANK, c->rank)) ||
-        (rc = bt_h5_attr_set_f32(f, SD_H5_LORA, SD_H5_LORA_ALPHA, c->lora_alpha)))
+    if ((rc = st_h5_group(f, SD_H5_LORA, true)) ||
+        (rc = st_h5_attr_set_str(f, SD_H5_LORA, SD_H5_LORA_LAYOUT, SD_H5_LORA_LAYOUT_PEFT)) ||
+        (rc = st_h5_attr_set_i64(f, SD_H5_LORA, SD_H5_LORA_RANK, c->rank)) ||
+        (rc = st_h5_attr_set_f32(f, SD_H5_LORA, SD_H5_LORA_ALPHA, c->lora_alpha)))
         goto out;
     if ((rc = s_write_tensors(f, SD_H5_LORA, o, 0, host))) goto out;
 
     /* AdamW: the moments under the same names, and its step */
     const char *opt = SD_H5_OPTIM;
-    if ((rc = bt_h5_group(f, opt, false)) || (rc = bt_h5_group(f, SD_H5_OPTIM_M, true)) ||
-        (rc = bt_h5_group(f, SD_H5_OPTIM_V, true)) ||
-        (rc = bt_h5_attr_set_str(f, opt, SD_H5_OPTIM_TYPE, SD_H5_OPTIM_ADAMW)) ||
-        (rc = bt_h5_attr_set_i64(f, opt, SD_H5_OPTIM_STEP, o->step)) ||
-        (rc = bt_h5_attr_set_f32(f, opt, SD_H5_OPTIM_LEARNING_RATE, c->learning_rate)) ||
-        (rc = bt_h5_attr_set_str(f, opt, SD_H5_OPTIM_LR_SCHEDULER, sd_lr_sched_name(c->lr_scheduler))) ||
-        (rc = bt_h5_attr_set_i64(f, opt, SD_H5_OPTIM_LR_WARMUP_STEPS, c->lr_warmup_steps)) ||
-        (rc = bt_h5_attr_set_f32(f, opt, SD_H5_OPTIM_BETA1, c->adam_beta1)) ||
-        (rc = bt_h5_attr_set_f32(f, opt, SD_H5_OPTIM_BETA2, c->adam_beta2)) ||
-        (rc = bt_h5_attr_set_f32(f, opt, SD_H5_OPTIM_EPSILON, c->adam_epsilon)) ||
-        (rc = bt_h5_attr_set_f32(f, opt, SD_H5_OPTIM_WEIGHT_DECAY, c->adam_weight_decay)) ||
-        (rc = bt_h5_attr_set_f32(f, opt, SD_H5_OPTIM_MAX_GRAD_NORM, c->max_grad_norm)))
+    if ((rc = st_h5_group(f, opt, false)) || (rc = st_h5_group(f, SD_H5_OPTIM_M, true)) ||
+        (rc = st_h5_group(f, SD_H5_OPTIM_V, true)) ||
+        (rc = st_h5_attr_set_str(f, opt, SD_H5_OPTIM_TYPE, SD_H5_OPTIM_ADAMW)) ||
+        (rc = st_h5_attr_set_i64(f, opt, SD_H5_OPTIM_STEP, o->step)) ||
+        (rc = st_h5_attr_set_f32(f, opt, SD_H5_OPTIM_LEARNING_RATE, c->learning_rate)) ||
+        (rc = st_h5_attr_set_str(f, opt, SD_H5_OPTIM_LR_SCHEDULER, sd_lr_sched_name(c->lr_scheduler))) ||
+        (rc = st_h5_attr_set_i64(f, opt, SD_H5_OPTIM_LR_WARMUP_STEPS, c->lr_warmup_steps)) ||
+        (rc = st_h5_attr_set_f32(f, opt, SD_H5_OPTIM_BETA1, c->adam_beta1)) ||
+        (rc = st_h5_attr_set_f32(f, opt, SD_H5_OPTIM_BETA2, c->adam_beta2)) ||
+        (rc = st_h5_attr_set_f32(f, opt, SD_H5_OPTIM_EPSILON, c->adam_epsilon)) ||
+        (rc = st_h5_attr_set_f32(f, opt, SD_H5_OPTIM_WEIGHT_DECAY, c->adam_weight_decay)) ||
+        (rc = st_h5_attr_set_f32(f, opt, SD_H5_OPTIM_MAX_GRAD_NORM, c->max_grad_norm)))
         goto out;
     if ((rc = s_write_tensors(f, SD_H5_OPTIM_M, o, 1, host)) || (rc = s_write_tensors(f, SD_H5_OPTIM_V, o, 2, host)))
         goto out;
 
     /* randomness: counter-based, so the seed is the whole state */
-    if ((rc = bt_h5_group(f, SD_H5_RNG, false)) ||
-        (rc = bt_h5_attr_set_str(f, SD_H5_RNG, SD_H5_RNG_ALGORITHM,
+    if ((rc = st_h5_group(f, SD_H5_RNG, false)) ||
+        (rc = st_h5_attr_set_str(f, SD_H5_RNG, SD_H5_RNG_ALGORITHM,
                                  "booth counter-based RNG (common/rng.h): every draw is a function of (seed, step, "
                                  "slot); no generator state to restore")) ||
-        (rc = bt_h5_attr_set_u64(f, SD_H5_RNG, SD_H5_RNG_SEED, c->seed)) ||
-        (rc = bt_h5_attr_set_i64(f, SD_H5_RNG, SD_H5_RNG_NEXT_STEP, o->step)))
+        (rc = st_h5_attr_set_u64(f, SD_H5_RNG, SD_H5_RNG_SEED, c->seed)) ||
+        (rc = st_h5_attr_set_i64(f, SD_H5_RNG, SD_H5_RNG_NEXT_STEP, o->step)))
         goto out;
 
     /* the per-step log: one row per step taken (NaN where the caller kept none) */
@@ -325,13 +325,13 @@ int sd_checkpoint_save(const char *path, const sd_optim_t *o, const sd_ckpt_data
         goto out;
     }
     for (int64_t i = 0; i < n; i++) steps[i] = i + 1;
-    rc = bt_h5_group(f, SD_H5_HISTORY, false);
-    if (rc == BT_OK) rc = bt_h5_write(f, SD_H5_HISTORY "/" SD_H5_HISTORY_STEP, BT_H5_I64, 1, &n, steps, NULL);
+    rc = st_h5_group(f, SD_H5_HISTORY, false);
+    if (rc == BT_OK) rc = st_h5_write(f, SD_H5_HISTORY "/" SD_H5_HISTORY_STEP, ST_H5_I64, 1, &n, steps, NULL);
     for (int c_ = 0; c_ < SD_H5_HIST_NCOLS && rc == BT_OK; c_++) {
         char name[64];
         snprintf(name, sizeof name, SD_H5_HISTORY "/%s", sd_h5_history_column(c_));
         for (int64_t i = 0; i < n; i++) col[i] = i < have ? (*s_hist_col((sd_train_history_t *)h, c_))[i] : NAN;
-        rc = bt_h5_write(f, name, BT_H5_F64, 1, &n, col, NULL);
+        rc = st_h5_write(f, name, ST_H5_F64, 1, &n, col, NULL);
     }
     free(steps);
     free(col);
@@ -339,7 +339,7 @@ int sd_checkpoint_save(const char *path, const sd_optim_t *o, const sd_ckpt_data
 
     /* the data the run trains on */
     if ((rc = s_write_set(f, SD_H5_INSTANCE, d->instances, c->instance_prompt, false, 0, reuse, ids)) ||
-        (rc = bt_h5_attr_set_str(f, SD_H5_INSTANCE, SD_H5_SET_PROMPT, c->instance_prompt)))
+        (rc = st_h5_attr_set_str(f, SD_H5_INSTANCE, SD_H5_SET_PROMPT, c->instance_prompt)))
         goto out;
     if (c->prior_preservation) {
         const sd_image_set_t *cl = d->classes;
@@ -351,14 +351,14 @@ int sd_checkpoint_save(const char *path, const sd_optim_t *o, const sd_ckpt_data
                                 .resolution = cl->res};
         if ((rc = s_write_set(f, SD_H5_PRIOR, cl, spec.prompt, true, spec.seed, reuse, ids)) ||
             (rc = sd_priors_write_attrs(f, SD_H5_PRIOR, &spec, d->sampler, c->model_dir, ids->model, ids->vae)) ||
-            (rc = bt_h5_attr_set_str(f, SD_H5_PRIOR, SD_H5_PRIOR_ORIGIN, c->class_dir ? c->class_dir : "")) ||
-            (rc = bt_h5_attr_set_str(f, SD_H5_PRIOR, SD_H5_PRIOR_CLASS_PROMPT, c->class_prompt)))
+            (rc = st_h5_attr_set_str(f, SD_H5_PRIOR, SD_H5_PRIOR_ORIGIN, c->class_dir ? c->class_dir : "")) ||
+            (rc = st_h5_attr_set_str(f, SD_H5_PRIOR, SD_H5_PRIOR_CLASS_PROMPT, c->class_prompt)))
             goto out;
     }
-    rc = bt_h5_commit(&f);
+    rc = st_h5_commit(&f);
 out:
-    bt_h5_abort(&f);
-    bt_h5_close(&reuse);
+    st_h5_abort(&f);
+    st_h5_close(&reuse);
     free(job);
     free(host);
     return rc;
@@ -366,13 +366,13 @@ out:
 
 /* ---- resuming ---- */
 
-static int s_check_set(const char *path, bt_h5_file_t *f, const char *group, const sd_image_set_t *s,
+static int s_check_set(const char *path, st_h5_file_t *f, const char *group, const sd_image_set_t *s,
                        const char *what, const char *flag)
 {
     char *hash = NULL, here[BT_HASH_HEX];
-    bt_h5_imgset_info_t info;
-    int rc = bt_h5_imgset_probe(f, group, &info);
-    if (rc == BT_OK) rc = bt_h5_attr_str(f, group, SD_H5_SET_CONTENT_HASH, &hash);
+    st_h5_imgset_info_t info;
+    int rc = st_h5_imgset_probe(f, group, &info);
+    if (rc == BT_OK) rc = st_h5_attr_str(f, group, SD_H5_SET_CONTENT_HASH, &hash);
     if (rc) return rc;
     bt_hash_hex(s_pixels_hash(s), here);
     if (info.n != s->n || info.height != s->res || strcmp(hash, here)) {
@@ -405,24 +405,24 @@ int sd_checkpoint_resume(const char *path, sd_optim_t *o, const sd_ckpt_data_t *
     sd_train_history_t hist = {0};
     int64_t step = 0, ostep = 0, total = 0;
     uint64_t seed = 0;
-    bt_h5_file_t *f = sd_booth_h5_open(path, SD_CKPT_FORMAT, NULL, NULL);
+    st_h5_file_t *f = sd_booth_h5_open(path, SD_CKPT_FORMAT, NULL, NULL);
     if (!f) return BT_EFORMAT;
-    int rc = bt_h5_attr_str(f, SD_H5_ROOT, SD_H5_CKPT_BASE_MODEL_HASH, &hash);
+    int rc = st_h5_attr_str(f, SD_H5_ROOT, SD_H5_CKPT_BASE_MODEL_HASH, &hash);
     if (rc == BT_OK && strcmp(hash, ids->model)) {
         BT_ERROR("%s: the checkpoint's base model has content hash %s, %s has %s; resume needs the same model", path,
                  hash, c->model_dir, ids->model);
         rc = BT_EINVAL;
     }
-    if (rc == BT_OK) rc = bt_h5_attr_str(f, SD_H5_ROOT, SD_H5_CKPT_JOB, &job);
+    if (rc == BT_OK) rc = st_h5_attr_str(f, SD_H5_ROOT, SD_H5_CKPT_JOB, &job);
     if (rc == BT_OK) rc = sd_job_compare(path, job, c);
-    if (rc == BT_OK) rc = bt_h5_attr_u64(f, SD_H5_RNG, SD_H5_RNG_SEED, &seed);
+    if (rc == BT_OK) rc = st_h5_attr_u64(f, SD_H5_RNG, SD_H5_RNG_SEED, &seed);
     if (rc == BT_OK && seed != c->seed) {
         BT_ERROR("%s: the checkpoint was trained with --seed %llu, this run has %llu; resume needs the same settings",
                  path, (unsigned long long)seed, (unsigned long long)c->seed);
         rc = BT_EINVAL;
     }
-    if (rc == BT_OK) rc = bt_h5_attr_i64(f, SD_H5_ROOT, SD_H5_CKPT_STEP, &step);
-    if (rc == BT_OK) rc = bt_h5_attr_i64(f, SD_H5_OPTIM, SD_H5_OPTIM_STEP, &ostep);
+    if (rc == BT_OK) rc = st_h5_attr_i64(f, SD_H5_ROOT, SD_H5_CKPT_STEP, &step);
+    if (rc == BT_OK) rc = st_h5_attr_i64(f, SD_H5_OPTIM, SD_H5_OPTIM_STEP, &ostep);
     if (rc == BT_OK && (step < 0 || step != ostep || step > c->max_train_steps)) {
         BT_ERROR("%s: the checkpoint is at step %lld (optimizer step %lld); this run has --max-train-steps %lld", path,
                  (long long)step, (long long)ostep, (long long)c->max_train_steps);
@@ -437,7 +437,7 @@ int sd_checkpoint_resume(const char *path, sd_optim_t *o, const sd_ckpt_data_t *
         goto out;
 
     /* the tensors: exactly the trainer's, each of its shape */
-    if ((rc = bt_h5_list(f, SD_H5_LORA, &names, &nnames))) goto out;
+    if ((rc = st_h5_list(f, SD_H5_LORA, &names, &nnames))) goto out;
     total = o->n;
     if (nnames != total) {
         BT_ERROR("%s: the checkpoint has %d LoRA tensors, this run's adapters have %lld", path, nnames,
@@ -455,7 +455,7 @@ int sd_checkpoint_resume(const char *path, sd_optim_t *o, const sd_ckpt_data_t *
         for (int g = 0; g < 3 && rc == BT_OK; g++, at++) {
             char name[SD_OPTIM_NAME_MAX + 64];
             snprintf(name, sizeof name, "%s/%s", groups[g], o->t[i].name);
-            rc = bt_h5_read(f, name, BT_H5_F32, 2, o->t[i].shape, stage + s_stage_at(o, i, g));
+            rc = st_h5_read(f, name, ST_H5_F32, 2, o->t[i].shape, stage + s_stage_at(o, i, g));
         }
     }
     if (rc) goto out;
@@ -466,7 +466,7 @@ int sd_checkpoint_resume(const char *path, sd_optim_t *o, const sd_ckpt_data_t *
         char name[64];
         snprintf(name, sizeof name, SD_H5_HISTORY "/%s", sd_h5_history_column(col));
         if (!(*p = malloc((size_t)(step ? step : 1) * sizeof **p))) rc = BT_ENOMEM;
-        if (rc == BT_OK) rc = bt_h5_read(f, name, BT_H5_F64, 1, &step, *p);
+        if (rc == BT_OK) rc = st_h5_read(f, name, ST_H5_F64, 1, &step, *p);
     }
     if (rc) goto out;
     hist.n = hist.cap = step;
@@ -489,10 +489,10 @@ int sd_checkpoint_resume(const char *path, sd_optim_t *o, const sd_ckpt_data_t *
 out:
     free(stage);
     sd_history_free(&hist);
-    bt_h5_free_names(names, nnames);
+    st_h5_free_names(names, nnames);
     free(job);
     free(hash);
-    bt_h5_close(&f);
+    st_h5_close(&f);
     return rc;
 }
 
@@ -630,7 +630,7 @@ int sd_optim_save_lora(const sd_optim_t *o, int64_t rank, float alpha, const cha
 
 int sd_checkpoint_export(const char *ckpt, const char *out, st_lora_layout_t layout, st_dtype_t dtype)
 {
-    bt_h5_file_t *f = sd_booth_h5_open(ckpt, SD_CKPT_FORMAT, NULL, NULL);
+    st_h5_file_t *f = sd_booth_h5_open(ckpt, SD_CKPT_FORMAT, NULL, NULL);
     if (!f) return BT_EFORMAT;
     char **names = NULL, *model = NULL;
     int n = 0;
@@ -638,14 +638,14 @@ int sd_checkpoint_export(const char *ckpt, const char *out, st_lora_layout_t lay
     float **data = NULL;
     double alpha = 0;
     sd_lora_records_t r[2] = {{0}};
-    int rc = bt_h5_attr_i64(f, SD_H5_LORA, SD_H5_LORA_RANK, &rank);
-    if (rc == BT_OK) rc = bt_h5_attr_f64(f, SD_H5_LORA, SD_H5_LORA_ALPHA, &alpha);
-    if (rc == BT_OK) rc = bt_h5_attr_str(f, SD_H5_ROOT, SD_H5_CKPT_BASE_MODEL, &model);
+    int rc = st_h5_attr_i64(f, SD_H5_LORA, SD_H5_LORA_RANK, &rank);
+    if (rc == BT_OK) rc = st_h5_attr_f64(f, SD_H5_LORA, SD_H5_LORA_ALPHA, &alpha);
+    if (rc == BT_OK) rc = st_h5_attr_str(f, SD_H5_ROOT, SD_H5_CKPT_BASE_MODEL, &model);
     if (rc == BT_OK && (rank < 1 || rank > 4096 || !(alpha > 0))) {
         BT_ERROR("%s: LoRA rank %lld / alpha %g are not valid", ckpt, (long long)rank, alpha);
         rc = BT_EFORMAT;
     }
-    if (rc == BT_OK) rc = bt_h5_list(f, SD_H5_LORA, &names, &n);
+    if (rc == BT_OK) rc = st_h5_list(f, SD_H5_LORA, &names, &n);
     if (rc == BT_OK && n == 0) {
         BT_ERROR("%s: the checkpoint has no LoRA tensors", ckpt);
         rc = BT_EFORMAT;
@@ -654,9 +654,9 @@ int sd_checkpoint_export(const char *ckpt, const char *out, st_lora_layout_t lay
         rc = BT_ENOMEM;
     for (int i = 0; i < n && rc == BT_OK; i++) {
         char name[2 * ST_LORA_NAME_MAX + 8];
-        bt_h5_info_t info;
+        st_h5_info_t info;
         snprintf(name, sizeof name, SD_H5_LORA "/%s", names[i]);
-        if ((rc = bt_h5_info(f, name, &info))) break;
+        if ((rc = st_h5_info(f, name, &info))) break;
         if (info.ndim != 2 || info.shape[0] < 1 || info.shape[1] < 1 || info.shape[0] > 16384 ||
             info.shape[1] > 16384) {
             BT_ERROR("%s: '%s' is not a LoRA matrix (%d dims)", ckpt, name, info.ndim);
@@ -666,7 +666,7 @@ int sd_checkpoint_export(const char *ckpt, const char *out, st_lora_layout_t lay
         shapes[i][0] = info.shape[0];
         shapes[i][1] = info.shape[1];
         if (!(data[i] = malloc((size_t)(info.shape[0] * info.shape[1]) * sizeof(float)))) rc = BT_ENOMEM;
-        else rc = bt_h5_read(f, name, BT_H5_F32, 2, shapes[i], data[i]);
+        else rc = st_h5_read(f, name, ST_H5_F32, 2, shapes[i], data[i]);
     }
     if (rc == BT_OK)
         rc = sd_lora_records_from_named(r, ckpt, (const char *const *)names, (const int64_t(*)[2])shapes,
@@ -680,8 +680,8 @@ int sd_checkpoint_export(const char *ckpt, const char *out, st_lora_layout_t lay
     for (int i = 0; data && i < n; i++) free(data[i]);
     free(data);
     free(shapes);
-    bt_h5_free_names(names, n);
+    st_h5_free_names(names, n);
     free(model);
-    bt_h5_close(&f);
+    st_h5_close(&f);
     return rc;
 }

@@ -93,6 +93,6 @@ int sd_checkpoint_export(const char *ckpt, const char *out, st_lora_layout_t lay
 
 /* Opens a booth HDF5 file and checks its booth_format (want: SD_CKPT_FORMAT,
  * SD_PRIORS_FORMAT, or NULL for either) and format version. NULL with one line. */
-bt_h5_file_t *sd_booth_h5_open(const char *path, const char *want, char **format, int64_t *version);
+st_h5_file_t *sd_booth_h5_open(const char *path, const char *want, char **format, int64_t *version);
 
 #endif

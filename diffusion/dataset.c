@@ -184,26 +184,26 @@ static int s_check_args(sd_model_t *m, int resolution)
 static int s_load_prior_file(sd_image_set_t *s, sd_model_t *m, const char *path, int resolution, bool flips, int max,
                              sd_progress_fn progress, void *user)
 {
-    bt_h5_file_t *f = bt_h5_open(path);
+    st_h5_file_t *f = st_h5_open(path);
     if (!f) return BT_EFORMAT;
-    bt_h5_imgset_info_t info;
+    st_h5_imgset_info_t info;
     char *vae_hash = NULL, *prompt = NULL;
     int64_t steps = 0;
     double guidance = 0;
     float *lat = NULL;
     bt_img_t *img = NULL;
-    int rc = bt_h5_imgset_probe(f, SD_PRIOR_GROUP, &info);
+    int rc = st_h5_imgset_probe(f, SD_PRIOR_GROUP, &info);
     if (rc == BT_OK && info.n == 0) {
         BT_ERROR("%s: the prior set has no images", path);
         rc = BT_ENOTFOUND;
     }
     /* the settings it was generated with (each missing one is one error line) */
-    if (rc == BT_OK) rc = bt_h5_attr_str(f, SD_PRIOR_GROUP, SD_H5_SET_PROMPT, &prompt);
-    if (rc == BT_OK) rc = bt_h5_attr_u64(f, SD_PRIOR_GROUP, SD_H5_PRIOR_SEED, &s->gen_seed);
-    if (rc == BT_OK) rc = bt_h5_attr_i64(f, SD_PRIOR_GROUP, SD_H5_PRIOR_STEPS, &steps);
-    if (rc == BT_OK) rc = bt_h5_attr_f64(f, SD_PRIOR_GROUP, SD_H5_PRIOR_GUIDANCE, &guidance);
-    if (rc == BT_OK && bt_h5_attr_exists(f, SD_PRIOR_GROUP, SD_H5_PRIOR_VAE_HASH))
-        rc = bt_h5_attr_str(f, SD_PRIOR_GROUP, SD_H5_PRIOR_VAE_HASH, &vae_hash);
+    if (rc == BT_OK) rc = st_h5_attr_str(f, SD_PRIOR_GROUP, SD_H5_SET_PROMPT, &prompt);
+    if (rc == BT_OK) rc = st_h5_attr_u64(f, SD_PRIOR_GROUP, SD_H5_PRIOR_SEED, &s->gen_seed);
+    if (rc == BT_OK) rc = st_h5_attr_i64(f, SD_PRIOR_GROUP, SD_H5_PRIOR_STEPS, &steps);
+    if (rc == BT_OK) rc = st_h5_attr_f64(f, SD_PRIOR_GROUP, SD_H5_PRIOR_GUIDANCE, &guidance);
+    if (rc == BT_OK && st_h5_attr_exists(f, SD_PRIOR_GROUP, SD_H5_PRIOR_VAE_HASH))
+        rc = st_h5_attr_str(f, SD_PRIOR_GROUP, SD_H5_PRIOR_VAE_HASH, &vae_hash);
     if (rc) goto out;
     int n = max > 0 && info.n > max ? max : (int)info.n;
     if ((rc = s_set_alloc(s, m, n, resolution, flips))) goto out;
@@ -234,9 +234,9 @@ static int s_load_prior_file(sd_image_set_t *s, sd_model_t *m, const char *path,
             break;
         }
         snprintf(s->paths[i], len, "%s[%d]", path, i);
-        if ((rc = bt_h5_read_rows(f, SD_PRIOR_GROUP "/" SD_H5_IMAGES, BT_H5_U8, i, 1, img->data))) break;
-        if (reuse && ((rc = bt_h5_read_rows(f, SD_PRIOR_GROUP "/" SD_H5_LATENT_MEAN, BT_H5_F32, i, 1, lat)) ||
-                      (rc = bt_h5_read_rows(f, SD_PRIOR_GROUP "/" SD_H5_LATENT_LOGVAR, BT_H5_F32, i, 1, lat + per))))
+        if ((rc = st_h5_read_rows(f, SD_PRIOR_GROUP "/" SD_H5_IMAGES, ST_H5_U8, i, 1, img->data))) break;
+        if (reuse && ((rc = st_h5_read_rows(f, SD_PRIOR_GROUP "/" SD_H5_LATENT_MEAN, ST_H5_F32, i, 1, lat)) ||
+                      (rc = st_h5_read_rows(f, SD_PRIOR_GROUP "/" SD_H5_LATENT_LOGVAR, ST_H5_F32, i, 1, lat + per))))
             break;
         bt_img_t *sq = bt_img_resize_shorter_side_and_center_crop(img, resolution, BT_IMG_BILINEAR);
         if (!sq) {
@@ -254,7 +254,7 @@ out:
     free(lat);
     free(vae_hash);
     free(prompt);
-    bt_h5_close(&f);
+    st_h5_close(&f);
     return rc;
 }
 
@@ -288,7 +288,7 @@ int sd_image_set_load(sd_image_set_t *s, sd_model_t *m, const char *dir, int res
     if (!d_img || !d_mean || !d_logvar) rc = BT_ENOMEM;
     for (int i = 0; i < n && rc == BT_OK; i++) {
         bt_img_t *img = NULL, *sq = NULL;
-        if ((rc = bt_image_load_rgb(s->paths[i], &img))) break;
+        if ((rc = st_image_load_rgb(s->paths[i], &img))) break;
         sq = bt_img_resize_shorter_side_and_center_crop(img, resolution, BT_IMG_BILINEAR);
         bt_img_destroy(&img);
         if (!sq) {
@@ -339,8 +339,8 @@ int sd_class_images_ensure(sd_model_t *m, const char *dir, const char *prompt, i
         snprintf(path, sizeof path, "%s/class-%05d.png", dir, i);
         snprintf(params, sizeof params, "%s\nSteps: %d, CFG scale: %g, Seed: %llu, Index: %d", prompt, steps, guidance,
                  (unsigned long long)seed, i);
-        bt_png_text_t text = {"parameters", params};
-        if ((rc = bt_png_write(path, im, &text, 1))) break;
+        st_png_text_t text = {"parameters", params};
+        if ((rc = st_png_write(path, im, &text, 1))) break;
         made++;
         if (progress) progress(user, i - have + 1, want - have, NULL);
     }

@@ -10,7 +10,7 @@
  *
  * Names are relative to the root ("lora", not "/lora"), as storage/h5.h takes
  * them; a dataset inside a group is "GROUP/NAME" (string-literal concatenation
- * for fixed paths, bt_h5_imgset_path for an image set's). The image-set
+ * for fixed paths, st_h5_imgset_path for an image set's). The image-set
  * datasets are the names storage/h5_images.c writes and probes (storage knows
  * arrays, not booth's files, and spells them itself): SD_H5_IMAGES and the
  * others below must agree with it.

@@ -118,7 +118,7 @@ int sd_loop_validation(sd_loop_t *r, const bt_img_t *grid)
     snprintf(dir, sizeof dir, "%s/validation", r->dir);
     snprintf(path, sizeof path, "%s/step-%06lld.png", dir, (long long)r->hist.n);
     int rc = bt_mkdirs(dir);
-    return rc ? rc : bt_png_write(path, grid, NULL, 0);
+    return rc ? rc : st_png_write(path, grid, NULL, 0);
 }
 
 int sd_loop_validation_png(sd_loop_t *r, const void *png, size_t len)
@@ -147,7 +147,7 @@ static int s_plot_loss(const char *path, const sd_train_history_t *h)
             {.label = "moving average", .x = x, .y = avg, .n = n, .color = 0x08519c, .line_width = 2.0f}};
         bt_plot_opts_t o = {.title = "DreamBooth LoRA training loss", .x_label = "step", .y_label = "loss"};
         bt_img_t *img = bt_img_plot_lines(960, 540, s, 2, &o);
-        rc = img ? bt_png_write(path, img, NULL, 0) : BT_ENOMEM;
+        rc = img ? st_png_write(path, img, NULL, 0) : BT_ENOMEM;
         bt_img_destroy(&img);
     }
     free(y);

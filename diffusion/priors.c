@@ -78,29 +78,29 @@ out:
     return rc;
 }
 
-int sd_priors_write_attrs(bt_h5_file_t *f, const char *group, const sd_prior_spec_t *spec, const char *sampler,
+int sd_priors_write_attrs(st_h5_file_t *f, const char *group, const sd_prior_spec_t *spec, const char *sampler,
                           const char *model_dir, const char *model_hash, const char *vae_hash)
 {
-    int rc = bt_h5_group(f, group, false);
-    if (!rc) rc = bt_h5_attr_set_str(f, group, SD_H5_SET_PROMPT, spec->prompt);
-    if (!rc) rc = bt_h5_attr_set_str(f, group, SD_H5_PRIOR_NEGATIVE_PROMPT, "");
-    if (!rc) rc = bt_h5_attr_set_u64(f, group, SD_H5_PRIOR_SEED, spec->seed);
-    if (!rc) rc = bt_h5_attr_set_i64(f, group, SD_H5_PRIOR_STEPS, spec->steps);
-    if (!rc) rc = bt_h5_attr_set_f32(f, group, SD_H5_PRIOR_GUIDANCE, spec->guidance);
-    if (!rc) rc = bt_h5_attr_set_i64(f, group, SD_H5_SET_RESOLUTION, spec->resolution);
-    if (!rc) rc = bt_h5_attr_set_str(f, group, SD_H5_PRIOR_SAMPLER, sampler);
-    if (!rc && model_dir) rc = bt_h5_attr_set_str(f, group, SD_H5_PRIOR_BASE_MODEL, model_dir);
-    if (!rc && model_hash) rc = bt_h5_attr_set_str(f, group, SD_H5_PRIOR_BASE_MODEL_HASH, model_hash);
-    if (!rc && vae_hash) rc = bt_h5_attr_set_str(f, group, SD_H5_PRIOR_VAE_HASH, vae_hash);
+    int rc = st_h5_group(f, group, false);
+    if (!rc) rc = st_h5_attr_set_str(f, group, SD_H5_SET_PROMPT, spec->prompt);
+    if (!rc) rc = st_h5_attr_set_str(f, group, SD_H5_PRIOR_NEGATIVE_PROMPT, "");
+    if (!rc) rc = st_h5_attr_set_u64(f, group, SD_H5_PRIOR_SEED, spec->seed);
+    if (!rc) rc = st_h5_attr_set_i64(f, group, SD_H5_PRIOR_STEPS, spec->steps);
+    if (!rc) rc = st_h5_attr_set_f32(f, group, SD_H5_PRIOR_GUIDANCE, spec->guidance);
+    if (!rc) rc = st_h5_attr_set_i64(f, group, SD_H5_SET_RESOLUTION, spec->resolution);
+    if (!rc) rc = st_h5_attr_set_str(f, group, SD_H5_PRIOR_SAMPLER, sampler);
+    if (!rc && model_dir) rc = st_h5_attr_set_str(f, group, SD_H5_PRIOR_BASE_MODEL, model_dir);
+    if (!rc && model_hash) rc = st_h5_attr_set_str(f, group, SD_H5_PRIOR_BASE_MODEL_HASH, model_hash);
+    if (!rc && vae_hash) rc = st_h5_attr_set_str(f, group, SD_H5_PRIOR_VAE_HASH, vae_hash);
     const char *weights = spec->weights ? spec->weights : SD_H5_WEIGHTS_EXACT;
-    if (!rc) rc = bt_h5_attr_set_str(f, group, SD_H5_PRIOR_BASE_WEIGHTS, weights);
+    if (!rc) rc = st_h5_attr_set_str(f, group, SD_H5_PRIOR_BASE_WEIGHTS, weights);
     return rc;
 }
 
-static int s_write_root(bt_h5_file_t *f)
+static int s_write_root(st_h5_file_t *f)
 {
-    int rc = bt_h5_attr_set_str(f, SD_H5_ROOT, SD_H5_FORMAT, SD_PRIORS_FORMAT);
-    return rc ? rc : bt_h5_attr_set_i64(f, SD_H5_ROOT, SD_H5_FORMAT_VERSION, SD_PRIORS_FORMAT_VERSION);
+    int rc = st_h5_attr_set_str(f, SD_H5_ROOT, SD_H5_FORMAT, SD_PRIORS_FORMAT);
+    return rc ? rc : st_h5_attr_set_i64(f, SD_H5_ROOT, SD_H5_FORMAT_VERSION, SD_PRIORS_FORMAT_VERSION);
 }
 
 /* Per-image seeds and prompts of n images (all the same). */
@@ -137,25 +137,25 @@ int sd_priors_part_write(const char *path, const sd_prior_spec_t *spec, const sd
     int64_t *index = malloc((size_t)(count ? count : 1) * sizeof *index);
     uint64_t *seeds = NULL;
     const char **prompts = NULL;
-    bt_h5_file_t *f = NULL;
+    st_h5_file_t *f = NULL;
     int rc = index ? s_per_image(spec, count, &seeds, &prompts) : BT_ENOMEM;
     if (rc) goto out;
     for (int i = 0; i < count; i++) index[i] = first + i;
-    bt_h5_imgset_t s = {.n = count, .height = R, .width = R, .lat_c = origin->latent_channels, .lat_h = h,
+    st_h5_imgset_t s = {.n = count, .height = R, .width = R, .lat_c = origin->latent_channels, .lat_h = h,
                         .lat_w = h, .images = pixels, .mean = mean, .logvar = logvar, .index = index, .seed = seeds,
                         .prompt = prompts};
-    if (!(f = bt_h5_create(path))) {
+    if (!(f = st_h5_create(path))) {
         rc = BT_EIO;
         goto out;
     }
     if ((rc = s_write_root(f)) ||
         (rc = sd_priors_write_attrs(f, SD_H5_PRIOR, spec, origin->sampler, origin->model_dir, origin->model_hash,
                                     origin->vae_hash)) ||
-        (rc = bt_h5_imgset_write(f, SD_H5_PRIOR, &s))) {
-        bt_h5_abort(&f);
+        (rc = st_h5_imgset_write(f, SD_H5_PRIOR, &s))) {
+        st_h5_abort(&f);
         goto out;
     }
-    rc = bt_h5_commit(&f);
+    rc = st_h5_commit(&f);
 out:
     free(index);
     free(seeds);
@@ -184,28 +184,28 @@ int sd_priors_write_part(sd_model_t *m, const sd_prior_spec_t *spec_in, const sd
 /* ---- ensure: existing file + parts + missing indices -> one file ---- */
 
 /* Does a prior-set file agree with the settings? One error line naming the first difference. */
-static int s_check_settings(bt_h5_file_t *f, const sd_prior_spec_t *spec, const char *sampler, const char *model_hash,
+static int s_check_settings(st_h5_file_t *f, const sd_prior_spec_t *spec, const char *sampler, const char *model_hash,
                             const char *what)
 {
     char *fmt = NULL, *prompt = NULL, *smp = NULL, *hash = NULL, *weights = NULL;
     uint64_t seed = 0;
     int64_t steps = 0, res = 0;
     double guidance = 0;
-    const char *path = bt_h5_path(f), *g = SD_H5_PRIOR;
-    int rc = bt_h5_attr_str(f, SD_H5_ROOT, SD_H5_FORMAT, &fmt);
+    const char *path = st_h5_path(f), *g = SD_H5_PRIOR;
+    int rc = st_h5_attr_str(f, SD_H5_ROOT, SD_H5_FORMAT, &fmt);
     if (rc == BT_OK && strcmp(fmt, SD_PRIORS_FORMAT)) {
         BT_ERROR("%s: a '%s' file, not a prior set (%s)", path, fmt, SD_PRIORS_FORMAT);
         rc = BT_EFORMAT;
     }
-    if (rc == BT_OK && (rc = bt_h5_attr_str(f, g, SD_H5_SET_PROMPT, &prompt)) == BT_OK &&
-        (rc = bt_h5_attr_u64(f, g, SD_H5_PRIOR_SEED, &seed)) == BT_OK &&
-        (rc = bt_h5_attr_i64(f, g, SD_H5_PRIOR_STEPS, &steps)) == BT_OK &&
-        (rc = bt_h5_attr_f64(f, g, SD_H5_PRIOR_GUIDANCE, &guidance)) == BT_OK &&
-        (rc = bt_h5_attr_i64(f, g, SD_H5_SET_RESOLUTION, &res)) == BT_OK &&
-        (rc = bt_h5_attr_str(f, g, SD_H5_PRIOR_SAMPLER, &smp)) == BT_OK &&
-        (rc = bt_h5_attr_str(f, g, SD_H5_PRIOR_BASE_MODEL_HASH, &hash)) == BT_OK &&
-        (!bt_h5_attr_exists(f, g, SD_H5_PRIOR_BASE_WEIGHTS) || /* older sets: exact */
-         (rc = bt_h5_attr_str(f, g, SD_H5_PRIOR_BASE_WEIGHTS, &weights)) == BT_OK)) {
+    if (rc == BT_OK && (rc = st_h5_attr_str(f, g, SD_H5_SET_PROMPT, &prompt)) == BT_OK &&
+        (rc = st_h5_attr_u64(f, g, SD_H5_PRIOR_SEED, &seed)) == BT_OK &&
+        (rc = st_h5_attr_i64(f, g, SD_H5_PRIOR_STEPS, &steps)) == BT_OK &&
+        (rc = st_h5_attr_f64(f, g, SD_H5_PRIOR_GUIDANCE, &guidance)) == BT_OK &&
+        (rc = st_h5_attr_i64(f, g, SD_H5_SET_RESOLUTION, &res)) == BT_OK &&
+        (rc = st_h5_attr_str(f, g, SD_H5_PRIOR_SAMPLER, &smp)) == BT_OK &&
+        (rc = st_h5_attr_str(f, g, SD_H5_PRIOR_BASE_MODEL_HASH, &hash)) == BT_OK &&
+        (!st_h5_attr_exists(f, g, SD_H5_PRIOR_BASE_WEIGHTS) || /* older sets: exact */
+         (rc = st_h5_attr_str(f, g, SD_H5_PRIOR_BASE_WEIGHTS, &weights)) == BT_OK)) {
         char a[300], b[300];
         const char *key = NULL, *have_w = weights ? weights : SD_H5_WEIGHTS_EXACT;
         const char *want_w = spec->weights ? spec->weights : SD_H5_WEIGHTS_EXACT;
@@ -264,18 +264,18 @@ typedef struct {
 } s_src_t;
 
 /* Files each usable source row of f under its index (only indices < want, first source wins). */
-static int s_map_rows(bt_h5_file_t *f, int file, int64_t want, s_src_t *src, int64_t *n_rows)
+static int s_map_rows(st_h5_file_t *f, int file, int64_t want, s_src_t *src, int64_t *n_rows)
 {
-    bt_h5_imgset_info_t info;
-    int rc = bt_h5_imgset_probe(f, SD_H5_PRIOR, &info);
+    st_h5_imgset_info_t info;
+    int rc = st_h5_imgset_probe(f, SD_H5_PRIOR, &info);
     if (rc) return rc;
     if (info.lat_c == 0) {
-        BT_ERROR("%s: the prior set has no latents", bt_h5_path(f));
+        BT_ERROR("%s: the prior set has no latents", st_h5_path(f));
         return BT_EFORMAT;
     }
     int64_t *idx = malloc((size_t)(info.n ? info.n : 1) * sizeof *idx);
     if (!idx) return BT_ENOMEM;
-    rc = bt_h5_read(f, SD_H5_PRIOR "/" SD_H5_IMAGE_INDEX, BT_H5_I64, 1, &info.n, idx);
+    rc = st_h5_read(f, SD_H5_PRIOR "/" SD_H5_IMAGE_INDEX, ST_H5_I64, 1, &info.n, idx);
     for (int64_t r = 0; r < info.n && rc == BT_OK; r++)
         if (idx[r] >= 0 && idx[r] < want && src[idx[r]].file < 0) src[idx[r]] = (s_src_t){file, r};
     free(idx);
@@ -335,19 +335,19 @@ static void s_remove_parts(const char *dir, int64_t have)
     int n;
     if (s_list_parts(dir, &parts, &n)) return;
     for (int i = 0; i < n; i++) {
-        bt_h5_file_t *f = bt_h5_open(parts[i]);
-        bt_h5_info_t info;
+        st_h5_file_t *f = st_h5_open(parts[i]);
+        st_h5_info_t info;
         int64_t *idx = NULL;
         const char *ipath = SD_H5_PRIOR "/" SD_H5_IMAGE_INDEX;
-        bool redundant = f && bt_h5_info(f, ipath, &info) == BT_OK && info.ndim == 1 &&
-                         info.numel <= BT_H5_IMAGES_MAX && (idx = malloc((size_t)(info.numel + 1) * sizeof *idx)) &&
-                         bt_h5_read(f, ipath, BT_H5_I64, 1, info.shape, idx) == BT_OK;
+        bool redundant = f && st_h5_info(f, ipath, &info) == BT_OK && info.ndim == 1 &&
+                         info.numel <= ST_H5_IMAGES_MAX && (idx = malloc((size_t)(info.numel + 1) * sizeof *idx)) &&
+                         st_h5_read(f, ipath, ST_H5_I64, 1, info.shape, idx) == BT_OK;
         for (int64_t k = 0; redundant && k < info.numel; k++) redundant = idx[k] >= 0 && idx[k] < have;
         free(idx);
-        bt_h5_close(&f);
+        st_h5_close(&f);
         if (redundant) unlink(parts[i]);
     }
-    bt_h5_free_names(parts, n);
+    st_h5_free_names(parts, n);
     DIR *d = opendir(dir);
     struct dirent *e;
     while (d && (e = readdir(d))) {
@@ -355,7 +355,7 @@ static void s_remove_parts(const char *dir, int64_t have)
         if (!tmp) continue;
         char p[4096];
         snprintf(p, sizeof p, "%s/%.*s", dir, (int)(tmp + strlen(SD_H5_EXT) - e->d_name), e->d_name);
-        bt_h5_remove_stale_temps(p);
+        st_h5_remove_stale_temps(p);
     }
     if (d) closedir(d);
     rmdir(dir); /* fails, harmlessly, while parts remain */
@@ -376,48 +376,48 @@ static int s_assemble(const char *path, const sd_prior_spec_t *spec, const sd_pr
     float *lat = malloc((size_t)(2 * per) * sizeof(float));
     uint64_t *seeds = NULL;
     const char **prompts = NULL;
-    bt_h5_file_t *out = NULL, *in = NULL;
+    st_h5_file_t *out = NULL, *in = NULL;
     int open_file = -1;
     bt_xxh64_t content; /* of all the images, in order: lets a checkpoint copy them instead of compressing */
     bt_xxh64_init(&content, 0);
     int rc = img && lat ? s_per_image(spec, want, &seeds, &prompts) : BT_ENOMEM;
     if (rc) goto out;
-    bt_h5_imgset_t s = {.n = want, .height = R, .width = R, .lat_c = C, .lat_h = h, .lat_w = h, .seed = seeds,
+    st_h5_imgset_t s = {.n = want, .height = R, .width = R, .lat_c = C, .lat_h = h, .lat_w = h, .seed = seeds,
                         .prompt = prompts};
-    if (!(out = bt_h5_create(path))) {
+    if (!(out = st_h5_create(path))) {
         rc = BT_EIO;
         goto out;
     }
     if ((rc = s_write_root(out)) ||
         (rc = sd_priors_write_attrs(out, SD_H5_PRIOR, spec, origin->sampler, origin->model_dir,
                                     origin->model_hash, origin->vae_hash)) ||
-        (rc = bt_h5_imgset_begin(out, SD_H5_PRIOR, &s)))
+        (rc = st_h5_imgset_begin(out, SD_H5_PRIOR, &s)))
         goto out;
     for (int64_t i = 0; i < want && rc == BT_OK; i++) {
         if (src[i].file != open_file) {
-            bt_h5_close(&in);
+            st_h5_close(&in);
             open_file = src[i].file;
-            if (!(in = bt_h5_open(open_file ? parts[open_file - 1] : path))) {
+            if (!(in = st_h5_open(open_file ? parts[open_file - 1] : path))) {
                 rc = BT_EFORMAT;
                 break;
             }
         }
         int64_t r = src[i].row;
-        if ((rc = bt_h5_read_rows(in, SD_H5_PRIOR "/" SD_H5_IMAGES, BT_H5_U8, r, 1, img)) ||
-            (rc = bt_h5_read_rows(in, SD_H5_PRIOR "/" SD_H5_LATENT_MEAN, BT_H5_F32, r, 1, lat)) ||
-            (rc = bt_h5_read_rows(in, SD_H5_PRIOR "/" SD_H5_LATENT_LOGVAR, BT_H5_F32, r, 1, lat + per)))
+        if ((rc = st_h5_read_rows(in, SD_H5_PRIOR "/" SD_H5_IMAGES, ST_H5_U8, r, 1, img)) ||
+            (rc = st_h5_read_rows(in, SD_H5_PRIOR "/" SD_H5_LATENT_MEAN, ST_H5_F32, r, 1, lat)) ||
+            (rc = st_h5_read_rows(in, SD_H5_PRIOR "/" SD_H5_LATENT_LOGVAR, ST_H5_F32, r, 1, lat + per)))
             break;
         bt_xxh64_update(&content, img, (size_t)npix);
-        rc = bt_h5_imgset_put(out, SD_H5_PRIOR, i, 1, img, lat, lat + per, NULL, NULL);
+        rc = st_h5_imgset_put(out, SD_H5_PRIOR, i, 1, img, lat, lat + per, NULL, NULL);
     }
-    bt_h5_close(&in);
+    st_h5_close(&in);
     char hex[BT_HASH_HEX];
     bt_hash_hex(bt_xxh64_digest(&content), hex);
-    if (rc == BT_OK) rc = bt_h5_imgset_end(out, SD_H5_PRIOR, &s);
-    if (rc == BT_OK) rc = bt_h5_attr_set_str(out, SD_H5_PRIOR, SD_H5_SET_CONTENT_HASH, hex);
-    if (rc == BT_OK) rc = bt_h5_commit(&out);
+    if (rc == BT_OK) rc = st_h5_imgset_end(out, SD_H5_PRIOR, &s);
+    if (rc == BT_OK) rc = st_h5_attr_set_str(out, SD_H5_PRIOR, SD_H5_SET_CONTENT_HASH, hex);
+    if (rc == BT_OK) rc = st_h5_commit(&out);
 out:
-    bt_h5_abort(&out);
+    st_h5_abort(&out);
     free(img);
     free(lat);
     free(seeds);
@@ -436,14 +436,14 @@ static int s_sources(const char *path, const sd_prior_spec_t *spec, const sd_pri
     *complete = false;
     if (sd_priors_parts_dir(parts_dir, sizeof parts_dir, path)) return BT_EINVAL;
     for (int i = 0; i < want; i++) src[i] = (s_src_t){-1, 0};
-    bt_h5_remove_stale_temps(path); /* a killed run's unfinished final file */
+    st_h5_remove_stale_temps(path); /* a killed run's unfinished final file */
     if (access(path, F_OK) == 0) {
-        bt_h5_file_t *f = bt_h5_open(path);
+        st_h5_file_t *f = st_h5_open(path);
         int64_t have = 0;
         if (!f) return BT_EFORMAT;
         rc = s_check_settings(f, spec, origin->sampler, origin->model_hash, "the prior set");
         if (rc == BT_OK) rc = s_map_rows(f, 0, want, src, &have);
-        bt_h5_close(&f);
+        st_h5_close(&f);
         if (rc) return rc;
         if (have >= want) { /* complete: leftovers of an interrupted clean-up go */
             s_remove_parts(parts_dir, have);
@@ -453,7 +453,7 @@ static int s_sources(const char *path, const sd_prior_spec_t *spec, const sd_pri
     }
     if ((rc = s_list_parts(parts_dir, parts, nparts))) return rc;
     for (int k = 0; k < *nparts; k++) {
-        bt_h5_file_t *f = bt_h5_open((*parts)[k]);
+        st_h5_file_t *f = st_h5_open((*parts)[k]);
         int64_t n;
         if (!f) { /* parts are written atomically: this one was damaged afterwards */
             BT_WARN("%s: unreadable part; its images are generated again", (*parts)[k]);
@@ -462,7 +462,7 @@ static int s_sources(const char *path, const sd_prior_spec_t *spec, const sd_pri
         }
         rc = s_check_settings(f, spec, origin->sampler, origin->model_hash, "this part of an interrupted run");
         if (rc == BT_OK) rc = s_map_rows(f, k + 1, want, src, &n);
-        bt_h5_close(&f);
+        st_h5_close(&f);
         if (rc) return rc;
     }
     return BT_OK;
@@ -484,7 +484,7 @@ int sd_priors_missing(const char *path, const sd_prior_spec_t *spec, const sd_pr
     int rc = s_sources(path, spec, origin, want, src, &parts, &nparts, &complete);
     for (int i = 0; i < want && rc == BT_OK; i++)
         if (src[i].file < 0) missing[(*n)++] = i;
-    bt_h5_free_names(parts, nparts);
+    st_h5_free_names(parts, nparts);
     free(src);
     return rc;
 }
@@ -506,7 +506,7 @@ int sd_priors_assemble(const char *path, const sd_prior_spec_t *spec, const sd_p
         }
     if (rc == BT_OK && !complete) rc = s_assemble(path, spec, origin, want, src, parts);
     if (rc == BT_OK && !complete) s_remove_parts(parts_dir, want);
-    bt_h5_free_names(parts, nparts);
+    st_h5_free_names(parts, nparts);
     free(src);
     return rc;
 }

@@ -93,7 +93,7 @@ int sd_priors_ensure(sd_model_t *m, const char *path, const sd_prior_spec_t *spe
                      void *user);
 
 /* Writes the /prior group's settings attributes (shared with checkpoints). */
-int sd_priors_write_attrs(bt_h5_file_t *f, const char *group, const sd_prior_spec_t *spec, const char *sampler,
+int sd_priors_write_attrs(st_h5_file_t *f, const char *group, const sd_prior_spec_t *spec, const char *sampler,
                           const char *model_dir, const char *model_hash, const char *vae_hash);
 
 #endif

@@ -24,7 +24,7 @@
 #include "common/log.h"
 #include "common/status.h"
 
-struct bt_h5_file {
+struct st_h5_file {
     hid_t fid;
     char *path;     /* the target */
     char *tmp_path; /* NULL when reading */
@@ -83,46 +83,46 @@ static const char *s_cause(s_err_t *err)
 
 /* ---- types ---- */
 
-const char *bt_h5_dtype_name(bt_h5_dtype_t dt)
+const char *st_h5_dtype_name(st_h5_dtype_t dt)
 {
     static const char *const names[] = {"u8", "i32", "i64", "u64", "f32", "f64", "str", "other"};
-    return (unsigned)dt <= BT_H5_OTHER ? names[dt] : "?";
+    return (unsigned)dt <= ST_H5_OTHER ? names[dt] : "?";
 }
 
-size_t bt_h5_dtype_size(bt_h5_dtype_t dt)
+size_t st_h5_dtype_size(st_h5_dtype_t dt)
 {
     switch (dt) {
-    case BT_H5_U8: return 1;
-    case BT_H5_I32: case BT_H5_F32: return 4;
-    case BT_H5_I64: case BT_H5_U64: case BT_H5_F64: return 8;
+    case ST_H5_U8: return 1;
+    case ST_H5_I32: case ST_H5_F32: return 4;
+    case ST_H5_I64: case ST_H5_U64: case ST_H5_F64: return 8;
     default: return 0;
     }
 }
 
 /* Native memory type of a numeric dtype (not to be closed). */
-static hid_t s_mem_type(bt_h5_dtype_t dt)
+static hid_t s_mem_type(st_h5_dtype_t dt)
 {
     switch (dt) {
-    case BT_H5_U8: return H5T_NATIVE_UINT8;
-    case BT_H5_I32: return H5T_NATIVE_INT32;
-    case BT_H5_I64: return H5T_NATIVE_INT64;
-    case BT_H5_U64: return H5T_NATIVE_UINT64;
-    case BT_H5_F32: return H5T_NATIVE_FLOAT;
-    case BT_H5_F64: return H5T_NATIVE_DOUBLE;
+    case ST_H5_U8: return H5T_NATIVE_UINT8;
+    case ST_H5_I32: return H5T_NATIVE_INT32;
+    case ST_H5_I64: return H5T_NATIVE_INT64;
+    case ST_H5_U64: return H5T_NATIVE_UINT64;
+    case ST_H5_F32: return H5T_NATIVE_FLOAT;
+    case ST_H5_F64: return H5T_NATIVE_DOUBLE;
     default: return H5I_INVALID_HID;
     }
 }
 
 /* The little-endian file type booth writes. */
-static hid_t s_file_type(bt_h5_dtype_t dt)
+static hid_t s_file_type(st_h5_dtype_t dt)
 {
     switch (dt) {
-    case BT_H5_U8: return H5T_STD_U8LE;
-    case BT_H5_I32: return H5T_STD_I32LE;
-    case BT_H5_I64: return H5T_STD_I64LE;
-    case BT_H5_U64: return H5T_STD_U64LE;
-    case BT_H5_F32: return H5T_IEEE_F32LE;
-    case BT_H5_F64: return H5T_IEEE_F64LE;
+    case ST_H5_U8: return H5T_STD_U8LE;
+    case ST_H5_I32: return H5T_STD_I32LE;
+    case ST_H5_I64: return H5T_STD_I64LE;
+    case ST_H5_U64: return H5T_STD_U64LE;
+    case ST_H5_F32: return H5T_IEEE_F32LE;
+    case ST_H5_F64: return H5T_IEEE_F64LE;
     default: return H5I_INVALID_HID;
     }
 }
@@ -139,33 +139,33 @@ static hid_t s_vstr_type(void)
     return t;
 }
 
-static bt_h5_dtype_t s_classify(hid_t t)
+static st_h5_dtype_t s_classify(hid_t t)
 {
     H5T_class_t c = H5Tget_class(t);
     size_t size = H5Tget_size(t);
-    if (c == H5T_STRING) return BT_H5_STR;
-    if (c == H5T_FLOAT) return size == 4 ? BT_H5_F32 : size == 8 ? BT_H5_F64 : BT_H5_OTHER;
+    if (c == H5T_STRING) return ST_H5_STR;
+    if (c == H5T_FLOAT) return size == 4 ? ST_H5_F32 : size == 8 ? ST_H5_F64 : ST_H5_OTHER;
     if (c == H5T_INTEGER) {
         bool sign = H5Tget_sign(t) == H5T_SGN_2;
-        if (size == 1 && !sign) return BT_H5_U8;
-        if (size <= 4 && sign) return BT_H5_I32;
-        if (size <= 8 && !sign && size > 4) return BT_H5_U64;
-        if (size <= 8) return BT_H5_I64; /* smaller integers widen without loss */
+        if (size == 1 && !sign) return ST_H5_U8;
+        if (size <= 4 && sign) return ST_H5_I32;
+        if (size <= 8 && !sign && size > 4) return ST_H5_U64;
+        if (size <= 8) return ST_H5_I64; /* smaller integers widen without loss */
     }
-    return BT_H5_OTHER;
+    return ST_H5_OTHER;
 }
 
-static bool s_is_int(bt_h5_dtype_t d) { return d == BT_H5_U8 || d == BT_H5_I32 || d == BT_H5_I64 || d == BT_H5_U64; }
-static bool s_is_float(bt_h5_dtype_t d) { return d == BT_H5_F32 || d == BT_H5_F64; }
+static bool s_is_int(st_h5_dtype_t d) { return d == ST_H5_U8 || d == ST_H5_I32 || d == ST_H5_I64 || d == ST_H5_U64; }
+static bool s_is_float(st_h5_dtype_t d) { return d == ST_H5_F32 || d == ST_H5_F64; }
 
 /* Fills info from a type and a dataspace. */
-static int s_info_of(hid_t type, hid_t space, bt_h5_info_t *info)
+static int s_info_of(hid_t type, hid_t space, st_h5_info_t *info)
 {
     memset(info, 0, sizeof *info);
     info->dtype = s_classify(type);
     int nd = H5Sget_simple_extent_ndims(space);
-    if (nd < 0 || nd > BT_H5_MAX_DIMS) return BT_EFORMAT;
-    hsize_t dims[BT_H5_MAX_DIMS];
+    if (nd < 0 || nd > ST_H5_MAX_DIMS) return BT_EFORMAT;
+    hsize_t dims[ST_H5_MAX_DIMS];
     if (H5Sget_simple_extent_dims(space, dims, NULL) < 0) return BT_EFORMAT;
     info->ndim = nd;
     info->numel = 1;
@@ -203,17 +203,17 @@ static hid_t s_fapl(void)
     return fapl;
 }
 
-static void s_file_free(bt_h5_file_t *f)
+static void s_file_free(st_h5_file_t *f)
 {
     free(f->path);
     free(f->tmp_path);
     free(f);
 }
 
-bt_h5_file_t *bt_h5_create(const char *path)
+st_h5_file_t *st_h5_create(const char *path)
 {
     pthread_once(&s_once, s_init);
-    bt_h5_file_t *f = calloc(1, sizeof *f);
+    st_h5_file_t *f = calloc(1, sizeof *f);
     size_t n = strlen(path) + 32;
     if (!f || !(f->path = strdup(path)) || !(f->tmp_path = malloc(n))) {
         if (f) s_file_free(f);
@@ -237,9 +237,9 @@ bt_h5_file_t *bt_h5_create(const char *path)
     return f;
 }
 
-int bt_h5_commit(bt_h5_file_t **pf)
+int st_h5_commit(st_h5_file_t **pf)
 {
-    bt_h5_file_t *f = *pf;
+    st_h5_file_t *f = *pf;
     if (!f) return BT_EINVAL;
     *pf = NULL;
     int rc = BT_OK;
@@ -254,9 +254,9 @@ int bt_h5_commit(bt_h5_file_t **pf)
     return rc;
 }
 
-void bt_h5_abort(bt_h5_file_t **pf)
+void st_h5_abort(st_h5_file_t **pf)
 {
-    bt_h5_file_t *f = *pf;
+    st_h5_file_t *f = *pf;
     if (!f) return;
     *pf = NULL;
     H5Fclose(f->fid);
@@ -265,7 +265,7 @@ void bt_h5_abort(bt_h5_file_t **pf)
     s_file_free(f);
 }
 
-int bt_h5_remove_stale_temps(const char *path)
+int st_h5_remove_stale_temps(const char *path)
 {
     char *copy = strdup(path);
     if (!copy) return BT_ENOMEM;
@@ -305,7 +305,7 @@ static bool s_has_signature(const char *path, off_t size)
     return found;
 }
 
-bt_h5_file_t *bt_h5_open(const char *path)
+st_h5_file_t *st_h5_open(const char *path)
 {
     pthread_once(&s_once, s_init);
     struct stat st;
@@ -321,7 +321,7 @@ bt_h5_file_t *bt_h5_open(const char *path)
         BT_ERROR("%s: empty file (not HDF5)", path);
         return NULL;
     }
-    bt_h5_file_t *f = calloc(1, sizeof *f);
+    st_h5_file_t *f = calloc(1, sizeof *f);
     if (!f || !(f->path = strdup(path))) {
         free(f);
         BT_ERROR("%s: out of memory", path);
@@ -344,14 +344,14 @@ bt_h5_file_t *bt_h5_open(const char *path)
     return f;
 }
 
-void bt_h5_close(bt_h5_file_t **pf)
+void st_h5_close(st_h5_file_t **pf)
 {
-    bt_h5_file_t *f = *pf;
+    st_h5_file_t *f = *pf;
     if (!f) return;
     *pf = NULL;
     if (f->tmp_path) { /* a writer closed without commit: same as abort */
         *pf = f;
-        bt_h5_abort(pf);
+        st_h5_abort(pf);
         return;
     }
     H5Fclose(f->fid);
@@ -359,13 +359,13 @@ void bt_h5_close(bt_h5_file_t **pf)
     s_file_free(f);
 }
 
-const char *bt_h5_path(const bt_h5_file_t *f) { return f->path; }
+const char *st_h5_path(const st_h5_file_t *f) { return f->path; }
 
 /* ---- groups ---- */
 
 static const char *s_obj(const char *path) { return !path || !path[0] ? "/" : path; }
 
-bool bt_h5_exists(bt_h5_file_t *f, const char *path)
+bool st_h5_exists(st_h5_file_t *f, const char *path)
 {
     if (!path || !path[0] || !strcmp(path, "/")) return true;
     char *p = strdup(path);
@@ -390,16 +390,16 @@ bool bt_h5_exists(bt_h5_file_t *f, const char *path)
     return ok;
 }
 
-bool bt_h5_is_group(bt_h5_file_t *f, const char *path)
+bool st_h5_is_group(st_h5_file_t *f, const char *path)
 {
-    if (!bt_h5_exists(f, path)) return false;
+    if (!st_h5_exists(f, path)) return false;
     H5O_info_t oi;
     bool g = H5Oget_info_by_name(f->fid, s_obj(path), &oi, H5P_DEFAULT) >= 0 && oi.type == H5O_TYPE_GROUP;
     H5Eclear2(H5E_DEFAULT);
     return g;
 }
 
-int bt_h5_group(bt_h5_file_t *f, const char *path, bool ordered)
+int st_h5_group(st_h5_file_t *f, const char *path, bool ordered)
 {
     char *p = strdup(path);
     if (!p) return BT_ENOMEM;
@@ -408,7 +408,7 @@ int bt_h5_group(bt_h5_file_t *f, const char *path, bool ordered)
         if (*s != '/' && *s != '\0') continue;
         char c = *s;
         *s = '\0';
-        if (!bt_h5_exists(f, p)) {
+        if (!st_h5_exists(f, p)) {
             hid_t gcpl = H5Pcreate(H5P_GROUP_CREATE), g = H5I_INVALID_HID;
             if (gcpl >= 0 && H5Pset_obj_track_times(gcpl, 0) >= 0 &&
                 (!ordered || c ||
@@ -430,10 +430,10 @@ int bt_h5_group(bt_h5_file_t *f, const char *path, bool ordered)
     return rc;
 }
 
-int bt_h5_copy(bt_h5_file_t *dst, const char *dst_path, bt_h5_file_t *src, const char *src_path)
+int st_h5_copy(st_h5_file_t *dst, const char *dst_path, st_h5_file_t *src, const char *src_path)
 {
     if (!dst->tmp_path) return BT_EINVAL;
-    if (!bt_h5_exists(src, src_path)) {
+    if (!st_h5_exists(src, src_path)) {
         BT_ERROR("%s: no '%s' to copy", src->path, src_path);
         return BT_ENOTFOUND;
     }
@@ -469,17 +469,17 @@ static herr_t s_collect(hid_t g, const char *name, const H5L_info_t *info, void 
     return 0;
 }
 
-void bt_h5_free_names(char **names, int n)
+void st_h5_free_names(char **names, int n)
 {
     for (int i = 0; names && i < n; i++) free(names[i]);
     free(names);
 }
 
-int bt_h5_list(bt_h5_file_t *f, const char *group, char ***names, int *n)
+int st_h5_list(st_h5_file_t *f, const char *group, char ***names, int *n)
 {
     *names = NULL;
     *n = 0;
-    if (!bt_h5_is_group(f, group)) {
+    if (!st_h5_is_group(f, group)) {
         BT_ERROR("%s: no group '%s'", f->path, s_obj(group));
         return BT_ENOTFOUND;
     }
@@ -497,7 +497,7 @@ int bt_h5_list(bt_h5_file_t *f, const char *group, char ***names, int *n)
                            &idx, s_collect, &l);
     H5Gclose(g);
     if (r < 0) {
-        bt_h5_free_names(l.names, l.n);
+        st_h5_free_names(l.names, l.n);
         if (l.oom) {
             H5Eclear2(H5E_DEFAULT);
             return BT_ENOMEM;
@@ -511,7 +511,7 @@ int bt_h5_list(bt_h5_file_t *f, const char *group, char ***names, int *n)
 
 /* ---- datasets ---- */
 
-static void s_maybe_stall(bt_h5_file_t *f)
+static void s_maybe_stall(st_h5_file_t *f)
 {
     const char *hook = getenv("BOOTH_TEST_H5_STALL");
     if (!hook || !f->tmp_path) return;
@@ -525,18 +525,18 @@ static void s_maybe_stall(bt_h5_file_t *f)
     for (;;) pause();
 }
 
-int bt_h5_create_dataset(bt_h5_file_t *f, const char *name, bt_h5_dtype_t dtype, int ndim, const int64_t *shape,
-                         const bt_h5_opts_t *opts)
+int st_h5_create_dataset(st_h5_file_t *f, const char *name, st_h5_dtype_t dtype, int ndim, const int64_t *shape,
+                         const st_h5_opts_t *opts)
 {
     hid_t ftype = s_file_type(dtype);
-    if (!f->tmp_path || ftype < 0 || ndim < 1 || ndim > BT_H5_MAX_DIMS) {
-        BT_ERROR("%s: dataset '%s': bad arguments (dtype %s, %d dims)", f->path, name, bt_h5_dtype_name(dtype), ndim);
+    if (!f->tmp_path || ftype < 0 || ndim < 1 || ndim > ST_H5_MAX_DIMS) {
+        BT_ERROR("%s: dataset '%s': bad arguments (dtype %s, %d dims)", f->path, name, st_h5_dtype_name(dtype), ndim);
         return BT_EINVAL;
     }
     f->datasets++;
     s_maybe_stall(f);
-    hsize_t dims[BT_H5_MAX_DIMS], chunk[BT_H5_MAX_DIMS];
-    int64_t row_bytes = (int64_t)bt_h5_dtype_size(dtype);
+    hsize_t dims[ST_H5_MAX_DIMS], chunk[ST_H5_MAX_DIMS];
+    int64_t row_bytes = (int64_t)st_h5_dtype_size(dtype);
     bool empty = false;
     for (int i = 0; i < ndim; i++) {
         if (shape[i] < 0) {
@@ -573,7 +573,7 @@ int bt_h5_create_dataset(bt_h5_file_t *f, const char *name, bt_h5_dtype_t dtype,
 }
 
 /* Selects rows [first, first + count) of dataset d; *mspace receives the memory space. */
-static int s_select_rows(hid_t d, int64_t first, int64_t count, hid_t *fspace, hid_t *mspace, bt_h5_info_t *info)
+static int s_select_rows(hid_t d, int64_t first, int64_t count, hid_t *fspace, hid_t *mspace, st_h5_info_t *info)
 {
     hid_t type = H5Dget_type(d);
     *fspace = H5Dget_space(d);
@@ -583,7 +583,7 @@ static int s_select_rows(hid_t d, int64_t first, int64_t count, hid_t *fspace, h
     if (rc) return rc;
     if (info->ndim < 1 || first < 0 || count < 0 || first > info->shape[0] || count > info->shape[0] - first)
         return BT_ESHAPE;
-    hsize_t start[BT_H5_MAX_DIMS] = {0}, cnt[BT_H5_MAX_DIMS];
+    hsize_t start[ST_H5_MAX_DIMS] = {0}, cnt[ST_H5_MAX_DIMS];
     for (int i = 0; i < info->ndim; i++) cnt[i] = (hsize_t)info->shape[i];
     start[0] = (hsize_t)first;
     cnt[0] = (hsize_t)count;
@@ -592,12 +592,12 @@ static int s_select_rows(hid_t d, int64_t first, int64_t count, hid_t *fspace, h
     return *mspace < 0 ? BT_EINTERNAL : BT_OK;
 }
 
-int bt_h5_write_rows(bt_h5_file_t *f, const char *name, int64_t first, int64_t count, const void *data)
+int st_h5_write_rows(st_h5_file_t *f, const char *name, int64_t first, int64_t count, const void *data)
 {
     hid_t d = H5Dopen2(f->fid, name, H5P_DEFAULT);
     if (d < 0) S_FAIL(f, BT_ENOTFOUND, "no dataset '%s' to write", name);
     hid_t fspace, mspace;
-    bt_h5_info_t info = {0};
+    st_h5_info_t info = {0};
     int rc = s_select_rows(d, first, count, &fspace, &mspace, &info);
     hid_t mt = rc == BT_OK ? s_mem_type(info.dtype) : H5I_INVALID_HID;
     if (rc == BT_OK && count > 0 && (mt < 0 || H5Dwrite(d, mt, mspace, fspace, H5P_DEFAULT, data) < 0)) rc = BT_EIO;
@@ -614,14 +614,14 @@ int bt_h5_write_rows(bt_h5_file_t *f, const char *name, int64_t first, int64_t c
     return BT_OK;
 }
 
-int bt_h5_write(bt_h5_file_t *f, const char *name, bt_h5_dtype_t dtype, int ndim, const int64_t *shape,
-                const void *data, const bt_h5_opts_t *opts)
+int st_h5_write(st_h5_file_t *f, const char *name, st_h5_dtype_t dtype, int ndim, const int64_t *shape,
+                const void *data, const st_h5_opts_t *opts)
 {
-    int rc = bt_h5_create_dataset(f, name, dtype, ndim, shape, opts);
-    return rc ? rc : bt_h5_write_rows(f, name, 0, shape[0], data);
+    int rc = st_h5_create_dataset(f, name, dtype, ndim, shape, opts);
+    return rc ? rc : st_h5_write_rows(f, name, 0, shape[0], data);
 }
 
-int bt_h5_write_strings(bt_h5_file_t *f, const char *name, int64_t n, const char *const *strs)
+int st_h5_write_strings(st_h5_file_t *f, const char *name, int64_t n, const char *const *strs)
 {
     if (!f->tmp_path || n < 0) return BT_EINVAL;
     f->datasets++;
@@ -645,9 +645,9 @@ int bt_h5_write_strings(bt_h5_file_t *f, const char *name, int64_t n, const char
     return BT_OK;
 }
 
-int bt_h5_info(bt_h5_file_t *f, const char *name, bt_h5_info_t *info)
+int st_h5_info(st_h5_file_t *f, const char *name, st_h5_info_t *info)
 {
-    if (!bt_h5_exists(f, name) || bt_h5_is_group(f, name)) {
+    if (!st_h5_exists(f, name) || st_h5_is_group(f, name)) {
         BT_ERROR("%s: no dataset '%s'", f->path, name);
         return BT_ENOTFOUND;
     }
@@ -663,21 +663,21 @@ int bt_h5_info(bt_h5_file_t *f, const char *name, bt_h5_info_t *info)
 }
 
 /* Is a file element type readable as dtype? */
-static int s_check_type(bt_h5_file_t *f, const char *name, const bt_h5_info_t *info, bt_h5_dtype_t dtype)
+static int s_check_type(st_h5_file_t *f, const char *name, const st_h5_info_t *info, st_h5_dtype_t dtype)
 {
     bool ok = s_is_int(dtype) ? s_is_int(info->dtype) : s_is_float(dtype) ? s_is_float(info->dtype) : false;
     if (!ok) {
-        BT_ERROR("%s: dataset '%s' holds %s, expected %s", f->path, name, bt_h5_dtype_name(info->dtype),
-                 bt_h5_dtype_name(dtype));
+        BT_ERROR("%s: dataset '%s' holds %s, expected %s", f->path, name, st_h5_dtype_name(info->dtype),
+                 st_h5_dtype_name(dtype));
         return BT_EFORMAT;
     }
     return BT_OK;
 }
 
-int bt_h5_read(bt_h5_file_t *f, const char *name, bt_h5_dtype_t dtype, int ndim, const int64_t *shape, void *out)
+int st_h5_read(st_h5_file_t *f, const char *name, st_h5_dtype_t dtype, int ndim, const int64_t *shape, void *out)
 {
-    bt_h5_info_t info;
-    int rc = bt_h5_info(f, name, &info);
+    st_h5_info_t info;
+    int rc = st_h5_info(f, name, &info);
     if (rc) return rc;
     bool same = info.ndim == ndim;
     for (int i = 0; same && i < ndim; i++) same = shape[i] < 0 || shape[i] == info.shape[i];
@@ -697,10 +697,10 @@ int bt_h5_read(bt_h5_file_t *f, const char *name, bt_h5_dtype_t dtype, int ndim,
     return BT_OK;
 }
 
-int bt_h5_read_rows(bt_h5_file_t *f, const char *name, bt_h5_dtype_t dtype, int64_t first, int64_t count, void *out)
+int st_h5_read_rows(st_h5_file_t *f, const char *name, st_h5_dtype_t dtype, int64_t first, int64_t count, void *out)
 {
-    bt_h5_info_t info;
-    int rc = bt_h5_info(f, name, &info);
+    st_h5_info_t info;
+    int rc = st_h5_info(f, name, &info);
     if (rc || (rc = s_check_type(f, name, &info, dtype))) return rc;
     hid_t d = H5Dopen2(f->fid, name, H5P_DEFAULT);
     if (d < 0) S_FAIL(f, BT_EFORMAT, "cannot open dataset '%s'", name);
@@ -753,15 +753,15 @@ static int s_read_strs(hid_t obj, bool is_attr, hid_t ftype, int64_t n, char **o
     return rc;
 }
 
-int bt_h5_read_strings(bt_h5_file_t *f, const char *name, int64_t n, char ***out)
+int st_h5_read_strings(st_h5_file_t *f, const char *name, int64_t n, char ***out)
 {
     *out = NULL;
-    bt_h5_info_t info;
-    int rc = bt_h5_info(f, name, &info);
+    st_h5_info_t info;
+    int rc = st_h5_info(f, name, &info);
     if (rc) return rc;
-    if (info.dtype != BT_H5_STR || info.ndim != 1 || info.shape[0] != n) {
+    if (info.dtype != ST_H5_STR || info.ndim != 1 || info.shape[0] != n) {
         char a[160];
-        BT_ERROR("%s: dataset '%s' is %s %s, expected %lld strings", f->path, name, bt_h5_dtype_name(info.dtype),
+        BT_ERROR("%s: dataset '%s' is %s %s, expected %lld strings", f->path, name, st_h5_dtype_name(info.dtype),
                  s_shape_str(info.ndim, info.shape, a, sizeof a), (long long)n);
         return BT_EFORMAT;
     }
@@ -772,7 +772,7 @@ int bt_h5_read_strings(bt_h5_file_t *f, const char *name, int64_t n, char ***out
     if (t >= 0) H5Tclose(t);
     if (d >= 0) H5Dclose(d);
     if (rc) {
-        bt_h5_free_names(v, (int)n);
+        st_h5_free_names(v, (int)n);
         if (rc == BT_ENOMEM) return rc;
         S_FAIL(f, rc, "cannot read strings '%s'", name);
     }
@@ -782,7 +782,7 @@ int bt_h5_read_strings(bt_h5_file_t *f, const char *name, int64_t n, char ***out
 
 /* ---- attributes ---- */
 
-static int s_attr_write(bt_h5_file_t *f, const char *obj, const char *key, hid_t ftype, hid_t mtype,
+static int s_attr_write(st_h5_file_t *f, const char *obj, const char *key, hid_t ftype, hid_t mtype,
                         const void *value)
 {
     hid_t o = H5Oopen(f->fid, s_obj(obj), H5P_DEFAULT);
@@ -798,7 +798,7 @@ static int s_attr_write(bt_h5_file_t *f, const char *obj, const char *key, hid_t
     return BT_OK;
 }
 
-int bt_h5_attr_set_str(bt_h5_file_t *f, const char *obj, const char *key, const char *value)
+int st_h5_attr_set_str(st_h5_file_t *f, const char *obj, const char *key, const char *value)
 {
     hid_t t = s_vstr_type();
     if (t < 0) return BT_EINTERNAL;
@@ -808,39 +808,39 @@ int bt_h5_attr_set_str(bt_h5_file_t *f, const char *obj, const char *key, const 
     return rc;
 }
 
-int bt_h5_attr_set_i64(bt_h5_file_t *f, const char *obj, const char *key, int64_t value)
+int st_h5_attr_set_i64(st_h5_file_t *f, const char *obj, const char *key, int64_t value)
 {
     return s_attr_write(f, obj, key, H5T_STD_I64LE, H5T_NATIVE_INT64, &value);
 }
 
-int bt_h5_attr_set_u64(bt_h5_file_t *f, const char *obj, const char *key, uint64_t value)
+int st_h5_attr_set_u64(st_h5_file_t *f, const char *obj, const char *key, uint64_t value)
 {
     return s_attr_write(f, obj, key, H5T_STD_U64LE, H5T_NATIVE_UINT64, &value);
 }
 
-int bt_h5_attr_set_f64(bt_h5_file_t *f, const char *obj, const char *key, double value)
+int st_h5_attr_set_f64(st_h5_file_t *f, const char *obj, const char *key, double value)
 {
     return s_attr_write(f, obj, key, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &value);
 }
 
-int bt_h5_attr_set_f32(bt_h5_file_t *f, const char *obj, const char *key, float value)
+int st_h5_attr_set_f32(st_h5_file_t *f, const char *obj, const char *key, float value)
 {
     return s_attr_write(f, obj, key, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, &value);
 }
 
-bool bt_h5_attr_exists(bt_h5_file_t *f, const char *obj, const char *key)
+bool st_h5_attr_exists(st_h5_file_t *f, const char *obj, const char *key)
 {
-    if (!bt_h5_exists(f, obj)) return false;
+    if (!st_h5_exists(f, obj)) return false;
     bool r = H5Aexists_by_name(f->fid, s_obj(obj), key, H5P_DEFAULT) > 0;
     H5Eclear2(H5E_DEFAULT);
     return r;
 }
 
 /* Opens attribute key of obj and checks it holds one value of the wanted kind. */
-static hid_t s_attr_open(bt_h5_file_t *f, const char *obj, const char *key, bool want_str, hid_t *type)
+static hid_t s_attr_open(st_h5_file_t *f, const char *obj, const char *key, bool want_str, hid_t *type)
 {
     *type = H5I_INVALID_HID;
-    if (!bt_h5_attr_exists(f, obj, key)) {
+    if (!st_h5_attr_exists(f, obj, key)) {
         BT_ERROR("%s: '%s' has no attribute '%s'", f->path, s_obj(obj), key);
         return H5I_INVALID_HID;
     }
@@ -852,8 +852,8 @@ static hid_t s_attr_open(bt_h5_file_t *f, const char *obj, const char *key, bool
     }
     hid_t t = H5Aget_type(a), s = H5Aget_space(a);
     bool ok = t >= 0 && s >= 0 && H5Sget_simple_extent_npoints(s) == 1;
-    bt_h5_dtype_t dt = t >= 0 ? s_classify(t) : BT_H5_OTHER;
-    ok = ok && (want_str ? dt == BT_H5_STR : s_is_int(dt) || s_is_float(dt));
+    st_h5_dtype_t dt = t >= 0 ? s_classify(t) : ST_H5_OTHER;
+    ok = ok && (want_str ? dt == ST_H5_STR : s_is_int(dt) || s_is_float(dt));
     if (s >= 0) H5Sclose(s);
     if (!ok) {
         BT_ERROR("%s: attribute '%s' of '%s' is not one %s", f->path, key, s_obj(obj), want_str ? "string" : "number");
@@ -865,11 +865,11 @@ static hid_t s_attr_open(bt_h5_file_t *f, const char *obj, const char *key, bool
     return a;
 }
 
-int bt_h5_attr_str(bt_h5_file_t *f, const char *obj, const char *key, char **value)
+int st_h5_attr_str(st_h5_file_t *f, const char *obj, const char *key, char **value)
 {
     *value = NULL;
     hid_t t, a = s_attr_open(f, obj, key, true, &t);
-    if (a < 0) return bt_h5_attr_exists(f, obj, key) ? BT_EFORMAT : BT_ENOTFOUND;
+    if (a < 0) return st_h5_attr_exists(f, obj, key) ? BT_EFORMAT : BT_ENOTFOUND;
     int rc = s_read_strs(a, true, t, 1, value);
     H5Tclose(t);
     H5Aclose(a);
@@ -877,10 +877,10 @@ int bt_h5_attr_str(bt_h5_file_t *f, const char *obj, const char *key, char **val
     return rc;
 }
 
-static int s_attr_num(bt_h5_file_t *f, const char *obj, const char *key, hid_t mtype, void *out)
+static int s_attr_num(st_h5_file_t *f, const char *obj, const char *key, hid_t mtype, void *out)
 {
     hid_t t, a = s_attr_open(f, obj, key, false, &t);
-    if (a < 0) return bt_h5_attr_exists(f, obj, key) ? BT_EFORMAT : BT_ENOTFOUND;
+    if (a < 0) return st_h5_attr_exists(f, obj, key) ? BT_EFORMAT : BT_ENOTFOUND;
     herr_t r = H5Aread(a, mtype, out);
     H5Tclose(t);
     H5Aclose(a);
@@ -888,17 +888,17 @@ static int s_attr_num(bt_h5_file_t *f, const char *obj, const char *key, hid_t m
     return BT_OK;
 }
 
-int bt_h5_attr_i64(bt_h5_file_t *f, const char *obj, const char *key, int64_t *value)
+int st_h5_attr_i64(st_h5_file_t *f, const char *obj, const char *key, int64_t *value)
 {
     return s_attr_num(f, obj, key, H5T_NATIVE_INT64, value);
 }
 
-int bt_h5_attr_u64(bt_h5_file_t *f, const char *obj, const char *key, uint64_t *value)
+int st_h5_attr_u64(st_h5_file_t *f, const char *obj, const char *key, uint64_t *value)
 {
     return s_attr_num(f, obj, key, H5T_NATIVE_UINT64, value);
 }
 
-int bt_h5_attr_f64(bt_h5_file_t *f, const char *obj, const char *key, double *value)
+int st_h5_attr_f64(st_h5_file_t *f, const char *obj, const char *key, double *value)
 {
     return s_attr_num(f, obj, key, H5T_NATIVE_DOUBLE, value);
 }
@@ -908,11 +908,11 @@ static herr_t s_collect_attr(hid_t o, const char *name, const H5A_info_t *info, 
     return s_collect(o, name, NULL, user);
 }
 
-int bt_h5_attr_list(bt_h5_file_t *f, const char *obj, char ***names, int *n)
+int st_h5_attr_list(st_h5_file_t *f, const char *obj, char ***names, int *n)
 {
     *names = NULL;
     *n = 0;
-    hid_t o = bt_h5_exists(f, obj) ? H5Oopen(f->fid, s_obj(obj), H5P_DEFAULT) : H5I_INVALID_HID;
+    hid_t o = st_h5_exists(f, obj) ? H5Oopen(f->fid, s_obj(obj), H5P_DEFAULT) : H5I_INVALID_HID;
     if (o < 0) {
         H5Eclear2(H5E_DEFAULT);
         BT_ERROR("%s: no object '%s'", f->path, s_obj(obj));
@@ -923,7 +923,7 @@ int bt_h5_attr_list(bt_h5_file_t *f, const char *obj, char ***names, int *n)
     herr_t r = H5Aiterate2(o, H5_INDEX_NAME, H5_ITER_INC, &idx, s_collect_attr, &l);
     H5Oclose(o);
     if (r < 0) {
-        bt_h5_free_names(l.names, l.n);
+        st_h5_free_names(l.names, l.n);
         if (l.oom) {
             H5Eclear2(H5E_DEFAULT);
             return BT_ENOMEM;
@@ -935,9 +935,9 @@ int bt_h5_attr_list(bt_h5_file_t *f, const char *obj, char ***names, int *n)
     return BT_OK;
 }
 
-int bt_h5_attr_info(bt_h5_file_t *f, const char *obj, const char *key, bt_h5_info_t *info)
+int st_h5_attr_info(st_h5_file_t *f, const char *obj, const char *key, st_h5_info_t *info)
 {
-    if (!bt_h5_attr_exists(f, obj, key)) {
+    if (!st_h5_attr_exists(f, obj, key)) {
         BT_ERROR("%s: '%s' has no attribute '%s'", f->path, s_obj(obj), key);
         return BT_ENOTFOUND;
     }

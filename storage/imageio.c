@@ -24,7 +24,7 @@ static const char *s_other_format(const unsigned char *b, size_t n)
     return NULL;
 }
 
-int bt_image_load(const char *path, bt_img_t **out)
+int st_image_load(const char *path, bt_img_t **out)
 {
     *out = NULL;
     FILE *f = fopen(path, "rb");
@@ -42,8 +42,8 @@ int bt_image_load(const char *path, bt_img_t **out)
         return BT_EIO;
     }
     static const unsigned char png_sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
-    if (n >= 8 && !memcmp(b, png_sig, 8)) return bt_png_read(path, out);
-    if (n >= 3 && b[0] == 0xFF && b[1] == 0xD8 && b[2] == 0xFF) return bt_jpeg_read(path, out);
+    if (n >= 8 && !memcmp(b, png_sig, 8)) return st_png_read(path, out);
+    if (n >= 3 && b[0] == 0xFF && b[1] == 0xD8 && b[2] == 0xFF) return st_jpeg_read(path, out);
     const char *other = s_other_format(b, n);
     if (n == 0)
         BT_ERROR("%s: not a PNG or JPEG image (the file is empty)", path);
@@ -54,9 +54,9 @@ int bt_image_load(const char *path, bt_img_t **out)
     return BT_EUNSUPPORTED;
 }
 
-int bt_image_load_rgb(const char *path, bt_img_t **out)
+int st_image_load_rgb(const char *path, bt_img_t **out)
 {
-    int rc = bt_image_load(path, out);
+    int rc = st_image_load(path, out);
     if (rc != 0 || (*out)->channels == 3) return rc;
     bt_img_t *rgb = bt_img_convert(*out, 3);
     bt_img_destroy(out);

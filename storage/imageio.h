@@ -11,9 +11,9 @@
 /* PNG or JPEG with its EXIF orientation applied: RGB, or RGBA for a PNG with
  * alpha. Anything else is BT_EUNSUPPORTED and one line saying "not a PNG or
  * JPEG image" (with the format's name when it is a common one: HEIC, WebP...). */
-int bt_image_load(const char *path, bt_img_t **out);
+int st_image_load(const char *path, bt_img_t **out);
 /* The same converted to RGB (alpha dropped, as PIL's convert("RGB")): what the
  * DreamBooth data pipeline wants. */
-int bt_image_load_rgb(const char *path, bt_img_t **out);
+int st_image_load_rgb(const char *path, bt_img_t **out);
 
 #endif

@@ -39,7 +39,7 @@ static uint32_t s_rd32(const uint8_t *p, bool le)
               : (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
 }
 
-int bt_exif_orientation(const uint8_t *d, size_t len)
+int st_exif_orientation(const uint8_t *d, size_t len)
 {
     if (!d) return 1;
     if (len >= 6 && !memcmp(d, "Exif\0\0", 6)) d += 6, len -= 6;
@@ -147,11 +147,11 @@ static int s_orientation(j_decompress_ptr cinfo)
 {
     for (jpeg_saved_marker_ptr m = cinfo->marker_list; m; m = m->next)
         if (m->marker == JPEG_APP0 + 1 && m->data_length >= 6 && !memcmp(m->data, "Exif\0\0", 6))
-            return bt_exif_orientation(m->data, m->data_length); /* the first EXIF block, as PIL */
+            return st_exif_orientation(m->data, m->data_length); /* the first EXIF block, as PIL */
     return 1;
 }
 
-int bt_jpeg_read_ex(const char *path, bt_img_t **out, bool apply_orientation, int *orientation)
+int st_jpeg_read_ex(const char *path, bt_img_t **out, bool apply_orientation, int *orientation)
 {
     *out = NULL;
     if (orientation) *orientation = 1;
@@ -251,7 +251,7 @@ out_free_ctx:
     return rc;
 }
 
-int bt_jpeg_read(const char *path, bt_img_t **out)
+int st_jpeg_read(const char *path, bt_img_t **out)
 {
-    return bt_jpeg_read_ex(path, out, true, NULL);
+    return st_jpeg_read_ex(path, out, true, NULL);
 }

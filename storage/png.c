@@ -34,7 +34,7 @@ typedef struct {
     char msg[256];       /* libpng's error message */
     bt_img_t *img;       /* reading: the result until it is handed out */
     png_bytep *rows;     /* row pointers into img */
-    bt_png_text_t *text; /* reading: the text block until it is handed out */
+    st_png_text_t *text; /* reading: the text block until it is handed out */
     png_text *ptext;     /* writing: the text chunks */
 } s_ctx_t;
 
@@ -95,16 +95,16 @@ static size_t s_to_utf8(const char *s, bool latin1, char *dst)
 }
 
 /* All text chunks as one block: the array, then the strings it points to. */
-static bt_png_text_t *s_collect_text(png_structp png, png_infop info, int *ntext)
+static st_png_text_t *s_collect_text(png_structp png, png_infop info, int *ntext)
 {
     png_textp tp = NULL;
     int n = png_get_text(png, info, &tp, NULL);
-    size_t size = (size_t)(n > 0 ? n : 1) * sizeof(bt_png_text_t);
+    size_t size = (size_t)(n > 0 ? n : 1) * sizeof(st_png_text_t);
     for (int i = 0; i < n; i++) {
         bool latin1 = tp[i].compression <= PNG_TEXT_COMPRESSION_zTXt;
         size += s_to_utf8(tp[i].key, true, NULL) + s_to_utf8(tp[i].text ? tp[i].text : "", latin1, NULL);
     }
-    bt_png_text_t *t = malloc(size);
+    st_png_text_t *t = malloc(size);
     if (!t) return NULL;
     char *p = (char *)(t + (n > 0 ? n : 1));
     for (int i = 0; i < n; i++) {
@@ -118,7 +118,7 @@ static bt_png_text_t *s_collect_text(png_structp png, png_infop info, int *ntext
     return t;
 }
 
-int bt_png_read_with_text(const char *path, bt_img_t **out, bt_png_text_t **text, int *ntext)
+int st_png_read_with_text(const char *path, bt_img_t **out, st_png_text_t **text, int *ntext)
 {
     *out = NULL;
     if (text) *text = NULL;
@@ -207,7 +207,7 @@ int bt_png_read_with_text(const char *path, bt_img_t **out, bt_png_text_t **text
     png_bytep exif = NULL;
     png_uint_32 exif_len = 0;
     if (png_get_eXIf_1(png, info, &exif_len, &exif) && exif) {
-        int orientation = bt_exif_orientation(exif, exif_len);
+        int orientation = st_exif_orientation(exif, exif_len);
         if (orientation != 1) {
             bt_img_t *t = bt_img_apply_exif_orientation(c->img, orientation);
             if (!t) {
@@ -244,19 +244,19 @@ out_free_ctx:
     return rc;
 }
 
-int bt_png_read(const char *path, bt_img_t **out)
+int st_png_read(const char *path, bt_img_t **out)
 {
-    return bt_png_read_with_text(path, out, NULL, NULL);
+    return st_png_read_with_text(path, out, NULL, NULL);
 }
 
-void bt_png_text_free(bt_png_text_t **text)
+void st_png_text_free(st_png_text_t **text)
 {
     if (!text) return;
     free(*text);
     *text = NULL;
 }
 
-const char *bt_png_text_get(const bt_png_text_t *text, int ntext, const char *key)
+const char *st_png_text_get(const st_png_text_t *text, int ntext, const char *key)
 {
     for (int i = 0; text && i < ntext; i++)
         if (!strcmp(text[i].key, key)) return text[i].value;
@@ -294,7 +294,7 @@ static bool s_utf8_ok(const char *s)
     return true;
 }
 
-int bt_png_write(const char *path, const bt_img_t *img, const bt_png_text_t *text, int ntext)
+int st_png_write(const char *path, const bt_img_t *img, const st_png_text_t *text, int ntext)
 {
     if (!img || !img->data || !bt_img_size_ok(img->width, img->height, img->channels)) {
         BT_ERROR("%s: cannot write an invalid image as PNG", path);

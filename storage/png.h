@@ -18,23 +18,23 @@
 
 #include "common/image.h"
 
-typedef struct bt_png_text {
+typedef struct st_png_text {
     const char *key;   /* 1..79 printable ASCII characters, no leading, trailing or double spaces */
     const char *value; /* UTF-8 */
-} bt_png_text_t;
+} st_png_text_t;
 
 /* *out receives the image (caller destroys it). Returns 0 or a negative status. */
-int bt_png_read(const char *path, bt_img_t **out);
+int st_png_read(const char *path, bt_img_t **out);
 /* Same, and *text receives the file's text chunks (tEXt, zTXt, iTXt; Latin-1
  * turned into UTF-8) in file order: one malloc'd block to release with
- * bt_png_text_free; *ntext their count. text may be NULL. */
-int bt_png_read_with_text(const char *path, bt_img_t **out, bt_png_text_t **text, int *ntext);
-void bt_png_text_free(bt_png_text_t **text);
+ * st_png_text_free; *ntext their count. text may be NULL. */
+int st_png_read_with_text(const char *path, bt_img_t **out, st_png_text_t **text, int *ntext);
+void st_png_text_free(st_png_text_t **text);
 /* The value of the first entry named key, or NULL. */
-const char *bt_png_text_get(const bt_png_text_t *text, int ntext, const char *key);
+const char *st_png_text_get(const st_png_text_t *text, int ntext, const char *key);
 
 /* Writes img (1, 3 or 4 channels) and ntext text entries atomically: on any
  * failure the old file, if there was one, is untouched and no temporary is left. */
-int bt_png_write(const char *path, const bt_img_t *img, const bt_png_text_t *text, int ntext);
+int st_png_write(const char *path, const bt_img_t *img, const st_png_text_t *text, int ntext);
 
 #endif

@@ -244,7 +244,7 @@ static int s_validate(s_run_t *run)
     char path[WK_PATH_MAX + 64];
     snprintf(path, sizeof path, "%s/validation-%llu.png", w->work_dir, (unsigned long long)task->task_id);
     if ((rc = wk_ps_pull(w, task->version)) || (rc = sd_trainer_validate(w->trainer, task->version, &grid)) ||
-        (rc = bt_png_write(path, grid, NULL, 0)))
+        (rc = st_png_write(path, grid, NULL, 0)))
         goto out;
     rc = bt_read_file(path, &png, &len);
     unlink(path);

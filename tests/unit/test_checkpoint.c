@@ -40,7 +40,7 @@ static void s_make_subject(const char *dir, int n, unsigned tint)
             for (int x = 0; x < img->width; x++)
                 if ((x - 30) * (x - 30) + (y - 32) * (y - 32) < 300) bt_img_fill_rect(img, x, y, 1, 1, 0xd02020u);
         snprintf(path, sizeof path, "%s/subject-%d.png", dir, i);
-        CHECK(bt_png_write(path, img, NULL, 0) == 0);
+        CHECK(st_png_write(path, img, NULL, 0) == 0);
         bt_img_destroy(&img);
     }
 }
@@ -191,7 +191,7 @@ TEST_TIMEOUT(checkpoint_resume_is_byte_identical, 600)
     char p3[600];
     snprintf(p3, sizeof p3, "%s/x3.h5", j.dir);
     REQUIRE(s_save(p3, a, &ids, &ha, path) == 0);
-    bt_h5_file_t *f1 = bt_h5_open(p1), *f3 = bt_h5_open(p3);
+    st_h5_file_t *f1 = st_h5_open(p1), *f3 = st_h5_open(p3);
     REQUIRE(f1 && f3);
     const char *arrays[] = {"prior/images",
                             "prior/latent_mean",
@@ -201,20 +201,20 @@ TEST_TIMEOUT(checkpoint_resume_is_byte_identical, 600)
                             "prior/index",
                             "lora/unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_v.lora_B.weight"};
     for (int i = 0; i < 7; i++) {
-        bt_h5_info_t i1, i3;
-        REQUIRE(bt_h5_info(f1, arrays[i], &i1) == 0 && bt_h5_info(f3, arrays[i], &i3) == 0);
+        st_h5_info_t i1, i3;
+        REQUIRE(st_h5_info(f1, arrays[i], &i1) == 0 && st_h5_info(f3, arrays[i], &i3) == 0);
         CHECK(i1.numel == i3.numel && i1.dtype == i3.dtype);
         double *x1 = malloc((size_t)i1.numel * sizeof(double)), *x3 = malloc((size_t)i1.numel * sizeof(double));
-        bt_h5_dtype_t dt = i1.dtype == BT_H5_U8 || i1.dtype == BT_H5_I64 ? BT_H5_I64 : BT_H5_F64;
+        st_h5_dtype_t dt = i1.dtype == ST_H5_U8 || i1.dtype == ST_H5_I64 ? ST_H5_I64 : ST_H5_F64;
         REQUIRE(x1 && x3);
-        REQUIRE(bt_h5_read(f1, arrays[i], dt, i1.ndim, i1.shape, x1) == 0);
-        REQUIRE(bt_h5_read(f3, arrays[i], dt, i3.ndim, i1.shape, x3) == 0);
+        REQUIRE(st_h5_read(f1, arrays[i], dt, i1.ndim, i1.shape, x1) == 0);
+        REQUIRE(st_h5_read(f3, arrays[i], dt, i3.ndim, i1.shape, x3) == 0);
         CHECKF(!memcmp(x1, x3, (size_t)i1.numel * sizeof(double)), "%s differs", arrays[i]);
         free(x1);
         free(x3);
     }
-    bt_h5_close(&f1);
-    bt_h5_close(&f3);
+    st_h5_close(&f1);
+    st_h5_close(&f3);
 
     /* export == what the trainer itself writes */
     char e1[600], e2[600];
@@ -653,7 +653,7 @@ TEST_TIMEOUT(checkpoint_bench_sd15, 3600)
 
     /* everything back, images and latents included */
     t0 = s_secs();
-    bt_h5_file_t *f = bt_h5_open(path);
+    st_h5_file_t *f = st_h5_open(path);
     REQUIRE(f);
     uint8_t *img = malloc(512 * 512 * 3);
     float *lat = malloc(4 * 64 * 64 * sizeof(float));
@@ -663,13 +663,13 @@ TEST_TIMEOUT(checkpoint_bench_sd15, 3600)
         for (int64_t i = 0; i < counts[g]; i++) {
             char p[64];
             snprintf(p, sizeof p, "%s/images", groups[g]);
-            REQUIRE(bt_h5_read_rows(f, p, BT_H5_U8, i, 1, img) == 0);
+            REQUIRE(st_h5_read_rows(f, p, ST_H5_U8, i, 1, img) == 0);
             snprintf(p, sizeof p, "%s/latent_mean", groups[g]);
-            REQUIRE(bt_h5_read_rows(f, p, BT_H5_F32, i, 1, lat) == 0);
+            REQUIRE(st_h5_read_rows(f, p, ST_H5_F32, i, 1, lat) == 0);
             snprintf(p, sizeof p, "%s/latent_logvar", groups[g]);
-            REQUIRE(bt_h5_read_rows(f, p, BT_H5_F32, i, 1, lat) == 0);
+            REQUIRE(st_h5_read_rows(f, p, ST_H5_F32, i, 1, lat) == 0);
         }
-    bt_h5_close(&f);
+    st_h5_close(&f);
     double t_images = s_secs() - t0;
     printf("read every image and latent (205 x 512 px): %.2f s; full read incl. resume: %.2f s\n", t_images,
            t_images + t_resume);
@@ -679,19 +679,19 @@ TEST_TIMEOUT(checkpoint_bench_sd15, 3600)
         char p2[700];
         snprintf(p2, sizeof p2, "%s/gz%d.h5", dir, level);
         t0 = s_secs();
-        bt_h5_file_t *w = bt_h5_create(p2);
+        st_h5_file_t *w = st_h5_create(p2);
         REQUIRE(w);
-        bt_h5_opts_t o = {.deflate = level, .rows_per_chunk = 1};
-        REQUIRE(bt_h5_create_dataset(w, "images", BT_H5_U8, 4, (int64_t[]){200, 512, 512, 3}, &o) == 0);
+        st_h5_opts_t o = {.deflate = level, .rows_per_chunk = 1};
+        REQUIRE(st_h5_create_dataset(w, "images", ST_H5_U8, 4, (int64_t[]){200, 512, 512, 3}, &o) == 0);
         for (int i = 0; i < 200; i++)
-            REQUIRE(bt_h5_write_rows(w, "images", i, 1, classes.pixels + (size_t)i * 512 * 512 * 3) == 0);
-        REQUIRE(bt_h5_commit(&w) == 0);
+            REQUIRE(st_h5_write_rows(w, "images", i, 1, classes.pixels + (size_t)i * 512 * 512 * 3) == 0);
+        REQUIRE(st_h5_commit(&w) == 0);
         double tw = s_secs() - t0;
         REQUIRE(stat(p2, &st) == 0);
         t0 = s_secs();
-        REQUIRE((f = bt_h5_open(p2)));
-        for (int i = 0; i < 200; i++) REQUIRE(bt_h5_read_rows(f, "images", BT_H5_U8, i, 1, img) == 0);
-        bt_h5_close(&f);
+        REQUIRE((f = st_h5_open(p2)));
+        for (int i = 0; i < 200; i++) REQUIRE(st_h5_read_rows(f, "images", ST_H5_U8, i, 1, img) == 0);
+        st_h5_close(&f);
         printf("200 images, gzip level %d: write %.2f s, read %.2f s, %.1f MB (%.0f%% of raw)\n", level, tw,
                s_secs() - t0, st.st_size / 1e6, 100.0 * st.st_size / (200.0 * 512 * 512 * 3));
         unlink(p2);

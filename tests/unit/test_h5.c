@@ -46,7 +46,7 @@ static void s_spit(const char *path, const void *data, size_t len)
 /* A small file with one of everything. */
 static int s_write_sample(const char *path, float bias)
 {
-    bt_h5_file_t *f = bt_h5_create(path);
+    st_h5_file_t *f = st_h5_create(path);
     if (!f) return BT_EIO;
     float w[6 * 5];
     uint8_t img[3 * 4 * 4 * 3];
@@ -56,29 +56,29 @@ static int s_write_sample(const char *path, float bias)
     for (int i = 0; i < 30; i++) w[i] = (float)i * 0.5f + bias;
     for (int i = 0; i < (int)sizeof img; i++) img[i] = (uint8_t)(i * 7);
     const char *prompts[3] = {"a photo of dog", "ünïcode ✓", NULL};
-    int rc = bt_h5_group(f, "lora", true);
-    if (!rc) rc = bt_h5_group(f, "prior/sub", false);
-    if (!rc) rc = bt_h5_write(f, "lora/zeta.lora_A.weight", BT_H5_F32, 2, (int64_t[]){6, 5}, w, NULL);
-    if (!rc) rc = bt_h5_write(f, "lora/alpha.lora_B.weight", BT_H5_F32, 2, (int64_t[]){5, 6}, w, NULL);
+    int rc = st_h5_group(f, "lora", true);
+    if (!rc) rc = st_h5_group(f, "prior/sub", false);
+    if (!rc) rc = st_h5_write(f, "lora/zeta.lora_A.weight", ST_H5_F32, 2, (int64_t[]){6, 5}, w, NULL);
+    if (!rc) rc = st_h5_write(f, "lora/alpha.lora_B.weight", ST_H5_F32, 2, (int64_t[]){5, 6}, w, NULL);
     if (!rc)
-        rc = bt_h5_create_dataset(f, "prior/images", BT_H5_U8, 4, (int64_t[]){3, 4, 4, 3},
-                                  &(bt_h5_opts_t){.deflate = 4});
-    for (int i = 0; i < 3 && !rc; i++) rc = bt_h5_write_rows(f, "prior/images", i, 1, img + i * 48);
-    if (!rc) rc = bt_h5_write(f, "prior/index", BT_H5_I64, 1, (int64_t[]){3}, idx, NULL);
-    if (!rc) rc = bt_h5_write(f, "prior/seed", BT_H5_U64, 1, (int64_t[]){3}, seeds, NULL);
-    if (!rc) rc = bt_h5_write(f, "prior/sub/hist", BT_H5_F64, 1, (int64_t[]){4}, hist, NULL);
-    if (!rc) rc = bt_h5_write(f, "prior/empty", BT_H5_F32, 2, (int64_t[]){0, 4}, NULL, NULL);
-    if (!rc) rc = bt_h5_write_strings(f, "prior/prompt", 3, prompts);
-    if (!rc) rc = bt_h5_attr_set_str(f, "/", "job", "{\"seed\": 1}");
-    if (!rc) rc = bt_h5_attr_set_i64(f, "/", "step", -42);
-    if (!rc) rc = bt_h5_attr_set_u64(f, "", "seed", UINT64_MAX);
-    if (!rc) rc = bt_h5_attr_set_f64(f, "lora", "alpha", 0.1);
-    if (!rc) rc = bt_h5_attr_set_str(f, "lora/zeta.lora_A.weight", "note", "");
+        rc = st_h5_create_dataset(f, "prior/images", ST_H5_U8, 4, (int64_t[]){3, 4, 4, 3},
+                                  &(st_h5_opts_t){.deflate = 4});
+    for (int i = 0; i < 3 && !rc; i++) rc = st_h5_write_rows(f, "prior/images", i, 1, img + i * 48);
+    if (!rc) rc = st_h5_write(f, "prior/index", ST_H5_I64, 1, (int64_t[]){3}, idx, NULL);
+    if (!rc) rc = st_h5_write(f, "prior/seed", ST_H5_U64, 1, (int64_t[]){3}, seeds, NULL);
+    if (!rc) rc = st_h5_write(f, "prior/sub/hist", ST_H5_F64, 1, (int64_t[]){4}, hist, NULL);
+    if (!rc) rc = st_h5_write(f, "prior/empty", ST_H5_F32, 2, (int64_t[]){0, 4}, NULL, NULL);
+    if (!rc) rc = st_h5_write_strings(f, "prior/prompt", 3, prompts);
+    if (!rc) rc = st_h5_attr_set_str(f, "/", "job", "{\"seed\": 1}");
+    if (!rc) rc = st_h5_attr_set_i64(f, "/", "step", -42);
+    if (!rc) rc = st_h5_attr_set_u64(f, "", "seed", UINT64_MAX);
+    if (!rc) rc = st_h5_attr_set_f64(f, "lora", "alpha", 0.1);
+    if (!rc) rc = st_h5_attr_set_str(f, "lora/zeta.lora_A.weight", "note", "");
     if (rc) {
-        bt_h5_abort(&f);
+        st_h5_abort(&f);
         return rc;
     }
-    return bt_h5_commit(&f);
+    return st_h5_commit(&f);
 }
 
 TEST(h5_round_trip)
@@ -86,68 +86,68 @@ TEST(h5_round_trip)
     char path[512];
     snprintf(path, sizeof path, "%s/a.h5", tu_tmpdir());
     REQUIRE(s_write_sample(path, 0) == 0);
-    bt_h5_file_t *f = bt_h5_open(path);
+    st_h5_file_t *f = st_h5_open(path);
     REQUIRE(f);
     /* creation order where asked for, names elsewhere */
     char **names;
     int n;
-    REQUIRE(bt_h5_list(f, "lora", &names, &n) == 0);
+    REQUIRE(st_h5_list(f, "lora", &names, &n) == 0);
     CHECK(n == 2 && !strcmp(names[0], "zeta.lora_A.weight") && !strcmp(names[1], "alpha.lora_B.weight"));
-    bt_h5_free_names(names, n);
-    REQUIRE(bt_h5_list(f, "prior", &names, &n) == 0);
+    st_h5_free_names(names, n);
+    REQUIRE(st_h5_list(f, "prior", &names, &n) == 0);
     CHECK(n == 6 && !strcmp(names[0], "empty") && !strcmp(names[5], "sub"));
-    bt_h5_free_names(names, n);
-    CHECK(bt_h5_is_group(f, "prior/sub") && !bt_h5_is_group(f, "prior/index") && !bt_h5_exists(f, "nope/x"));
+    st_h5_free_names(names, n);
+    CHECK(st_h5_is_group(f, "prior/sub") && !st_h5_is_group(f, "prior/index") && !st_h5_exists(f, "nope/x"));
 
     float w[30];
-    REQUIRE(bt_h5_read(f, "lora/zeta.lora_A.weight", BT_H5_F32, 2, (int64_t[]){6, 5}, w) == 0);
+    REQUIRE(st_h5_read(f, "lora/zeta.lora_A.weight", ST_H5_F32, 2, (int64_t[]){6, 5}, w) == 0);
     for (int i = 0; i < 30; i++) CHECK(w[i] == (float)i * 0.5f);
     double wd[30]; /* float -> double conversion on read */
-    REQUIRE(bt_h5_read(f, "lora/alpha.lora_B.weight", BT_H5_F64, 2, (int64_t[]){-1, 6}, wd) == 0);
+    REQUIRE(st_h5_read(f, "lora/alpha.lora_B.weight", ST_H5_F64, 2, (int64_t[]){-1, 6}, wd) == 0);
     CHECK(wd[29] == 14.5);
     uint8_t img[48];
-    REQUIRE(bt_h5_read_rows(f, "prior/images", BT_H5_U8, 2, 1, img) == 0);
+    REQUIRE(st_h5_read_rows(f, "prior/images", ST_H5_U8, 2, 1, img) == 0);
     for (int i = 0; i < 48; i++) CHECK(img[i] == (uint8_t)((96 + i) * 7));
     uint64_t seeds[3];
-    REQUIRE(bt_h5_read(f, "prior/seed", BT_H5_U64, 1, (int64_t[]){3}, seeds) == 0);
+    REQUIRE(st_h5_read(f, "prior/seed", ST_H5_U64, 1, (int64_t[]){3}, seeds) == 0);
     CHECK(seeds[1] == UINT64_MAX);
     int64_t idx[3];
-    REQUIRE(bt_h5_read(f, "prior/index", BT_H5_I64, 1, (int64_t[]){3}, idx) == 0);
+    REQUIRE(st_h5_read(f, "prior/index", ST_H5_I64, 1, (int64_t[]){3}, idx) == 0);
     CHECK(idx[0] == 7 && idx[2] == 9);
-    bt_h5_info_t info;
-    REQUIRE(bt_h5_info(f, "prior/empty", &info) == 0);
-    CHECK(info.ndim == 2 && info.shape[0] == 0 && info.shape[1] == 4 && info.dtype == BT_H5_F32);
+    st_h5_info_t info;
+    REQUIRE(st_h5_info(f, "prior/empty", &info) == 0);
+    CHECK(info.ndim == 2 && info.shape[0] == 0 && info.shape[1] == 4 && info.dtype == ST_H5_F32);
     char **s;
-    REQUIRE(bt_h5_read_strings(f, "prior/prompt", 3, &s) == 0);
+    REQUIRE(st_h5_read_strings(f, "prior/prompt", 3, &s) == 0);
     CHECK(!strcmp(s[0], "a photo of dog") && !strcmp(s[1], "ünïcode ✓") && !strcmp(s[2], ""));
-    bt_h5_free_names(s, 3);
+    st_h5_free_names(s, 3);
 
     char *job;
     int64_t step;
     uint64_t seed;
     double alpha;
-    REQUIRE(bt_h5_attr_str(f, "/", "job", &job) == 0);
+    REQUIRE(st_h5_attr_str(f, "/", "job", &job) == 0);
     CHECK(!strcmp(job, "{\"seed\": 1}"));
     free(job);
-    CHECK(bt_h5_attr_i64(f, "/", "step", &step) == 0 && step == -42);
-    CHECK(bt_h5_attr_u64(f, "/", "seed", &seed) == 0 && seed == UINT64_MAX);
-    CHECK(bt_h5_attr_f64(f, "lora", "alpha", &alpha) == 0 && alpha == 0.1);
-    CHECK(bt_h5_attr_list(f, "/", &names, &n) == 0 && n == 3);
-    bt_h5_free_names(names, n);
+    CHECK(st_h5_attr_i64(f, "/", "step", &step) == 0 && step == -42);
+    CHECK(st_h5_attr_u64(f, "/", "seed", &seed) == 0 && seed == UINT64_MAX);
+    CHECK(st_h5_attr_f64(f, "lora", "alpha", &alpha) == 0 && alpha == 0.1);
+    CHECK(st_h5_attr_list(f, "/", &names, &n) == 0 && n == 3);
+    st_h5_free_names(names, n);
 
     /* wrong expectations are errors, not crashes */
     bt_log_set_level(BT_LOG_ERROR);
-    CHECK(bt_h5_read(f, "lora/zeta.lora_A.weight", BT_H5_F32, 2, (int64_t[]){5, 6}, w) == BT_ESHAPE);
+    CHECK(st_h5_read(f, "lora/zeta.lora_A.weight", ST_H5_F32, 2, (int64_t[]){5, 6}, w) == BT_ESHAPE);
     CHECK(strstr(bt_log_last_error(), "[6, 5], expected [5, 6]"));
-    CHECK(bt_h5_read(f, "prior/prompt", BT_H5_F32, 1, (int64_t[]){3}, w) == BT_EFORMAT);
-    CHECK(bt_h5_read(f, "lora/missing", BT_H5_F32, 1, (int64_t[]){3}, w) == BT_ENOTFOUND);
+    CHECK(st_h5_read(f, "prior/prompt", ST_H5_F32, 1, (int64_t[]){3}, w) == BT_EFORMAT);
+    CHECK(st_h5_read(f, "lora/missing", ST_H5_F32, 1, (int64_t[]){3}, w) == BT_ENOTFOUND);
     CHECK(strstr(bt_log_last_error(), "no dataset 'lora/missing'"));
-    CHECK(bt_h5_read_rows(f, "prior/images", BT_H5_U8, 3, 1, img) == BT_ESHAPE);
-    CHECK(bt_h5_attr_i64(f, "/", "job", &step) == BT_EFORMAT);
-    CHECK(bt_h5_attr_str(f, "/", "nothing", &job) == BT_ENOTFOUND);
-    CHECK(bt_h5_read_strings(f, "prior/prompt", 4, &s) == BT_EFORMAT);
-    bt_h5_close(&f);
-    bt_h5_close(&f); /* safe twice */
+    CHECK(st_h5_read_rows(f, "prior/images", ST_H5_U8, 3, 1, img) == BT_ESHAPE);
+    CHECK(st_h5_attr_i64(f, "/", "job", &step) == BT_EFORMAT);
+    CHECK(st_h5_attr_str(f, "/", "nothing", &job) == BT_ENOTFOUND);
+    CHECK(st_h5_read_strings(f, "prior/prompt", 4, &s) == BT_EFORMAT);
+    st_h5_close(&f);
+    st_h5_close(&f); /* safe twice */
 }
 
 /* The same content gives the same bytes (no timestamps), different content does not. */
@@ -182,20 +182,20 @@ TEST(h5_bad_files_are_one_line)
     bt_log_set_level(BT_LOG_ERROR);
 
     snprintf(bad, sizeof bad, "%s/missing.h5", tu_tmpdir());
-    CHECK(!bt_h5_open(bad) && strstr(bt_log_last_error(), "No such file"));
+    CHECK(!st_h5_open(bad) && strstr(bt_log_last_error(), "No such file"));
     snprintf(bad, sizeof bad, "%s/empty.h5", tu_tmpdir());
     s_spit(bad, "", 0);
-    CHECK(!bt_h5_open(bad) && strstr(bt_log_last_error(), "empty file"));
+    CHECK(!st_h5_open(bad) && strstr(bt_log_last_error(), "empty file"));
     snprintf(bad, sizeof bad, "%s/foreign.h5", tu_tmpdir());
     s_spit(bad, "{\"this\": \"is json\"}\n", 20);
-    CHECK(!bt_h5_open(bad) && strstr(bt_log_last_error(), "not an HDF5 file"));
+    CHECK(!st_h5_open(bad) && strstr(bt_log_last_error(), "not an HDF5 file"));
     /* every truncation length: never opens, never crashes */
     snprintf(bad, sizeof bad, "%s/trunc.h5", tu_tmpdir());
     for (size_t cut = 1; cut < len; cut += cut < 64 ? 7 : len / 23) {
         s_spit(bad, data, cut);
-        bt_h5_file_t *f = bt_h5_open(bad);
+        st_h5_file_t *f = st_h5_open(bad);
         CHECKF(!f, "a file cut to %zu of %zu bytes opened", cut, len);
-        bt_h5_close(&f);
+        st_h5_close(&f);
         const char *e = bt_log_last_error();
         CHECKF(strstr(e, "trunc.h5") && !strchr(e, '\n'), "cut %zu: '%s'", cut, e);
         CHECKF(cut < 8 ? strstr(e, "not an HDF5") != NULL : strstr(e, "truncated, corrupt or unfinished") != NULL,
@@ -212,7 +212,7 @@ TEST(h5_bad_files_are_one_line)
         s_spit(bad, data, len);
         data[pos] ^= 0x5a;
         trials++;
-        bt_h5_file_t *f = bt_h5_open(bad);
+        st_h5_file_t *f = st_h5_open(bad);
         if (!f) {
             detected++;
             continue;
@@ -220,9 +220,9 @@ TEST(h5_bad_files_are_one_line)
         float w[30];
         uint8_t img[144];
         uint64_t seeds[3];
-        int rc = bt_h5_read(f, "lora/zeta.lora_A.weight", BT_H5_F32, 2, (int64_t[]){6, 5}, w);
-        if (rc == 0) rc = bt_h5_read(f, "prior/images", BT_H5_U8, 4, (int64_t[]){3, 4, 4, 3}, img);
-        if (rc == 0) rc = bt_h5_read(f, "prior/seed", BT_H5_U64, 1, (int64_t[]){3}, seeds);
+        int rc = st_h5_read(f, "lora/zeta.lora_A.weight", ST_H5_F32, 2, (int64_t[]){6, 5}, w);
+        if (rc == 0) rc = st_h5_read(f, "prior/images", ST_H5_U8, 4, (int64_t[]){3, 4, 4, 3}, img);
+        if (rc == 0) rc = st_h5_read(f, "prior/seed", ST_H5_U64, 1, (int64_t[]){3}, seeds);
         if (rc) {
             detected++;
             CHECKF(!strchr(bt_log_last_error(), '\n'), "byte %zu: %s", pos, bt_log_last_error());
@@ -231,7 +231,7 @@ TEST(h5_bad_files_are_one_line)
             for (int i = 0; i < 144; i++) CHECKF(img[i] == (uint8_t)(i * 7), "byte %zu flipped: img[%d]", pos, i);
             CHECK(seeds[0] == 1 && seeds[1] == UINT64_MAX && seeds[2] == 3);
         }
-        bt_h5_close(&f);
+        st_h5_close(&f);
     }
     printf("flipped bytes detected: %d of %d (the rest fell in unused space)\n", detected, trials);
     CHECK(detected > 0);
@@ -275,15 +275,15 @@ TEST(h5_killed_writer_keeps_old_file)
     char *after = s_slurp(path, &len1);
     REQUIRE(after);
     CHECK(len0 == len1 && !memcmp(before, after, len0));
-    bt_h5_file_t *f = bt_h5_open(path);
+    st_h5_file_t *f = st_h5_open(path);
     CHECK(f != NULL);
-    bt_h5_close(&f);
+    st_h5_close(&f);
     /* the killed writer's temporary still says "open for writing": readers refuse it */
     bt_log_set_level(BT_LOG_ERROR);
-    f = bt_h5_open(tmp);
+    f = st_h5_open(tmp);
     CHECK(!f);
     printf("opening the killed writer's file: %s\n", bt_log_last_error());
-    bt_h5_close(&f);
+    st_h5_close(&f);
     free(before);
     free(after);
 }

@@ -128,12 +128,12 @@ TEST(image_png_decode_matches_pil)
         snprintf(file, sizeof file, "%s.png", names[i]);
         snprintf(ref, sizeof ref, "png.%s", names[i]);
         bt_img_t *img = NULL;
-        int rc = bt_png_read(IMG(file), &img);
+        int rc = st_png_read(IMG(file), &img);
         CHECKF(rc == 0, "%s: %s", file, bt_log_last_error());
         if (rc == 0) s_check_ref(refs, ref, img, 0);
         /* the generic loader takes the same path */
         bt_img_t *img2 = NULL;
-        CHECK(bt_image_load(IMG(file), &img2) == 0 && s_same(img, img2));
+        CHECK(st_image_load(IMG(file), &img2) == 0 && s_same(img, img2));
         bt_img_destroy(&img);
         bt_img_destroy(&img2);
     }
@@ -143,22 +143,22 @@ TEST(image_png_decode_matches_pil)
 TEST(image_png_text_chunks)
 {
     bt_img_t *img = NULL;
-    bt_png_text_t *text = NULL;
+    st_png_text_t *text = NULL;
     int n = 0;
-    REQUIRE(bt_png_read_with_text(IMG("text.png"), &img, &text, &n) == 0);
+    REQUIRE(st_png_read_with_text(IMG("text.png"), &img, &text, &n) == 0);
     CHECK_INT_EQ(n, 4);
-    const char *p = bt_png_text_get(text, n, "parameters");
+    const char *p = st_png_text_get(text, n, "parameters");
     CHECK(p && !strcmp(p, "a photo of sks dog\nSteps: 30, Sampler: DDIM"));
-    const char *c = bt_png_text_get(text, n, "comment"); /* zTXt */
+    const char *c = st_png_text_get(text, n, "comment"); /* zTXt */
     CHECK(c && strlen(c) == 7 * 20 && !strncmp(c, "zipped zipped ", 14));
-    const char *t = bt_png_text_get(text, n, "title"); /* iTXt, UTF-8 */
+    const char *t = st_png_text_get(text, n, "title"); /* iTXt, UTF-8 */
     CHECK(t && !strcmp(t, "Caf\xc3\xa9 \xe2\x98\x95"));
-    const char *l = bt_png_text_get(text, n, "latin"); /* tEXt in Latin-1, returned as UTF-8 */
+    const char *l = st_png_text_get(text, n, "latin"); /* tEXt in Latin-1, returned as UTF-8 */
     CHECK(l && !strcmp(l, "na\xc3\xafve"));
-    CHECK(bt_png_text_get(text, n, "absent") == NULL);
-    bt_png_text_free(&text);
+    CHECK(st_png_text_get(text, n, "absent") == NULL);
+    st_png_text_free(&text);
     CHECK(text == NULL);
-    bt_png_text_free(&text);
+    st_png_text_free(&text);
     bt_img_destroy(&img);
 }
 
@@ -172,7 +172,7 @@ TEST(image_jpeg_decode_matches_pil)
         snprintf(file, sizeof file, "%s.jpg", names[i]);
         snprintf(ref, sizeof ref, "jpeg.%s", names[i]);
         bt_img_t *img = NULL;
-        int rc = bt_jpeg_read(IMG(file), &img);
+        int rc = st_jpeg_read(IMG(file), &img);
         CHECKF(rc == 0, "%s: %s", file, bt_log_last_error());
         if (rc == 0) s_check_ref(refs, ref, img, 2);
         bt_img_destroy(&img);
@@ -219,19 +219,19 @@ TEST(image_exif_orientations_match_pil)
     st_file_t *refs = tu_fixture("images/reference.safetensors");
     REQUIRE(refs);
     bt_img_t *stored1 = NULL;
-    REQUIRE(bt_jpeg_read_ex(IMG("orient1.jpg"), &stored1, false, NULL) == 0);
+    REQUIRE(st_jpeg_read_ex(IMG("orient1.jpg"), &stored1, false, NULL) == 0);
     for (int o = 1; o <= 8; o++) {
         char file[32], ref[32];
         snprintf(file, sizeof file, "orient%d.jpg", o);
         snprintf(ref, sizeof ref, "jpeg.orient%d", o);
         bt_img_t *raw = NULL, *img = NULL;
         int found = 0;
-        REQUIRE(bt_jpeg_read_ex(IMG(file), &raw, false, &found) == 0);
+        REQUIRE(st_jpeg_read_ex(IMG(file), &raw, false, &found) == 0);
         CHECKF(found == o, "%s: orientation %d read as %d", file, o, found);
         CHECKF(s_same(raw, stored1), "%s: stored pixels differ from orient1.jpg's", file);
-        REQUIRE(bt_jpeg_read(IMG(file), &img) == 0);
+        REQUIRE(st_jpeg_read(IMG(file), &img) == 0);
         bt_img_t *want = bt_img_apply_exif_orientation(raw, o);
-        CHECKF(s_same(img, want), "%s: bt_jpeg_read differs from raw + transform", file);
+        CHECKF(s_same(img, want), "%s: st_jpeg_read differs from raw + transform", file);
         s_check_ref(refs, ref, img, 2);
         bt_img_destroy(&want);
         bt_img_destroy(&raw);
@@ -255,7 +255,7 @@ TEST(image_exif_hostile_files)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         bt_img_t *img = NULL;
         int o = 0;
-        int rc = bt_jpeg_read_ex(IMG(cases[i].file), &img, true, &o);
+        int rc = st_jpeg_read_ex(IMG(cases[i].file), &img, true, &o);
         CHECKF(rc == 0, "%s: %s", cases[i].file, bt_log_last_error());
         CHECKF(o == cases[i].orientation, "%s: orientation %d, expected %d", cases[i].file, o, cases[i].orientation);
         bool swapped = cases[i].orientation >= 5;
@@ -303,25 +303,25 @@ TEST(image_exif_parser)
     for (int le = 0; le < 2; le++)
         for (int v = 1; v <= 8; v++) {
             size_t n = s_tiff(b, le, 8, 1, 0x0112, 3, 1, (uint32_t)v);
-            CHECK_INT_EQ(bt_exif_orientation(b, n), v);
+            CHECK_INT_EQ(st_exif_orientation(b, n), v);
         }
     size_t n = s_tiff(b, true, 8, 1, 0x0112, 4, 1, 6); /* LONG */
-    CHECK_INT_EQ(bt_exif_orientation(b, n), 6);
+    CHECK_INT_EQ(st_exif_orientation(b, n), 6);
     n = s_tiff(b, false, 8, 1, 0x0112, 1, 1, 3); /* BYTE */
-    CHECK_INT_EQ(bt_exif_orientation(b, n), 3);
+    CHECK_INT_EQ(st_exif_orientation(b, n), 3);
     n = s_tiff(b, true, 8, 1, 0x0112, 3, 0, 6); /* count 0 */
-    CHECK_INT_EQ(bt_exif_orientation(b, n), 1);
+    CHECK_INT_EQ(st_exif_orientation(b, n), 1);
     n = s_tiff(b, true, 8, 1, 0x0112, 3, 1, 0); /* value 0 */
-    CHECK_INT_EQ(bt_exif_orientation(b, n), 1);
+    CHECK_INT_EQ(st_exif_orientation(b, n), 1);
     n = s_tiff(b, true, 8, 1, 0x0112, 7, 1, 6); /* UNDEFINED type */
-    CHECK_INT_EQ(bt_exif_orientation(b, n), 1);
+    CHECK_INT_EQ(st_exif_orientation(b, n), 1);
     n = s_tiff(b, true, 8, 1, 0x0110, 3, 1, 6); /* another tag */
-    CHECK_INT_EQ(bt_exif_orientation(b, n), 1);
+    CHECK_INT_EQ(st_exif_orientation(b, n), 1);
     /* offsets that point anywhere but inside */
     uint32_t bad[] = {0, 7, 25, 26, 27, 0x7fffffff, 0xfffffff0, 0xffffffff};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         n = s_tiff(b, true, bad[i], 1, 0x0112, 3, 1, 6);
-        CHECKF(bt_exif_orientation(b, n) == 1, "IFD offset %u", bad[i]);
+        CHECKF(st_exif_orientation(b, n) == 1, "IFD offset %u", bad[i]);
     }
     /* every truncation of a valid block: 6 only when the entry is whole */
     uint8_t e[64];
@@ -329,11 +329,11 @@ TEST(image_exif_parser)
     n = 6 + s_tiff(e + 6, false, 8, 1, 0x0112, 3, 1, 6);
     for (size_t len = 0; len <= n; len++) {
         int want = len >= 6 + 22 ? 6 : 1;
-        CHECKF(bt_exif_orientation(e, len) == want, "truncated to %zu bytes", len);
+        CHECKF(st_exif_orientation(e, len) == want, "truncated to %zu bytes", len);
     }
-    CHECK_INT_EQ(bt_exif_orientation(NULL, 10), 1);
+    CHECK_INT_EQ(st_exif_orientation(NULL, 10), 1);
     memcpy(b, "IIxx", 4);
-    CHECK_INT_EQ(bt_exif_orientation(b, 26), 1);
+    CHECK_INT_EQ(st_exif_orientation(b, 26), 1);
     /* random blocks behind a valid header: never out of range, never out of bounds (ASan) */
     tu_rng_t r = tu_rng(7);
     for (int it = 0; it < 20000; it++) {
@@ -345,7 +345,7 @@ TEST(image_exif_parser)
         memcpy(buf, le ? "II" : "MM", 2);
         s_put16(buf + 2, 42, le);
         if (it % 3) s_put32(buf + 4, 8 + (uint32_t)(tu_next(&r) % 16), le);
-        int o = bt_exif_orientation(buf, len);
+        int o = st_exif_orientation(buf, len);
         CHECK(o >= 1 && o <= 8);
         free(buf);
     }
@@ -360,22 +360,22 @@ TEST(image_bad_files_fail_cleanly)
         int (*fn)(const char *, bt_img_t **);
         const char *cause; /* must appear in the error line, with the path */
     } cases[] = {
-        {"truncated.png", bt_image_load, "truncated PNG"},
-        {"corrupt_crc.png", bt_image_load, "CRC error"},
-        {"corrupt_data.png", bt_image_load, "corrupt PNG"},
-        {"huge.png", bt_image_load, "16384"},
-        {"empty.png", bt_image_load, "not a PNG or JPEG image"},
-        {"empty.png", bt_png_read, "not a PNG file"},
-        {"truncated.jpg", bt_image_load, "truncated JPEG"},
-        {"huge.jpg", bt_image_load, "16384"},
-        {"corrupt.jpg", bt_image_load, "invalid JPEG: Bogus DHT index"},
-        {"not_image.txt", bt_image_load, "not a PNG or JPEG image"},
-        {"photo.heic", bt_image_load, "HEIC"},
-        {"photo.jpg", bt_png_read, "not a PNG file"},
-        {"rgb.png", bt_jpeg_read, "invalid JPEG: Not a JPEG file"},
-        {"does_not_exist.png", bt_image_load, "No such file"},
-        {"does_not_exist.png", bt_png_read, "No such file"},
-        {"does_not_exist.jpg", bt_jpeg_read, "No such file"},
+        {"truncated.png", st_image_load, "truncated PNG"},
+        {"corrupt_crc.png", st_image_load, "CRC error"},
+        {"corrupt_data.png", st_image_load, "corrupt PNG"},
+        {"huge.png", st_image_load, "16384"},
+        {"empty.png", st_image_load, "not a PNG or JPEG image"},
+        {"empty.png", st_png_read, "not a PNG file"},
+        {"truncated.jpg", st_image_load, "truncated JPEG"},
+        {"huge.jpg", st_image_load, "16384"},
+        {"corrupt.jpg", st_image_load, "invalid JPEG: Bogus DHT index"},
+        {"not_image.txt", st_image_load, "not a PNG or JPEG image"},
+        {"photo.heic", st_image_load, "HEIC"},
+        {"photo.jpg", st_png_read, "not a PNG file"},
+        {"rgb.png", st_jpeg_read, "invalid JPEG: Not a JPEG file"},
+        {"does_not_exist.png", st_image_load, "No such file"},
+        {"does_not_exist.png", st_png_read, "No such file"},
+        {"does_not_exist.jpg", st_jpeg_read, "No such file"},
     };
     s_errlog_t log = {0};
     bt_log_set_sink(s_sink, &log);
@@ -410,14 +410,14 @@ TEST(image_load_sniffs_content)
     fclose(f);
     free(data);
     bt_img_t *a = NULL, *b = NULL;
-    REQUIRE(bt_image_load(path, &a) == 0);
-    REQUIRE(bt_png_read(IMG("rgb.png"), &b) == 0);
+    REQUIRE(st_image_load(path, &a) == 0);
+    REQUIRE(st_png_read(IMG("rgb.png"), &b) == 0);
     CHECK(s_same(a, b));
     bt_img_destroy(&a);
     bt_img_destroy(&b);
     /* RGBA and gray come out as RGB from the _rgb variant */
-    REQUIRE(bt_image_load_rgb(IMG("rgba.png"), &a) == 0);
-    REQUIRE(bt_png_read(IMG("rgba.png"), &b) == 0);
+    REQUIRE(st_image_load_rgb(IMG("rgba.png"), &a) == 0);
+    REQUIRE(st_png_read(IMG("rgba.png"), &b) == 0);
     CHECK(a->channels == 3 && b->channels == 4);
     bt_img_t *c = bt_img_convert(b, 3);
     CHECK(s_same(a, c));
@@ -440,25 +440,25 @@ TEST(image_png_write_roundtrip)
             img->data[i] = (uint8_t)tu_next(&r);
         char path[512];
         snprintf(path, sizeof path, "%s/out%d.png", dir, ch);
-        const bt_png_text_t text[] = {
+        const st_png_text_t text[] = {
             {"parameters", "a photo of sks dog, seed 42\nsteps: 30"},
             {"Prompt", "Caf\xc3\xa9 \xe2\x98\x95"}, /* non-ASCII: iTXt */
             {"empty", ""},
         };
-        REQUIRE(bt_png_write(path, img, text, 3) == 0);
+        REQUIRE(st_png_write(path, img, text, 3) == 0);
         bt_img_t *back = NULL;
-        bt_png_text_t *rt = NULL;
+        st_png_text_t *rt = NULL;
         int n = 0;
-        REQUIRE(bt_png_read_with_text(path, &back, &rt, &n) == 0);
+        REQUIRE(st_png_read_with_text(path, &back, &rt, &n) == 0);
         /* gray comes back as RGB */
         bt_img_t *want = ch == 1 ? bt_img_convert(img, 3) : bt_img_clone(img);
         CHECKF(s_same(back, want), "%d channels: pixels differ after the round trip", ch);
         CHECK_INT_EQ(n, 3);
         for (int i = 0; i < 3; i++) {
-            const char *v = bt_png_text_get(rt, n, text[i].key);
+            const char *v = st_png_text_get(rt, n, text[i].key);
             CHECKF(v && !strcmp(v, text[i].value), "text '%s' came back as '%s'", text[i].key, v ? v : "(none)");
         }
-        bt_png_text_free(&rt);
+        st_png_text_free(&rt);
         bt_img_destroy(&want);
         bt_img_destroy(&back);
         bt_img_destroy(&img);
@@ -478,7 +478,7 @@ TEST(image_png_write_failures)
 
     /* a directory that does not exist */
     snprintf(path, sizeof path, "%s/no/such/dir/x.png", dir);
-    CHECK(bt_png_write(path, img, NULL, 0) < 0);
+    CHECK(st_png_write(path, img, NULL, 0) < 0);
     CHECK_INT_EQ(log.errors, 1);
     CHECK(strstr(log.last, "x.png") != NULL);
 
@@ -486,7 +486,7 @@ TEST(image_png_write_failures)
      * file is left as it was */
     snprintf(path, sizeof path, "%s/keep.png", dir);
     bt_img_fill(img, 0x112233);
-    REQUIRE(bt_png_write(path, img, NULL, 0) == 0);
+    REQUIRE(st_png_write(path, img, NULL, 0) == 0);
     static const char *const bad_keys[] = {
         "",
         " lead",
@@ -497,16 +497,16 @@ TEST(image_png_write_failures)
         "0123456789012345678901234567890123456789012345678901234567890123456789012345678901"};
     bt_img_fill(img, 0x445566);
     for (size_t i = 0; i < sizeof bad_keys / sizeof bad_keys[0]; i++) {
-        bt_png_text_t t = {bad_keys[i], "v"};
+        st_png_text_t t = {bad_keys[i], "v"};
         log.errors = 0;
-        CHECKF(bt_png_write(path, img, &t, 1) == BT_EINVAL, "key '%s' accepted", bad_keys[i]);
+        CHECKF(st_png_write(path, img, &t, 1) == BT_EINVAL, "key '%s' accepted", bad_keys[i]);
         CHECK_INT_EQ(log.errors, 1);
         CHECK(strstr(log.last, path) != NULL);
     }
-    bt_png_text_t bad_utf8 = {"k", "\xff\xfe"};
-    CHECK(bt_png_write(path, img, &bad_utf8, 1) == BT_EINVAL);
+    st_png_text_t bad_utf8 = {"k", "\xff\xfe"};
+    CHECK(st_png_write(path, img, &bad_utf8, 1) == BT_EINVAL);
     bt_img_t *back = NULL;
-    REQUIRE(bt_png_read(path, &back) == 0);
+    REQUIRE(st_png_read(path, &back) == 0);
     CHECK(back->data[0] == 0x11 && back->data[1] == 0x22 && back->data[2] == 0x33);
     bt_img_destroy(&back);
     CHECK_INT_EQ(s_count_files(dir), 1);
@@ -514,14 +514,14 @@ TEST(image_png_write_failures)
     /* an invalid image */
     bt_img_t fake = {.width = 0, .height = 3, .channels = 3, .data = img->data};
     snprintf(path, sizeof path, "%s/fake.png", dir);
-    CHECK(bt_png_write(path, &fake, NULL, 0) == BT_EINVAL);
+    CHECK(st_png_write(path, &fake, NULL, 0) == BT_EINVAL);
     CHECK_INT_EQ(s_count_files(dir), 1);
 
     /* a target that cannot be replaced (a directory): the temporary is removed */
     snprintf(path, sizeof path, "%s/adir", dir);
     REQUIRE(mkdir(path, 0777) == 0);
     log.errors = 0;
-    CHECK(bt_png_write(path, img, NULL, 0) < 0);
+    CHECK(st_png_write(path, img, NULL, 0) < 0);
     CHECK_INT_EQ(log.errors, 1);
     CHECK_INT_EQ(s_count_files(dir), 2);
     bt_log_set_sink(NULL, NULL);
@@ -539,7 +539,7 @@ static bt_img_t *s_source(const char *name)
 {
     bt_img_t *img = NULL;
     const char *file = !strcmp(name, "gray") ? "gray.png" : !strcmp(name, "rgba") ? "rgba.png" : "rgb.png";
-    if (bt_png_read(IMG(file), &img) != 0) return NULL;
+    if (st_png_read(IMG(file), &img) != 0) return NULL;
     if (!strcmp(name, "gray")) {
         bt_img_t *g = bt_img_convert(img, 1);
         bt_img_destroy(&img);
@@ -932,7 +932,7 @@ TEST(image_plot)
     CHECK(s_ink(img, 0, 0, 640, 20, 0xffffff) > 50); /* the title */
     char path[512];
     snprintf(path, sizeof path, "%s/plot.png", tu_tmpdir());
-    CHECK(bt_png_write(path, img, NULL, 0) == 0);
+    CHECK(st_png_write(path, img, NULL, 0) == 0);
     bt_img_destroy(&img);
 
     /* edge cases: each gives an image of the requested size */
@@ -1030,7 +1030,7 @@ TEST_TIMEOUT(image_decoders_survive_damage, 600)
             free(buf);
             bt_img_t *img = NULL;
             log.errors = 0;
-            int rc = bt_image_load(path, &img);
+            int rc = st_image_load(path, &img);
             loads++;
             if (rc == 0) {
                 CHECKF(img && log.errors == 0, "%s, case %d: success with %d error lines", files[fi], it, log.errors);
@@ -1068,7 +1068,7 @@ TEST(image_png_write_fails_midway)
     snprintf(path, sizeof path, "%s/big.png", dir);
     s_errlog_t log = {0};
     bt_log_set_sink(s_sink, &log);
-    int rc = bt_png_write(path, img, NULL, 0);
+    int rc = st_png_write(path, img, NULL, 0);
     bt_log_set_sink(NULL, NULL);
     setrlimit(RLIMIT_FSIZE, &old);
     signal(SIGXFSZ, old_handler);

@@ -28,7 +28,7 @@ static void s_make_subject(const char *dir, int n)
                 if ((x - cx) * (x - cx) + (y - cy) * (y - cy) <= r * r)
                     bt_img_fill_rect(img, x, y, 1, 1, abs(x - cx) < 4 ? 0x2020d0u : 0xd02020u);
         if (snprintf(path, sizeof path, "%s/subject-%d.png", dir, i) >= (int)sizeof path) return;
-        CHECK(bt_png_write(path, img, NULL, 0) == 0);
+        CHECK(st_png_write(path, img, NULL, 0) == 0);
         bt_img_destroy(&img);
     }
 }
