@@ -106,7 +106,8 @@ typedef struct co_job {
     /* tasks of the current phase */
     co_task_t *tasks;
     int ntasks, tasks_cap;
-    uint64_t data_hash;
+    char data_path[4400];     /* STATE/jobs/ID/data.h5 once PREPARE is in: the encoded sets ("" before) */
+    uint64_t data_hash;       /* its content hash (0: the data is the uploaded files) */
 } co_job_t;
 
 typedef struct co {

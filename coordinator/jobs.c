@@ -93,6 +93,8 @@ void co_job_free_run(co_job_t *j)
     j->mb_loss = j->mb_li = j->mb_lp = j->ss = NULL;
     j->tasks = NULL;
     j->ntasks = j->tasks_cap = j->ntensors = 0;
+    j->data_path[0] = '\0';
+    j->data_hash = 0;
     j->wait = CO_W_NONE;
 }
 
@@ -541,13 +543,22 @@ void co_on_get_job(co_t *c, int peer, pr_msg_t *m)
         co_send_error(c, peer, "no such running job", false);
         return;
     }
-    int n = j->nfiles;
-    pr_blob_t *blobs = calloc((size_t)n + 1, sizeof *blobs);
+    int n = 0;
+    pr_blob_t *blobs = calloc((size_t)j->nfiles + 1, sizeof *blobs);
     char *priors = NULL;
     size_t plen = 0;
     if (!blobs) return;
-    for (int i = 0; i < n; i++) blobs[i] = pr_blob_of_bytes(j->fnames[i], j->fdata[i], j->flen[i]);
-    if (j->job.cfg.prior_preservation && j->priors_path[0]) {
+    if (j->data_path[0]) { /* encoded: the one file */
+        if (bt_read_file(j->data_path, &priors, &plen)) {
+            co_send_error(c, peer, "the coordinator cannot read the job's data file", false);
+            free(blobs);
+            return;
+        }
+        blobs[n++] = pr_blob_of_bytes("data.h5", priors, plen);
+    } else {
+        for (int i = 0; i < j->nfiles; i++) blobs[n++] = pr_blob_of_bytes(j->fnames[i], j->fdata[i], j->flen[i]);
+    }
+    if (!j->data_path[0] && j->job.cfg.prior_preservation && j->priors_path[0]) {
         if (bt_read_file(j->priors_path, &priors, &plen)) {
             co_send_error(c, peer, "the coordinator cannot read the job's prior set", false);
             free(blobs);

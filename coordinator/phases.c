@@ -289,6 +289,17 @@ static void s_on_priors_result(co_t *c, co_job_t *j, co_task_t *t, pr_msg_t *m)
 
 /* ---- phase 2: the job's data ---- */
 
+/* What checkpoints record besides the optimizer state: the job, its data, the model. */
+static void s_ckpt_data(const co_job_t *j, sd_ckpt_data_t *d)
+{
+    *d = (sd_ckpt_data_t){.cfg = &j->job.cfg,
+                          .instances = &j->inst,
+                          .classes = j->job.cfg.prior_preservation ? &j->cls : NULL,
+                          .sampler = j->origin.sampler};
+    snprintf(d->ids.model, sizeof d->ids.model, "%s", j->origin.model_hash);
+    snprintf(d->ids.vae, sizeof d->ids.vae, "%s", j->origin.vae_hash);
+}
+
 static void s_start_prepare(co_t *c, co_job_t *j)
 {
     co_job_set_state(c, j, CO_PREPARE, NULL);
@@ -393,6 +404,19 @@ static void s_on_prepare_result(co_t *c, co_job_t *j, co_task_t *t, pr_msg_t *m)
         s_fail(c, j, why);
         return;
     }
+    /* the encoded sets as one file: every other worker loads them instead of encoding again */
+    sd_ckpt_data_t d;
+    s_ckpt_data(j, &d);
+    char *bytes = NULL;
+    size_t len = 0;
+    snprintf(j->data_path, sizeof j->data_path, "%s/data.h5", j->dir);
+    if (sd_job_data_write(j->data_path, &d) || bt_read_file(j->data_path, &bytes, &len)) {
+        j->data_path[0] = '\0';
+        s_fail(c, j, bt_log_last_error());
+        return;
+    }
+    j->data_hash = bt_xxh64(bytes, len, 0) | 1; /* never 0: 0 means "the uploaded files" */
+    free(bytes);
     t->done = true;
     BT_INFO("job %s: %d instance and %d class images encoded by %s; %d LoRA tensors (%lld parameters)", j->id,
             j->inst.n, j->cls.n, c->peers[t->peer].name, nt, (long long)total);
@@ -696,12 +720,8 @@ void co_on_state(co_t *c, int peer, pr_msg_t *m)
         if (++j->states < j->nps) return;
     }
     if (!j) return;
-    sd_ckpt_data_t d = {.cfg = &j->job.cfg,
-                        .instances = &j->inst,
-                        .classes = j->job.cfg.prior_preservation ? &j->cls : NULL,
-                        .sampler = j->origin.sampler};
-    snprintf(d.ids.model, sizeof d.ids.model, "%s", j->origin.model_hash);
-    snprintf(d.ids.vae, sizeof d.ids.vae, "%s", j->origin.vae_hash);
+    sd_ckpt_data_t d;
+    s_ckpt_data(j, &d);
     if (!j->gather_final) {
         if (sd_loop_checkpoint(j->loop, j->gather, &d, j->job.cfg.prior_preservation ? j->priors_path : NULL)) {
             s_fail(c, j, bt_log_last_error());

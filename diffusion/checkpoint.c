@@ -240,6 +240,46 @@ void sd_trainer_ckpt_data(const sd_trainer_t *t, const sd_model_ids_t *ids, sd_c
                           .ids = *ids};
 }
 
+/* The instance (and prior) image sets with their latents: a checkpoint's data and a job data file's. */
+static int s_write_data(st_h5_file_t *f, const sd_ckpt_data_t *d, st_h5_file_t *reuse)
+{
+    const sd_train_config_t *c = d->cfg;
+    const sd_model_ids_t *ids = &d->ids;
+    int rc;
+    if ((rc = s_write_set(f, SD_H5_INSTANCE, d->instances, c->instance_prompt, false, 0, reuse, ids)) ||
+        (rc = st_h5_attr_set_str(f, SD_H5_INSTANCE, SD_H5_SET_PROMPT, c->instance_prompt)) ||
+        (rc = st_h5_attr_set_str(f, SD_H5_INSTANCE, SD_H5_SET_VAE_HASH, ids->vae)))
+        return rc;
+    if (c->prior_preservation) {
+        const sd_image_set_t *cl = d->classes;
+        sd_prior_spec_t spec = {.weights = c->base_weights,
+                                .prompt = cl->gen_prompt ? cl->gen_prompt : c->class_prompt,
+                                .seed = cl->gen_prompt ? cl->gen_seed : c->seed,
+                                .steps = cl->gen_prompt ? cl->gen_steps : c->class_steps,
+                                .guidance = cl->gen_prompt ? cl->gen_guidance : c->class_guidance,
+                                .resolution = cl->res};
+        if ((rc = s_write_set(f, SD_H5_PRIOR, cl, spec.prompt, true, spec.seed, reuse, ids)) ||
+            (rc = sd_priors_write_attrs(f, SD_H5_PRIOR, &spec, d->sampler, c->model_dir, ids->model, ids->vae)) ||
+            (rc = st_h5_attr_set_str(f, SD_H5_PRIOR, SD_H5_PRIOR_ORIGIN, c->class_dir ? c->class_dir : "")) ||
+            (rc = st_h5_attr_set_str(f, SD_H5_PRIOR, SD_H5_PRIOR_CLASS_PROMPT, c->class_prompt)))
+            return rc;
+    }
+    return BT_OK;
+}
+
+int sd_job_data_write(const char *path, const sd_ckpt_data_t *d)
+{
+    st_h5_file_t *f = st_h5_create(path);
+    if (!f) return BT_EIO;
+    int rc = st_h5_attr_set_str(f, SD_H5_ROOT, SD_H5_FORMAT, SD_JOB_DATA_FORMAT);
+    if (rc == BT_OK) rc = st_h5_attr_set_i64(f, SD_H5_ROOT, SD_H5_FORMAT_VERSION, SD_JOB_DATA_FORMAT_VERSION);
+    if (rc == BT_OK) rc = st_h5_attr_set_str(f, SD_H5_ROOT, SD_H5_CKPT_BASE_MODEL_HASH, d->ids.model);
+    if (rc == BT_OK) rc = s_write_data(f, d, NULL);
+    if (rc == BT_OK) return st_h5_commit(&f);
+    st_h5_abort(&f);
+    return rc;
+}
+
 int sd_checkpoint_save(const char *path, const sd_optim_t *o, const sd_ckpt_data_t *d, const sd_train_history_t *h,
                        const char *reuse_path)
 {
@@ -338,23 +378,7 @@ int sd_checkpoint_save(const char *path, const sd_optim_t *o, const sd_ckpt_data
     if (rc) goto out;
 
     /* the data the run trains on */
-    if ((rc = s_write_set(f, SD_H5_INSTANCE, d->instances, c->instance_prompt, false, 0, reuse, ids)) ||
-        (rc = st_h5_attr_set_str(f, SD_H5_INSTANCE, SD_H5_SET_PROMPT, c->instance_prompt)))
-        goto out;
-    if (c->prior_preservation) {
-        const sd_image_set_t *cl = d->classes;
-        sd_prior_spec_t spec = {.weights = c->base_weights,
-                                .prompt = cl->gen_prompt ? cl->gen_prompt : c->class_prompt,
-                                .seed = cl->gen_prompt ? cl->gen_seed : c->seed,
-                                .steps = cl->gen_prompt ? cl->gen_steps : c->class_steps,
-                                .guidance = cl->gen_prompt ? cl->gen_guidance : c->class_guidance,
-                                .resolution = cl->res};
-        if ((rc = s_write_set(f, SD_H5_PRIOR, cl, spec.prompt, true, spec.seed, reuse, ids)) ||
-            (rc = sd_priors_write_attrs(f, SD_H5_PRIOR, &spec, d->sampler, c->model_dir, ids->model, ids->vae)) ||
-            (rc = st_h5_attr_set_str(f, SD_H5_PRIOR, SD_H5_PRIOR_ORIGIN, c->class_dir ? c->class_dir : "")) ||
-            (rc = st_h5_attr_set_str(f, SD_H5_PRIOR, SD_H5_PRIOR_CLASS_PROMPT, c->class_prompt)))
-            goto out;
-    }
+    if ((rc = s_write_data(f, d, reuse))) goto out;
     rc = st_h5_commit(&f);
 out:
     st_h5_abort(&f);

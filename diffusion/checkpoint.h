@@ -75,6 +75,12 @@ int sd_checkpoint_save(const char *path, const sd_optim_t *o, const sd_ckpt_data
  * NULL) receives the history. On any error o is unchanged. */
 int sd_checkpoint_resume(const char *path, sd_optim_t *o, const sd_ckpt_data_t *d, sd_train_history_t *h);
 
+/* A cluster job's data file: the image sets of d with their latents (and
+ * mirrored latents), as a checkpoint stores them, under root attributes
+ * booth_format = SD_JOB_DATA_FORMAT. Workers load their image sets from it
+ * (sd_image_set_load_h5) instead of encoding the images again. Crash-safe. */
+int sd_job_data_write(const char *path, const sd_ckpt_data_t *d);
+
 /* The LoRA of optimizer state o as a LoRA file (what the run exports). */
 int sd_optim_save_lora(const sd_optim_t *o, int64_t rank, float alpha, const char *path, st_lora_layout_t layout,
                        st_dtype_t dtype, const char *base_model);

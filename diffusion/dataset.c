@@ -127,9 +127,10 @@ int sd_encode_image(sd_model_t *m, const bt_img_t *img, float *mean, float *logv
 
 /* A preprocessed (res x res RGB) image -> the set's slot i: its pixels, its
  * posterior and (with flips) its mirror's posterior. mean/logvar: a posterior
- * already known for the unmirrored image (NULL: encode it). */
+ * already known for the unmirrored image (NULL: encode it); mean_f/logvar_f
+ * the same for the mirrored one. */
 static int s_encode(sd_image_set_t *s, sd_model_t *m, int i, bt_img_t *sq, const float *mean, const float *logvar,
-                    float *d_img, float *d_mean, float *d_logvar)
+                    const float *mean_f, const float *logvar_f, float *d_img, float *d_mean, float *d_logvar)
 {
     int64_t res = s->res, npix = 3 * res * res, per = s->C * s->h * s->w;
     memcpy(s->pixels + i * npix, sq->data, (size_t)npix);
@@ -141,7 +142,10 @@ static int s_encode(sd_image_set_t *s, sd_model_t *m, int i, bt_img_t *sq, const
     } else if (rc == BT_OK) {
         rc = s_encode_img(m, sq, host, d_img, d_mean, d_logvar, s->mean + i * per, s->logvar + i * per, per);
     }
-    if (rc == BT_OK && s->mean_f) {
+    if (rc == BT_OK && s->mean_f && mean_f) {
+        memcpy(s->mean_f + i * per, mean_f, (size_t)per * sizeof(float));
+        memcpy(s->logvar_f + i * per, logvar_f, (size_t)per * sizeof(float));
+    } else if (rc == BT_OK && s->mean_f) {
         bt_img_flip_h(sq);
         rc = s_encode_img(m, sq, host, d_img, d_mean, d_logvar, s->mean_f + i * per, s->logvar_f + i * per, per);
     }
@@ -180,9 +184,10 @@ static int s_check_args(sd_model_t *m, int resolution)
     return BT_OK;
 }
 
-/* A prior-set file (or any booth file with a /prior group) as an image set. */
-static int s_load_prior_file(sd_image_set_t *s, sd_model_t *m, const char *path, int resolution, bool flips, int max,
-                             sd_progress_fn progress, void *user)
+/* An image-set group of a booth HDF5 file (a prior set's /prior; a checkpoint's or a job data
+ * file's /instance and /prior) as an image set. A prior group's generation settings are read. */
+static int s_load_h5(sd_image_set_t *s, sd_model_t *m, const char *path, const char *group, int resolution,
+                     bool flips, int max, sd_progress_fn progress, void *user)
 {
     st_h5_file_t *f = st_h5_open(path);
     if (!f) return BT_EFORMAT;
@@ -191,19 +196,20 @@ static int s_load_prior_file(sd_image_set_t *s, sd_model_t *m, const char *path,
     int64_t steps = 0;
     double guidance = 0;
     float *lat = NULL;
+    bool prior = !strcmp(group, SD_H5_PRIOR);
     bt_img_t *img = NULL;
-    int rc = st_h5_imgset_probe(f, SD_PRIOR_GROUP, &info);
+    int rc = st_h5_imgset_probe(f, group, &info);
     if (rc == BT_OK && info.n == 0) {
-        BT_ERROR("%s: the prior set has no images", path);
+        BT_ERROR("%s: /%s has no images", path, group);
         rc = BT_ENOTFOUND;
     }
     /* the settings it was generated with (each missing one is one error line) */
-    if (rc == BT_OK) rc = st_h5_attr_str(f, SD_PRIOR_GROUP, SD_H5_SET_PROMPT, &prompt);
-    if (rc == BT_OK) rc = st_h5_attr_u64(f, SD_PRIOR_GROUP, SD_H5_PRIOR_SEED, &s->gen_seed);
-    if (rc == BT_OK) rc = st_h5_attr_i64(f, SD_PRIOR_GROUP, SD_H5_PRIOR_STEPS, &steps);
-    if (rc == BT_OK) rc = st_h5_attr_f64(f, SD_PRIOR_GROUP, SD_H5_PRIOR_GUIDANCE, &guidance);
-    if (rc == BT_OK && st_h5_attr_exists(f, SD_PRIOR_GROUP, SD_H5_PRIOR_VAE_HASH))
-        rc = st_h5_attr_str(f, SD_PRIOR_GROUP, SD_H5_PRIOR_VAE_HASH, &vae_hash);
+    if (rc == BT_OK && prior) rc = st_h5_attr_str(f, group, SD_H5_SET_PROMPT, &prompt);
+    if (rc == BT_OK && prior) rc = st_h5_attr_u64(f, group, SD_H5_PRIOR_SEED, &s->gen_seed);
+    if (rc == BT_OK && prior) rc = st_h5_attr_i64(f, group, SD_H5_PRIOR_STEPS, &steps);
+    if (rc == BT_OK && prior) rc = st_h5_attr_f64(f, group, SD_H5_PRIOR_GUIDANCE, &guidance);
+    if (rc == BT_OK && st_h5_attr_exists(f, group, SD_H5_PRIOR_VAE_HASH))
+        rc = st_h5_attr_str(f, group, SD_H5_PRIOR_VAE_HASH, &vae_hash);
     if (rc) goto out;
     int n = max > 0 && info.n > max ? max : (int)info.n;
     if ((rc = s_set_alloc(s, m, n, resolution, flips))) goto out;
@@ -217,7 +223,14 @@ static int s_load_prior_file(sd_image_set_t *s, sd_model_t *m, const char *path,
                  info.height == resolution && info.width == resolution &&
                  sd_model_hash(m->dir, SD_PART_VAE, here, NULL) == BT_OK && !strcmp(here, vae_hash);
     int64_t per = s->C * s->h * s->w;
-    if (!(s->paths = calloc((size_t)n + 1, sizeof *s->paths)) || !(lat = malloc((size_t)(2 * per) * sizeof(float))) ||
+    char dimg[128], dm[128], dl[128], dmf[128], dlf[128];
+    snprintf(dimg, sizeof dimg, "%s/" SD_H5_IMAGES, group);
+    snprintf(dm, sizeof dm, "%s/" SD_H5_LATENT_MEAN, group);
+    snprintf(dl, sizeof dl, "%s/" SD_H5_LATENT_LOGVAR, group);
+    snprintf(dmf, sizeof dmf, "%s/" SD_H5_LATENT_MEAN_FLIP, group);
+    snprintf(dlf, sizeof dlf, "%s/" SD_H5_LATENT_LOGVAR_FLIP, group);
+    bool reuse_flips = reuse && flips && st_h5_exists(f, dmf) && st_h5_exists(f, dlf);
+    if (!(s->paths = calloc((size_t)n + 1, sizeof *s->paths)) || !(lat = malloc((size_t)(4 * per) * sizeof(float))) ||
         !(img = bt_img_new((int)info.width, (int)info.height, 3))) {
         rc = BT_ENOMEM;
         goto out;
@@ -234,16 +247,20 @@ static int s_load_prior_file(sd_image_set_t *s, sd_model_t *m, const char *path,
             break;
         }
         snprintf(s->paths[i], len, "%s[%d]", path, i);
-        if ((rc = st_h5_read_rows(f, SD_PRIOR_GROUP "/" SD_H5_IMAGES, ST_H5_U8, i, 1, img->data))) break;
-        if (reuse && ((rc = st_h5_read_rows(f, SD_PRIOR_GROUP "/" SD_H5_LATENT_MEAN, ST_H5_F32, i, 1, lat)) ||
-                      (rc = st_h5_read_rows(f, SD_PRIOR_GROUP "/" SD_H5_LATENT_LOGVAR, ST_H5_F32, i, 1, lat + per))))
+        if ((rc = st_h5_read_rows(f, dimg, ST_H5_U8, i, 1, img->data))) break;
+        if (reuse && ((rc = st_h5_read_rows(f, dm, ST_H5_F32, i, 1, lat)) ||
+                      (rc = st_h5_read_rows(f, dl, ST_H5_F32, i, 1, lat + per))))
+            break;
+        if (reuse_flips && ((rc = st_h5_read_rows(f, dmf, ST_H5_F32, i, 1, lat + 2 * per)) ||
+                            (rc = st_h5_read_rows(f, dlf, ST_H5_F32, i, 1, lat + 3 * per))))
             break;
         bt_img_t *sq = bt_img_resize_shorter_side_and_center_crop(img, resolution, BT_IMG_BILINEAR);
         if (!sq) {
             rc = BT_ENOMEM;
             break;
         }
-        rc = s_encode(s, m, i, sq, reuse ? lat : NULL, reuse ? lat + per : NULL, d_img, d_mean, d_logvar);
+        rc = s_encode(s, m, i, sq, reuse ? lat : NULL, reuse ? lat + per : NULL, reuse_flips ? lat + 2 * per : NULL,
+                      reuse_flips ? lat + 3 * per : NULL, d_img, d_mean, d_logvar);
         bt_img_destroy(&sq);
         if (progress) progress(user, i + 1, n, NULL);
     }
@@ -258,13 +275,21 @@ out:
     return rc;
 }
 
+int sd_image_set_load_h5(sd_image_set_t *s, sd_model_t *m, const char *path, const char *group, int resolution,
+                         bool flips, int max, sd_progress_fn progress, void *user)
+{
+    memset(s, 0, sizeof *s);
+    int rc = s_check_args(m, resolution);
+    return rc ? rc : s_load_h5(s, m, path, group, resolution, flips, max, progress, user);
+}
+
 int sd_image_set_load(sd_image_set_t *s, sd_model_t *m, const char *dir, int resolution, bool flips, int max,
                       sd_progress_fn progress, void *user)
 {
     memset(s, 0, sizeof *s);
     int rc = s_check_args(m, resolution);
     if (rc) return rc;
-    if (sd_is_prior_file(dir)) return s_load_prior_file(s, m, dir, resolution, flips, max, progress, user);
+    if (sd_is_prior_file(dir)) return s_load_h5(s, m, dir, SD_H5_PRIOR, resolution, flips, max, progress, user);
     int n = sd_list_images(dir, &s->paths);
     if (n < 0) return n;
     if (n == 0) {
@@ -296,7 +321,7 @@ int sd_image_set_load(sd_image_set_t *s, sd_model_t *m, const char *dir, int res
             rc = BT_ENOMEM;
             break;
         }
-        rc = s_encode(s, m, i, sq, NULL, NULL, d_img, d_mean, d_logvar);
+        rc = s_encode(s, m, i, sq, NULL, NULL, NULL, NULL, d_img, d_mean, d_logvar);
         bt_img_destroy(&sq);
         if (progress) progress(user, i + 1, n, NULL);
     }

@@ -56,6 +56,14 @@ int sd_image_set_load(sd_image_set_t *s, sd_model_t *m, const char *dir, int res
                       sd_progress_fn progress, void *user);
 void sd_image_set_free(sd_image_set_t *s);
 
+/* The image-set group `group` ("instance", "prior") of a booth HDF5 file: a
+ * checkpoint, a prior set, or a cluster job's data file. The stored latents
+ * (and mirrored latents) are used as they are when the group records the VAE
+ * hash of this model and the size matches; otherwise the stored pixels are
+ * encoded. */
+int sd_image_set_load_h5(sd_image_set_t *s, sd_model_t *m, const char *path, const char *group, int resolution,
+                         bool flips, int max, sd_progress_fn progress, void *user);
+
 /* latents [C, h, w] = (mean + exp(logvar/2) * eps) * scaling_factor for image i
  * (mirrored if flip), eps from RNG key. */
 void sd_image_set_sample(const sd_image_set_t *s, const sd_model_t *m, int i, bool flip, uint64_t key,

@@ -28,13 +28,17 @@
 
 #define SD_H5_ROOT "/"
 /* root attributes: which kind of file, and its format version */
-#define SD_H5_FORMAT "booth_format"                 /* string: SD_CKPT_FORMAT or SD_PRIORS_FORMAT */
+#define SD_H5_FORMAT "booth_format"                 /* string: SD_CKPT_FORMAT, SD_PRIORS_FORMAT, SD_JOB_DATA_FORMAT */
 #define SD_H5_FORMAT_VERSION "booth_format_version" /* int64 */
 
 #define SD_CKPT_FORMAT "booth-checkpoint"
 #define SD_CKPT_FORMAT_VERSION 1
 #define SD_PRIORS_FORMAT "booth-priors"
 #define SD_PRIORS_FORMAT_VERSION 1
+/* a cluster job's data file (sd_job_data_write): root base_model_hash, /instance and /prior as in a
+ * checkpoint */
+#define SD_JOB_DATA_FORMAT "booth-job-data"
+#define SD_JOB_DATA_FORMAT_VERSION 1
 
 /* base_weights when the model computed with its files' weights (the value of
  * sets written before the attribute existed). */
@@ -136,6 +140,7 @@ static inline const char *sd_h5_history_column(int c)
 #define SD_H5_SET_PROMPT "prompt"             /* string: the instance prompt / the generation prompt */
 #define SD_H5_SET_RESOLUTION "resolution"     /* int64: H = W */
 #define SD_H5_SET_CONTENT_HASH "content_hash" /* string: XXH64 of all the images */
+#define SD_H5_SET_VAE_HASH "vae_hash"         /* string: the VAE that computed the latents (instance sets) */
 
 /* attributes of /prior besides those: the generation settings ... */
 #define SD_H5_PRIOR_NEGATIVE_PROMPT "negative_prompt" /* string, "" */

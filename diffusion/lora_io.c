@@ -496,6 +496,7 @@ int sd_lora_save_records(const char *path, st_lora_layout_t layout, st_dtype_t d
 
 void sd_lora_records_free(sd_lora_records_t *r)
 {
+    for (int i = 0; r->modules_mem && i < r->cap; i++) free(r->modules_mem[i]);
     free(r->modules_mem);
     free(r->modules);
     free(r->alphas_mem);
@@ -509,6 +510,7 @@ void sd_lora_records_free(sd_lora_records_t *r)
 
 static int s_records_alloc(sd_lora_records_t *r, int n)
 {
+    r->cap = n;
     r->modules = calloc((size_t)(n ? n : 1), sizeof *r->modules);
     r->modules_mem = calloc((size_t)(n ? n : 1), sizeof *r->modules_mem);
     r->a = calloc((size_t)(n ? n : 1), sizeof *r->a);

@@ -63,6 +63,7 @@ typedef struct sd_lora_records {
     const float **a, **b;         /* A [rank, in] and B [out, rank] of each adapter */
     int64_t (*a_shape)[2], (*b_shape)[2];
     /* owned storage */
+    int cap;                      /* entries of the arrays */
     char **modules_mem;
     float *alphas_mem, *host;
 } sd_lora_records_t;

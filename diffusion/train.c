@@ -21,6 +21,7 @@
 #include "common/log.h"
 #include "common/rng.h"
 #include "common/status.h"
+#include "diffusion/layout.h"
 #include "diffusion/optim.h"
 #include "nn/nn.h"
 #include "storage/lora_file.h"
@@ -230,7 +231,12 @@ static sd_trainer_t *s_trainer_new(sd_model_t **model, const sd_train_config_t *
             goto out_fail;
     }
 
-    if (sd_image_set_load(&t->instances, t->model, c->instance_dir, c->resolution, c->random_flip, 0, progress, user))
+    /* a folder of photos, or an HDF5 file that stores them encoded (a checkpoint, a cluster job's data file) */
+    if (sd_is_prior_file(c->instance_dir)
+            ? sd_image_set_load_h5(&t->instances, t->model, c->instance_dir, SD_H5_INSTANCE, c->resolution,
+                                   c->random_flip, 0, progress, user)
+            : sd_image_set_load(&t->instances, t->model, c->instance_dir, c->resolution, c->random_flip, 0, progress,
+                                user))
         goto out_fail;
     if (c->prior_preservation &&
         sd_image_set_load(&t->classes, t->model, c->class_dir, c->resolution, c->random_flip, c->num_class_images,

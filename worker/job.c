@@ -3,8 +3,10 @@
  *
  * No filesystem is shared with the coordinator: the first task of a job that
  * needs the trainer asks for the job's data (GetJob -> JobData: the instance
- * files by name and the prior-set file), writes it under WORK_DIR/JOB_ID/ and
- * builds the trainer on those files, as `booth train` would on the client's.
+ * files by name and the prior-set file, or, once a worker has encoded them,
+ * one data.h5 with both sets and their latents), writes it under
+ * WORK_DIR/JOB_ID/ and builds the trainer on those files, as `booth train`
+ * would on the client's (from data.h5 it encodes nothing).
  * The model outlives the job: the trainer is built with sd_trainer_new_keep and
  * taken apart with sd_trainer_take_model, and the text encoder is kept (a
  * later job may train it).
@@ -23,6 +25,7 @@
 #include "worker/wk.h"
 
 #define S_PRIORS_BLOB "priors.h5"
+#define S_DATA_BLOB "data.h5" /* the job's image sets already encoded (sd_job_data_write) */
 #define S_INSTANCE_SUBDIR "instance"
 
 bool wk_name_ok(const char *s)
@@ -79,11 +82,13 @@ static int s_on_job_data(wk_t *w, int i, pr_msg_t *m, void *arg)
     return WK_WAIT_DONE;
 }
 
-/* Writes JobData's blobs: the instance files into instance_dir, priors.h5 to priors_path. */
-static int s_write_files(wk_t *w, pr_msg_t *m, bool *have_priors)
+/* Writes JobData's blobs: the instance files into instance_dir, priors.h5 to priors_path, or the one
+ * data.h5 (*data_path set) that holds both sets encoded. */
+static int s_write_files(wk_t *w, pr_msg_t *m, bool *have_priors, char *data_path, size_t cap)
 {
     char path[sizeof w->instance_dir + 256];
     *have_priors = false;
+    data_path[0] = '\0';
     int nimages = 0;
     for (size_t i = 0; i < m->env->n_blobs; i++) {
         const char *name = m->env->blobs[i]->name;
@@ -97,6 +102,10 @@ static int s_write_files(wk_t *w, pr_msg_t *m, bool *have_priors)
         if (!strcmp(name, S_PRIORS_BLOB)) {
             snprintf(path, sizeof path, "%s", w->priors_path);
             *have_priors = true;
+        } else if (!strcmp(name, S_DATA_BLOB)) {
+            snprintf(path, sizeof path, "%s/%s", w->job_dir, S_DATA_BLOB);
+            snprintf(data_path, cap, "%s", path);
+            *have_priors = true;
         } else {
             snprintf(path, sizeof path, "%s/%s", w->instance_dir, name);
             nimages++;
@@ -104,7 +113,7 @@ static int s_write_files(wk_t *w, pr_msg_t *m, bool *have_priors)
         int rc = bt_write_file_atomic(path, data, n);
         if (rc) return rc;
     }
-    if (!nimages) {
+    if (!nimages && !data_path[0]) {
         BT_ERROR("%s: job %s came without instance images", m->peer, w->job_id);
         return BT_EPROTO;
     }
@@ -149,14 +158,17 @@ int wk_job_ensure(wk_t *w, const Booth__Task *task)
     snprintf(w->priors_path, sizeof w->priors_path, "%s/%s", w->job_dir, S_PRIORS_BLOB);
     wk_remove_tree(w->job_dir); /* a leftover of an earlier run of this job */
     bool have_priors;
-    if ((rc = bt_mkdirs(w->instance_dir)) || (rc = s_write_files(w, &g.data, &have_priors))) goto out;
+    char data_path[sizeof w->instance_dir + 256];
+    if ((rc = bt_mkdirs(w->instance_dir)) ||
+        (rc = s_write_files(w, &g.data, &have_priors, data_path, sizeof data_path)))
+        goto out;
 
     /* the job spec: JobData's, else the task's (the same text) */
     const char *json = g.data.env->job_data->job_json[0] ? g.data.env->job_data->job_json : task->job_json;
     if ((rc = sd_job_parse(&w->job, json, strlen(json), w->o->coordinator))) goto out;
     sd_train_config_t cfg = w->job.cfg;
     cfg.model_dir = w->o->model_dir;
-    cfg.instance_dir = w->instance_dir;
+    cfg.instance_dir = data_path[0] ? data_path : w->instance_dir;
     cfg.class_dir = NULL;
     if (cfg.prior_preservation) {
         if (!have_priors) {
@@ -165,7 +177,7 @@ int wk_job_ensure(wk_t *w, const Booth__Task *task)
             rc = BT_EPROTO;
             goto out;
         }
-        cfg.class_dir = w->priors_path;
+        cfg.class_dir = data_path[0] ? data_path : w->priors_path;
     }
     if (!(w->trainer = sd_trainer_new_keep(&w->model, &cfg, s_progress, w))) {
         rc = BT_EINVAL;
@@ -173,8 +185,9 @@ int wk_job_ensure(wk_t *w, const Booth__Task *task)
     }
     w->data_hash = g.data.env->job_data->data_hash;
     w->version = -1; /* the PS may hold a later LoRA than the initial one (a resumed job) */
-    BT_INFO("job %s: %d instance, %d class images, %d LoRA tensors ready in %.2f s", w->job_id, w->trainer->instances.n,
-            w->trainer->classes.n, w->trainer->ntensors, bt_now() - t0);
+    BT_INFO("job %s: %d instance, %d class images (%s), %d LoRA tensors ready in %.2f s", w->job_id,
+            w->trainer->instances.n, w->trainer->classes.n,
+            data_path[0] ? "latents as stored in data.h5" : "encoded here", w->trainer->ntensors, bt_now() - t0);
 out:
     pr_msg_free(&g.data);
     if (rc) wk_job_release(w);

@@ -66,8 +66,10 @@ submit "$T/w3"
 same "$T/single" "$T/w3"
 test "$(grep -c "prior images to generate" "$C/logs/coordinator.log")" = "$gens"
 grep -q "3 of 3 prior images already in" "$C/logs/coordinator.log"
-# the work was spread: more than one worker computed micro-batches
+# the work was spread: more than one worker computed micro-batches; the images were encoded once,
+# the other workers took the latents from the job's data file
 test "$(grep -l "micro-batch" "$C"/logs/worker*.log | wc -l)" -ge 2
+grep -q "latents as stored in data.h5" "$C"/logs/worker*.log
 
 # with text-encoder LoRA, micro-batches of one example (two per step)
 submit "$T/w3te" --train-text-encoder

@@ -237,6 +237,59 @@ TEST_TIMEOUT(checkpoint_resume_is_byte_identical, 600)
     nn_ctx_destroy(&ctx);
 }
 
+static bool s_same_set(const sd_image_set_t *a, const sd_image_set_t *b)
+{
+    size_t per = (size_t)(a->C * a->h * a->w) * sizeof(float), npix = (size_t)a->res * (size_t)a->res * 3;
+    if (a->n != b->n || a->C != b->C || a->h != b->h || a->res != b->res || !!a->mean_f != !!b->mean_f) return false;
+    return !memcmp(a->pixels, b->pixels, a->n * npix) && !memcmp(a->mean, b->mean, a->n * per) &&
+           !memcmp(a->logvar, b->logvar, a->n * per) &&
+           (!a->mean_f || (!memcmp(a->mean_f, b->mean_f, a->n * per) && !memcmp(a->logvar_f, b->logvar_f, a->n * per)));
+}
+
+/* The image sets a checkpoint or a cluster job's data file stores load back as the very numbers the
+ * run encoded (latents and mirrored latents as stored, nothing encoded again), and a trainer built on
+ * them computes the same step. */
+TEST_TIMEOUT(checkpoint_image_sets_load_as_encoded, 600)
+{
+    s_job_t j;
+    s_job(&j, true);
+    nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, 0);
+    REQUIRE(ctx);
+    sd_model_ids_t ids;
+    REQUIRE(sd_model_ids(j.model, &ids) == 0);
+    s_tr_t *a = s_trainer(ctx, &j.cfg);
+    REQUIRE(a);
+    char ck[600], data[600];
+    snprintf(ck, sizeof ck, "%s/checkpoint-0.h5", j.dir);
+    snprintf(data, sizeof data, "%s/data.h5", j.dir);
+    REQUIRE(s_save(ck, a, &ids, NULL, NULL) == 0);
+    sd_ckpt_data_t d;
+    sd_trainer_ckpt_data(a->t, &ids, &d);
+    REQUIRE(sd_job_data_write(data, &d) == 0);
+    const char *files[2] = {ck, data};
+    for (int f = 0; f < 2; f++) {
+        sd_image_set_t in, cl;
+        REQUIRE(sd_image_set_load_h5(&in, a->t->model, files[f], "instance", 64, true, 0, NULL, NULL) == 0);
+        REQUIRE(sd_image_set_load_h5(&cl, a->t->model, files[f], "prior", 64, true, 0, NULL, NULL) == 0);
+        CHECKF(s_same_set(&in, &a->t->instances), "%s: instance set differs", files[f]);
+        CHECKF(s_same_set(&cl, &a->t->classes), "%s: class set differs", files[f]);
+        sd_image_set_free(&in);
+        sd_image_set_free(&cl);
+    }
+    /* a trainer on the data file: the same steps */
+    sd_train_config_t c = j.cfg;
+    c.instance_dir = data;
+    c.class_dir = data;
+    sd_model_t *m = sd_model_load(ctx, c.model_dir, SD_PART_ALL); /* as a worker does: no class-image check */
+    s_tr_t *b = calloc(1, sizeof *b);
+    REQUIRE(m && b && (b->t = sd_trainer_new(&m, &c, NULL, NULL)) && (b->o = sd_trainer_optim(b->t)));
+    REQUIRE(s_steps(a, 2, NULL) == 0 && s_steps(b, 2, NULL) == 0);
+    CHECK(s_same_state(a, b));
+    s_destroy(&a);
+    s_destroy(&b);
+    nn_ctx_destroy(&ctx);
+}
+
 /* Another model, job or data set: refused in one line, and the trainer is untouched. */
 TEST_TIMEOUT(checkpoint_resume_refuses_mismatches, 600)
 {
