@@ -368,7 +368,11 @@ static int s_wait(cli_client_t *c, const char *job)
             drawn = now_done;
         } else if (strcmp(shown, v.state)) {
             if (bar_on) {
-                if (bar.done < bar.total && total > 0 && done >= 0) bar.done = (int64_t)done;
+                bool ok = strcmp(v.state, "failed") && strcmp(v.state, "cancelled");
+                if (!strcmp(shown, "priors") && ok) /* the phase is over: every image is in */
+                    bar.done = bar.total;
+                else if (bar.done < bar.total && total > 0 && done >= 0)
+                    bar.done = (int64_t)done;
                 bt_progress_finish(&bar, *tail ? tail : NULL);
                 bar_on = false;
             }
