@@ -16,6 +16,11 @@ int cmd_coordinator(int argc, char **argv)
                 "jobs, their instance images and outputs, and the prior sets kept for reuse (required)"),
         CLI_OPT("--priors-per-task", CLI_INT, &o.priors_per_task, "N",
                 "prior images per farm task (default: spread over the live workers, at most 16)"),
+        CLI_OPT("--heartbeat-ms", CLI_INT, &o.heartbeat_ms, "MS",
+                "how often workers and parameter servers report (told in the welcome; default 2000)"),
+        CLI_OPT("--dead-after-ms", CLI_INT, &o.dead_after_ms, "MS",
+                "a worker or parameter server silent this long is declared dead: its tasks go to live workers, "
+                "a PS's tensors are reloaded from the last checkpoint (default 10000)"),
         CLI_NODE_OPTS(&o.node),
         CLI_END,
     };

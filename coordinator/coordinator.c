@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/fileio.h"
 #include "common/log.h"
@@ -33,6 +34,14 @@ static int s_peer_of(co_t *c, const pr_msg_t *m)
         co_peer_t *p = &c->peers[i];
         if (p->used && p->rid_len == len && !memcmp(p->rid, rid, len)) return i;
         if (!p->used && free_slot < 0) free_slot = i;
+    }
+    if (free_slot < 0) { /* full: the longest-idle client makes room */
+        double oldest = 0;
+        for (int i = 0; i < CO_MAX_PEERS; i++)
+            if (c->peers[i].role == BOOTH__ROLE__ROLE_CLIENT && (free_slot < 0 || c->peers[i].last_seen < oldest)) {
+                free_slot = i;
+                oldest = c->peers[i].last_seen;
+            }
     }
     if (free_slot < 0) {
         BT_WARN("%s: too many peers (%d); message dropped", m->peer, CO_MAX_PEERS);
@@ -161,10 +170,11 @@ static void s_on_hello(co_t *c, int peer, pr_msg_t *m)
             BT_INFO("parameter server %s registered at %s", p->name, p->endpoint);
     }
     Booth__Welcome w = BOOTH__WELCOME__INIT;
-    char id[32];
-    snprintf(id, sizeof id, "%d", peer);
-    w.peer_id = id;
-    w.heartbeat_ms = 2000;
+    if (!again) /* slot and a token no earlier run of the coordinator gave out */
+        snprintf(p->token, sizeof p->token, "%d.%016llx", peer,
+                 (unsigned long long)bt_xxh64(p->rid, p->rid_len, (uint64_t)(co_now() * 1e9) ^ (uint64_t)getpid()));
+    w.peer_id = p->token;
+    w.heartbeat_ms = c->o.heartbeat_ms;
     Booth__Envelope env = PR_ENVELOPE_INIT(WELCOME, welcome, &w);
     co_send(c, peer, &env, NULL, 0);
 }
@@ -180,7 +190,20 @@ static void s_dispatch(co_t *c, pr_msg_t *m)
     bool registered = p->role == BOOTH__ROLE__ROLE_WORKER || p->role == BOOTH__ROLE__ROLE_PS;
     switch (body) {
     case BOOTH__ENVELOPE__BODY_HELLO: s_on_hello(c, peer, m); return;
-    case BOOTH__ENVELOPE__BODY_HEARTBEAT: return;
+    case BOOTH__ENVELOPE__BODY_HEARTBEAT: {
+        /* a worker's heartbeat thread has a connection of its own: the peer id says whose */
+        const char *id = m->env->heartbeat->peer_id;
+        char *end = NULL;
+        long k = id && id[0] ? strtol(id, &end, 10) : -1;
+        if (!registered && end && *end == '.' && k >= 0 && k < CO_MAX_PEERS && c->peers[k].used &&
+            c->peers[k].role != BOOTH__ROLE__ROLE_CLIENT && !strcmp(c->peers[k].token, id)) {
+            c->peers[k].last_seen = co_now();
+            p->role = BOOTH__ROLE__ROLE_CLIENT; /* this connection stays a side channel */
+            return;
+        }
+        if (registered) return;
+        break; /* from a peer that is not registered: tell it to say hello */
+    }
     case BOOTH__ENVELOPE__BODY_SUBMIT: co_on_submit(c, peer, m); return;
     case BOOTH__ENVELOPE__BODY_STATUS_REQUEST: co_on_status(c, peer, m); return;
     case BOOTH__ENVELOPE__BODY_CANCEL: co_on_cancel(c, peer, m); return;
@@ -191,7 +214,14 @@ static void s_dispatch(co_t *c, pr_msg_t *m)
     default: break;
     }
     if (!registered) {
-        BT_WARN("%s: '%s' from a peer that has not said hello; dropped", m->peer, pr_body_name(body));
+        /* a worker or PS the coordinator does not know: it restarted, or declared that peer dead */
+        BT_WARN("%s: '%s' from a peer that has not said hello; dropped, and asked to register", m->peer,
+                pr_body_name(body));
+        Booth__Error e = BOOTH__ERROR__INIT;
+        e.message = "this coordinator does not know you (it restarted, or declared you dead): say hello again";
+        e.reregister = true;
+        Booth__Envelope env = PR_ENVELOPE_INIT(ERROR, error, &e);
+        co_send(c, peer, &env, NULL, 0);
         return;
     }
     switch (body) {
@@ -205,12 +235,38 @@ static void s_dispatch(co_t *c, pr_msg_t *m)
     }
 }
 
+/* Workers and PS silent for longer than dead_after_ms are declared dead: their slot is freed (a
+ * later message from them gets "say hello again"), a worker's tasks are handed out again, a PS's
+ * job is reloaded over the live ones. Client slots idle for a minute are freed. */
+static void s_liveness(co_t *c)
+{
+    double now = co_now(), dead = c->o.dead_after_ms / 1000.0;
+    co_job_t *j = c->running >= 0 ? c->jobs[c->running] : NULL;
+    for (int i = 0; i < CO_MAX_PEERS; i++) {
+        co_peer_t *p = &c->peers[i];
+        if (!p->used) continue;
+        if (p->role == BOOTH__ROLE__ROLE_CLIENT) {
+            if (now - p->last_seen > 60) p->used = false;
+            continue;
+        }
+        if (now - p->last_seen <= dead) continue;
+        bool worker = p->role == BOOTH__ROLE__ROLE_WORKER;
+        BT_WARN("%s %s: silent for %.1f s; declared dead", worker ? "worker" : "parameter server", p->name,
+                now - p->last_seen);
+        if (j && worker) co_worker_lost(c, j, i);
+        if (j && !worker) co_ps_lost(c, j, i);
+        p->used = false;
+    }
+}
+
 int co_run(const co_opts_t *o)
 {
     co_t *c = calloc(1, sizeof *c);
     int status = 1;
     if (!c) return 1;
     c->o = *o;
+    if (c->o.heartbeat_ms <= 0) c->o.heartbeat_ms = 2000;
+    if (c->o.dead_after_ms <= 0) c->o.dead_after_ms = 10000;
     c->running = -1;
     bt_log_set_timestamps(true);
     c->next_task = 1;
@@ -248,6 +304,7 @@ int co_run(const co_opts_t *o)
         }
         double now = co_now();
         if (now - last_tick > 0.05) {
+            s_liveness(c);
             co_schedule(c);
             last_tick = now;
         }

@@ -18,6 +18,8 @@ typedef struct co_opts {
     const char *state_dir; /* jobs, prior sets, outputs */
     pr_node_opts_t node;
     int priors_per_task;   /* prior images per PRIORS task (0: spread over the live workers) */
+    int heartbeat_ms;      /* how often workers and PS say they are alive (0: 2000) */
+    int dead_after_ms;     /* silent for this long: declared dead, its work handed out again (0: 10000) */
 } co_opts_t;
 
 /* Runs until SIGINT/SIGTERM. 0 on a clean stop, 1 if it could not start. */

@@ -22,6 +22,7 @@ typedef struct co_peer {
     size_t rid_len;
     char name[128];
     char peer[PR_PEER_LEN];  /* for log lines */
+    char token[40];          /* Welcome.peer_id: "SLOT.RANDOM"; a heartbeat naming it keeps this peer alive */
     Booth__Role role;
     double last_seen;
     /* worker */
@@ -101,7 +102,10 @@ typedef struct co_job {
     double *ss;               /* per-tensor sums of squares, global order */
     float lr;
     double step_t0;
-    sd_optim_t *gather;       /* the state gathered from the PS processes */
+    int64_t step;             /* the step the PS are at (their LoRA version); < the loop's while replaying */
+    int64_t after_done;       /* the last step whose checkpoint and validation are done */
+    sd_optim_t *restore;      /* the last complete state: the initial LoRA, then each checkpoint's */
+    sd_optim_t *gather;       /* a state being gathered from the PS processes */
     bool gather_final;        /* gathering for the end, not a checkpoint */
     /* tasks of the current phase */
     co_task_t *tasks;
@@ -155,5 +159,9 @@ void co_on_grad_ready(co_t *c, int peer, pr_msg_t *m);
 void co_on_applied(co_t *c, int peer, pr_msg_t *m);
 void co_on_state(co_t *c, int peer, pr_msg_t *m);
 void co_job_abort(co_t *c, co_job_t *j); /* release the PS, forget tasks */
+/* A parameter server died (peer): if it held the running job's tensors, reload the live ones. */
+void co_ps_lost(co_t *c, co_job_t *j, int peer);
+/* A worker died (peer): its outstanding tasks go to live workers. */
+void co_worker_lost(co_t *c, co_job_t *j, int peer);
 
 #endif

@@ -75,6 +75,7 @@ void co_job_free_run(co_job_t *j)
 {
     sd_loop_destroy(&j->loop);
     sd_optim_destroy(&j->gather);
+    sd_optim_destroy(&j->restore);
     sd_image_set_free(&j->inst);
     sd_image_set_free(&j->cls);
     free(j->tnames);
@@ -300,8 +301,11 @@ static int s_load_job(co_t *c, const char *id)
         j->nfiles = k + 1;
     }
     if (rc) goto out;
-    if (j->state > CO_QUEUED && j->state < CO_DONE) /* a restart mid-job: issue 11 resumes it; until then it failed */
-        co_job_set_state(c, j, CO_FAILED, "the coordinator restarted while the job was %s", co_state_name(j->state));
+    if (j->state > CO_QUEUED && j->state < CO_DONE) { /* the coordinator stopped mid-job: it goes on first */
+        BT_INFO("job %s was %s when the coordinator stopped: it goes on (prior parts, prior set and checkpoints "
+                "kept)", j->id, co_state_name(j->state));
+        co_job_set_state(c, j, CO_QUEUED, NULL);
+    }
     rc = s_add_job(c, j);
 out:
     if (names) sd_free_paths(names);

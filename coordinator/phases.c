@@ -424,65 +424,98 @@ static void s_on_prepare_result(co_t *c, co_job_t *j, co_task_t *t, pr_msg_t *m)
     s_start_training(c, j);
 }
 
-/* ---- phase 3: training ---- */
+/* ---- phase 3: training ----
+ *
+ * The parameter servers are loaded from the restore point (j->restore: the
+ * initial LoRA at step 0, then the state of every checkpoint) and compute
+ * steps j->step = restore step, ... A PS that dies costs the steps since the
+ * restore point: every live PS is loaded again from it (the tensors spread
+ * over the PS that are left) and the steps are computed again. Each step is a
+ * pure function of the state before it, so the replayed steps give the bits
+ * the lost ones had; they are not recorded twice (the run loop already has
+ * them). A gathered state is only promoted to restore point once complete. */
 
 static void s_start_step(co_t *c, co_job_t *j);
 static void s_after_step(co_t *c, co_job_t *j);
+
+static sd_optim_t *s_new_state(co_t *c, co_job_t *j)
+{
+    sd_optim_spec_t *spec = calloc((size_t)j->ntensors, sizeof *spec);
+    if (!spec) return NULL;
+    for (int i = 0; i < j->ntensors; i++)
+        spec[i] = (sd_optim_spec_t){.name = j->tnames[i], .index = i, .shape = {j->tshape[i][0], j->tshape[i][1]}};
+    sd_optim_config_t oc;
+    sd_optim_config_from_train(&oc, &j->job.cfg);
+    sd_optim_t *o = sd_optim_new(c->nn, &oc, spec, j->ntensors);
+    free(spec);
+    return o;
+}
 
 static void s_start_training(co_t *c, co_job_t *j)
 {
     co_job_set_state(c, j, CO_TRAINING, NULL);
     sd_train_config_t *cf = &j->job.cfg;
-    char out[4400];
+    char out[4400], ckpt[4500] = "";
     snprintf(out, sizeof out, "%s/output", j->dir);
     j->M = sd_train_num_microbatches(cf);
-    sd_optim_spec_t *spec = calloc((size_t)j->ntensors, sizeof *spec);
-    if (!spec) {
-        s_fail(c, j, "out of memory");
-        return;
-    }
-    for (int i = 0; i < j->ntensors; i++)
-        spec[i] = (sd_optim_spec_t){.name = j->tnames[i], .index = i, .shape = {j->tshape[i][0], j->tshape[i][1]}};
-    sd_optim_config_t oc;
-    sd_optim_config_from_train(&oc, cf);
-    j->gather = sd_optim_new(c->nn, &oc, spec, j->ntensors);
-    free(spec);
     j->mb_loss = calloc((size_t)j->M, sizeof(double));
     j->mb_li = calloc((size_t)j->M, sizeof(double));
     j->mb_lp = calloc((size_t)j->M, sizeof(double));
     j->ss = calloc((size_t)j->ntensors, sizeof(double));
-    if (!j->gather || !j->mb_loss || !j->mb_li || !j->mb_lp || !j->ss ||
-        !(j->loop = sd_loop_new(out, cf, NULL, NULL, false))) {
+    j->restore = s_new_state(c, j);
+    j->gather = s_new_state(c, j);
+    if (!j->restore || !j->gather || !j->mb_loss || !j->mb_li || !j->mb_lp || !j->ss) {
+        s_fail(c, j, "out of memory");
+        return;
+    }
+    for (int i = 0, at = 0; i < j->ntensors; at += (int)j->restore->t[i].numel, i++) /* step 0: the initial LoRA */
+        memcpy(j->restore->t[i].p, j->init + at, (size_t)j->restore->t[i].numel * sizeof(float));
+    /* a job that ran before the coordinator restarted goes on from its last checkpoint */
+    sd_train_history_t hist = {0};
+    int found = sd_checkpoint_latest(out, ckpt, sizeof ckpt);
+    if (found > 0) {
+        sd_ckpt_data_t d;
+        s_ckpt_data(j, &d);
+        if (sd_checkpoint_resume(ckpt, j->restore, &d, &hist)) {
+            sd_history_free(&hist);
+            s_fail(c, j, bt_log_last_error());
+            return;
+        }
+        BT_INFO("job %s: resumes from %s at step %lld", j->id, ckpt, (long long)j->restore->step);
+    }
+    j->loop = sd_loop_new(out, cf, found > 0 ? ckpt : NULL, &hist, false);
+    sd_history_free(&hist);
+    if (!j->loop) {
         s_fail(c, j, bt_log_last_error());
         return;
     }
+    j->after_done = -1; /* unknown: whatever is owed for the last recorded step is done (again) */
     j->wait = CO_W_LOADED; /* the parameter servers are loaded as soon as there is one (co_schedule) */
     j->nps = 0;
 }
 
-/* Spreads the tensors over the live parameter servers: tensor i on slot i % K. */
+/* Spreads the restore point over the live parameter servers (tensor i on slot i % K) and goes on
+ * from its step. */
 static void s_load_ps(co_t *c, co_job_t *j)
 {
     int K = co_count_ps(c);
     if (K == 0) return; /* status says "waiting for a parameter server" */
+    free(j->ps);
     if (!(j->ps = calloc((size_t)K, sizeof *j->ps))) return;
     for (int i = 0, k = 0; i < CO_MAX_PEERS && k < K; i++)
         if (c->peers[i].used && c->peers[i].role == BOOTH__ROLE__ROLE_PS) j->ps[k++] = i;
     j->nps = K;
-    int64_t maxn = 1;
-    for (int i = 0; i < j->ntensors; i++)
-        if (j->tshape[i][0] * j->tshape[i][1] > maxn) maxn = j->tshape[i][0] * j->tshape[i][1];
-    float *zeros = calloc((size_t)maxn, sizeof(float));
+    const sd_optim_t *r = j->restore;
     int32_t *index = calloc((size_t)j->ntensors, sizeof *index);
     pr_blob_t *blobs = calloc((size_t)(3 * j->ntensors), sizeof *blobs);
     char (*names)[SD_OPTIM_NAME_MAX + 4] = calloc((size_t)(3 * j->ntensors), sizeof *names);
-    int rc = zeros && index && blobs && names ? BT_OK : BT_ENOMEM;
+    int rc = index && blobs && names ? BT_OK : BT_ENOMEM;
     for (int k = 0; k < K && rc == BT_OK; k++) {
         int n = 0, nb = 0;
-        for (int i = 0, at = 0; i < j->ntensors; at += (int)(j->tshape[i][0] * j->tshape[i][1]), i++) {
+        for (int i = 0; i < j->ntensors; i++) {
             if (i % K != k) continue;
             index[n++] = i;
-            const float *src[3] = {j->init + at, zeros, zeros};
+            const float *src[3] = {r->t[i].p, r->t[i].m, r->t[i].v};
             static const char *const pre[3] = {"p", "m", "v"};
             for (int q = 0; q < 3; q++) {
                 snprintf(names[nb], sizeof names[nb], "%s/%s", pre[q], j->tnames[i]);
@@ -493,7 +526,7 @@ static void s_load_ps(co_t *c, co_job_t *j)
         Booth__PsLoad l = BOOTH__PS_LOAD__INIT;
         l.job_id = j->id;
         l.job_json = j->json;
-        l.step = sd_loop_steps(j->loop);
+        l.step = r->step;
         l.n_index = (size_t)n;
         l.index = index;
         l.microbatches = j->M;
@@ -501,7 +534,6 @@ static void s_load_ps(co_t *c, co_job_t *j)
         rc = co_send(c, j->ps[k], &env, blobs, nb);
         c->peers[j->ps[k]].ntensors = n;
     }
-    free(zeros);
     free(index);
     free(blobs);
     free(names);
@@ -509,14 +541,43 @@ static void s_load_ps(co_t *c, co_job_t *j)
         s_fail(c, j, "cannot load the parameter servers");
         return;
     }
+    j->step = r->step;
     j->applied = 0;
-    BT_INFO("job %s: %d LoRA tensors on %d parameter server%s; %d micro-batch%s per step", j->id, j->ntensors, K,
-            K == 1 ? "" : "s", j->M, j->M == 1 ? "" : "es");
+    j->wait = CO_W_LOADED;
+    BT_INFO("job %s: %d LoRA tensors on %d parameter server%s from step %lld; %d micro-batch%s per step", j->id,
+            j->ntensors, K, K == 1 ? "" : "s", (long long)j->step, j->M, j->M == 1 ? "" : "es");
+    if (j->step < sd_loop_steps(j->loop))
+        BT_INFO("job %s: steps %lld..%lld are computed again (they were lost with a parameter server)", j->id,
+                (long long)j->step + 1, (long long)sd_loop_steps(j->loop));
+}
+
+void co_worker_lost(co_t *c, co_job_t *j, int peer)
+{
+    int n = 0;
+    for (int i = 0; i < j->ntasks; i++)
+        if (!j->tasks[i].done && j->tasks[i].peer == peer) {
+            j->tasks[i].peer = -1; /* handed out again; a late result from the lost worker still counts once */
+            n++;
+        }
+    if (n) BT_WARN("job %s: %d task%s of worker %s handed out again", j->id, n, n == 1 ? "" : "s", c->peers[peer].name);
+}
+
+void co_ps_lost(co_t *c, co_job_t *j, int peer)
+{
+    bool ours = false;
+    for (int k = 0; k < j->nps; k++) ours |= j->ps[k] == peer;
+    if (!ours || j->state != CO_TRAINING) return;
+    BT_WARN("job %s: lost parameter server %s at step %lld; reloading the live ones from step %lld", j->id,
+            c->peers[peer].name, (long long)j->step, (long long)j->restore->step);
+    s_clear_tasks(j); /* results of the abandoned step are ignored: its tasks are gone */
+    free(j->ps);
+    j->ps = NULL;
+    j->nps = 0;
+    j->wait = CO_W_LOADED; /* co_schedule loads them (now, or once a PS registers) */
 }
 
 static void s_start_step(co_t *c, co_job_t *j)
 {
-    int64_t s = sd_loop_steps(j->loop);
     s_clear_tasks(j);
     for (int k = 0; k < j->M; k++) {
         co_task_t *t = s_task_add(j, BOOTH__TASK__KIND__MICROBATCH, c->next_task++);
@@ -524,9 +585,9 @@ static void s_start_step(co_t *c, co_job_t *j)
             s_fail(c, j, "out of memory");
             return;
         }
-        t->step = s;
+        t->step = j->step;
         t->micro = k;
-        t->version = s;
+        t->version = j->step;
     }
     j->results = j->ready = j->applied = 0;
     j->step_t0 = co_now();
@@ -547,17 +608,24 @@ static void s_gather(co_t *c, co_job_t *j, bool final)
     }
 }
 
+static void s_finish(co_t *c, co_job_t *j, const sd_optim_t *state)
+{
+    if (sd_loop_finish(j->loop, state, j->job.cfg.model_dir)) {
+        s_fail(c, j, bt_log_last_error());
+        return;
+    }
+    s_done(c, j);
+}
+
 static void s_next_or_finish(co_t *c, co_job_t *j)
 {
+    j->after_done = sd_loop_steps(j->loop);
     if (sd_loop_steps(j->loop) < j->job.cfg.max_train_steps) {
         s_start_step(c, j);
         return;
     }
-    if (j->gather->step == sd_loop_steps(j->loop)) { /* the last checkpoint's state is the final one */
-        j->gather_final = true;
-        j->wait = CO_W_STATE;
-        j->states = j->nps;
-        co_on_state(c, -1, NULL);
+    if (j->restore->step == sd_loop_steps(j->loop)) { /* the last checkpoint's state is the final one */
+        s_finish(c, j, j->restore);
         return;
     }
     s_gather(c, j, true);
@@ -573,7 +641,7 @@ static void s_after_checkpoint(co_t *c, co_job_t *j)
             s_fail(c, j, "out of memory");
             return;
         }
-        t->step = t->version = sd_loop_steps(j->loop);
+        t->step = t->version = j->step;
         j->wait = CO_W_VALIDATE;
         s_hand_out(c, j);
         return;
@@ -583,7 +651,7 @@ static void s_after_checkpoint(co_t *c, co_job_t *j)
 
 static void s_after_step(co_t *c, co_job_t *j)
 {
-    if (sd_loop_checkpoint_due(j->loop)) {
+    if (sd_loop_checkpoint_due(j->loop) && j->restore->step != j->step) {
         s_gather(c, j, false);
         return;
     }
@@ -597,7 +665,7 @@ static void s_maybe_apply(co_t *c, co_job_t *j)
     double norm = sd_grad_norm(j->ss, j->ntensors);
     Booth__Apply a = BOOTH__APPLY__INIT;
     a.job_id = j->id;
-    a.step = sd_loop_steps(j->loop);
+    a.step = j->step;
     a.grad_norm = norm;
     j->applied = 0;
     j->wait = CO_W_APPLIED;
@@ -630,9 +698,14 @@ static int s_slot_of(const co_job_t *j, int peer)
 
 void co_on_ps_loaded(co_t *c, int peer, pr_msg_t *m)
 {
-    co_job_t *j = s_job_for(c, m->env->ps_loaded->job_id, m);
-    if (!j || j->wait != CO_W_LOADED || s_slot_of(j, peer) < 0) return;
-    if (++j->applied == j->nps) s_start_step(c, j);
+    const Booth__PsLoaded *l = m->env->ps_loaded;
+    co_job_t *j = s_job_for(c, l->job_id, m);
+    if (!j || j->wait != CO_W_LOADED || s_slot_of(j, peer) < 0 || l->step != j->step) return;
+    if (++j->applied < j->nps) return;
+    if (j->step < sd_loop_steps(j->loop) || j->after_done == sd_loop_steps(j->loop))
+        s_start_step(c, j); /* a replay, or on after the step's checkpoint and validation */
+    else
+        s_after_step(c, j); /* the step's checkpoint or validation may be owed (each is idempotent) */
 }
 
 void co_on_grad_ready(co_t *c, int peer, pr_msg_t *m)
@@ -641,8 +714,8 @@ void co_on_grad_ready(co_t *c, int peer, pr_msg_t *m)
     co_job_t *j = s_job_for(c, g->job_id, m);
     if (!j) return;
     int slot = s_slot_of(j, peer);
-    if (j->wait != CO_W_STEP || slot < 0 || g->step != sd_loop_steps(j->loop) || g->n_index != g->n_sum_squares) {
-        BT_WARN("%s: gradient sums for step %lld out of turn; ignored", m->peer, (long long)g->step);
+    if (j->wait != CO_W_STEP || slot < 0 || g->step != j->step || g->n_index != g->n_sum_squares) {
+        BT_DEBUG("%s: gradient sums for step %lld out of turn; ignored", m->peer, (long long)g->step);
         return;
     }
     for (size_t i = 0; i < g->n_index; i++) {
@@ -661,7 +734,7 @@ void co_on_applied(co_t *c, int peer, pr_msg_t *m)
 {
     const Booth__Applied *a = m->env->applied;
     co_job_t *j = s_job_for(c, a->job_id, m);
-    if (!j || j->wait != CO_W_APPLIED || s_slot_of(j, peer) < 0 || a->step != sd_loop_steps(j->loop) + 1) return;
+    if (!j || j->wait != CO_W_APPLIED || s_slot_of(j, peer) < 0 || a->step != j->step + 1) return;
     j->lr = a->lr;
     if (++j->applied < j->nps) return;
     /* the step is taken: record it as booth train does */
@@ -673,11 +746,22 @@ void co_on_applied(co_t *c, int peer, pr_msg_t *m)
     }
     st.loss_instance /= j->job.cfg.train_batch_size;
     st.loss_prior /= j->job.cfg.train_batch_size;
+    j->step++;
+    int64_t s = j->step;
+    if (s <= sd_loop_steps(j->loop)) { /* a replayed step: recorded already, and it must agree */
+        const sd_train_history_t *h = &j->loop->hist;
+        if (h->loss[s - 1] != st.loss || h->grad_norm[s - 1] != st.grad_norm)
+            BT_WARN("job %s: step %lld computed again gives loss %.9g (was %.9g): the run is not deterministic here",
+                    j->id, (long long)s, st.loss, h->loss[s - 1]);
+        if (s < sd_loop_steps(j->loop) || j->after_done == s) s_start_step(c, j);
+        else s_after_step(c, j);
+        if (s == sd_loop_steps(j->loop)) BT_INFO("job %s: caught up at step %lld", j->id, (long long)s);
+        return;
+    }
     if (sd_loop_step_done(j->loop, &st, co_now() - j->step_t0)) {
         s_fail(c, j, bt_log_last_error());
         return;
     }
-    int64_t s = sd_loop_steps(j->loop);
     if (s == 1 || s % 10 == 0 || s == j->job.cfg.max_train_steps)
         BT_INFO("job %s: step %lld/%lld loss %.4f lr %.3g (%.2f s)", j->id, (long long)s,
                 (long long)j->job.cfg.max_train_steps, st.loss, st.lr, co_now() - j->step_t0);
@@ -686,56 +770,52 @@ void co_on_applied(co_t *c, int peer, pr_msg_t *m)
 
 void co_on_state(co_t *c, int peer, pr_msg_t *m)
 {
-    co_job_t *j = s_running(c);
-    if (m) { /* a PS's part of the state */
-        const Booth__State *s = m->env->state;
-        if (!(j = s_job_for(c, s->job_id, m))) return;
-        int slot = s_slot_of(j, peer);
-        if (j->wait != CO_W_STATE || slot < 0 || s->step != sd_loop_steps(j->loop)) {
-            BT_WARN("%s: state at step %lld out of turn; ignored", m->peer, (long long)s->step);
-            return;
-        }
-        for (size_t i = 0; i < s->n_index; i++) {
-            int idx = s->index[i];
-            if (idx < 0 || idx >= j->ntensors) {
-                BT_WARN("%s: state names tensor %d of %d; ignored", m->peer, idx, j->ntensors);
-                return;
-            }
-            sd_optim_tensor_t *t = &j->gather->t[idx];
-            float *dst[3] = {t->p, t->m, t->v};
-            static const char *const pre[3] = {"p", "m", "v"};
-            for (int q = 0; q < 3; q++) {
-                char name[SD_OPTIM_NAME_MAX + 4];
-                int64_t n;
-                snprintf(name, sizeof name, "%s/%s", pre[q], t->name);
-                const float *v = pr_blob_f32(m, name, &n);
-                if (!v || n != t->numel) {
-                    BT_WARN("%s: state blob %s missing or of the wrong size; ignored", m->peer, name);
-                    return;
-                }
-                memcpy(dst[q], v, (size_t)n * sizeof(float));
-            }
-        }
-        j->gather->step = s->step;
-        if (++j->states < j->nps) return;
-    }
+    const Booth__State *s = m->env->state;
+    co_job_t *j = s_job_for(c, s->job_id, m);
     if (!j) return;
-    sd_ckpt_data_t d;
-    s_ckpt_data(j, &d);
-    if (!j->gather_final) {
-        if (sd_loop_checkpoint(j->loop, j->gather, &d, j->job.cfg.prior_preservation ? j->priors_path : NULL)) {
-            s_fail(c, j, bt_log_last_error());
-            return;
-        }
-        BT_INFO("job %s: %s", j->id, j->loop->last_ckpt);
-        s_after_checkpoint(c, j);
+    int slot = s_slot_of(j, peer);
+    if (j->wait != CO_W_STATE || slot < 0 || s->step != j->step) {
+        BT_DEBUG("%s: state at step %lld out of turn; ignored", m->peer, (long long)s->step);
         return;
     }
-    if (sd_loop_finish(j->loop, j->gather, j->job.cfg.model_dir)) {
+    for (size_t i = 0; i < s->n_index; i++) {
+        int idx = s->index[i];
+        if (idx < 0 || idx >= j->ntensors) {
+            BT_WARN("%s: state names tensor %d of %d; ignored", m->peer, idx, j->ntensors);
+            return;
+        }
+        sd_optim_tensor_t *t = &j->gather->t[idx];
+        float *dst[3] = {t->p, t->m, t->v};
+        static const char *const pre[3] = {"p", "m", "v"};
+        for (int q = 0; q < 3; q++) {
+            char name[SD_OPTIM_NAME_MAX + 4];
+            int64_t n;
+            snprintf(name, sizeof name, "%s/%s", pre[q], t->name);
+            const float *v = pr_blob_f32(m, name, &n);
+            if (!v || n != t->numel) {
+                BT_WARN("%s: state blob %s missing or of the wrong size; ignored", m->peer, name);
+                return;
+            }
+            memcpy(dst[q], v, (size_t)n * sizeof(float));
+        }
+    }
+    if (++j->states < j->nps) return;
+    j->gather->step = j->step;
+    if (j->gather_final) {
+        s_finish(c, j, j->gather);
+        return;
+    }
+    sd_ckpt_data_t d;
+    s_ckpt_data(j, &d);
+    if (sd_loop_checkpoint(j->loop, j->gather, &d, j->job.cfg.prior_preservation ? j->priors_path : NULL)) {
         s_fail(c, j, bt_log_last_error());
         return;
     }
-    s_done(c, j);
+    BT_INFO("job %s: %s", j->id, j->loop->last_ckpt);
+    sd_optim_t *tmp = j->restore; /* the complete state is the new restore point */
+    j->restore = j->gather;
+    j->gather = tmp;
+    s_after_checkpoint(c, j);
 }
 
 /* ---- results ---- */
@@ -752,11 +832,15 @@ void co_on_task_result(co_t *c, int peer, pr_msg_t *m)
     co_job_t *j = s_job_for(c, r->job_id, m);
     if (!j) return;
     co_task_t *t = s_task_find(j, r->task_id);
-    if (!t || t->done || t->peer != peer) {
-        BT_DEBUG("%s: result of task %llu, which is not outstanding with it; ignored", m->peer,
+    if (!t || t->done) { /* a late copy of a result counted already, or of an abandoned step */
+        BT_DEBUG("%s: result of task %llu, which is not outstanding; ignored", m->peer,
                  (unsigned long long)r->task_id);
         return;
     }
+    if (t->peer != peer) /* it was handed out again after this worker was declared dead: first answer counts */
+        BT_INFO("job %s: task %llu answered by %s, declared dead before; counted", j->id, (unsigned long long)t->id,
+                p->name);
+    t->peer = peer;
     if (!r->ok) {
         char why[1400];
         snprintf(why, sizeof why, "worker %s: %s", p->name, r->error && r->error[0] ? r->error : "task failed");
