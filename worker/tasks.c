@@ -38,6 +38,16 @@ static int s_answer(s_run_t *run, const pr_blob_t *blobs, int n)
     return wk_send_coord(run->w, &env, blobs, n);
 }
 
+/* BOOTH_TEST_TASK_DELAY_MS (worker.c): the answer waits; registration goes on meanwhile. */
+static int s_test_delay(s_run_t *run)
+{
+    wk_t *w = run->w;
+    if (w->test_delay_ms <= 0) return BT_OK;
+    BT_DEBUG("test hook: %s waits %d ms before its answer", run->what, w->test_delay_ms);
+    int rc = wk_wait(w, NULL, 0, w->test_delay_ms / 1000.0, NULL, NULL);
+    return rc == BT_EAGAIN ? BT_OK : rc; /* BT_EIO: stopping, the task is not answered */
+}
+
 static void s_progress(void *user, int done, int total, const float *latents)
 {
     (void)done;
@@ -99,6 +109,7 @@ static int s_priors(s_run_t *run)
                             .weights = w->weights};
     if ((rc = sd_priors_generate(w->model, &spec, task->first, (int)count, pixels, mean, logvar, s_progress, w)))
         goto out;
+    if ((rc = s_test_delay(run))) goto out;
     const int64_t pshape[4] = {count, R, R, 3}, lshape[4] = {count, C, h, h};
     pr_blob_t blobs[3] = {pr_blob_of_u8("pixels", pixels, 4, pshape), pr_blob_of_f32("mean", mean, 4, lshape),
                           pr_blob_of_f32("logvar", logvar, 4, lshape)};
@@ -213,7 +224,7 @@ static int s_microbatch(s_run_t *run)
     double loss = 0, li = 0, lp = 0;
     if ((rc = wk_ps_pull(w, task->version)) ||
         (rc = sd_trainer_microbatch(w->trainer, task->step, task->micro, &loss, &li, &lp)) ||
-        (rc = wk_ps_push(w, task->step, task->micro)))
+        (rc = wk_ps_push(w, task->step, task->micro)) || (rc = s_test_delay(run)))
         return rc;
     run->r.loss = loss;
     run->r.loss_instance = li;
@@ -263,7 +274,7 @@ void wk_task_run(wk_t *w, const Booth__Task *task)
     booth__task_result__init(&run.r);
     run.r.task_id = task->task_id;
     run.r.job_id = task->job_id;
-    snprintf(w->state, sizeof w->state, "busy task %llu", (unsigned long long)task->task_id);
+    wk_set_state(w, "busy task %llu", (unsigned long long)task->task_id);
     int rc;
     switch (task->kind) {
     case BOOTH__TASK__KIND__PRIORS: rc = s_priors(&run); break;

@@ -11,11 +11,25 @@
  * Hellos in the queue); it is repeated when a live connection brings no Welcome
  * within WK_HELLO_RESEND_S (the coordinator dropped it), and on a timer until
  * the monitor has said anything (its first event can pass before it listens).
+ * A connection that never drops can still reach a coordinator that does not
+ * know the worker (ZeroMQ reconnected to a restarted one before the monitor
+ * told, or it declared the worker dead while it was stopped): it answers with
+ * Error{reregister}, and the worker says Hello again at once.
+ *
+ * Heartbeats come from a thread of their own (heartbeat.c), started by each
+ * Welcome and stopped when the registration ends, so that a task computing for
+ * longer than the coordinator's heartbeat timeout does not make the worker
+ * look dead; the loop's thread sends none itself.
  *
  * Tasks run in the loop's thread, one at a time; a task that needs another
- * peer's answer (JobData, Weights, PushAck) waits in wk_wait, which keeps the
- * heartbeats going and keeps the coordinator's other messages for the loop, in
- * order. SIGINT/SIGTERM end the loop between messages (and any such wait).
+ * peer's answer (JobData, Weights, PushAck) waits in wk_wait, which answers
+ * registration messages at once and keeps the coordinator's other messages for
+ * the loop, in order. SIGINT/SIGTERM end the loop between messages (and any
+ * such wait).
+ *
+ * Test hook: BOOTH_TEST_TASK_DELAY_MS=N makes the worker wait N ms before it answers each PRIORS and
+ * MICROBATCH task (after computing, and after the pushes were acknowledged), so that a fault test can
+ * stop or kill it mid-job at a point it picks by watching `booth status`; heartbeats go on meanwhile.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -69,26 +83,64 @@ static void s_hello(wk_t *w)
     if (wk_send_coord(w, &env, NULL, 0) == BT_OK) w->hello_queued = !w->connected;
 }
 
-static void s_heartbeat(wk_t *w)
+/* The registration ended: no heartbeats until the next Welcome. */
+static void s_unregister(wk_t *w)
 {
-    Booth__Heartbeat hb = BOOTH__HEARTBEAT__INIT;
-    hb.state = w->state;
-    Booth__Envelope env = PR_ENVELOPE_INIT(HEARTBEAT, heartbeat, &hb);
-    w->last_heartbeat = bt_now();
-    wk_send_coord(w, &env, NULL, 0);
+    w->registered = false;
+    wk_beat_stop(&w->beat);
 }
 
-/* Hello and heartbeat when due. */
+/* The coordinator answered with Error{reregister}: it does not know this worker. */
+static void s_reregister(wk_t *w)
+{
+    if (w->registered)
+        BT_INFO("the coordinator at %s does not know this worker (it restarted, or declared it dead): registering "
+                "again",
+                w->o->coordinator);
+    else /* a Hello is out already; this answers something sent before it */
+        BT_DEBUG("the coordinator at %s does not know this worker yet: hello again", w->o->coordinator);
+    s_unregister(w);
+    s_hello(w);
+}
+
+static void s_welcome(wk_t *w, const Booth__Welcome *wel)
+{
+    const char *id = wel->peer_id ? wel->peer_id : "";
+    if (wel->heartbeat_ms > 0) w->heartbeat_s = wel->heartbeat_ms / 1000.0;
+    if (w->registered && !strcmp(id, w->peer_id)) return; /* the answer to a repeated Hello */
+    snprintf(w->peer_id, sizeof w->peer_id, "%s", id);
+    if (!w->registered) BT_INFO("worker %s registered with %s as peer %s", w->name, w->o->coordinator, id);
+    w->registered = true;
+    wk_beat_start(w, w->peer_id, w->heartbeat_s); /* a failure is logged; the worker goes on without */
+}
+
+/* Acts on a registration message from the coordinator: a Welcome, an Error{reregister}.
+ * Returns whether m was one. */
+static bool s_registration(wk_t *w, const pr_msg_t *m)
+{
+    const Booth__Envelope *e = m->env;
+    if (e->body_case == BOOTH__ENVELOPE__BODY_WELCOME) {
+        s_welcome(w, e->welcome);
+        return true;
+    }
+    if (e->body_case == BOOTH__ENVELOPE__BODY_ERROR && e->error->reregister) {
+        s_reregister(w);
+        return true;
+    }
+    return false;
+}
+
+/* Hello when due, and what the heartbeat thread heard. */
 static void s_timers(wk_t *w)
 {
-    double now = bt_now();
-    if (!w->registered && (w->connected || !w->events_seen) && now - w->last_hello >= WK_HELLO_RESEND_S) s_hello(w);
-    if (w->registered && now - w->last_heartbeat >= w->heartbeat_s) s_heartbeat(w);
+    wk_tick(w);
+    if (!w->registered && (w->connected || !w->events_seen) && bt_now() - w->last_hello >= WK_HELLO_RESEND_S)
+        s_hello(w);
 }
 
 void wk_tick(wk_t *w)
 {
-    if (w->registered && bt_now() - w->last_heartbeat >= w->heartbeat_s) s_heartbeat(w);
+    if (wk_beat_take_reregister(&w->beat)) s_reregister(w);
 }
 
 /* One event of the coordinator socket's monitor: [u16 event, u32 value] [endpoint]. */
@@ -101,7 +153,7 @@ static void s_monitor_event(wk_t *w, uint16_t ev)
     case ZMQ_EVENT_HANDSHAKE_SUCCEEDED: {
         bool carried = w->hello_queued; /* this connection delivered the Hello queued before it */
         w->connected = true;
-        w->registered = false;
+        s_unregister(w);
         w->hello_queued = false;
         s_warned = 0;
         if (carried)
@@ -114,7 +166,7 @@ static void s_monitor_event(wk_t *w, uint16_t ev)
         if (w->registered && !pr_node_stopping())
             BT_WARN("lost the coordinator at %s; registering again when it is back", w->o->coordinator);
         w->connected = false;
-        w->registered = false;
+        s_unregister(w);
         break;
     case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
         if (s_warned != ev)
@@ -248,8 +300,13 @@ int wk_wait(wk_t *w, void **socks, int n, double timeout_s, wk_on_msg_fn fn, voi
                 if (rc == BT_EAGAIN) break;
                 if (rc == BT_EPROTO || rc == BT_ENOMEM) continue; /* dropped, logged */
                 if (rc) return BT_EIO;
+                bool coord = items[i].socket == w->coord;
+                if (coord && s_registration(w, &m) && (i >= n || m.env->body_case == BOOTH__ENVELOPE__BODY_WELCOME)) {
+                    pr_msg_free(&m); /* done with; an Error also goes to a caller awaiting the coordinator */
+                    continue;
+                }
                 int r = i < n ? fn(w, i, &m, arg) : WK_WAIT_SKIP;
-                if (r == WK_WAIT_SKIP && items[i].socket == w->coord) {
+                if (r == WK_WAIT_SKIP && coord) {
                     s_defer(w, &m);
                     continue;
                 }
@@ -268,15 +325,11 @@ static void s_handle(wk_t *w, pr_msg_t *m)
 {
     Booth__Envelope *e = m->env;
     switch (e->body_case) {
-    case BOOTH__ENVELOPE__BODY_WELCOME:
-        if (w->registered) break; /* the answer to a repeated Hello */
-        w->registered = true;
-        if (e->welcome->heartbeat_ms > 0) w->heartbeat_s = e->welcome->heartbeat_ms / 1000.0;
-        BT_INFO("worker %s registered with %s", w->name, w->o->coordinator);
-        s_heartbeat(w);
-        break;
+    case BOOTH__ENVELOPE__BODY_WELCOME: s_welcome(w, e->welcome); break;
     case BOOTH__ENVELOPE__BODY_ERROR:
-        if (e->error->fatal) {
+        if (e->error->reregister) {
+            s_reregister(w);
+        } else if (e->error->fatal) {
             BT_ERROR("coordinator %s: %s", w->o->coordinator, e->error->message);
             w->fatal = true;
         } else {
@@ -295,7 +348,7 @@ static void s_handle(wk_t *w, pr_msg_t *m)
         break;
     default: BT_WARN("%s: a worker does not take %s; ignored", m->peer, pr_body_name(e->body_case)); break;
     }
-    snprintf(w->state, sizeof w->state, "idle");
+    wk_set_state(w, "idle");
 }
 
 static int s_loop(wk_t *w)
@@ -339,6 +392,23 @@ static int s_work_dir(wk_t *w)
     return bt_mkdirs(w->work_dir);
 }
 
+/* BOOTH_TEST_TASK_DELAY_MS (the test hook at the top). 0, or BT_EINVAL with one line. */
+static int s_test_hook(wk_t *w)
+{
+    const char *v = getenv("BOOTH_TEST_TASK_DELAY_MS");
+    if (!v || !*v) return BT_OK;
+    char *end;
+    errno = 0;
+    long ms = strtol(v, &end, 10);
+    if (errno || *end || ms < 0 || ms > 3600 * 1000) {
+        BT_ERROR("BOOTH_TEST_TASK_DELAY_MS=%.40s: expected milliseconds, 0 to 3600000", v);
+        return BT_EINVAL;
+    }
+    w->test_delay_ms = (int)ms;
+    if (ms) BT_INFO("test hook BOOTH_TEST_TASK_DELAY_MS: prior and micro-batch tasks are answered %ld ms late", ms);
+    return BT_OK;
+}
+
 int wk_run(const wk_opts_t *o)
 {
     pr_node_catch_signals();
@@ -352,14 +422,14 @@ int wk_run(const wk_opts_t *o)
     w->o = o;
     w->version = -1;
     w->heartbeat_s = WK_HEARTBEAT_S;
-    snprintf(w->state, sizeof w->state, "idle");
+    if (wk_beat_init(&w->beat)) goto out_free;
     if (o->name && *o->name)
         snprintf(w->name, sizeof w->name, "%s", o->name);
     else
         pr_node_name(w->name, sizeof w->name);
-    if (!pr_endpoint_ok(o->coordinator, false)) goto out_free;
+    if (!pr_endpoint_ok(o->coordinator, false) || s_test_hook(w)) goto out_beat;
     /* keys before the model: a missing key file should not wait for a model to load */
-    if (pr_node_init(&w->node, &o->node, "worker", false, true)) goto out_free;
+    if (pr_node_init(&w->node, &o->node, "worker", false, true)) goto out_beat;
     if (o->node.insecure)
         BT_WARN("INSECURE: plain TCP without CURVE keys: whoever can reach %s or the PS can read and alter this "
                 "worker's data and pose as them",
@@ -376,6 +446,7 @@ int wk_run(const wk_opts_t *o)
     for (int i = 0; i < w->ndeferred; i++)
         pr_msg_free(&w->deferred[i]);
     w->ndeferred = 0;
+    wk_beat_stop(&w->beat); /* its socket is closed before the context is */
     s_coord_close(w);
     wk_ps_close(w);
     wk_job_release(w);
@@ -386,6 +457,8 @@ out_ctx:
     nn_ctx_destroy(&w->ctx);
 out_node:
     pr_node_free(&w->node);
+out_beat:
+    wk_beat_free(&w->beat);
 out_free:
     free(w);
 out:

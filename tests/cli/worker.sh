@@ -3,15 +3,20 @@
 # stopping cleanly on SIGTERM (exit 0, its work folder removed); started before the coordinator it
 # registers once the coordinator is up, and again after the coordinator restarts (a new connection
 # is a stranger to the coordinator); a key the coordinator does not allow is said in one line.
-# The training conversation itself is tests/cli/cluster.sh's.
+# Faults without a job: its heartbeats (its heartbeat thread's, naming its peer id) keep it alive
+# past the coordinator's dead-after timeout; a coordinator killed with SIGKILL and restarted on the
+# same port sees it register again without restarting it; stopped (SIGSTOP) past the timeout and
+# resumed, it is told the coordinator does not know it and registers again; then SIGTERM still
+# stops it at once, exit 0. A bad BOOTH_TEST_TASK_DELAY_MS is one error line.
+# The training conversation itself is tests/cli/cluster.sh's, faults during a job faults.sh's.
 # Run by tests/runner with bash -eu -o pipefail; $BOOTH is the binary, cwd the repo root.
 T=$BOOTH_TEST_TMPDIR
 MODEL=tests/fixtures/tiny-sd
 PY=/usr/bin/python3
 [ -x $PY ] || PY=python3
 PIDS=()
-stop_all() { # every process this test started, by pid
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+stop_all() { # every process this test started, by pid (a stopped one is resumed to take its SIGTERM)
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; kill -CONT "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
 }
 trap stop_all EXIT
@@ -46,6 +51,8 @@ one_error 1 "--keys DIR is required" "$BOOTH" worker --coordinator tcp://127.0.0
 one_error 1 "$T/nokeys/secret.key" "$BOOTH" worker --coordinator tcp://127.0.0.1:1 --model $MODEL --keys "$T/nokeys"
 one_error 1 "$T/nomodel" "$BOOTH" worker --coordinator tcp://127.0.0.1:1 --model "$T/nomodel" --insecure
 one_error 1 "not-an-endpoint" "$BOOTH" worker --coordinator not-an-endpoint --model $MODEL --insecure
+one_error 1 "BOOTH_TEST_TASK_DELAY_MS=soon" env BOOTH_TEST_TASK_DELAY_MS=soon \
+    "$BOOTH" worker --coordinator tcp://127.0.0.1:1 --model $MODEL --insecure
 
 # nobody listens: the worker waits, and SIGTERM stops it cleanly, its work folder gone
 TMPDIR="$T" "$BOOTH" worker --coordinator tcp://127.0.0.1:1 --model $MODEL --insecure --threads 1 \
@@ -100,3 +107,55 @@ stop_all
 PIDS=()
 [ -d "$T/work" ] && [ -z "$(ls -A "$T/work")" ] # a given --work-dir stays; the job folders in it do not
 ! grep -q "error" "$T/early.log" || { cat "$T/early.log"; exit 1; }
+
+# ---- faults, against a coordinator that declares a peer dead after 1.5 s without a heartbeat ----
+# its port: bound once as tcp://127.0.0.1:*, then the restarted coordinator binds that same one
+count() { grep -c -- "$2" "$1" 2>/dev/null || true; }
+co_start() { # endpoint to bind; the log is appended to
+    "$BOOTH" coordinator --insecure --bind "$1" --state-dir "$T/state3" --heartbeat-ms 200 --dead-after-ms 1500 \
+        >>"$T/co3.log" 2>&1 &
+    co=$!
+    PIDS+=($co)
+}
+co_start 'tcp://127.0.0.1:*'
+wait_for "$T/co3.log" "coordinator listening on tcp://127.0.0.1:[0-9]" 1
+CO3=$(sed -n 's|.*coordinator listening on \(tcp://127\.0\.0\.1:[0-9]*\).*|\1|p' "$T/co3.log" | head -1)
+TMPDIR="$T" BOOTH_TEST_TASK_DELAY_MS=250 "$BOOTH" worker --coordinator $CO3 --model $MODEL --insecure --threads 1 \
+    --name faulty >"$T/faulty.log" 2>&1 &
+wk=$!
+PIDS+=($wk)
+wait_for "$T/faulty.log" "test hook BOOTH_TEST_TASK_DELAY_MS: .* 250 ms late" 1
+wait_for "$T/co3.log" "worker faulty registered" 1
+
+# alive on heartbeats alone: three timeouts pass without "declared dead"
+sleep 4.5
+[ "$(count "$T/co3.log" "declared dead")" = 0 ] || { echo "a registered worker was declared dead:"; cat "$T/co3.log"; exit 1; }
+
+# the coordinator killed and restarted on the same endpoint: the same worker process registers again
+kill -KILL $co
+wait $co 2>/dev/null || true
+co_start $CO3
+wait_for "$T/co3.log" "coordinator listening on $CO3" 2
+wait_for "$T/co3.log" "worker faulty registered" 2
+wait_for "$T/faulty.log" "worker faulty registered with $CO3" 2
+
+# stopped past the timeout and resumed: the coordinator does not know it any more; it registers again
+kill -STOP $wk
+wait_for "$T/co3.log" "worker faulty: silent for .* declared dead" 1
+kill -CONT $wk
+wait_for "$T/faulty.log" "the coordinator at $CO3 does not know this worker (it restarted, or declared it dead): registering again" 1
+wait_for "$T/co3.log" "worker faulty registered" 3
+wait_for "$T/faulty.log" "worker faulty registered with $CO3" 3
+sleep 3 # and stays: the heartbeats name the new peer id
+[ "$(count "$T/co3.log" "declared dead")" = 1 ] || { echo "declared dead again:"; cat "$T/co3.log"; exit 1; }
+
+# SIGTERM with the heartbeat thread running: exit 0 within 5 s
+kill -TERM $wk
+for _ in $(seq 50); do kill -0 $wk 2>/dev/null || break; sleep 0.1; done
+kill -0 $wk 2>/dev/null && { echo "the worker still runs 5 s after SIGTERM"; cat "$T/faulty.log"; exit 1; }
+rc=0
+wait $wk || rc=$?
+[ $rc = 0 ] || { echo "SIGTERM: exit $rc"; cat "$T/faulty.log"; exit 1; }
+! grep -q "error" "$T/faulty.log" || { cat "$T/faulty.log"; exit 1; }
+stop_all
+PIDS=()
