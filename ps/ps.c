@@ -35,7 +35,8 @@ typedef struct s_ps {
     char name[128];       /* host:pid */
     char bound[256];      /* the endpoint bound, real port */
     char advertised[256]; /* the endpoint the Hello names */
-    bool welcomed;
+    bool welcomed;        /* a Welcome came, and no Error{reregister} since */
+    char peer_id[64];     /* the last Welcome's: every Heartbeat names it */
     int heartbeat_ms;
     int64_t next_hello_ms, next_beat_ms;
     int status; /* BT_OK while running; a failure stops the loop */
@@ -143,6 +144,7 @@ static void s_heartbeat(s_ps_t *ps)
     }
     Booth__Heartbeat hb = BOOTH__HEARTBEAT__INIT;
     hb.state = state;
+    hb.peer_id = ps->peer_id;
     Booth__Envelope env = PR_ENVELOPE_INIT(HEARTBEAT, heartbeat, &hb);
     s_to_coordinator(ps, &env, NULL, 0);
 }
@@ -303,8 +305,10 @@ static void s_on_get_state(s_ps_t *ps, pr_msg_t *m)
 static void s_on_welcome(s_ps_t *ps, pr_msg_t *m)
 {
     const Booth__Welcome *w = m->env->welcome;
-    if (ps->welcomed) {
-        BT_DEBUG("%s: welcome again (peer id %s)", m->peer, s_str(w->peer_id));
+    bool again = ps->welcomed;
+    snprintf(ps->peer_id, sizeof ps->peer_id, "%s", s_str(w->peer_id));
+    if (again) { /* the answer to a repeated Hello */
+        BT_DEBUG("%s: welcome again (peer id %s)", m->peer, ps->peer_id);
         return;
     }
     ps->welcomed = true;
@@ -322,7 +326,19 @@ static void s_on_coordinator(s_ps_t *ps, pr_msg_t *m)
     case BOOTH__ENVELOPE__BODY_HEARTBEAT: break;
     case BOOTH__ENVELOPE__BODY_ERROR: {
         const Booth__Error *e = m->env->error;
-        if (e->fatal) {
+        if (e->reregister) {
+            /* the jobs held stay: the coordinator decides whether to load them again */
+            if (ps->welcomed)
+                BT_INFO("the coordinator at %s does not know this parameter server (it restarted, or declared it "
+                        "dead): registering again",
+                        ps->o->coordinator);
+            else /* a Hello is out already; this answers something sent before it */
+                BT_DEBUG("the coordinator at %s does not know this parameter server yet: hello again",
+                         ps->o->coordinator);
+            ps->welcomed = false;
+            s_hello(ps);
+            ps->next_hello_ms = s_now_ms() + PS_HELLO_RESEND_MS;
+        } else if (e->fatal) {
             BT_ERROR("%s refused this parameter server: %s", m->peer, s_str(e->message));
             ps->status = BT_EINVAL;
         } else {

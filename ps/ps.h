@@ -8,9 +8,12 @@
  * workers that pull them.
  *
  * Sockets: a ROUTER bound for the workers (CURVE server, ZAP allow-list), a
- * DEALER to the coordinator (Hello until Welcome, then a Heartbeat every
- * heartbeat_ms), and the ZAP handler's socket: one zmq_poll loop over the three,
- * until SIGINT or SIGTERM.
+ * DEALER to the coordinator (Hello until Welcome, then a Heartbeat naming the
+ * Welcome's peer id every heartbeat_ms), and the ZAP handler's socket: one
+ * zmq_poll loop over the three, until SIGINT or SIGTERM. A coordinator that does
+ * not know the PS (it restarted, or declared the PS dead) answers with
+ * Error{reregister}: the PS says Hello again, until the next Welcome, and keeps
+ * the tensors it holds.
  */
 #ifndef BOOTH_PS_PS_H
 #define BOOTH_PS_PS_H

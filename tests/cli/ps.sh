@@ -1,11 +1,21 @@
 # ps.sh — `booth ps`: --help; one clear error line without --keys or --insecure;
 # a run that logs the endpoint it bound and advertises, and stops cleanly (exit 0)
 # on SIGTERM within a couple of seconds, with no coordinator to talk to.
+# Against a coordinator that declares a peer dead after 1.5 s without a heartbeat: the
+# PS's heartbeats keep it alive; killed (SIGKILL) and restarted on the same port, the
+# coordinator answers the PS's next heartbeat with Error{reregister} and the same PS
+# process registers again; stopped (SIGSTOP) past the timeout and resumed, it does too.
 # Run by tests/runner with bash -eu -o pipefail; $BOOTH is the binary, cwd the repo root.
 
 tmp="$BOOTH_TEST_TMPDIR"
 pid=
-trap '[ -n "$pid" ] && kill -9 "$pid" 2>/dev/null; true' EXIT
+PIDS=() # every other process this test starts
+stop_all() { # a stopped process is resumed to take its SIGTERM
+    if [ -n "$pid" ]; then kill -9 "$pid" 2>/dev/null || true; fi
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; kill -CONT "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+trap stop_all EXIT
 
 "$BOOTH" ps --help >"$tmp/help"
 grep -q '^usage: booth ps --coordinator ADDR' "$tmp/help" || { echo "bad usage line:"; cat "$tmp/help"; exit 1; }
@@ -76,4 +86,50 @@ set +e
 set -e
 [ "$rc" -eq 2 ] || { echo "bad --coordinator: exit $rc, expected 2"; exit 1; }
 [ "$(wc -l <"$tmp/err")" -eq 1 ] || { echo "expected one error line:"; cat "$tmp/err"; exit 1; }
+
+# ---- faults: the coordinator's port is bound once as tcp://127.0.0.1:*, a restart binds the same one
+count() { grep -c -- "$2" "$1" 2>/dev/null || true; }
+wait_count() { # file, pattern, n: until the file has n matching lines (20 s at most)
+    for _ in $(seq 200); do
+        [ "$(count "$1" "$2")" -ge "$3" ] && return 0
+        sleep 0.1
+    done
+    echo "$1: not $3 line(s) matching '$2':"; cat "$1"; return 1
+}
+co_start() { # endpoint to bind; the log is appended to
+    "$BOOTH" coordinator --insecure --bind "$1" --state-dir "$tmp/state" --heartbeat-ms 200 --dead-after-ms 1500 \
+        >>"$tmp/co.log" 2>&1 &
+    co=$!
+    PIDS+=($co)
+}
+co_start 'tcp://127.0.0.1:*'
+wait_log "$tmp/co.log" 200 'coordinator listening on tcp://127\.0\.0\.1:[0-9]'
+CO=$(sed -n 's|.*coordinator listening on \(tcp://127\.0\.0\.1:[0-9]*\).*|\1|p' "$tmp/co.log" | head -1)
+"$BOOTH" ps --insecure --coordinator "$CO" --bind 'tcp://127.0.0.1:*' --threads 1 2>"$tmp/log3" &
+pid=$!
+wait_log "$tmp/co.log" 200 'parameter server .* registered at tcp://127\.0\.0\.1:'
+wait_log "$tmp/log3" 200 "ps: registered with the coordinator at $CO as peer [0-9]"
+
+# alive on heartbeats alone: three timeouts pass without "declared dead"
+sleep 4.5
+[ "$(count "$tmp/co.log" "declared dead")" = 0 ] || { echo "a registered PS was declared dead:"; cat "$tmp/co.log"; exit 1; }
+
+# the coordinator killed and restarted on the same endpoint: the same PS registers again
+kill -KILL $co
+wait $co 2>/dev/null || true
+co_start "$CO"
+wait_count "$tmp/co.log" "coordinator listening on $CO" 2
+wait_count "$tmp/co.log" "parameter server .* registered" 2
+wait_log "$tmp/log3" 200 "the coordinator at $CO does not know this parameter server \(it restarted, or declared it dead\): registering again"
+
+# stopped past the timeout and resumed: it registers again
+kill -STOP $pid
+wait_log "$tmp/co.log" 200 'parameter server .*: silent for .* declared dead'
+kill -CONT $pid
+wait_count "$tmp/co.log" "parameter server .* registered" 3
+[ "$(count "$tmp/log3" "ps: registered with the coordinator at $CO")" = 3 ] || { echo "not 3 registrations:"; cat "$tmp/log3"; exit 1; }
+sleep 3 # and stays: the heartbeats name the new peer id
+[ "$(count "$tmp/co.log" "declared dead")" = 1 ] || { echo "declared dead again:"; cat "$tmp/co.log"; exit 1; }
+! grep -q "error" "$tmp/log3" || { cat "$tmp/log3"; exit 1; }
+stop_ps "$tmp/log3"
 echo "ps.sh: ok"
