@@ -241,7 +241,6 @@ static void s_dispatch(co_t *c, pr_msg_t *m)
 static void s_liveness(co_t *c)
 {
     double now = co_now(), dead = c->o.dead_after_ms / 1000.0;
-    co_job_t *j = c->running >= 0 ? c->jobs[c->running] : NULL;
     for (int i = 0; i < CO_MAX_PEERS; i++) {
         co_peer_t *p = &c->peers[i];
         if (!p->used) continue;
@@ -250,13 +249,22 @@ static void s_liveness(co_t *c)
             continue;
         }
         if (now - p->last_seen <= dead) continue;
-        bool worker = p->role == BOOTH__ROLE__ROLE_WORKER;
-        BT_WARN("%s %s: silent for %.1f s; declared dead", worker ? "worker" : "parameter server", p->name,
-                now - p->last_seen);
-        if (j && worker) co_worker_lost(c, j, i);
-        if (j && !worker) co_ps_lost(c, j, i);
-        p->used = false;
+        char why[64];
+        snprintf(why, sizeof why, "silent for %.1f s", now - p->last_seen);
+        co_peer_dead(c, i, why);
     }
+}
+
+void co_peer_dead(co_t *c, int i, const char *why)
+{
+    co_peer_t *p = &c->peers[i];
+    co_job_t *j = c->running >= 0 ? c->jobs[c->running] : NULL;
+    bool worker = p->role == BOOTH__ROLE__ROLE_WORKER;
+    if (!p->used) return;
+    BT_WARN("%s %s: %s; declared dead", worker ? "worker" : "parameter server", p->name, why);
+    if (j && worker) co_worker_lost(c, j, i);
+    if (j && !worker) co_ps_lost(c, j, i);
+    p->used = false;
 }
 
 int co_run(const co_opts_t *o)

@@ -137,6 +137,8 @@ int co_idle_worker(co_t *c, co_job_t *j);
 /* Tells every registered worker with another model than job j's that it is not used for j (once per job). */
 void co_check_workers(co_t *c, co_job_t *j);
 int co_count_ps(const co_t *c);
+/* Peer i is gone (why: "silent for 3.1 s", "disconnected"): its work is handed to the live ones. */
+void co_peer_dead(co_t *c, int i, const char *why);
 
 /* jobs.c */
 const char *co_state_name(co_state_t s);

@@ -103,7 +103,11 @@ static void s_hand_out(co_t *c, co_job_t *j)
         if (t->done || t->peer >= 0) continue;
         int w = co_idle_worker(c, j);
         if (w < 0) return;
-        if (s_send_task(c, j, t, w)) return;
+        if (s_send_task(c, j, t, w)) { /* it has disconnected (or its queue is full): gone */
+            co_peer_dead(c, w, "unreachable");
+            if (c->running < 0 || c->jobs[c->running] != j) return;
+            i--; /* this task again, to the next worker */
+        }
     }
 }
 

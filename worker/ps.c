@@ -225,12 +225,12 @@ int wk_ps_pull(wk_t *w, int64_t version)
         rc = pr_send(ps->sock, NULL, &env, NULL, 0);
     }
     if (rc) goto out;
-    rc = wk_wait(w, socks, w->ncur, WK_REPLY_TIMEOUT_S, s_on_weights, &p);
+    rc = wk_wait(w, socks, w->ncur, WK_PS_TIMEOUT_S, s_on_weights, &p);
     if (rc == BT_EAGAIN) {
         for (int k = 0; k < w->ncur; k++)
             if (!p.done[k]) {
                 BT_ERROR("PS %s did not send LoRA version %lld of job %s within %.0f s", w->ps[w->cur[k]].endpoint,
-                         (long long)version, w->job_id, WK_REPLY_TIMEOUT_S);
+                         (long long)version, w->job_id, WK_PS_TIMEOUT_S);
                 break;
             }
     }
@@ -320,12 +320,12 @@ int wk_ps_push(wk_t *w, int64_t step, int micro)
         rc = pr_send(ps->sock, NULL, &env, blobs, ps->nheld);
     }
     if (rc) goto out;
-    rc = wk_wait(w, socks, w->ncur, WK_REPLY_TIMEOUT_S, s_on_ack, &p);
+    rc = wk_wait(w, socks, w->ncur, WK_PS_TIMEOUT_S, s_on_ack, &p);
     if (rc == BT_EAGAIN)
         for (int k = 0; k < w->ncur; k++)
             if (!p.done[k]) {
                 BT_ERROR("PS %s did not acknowledge micro-batch %d of step %lld within %.0f s",
-                         w->ps[w->cur[k]].endpoint, micro, (long long)step, WK_REPLY_TIMEOUT_S);
+                         w->ps[w->cur[k]].endpoint, micro, (long long)step, WK_PS_TIMEOUT_S);
                 break;
             }
 out:

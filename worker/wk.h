@@ -32,7 +32,9 @@
 #define WK_HEARTBEAT_S 2.0      /* unless the Welcome names another interval */
 #define WK_STATE_MAX 64         /* a heartbeat's state: "idle", "busy task N" */
 #define WK_PEER_ID_MAX 64       /* the Welcome's peer id */
-#define WK_REPLY_TIMEOUT_S 60.0 /* JobData, Weights, PushAck: a peer silent this long has failed the task */
+#define WK_REPLY_TIMEOUT_S 60.0 /* JobData: a coordinator silent this long has failed the task */
+#define WK_PS_TIMEOUT_S 20.0    /* Weights, PushAck: a PS silent this long is gone (the coordinator reloads
+                                 * the live ones); the task fails and the worker is free again */
 #define WK_DEFERRED_MAX 64      /* coordinator messages kept while a task waits for another peer */
 #define WK_ID_MAX 128           /* a job id (also a folder name under the work dir) */
 #define WK_PATH_MAX 4096        /* the work dir's path */
