@@ -6,6 +6,7 @@
 #   make deps       install the Debian packages booth needs (as root), or print the apt-get line
 #   make demo       the main job end to end on the embedded default
 #   make bench-ops  nn/ kernels vs PyTorch, side by side (needs python3-torch)
+#   make bench-ps   the parameter server's round trip and step scaling on loopback (bench/ps_scaling.sh)
 #   make bench-model  whole models (UNet, VAE, a DreamBooth step) vs PyTorch + diffusers
 #                   (needs a venv with diffusers, see bench/model.py, and /tmp/sd15)
 #
@@ -98,7 +99,7 @@ LIB    := $(BUILD)/libbooth.a
 BOOTH  := $(BUILD)/booth
 RUNNER := $(BUILD)/tests/runner
 
-.PHONY: all test asan deps demo bench-ops bench-model clean format
+.PHONY: all test asan deps demo bench-ops bench-ps bench-model clean format
 all: $(BOOTH) $(RUNNER) $(BENCH_BINS)
 
 # Order-only on the generated header: any C file may include it, and -MMD records
@@ -162,6 +163,11 @@ deps:
 # BENCH_OPS_ARGS: e.g. --markdown --iters 9 --row conv3x3_320_64
 bench-ops: $(BUILD)/bench/bench_ops
 	bench/ops.py --booth $(BUILD)/bench/bench_ops $(BENCH_OPS_ARGS)
+
+# BENCH_PS_ARGS: e.g. --workers 4 --steps 40 --markdown; BENCH_PS_SCALING_ARGS: e.g. --markdown (~2.5 min)
+bench-ps: $(BUILD)/bench/bench_ps $(BOOTH)
+	$(BUILD)/bench/bench_ps --booth $(BOOTH) $(BENCH_PS_ARGS)
+	BOOTH=$(abspath $(BOOTH)) bench/ps_scaling.sh $(BENCH_PS_SCALING_ARGS)
 
 # BENCH_MODEL_ARGS: e.g. --row train_sd15_256 --rounds 2 --markdown
 bench-model: $(BUILD)/bench/bench_model $(BOOTH)
