@@ -34,7 +34,9 @@
 #include "diffusion/model_hash.h"
 #include "diffusion/pipeline.h"
 
-#define S_POLL_NS 500000000L /* --wait asks for the job's status every 0.5 s */
+#define S_POLL_NS 500000000L /* --wait asks for the job's status every 0.5 s, */
+#define S_ANSWER_S 1.0       /* waits this long for each answer before it asks again, */
+#define S_SILENT_SHOW_S 2.0  /* and after this long without any answer says so */
 
 /* ---- the status JSON (coordinator/status.c); every field may be missing ---- */
 
@@ -218,27 +220,34 @@ static void s_print_ps(const cJSON *ps)
 
 /* ---- requests ---- */
 
-/* StatusRequest{job} -> the reply's JSON, parsed (cJSON_Delete it); NULL after one line. */
-static cJSON *s_status(cli_client_t *c, const char *job, char **raw)
+/* StatusRequest{job}, answered within wait_s (resent over a new connection) ->
+ * *root, the reply's JSON parsed (cJSON_Delete it), and with raw its text (free
+ * it). BT_EAGAIN when no answer came, without a line (the caller says what that
+ * means); another negative status after one line. */
+static int s_status(cli_client_t *c, const char *job, double wait_s, cJSON **root, char **raw)
 {
+    *root = NULL;
     Booth__StatusRequest sr = BOOTH__STATUS_REQUEST__INIT;
     sr.job_id = (char *)(job ? job : "");
     Booth__Envelope env = PR_ENVELOPE_INIT(STATUS_REQUEST, status_request, &sr);
     pr_msg_t r;
-    if (cli_client_request(c, &env, NULL, 0, BOOTH__ENVELOPE__BODY_STATUS_REPLY, &r)) return NULL;
+    int rc = cli_client_exchange(c, &env, NULL, 0, BOOTH__ENVELOPE__BODY_STATUS_REPLY, true, wait_s, NULL, &r);
+    if (rc) return rc;
     const char *json = r.env->status_reply && r.env->status_reply->json ? r.env->status_reply->json : "";
-    cJSON *root = cJSON_Parse(json);
-    if (!cJSON_IsObject(root)) {
+    cJSON *parsed = cJSON_Parse(json);
+    if (!cJSON_IsObject(parsed)) {
         BT_ERROR("%s: the status reply is not a JSON object", c->coordinator);
-        cJSON_Delete(root);
-        root = NULL;
+        cJSON_Delete(parsed);
+        rc = BT_EPROTO;
     } else if (raw && !(*raw = strdup(json))) {
         BT_ERROR("out of memory");
-        cJSON_Delete(root);
-        root = NULL;
+        cJSON_Delete(parsed);
+        rc = BT_ENOMEM;
+    } else {
+        *root = parsed;
     }
     pr_msg_free(&r);
-    return root;
+    return rc;
 }
 
 /* A name the coordinator gave an output file is used under DIR only when it is
@@ -277,7 +286,7 @@ static int s_fetch(cli_client_t *c, const char *job, const char *dir)
     fe.job_id = (char *)job;
     Booth__Envelope env = PR_ENVELOPE_INIT(FETCH, fetch, &fe);
     pr_msg_t r;
-    int rc = cli_client_request(c, &env, NULL, 0, BOOTH__ENVELOPE__BODY_FETCH_REPLY, &r);
+    int rc = cli_client_request(c, &env, BOOTH__ENVELOPE__BODY_FETCH_REPLY, &r);
     if (rc) return rc;
     const char *state = r.env->fetch_reply && r.env->fetch_reply->state ? r.env->fetch_reply->state : "";
     if (*state && strcmp(state, "done")) BT_WARN("job %s is %s; writing the files it has", job, state);
@@ -318,22 +327,82 @@ static const cJSON *s_find_job(const cJSON *root, const char *id)
     return NULL;
 }
 
+/* Where a state is in a job's life. A coordinator restarted mid-job takes the job
+ * back to "queued", and it goes through its phases again (its prior parts and
+ * checkpoints kept). */
+static int s_state_rank(const char *state)
+{
+    static const char *const order[] = {"queued", "priors", "prepare", "training"};
+    for (int i = 0; i < (int)(sizeof order / sizeof order[0]); i++)
+        if (!strcmp(state, order[i])) return i;
+    return 4; /* done, failed, cancelled */
+}
+
+/* Redraws the bar now, whatever its throttle, with tail in place of the job's. */
+static void s_bar_say(bt_progress_t *bar, const char *tail)
+{
+    bar->last_print = 0;
+    bt_progress_update(bar, bar->done, tail);
+}
+
 /* --wait: poll the job's status, draw its phase's progress, until it ends. BT_OK
  * when it is done; a negative status after one line when it failed, was
- * cancelled, or the coordinator stopped answering. */
+ * cancelled, or the coordinator did not answer for --timeout seconds.
+ *
+ * A poll without an answer is not the end: the coordinator may be restarting
+ * (it reloads the job and goes on with it). After S_SILENT_SHOW_S without an
+ * answer the bar's tail (or, without a bar, one line) says so; the next answer
+ * puts the bar back where the job is, and a job taken back to an earlier state
+ * keeps its bar, which says so, until its phase comes round again. */
 static int s_wait(cli_client_t *c, const char *job)
 {
     bt_progress_t bar;
     memset(&bar, 0, sizeof bar);
     bool bar_on = false;
-    char shown[64] = ""; /* the state or bar label last shown */
-    int64_t drawn = -1;  /* the count the bar last showed: it is drawn when that changes */
+    char shown[64] = "";  /* the state or bar label last shown */
+    char behind[64] = ""; /* with the bar on: the earlier state the job went back to, "" if none */
+    int64_t drawn = -1;   /* the count the bar last showed: it is drawn when that changes */
+    double last_answer = bt_now();
+    bool silent = false; /* "not answering" is shown */
+    const char *silent_tail = "coordinator not answering, retrying";
     int rc;
     for (;;) {
-        cJSON *root = s_status(c, job, NULL);
-        if (!root) {
-            rc = BT_EIO;
-            break;
+        cJSON *root = NULL;
+        double left = last_answer + (double)c->timeout_s - bt_now();
+        rc = s_status(c, job, left < S_ANSWER_S ? (left > 0.001 ? left : 0.001) : S_ANSWER_S, &root, NULL);
+        if (rc == BT_EAGAIN) {
+            double quiet = bt_now() - last_answer;
+            if (quiet >= (double)c->timeout_s) {
+                if (bar_on) bt_progress_finish(&bar, silent_tail);
+                bar_on = false;
+                BT_ERROR("no answer from the coordinator at %s for %g s; job %s may still be running: `booth "
+                         "status %s --coordinator %s` tells",
+                         c->coordinator, (double)c->timeout_s, job, job, c->coordinator);
+                break;
+            }
+            if (quiet >= S_SILENT_SHOW_S) {
+                if (bar_on && silent)
+                    bt_progress_update(&bar, bar.done, silent_tail);
+                else if (bar_on)
+                    s_bar_say(&bar, silent_tail);
+                else if (!silent)
+                    fprintf(stderr, "booth submit: job %s: the coordinator at %s is not answering, retrying\n", job,
+                            c->coordinator);
+                silent = true;
+            }
+            continue; /* the wait for the answer was the pause */
+        }
+        if (rc) break; /* an Error answer, a broken reply: said */
+        last_answer = bt_now();
+        if (silent) {
+            if (bar_on) { /* redraw at the next answer's count, with its tail */
+                drawn = -1;
+                bar.last_print = 0;
+            } else {
+                fprintf(stderr, "booth submit: job %s: the coordinator at %s is answering again\n", job,
+                        c->coordinator);
+            }
+            silent = false;
         }
         const cJSON *j = s_find_job(root, job);
         if (!j) {
@@ -349,7 +418,18 @@ static int s_wait(cli_client_t *c, const char *job)
         bool priors = s_job_priors(&v);
         const char *label = priors ? "priors" : !strcmp(v.state, "training") ? "training" : NULL;
         double done = priors ? v.priors_done : v.step, total = priors ? v.priors_total : v.total;
-        if (label && total > 0) {
+        if (bar_on && s_state_rank(v.state) < s_state_rank(shown)) {
+            /* taken back by a restarted coordinator: the bar stays, at its count, until the phase is back */
+            char why[96];
+            snprintf(why, sizeof why, "resuming: job %s", v.state);
+            if (strcmp(behind, v.state))
+                s_bar_say(&bar, why);
+            else
+                bt_progress_update(&bar, bar.done, why);
+            snprintf(behind, sizeof behind, "%s", v.state);
+            drawn = -1; /* the phase's next answer is drawn, even at the same count */
+        } else if (label && total > 0) {
+            behind[0] = '\0';
             if (!bar_on || strcmp(shown, label) || bar.total != (int64_t)total) {
                 if (bar_on) bt_progress_finish(&bar, NULL);
                 bt_progress_start(&bar, label, (int64_t)total, priors ? "img" : "step");
@@ -367,6 +447,7 @@ static int s_wait(cli_client_t *c, const char *job)
             if (now_done != drawn) bt_progress_update(&bar, now_done, priors ? NULL : tail);
             drawn = now_done;
         } else if (strcmp(shown, v.state)) {
+            behind[0] = '\0';
             if (bar_on) {
                 bool ok = strcmp(v.state, "failed") && strcmp(v.state, "cancelled");
                 if (!strcmp(shown, "priors") && ok) /* the phase is over: every image is in */
@@ -615,7 +696,21 @@ int cmd_submit(int argc, char **argv)
     sub.model_hash = hash;
     Booth__Envelope env = PR_ENVELOPE_INIT(SUBMIT, submit, &sub);
     pr_msg_t r;
-    if (cli_client_request(&cl, &env, blobs, nimg, BOOTH__ENVELOPE__BODY_SUBMITTED, &r)) goto out;
+    int copies = 0;
+    int src = cli_client_exchange(&cl, &env, blobs, nimg, BOOTH__ENVELOPE__BODY_SUBMITTED, false, (double)cl.timeout_s,
+                                  &copies, &r);
+    if (src == BT_EAGAIN) { /* never sent twice: a copy more would be a second job */
+        char more[512];
+        if (copies)
+            snprintf(more, sizeof more,
+                     "; the job was sent and may or may not have been queued: `booth status --coordinator %s` "
+                     "tells",
+                     cl.coordinator);
+        else
+            snprintf(more, sizeof more, "; the job was not sent");
+        cli_client_no_answer(&cl, (double)cl.timeout_s, more);
+    }
+    if (src) goto out;
     char job_id[256];
     snprintf(job_id, sizeof job_id, "%s", r.env->submitted && r.env->submitted->job_id ? r.env->submitted->job_id : "");
     pr_msg_free(&r);
@@ -670,7 +765,12 @@ int cmd_status(int argc, char **argv)
     rc = 1;
     char *raw = NULL;
     cJSON *root = NULL;
-    if (cli_client_open(&cl) || !(root = s_status(&cl, job, &raw))) goto out;
+    if (cli_client_open(&cl)) goto out;
+    if ((rc = s_status(&cl, job, (double)cl.timeout_s, &root, &raw))) {
+        if (rc == BT_EAGAIN) cli_client_no_answer(&cl, (double)cl.timeout_s, NULL);
+        rc = 1;
+        goto out;
+    }
     if (json) {
         printf("%s\n", raw);
     } else {
@@ -714,7 +814,7 @@ int cmd_cancel(int argc, char **argv)
     ca.job_id = (char *)pos[0];
     Booth__Envelope env = PR_ENVELOPE_INIT(CANCEL, cancel, &ca);
     pr_msg_t r;
-    if (cli_client_open(&cl) || cli_client_request(&cl, &env, NULL, 0, BOOTH__ENVELOPE__BODY_CANCELLED, &r)) goto out;
+    if (cli_client_open(&cl) || cli_client_request(&cl, &env, BOOTH__ENVELOPE__BODY_CANCELLED, &r)) goto out;
     const Booth__Cancelled *cd = r.env->cancelled;
     const char *id = cd && cd->job_id && *cd->job_id ? cd->job_id : pos[0];
     printf("%s: %s\n", id, cd && cd->state && *cd->state ? cd->state : "cancelled");
