@@ -45,21 +45,8 @@ int cli_client_check(const cli_client_t *c, const char *command)
 /* Counts the handshakes the monitor reports: [u16 event, u32 value] [endpoint]. */
 static void s_monitor_drain(cli_client_t *c)
 {
-    for (;;) {
-        zmq_msg_t f;
-        zmq_msg_init(&f);
-        if (zmq_msg_recv(&f, c->mon, ZMQ_DONTWAIT) < 0) {
-            zmq_msg_close(&f);
-            return;
-        }
-        uint16_t ev = 0;
-        if (zmq_msg_size(&f) >= sizeof ev) memcpy(&ev, zmq_msg_data(&f), sizeof ev);
-        while (zmq_msg_more(&f)) { /* the endpoint frame */
-            zmq_msg_close(&f);
-            zmq_msg_init(&f);
-            if (zmq_msg_recv(&f, c->mon, 0) < 0) break;
-        }
-        zmq_msg_close(&f);
+    uint16_t ev;
+    while (pr_monitor_next(c->mon, &ev)) {
         if (ev == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
             c->connections++;
             BT_DEBUG("%s: connected (connection %llu)", c->coordinator, (unsigned long long)c->connections);

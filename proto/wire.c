@@ -682,3 +682,23 @@ void *pr_dealer_connect(void *ctx, const char *endpoint, const pr_sockopts_t *o)
 {
     return s_socket(ctx, ZMQ_DEALER, endpoint, o);
 }
+
+bool pr_monitor_next(void *monitor, uint16_t *event)
+{
+    zmq_msg_t f;
+    zmq_msg_init(&f);
+    if (zmq_msg_recv(&f, monitor, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&f);
+        return false;
+    }
+    uint16_t ev = 0;
+    if (zmq_msg_size(&f) >= sizeof ev) memcpy(&ev, zmq_msg_data(&f), sizeof ev);
+    while (zmq_msg_more(&f)) { /* the endpoint frame */
+        zmq_msg_close(&f);
+        zmq_msg_init(&f);
+        if (zmq_msg_recv(&f, monitor, 0) < 0) break;
+    }
+    zmq_msg_close(&f);
+    *event = ev;
+    return true;
+}

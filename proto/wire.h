@@ -165,6 +165,9 @@ bool pr_endpoint_ok(const char *endpoint, bool bind);
 /* The endpoint a socket last bound or connected to (with the real port after
  * binding port *). Returns 0 or BT_EINVAL if it does not fit in cap. */
 int pr_last_endpoint(void *sock, char *buf, size_t cap);
+/* The next event of a socket monitor (zmq_socket_monitor's PAIR: [u16 event, u32 value]
+ * [endpoint]) without waiting: true with *event set, false when none is queued. */
+bool pr_monitor_next(void *monitor, uint16_t *event);
 /* One loud warning line: "INSECURE: plain TCP without CURVE keys: anyone who can
  * reach ADDR can WHAT". what: NULL for a generic "talk to this process". */
 void pr_warn_insecure(const char *addr, const char *what);

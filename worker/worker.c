@@ -193,21 +193,8 @@ static void s_monitor_event(wk_t *w, uint16_t ev)
 
 static void s_monitor_drain(wk_t *w)
 {
-    for (;;) {
-        zmq_msg_t f;
-        zmq_msg_init(&f);
-        if (zmq_msg_recv(&f, w->mon, ZMQ_DONTWAIT) < 0) {
-            zmq_msg_close(&f);
-            return;
-        }
-        uint16_t ev = 0;
-        if (zmq_msg_size(&f) >= sizeof ev) memcpy(&ev, zmq_msg_data(&f), sizeof ev);
-        while (zmq_msg_more(&f)) { /* the endpoint frame */
-            zmq_msg_close(&f);
-            zmq_msg_init(&f);
-            if (zmq_msg_recv(&f, w->mon, 0) < 0) break;
-        }
-        zmq_msg_close(&f);
+    uint16_t ev;
+    while (pr_monitor_next(w->mon, &ev)) {
         s_monitor_event(w, ev);
     }
 }
