@@ -10,6 +10,8 @@ SUBJECT=scripts/demo/subject
 C=$T/cluster
 export BOOTH
 trap 'cluster/local stop "$C" --timeout 10 >/dev/null 2>&1 || true' EXIT
+set -E
+trap 'echo "failed at line $LINENO: $BASH_COMMAND"; tail -15 "$C/logs/coordinator.log" 2>/dev/null' ERR
 
 JOB=(--model $MODEL --instance-prompt "a photo of sks robot" --class-prompt "a photo of robot"
     --with-prior-preservation --num-class-images 3 --class-inference-steps 2 --resolution 64
