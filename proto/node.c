@@ -29,6 +29,7 @@ int pr_node_init(pr_node_t *n, const pr_node_opts_t *o, const char *who, bool se
         BT_ERROR("%s: cannot create a ZeroMQ context: %s", who, zmq_strerror(zmq_errno()));
         return BT_EINTERNAL;
     }
+    if (o->io_threads > 1) zmq_ctx_set(n->ctx, ZMQ_IO_THREADS, o->io_threads);
     if (o->insecure) return BT_OK;
     if (!o->keys_dir) {
         BT_ERROR("%s: --keys DIR is required (booth keygen --out DIR makes one), or --insecure for plain TCP", who);

@@ -24,6 +24,8 @@ typedef struct pr_node_opts {
     const char *coordinator_key; /* --coordinator-key FILE|Z85 (NULL: from keys_dir) */
     bool insecure;               /* --insecure */
     int max_message_mb;          /* --max-message-mb (0: PR_DEFAULT_MAX_MB) */
+    int io_threads;              /* ZeroMQ I/O threads (0: libzmq's 1); a PS that many workers pull
+                                  * from moves its bytes on more than one */
 } pr_node_opts_t;
 
 typedef struct pr_node {

@@ -449,6 +449,16 @@ static int s_send_copy(void *sock, const void *data, size_t n, int flags)
     return s_send_frame(sock, &f, flags);
 }
 
+int pr_frame_of(zmq_msg_t *f, const void *data, size_t nbytes)
+{
+    if (zmq_msg_init_size(f, nbytes) != 0) {
+        BT_ERROR("no memory for a frame of %zu bytes", nbytes);
+        return BT_ENOMEM;
+    }
+    if (nbytes) memcpy(zmq_msg_data(f), data, nbytes);
+    return BT_OK;
+}
+
 int pr_send(void *sock, const zmq_msg_t *routing_id, Booth__Envelope *env, const pr_blob_t *blobs, int n)
 {
     char peer[PR_PEER_LEN], why[160] = "", ebuf[96];
@@ -515,7 +525,18 @@ int pr_send(void *sock, const zmq_msg_t *routing_id, Booth__Envelope *env, const
     if (s_send_frame(sock, &envf, n ? ZMQ_SNDMORE : 0) != 0) goto out_failed;
     sent++;
     for (int i = 0; i < n; i++) {
-        if (s_send_copy(sock, blobs[i].data, blobs[i].nbytes, i + 1 < n ? ZMQ_SNDMORE : 0) != 0) goto out_failed;
+        int flags = i + 1 < n ? ZMQ_SNDMORE : 0;
+        if (blobs[i].frame) { /* a shared reference, no copy */
+            zmq_msg_t f;
+            zmq_msg_init(&f);
+            if (zmq_msg_copy(&f, blobs[i].frame) != 0) {
+                zmq_msg_close(&f);
+                goto out_failed;
+            }
+            if (s_send_frame(sock, &f, flags) != 0) goto out_failed;
+        } else if (s_send_copy(sock, blobs[i].data, blobs[i].nbytes, flags) != 0) {
+            goto out_failed;
+        }
         sent++;
     }
     return BT_OK;

@@ -103,7 +103,14 @@ typedef struct pr_blob {
     int ndim;
     const void *data; /* nbytes bytes; read during pr_send only */
     size_t nbytes;    /* F32: 4 * prod(shape); U8: prod(shape) */
+    zmq_msg_t *frame; /* optional: a frame holding exactly these bytes (pr_frame_of), sent as a shared
+                         reference instead of a fresh copy — what a PS does when many workers pull
+                         the same version */
 } pr_blob_t;
+
+/* A frame holding a copy of data, for sending many times (pr_blob_t.frame): ZeroMQ shares its
+ * buffer among the messages, counted by reference. zmq_msg_close it when done. */
+int pr_frame_of(zmq_msg_t *f, const void *data, size_t nbytes);
 
 /* Blob constructors that compute nbytes from the shape. */
 pr_blob_t pr_blob_of_f32(const char *name, const float *data, int ndim, const int64_t *shape);

@@ -40,7 +40,23 @@ typedef struct s_ps {
     int heartbeat_ms;
     int64_t next_hello_ms, next_beat_ms;
     int status; /* BT_OK while running; a failure stops the loop */
+    /* The weights of one version as frames, built at its first pull and shared by every later one
+     * (ZeroMQ counts references): N workers pulling cost one copy, not N. */
+    zmq_msg_t *wframes;
+    int nwframes;
+    const sd_optim_t *wopt; /* whose weights they are (NULL: none) */
+    int64_t wversion;
 } s_ps_t;
+
+/* Drops the shared weight frames (a new version, a reload, a release). */
+static void s_weights_forget(s_ps_t *ps)
+{
+    for (int i = 0; i < ps->nwframes; i++) zmq_msg_close(&ps->wframes[i]);
+    free(ps->wframes);
+    ps->wframes = NULL;
+    ps->nwframes = 0;
+    ps->wopt = NULL;
+}
 
 static int64_t s_now_ms(void)
 {
@@ -83,8 +99,25 @@ static void s_send_weights(s_ps_t *ps, const zmq_msg_t *rid, const ps_job_t *j)
         s_send_error(ps, rid, "the parameter server is out of memory");
         return;
     }
-    for (int i = 0; i < o->n; i++)
+    if (ps->wopt != o || ps->wversion != o->step) { /* the first pull of this version: its frames */
+        s_weights_forget(ps);
+        if ((ps->wframes = calloc((size_t)(o->n ? o->n : 1), sizeof *ps->wframes))) {
+            for (; ps->nwframes < o->n; ps->nwframes++)
+                if (pr_frame_of(&ps->wframes[ps->nwframes], o->t[ps->nwframes].p,
+                                (size_t)o->t[ps->nwframes].numel * sizeof(float)))
+                    break;
+            if (ps->nwframes == o->n) {
+                ps->wopt = o;
+                ps->wversion = o->step;
+            } else {
+                s_weights_forget(ps); /* out of memory: copy per pull instead */
+            }
+        }
+    }
+    for (int i = 0; i < o->n; i++) {
         blobs[i] = pr_blob_of_f32(o->t[i].name, o->t[i].p, 2, o->t[i].shape);
+        if (ps->wopt == o) blobs[i].frame = &ps->wframes[i];
+    }
     Booth__Weights w = BOOTH__WEIGHTS__INIT;
     w.job_id = (char *)j->id;
     w.version = o->step;
@@ -225,6 +258,7 @@ static void s_on_ps_load(s_ps_t *ps, pr_msg_t *m)
                       .microbatches = l->microbatches,
                       .t = t,
                       .n = (int)n};
+    s_weights_forget(ps); /* the state is replaced: its frames must not outlive it */
     ps_verdict_t v = ps_store_load(ps->store, m->peer, &load, why, sizeof why);
     free(t);
     if (v != PS_DONE) {
@@ -245,6 +279,7 @@ static void s_on_apply(s_ps_t *ps, pr_msg_t *m)
     char why[512];
     int64_t step = 0;
     float lr = 0;
+    s_weights_forget(ps);
     ps_verdict_t v = ps_store_apply(ps->store, m->peer, a->job_id, a->step, a->grad_norm, &step, &lr, why, sizeof why);
     if (v == PS_REFUSED) {
         s_send_error(ps, NULL, why);
@@ -350,6 +385,7 @@ static void s_on_coordinator(s_ps_t *ps, pr_msg_t *m)
     case BOOTH__ENVELOPE__BODY_APPLY: s_on_apply(ps, m); break;
     case BOOTH__ENVELOPE__BODY_GET_STATE: s_on_get_state(ps, m); break;
     case BOOTH__ENVELOPE__BODY_RELEASE:
+        s_weights_forget(ps);
         if (ps_store_release(ps->store, m->peer, s_str(m->env->release->job_id)) == PS_DONE) s_answer_pulls(ps);
         break;
     default:
@@ -466,7 +502,9 @@ static void s_drain(s_ps_t *ps, void *sock, bool router, void (*fn)(s_ps_t *, pr
 static int s_setup(s_ps_t *ps)
 {
     const ps_opts_t *o = ps->o;
-    if (pr_node_init(&ps->node, &o->node, "ps", true, true)) return BT_EINVAL;
+    pr_node_opts_t no = o->node;
+    if (no.io_threads <= 0) no.io_threads = 2; /* pushes and pulls of many workers: more than one mover */
+    if (pr_node_init(&ps->node, &no, "ps", true, true)) return BT_EINVAL;
     const char *bind = o->bind ? o->bind : PS_DEFAULT_BIND;
     if (!(ps->router = pr_node_bind(&ps->node, bind))) return BT_EIO;
     if (pr_last_endpoint(ps->router, ps->bound, sizeof ps->bound)) snprintf(ps->bound, sizeof ps->bound, "%s", bind);
@@ -524,6 +562,7 @@ int ps_run(const ps_opts_t *o)
         }
     }
     if (ps.status == BT_OK) BT_INFO("ps: stopping");
+    s_weights_forget(&ps);
     ps_store_destroy(&ps.store);
     nn_ctx_destroy(&ps.ctx);
     if (ps.dealer) zmq_close(ps.dealer);

@@ -47,6 +47,8 @@ static void s_job_destroy(ps_job_t **pj)
         for (int k = 0; k < j->microbatches; k++)
             free(j->early[k]);
     free(j->early);
+    for (int k = 0; j->spare && k < j->nspare; k++) free(j->spare[k]);
+    free(j->spare);
     free(j->have);
     free(j->offset);
     free(j->sum_squares);
@@ -112,10 +114,16 @@ int ps_store_npulls(const ps_store_t *s)
 }
 
 /* Forgets the step's gradients (after an apply): the next step starts empty. */
+/* An early buffer goes back to the spares (at most M are ever out, so they fit). */
+static void s_spare(ps_job_t *j, float *buf)
+{
+    if (buf) j->spare[j->nspare++] = buf;
+}
+
 static void s_job_clear_step(ps_job_t *j)
 {
     for (int k = 0; k < j->microbatches; k++) {
-        free(j->early[k]);
+        s_spare(j, j->early[k]);
         j->early[k] = NULL;
         j->have[k] = false;
     }
@@ -184,7 +192,8 @@ ps_verdict_t ps_store_load(ps_store_t *s, const char *peer, const ps_load_t *l, 
     ps_job_t *j = calloc(1, sizeof *j);
     sd_optim_spec_t *spec = calloc(nn, sizeof *spec);
     if (!j || !spec || !(j->have = calloc((size_t)M, sizeof *j->have)) ||
-        !(j->early = calloc((size_t)M, sizeof *j->early)) || !(j->offset = calloc(nn, sizeof *j->offset)) ||
+        !(j->early = calloc((size_t)M, sizeof *j->early)) || !(j->spare = calloc((size_t)M, sizeof *j->spare)) ||
+        !(j->offset = calloc(nn, sizeof *j->offset)) ||
         !(j->sum_squares = calloc(nn, sizeof *j->sum_squares)) || !(j->index = calloc(nn, sizeof *j->index)) ||
         !(j->seen = calloc(nn, sizeof *j->seen)) || !(j->slot = calloc(nn, sizeof *j->slot))) {
         if (j) j->microbatches = M;
@@ -265,7 +274,7 @@ static int s_add(ps_job_t *j, int k, const ps_grad_in_t *g, int n, bool from_ear
     } else {
         for (int i = 0; i < j->opt->n && rc == BT_OK; i++)
             rc = sd_optim_add_grad(j->opt, i, k, j->early[k] + j->offset[i]);
-        free(j->early[k]);
+        s_spare(j, j->early[k]);
         j->early[k] = NULL;
     }
     return rc;
@@ -337,7 +346,7 @@ ps_verdict_t ps_store_push(ps_store_t *s, const char *peer, const char *job_id, 
         for (j->added++; rc == BT_OK && j->added < j->microbatches && j->early[j->added]; j->added++)
             rc = s_add(j, j->added, NULL, 0, true);
     } else {
-        float *buf = malloc((size_t)(j->total ? j->total : 1) * sizeof *buf);
+        float *buf = j->nspare ? j->spare[--j->nspare] : malloc((size_t)(j->total ? j->total : 1) * sizeof *buf);
         if (!buf) {
             s_say(BT_LOG_ERROR, peer, why, cap, "push of job %s step %" PRId64 " micro %d refused: out of memory", id,
                   step, micro);

@@ -61,6 +61,8 @@ typedef struct ps_job {
     float **early;       /* [M]: a gradient that came before its turn (every tensor, local
                             order, at offset[i]), or NULL */
     int64_t *offset;     /* [n]: tensor i's place in an early buffer */
+    float **spare;       /* [M]: early buffers used before, kept for the next early arrival */
+    int nspare;
     int64_t total;       /* floats over all tensors: one early buffer */
     bool ready;          /* all M summed: sum_squares is this step's GradReady */
     double *sum_squares; /* [n] */
