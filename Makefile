@@ -31,7 +31,8 @@ BLAS_LIBS   := $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas
 DEB_PKGS := build-essential pkg-config libopenblas-dev libopenblas0-pthread libcjson-dev \
             libpng-dev libjpeg62-turbo-dev libutf8proc-dev libzmq3-dev libprotobuf-c-dev \
             protobuf-c-compiler libhdf5-dev hdf5-tools \
-            python3-h5py python3-numpy xxhash
+            python3-h5py python3-numpy xxhash \
+            openssh-server openssh-client slurmctld slurmd slurm-client munge
 
 # ---- compiler ---------------------------------------------------------------
 CC      ?= cc
