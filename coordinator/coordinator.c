@@ -225,6 +225,12 @@ static void s_dispatch(co_t *c, pr_msg_t *m)
         return;
     }
     switch (body) {
+    case BOOTH__ENVELOPE__BODY_GOODBYE: {
+        char why[160];
+        snprintf(why, sizeof why, "left (%.100s)", m->env->goodbye->reason ? m->env->goodbye->reason : "goodbye");
+        co_peer_dead(c, peer, why);
+        break;
+    }
     case BOOTH__ENVELOPE__BODY_GET_JOB: co_on_get_job(c, peer, m); break;
     case BOOTH__ENVELOPE__BODY_TASK_RESULT: co_on_task_result(c, peer, m); break;
     case BOOTH__ENVELOPE__BODY_PS_LOADED: co_on_ps_loaded(c, peer, m); break;

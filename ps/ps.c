@@ -562,6 +562,12 @@ int ps_run(const ps_opts_t *o)
         }
     }
     if (ps.status == BT_OK) BT_INFO("ps: stopping");
+    if (ps.welcomed && pr_node_stopping()) { /* the coordinator reloads the others now, not after a timeout */
+        Booth__Goodbye g = BOOTH__GOODBYE__INIT;
+        g.reason = "stopped (SIGTERM)";
+        Booth__Envelope env = PR_ENVELOPE_INIT(GOODBYE, goodbye, &g);
+        s_to_coordinator(&ps, &env, NULL, 0);
+    }
     s_weights_forget(&ps);
     ps_store_destroy(&ps.store);
     nn_ctx_destroy(&ps.ctx);

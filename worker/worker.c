@@ -429,6 +429,12 @@ int wk_run(const wk_opts_t *o)
     BT_INFO("worker %s: model %s (%s, %s weights), %d threads, files in %s", w->name, o->model_dir,
             w->origin.model_hash, w->weights, w->ctx->threads, w->work_dir);
     if (s_coord_open(w) == BT_OK && s_loop(w) == BT_OK) status = w->fatal ? 1 : 0;
+    if (w->registered && pr_node_stopping()) { /* hand back what it was doing now, not after a timeout */
+        Booth__Goodbye g = BOOTH__GOODBYE__INIT;
+        g.reason = "stopped (SIGTERM)";
+        Booth__Envelope env = PR_ENVELOPE_INIT(GOODBYE, goodbye, &g);
+        wk_send_coord(w, &env, NULL, 0);
+    }
 
     for (int i = 0; i < w->ndeferred; i++)
         pr_msg_free(&w->deferred[i]);

@@ -1,7 +1,7 @@
 # The cluster under faults (loopback, CURVE on): a worker killed with SIGKILL mid-step, a worker killed
 # during the prior farm, a parameter server killed and another started, the coordinator killed and
 # restarted, a worker joining mid-job, a worker stopped with SIGSTOP past the heartbeat timeout and
-# resumed — each job's LoRA files are byte-identical to one uninterrupted `booth train`, and the prior
+# resumed, a worker stopped with SIGTERM (it says goodbye) — each job's LoRA files are byte-identical to one uninterrupted `booth train`, and the prior
 # set to one `booth priors`. Kill points are chosen from `booth status` (after step N), and each
 # worker waits BOOTH_TEST_TASK_DELAY_MS before answering a task so that the job lasts long enough
 # to be hit; every wait has a deadline. Every process is stopped at the end, also on failure.
@@ -135,5 +135,13 @@ for d in images latent_mean latent_logvar index; do
     h5dump -d /prior/$d "$T/farm/priors.h5" | tail -n +2 >"$T/b.dump"
     cmp "$T/a.dump" "$T/b.dump"
 done
+
+# 7. a worker stopped cleanly (SIGTERM) mid-job says goodbye: its task is handed out at once
+cluster/local add-worker "$C" --name polite >/dev/null
+id=$(submit)
+wait_for "$id" step 2
+kill -TERM "$(pid polite)"
+finish "$id" "$T/term-worker"
+grep -q "worker polite: left (stopped (SIGTERM)); declared dead" "$C/logs/coordinator.log"
 
 cluster/local stop "$C" --timeout 10
