@@ -19,12 +19,39 @@ void cli_usage(const cli_spec_t *s)
     printf("  %-28s %s\n", "--help", "show this help");
 }
 
+/* Well-formed UTF-8: no stray continuation bytes, no overlong forms, no surrogates, nothing past U+10FFFF. */
+static bool s_utf8_ok(const char *v)
+{
+    const unsigned char *p = (const unsigned char *)v;
+    while (*p) {
+        unsigned c = *p;
+        int n = c < 0x80 ? 0 : (c & 0xe0) == 0xc0 ? 1 : (c & 0xf0) == 0xe0 ? 2 : (c & 0xf8) == 0xf0 ? 3 : -1;
+        if (n < 0 || (n == 1 && c < 0xc2)) return false;
+        unsigned cp = n == 0 ? c : c & (0x3f >> n);
+        for (int k = 1; k <= n; k++) {
+            if ((p[k] & 0xc0) != 0x80) return false;
+            cp = (cp << 6) | (p[k] & 0x3f);
+        }
+        if ((n == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) || (n == 3 && (cp < 0x10000 || cp > 0x10ffff)))
+            return false;
+        p += n + 1;
+    }
+    return true;
+}
+
 static int s_set(const cli_spec_t *s, const cli_opt_t *o, const char *v)
 {
     char *end = NULL;
     errno = 0;
     switch (o->kind) {
     case CLI_STR:
+        *(const char **)o->dst = v;
+        return 0;
+    case CLI_TEXT:
+        if (!s_utf8_ok(v)) {
+            fprintf(stderr, "booth %s: %s is not valid UTF-8 text\n", s->command, o->name);
+            return 2;
+        }
         *(const char **)o->dst = v;
         return 0;
     case CLI_INT: {

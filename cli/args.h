@@ -14,6 +14,8 @@
 
 typedef enum cli_kind {
     CLI_STR,        /* const char ** */
+    CLI_TEXT,       /* const char **: text that must be valid UTF-8 (prompts: they reach the tokenizer,
+                       PNG text chunks and checkpoints' JSON) */
     CLI_INT,        /* int * */
     CLI_I64,        /* int64_t * */
     CLI_U64,        /* uint64_t * */

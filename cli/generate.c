@@ -82,8 +82,8 @@ int cmd_generate(int argc, char **argv)
     const cli_opt_t opts[] = {
         CLI_OPT("--model", CLI_STR, &model, "DIR", "diffusers model folder (required)"),
         CLI_OPT("--base-dtype", CLI_STR, &base_dtype, "TYPE", CLI_BASE_DTYPE_HELP),
-        CLI_OPT("--prompt", CLI_STR, &prompt, "TEXT", "what to draw (required)"),
-        CLI_OPT("--negative-prompt", CLI_STR, &negative, "TEXT", "what to steer away from (default: empty)"),
+        CLI_OPT("--prompt", CLI_TEXT, &prompt, "TEXT", "what to draw (required)"),
+        CLI_OPT("--negative-prompt", CLI_TEXT, &negative, "TEXT", "what to steer away from (default: empty)"),
         CLI_OPT("--guidance", CLI_FLOAT, &guidance, "G", "classifier-free guidance scale; <= 1 turns it off (default 7.5)"),
         CLI_OPT("--steps", CLI_INT, &steps, "N", "sampling steps (default 30)"),
         CLI_OPT("--sampler", CLI_STR, &sampler_s, "NAME", "ddim, euler, pndm or ddpm (default: the model's scheduler)"),

@@ -38,7 +38,7 @@ int cmd_priors(int argc, char **argv)
     const cli_opt_t opts[] = {
         CLI_OPT("--model", CLI_STR, &model, "DIR", "diffusers model folder (required)"),
         CLI_OPT("--base-dtype", CLI_STR, &base_dtype, "TYPE", CLI_BASE_DTYPE_HELP),
-        CLI_OPT("--class-prompt", CLI_STR, &prompt, "TEXT", "e.g. \"a photo of dog\" (required)"),
+        CLI_OPT("--class-prompt", CLI_TEXT, &prompt, "TEXT", "e.g. \"a photo of dog\" (required)"),
         CLI_OPT("--num", CLI_INT, &num, "N", "images the set must hold: indices 0..N-1 (required)"),
         CLI_OPT("--out", CLI_STR, &out, "FILE.h5", "the prior-set file (required)"),
         CLI_OPT("--steps", CLI_INT, &steps, "K", "sampler steps per image (default 25)"),

@@ -19,8 +19,8 @@ int cli_train_opts(cli_train_flags_t *f, cli_opt_t *opts, int max)
         CLI_OPT("--pretrained-model-name-or-path", CLI_STR, &f->c.model_dir, "DIR", "same as --model (diffusers' name)"),
         CLI_OPT("--base-dtype", CLI_STR, &f->base_dtype, "TYPE", CLI_BASE_DTYPE_HELP),
         CLI_OPT("--instance-data-dir", CLI_STR, &f->c.instance_dir, "DIR", "the subject's photos, JPEG/PNG, or a checkpoint (.h5) holding them (required)"),
-        CLI_OPT("--instance-prompt", CLI_STR, &f->c.instance_prompt, "TEXT", "e.g. \"a photo of sks dog\" (required)"),
-        CLI_OPT("--class-prompt", CLI_STR, &f->c.class_prompt, "TEXT", "e.g. \"a photo of dog\" (prior preservation)"),
+        CLI_OPT("--instance-prompt", CLI_TEXT, &f->c.instance_prompt, "TEXT", "e.g. \"a photo of sks dog\" (required)"),
+        CLI_OPT("--class-prompt", CLI_TEXT, &f->c.class_prompt, "TEXT", "e.g. \"a photo of dog\" (prior preservation)"),
         CLI_OPT("--class-data-dir", CLI_STR, &f->c.class_dir, "DIR|FILE.h5",
                 "class images (a folder, or a prior set from `booth priors`); missing ones are generated there "
                 "(default OUTPUT/class_images)"),
@@ -51,7 +51,7 @@ int cli_train_opts(cli_train_flags_t *f, cli_opt_t *opts, int max)
                 "keep only the K newest checkpoints (default: all)"),
         CLI_OPT("--resume-from-checkpoint", CLI_STR, &f->resume, "PATH|latest",
                 "continue from a checkpoint (latest: the newest in --output-dir); same flags as the first run"),
-        CLI_OPT("--validation-prompt", CLI_STR, &f->c.validation_prompt, "TEXT", "draw this every --validation-steps"),
+        CLI_OPT("--validation-prompt", CLI_TEXT, &f->c.validation_prompt, "TEXT", "draw this every --validation-steps"),
         CLI_OPT("--validation-steps", CLI_INT, &f->c.validation_steps, "N", "validation interval (default: the end only)"),
         CLI_OPT("--num-validation-images", CLI_INT, &f->c.num_validation_images, "N", "images per validation (default 4)"),
         CLI_OPT("--gradient-checkpointing", CLI_FLAG, &f->c.gradient_checkpointing, NULL,
@@ -93,6 +93,25 @@ int cli_train_finish(const char *command, cli_train_flags_t *f, bool need_output
         c->num_validation_images < 1) {
         fprintf(stderr, "booth %s: --rank 1..1024; batch sizes, steps, class images >= 1; --resolution a multiple "
                         "of 8; rates and intervals >= 0\n", command);
+        return 2;
+    }
+    /* values that would train on without a word and make nonsense (NaN fails every comparison) */
+    const struct {
+        const char *flag;
+        float v, lo, hi; /* lo <= v < hi */
+    } ranges[] = {{"--adam-beta1", c->adam_beta1, 0, 1},          {"--adam-beta2", c->adam_beta2, 0, 1},
+                  {"--adam-epsilon", c->adam_epsilon, 1e-30f, 1},  {"--adam-weight-decay", c->adam_weight_decay, 0, 1},
+                  {"--snr-gamma", c->snr_gamma, 0, 1e6f},          {"--noise-offset", c->noise_offset, 0, 100},
+                  {"--prior-loss-weight", c->prior_loss_weight, 0, 1e6f}, {"--max-grad-norm", c->max_grad_norm, 0, 1e30f},
+                  {"--learning-rate", c->learning_rate, 0, 1e3f},  {"--class-guidance", c->class_guidance, 0, 1e3f}};
+    for (size_t i = 0; i < sizeof ranges / sizeof ranges[0]; i++)
+        if (!(ranges[i].v >= ranges[i].lo && ranges[i].v < ranges[i].hi)) {
+            fprintf(stderr, "booth %s: %s %g is outside [%g, %g)\n", command, ranges[i].flag, (double)ranges[i].v,
+                    (double)ranges[i].lo, (double)ranges[i].hi);
+            return 2;
+        }
+    if (f->alpha_seen && !(c->lora_alpha > 0 && c->lora_alpha < 1e6f)) {
+        fprintf(stderr, "booth %s: --lora-alpha %g must be positive\n", command, (double)c->lora_alpha);
         return 2;
     }
     c->rank = f->rank;

@@ -26,9 +26,23 @@ static int s_fsync_dir_of(const char *path)
     return rc;
 }
 
+int bt_replaceable(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) != 0 || S_ISREG(st.st_mode)) return BT_OK;
+    BT_ERROR("%s: exists and is not a regular file (%s); booth writes only regular files", path,
+             S_ISDIR(st.st_mode)    ? "a folder"
+             : S_ISLNK(st.st_mode)  ? "a symbolic link"
+             : S_ISFIFO(st.st_mode) ? "a FIFO"
+             : S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "a device"
+                                                          : "a socket or special file");
+    return BT_EINVAL;
+}
+
 int bt_atomic_open(bt_atomic_file_t *af, const char *path)
 {
     memset(af, 0, sizeof *af);
+    if (bt_replaceable(path)) return BT_EINVAL;
     size_t n = strlen(path) + 32;
     af->path = strdup(path);
     af->tmp_path = malloc(n);

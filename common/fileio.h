@@ -18,7 +18,12 @@ typedef struct bt_atomic_file {
     char *tmp_path; /* "<path>.tmp.<pid>" in the same directory */
 } bt_atomic_file_t;
 
-/* Opens the temporary file. Returns 0, or BT_EIO with one log line. */
+/* Whether path may be replaced by a crash-safe write: it does not exist, or it is a regular file.
+ * A device, FIFO, directory or symbolic link is refused with one line (a rename over /dev/full
+ * would replace the device node). */
+int bt_replaceable(const char *path);
+
+/* Opens the temporary file (after bt_replaceable). Returns 0, or BT_EIO with one log line. */
 int bt_atomic_open(bt_atomic_file_t *af, const char *path);
 /* Flush, fsync, close, rename over path, fsync the directory. On failure the
  * temporary file is removed and the old file is untouched. */

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 
 #include "common/fileio.h"
 #include "common/image.h"
@@ -51,20 +52,34 @@ int sd_list_images(const char *dir, char ***out)
     int n = 0, cap = 16;
     char **paths = malloc((size_t)(cap + 1) * sizeof *paths);
     struct dirent *e;
-    while (paths && (e = readdir(d))) {
+    bool oom = !paths;
+    while (!oom && (e = readdir(d))) {
         if (!s_is_image(e->d_name)) continue;
         if (n == cap) {
             char **p = realloc(paths, (size_t)(2 * cap + 1) * sizeof *paths);
-            if (!p) break;
-            paths = p;
-            cap *= 2;
+            if (!(oom = !p)) {
+                paths = p;
+                cap *= 2;
+            }
         }
         size_t len = strlen(dir) + strlen(e->d_name) + 2;
-        if (!(paths[n] = malloc(len))) break;
-        snprintf(paths[n++], len, "%s/%s", dir, e->d_name);
+        if (oom || (oom = !(paths[n] = malloc(len)))) break;
+        snprintf(paths[n], len, "%s/%s", dir, e->d_name);
+        struct stat st; /* only regular files are images: a FIFO named a.png would block the read forever */
+        if (stat(paths[n], &st) != 0 || !S_ISREG(st.st_mode)) {
+            BT_WARN("%s: not a regular file; skipped", paths[n]);
+            free(paths[n]);
+            continue;
+        }
+        n++;
     }
     closedir(d);
-    if (!paths) return BT_ENOMEM;
+    if (oom) {
+        BT_ERROR("%s: out of memory listing the images", dir);
+        for (int i = 0; paths && i < n; i++) free(paths[i]);
+        free(paths);
+        return BT_ENOMEM;
+    }
     paths[n] = NULL;
     qsort(paths, (size_t)n, sizeof *paths, s_cmp_str);
     *out = paths;

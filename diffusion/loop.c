@@ -173,23 +173,37 @@ int sd_loop_finish(sd_loop_t *r, const sd_optim_t *o, const char *base_model)
     return BT_OK;
 }
 
+static int s_validate(sd_trainer_t *t, sd_loop_t *r, int64_t step)
+{
+    bt_img_t *grid = NULL;
+    int rc = sd_trainer_validate(t, step, &grid);
+    if (rc == BT_OK) rc = sd_loop_validation(r, grid);
+    bt_img_destroy(&grid);
+    return rc;
+}
+
 int sd_train_local(sd_trainer_t *t, sd_optim_t *o, sd_loop_t *r, const sd_model_ids_t *ids, const char *reuse_images)
 {
     sd_ckpt_data_t d;
     sd_trainer_ckpt_data(t, ids, &d);
     int rc = BT_OK;
+    bool final_grid = false;
     while (o->step < t->cfg.max_train_steps) {
         sd_step_stats_t st;
         double t0 = bt_now();
         if ((rc = sd_trainer_step(t, o, &st)) || (rc = sd_loop_step_done(r, &st, bt_now() - t0))) return rc;
         if (sd_loop_checkpoint_due(r) && (rc = sd_loop_checkpoint(r, o, &d, reuse_images))) return rc;
         if (sd_loop_validation_due(r)) {
-            bt_img_t *grid = NULL;
-            rc = sd_trainer_validate(t, o->step, &grid);
-            if (rc == BT_OK) rc = sd_loop_validation(r, grid);
-            bt_img_destroy(&grid);
-            if (rc) return rc;
+            if (o->step == t->cfg.max_train_steps) { /* the result first: a side output never costs it */
+                final_grid = true;
+                break;
+            }
+            if ((rc = s_validate(t, r, o->step))) return rc;
         }
     }
-    return sd_loop_finish(r, o, t->cfg.model_dir);
+    if ((rc = sd_loop_finish(r, o, t->cfg.model_dir))) return rc;
+    if (final_grid && (rc = s_validate(t, r, o->step)))
+        BT_ERROR("the final validation grid failed; the LoRA files are written (%s/pytorch_lora_weights*.safetensors)",
+                 r->dir);
+    return rc;
 }

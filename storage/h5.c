@@ -213,6 +213,7 @@ static void s_file_free(st_h5_file_t *f)
 st_h5_file_t *st_h5_create(const char *path)
 {
     pthread_once(&s_once, s_init);
+    if (bt_replaceable(path)) return NULL;
     st_h5_file_t *f = calloc(1, sizeof *f);
     size_t n = strlen(path) + 32;
     if (!f || !(f->path = strdup(path)) || !(f->tmp_path = malloc(n))) {

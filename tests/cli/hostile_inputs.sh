@@ -1,0 +1,61 @@
+# Inputs a careless or hostile user gives the command line, each answered in one line (and nothing
+# lost): a FIFO named like an image in the instance folder is skipped, not read forever; an output
+# path that is a FIFO or a device is refused, never replaced; out-of-range optimizer settings and
+# prompts that are not UTF-8 are refused before any work; a final validation grid that cannot be
+# written does not cost the trained LoRA.
+T=$BOOTH_TEST_TMPDIR
+MODEL=tests/fixtures/tiny-sd
+SUBJECT=scripts/demo/subject
+one_error() { # expected-substring, command...: fails, with exactly one error line naming the cause
+    local want=$1
+    shift
+    if "$@" >"$T/out" 2>"$T/err"; then echo "expected failure: $*"; exit 1; fi
+    test "$(grep -ci "error\|booth [a-z-]*: " "$T/err")" -ge 1 || { echo "no error line:"; cat "$T/err"; exit 1; }
+    grep -q -- "$want" "$T/err" || { echo "the error lacks '$want':"; cat "$T/err"; exit 1; }
+}
+TRAIN=(--model $MODEL --instance-prompt "a photo of sks robot" --resolution 64 --max-train-steps 2
+    --learning-rate 5e-3 --seed 1)
+
+# a FIFO among the photos: skipped with a warning, training goes on (a read would block forever)
+mkdir -p "$T/photos"
+cp $SUBJECT/* "$T/photos/"
+mkfifo "$T/photos/zz-fifo.png"
+timeout 120 "$BOOTH" train "${TRAIN[@]}" --instance-data-dir "$T/photos" --output-dir "$T/fifo-run" >/dev/null 2>"$T/err"
+grep -q "zz-fifo.png: not a regular file; skipped" "$T/err"
+test -s "$T/fifo-run/pytorch_lora_weights.safetensors"
+
+# an output that is a FIFO (or a device): refused, left as it was
+mkfifo "$T/out.png" "$T/out.h5"
+one_error "not a regular file" timeout 60 "$BOOTH" generate --model $MODEL --prompt "a robot" --steps 2 \
+    --width 64 --height 64 --out "$T/out.png"
+test -p "$T/out.png"
+one_error "not a regular file" timeout 60 "$BOOTH" priors --model $MODEL --class-prompt "a robot" --num 1 --steps 2 \
+    --resolution 64 --out "$T/out.h5"
+test -p "$T/out.h5"
+
+# settings that would train on without a word
+one_error "--adam-beta1 1.5 is outside" "$BOOTH" train "${TRAIN[@]}" --instance-data-dir $SUBJECT \
+    --output-dir "$T/x" --adam-beta1 1.5
+one_error "--snr-gamma -1 is outside" "$BOOTH" train "${TRAIN[@]}" --instance-data-dir $SUBJECT \
+    --output-dir "$T/x" --snr-gamma -1
+one_error "--learning-rate .nan. is not a valid number" "$BOOTH" train "${TRAIN[@]}" --instance-data-dir $SUBJECT \
+    --output-dir "$T/x" --learning-rate nan
+test ! -e "$T/x/loss.csv"
+
+# prompts that are not UTF-8: refused up front (they would reach PNG text and checkpoint JSON)
+bad=$(printf 'a photo of \xff\xfe robot')
+one_error "--instance-prompt is not valid UTF-8" "$BOOTH" train --model $MODEL --instance-prompt "$bad" \
+    --instance-data-dir $SUBJECT --output-dir "$T/x"
+one_error "--prompt is not valid UTF-8" "$BOOTH" generate --model $MODEL --prompt "$bad" --out "$T/g.png"
+one_error "--prompt is not valid UTF-8" "$BOOTH" generate --model $MODEL --prompt "$(printf 'x\xed\xa0\x80')" \
+    --out "$T/g.png" # a UTF-16 surrogate
+"$BOOTH" generate --model $MODEL --prompt "ein Roboter im Schnee, 雪の中のロボット" --steps 2 --width 64 \
+    --height 64 --out "$T/utf8.png" >/dev/null 2>&1
+
+# the last validation grid cannot be written: the LoRA is there all the same, and the error says so
+mkdir -p "$T/blocked"
+touch "$T/blocked/validation" # a file where the grid's folder would go
+one_error "the LoRA files are written" "$BOOTH" train "${TRAIN[@]}" --instance-data-dir $SUBJECT \
+    --output-dir "$T/blocked" --validation-prompt "a sks robot" --num-validation-images 1
+test -s "$T/blocked/pytorch_lora_weights.safetensors"
+test -s "$T/blocked/pytorch_lora_weights_kohya.safetensors"
