@@ -172,7 +172,7 @@ int cmd_generate(int argc, char **argv)
     }
     int64_t per = C * h * w, img_per = 3 * h * 8 * w * 8;
     if (!latents && !(latents = calloc((size_t)(num * per), sizeof(float)))) goto out;
-    int64_t T = 77, cd = m->clip->cfg.hidden_size;
+    int64_t T = sd_prompt_tokens(m), cd = m->clip->cfg.hidden_size;
     if (!(embeds = nn_alloc(ctx, (size_t)(2 * T * cd) * sizeof(float))) || !(images = malloc((size_t)img_per * sizeof(float))))
         goto out;
     if (sd_encode_prompt(m, embeds + T * cd, prompt, clip_skip) || sd_encode_prompt(m, embeds, negative, clip_skip))

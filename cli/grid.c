@@ -109,7 +109,7 @@ int cmd_grid(int argc, char **argv)
     }
     int64_t h = height ? sd_vae_latent_size(m->vae, height) : m->unet->cfg.sample_size;
     int64_t w = width ? sd_vae_latent_size(m->vae, width) : m->unet->cfg.sample_size;
-    int64_t T = 77, cd = m->clip->cfg.hidden_size, C = m->unet->cfg.in_channels;
+    int64_t T = sd_prompt_tokens(m), cd = m->clip->cfg.hidden_size, C = m->unet->cfg.in_channels;
     embeds = nn_alloc(ctx, (size_t)(2 * T * cd) * sizeof(float));
     lat = malloc((size_t)(C * h * w) * sizeof(float));
     img = malloc((size_t)(3 * h * 8 * w * 8) * sizeof(float));

@@ -81,6 +81,12 @@ sd_model_t *sd_model_load_as(nn_ctx_t *ctx, const char *dir, unsigned parts, sd_
             m->default_sampler = SD_SCHED_DDIM;
         }
     }
+    if (m->tok && m->clip && sd_tok_max_length(m->tok) > m->clip->cfg.max_positions) {
+        BT_ERROR("%s: the tokenizer makes prompts of %d tokens (model_max_length), the text encoder has %lld "
+                 "positions (max_position_embeddings)",
+                 dir, sd_tok_max_length(m->tok), (long long)m->clip->cfg.max_positions);
+        goto out_fail;
+    }
     return m;
 out_fail:
     sd_model_destroy(&m);
@@ -113,6 +119,8 @@ static void s_drop_idle_scratch(sd_model_t *m)
 {
     if (m->scratch.live == 0) bt_stack_free(&m->scratch);
 }
+
+int64_t sd_prompt_tokens(const sd_model_t *m) { return m->tok ? sd_tok_max_length(m->tok) : 0; }
 
 int sd_encode_prompt(sd_model_t *m, float *embeds, const char *prompt, int clip_skip)
 {

@@ -57,7 +57,11 @@ size_t sd_model_param_bytes(const sd_model_t *m);
 const char *sd_model_weights(const sd_model_t *m);
 void sd_model_destroy(sd_model_t **m);
 
-/* Prompt -> text embeddings [1, 77, C] in the context's memory (ids on the host). */
+/* Tokens a prompt becomes: the tokenizer's model_max_length (77 for SD), checked against the text
+ * encoder's positions when the model is loaded. Every prompt buffer takes its length from here. */
+int64_t sd_prompt_tokens(const sd_model_t *m);
+
+/* Prompt -> text embeddings [1, T, C] (T = sd_prompt_tokens) in the context's memory (ids on the host). */
 int sd_encode_prompt(sd_model_t *m, float *embeds, const char *prompt, int clip_skip);
 
 /* After each sampler step: done of total, and the batch's current latents (host). */

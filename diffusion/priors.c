@@ -36,7 +36,7 @@ int sd_priors_generate(sd_model_t *m, const sd_prior_spec_t *spec, int64_t first
                  spec->steps, (long long)first, count);
         return BT_EINVAL;
     }
-    int64_t h = sd_vae_latent_size(m->vae, R), C = m->unet->cfg.in_channels, T = 77;
+    int64_t h = sd_vae_latent_size(m->vae, R), C = m->unet->cfg.in_channels, T = sd_prompt_tokens(m);
     if (h * 8 != R) {
         BT_ERROR("%s: the VAE maps %d px to %lld latents; prior images need a resolution it divides", m->dir, R,
                  (long long)h);

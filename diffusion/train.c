@@ -157,6 +157,8 @@ void sd_trainer_destroy(sd_trainer_t **pt)
     free(t->tensors);
     free(t->grads);
     free(t->names);
+    free(t->ids_instance);
+    free(t->ids_class);
     if (t->ehs && t->model) nn_free(t->model->ctx, t->ehs);
     sd_db_destroy(&t->db);
     sd_lora_destroy(&t->lora_unet);
@@ -205,7 +207,12 @@ static sd_trainer_t *s_trainer_new(sd_model_t **model, const sd_train_config_t *
         BT_ERROR("%s: training needs every part of the model folder", t->model->dir);
         goto out_fail;
     }
-    t->T = sd_tok_max_length(t->model->tok);
+    t->T = sd_prompt_tokens(t->model);
+    if (!(t->ids_instance = calloc((size_t)t->T, sizeof(int32_t))) ||
+        !(t->ids_class = calloc((size_t)t->T, sizeof(int32_t)))) {
+        BT_ERROR("train: out of memory for %lld prompt tokens", (long long)t->T);
+        goto out_fail;
+    }
     if (s_tokenize(t, c->instance_prompt, t->ids_instance)) goto out_fail;
     if (c->prior_preservation && s_tokenize(t, c->class_prompt, t->ids_class)) goto out_fail;
 

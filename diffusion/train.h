@@ -98,7 +98,7 @@ typedef struct sd_trainer {
     sd_lora_set_t *lora_unet, *lora_text;
     sd_db_t *db;
     sd_image_set_t instances, classes;
-    int32_t ids_instance[77], ids_class[77];
+    int32_t *ids_instance, *ids_class; /* [T] each: the prompts' token ids */
     int64_t T;
     float *ehs;        /* [4, T, C] instance, class, validation and empty prompt embeddings (context
                         * memory), computed once when the text encoder is frozen; NULL when it trains */

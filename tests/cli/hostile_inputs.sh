@@ -59,3 +59,18 @@ one_error "the LoRA files are written" "$BOOTH" train "${TRAIN[@]}" --instance-d
     --output-dir "$T/blocked" --validation-prompt "a sks robot" --num-validation-images 1
 test -s "$T/blocked/pytorch_lora_weights.safetensors"
 test -s "$T/blocked/pytorch_lora_weights_kohya.safetensors"
+
+# prompt buffers take their length from the model: a tokenizer of 64 tokens works end to end (with a
+# constant 77 the text embeddings had 13 rows never written); one of 100 tokens with a text encoder
+# of 77 positions is refused at load, naming both
+cp -rL $MODEL "$T/short"
+sed -i 's/"model_max_length": 77/"model_max_length": 64/' "$T/short/tokenizer/tokenizer_config.json"
+grep -q '"model_max_length": 64' "$T/short/tokenizer/tokenizer_config.json"
+"$BOOTH" generate --model "$T/short" --prompt "a robot" --steps 2 --width 64 --height 64 --out "$T/short.png" \
+    >/dev/null 2>&1
+"$BOOTH" train "${TRAIN[@]/$MODEL/$T/short}" --instance-data-dir $SUBJECT --output-dir "$T/short-run" >/dev/null 2>&1
+test -s "$T/short-run/pytorch_lora_weights.safetensors"
+cp -rL $MODEL "$T/long"
+sed -i 's/"model_max_length": 77/"model_max_length": 100/' "$T/long/tokenizer/tokenizer_config.json"
+one_error "prompts of 100 tokens (model_max_length), the text encoder has 77 positions" "$BOOTH" generate \
+    --model "$T/long" --prompt "a robot" --out "$T/long.png"
