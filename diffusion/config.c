@@ -97,7 +97,9 @@ int sd_unet_config_load(const char *path, sd_unet_config_t *c)
     }
     int64_t heads[SD_MAX_BLOCKS], head_dim[SD_MAX_BLOCKS];
     bool have_num_heads = bt_json_get(&j, "num_attention_heads") != NULL;
-    if ((rc = bt_json_int64(&j, "sample_size", 64, 1, S_MAX_INT, &c->sample_size)) ||
+    /* latents of at most 1024 a side: 8192 px, the largest --width/--height (a bigger default would
+     * size buffers past any memory: 100000 asked for a 160 GB calloc) */
+    if ((rc = bt_json_int64(&j, "sample_size", 64, 1, 1024, &c->sample_size)) ||
         (rc = bt_json_int64(&j, "in_channels", 4, 1, S_MAX_INT, &c->in_channels)) ||
         (rc = bt_json_int64(&j, "out_channels", 4, 1, S_MAX_INT, &c->out_channels)) ||
         (rc = bt_json_bool(&j, "flip_sin_to_cos", true, &c->flip_sin_to_cos)) ||
@@ -197,7 +199,7 @@ int sd_vae_config_load(const char *path, sd_vae_config_t *c)
         (rc = bt_json_int64(&j, "norm_num_groups", 32, 1, S_MAX_INT, &c->norm_num_groups)) ||
         (rc = bt_json_float(&j, "scaling_factor", 0.18215f, -INFINITY, INFINITY, &c->scaling_factor)) ||
         (rc = bt_json_float(&j, "shift_factor", 0, -INFINITY, INFINITY, &c->shift_factor)) ||
-        (rc = bt_json_int64(&j, "sample_size", 512, 1, S_MAX_INT, &c->sample_size)) ||
+        (rc = bt_json_int64(&j, "sample_size", 512, 8, 8192, &c->sample_size)) || /* pixels, as --width */
         (rc = bt_json_bool(&j, "mid_block_add_attention", true, &c->mid_attention)))
         goto out;
     const cJSON *uq = bt_json_get(&j, "use_quant_conv"), *upq = bt_json_get(&j, "use_post_quant_conv");

@@ -74,3 +74,10 @@ cp -rL $MODEL "$T/long"
 sed -i 's/"model_max_length": 77/"model_max_length": 100/' "$T/long/tokenizer/tokenizer_config.json"
 one_error "prompts of 100 tokens (model_max_length), the text encoder has 77 positions" "$BOOTH" generate \
     --model "$T/long" --prompt "a robot" --out "$T/long.png"
+
+# a model whose UNet declares an absurd sample_size: refused at load, naming the field (it used to
+# size a 160 GB buffer without a word)
+cp -rL $MODEL "$T/huge"
+sed -i 's/"sample_size": [0-9]*/"sample_size": 100000/' "$T/huge/unet/config.json"
+grep -q '"sample_size": 100000' "$T/huge/unet/config.json"
+one_error "'sample_size' is 100000" "$BOOTH" generate --model "$T/huge" --prompt "a robot" --out "$T/huge.png"
