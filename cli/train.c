@@ -12,6 +12,7 @@
  * result is byte-identical to a run that was never interrupted.
  */
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,14 @@ static void s_prep_progress(void *user, int done, int total, const float *latent
     if (done == 1 || p->bar.total != total) bt_progress_start(&p->bar, p->label, total, "img");
     bt_progress_update(&p->bar, done, NULL);
     if (done == total) bt_progress_finish(&p->bar, NULL);
+}
+
+static volatile int s_stop; /* SIGINT/SIGTERM: stop after this step, with a checkpoint */
+
+static void s_on_signal(int sig)
+{
+    (void)sig;
+    s_stop = 1;
 }
 
 int cmd_train(int argc, char **argv)
@@ -82,7 +91,7 @@ int cmd_train(int argc, char **argv)
     char ckpt[4096] = "";
     sd_model_t *m = sd_model_load_as(ctx, c->model_dir, SD_PART_ALL, store);
     if (!m) goto out;
-    if ((c->checkpointing_steps || resume) && sd_model_ids(c->model_dir, &ids)) goto out;
+    if (sd_model_ids(c->model_dir, &ids)) goto out; /* checkpoints name the model, also one written on a stop */
     if (resume) {
         if (!strcmp(resume, "latest")) {
             int found = sd_checkpoint_latest(output_dir, ckpt, sizeof ckpt);
@@ -123,7 +132,15 @@ int cmd_train(int argc, char **argv)
     }
     if (!(loop = sd_loop_new(output_dir, &t->cfg, ckpt[0] ? ckpt : NULL, &hist, true))) goto out;
     const char *reuse = c->prior_preservation && sd_is_prior_file(c->class_dir) ? c->class_dir : NULL;
-    if (sd_train_local(t, o, loop, &ids, reuse)) goto out;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = s_on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    loop->stop = &s_stop;
+    rc = sd_train_local(t, o, loop, &ids, reuse);
+    if (rc == BT_ESTOPPED) status = 130;
+    if (rc) goto out;
     status = 0;
 out:
     sd_loop_destroy(&loop);

@@ -15,6 +15,7 @@ const char *bt_status_str(int status)
     case BT_EINTERNAL: return "internal error";
     case BT_EPROTO: return "protocol violation";
     case BT_EAGAIN: return "nothing to receive";
+    case BT_ESTOPPED: return "stopped";
     }
     return "unknown status";
 }

@@ -20,6 +20,7 @@ typedef enum bt_status {
     BT_EINTERNAL = -8,    /* a library call failed for a reason we did not expect */
     BT_EPROTO = -9,       /* a peer's message broke the protocol; it was dropped, go on */
     BT_EAGAIN = -10,      /* nothing to receive yet (timeout, non-blocking, interrupted) */
+    BT_ESTOPPED = -11,    /* stopped on request (SIGINT/SIGTERM), after saving what it owed */
 } bt_status_t;
 
 /* A short lowercase phrase for the code ("malformed input", ...). */

@@ -200,6 +200,16 @@ int sd_train_local(sd_trainer_t *t, sd_optim_t *o, sd_loop_t *r, const sd_model_
             }
             if ((rc = s_validate(t, r, o->step))) return rc;
         }
+        if (r->stop && *r->stop && o->step < t->cfg.max_train_steps) { /* asked to stop: keep the state */
+            char ck[4200];
+            if (sd_checkpoint_path(ck, sizeof ck, r->dir, o->step)) return BT_EINVAL;
+            if (strcmp(r->last_ckpt, ck) && (rc = sd_loop_checkpoint(r, o, &d, reuse_images))) return rc;
+            if (r->show_progress) bt_progress_finish(&r->bar, NULL);
+            BT_WARN("stopped at step %lld of %lld; the state is in %s: the same command with "
+                    "--resume-from-checkpoint latest goes on to the same bytes",
+                    (long long)o->step, (long long)t->cfg.max_train_steps, r->last_ckpt);
+            return BT_ESTOPPED;
+        }
     }
     if ((rc = sd_loop_finish(r, o, t->cfg.model_dir))) return rc;
     if (final_grid && (rc = s_validate(t, r, o->step)))

@@ -32,6 +32,8 @@ typedef struct sd_loop {
     bt_progress_t bar;
     bool show_progress;
     char last_ckpt[4200];         /* the newest checkpoint written or resumed from ("" none) */
+    const volatile int *stop;     /* set (by a signal handler) to stop after the current step: sd_train_local
+                                   * then writes a checkpoint and returns BT_ESTOPPED (NULL: never) */
 } sd_loop_t;
 
 /* Opens output_dir (made if missing) and loss.csv. resumed: the checkpoint the

@@ -81,3 +81,25 @@ cp -rL $MODEL "$T/huge"
 sed -i 's/"sample_size": [0-9]*/"sample_size": 100000/' "$T/huge/unet/config.json"
 grep -q '"sample_size": 100000' "$T/huge/unet/config.json"
 one_error "'sample_size' is 100000" "$BOOTH" generate --model "$T/huge" --prompt "a robot" --out "$T/huge.png"
+
+# SIGTERM (or Ctrl-C) to booth train: it stops after the step, writes a checkpoint, says how to go on,
+# exits 130; going on gives the bytes of a run that was never stopped
+LONG=(--model $MODEL --instance-prompt "a photo of sks robot" --resolution 64 --max-train-steps 300
+    --learning-rate 5e-3 --seed 1) # long enough to be stopped
+"$BOOTH" train "${LONG[@]}" --instance-data-dir $SUBJECT --output-dir "$T/stopped" >/dev/null 2>"$T/stop.err" &
+pid=$!
+t0=$SECONDS
+until [ "$(wc -l <"$T/stopped/loss.csv" 2>/dev/null || echo 0)" -ge 4 ]; do
+    [ $((SECONDS - t0)) -lt 60 ] || { echo "training did not start"; kill $pid; exit 1; }
+    sleep 0.02
+done
+kill -TERM $pid
+st=0
+wait $pid || st=$?
+test $st = 130 || { echo "exit status $st"; cat "$T/stop.err"; exit 1; }
+grep -q "stopped at step [0-9]* of 300; the state is in .*checkpoint-[0-9]*.h5: the same command with --resume-from-checkpoint latest" "$T/stop.err"
+ls "$T/stopped"/checkpoint-*.h5 >/dev/null
+"$BOOTH" train "${LONG[@]}" --instance-data-dir $SUBJECT --output-dir "$T/stopped" --resume-from-checkpoint latest \
+    >/dev/null 2>&1
+"$BOOTH" train "${LONG[@]}" --instance-data-dir $SUBJECT --output-dir "$T/straight" >/dev/null 2>&1
+cmp "$T/stopped/pytorch_lora_weights.safetensors" "$T/straight/pytorch_lora_weights.safetensors"
