@@ -145,8 +145,8 @@ static int s_read_alpha(const st_file_t *f, const st_tensor_t *t, float *alpha)
     }
     float a;
     st_read_f32(t, &a);
-    if (!(a > 0) || !isfinite(a)) {
-        BT_ERROR("%s: tensor '%s': alpha %g is not a positive number", st_path(f), t->name, a);
+    if (!(a > 0) || !isfinite(a) || a > 1e6f) { /* alpha/rank scales every update: 1e30 is no LoRA */
+        BT_ERROR("%s: tensor '%s': alpha %g is not a positive number up to 1e6", st_path(f), t->name, a);
         return BT_EFORMAT;
     }
     *alpha = a;
@@ -218,12 +218,25 @@ static int s_check_part(const st_file_t *f, s_modules_t *ms, s_part_info_t *info
     return BT_OK;
 }
 
-static int s_fill(nn_ctx_t *ctx, float *dst, const st_tensor_t *t, float **staging, size_t *staging_n)
+/* A weight that is NaN or infinite poisons every image the LoRA touches: one line naming the tensor. */
+static int s_finite(const char *path, const st_tensor_t *t, const float *v, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(v[i])) {
+            BT_ERROR("%s: tensor '%s' holds %g at element %lld: a LoRA's weights must be finite numbers", path,
+                     t->name, (double)v[i], (long long)i);
+            return BT_EFORMAT;
+        }
+    return BT_OK;
+}
+
+static int s_fill(const char *path, nn_ctx_t *ctx, float *dst, const st_tensor_t *t, float **staging,
+                  size_t *staging_n)
 {
     int64_t n = st_numel(t);
     if (ctx->kind == NN_BACKEND_CPU) {
         st_read_f32(t, dst);
-        return BT_OK;
+        return s_finite(path, t, dst, n);
     }
     if ((size_t)n > *staging_n) {
         free(*staging);
@@ -232,7 +245,8 @@ static int s_fill(nn_ctx_t *ctx, float *dst, const st_tensor_t *t, float **stagi
         if (!*staging) return BT_ENOMEM;
     }
     st_read_f32(t, *staging);
-    return nn_upload(ctx, dst, *staging, (size_t)n * sizeof(float));
+    int rc = s_finite(path, t, *staging, n);
+    return rc ? rc : nn_upload(ctx, dst, *staging, (size_t)n * sizeof(float));
 }
 
 /* Attaches, allocates and fills the set of one part. */
@@ -269,8 +283,8 @@ static int s_build_part(const char *path, nn_ctx_t *ctx, void *model, int part, 
         const s_module_t *m = &ms->m[j++];
         sd_lora_t *ad = &s->adapters[i];
         if (m->t[ST_LORA_A]) {
-            if ((rc = s_fill(ctx, ad->A, m->t[ST_LORA_A], &staging, &staging_n))) break;
-            if ((rc = s_fill(ctx, ad->B, m->t[ST_LORA_B], &staging, &staging_n))) break;
+            if ((rc = s_fill(path, ctx, ad->A, m->t[ST_LORA_A], &staging, &staging_n))) break;
+            if ((rc = s_fill(path, ctx, ad->B, m->t[ST_LORA_B], &staging, &staging_n))) break;
             ad->alpha = fallback;
             if (m->t[ST_LORA_ALPHA]) st_read_f32(m->t[ST_LORA_ALPHA], &ad->alpha); /* validated */
         } else { /* the file adapts this projection in other layers only: a zero adapter changes nothing */
