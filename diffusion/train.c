@@ -310,7 +310,7 @@ int sd_train_num_microbatches(const sd_train_config_t *c)
 
 int sd_trainer_num_microbatches(const sd_trainer_t *t) { return sd_train_num_microbatches(&t->cfg); }
 
-/* Position p of the example stream -> dataset index (a permutation per epoch). */
+/* Position p of the example stream -> dataset index (a permutation per epoch); -1 (logged) out of memory. */
 static int64_t s_dataset_index(const sd_trainer_t *t, int64_t p)
 {
     int64_t L = t->instances.n;
@@ -318,7 +318,10 @@ static int64_t s_dataset_index(const sd_trainer_t *t, int64_t p)
     int64_t epoch = p / L, q = p % L;
     /* Fisher-Yates over [0, L) keyed by (seed, epoch); L is small (tens to hundreds) */
     int64_t *perm = malloc((size_t)L * sizeof *perm);
-    if (!perm) return q;
+    if (!perm) { /* never another example: the step fails, saying why */
+        BT_ERROR("train: out of memory for the order of %lld examples", (long long)L);
+        return -1;
+    }
     for (int64_t i = 0; i < L; i++) perm[i] = i;
     uint64_t key = bt_rng_key(t->cfg.seed, bt_rng_stream(TAG_EPOCH, (uint64_t)epoch, 0));
     for (int64_t i = L - 1; i > 0; i--) {
@@ -344,6 +347,7 @@ int sd_trainer_plan(const sd_trainer_t *t, int64_t step, sd_train_example_t *ex,
     }
     for (int j = 0; j < B; j++) {
         int64_t idx = s_dataset_index(t, step * B + j);
+        if (idx < 0) return BT_ENOMEM;
         for (int kind = 0; kind < (c->prior_preservation ? 2 : 1); kind++) {
             sd_train_example_t *e = &ex[k];
             memset(e, 0, sizeof *e); /* padding too: plans compare with memcmp */
