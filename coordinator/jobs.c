@@ -383,7 +383,7 @@ static cJSON *s_job_status(const co_t *c, const co_job_t *j)
     cJSON_AddNumberToObject(o, "priors_total", j->priors_total);
     if (j->error[0]) cJSON_AddStringToObject(o, "error", j->error);
     if (j->state == CO_TRAINING && j->nps == 0) cJSON_AddStringToObject(o, "waiting", "for a parameter server");
-    else if (j->state > CO_QUEUED && j->state < CO_DONE && co_idle_worker((co_t *)c, (co_job_t *)j) < 0) {
+    else if (j->state < CO_DONE && j->model_hash[0]) { /* a queued job too: nothing can start it */
         bool any = false;
         for (int i = 0; i < CO_MAX_PEERS; i++)
             any |= c->peers[i].used && c->peers[i].role == BOOTH__ROLE__ROLE_WORKER &&

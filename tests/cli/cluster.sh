@@ -88,6 +88,16 @@ for d in images latent_mean latent_logvar index; do
     cmp "$T/a.dump" "$T/b.dump"
 done
 
+# no live worker has the job's model: the job waits, and status says why; cancelled, the queue goes on
+id=$("$BOOTH" submit "${CO[@]}" "${JOB[@]/$MODEL/tests/fixtures/variant/model}" --instance-data-dir $SUBJECT | tail -1)
+t0=$SECONDS
+until "$BOOTH" status "$id" --json "${CO[@]}" | grep -q '"waiting":"for a worker with the job.s model"'; do
+    [ $((SECONDS - t0)) -lt 30 ] || { echo "status never said the job waits for a worker"; exit 1; }
+    sleep 0.1
+done
+"$BOOTH" status "$id" --json "${CO[@]}" | grep -q '"state":"queued"'
+"$BOOTH" cancel "$id" "${CO[@]}" | grep -q cancelled
+
 # a worker with another base model is refused, on both sides
 cluster/local add-worker "$C" --model $OTHER --name other >/dev/null
 submit "$T/w4" --max-train-steps 1 --checkpointing-steps 0 --validation-prompt "a sks robot"
