@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -196,4 +197,18 @@ int bt_write_file_atomic(const char *path, const void *data, size_t len)
         return BT_EIO;
     }
     return bt_atomic_commit(&af);
+}
+
+int bt_space_free(const char *path, uint64_t *avail)
+{
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash == dir) dir[1] = '\0';
+    else if (slash) *slash = '\0';
+    else snprintf(dir, sizeof dir, ".");
+    struct statvfs v;
+    if (statvfs(dir, &v) != 0) return BT_EIO;
+    *avail = (uint64_t)v.f_bavail * (uint64_t)v.f_frsize;
+    return BT_OK;
 }

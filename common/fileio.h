@@ -10,6 +10,7 @@
 #define BOOTH_COMMON_FILEIO_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 
 typedef struct bt_atomic_file {
@@ -30,6 +31,11 @@ int bt_atomic_open(bt_atomic_file_t *af, const char *path);
 int bt_atomic_commit(bt_atomic_file_t *af);
 /* Close and delete the temporary file (after a failed write). Safe twice. */
 void bt_atomic_abort(bt_atomic_file_t *af);
+
+/* Bytes free (to this user) on the file system that will hold path, into *avail; BT_EIO (nothing
+ * logged) when it cannot tell. A library that fails badly when the disk fills up mid-write —
+ * libhdf5 crashes in its object copy — is not started on a write that cannot fit. */
+int bt_space_free(const char *path, uint64_t *avail);
 
 /* The whole of data as path, through the crash-safe writer above. */
 int bt_write_file_atomic(const char *path, const void *data, size_t len);

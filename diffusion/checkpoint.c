@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/fileio.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "diffusion/lora_io.h"
@@ -292,6 +293,25 @@ int sd_checkpoint_save(const char *path, const sd_optim_t *o, const sd_ckpt_data
     float *host = malloc((maxn ? maxn : 1) * sizeof(float));
     st_h5_file_t *f = NULL, *reuse = NULL;
     int rc = job && host ? BT_OK : BT_ENOMEM;
+    /* room for it all, uncompressed (an upper bound): libhdf5 crashes in its object copy when the disk
+     * fills up mid-write, so a checkpoint that cannot fit is not started */
+    uint64_t need = 1u << 20;
+    for (int i = 0; i < o->n; i++) need += 3 * (uint64_t)o->t[i].numel * sizeof(float);
+    need += (uint64_t)o->step * 7 * sizeof(double);
+    const sd_image_set_t *sets[2] = {d->instances, c->prior_preservation ? d->classes : NULL};
+    for (int k = 0; k < 2; k++)
+        if (sets[k])
+            need += (uint64_t)sets[k]->n * ((uint64_t)sets[k]->res * (uint64_t)sets[k]->res * 3 +
+                                            (sets[k]->mean_f ? 4 : 2) * (uint64_t)(sets[k]->C * sets[k]->h * sets[k]->w) *
+                                                sizeof(float));
+    uint64_t avail;
+    if (rc == BT_OK && bt_space_free(path, &avail) == BT_OK && avail < need) {
+        BT_ERROR("%s: no space left on its disk (up to %.1f MB needed, %.1f MB free): not written; any earlier "
+                 "checkpoint is intact: free some space and run the same command with --resume-from-checkpoint "
+                 "latest (it goes on to the same bytes)",
+                 path, (double)need / 1e6, (double)avail / 1e6);
+        rc = BT_EIO;
+    }
     if (rc == BT_OK && reuse_path && access(reuse_path, R_OK) == 0)
         reuse = sd_booth_h5_open(reuse_path, NULL, NULL, NULL); /* NULL: write everything */
     if (rc || !(f = st_h5_create(path))) {
