@@ -134,9 +134,14 @@ int cli_parse(const cli_spec_t *s, int argc, char **argv, const char **pos, int 
         }
         const char *eq = strchr(a, '=');
         size_t len = eq ? (size_t)(eq - a) : strlen(a);
+        /* diffusers' scripts spell flags with underscores (--pretrained_model_name_or_path): the same flag */
         const cli_opt_t *o = s->opts;
-        for (; o->name; o++)
-            if (strlen(o->name) == len && !strncmp(o->name, a, len)) break;
+        for (; o->name; o++) {
+            if (strlen(o->name) != len) continue;
+            size_t k = 2;
+            while (k < len && (a[k] == o->name[k] || (a[k] == '_' && o->name[k] == '-'))) k++;
+            if (k == len && !strncmp(o->name, a, 2)) break;
+        }
         if (!o->name) {
             fprintf(stderr, "booth %s: unknown option '%.*s' (see --help)\n", s->command, (int)len, a);
             return 2;

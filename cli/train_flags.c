@@ -87,12 +87,30 @@ int cli_train_finish(const char *command, cli_train_flags_t *f, bool need_output
                 command, f->lr_sched);
         return 2;
     }
-    if (f->rank < 1 || f->rank > 1024 || c->train_batch_size < 1 || c->max_train_steps < 1 || c->num_class_images < 1 ||
-        c->resolution < 8 || c->resolution % 8 || c->learning_rate < 0 || c->lr_warmup_steps < 0 ||
-        c->checkpointing_steps < 0 || c->checkpoints_total_limit < 0 || c->validation_steps < 0 ||
-        c->num_validation_images < 1) {
-        fprintf(stderr, "booth %s: --rank 1..1024; batch sizes, steps, class images >= 1; --resolution a multiple "
-                        "of 8; rates and intervals >= 0\n", command);
+    /* each check names its flag, the value and what is allowed */
+    const struct {
+        const char *flag;
+        int64_t v, lo, hi;
+    } ints[] = {{"--rank", f->rank, 1, 1024},
+                {"--train-batch-size", c->train_batch_size, 1, 128},
+                {"--micro-batch-size", c->micro_batch_size, 0, 256},
+                {"--max-train-steps", c->max_train_steps, 1, 100000000},
+                {"--num-class-images", c->num_class_images, 1, 100000},
+                {"--class-inference-steps", c->class_steps, 1, 1000},
+                {"--resolution", c->resolution, 8, 4096},
+                {"--lr-warmup-steps", c->lr_warmup_steps, 0, 100000000},
+                {"--checkpointing-steps", c->checkpointing_steps, 0, 100000000},
+                {"--checkpoints-total-limit", c->checkpoints_total_limit, 0, 1000000},
+                {"--validation-steps", c->validation_steps, 0, 100000000},
+                {"--num-validation-images", c->num_validation_images, 1, 16}};
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
+        if (ints[i].v < ints[i].lo || ints[i].v > ints[i].hi) {
+            fprintf(stderr, "booth %s: %s %lld is outside %lld..%lld\n", command, ints[i].flag, (long long)ints[i].v,
+                    (long long)ints[i].lo, (long long)ints[i].hi);
+            return 2;
+        }
+    if (c->resolution % 8) {
+        fprintf(stderr, "booth %s: --resolution %d is not a multiple of 8\n", command, c->resolution);
         return 2;
     }
     /* values that would train on without a word and make nonsense (NaN fails every comparison) */

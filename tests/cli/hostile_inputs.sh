@@ -103,3 +103,17 @@ ls "$T/stopped"/checkpoint-*.h5 >/dev/null
     >/dev/null 2>&1
 "$BOOTH" train "${LONG[@]}" --instance-data-dir $SUBJECT --output-dir "$T/straight" >/dev/null 2>&1
 cmp "$T/stopped/pytorch_lora_weights.safetensors" "$T/straight/pytorch_lora_weights.safetensors"
+
+# diffusers' flag spellings work as they are pasted, and each range error names its flag, value and range
+"$BOOTH" train --pretrained_model_name_or_path $MODEL --instance_data_dir $SUBJECT \
+    --instance_prompt "a photo of sks robot" --resolution 64 --max_train_steps 1 --learning_rate 5e-3 \
+    --output_dir "$T/underscores" >/dev/null 2>&1
+test -s "$T/underscores/pytorch_lora_weights.safetensors"
+one_error "--rank 0 is outside 1..1024" "$BOOTH" train "${TRAIN[@]}" --instance-data-dir $SUBJECT --output-dir "$T/x" \
+    --rank 0
+one_error "--train-batch-size 0 is outside 1..128" "$BOOTH" train "${TRAIN[@]}" --instance-data-dir $SUBJECT \
+    --output-dir "$T/x" --train_batch_size 0
+one_error "--resolution 7 is outside 8..4096" "$BOOTH" train "${TRAIN[@]/64/7}" --instance-data-dir $SUBJECT \
+    --output-dir "$T/x"
+one_error "--resolution 100 is not a multiple of 8" "$BOOTH" train "${TRAIN[@]/64/100}" --instance-data-dir $SUBJECT \
+    --output-dir "$T/x"
