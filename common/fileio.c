@@ -1,6 +1,7 @@
 /* fileio.c — temp-file + fsync + rename, whole-file reads, mkdir -p. */
 #include "common/fileio.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -210,5 +211,57 @@ int bt_space_free(const char *path, uint64_t *avail)
     struct statvfs v;
     if (statvfs(dir, &v) != 0) return BT_EIO;
     *avail = (uint64_t)v.f_bavail * (uint64_t)v.f_frsize;
+    return BT_OK;
+}
+
+static int s_cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+void bt_free_list(char **list, int n)
+{
+    for (int i = 0; list && i < n; i++) free(list[i]);
+    free(list);
+}
+
+int bt_list_dir(const char *dir, bool (*keep)(const char *name, void *user), void *user, bool full_paths, char ***out,
+                int *n)
+{
+    *out = NULL;
+    *n = 0;
+    DIR *d = opendir(dir);
+    if (!d) {
+        if (errno == ENOENT) return BT_OK;
+        BT_ERROR("%s: cannot list: %s", dir, strerror(errno));
+        return BT_EIO;
+    }
+    char **v = NULL;
+    int cap = 0, rc = BT_OK;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") || (keep && !keep(e->d_name, user))) continue;
+        if (*n == cap) {
+            cap = cap ? 2 * cap : 32;
+            char **p = realloc(v, (size_t)cap * sizeof *p);
+            if (!p) {
+                rc = BT_ENOMEM;
+                break;
+            }
+            v = p;
+        }
+        size_t len = (full_paths ? strlen(dir) + 1 : 0) + strlen(e->d_name) + 1;
+        if (!(v[*n] = malloc(len))) {
+            rc = BT_ENOMEM;
+            break;
+        }
+        snprintf(v[(*n)++], len, "%s%s%s", full_paths ? dir : "", full_paths ? "/" : "", e->d_name);
+    }
+    closedir(d);
+    if (rc) {
+        BT_ERROR("%s: out of memory listing it", dir);
+        bt_free_list(v, *n);
+        *n = 0;
+        return rc;
+    }
+    if (v) qsort(v, (size_t)*n, sizeof *v, s_cmp_str);
+    *out = v;
     return BT_OK;
 }

@@ -9,6 +9,7 @@
 #ifndef BOOTH_COMMON_FILEIO_H
 #define BOOTH_COMMON_FILEIO_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -46,6 +47,14 @@ int bt_fsync_rename(const char *tmp_path, const char *path);
 
 /* Reads a whole file into a NUL-terminated malloc'd buffer; *len excludes the NUL. */
 int bt_read_file(const char *path, char **data, size_t *len);
+
+/* The entries of dir (not "." or "..") that keep(name, user) accepts (keep NULL: all), sorted by
+ * strcmp, as names or as "dir/name" (full_paths): *out is a malloc'd array of n malloc'd strings
+ * (bt_free_list). A folder that does not exist has no entries; any other failure is one line and a
+ * negative status (out of memory included: never a shorter list). */
+int bt_list_dir(const char *dir, bool (*keep)(const char *name, void *user), void *user, bool full_paths, char ***out,
+                int *n);
+void bt_free_list(char **list, int n);
 
 /* mkdir -p. Returns 0 or BT_EIO. */
 int bt_mkdirs(const char *path);

@@ -321,38 +321,21 @@ out:
 
 static int s_cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
+static bool s_is_job(const char *name, void *user)
+{
+    int *next = user, num;
+    char tail;
+    if (sscanf(name, "job-%d%c", &num, &tail) != 1) return false;
+    if (num > *next) *next = num;
+    return true;
+}
+
 int co_jobs_load(co_t *c)
 {
-    DIR *d = opendir(c->jobs_dir);
-    if (!d) return BT_OK;
     char **ids = NULL;
-    int n = 0, cap = 0, rc = BT_OK;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        int num;
-        char tail;
-        if (sscanf(e->d_name, "job-%d%c", &num, &tail) != 1) continue;
-        if (num > c->next_job) c->next_job = num;
-        if (n == cap) {
-            cap = cap ? 2 * cap : 32;
-            char **p = realloc(ids, (size_t)cap * sizeof *p);
-            if (!p) {
-                rc = BT_ENOMEM;
-                break;
-            }
-            ids = p;
-        }
-        if (!(ids[n] = strdup(e->d_name))) {
-            rc = BT_ENOMEM;
-            break;
-        }
-        n++;
-    }
-    closedir(d);
-    if (ids) qsort(ids, (size_t)n, sizeof *ids, s_cmp_str);
+    int n = 0, rc = bt_list_dir(c->jobs_dir, s_is_job, &c->next_job, false, &ids, &n);
     for (int i = 0; i < n && rc == BT_OK; i++) rc = s_load_job(c, ids[i]);
-    for (int i = 0; i < n; i++) free(ids[i]);
-    free(ids);
+    bt_free_list(ids, n);
     int queued = 0;
     for (int i = 0; i < c->njobs; i++) queued += c->jobs[i]->state == CO_QUEUED;
     if (c->njobs) BT_INFO("coordinator: %d job%s in %s, %d queued", c->njobs, c->njobs == 1 ? "" : "s", c->jobs_dir, queued);

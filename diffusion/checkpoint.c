@@ -560,34 +560,26 @@ static int s_cmp_i64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+static bool s_is_ckpt(const char *name, void *user)
+{
+    (void)user;
+    return s_ckpt_step(name) >= 0;
+}
+
+/* The steps of dir's checkpoints, ascending. */
 static int s_list_steps(const char *dir, int64_t **steps, int *n)
 {
+    char **names;
+    int rc = bt_list_dir(dir, s_is_ckpt, NULL, false, &names, n);
     *steps = NULL;
-    *n = 0;
-    DIR *d = opendir(dir);
-    if (!d) {
-        if (errno == ENOENT) return BT_OK;
-        BT_ERROR("%s: cannot list: %s", dir, strerror(errno));
-        return BT_EIO;
+    if (rc == BT_OK && *n && !(*steps = malloc((size_t)*n * sizeof **steps))) {
+        BT_ERROR("%s: out of memory listing its checkpoints", dir);
+        rc = BT_ENOMEM;
     }
-    int cap = 0, rc = BT_OK;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        int64_t s = s_ckpt_step(e->d_name);
-        if (s < 0) continue;
-        if (*n == cap) {
-            cap = cap ? 2 * cap : 32;
-            int64_t *p = realloc(*steps, (size_t)cap * sizeof *p);
-            if (!p) {
-                rc = BT_ENOMEM;
-                break;
-            }
-            *steps = p;
-        }
-        (*steps)[(*n)++] = s;
-    }
-    closedir(d);
+    for (int i = 0; rc == BT_OK && i < *n; i++) (*steps)[i] = s_ckpt_step(names[i]);
     if (*steps) qsort(*steps, (size_t)*n, sizeof **steps, s_cmp_i64);
+    bt_free_list(names, *n);
+    if (rc) *n = 0;
     return rc;
 }
 

@@ -283,48 +283,15 @@ static int s_map_rows(st_h5_file_t *f, int file, int64_t want, s_src_t *src, int
     return rc;
 }
 
-static int s_cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
-
-/* part-*.h5 files of dir, sorted (none if dir does not exist). */
-static int s_list_parts(const char *dir, char ***out, int *n)
+static bool s_is_part(const char *name, void *user)
 {
-    *out = NULL;
-    *n = 0;
-    DIR *d = opendir(dir);
-    if (!d) {
-        if (errno == ENOENT) return BT_OK;
-        BT_ERROR("%s: cannot list: %s", dir, strerror(errno));
-        return BT_EIO;
-    }
-    char **v = NULL;
-    int cap = 0, rc = BT_OK;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        size_t len = strlen(e->d_name);
-        size_t pl = strlen(SD_H5_PART_PREFIX), el = strlen(SD_H5_EXT);
-        if (strncmp(e->d_name, SD_H5_PART_PREFIX, pl) || len < pl + 1 + el || strcmp(e->d_name + len - el, SD_H5_EXT))
-            continue;
-        if (*n == cap) {
-            cap = cap ? 2 * cap : 64;
-            char **p = realloc(v, (size_t)cap * sizeof *p);
-            if (!p) {
-                rc = BT_ENOMEM;
-                break;
-            }
-            v = p;
-        }
-        size_t plen = strlen(dir) + len + 2;
-        if (!(v[*n] = malloc(plen))) {
-            rc = BT_ENOMEM;
-            break;
-        }
-        snprintf(v[(*n)++], plen, "%s/%s", dir, e->d_name);
-    }
-    closedir(d);
-    if (v) qsort(v, (size_t)*n, sizeof *v, s_cmp_str);
-    *out = v;
-    return rc;
+    (void)user;
+    size_t len = strlen(name), pl = strlen(SD_H5_PART_PREFIX), el = strlen(SD_H5_EXT);
+    return !strncmp(name, SD_H5_PART_PREFIX, pl) && len >= pl + 1 + el && !strcmp(name + len - el, SD_H5_EXT);
 }
+
+/* part-*.h5 files of dir, sorted, as paths (none if dir does not exist). */
+static int s_list_parts(const char *dir, char ***out, int *n) { return bt_list_dir(dir, s_is_part, NULL, true, out, n); }
 
 /* Deletes the parts whose images the complete file now holds (every index
  * below `have`) and the temporaries of part writers that were killed; parts
