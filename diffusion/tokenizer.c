@@ -785,74 +785,62 @@ static int s_read(const char *path, char **data, size_t *len)
     return rc;
 }
 
-static int s_load_vocab(sd_tokenizer_t *t, const char *path, int *n_need_merge)
+/* The vocabulary object {"token": id, ...} of vocab.json or of tokenizer.json's
+ * model.vocab; name is the file for messages. */
+static int s_vocab_from_json(sd_tokenizer_t *t, const cJSON *obj, const char *name, int *n_need_merge)
 {
-    bt_json_t j;
-    int rc = bt_json_open(&j, path);
-    if (rc) return rc;
-    rc = BT_EFORMAT;
-    int n = cJSON_GetArraySize(j.root);
+    int n = cJSON_GetArraySize(obj);
     if (n <= 0) {
-        BT_ERROR("%s: the vocabulary is empty", path);
-        goto out_free_json;
+        BT_ERROR("%s: the vocabulary is empty", name);
+        return BT_EFORMAT;
     }
-    if ((rc = s_map_init(&t->vocab, (size_t)n))) {
-        BT_ERROR("%s: out of memory for %d tokens", path, n);
-        goto out_free_json;
+    if (s_map_init(&t->vocab, (size_t)n)) {
+        BT_ERROR("%s: out of memory for %d tokens", name, n);
+        return BT_ENOMEM;
     }
-    rc = BT_EFORMAT;
     *n_need_merge = 0;
-    for (const cJSON *it = j.root->child; it; it = it->next) {
+    for (const cJSON *it = obj->child; it; it = it->next) {
         double v = it->valuedouble;
         if (!cJSON_IsNumber(it) || !(v >= 0 && v <= INT32_MAX - 1) || v != floor(v)) {
             if (cJSON_IsNumber(it))
-                BT_ERROR("%s: token '%.40s' has id %.15g, expected an integer in [0, 2^31-2]", path, it->string, v);
+                BT_ERROR("%s: token '%.40s' has id %.15g, expected an integer in [0, 2^31-2]", name, it->string, v);
             else
-                BT_ERROR("%s: token '%.40s' has no valid id (expected an integer in [0, 2^31-2], not %s)", path,
+                BT_ERROR("%s: token '%.40s' has no valid id (expected an integer in [0, 2^31-2], not %s)", name,
                          it->string, bt_json_type_name(it));
-            goto out_free_json;
+            return BT_EFORMAT;
         }
         size_t sl = strlen(it->string);
         int before = t->vocab.n;
         if (s_vocab_put(t, it->string, sl, (int32_t)v)) {
-            rc = BT_ENOMEM;
-            BT_ERROR("%s: out of memory", path);
-            goto out_free_json;
+            BT_ERROR("%s: out of memory", name);
+            return BT_ENOMEM;
         }
         if (t->vocab.n > before && !s_is_base_symbol(it->string, sl)) (*n_need_merge)++;
     }
-    rc = BT_OK;
-out_free_json:
-    bt_json_free(&j);
-    return rc;
+    return BT_OK;
 }
 
 /* Python's str.split() separators that can occur in merges.txt (the byte alphabet
  * has no whitespace, so non-ASCII separators never appear in a valid file). */
 static bool s_is_ascii_space(char c) { return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1C && c <= 0x1F); }
 
-static int s_load_merges(sd_tokenizer_t *t, const char *path, int *n_merges)
+/* merges.txt's text (data[0..len), path for messages). */
+static int s_merges_from_text(sd_tokenizer_t *t, const char *data, size_t len, const char *path, int *n_merges)
 {
-    char *data = NULL;
-    size_t len = 0;
-    int rc = s_read(path, &data, &len);
-    if (rc) return rc;
     /* Python: read().strip().split("\n")[1:48895], each line split on whitespace */
     size_t a = 0, b = len;
     while (a < b && s_is_ascii_space(data[a])) a++;
     while (b > a && s_is_ascii_space(data[b - 1])) b--;
-    rc = BT_EFORMAT;
     if (a == b) {
         BT_ERROR("%s: the file is empty", path);
-        goto out_free;
+        return BT_EFORMAT;
     }
     size_t lines = 1;
     for (size_t i = a; i < b; i++) lines += data[i] == '\n';
-    if ((rc = s_map_init(&t->merges, lines < S_MERGES_END ? lines : S_MERGES_END))) {
+    if (s_map_init(&t->merges, lines < S_MERGES_END ? lines : S_MERGES_END)) {
         BT_ERROR("%s: out of memory", path);
-        goto out_free;
+        return BT_ENOMEM;
     }
-    rc = BT_EFORMAT;
     int lineno = 1; /* in the file, for messages */
     for (size_t i = 0; i < a; i++) lineno += data[i] == '\n';
     *n_merges = 0;
@@ -878,23 +866,64 @@ static int s_load_merges(sd_tokenizer_t *t, const char *path, int *n_merges)
             }
             if (nf == 2) {
                 if (s_merge_put(t, data + fs[0], fe[0] - fs[0], data + fs[1], fe[1] - fs[1], line - 1)) {
-                    rc = BT_ENOMEM;
                     BT_ERROR("%s: out of memory", path);
-                    goto out_free;
+                    return BT_ENOMEM;
                 }
                 (*n_merges)++;
             } else if (nf != 0) {
                 BT_ERROR("%s:%d: expected two symbols separated by a space, found %s", path, lineno,
                          nf == 1 ? "one (file truncated?)" : "more");
-                goto out_free;
+                return BT_EFORMAT;
             }
         }
         p = e + 1;
     }
-    rc = BT_OK;
-out_free:
-    free(data);
-    return rc;
+    return BT_OK;
+}
+
+/* tokenizer.json's model.merges: "a b" strings (tokenizers < 0.20) or ["a", "b"]
+ * pairs. There is no "#version" line; rank i is entry i, and as with merges.txt
+ * only the first S_MERGES_END - 1 count (CLIP has exactly that many). */
+static int s_merges_from_json(sd_tokenizer_t *t, const cJSON *arr, const char *path, int *n_merges)
+{
+    int n = cJSON_GetArraySize(arr);
+    if (n > S_MERGES_END - 1) n = S_MERGES_END - 1;
+    if (s_map_init(&t->merges, n > 0 ? (size_t)n : 1)) {
+        BT_ERROR("%s: out of memory", path);
+        return BT_ENOMEM;
+    }
+    *n_merges = 0;
+    const cJSON *it = arr->child;
+    for (int i = 0; i < n; i++, it = it->next) {
+        const char *a = NULL, *b = NULL;
+        size_t na = 0, nb = 0;
+        if (cJSON_IsString(it)) {
+            const char *sp = strchr(it->valuestring, ' ');
+            if (sp && sp != it->valuestring && sp[1] && !strchr(sp + 1, ' ')) {
+                a = it->valuestring;
+                na = (size_t)(sp - a);
+                b = sp + 1;
+                nb = strlen(b);
+            }
+        } else if (cJSON_IsArray(it) && cJSON_GetArraySize(it) == 2 && cJSON_IsString(it->child) &&
+                   cJSON_IsString(it->child->next) && it->child->valuestring[0] && it->child->next->valuestring[0]) {
+            a = it->child->valuestring;
+            na = strlen(a);
+            b = it->child->next->valuestring;
+            nb = strlen(b);
+        }
+        if (!a) {
+            BT_ERROR("%s: model.merges[%d] is not a merge (\"a b\" or [\"a\", \"b\"]), but %s", path, i,
+                     cJSON_IsString(it) ? "a string without exactly one inner space" : bt_json_type_name(it));
+            return BT_EFORMAT;
+        }
+        if (s_merge_put(t, a, na, b, nb, i)) {
+            BT_ERROR("%s: out of memory", path);
+            return BT_ENOMEM;
+        }
+        (*n_merges)++;
+    }
+    return BT_OK;
 }
 
 /* A special-token value: "str" or {"content": "str", ...}; null/absent keeps *out. */
@@ -932,18 +961,24 @@ static char *s_join(const char *dir, const char *name)
 }
 
 /* tokenizer_config.json (model_max_length, specials), then special_tokens_map.json,
- * which wins for the specials as in transformers' from_pretrained. */
-static int s_load_config(sd_tokenizer_t *t, const char *dir)
+ * which wins for the specials as in transformers' from_pretrained. dir NULL: no
+ * files (the built-in vocabulary). vocab_path names the vocabulary in messages;
+ * fast_added is tokenizer.json's added_tokens (or NULL); pad, if not NULL,
+ * replaces the pad token. */
+static int s_load_config(sd_tokenizer_t *t, const char *dir, const char *vocab_path, const cJSON *fast_added,
+                         const char *pad)
 {
-    char *cfg_path = s_join(dir, "tokenizer_config.json"), *map_path = s_join(dir, "special_tokens_map.json");
+    char *cfg_path = dir ? s_join(dir, "tokenizer_config.json") : NULL;
+    char *map_path = dir ? s_join(dir, "special_tokens_map.json") : NULL;
     bt_json_t cfg = {0}, map = {0}; /* root NULL: the file does not exist, every key reads as absent */
     const char *special[S_NSPECIAL], *from[S_NSPECIAL];
     int rc = BT_ENOMEM;
-    if (!cfg_path || !map_path) {
+    if (dir && (!cfg_path || !map_path)) {
         BT_ERROR("%s: out of memory loading the tokenizer", dir);
         goto out_free;
     }
-    if ((rc = s_load_optional_json(cfg_path, &cfg)) || (rc = s_load_optional_json(map_path, &map))) goto out_free;
+    if (dir && ((rc = s_load_optional_json(cfg_path, &cfg)) || (rc = s_load_optional_json(map_path, &map))))
+        goto out_free;
 
     double ml;
     if ((rc = bt_json_double(&cfg, "model_max_length", 77, 3, INFINITY, &ml))) goto out_free;
@@ -967,6 +1002,7 @@ static int s_load_config(sd_tokenizer_t *t, const char *dir)
         if ((rc = s_special_value(&map, s_special_keys[k], &special[k]))) goto out_free;
         if (special[k] != before) from[k] = map_path;
     }
+    if (pad) special[S_PAD] = pad;
 
     /* Added tokens beyond the four specials (textual-inversion words saved by newer
      * transformers) would also be split out by transformers; they are not supported. */
@@ -979,8 +1015,17 @@ static int s_load_config(sd_tokenizer_t *t, const char *dir)
             BT_WARN("%s: added token %s is not supported; it is tokenized as ordinary text", cfg_path,
                     cJSON_IsString(c) ? c->valuestring : a->string);
     }
+    /* tokenizer.json lists the same in its added_tokens (transformers 5 writes only those) */
+    for (const cJSON *a = cJSON_IsArray(fast_added) ? fast_added->child : NULL; a; a = a->next) {
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(a, "content");
+        bool known = false;
+        for (int k = 0; k < S_NSPECIAL && cJSON_IsString(c); k++) known |= !strcmp(c->valuestring, special[k]);
+        if (!known && cJSON_IsString(c))
+            BT_WARN("%s: added token %s is not supported; it is tokenized as ordinary text", vocab_path,
+                    c->valuestring);
+    }
 
-    char *added_path = s_join(dir, "added_tokens.json");
+    char *added_path = dir ? s_join(dir, "added_tokens.json") : NULL;
     struct stat st;
     if (added_path && stat(added_path, &st) == 0)
         BT_WARN("%s: added tokens are not supported; they are tokenized as ordinary text", added_path);
@@ -992,9 +1037,10 @@ static int s_load_config(sd_tokenizer_t *t, const char *dir)
         t->ids[k] = s_vocab_get(t, special[k], strlen(special[k]));
         if (t->ids[k] < 0) {
             if (from[k])
-                BT_ERROR("%s: %s '%s' is not in vocab.json", from[k], s_special_keys[k], special[k]);
+                BT_ERROR("%s: %s '%s' is not in %s", from[k], s_special_keys[k], special[k], vocab_path);
             else
-                BT_ERROR("%s/vocab.json: has no '%s' (the default %s)", dir, special[k], s_special_keys[k]);
+                BT_ERROR("%s: has no '%s' (the %s %s)", vocab_path, special[k], pad ? "given" : "default",
+                         s_special_keys[k]);
             goto out_free;
         }
         bool dup = false;
@@ -1028,20 +1074,11 @@ out_free:
     return rc;
 }
 
-sd_tokenizer_t *sd_tokenizer_load(const char *dir)
+/* CLIP's vocabulary is the 512 base symbols, one token per merge, and the specials:
+ * merges cut short (at a line boundary) leave tokens no merge can make. */
+static int s_check_merges(const sd_tokenizer_t *t, int n_need, int n_merges, const char *merges_name,
+                          const char *vocab_name)
 {
-    sd_tokenizer_t *t = calloc(1, sizeof *t);
-    char *vocab_path = s_join(dir, "vocab.json"), *merges_path = s_join(dir, "merges.txt");
-    if (!t || !vocab_path || !merges_path) {
-        BT_ERROR("%s: out of memory loading the tokenizer", dir);
-        goto out_fail;
-    }
-    s_byte_alphabet(t);
-    int n_need = 0, n_merges = 0;
-    if (s_load_vocab(t, vocab_path, &n_need) || s_load_merges(t, merges_path, &n_merges)) goto out_fail;
-    if (s_load_config(t, dir)) goto out_fail;
-    /* CLIP's vocabulary is the 512 base symbols, one token per merge, and the specials:
-     * a merges.txt cut short (at a line boundary) leaves tokens no merge can make. */
     int n_special_tokens = 0;
     for (int k = 0; k < t->n_special; k++) {
         char buf[16];
@@ -1050,18 +1087,136 @@ sd_tokenizer_t *sd_tokenizer_load(const char *dir)
         if (t->special_ncp[k] > 1 || !s_is_base_symbol(buf, sl)) n_special_tokens++;
     }
     if (n_merges < n_need - n_special_tokens) {
-        BT_ERROR("%s: %d merges, but vocab.json has %d tokens that need one (file truncated?)", merges_path, n_merges,
-                 n_need - n_special_tokens);
-        goto out_fail;
+        BT_ERROR("%s: %d merges, but %s has %d tokens that need one (file truncated?)", merges_name, n_merges,
+                 vocab_name, n_need - n_special_tokens);
+        return BT_EFORMAT;
     }
+    return BT_OK;
+}
+
+/* vocab.json + merges.txt (transformers 4 and every SD snapshot before it). */
+static int s_load_slow(sd_tokenizer_t *t, const char *dir)
+{
+    char *vocab_path = s_join(dir, "vocab.json"), *merges_path = s_join(dir, "merges.txt");
+    char *data = NULL;
+    size_t len = 0;
+    bt_json_t j = {0};
+    int n_need = 0, n_merges = 0, rc = BT_ENOMEM;
+    if (!vocab_path || !merges_path) {
+        BT_ERROR("%s: out of memory loading the tokenizer", dir);
+        goto out_free;
+    }
+    if ((rc = bt_json_open(&j, vocab_path)) || (rc = s_vocab_from_json(t, j.root, vocab_path, &n_need))) goto out_free;
+    bt_json_free(&j);
+    if ((rc = s_read(merges_path, &data, &len)) || (rc = s_merges_from_text(t, data, len, merges_path, &n_merges)) ||
+        (rc = s_load_config(t, dir, vocab_path, NULL, NULL)))
+        goto out_free;
+    rc = s_check_merges(t, n_need, n_merges, merges_path, "vocab.json");
+out_free:
+    bt_json_free(&j);
+    free(data);
     free(vocab_path);
     free(merges_path);
+    return rc;
+}
+
+/* tokenizer.json, the fast tokenizer's one file (transformers 5 writes only this
+ * and tokenizer_config.json): the same vocabulary and merges under "model", the
+ * specials in "added_tokens". Its normalizer and pre-tokenizer describe CLIP's
+ * clean-up and split, which booth implements as the slow tokenizer does them; a
+ * model other than CLIP's byte-level BPE with "</w>" word ends is refused. */
+static int s_load_fast(sd_tokenizer_t *t, const char *dir, const char *path)
+{
+    bt_json_t j = {0};
+    int n_need = 0, n_merges = 0;
+    int rc = bt_json_open(&j, path);
+    if (rc) return rc;
+    rc = BT_EFORMAT;
+    const cJSON *model = bt_json_get(&j, "model");
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(model, "type");
+    const cJSON *eow = cJSON_GetObjectItemCaseSensitive(model, "end_of_word_suffix");
+    const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
+    const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
+    if (!cJSON_IsObject(model)) {
+        bt_json_error(&j, "model", "must be an object (the BPE model), not %s", model ? bt_json_type_name(model) : "absent");
+    } else if (type && !(cJSON_IsString(type) && !strcmp(type->valuestring, "BPE"))) {
+        bt_json_error(&j, "model", "is a %s model; booth reads CLIP's BPE tokenizer",
+                      cJSON_IsString(type) ? type->valuestring : "malformed");
+    } else if (!cJSON_IsString(eow) || strcmp(eow->valuestring, "</w>")) {
+        bt_json_error(&j, "model", "has end_of_word_suffix %s%s%s, CLIP's BPE has \"</w>\" (not a CLIP tokenizer)",
+                      cJSON_IsString(eow) ? "\"" : "", cJSON_IsString(eow) ? eow->valuestring : bt_json_type_name(eow),
+                      cJSON_IsString(eow) ? "\"" : "");
+    } else if (!cJSON_IsObject(vocab) || !cJSON_IsArray(merges)) {
+        bt_json_error(&j, "model", "needs a \"vocab\" object and a \"merges\" array");
+    } else {
+        rc = s_vocab_from_json(t, vocab, path, &n_need);
+        if (rc == BT_OK) rc = s_merges_from_json(t, merges, path, &n_merges);
+        if (rc == BT_OK) rc = s_load_config(t, dir, path, bt_json_get(&j, "added_tokens"), NULL);
+        if (rc == BT_OK) rc = s_check_merges(t, n_need, n_merges, path, "model.vocab");
+    }
+    bt_json_free(&j);
+    return rc;
+}
+
+static bool s_exists(const char *dir, const char *name)
+{
+    char *p = s_join(dir, name);
+    struct stat st;
+    bool yes = p && stat(p, &st) == 0;
+    free(p);
+    return yes;
+}
+
+sd_tokenizer_t *sd_tokenizer_load(const char *dir)
+{
+    sd_tokenizer_t *t = calloc(1, sizeof *t);
+    if (!t) {
+        BT_ERROR("%s: out of memory loading the tokenizer", dir);
+        return NULL;
+    }
+    s_byte_alphabet(t);
+    int rc;
+    /* vocab.json first: what every loader before transformers 5 reads, and what
+     * transformers 4 writes beside tokenizer.json */
+    if (s_exists(dir, "vocab.json") || s_exists(dir, "merges.txt")) {
+        rc = s_load_slow(t, dir);
+    } else if (s_exists(dir, "tokenizer.json")) {
+        char *path = s_join(dir, "tokenizer.json");
+        rc = path ? s_load_fast(t, dir, path) : BT_ENOMEM;
+        if (!path) BT_ERROR("%s: out of memory loading the tokenizer", dir);
+        free(path);
+    } else {
+        BT_ERROR("%s: no tokenizer files (vocab.json and merges.txt, or tokenizer.json)", dir);
+        rc = BT_ENOTFOUND;
+    }
+    if (rc) sd_tokenizer_destroy(&t);
     return t;
-out_fail:
-    free(vocab_path);
-    free(merges_path);
-    sd_tokenizer_destroy(&t);
-    return NULL;
+}
+
+extern const char sd_clip_vocab_json[], sd_clip_vocab_json_end[];
+extern const char sd_clip_merges_txt[], sd_clip_merges_txt_end[];
+
+sd_tokenizer_t *sd_tokenizer_load_builtin(const char *pad_token)
+{
+    static const char *const vocab_name = "<built-in CLIP vocab.json>", *merges_name = "<built-in CLIP merges.txt>";
+    sd_tokenizer_t *t = calloc(1, sizeof *t);
+    bt_json_t j = {0};
+    int n_need = 0, n_merges = 0;
+    int rc = t ? BT_OK : BT_ENOMEM;
+    if (!t) BT_ERROR("%s: out of memory loading the tokenizer", vocab_name);
+    if (rc == BT_OK) {
+        s_byte_alphabet(t);
+        rc = bt_json_parse(&j, sd_clip_vocab_json, (size_t)(sd_clip_vocab_json_end - sd_clip_vocab_json), vocab_name);
+    }
+    if (rc == BT_OK) rc = s_vocab_from_json(t, j.root, vocab_name, &n_need);
+    if (rc == BT_OK)
+        rc = s_merges_from_text(t, sd_clip_merges_txt, (size_t)(sd_clip_merges_txt_end - sd_clip_merges_txt),
+                                merges_name, &n_merges);
+    if (rc == BT_OK) rc = s_load_config(t, NULL, vocab_name, NULL, pad_token);
+    if (rc == BT_OK) rc = s_check_merges(t, n_need, n_merges, merges_name, vocab_name);
+    bt_json_free(&j);
+    if (rc) sd_tokenizer_destroy(&t);
+    return t;
 }
 
 void sd_tokenizer_destroy(sd_tokenizer_t **pt)

@@ -2,9 +2,11 @@
  * tokenizer.h — CLIP's BPE tokenizer, identical to transformers' slow CLIPTokenizer
  * without ftfy (the path every reference fixture was made with).
  *
- * A tokenizer folder holds vocab.json, merges.txt and optionally tokenizer_config.json
- * and special_tokens_map.json (missing keys default to SD 1.x: bos <|startoftext|>,
- * eos = unk = pad = <|endoftext|>, model_max_length 77). Text goes through:
+ * A tokenizer folder holds vocab.json and merges.txt, or (transformers 5) only
+ * tokenizer.json, the fast tokenizer's file with the same vocabulary and merges;
+ * optionally tokenizer_config.json and special_tokens_map.json (missing keys
+ * default to SD 1.x: bos <|startoftext|>, eos = unk = pad = <|endoftext|>,
+ * model_max_length 77). Either source tokenizes to the same ids. Text goes through:
  *   1. split at literal special-token strings (bos/eos/unk/pad), which map straight
  *      to their id (SD 2.x's pad "!" makes every "!" its own token, id 0);
  *   2. BERT-style clean-up: drop NUL, U+FFFD and category C* except \t\n\r; \t\n\r
@@ -48,9 +50,14 @@ typedef struct sd_tok_result {
     char *token_text;        /* the strings, NUL-separated (owned here) */
 } sd_tok_result_t;
 
-/* Reads DIR/vocab.json, DIR/merges.txt and (if present) DIR/tokenizer_config.json and
- * DIR/special_tokens_map.json. NULL on failure, with one log line naming the file. */
+/* Reads DIR/vocab.json and DIR/merges.txt, or DIR/tokenizer.json when neither is
+ * there, and (if present) DIR/tokenizer_config.json and DIR/special_tokens_map.json.
+ * NULL on failure, with one log line naming the file. */
 sd_tokenizer_t *sd_tokenizer_load(const char *dir);
+/* The CLIP vocabulary built into booth (diffusion/clip_tokenizer/), with SD 1.x's
+ * specials and model_max_length 77; pad_token NULL keeps <|endoftext|>, SD 2.x
+ * uses "!". For models that come without tokenizer files (single-file checkpoints). */
+sd_tokenizer_t *sd_tokenizer_load_builtin(const char *pad_token);
 void sd_tokenizer_destroy(sd_tokenizer_t **t);
 
 /* Tokenizes NUL-terminated UTF-8 text into *out (whose previous contents are not
