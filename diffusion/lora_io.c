@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -77,10 +78,22 @@ static void s_list_visit(void *user, const char *name, sd_attention_t *attn)
     }
 }
 
+/* transformers 5's CLIPTextModel has no text_model level, so LoRA files saved
+ * with it name "encoder.layers.0.self_attn.k_proj" what older ones (and booth)
+ * name "text_model.encoder.layers.0.self_attn.k_proj"; diffusers 0.42 reads both. */
+#define S_TEXT_MODEL "text_model."
+#define S_TEXT_MODEL_KOHYA "text_model_"
+
 static s_module_t *s_find(s_modules_t *ms, st_lora_layout_t layout, const char *spelled)
 {
     for (int i = 0; i < ms->n; i++)
         if (!strcmp(layout == ST_LORA_KOHYA ? ms->m[i].kohya : ms->m[i].module, spelled)) return &ms->m[i];
+    const char *level = layout == ST_LORA_KOHYA ? S_TEXT_MODEL_KOHYA : S_TEXT_MODEL;
+    size_t ln = strlen(level);
+    for (int i = 0; ms->text && i < ms->n; i++) {
+        const char *name = layout == ST_LORA_KOHYA ? ms->m[i].kohya : ms->m[i].module;
+        if (!strncmp(name, level, ln) && !strcmp(name + ln, spelled)) return &ms->m[i];
+    }
     return NULL;
 }
 
@@ -251,8 +264,8 @@ static int s_fill(const char *path, nn_ctx_t *ctx, float *dst, const st_tensor_t
 
 /* Attaches, allocates and fills the set of one part. */
 static int s_build_part(const char *path, nn_ctx_t *ctx, void *model, int part, s_modules_t *ms,
-                        const s_part_info_t *info, double meta_alpha, const sd_lora_load_opts_t *opts,
-                        sd_lora_set_t **out)
+                        const s_part_info_t *info, double meta_alpha, const st_lora_adapter_cfg_t *ac,
+                        const sd_lora_load_opts_t *opts, sd_lora_set_t **out)
 {
     const char *const *names = part == ST_LORA_PART_TEXT ? s_proj_text : s_proj_unet;
     const char *targets[S_NPROJ + 1];
@@ -260,11 +273,19 @@ static int s_build_part(const char *path, nn_ctx_t *ctx, void *model, int part, 
     for (int i = 0; i < S_NPROJ; i++)
         if (info->proj[i]) targets[nt++] = names[i];
     targets[nt] = NULL;
-    /* Alpha without a per-module tensor: metadata, else the caller's default, else rank (scale 1). */
-    float fallback = meta_alpha > 0            ? (float)meta_alpha
+    /* Alpha without a per-module tensor: the LoRA config (diffusers' adapter metadata or
+     * peft's adapter_config.json), else other metadata, else the caller's default, else
+     * rank (scale 1). rsLoRA scales alpha / sqrt(r): booth's alpha / r with alpha·sqrt(r). */
+    double rs = ac && ac->use_rslora ? sqrt((double)info->rank) : 1.0;
+    float fallback = ac && ac->lora_alpha > 0  ? (float)(ac->lora_alpha * rs)
+                     : meta_alpha > 0          ? (float)meta_alpha
                      : opts->default_alpha > 0 ? opts->default_alpha
                                                : (float)info->rank;
-    float set_alpha = meta_alpha > 0 ? (float)meta_alpha : info->first_alpha > 0 ? info->first_alpha : fallback;
+    if (ac && ac->use_rslora && !(ac->lora_alpha > 0)) fallback = (float)(fallback * rs);
+    float set_alpha = ac && ac->lora_alpha > 0 ? fallback
+                      : meta_alpha > 0        ? (float)meta_alpha
+                      : info->first_alpha > 0 ? info->first_alpha
+                                              : fallback;
     sd_lora_set_t *s = part == ST_LORA_PART_TEXT ? sd_lora_attach_clip(model, info->rank, set_alpha, targets)
                                                  : sd_lora_attach_unet(model, info->rank, set_alpha, targets);
     if (!s) return BT_ENOMEM; /* logged by lora.c */
@@ -286,6 +307,8 @@ static int s_build_part(const char *path, nn_ctx_t *ctx, void *model, int part, 
             if ((rc = s_fill(path, ctx, ad->A, m->t[ST_LORA_A], &staging, &staging_n))) break;
             if ((rc = s_fill(path, ctx, ad->B, m->t[ST_LORA_B], &staging, &staging_n))) break;
             ad->alpha = fallback;
+            const st_lora_pattern_t *pat = ac ? st_lora_pattern_find(ac, false, m->module) : NULL;
+            if (pat) ad->alpha = (float)(pat->value * rs);
             if (m->t[ST_LORA_ALPHA]) st_read_f32(m->t[ST_LORA_ALPHA], &ad->alpha); /* validated */
         } else { /* the file adapts this projection in other layers only: a zero adapter changes nothing */
             if ((rc = nn_fill(ctx, ad->A, ad->rank * m->layer->in, 0.0f))) break;
@@ -301,23 +324,97 @@ static int s_build_part(const char *path, nn_ctx_t *ctx, void *model, int part, 
     return BT_OK;
 }
 
+#define S_PEFT_MODEL "adapter_model.safetensors"
+#define S_PEFT_CONFIG "adapter_config.json"
+
+/* What booth cannot apply from a LoRA config is refused, not ignored. */
+static int s_check_adapter_cfg(const char *path, const st_lora_adapter_cfg_t *c)
+{
+    if (c->use_dora) {
+        BT_ERROR("%s: %s sets use_dora: a DoRA adapter rescales the weight itself, which booth does not apply",
+                 path, c->source);
+        return BT_EFORMAT;
+    }
+    for (int r = 0; r < 2; r++) {
+        const st_lora_pattern_t *ps = r ? c->rank_pattern : c->alpha_pattern;
+        for (int i = 0; i < (r ? c->n_rank : c->n_alpha); i++)
+            if (!st_lora_pattern_is_literal(ps[i].key)) {
+                BT_ERROR("%s: %s: %s key '%s' is a regular expression; booth applies patterns that are module "
+                         "names (letters, digits, '_', '.') and refuses the others",
+                         path, c->source, r ? "rank_pattern" : "alpha_pattern", ps[i].key);
+                return BT_EFORMAT;
+            }
+    }
+    return BT_OK;
+}
+
+/* The config's r and rank_pattern against the ranks the tensors have. */
+static int s_check_ranks(const char *path, const s_modules_t *ms, const s_part_info_t *info,
+                         const st_lora_adapter_cfg_t *c)
+{
+    if (!c) return BT_OK;
+    for (int i = 0; i < ms->n; i++) {
+        const s_module_t *m = &ms->m[i];
+        if (!m->t[ST_LORA_A]) continue;
+        const st_lora_pattern_t *pat = st_lora_pattern_find(c, true, m->module);
+        int64_t want = pat ? (int64_t)pat->value : c->r;
+        if (want && want != info->rank) {
+            if (pat)
+                BT_ERROR("%s: %s: rank_pattern '%s' gives rank %lld but tensor '%s' has rank %lld", path, c->source,
+                         pat->key, (long long)want, m->t[ST_LORA_A]->name, (long long)info->rank);
+            else
+                BT_ERROR("%s: %s gives r = %lld but tensor '%s' has rank %lld", path, c->source, (long long)want,
+                         m->t[ST_LORA_A]->name, (long long)info->rank);
+            return BT_ESHAPE;
+        }
+    }
+    return BT_OK;
+}
+
 int sd_lora_load(const char *path, nn_ctx_t *ctx, sd_unet_t *unet, sd_clip_t *clip, const sd_lora_load_opts_t *opts,
                  sd_lora_set_t **unet_set, sd_lora_set_t **text_set)
 {
     static const sd_lora_load_opts_t defaults = {0};
     if (!opts) opts = &defaults;
     *unet_set = *text_set = NULL;
+    char file_path[4096], cfg_path[4096];
+    struct stat st;
+    /* a peft adapter folder: adapter_model.safetensors beside adapter_config.json */
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        snprintf(file_path, sizeof file_path, "%s/%s", path, S_PEFT_MODEL);
+        if (access(file_path, F_OK) != 0) {
+            BT_ERROR("%s: a folder without %s (not a peft adapter folder)", path, S_PEFT_MODEL);
+            return BT_ENOTFOUND;
+        }
+        path = file_path;
+    }
+    st_lora_adapter_cfg_t peft_cfg = {0};
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    if (!strcmp(base, S_PEFT_MODEL)) {
+        snprintf(cfg_path, sizeof cfg_path, "%.*s%s", (int)(base - path), path, S_PEFT_CONFIG);
+        int crc = st_lora_adapter_config_read(cfg_path, &peft_cfg);
+        if (crc && crc != BT_ENOTFOUND) return crc;
+    }
     st_file_t *f = st_open(path);
-    if (!f) return access(path, F_OK) ? BT_ENOTFOUND : BT_EFORMAT; /* st_open logged why */
+    if (!f) {
+        st_lora_adapter_cfg_free(&peft_cfg);
+        return access(path, F_OK) ? BT_ENOTFOUND : BT_EFORMAT; /* st_open logged why */
+    }
     s_modules_t ms[ST_LORA_PART_COUNT] = {{.text = false}, {.text = true}};
     bool given[ST_LORA_PART_COUNT] = {unet != NULL, clip != NULL};
     sd_lora_set_t *sets[ST_LORA_PART_COUNT] = {NULL, NULL};
     s_part_info_t info[ST_LORA_PART_COUNT];
     st_lora_layouts_t layouts;
-    st_lora_meta_t meta;
+    st_lora_meta_t meta = {0};
+    const st_lora_adapter_cfg_t *ac[ST_LORA_PART_COUNT];
     int rc = st_lora_detect(f, &layouts);
     if (rc == BT_OK) rc = st_lora_meta_read(f, &meta);
     if (rc) goto out_close;
+    for (int p = 0; p < ST_LORA_PART_COUNT; p++) {
+        ac[p] = meta.adapter[p].present ? &meta.adapter[p] : peft_cfg.present ? &peft_cfg : NULL;
+        if (ac[p] && (rc = s_check_adapter_cfg(path, ac[p]))) goto out_close;
+    }
 
     if (unet) sd_unet_visit_attentions(unet, s_list_visit, &ms[ST_LORA_PART_UNET]);
     if (clip) sd_clip_visit_attentions(clip, s_list_visit, &ms[ST_LORA_PART_TEXT]);
@@ -338,6 +435,7 @@ int sd_lora_load(const char *path, nn_ctx_t *ctx, sd_unet_t *unet, sd_clip_t *cl
     }
     for (int p = 0; p < ST_LORA_PART_COUNT; p++) {
         if (!ms[p].used) continue;
+        if ((rc = s_check_ranks(path, &ms[p], &info[p], ac[p]))) goto out_free;
         if (meta.rank[p] && meta.rank[p] != info[p].rank) {
             BT_ERROR("%s: metadata gives the %s rank %lld but tensor '%s' has rank %lld", path, s_part_what(p),
                      (long long)meta.rank[p], info[p].rank_key, (long long)info[p].rank);
@@ -355,7 +453,7 @@ int sd_lora_load(const char *path, nn_ctx_t *ctx, sd_unet_t *unet, sd_clip_t *cl
     for (int p = 0; p < ST_LORA_PART_COUNT && rc == BT_OK; p++)
         if (ms[p].used)
             rc = s_build_part(path, ctx, p == ST_LORA_PART_TEXT ? (void *)clip : (void *)unet, p, &ms[p], &info[p],
-                              meta.alpha[p], opts, &sets[p]);
+                              meta.alpha[p], ac[p], opts, &sets[p]);
     if (rc) {
         for (int p = 0; p < ST_LORA_PART_COUNT; p++)
             sd_lora_destroy(&sets[p]);
@@ -365,6 +463,14 @@ int sd_lora_load(const char *path, nn_ctx_t *ctx, sd_unet_t *unet, sd_clip_t *cl
              st_lora_layout_name(layouts.part[0] != ST_LORA_ABSENT ? layouts.part[0] : layouts.unprefixed),
              st_lora_layout_name(layouts.part[1] != ST_LORA_ABSENT ? layouts.part[1] : layouts.unprefixed), ms[0].used,
              ms[1].used);
+    for (int p = 0; p < ST_LORA_PART_COUNT; p++) /* one line per file, not per part */
+        if (ms[p].used && !(ac[p] && ac[p]->lora_alpha > 0) && !(meta.alpha[p] > 0) && !info[p].first_alpha &&
+            !(opts->default_alpha > 0)) {
+            BT_INFO("%s: the file states no LoRA alpha (no alpha metadata, .alpha tensors or adapter_config.json); "
+                    "alpha = rank (%lld) is assumed, as diffusers does",
+                    path, (long long)info[p].rank);
+            break;
+        }
     *unet_set = sets[ST_LORA_PART_UNET];
     *text_set = sets[ST_LORA_PART_TEXT];
 out_free:
@@ -372,6 +478,8 @@ out_free:
     free(ms[1].m);
 out_close:
     st_close(&f);
+    st_lora_meta_free(&meta);
+    st_lora_adapter_cfg_free(&peft_cfg);
     return rc;
 }
 

@@ -11,6 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
+
+#include "common/json.h"
 #include "common/log.h"
 #include "common/status.h"
 
@@ -230,9 +233,153 @@ int st_lora_meta_key(char *buf, size_t len, st_lora_part_t part, const char *wha
     return n < 0 || (size_t)n >= len ? BT_EINVAL : BT_OK;
 }
 
+/* ---- peft LoraConfig fields: lora_adapter_metadata and adapter_config.json ---- */
+
+#define S_ADAPTER_META_KEY "lora_adapter_metadata" /* diffusers' LORA_ADAPTER_METADATA_KEY */
+#define S_MAX_PATTERNS 100000
+
+void st_lora_adapter_cfg_free(st_lora_adapter_cfg_t *c)
+{
+    for (int i = 0; i < c->n_alpha; i++) free(c->alpha_pattern[i].key);
+    for (int i = 0; i < c->n_rank; i++) free(c->rank_pattern[i].key);
+    free(c->alpha_pattern);
+    free(c->rank_pattern);
+    memset(c, 0, sizeof *c);
+}
+
+bool st_lora_pattern_is_literal(const char *key)
+{
+    if (!*key) return false;
+    for (const char *p = key; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '_' ||
+              *p == '.'))
+            return false;
+    return true;
+}
+
+const st_lora_pattern_t *st_lora_pattern_find(const st_lora_adapter_cfg_t *c, bool rank, const char *module)
+{
+    const st_lora_pattern_t *ps = rank ? c->rank_pattern : c->alpha_pattern;
+    int n = rank ? c->n_rank : c->n_alpha;
+    size_t ml = strlen(module);
+    for (int i = 0; i < n; i++) { /* the first key that matches wins, as in peft's get_pattern_key */
+        size_t kl = strlen(ps[i].key);
+        if (kl > ml || strcmp(module + ml - kl, ps[i].key)) continue;
+        if (kl == ml || module[ml - kl - 1] == '.') return &ps[i];
+    }
+    return NULL;
+}
+
+/* One pattern object ({"module": number}) into an owned array. */
+static int s_patterns(const bt_json_t *j, const char *key, bool rank, st_lora_pattern_t **out, int *n)
+{
+    const cJSON *o = bt_json_get(j, key);
+    if (!o) return BT_OK;
+    if (!cJSON_IsObject(o)) {
+        bt_json_error(j, key, "must be an object of module names and numbers, not %s", bt_json_type_name(o));
+        return BT_EFORMAT;
+    }
+    int count = cJSON_GetArraySize(o);
+    if (count > S_MAX_PATTERNS) {
+        bt_json_error(j, key, "has %d entries (at most %d)", count, S_MAX_PATTERNS);
+        return BT_EFORMAT;
+    }
+    if (count == 0) return BT_OK;
+    if (!(*out = calloc((size_t)count, sizeof **out))) {
+        BT_ERROR("%s: out of memory reading '%s'", j->name, key);
+        return BT_ENOMEM;
+    }
+    for (const cJSON *e = o->child; e; e = e->next) {
+        double v = e->valuedouble;
+        bool ok = cJSON_IsNumber(e) && isfinite(v) && v > 0 && v <= 1e6 && (!rank || v == floor(v));
+        if (!ok) {
+            bt_json_error(j, key, "entry '%.80s' must be a positive %s up to 1e6, not %s", e->string,
+                          rank ? "integer" : "number", cJSON_IsNumber(e) ? "that" : bt_json_type_name(e));
+            return BT_EFORMAT;
+        }
+        if (!((*out)[*n].key = strdup(e->string))) {
+            BT_ERROR("%s: out of memory reading '%s'", j->name, key);
+            return BT_ENOMEM;
+        }
+        (*out)[(*n)++].value = v;
+    }
+    return BT_OK;
+}
+
+/* The LoraConfig fields "<prefix><field>" of j into c (prefix "" for adapter_config.json). */
+static int s_adapter_cfg(const bt_json_t *j, const char *prefix, st_lora_adapter_cfg_t *c)
+{
+    char key[5][64];
+    static const char *const fields[5] = {"r", "lora_alpha", "use_rslora", "use_dora", "alpha_pattern"};
+    for (int i = 0; i < 5; i++) snprintf(key[i], sizeof key[i], "%s%s", prefix, fields[i]);
+    char rank_key[64];
+    snprintf(rank_key, sizeof rank_key, "%srank_pattern", prefix);
+    size_t pl = strlen(prefix);
+    for (const cJSON *e = j->root ? j->root->child : NULL; e && !c->present; e = e->next)
+        c->present = !strncmp(e->string, prefix, pl);
+    if (!c->present) return BT_OK;
+    int rc = bt_json_int64(j, key[0], 0, 1, 1000000000, &c->r);
+    if (rc == BT_OK) rc = bt_json_double(j, key[1], 0, 1e-30, 1e6, &c->lora_alpha);
+    if (rc == BT_OK) rc = bt_json_bool(j, key[2], false, &c->use_rslora);
+    if (rc == BT_OK) rc = bt_json_bool(j, key[3], false, &c->use_dora);
+    if (rc == BT_OK) rc = s_patterns(j, key[4], false, &c->alpha_pattern, &c->n_alpha);
+    if (rc == BT_OK) rc = s_patterns(j, rank_key, true, &c->rank_pattern, &c->n_rank);
+    return rc;
+}
+
+int st_lora_adapter_config_read(const char *path, st_lora_adapter_cfg_t *out)
+{
+    memset(out, 0, sizeof *out);
+    bt_json_t j;
+    FILE *probe = fopen(path, "rb");
+    if (!probe) return BT_ENOTFOUND;
+    fclose(probe);
+    int rc = bt_json_open(&j, path);
+    if (rc) return rc == BT_ENOTFOUND ? BT_EIO : rc;
+    const char *tail = strrchr(path, '/');
+    snprintf(out->source, sizeof out->source, "%s", tail ? tail + 1 : path);
+    rc = s_adapter_cfg(&j, "", out);
+    if (rc == BT_OK && !out->present) {
+        BT_ERROR("%s: an empty adapter config", path);
+        rc = BT_EFORMAT;
+    }
+    bt_json_free(&j);
+    if (rc) st_lora_adapter_cfg_free(out);
+    return rc;
+}
+
+void st_lora_meta_free(st_lora_meta_t *m)
+{
+    for (int p = 0; p < ST_LORA_PART_COUNT; p++) st_lora_adapter_cfg_free(&m->adapter[p]);
+}
+
+/* diffusers' lora_adapter_metadata: one JSON object, keys "<part>.<field>". */
+static int s_adapter_meta(const st_file_t *f, st_lora_meta_t *m)
+{
+    const char *v = st_metadata(f, S_ADAPTER_META_KEY);
+    if (!v) return BT_OK;
+    char name[4096 + 64];
+    snprintf(name, sizeof name, "%s: metadata '%s'", st_path(f), S_ADAPTER_META_KEY);
+    bt_json_t j;
+    int rc = bt_json_parse(&j, v, strlen(v), name);
+    for (int p = 0; p < ST_LORA_PART_COUNT && rc == BT_OK; p++) {
+        char prefix[32];
+        snprintf(prefix, sizeof prefix, "%s.", st_lora_part_name((st_lora_part_t)p));
+        snprintf(m->adapter[p].source, sizeof m->adapter[p].source, "metadata '%s'", S_ADAPTER_META_KEY);
+        rc = s_adapter_cfg(&j, prefix, &m->adapter[p]);
+    }
+    bt_json_free(&j);
+    return rc;
+}
+
 int st_lora_meta_read(const st_file_t *f, st_lora_meta_t *m)
 {
     memset(m, 0, sizeof *m);
+    int arc = s_adapter_meta(f, m);
+    if (arc) {
+        st_lora_meta_free(m);
+        return arc;
+    }
     for (int p = 0; p < ST_LORA_PART_COUNT; p++) {
         char own_rank[64], own_alpha[64];
         st_lora_meta_key(own_rank, sizeof own_rank, (st_lora_part_t)p, ST_LORA_META_RANK);
@@ -247,12 +394,18 @@ int st_lora_meta_read(const st_file_t *f, st_lora_meta_t *m)
         int rc = 0;
         for (size_t i = 0; i < S_COUNT(ranks) && rc == 0; i++)
             rc = s_meta_number(f, ranks[i].key, true, ranks[i].strict, &x);
-        if (rc < 0) return rc;
+        if (rc < 0) {
+            st_lora_meta_free(m);
+            return rc;
+        }
         if (rc) m->rank[p] = (int64_t)x;
         rc = 0;
         for (size_t i = 0; i < S_COUNT(alphas) && rc == 0; i++)
             rc = s_meta_number(f, alphas[i].key, false, alphas[i].strict, &x);
-        if (rc < 0) return rc;
+        if (rc < 0) {
+            st_lora_meta_free(m);
+            return rc;
+        }
         if (rc) m->alpha[p] = x;
     }
     return BT_OK;

@@ -20,6 +20,9 @@
  * ("to_out_0", "transformer_blocks"), so callers that know the model spell each
  * of their modules with st_lora_spell_module() and look the parsed spelling up.
  *
+ * Alpha beside the tensors: diffusers' "lora_adapter_metadata" metadata and peft's
+ * adapter_config.json (st_lora_adapter_cfg_t below).
+ *
  * Metadata (all strings): booth writes "format" = "pt", "booth.layout",
  * "booth.rank", "booth.alpha", "booth.targets" (JSON list) for the UNet and the
  * same under "booth.text_encoder." for the text encoder, and reads rank/alpha
@@ -95,14 +98,54 @@ typedef struct st_lora_layouts {
 } st_lora_layouts_t;
 int st_lora_detect(const st_file_t *f, st_lora_layouts_t *out);
 
+/* What a peft LoraConfig says about one part's scale: diffusers' (>= 0.34)
+ * "lora_adapter_metadata" (a JSON string in __metadata__ whose keys are
+ * "<part>.<LoraConfig field>": "unet.r", "unet.lora_alpha", "text_encoder.alpha_pattern",
+ * ...) or peft's adapter_config.json (the same fields without a prefix). Only the
+ * fields that change what the file means are kept; patterns map a module name
+ * (matched as peft does: the whole name or a suffix after a '.') to a value. */
+typedef struct st_lora_pattern {
+    char *key;    /* as written in the file */
+    double value; /* alpha, or a rank (an integer) */
+} st_lora_pattern_t;
+
+typedef struct st_lora_adapter_cfg {
+    bool present;      /* the source had fields for this part */
+    int64_t r;         /* 0: not stated */
+    double lora_alpha; /* 0: not stated */
+    bool use_rslora;   /* scale alpha / sqrt(r) instead of alpha / r */
+    bool use_dora;     /* weight-decomposed LoRA: not a plain A/B update */
+    int n_alpha, n_rank;
+    st_lora_pattern_t *alpha_pattern, *rank_pattern; /* owned */
+    char source[96];   /* for messages: "metadata 'lora_adapter_metadata'" or the config's path tail */
+} st_lora_adapter_cfg_t;
+
 /* Rank and alpha a file's metadata states for each part (0: not stated). For the
  * text encoder, "booth.text_encoder.*" wins over the shared keys. A value that is
- * not a positive number is one error naming the file and the key. */
+ * not a positive number is one error naming the file and the key. adapter[] is
+ * diffusers' lora_adapter_metadata per part (present false without it); a
+ * malformed one is one error naming the file and the field. Release with
+ * st_lora_meta_free (safe on a zeroed struct and after a failed read). */
 typedef struct st_lora_meta {
     int64_t rank[ST_LORA_PART_COUNT];
     double alpha[ST_LORA_PART_COUNT];
+    st_lora_adapter_cfg_t adapter[ST_LORA_PART_COUNT];
 } st_lora_meta_t;
 int st_lora_meta_read(const st_file_t *f, st_lora_meta_t *m);
+void st_lora_meta_free(st_lora_meta_t *m);
+
+/* peft's adapter_config.json at path: BT_OK with out->present, BT_ENOTFOUND
+ * (nothing logged) when there is no such file, or one error naming the file and
+ * the field. Release with st_lora_adapter_cfg_free. */
+int st_lora_adapter_config_read(const char *path, st_lora_adapter_cfg_t *out);
+void st_lora_adapter_cfg_free(st_lora_adapter_cfg_t *c);
+
+/* The pattern of `c` (alpha: rank false) that applies to dotted module name
+ * `module`, or NULL. Matching is peft's re.match(r"(.*\.)?(KEY)$") for keys made of
+ * letters, digits, '_' and '.' (read literally); st_lora_pattern_is_literal tells
+ * which keys those are. */
+const st_lora_pattern_t *st_lora_pattern_find(const st_lora_adapter_cfg_t *c, bool rank, const char *module);
+bool st_lora_pattern_is_literal(const char *key);
 
 /* Metadata key names, for writers. booth.alpha_folded: the alpha a diffusers-
  * layout file had folded into B (the file itself then means alpha == rank). */
