@@ -1,0 +1,389 @@
+/*
+ * test_ecosystem.c — files today's Python stack writes, against what that stack
+ * computes with them (tests/fixtures/ecosystem/, made by
+ * scripts/make_ecosystem_fixtures.py with diffusers 0.42, transformers 5, peft 0.21):
+ *
+ *   - a transformers-5 tokenizer folder (tokenizer.json only) tokenizes as the same
+ *     vocabulary in vocab.json + merges.txt does, and as transformers 5 does where its
+ *     fast tokenizer agrees with the slow one; the full CLIP vocabulary as tokenizer.json
+ *     reproduces the oracle's 32 prompts;
+ *   - LoRA files: text-encoder keys without "text_model." (transformers 5), alpha from
+ *     diffusers' lora_adapter_metadata, a peft adapter folder with adapter_config.json
+ *     and an alpha_pattern — UNet and text-encoder outputs as diffusers / peft give them;
+ *   - a single-file (original LDM names) checkpoint of the tiny model, written here
+ *     with the names diffusers' from_single_file read back, loads to the same
+ *     outputs, and `booth convert` makes a folder of it.
+ * Tolerance: the oracle's, max abs <= 1e-4 for UNet and text-encoder outputs,
+ * 3e-4 for the VAE decoder.
+ */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common/fileio.h"
+#include "common/json.h"
+#include "common/log.h"
+#include "common/stack.h"
+#include "diffusion/lora_io.h"
+#include "diffusion/pipeline.h"
+#include "diffusion/tokenizer.h"
+#include "testutil.h"
+
+static const char *s_tmp(const char *name)
+{
+    static char path[8][4096];
+    static int k;
+    k = (k + 1) % 8;
+    snprintf(path[k], sizeof path[k], "%s/%s", tu_tmpdir(), name);
+    return path[k];
+}
+
+/* Every log line of a stretch of code, joined (the test reads them instead of stderr). */
+static char s_log[16384];
+static void s_sink(bt_log_level_t level, const char *msg, void *user)
+{
+    (void)level, (void)user;
+    size_t n = strlen(s_log);
+    snprintf(s_log + n, sizeof s_log - n, "%s\n", msg);
+}
+static void s_capture_begin(void)
+{
+    s_log[0] = '\0';
+    bt_log_set_sink(s_sink, NULL);
+}
+static const char *s_capture_end(void)
+{
+    bt_log_set_sink(NULL, NULL);
+    return s_log;
+}
+
+static bool s_write(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f) return false;
+    bool ok = fwrite(text, 1, strlen(text), f) == strlen(text);
+    return fclose(f) == 0 && ok;
+}
+
+/* ---- tokenizer.json ---- */
+
+/* Tokenizes every case of a {"cases": [{"prompt", "input_ids"}, ...]} file with a and b
+ * (b may be NULL) and checks a == b and, where want_key's flag is true (or flag_key is
+ * NULL), a == the recorded input_ids. */
+static void s_check_cases(const char *cases_file, const sd_tokenizer_t *a, const sd_tokenizer_t *b,
+                          const char *flag_key, int *n_checked_out)
+{
+    bt_json_t j;
+    REQUIRE(bt_json_open(&j, cases_file) == 0);
+    const cJSON *cases = bt_json_get(&j, "cases");
+    REQUIRE(cJSON_IsArray(cases) && cJSON_GetArraySize(cases) == 32);
+    int n_checked = 0, k = 0;
+    for (const cJSON *c = cases->child; c; c = c->next, k++) {
+        const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(c, "prompt");
+        const cJSON *ids = cJSON_GetObjectItemCaseSensitive(c, "input_ids");
+        const cJSON *flag = flag_key ? cJSON_GetObjectItemCaseSensitive(c, flag_key) : NULL;
+        REQUIRE(cJSON_IsString(prompt) && cJSON_IsArray(ids) && cJSON_GetArraySize(ids) == 77);
+        sd_tok_result_t ra, rb;
+        REQUIRE(sd_tokenize(a, prompt->valuestring, &ra) == 0);
+        if (b) {
+            REQUIRE(sd_tokenize(b, prompt->valuestring, &rb) == 0);
+            CHECKF(ra.n_ids == rb.n_ids && !memcmp(ra.ids, rb.ids, (size_t)ra.n_ids * sizeof *ra.ids),
+                   "case %d: tokenizer.json and vocab.json + merges.txt give different ids", k);
+            for (int i = 0; i < ra.n_tokens && i < rb.n_tokens; i++)
+                CHECKF(!strcmp(ra.tokens[i], rb.tokens[i]), "case %d token %d: '%s' vs '%s'", k, i, ra.tokens[i],
+                       rb.tokens[i]);
+            sd_tok_result_free(&rb);
+        }
+        if (!flag_key || cJSON_IsTrue(flag)) {
+            n_checked++;
+            int i = 0;
+            for (const cJSON *v = ids->child; v; v = v->next, i++)
+                CHECKF(ra.input_ids[i] == (int32_t)v->valuedouble, "case %d ('%.30s'), position %d: id %d, expected %d",
+                       k, prompt->valuestring, i, ra.input_ids[i], (int)v->valuedouble);
+        }
+        sd_tok_result_free(&ra);
+    }
+    bt_json_free(&j);
+    if (n_checked_out) *n_checked_out = n_checked;
+}
+
+TEST(ecosystem_tokenizer_json_transformers5)
+{
+    /* the folder transformers 5 saved: only tokenizer.json and tokenizer_config.json */
+    struct stat st;
+    CHECK(stat(tu_fixture_path("ecosystem/tok5/vocab.json"), &st) != 0);
+    sd_tokenizer_t *fast = sd_tokenizer_load(tu_fixture_path("ecosystem/tok5"));
+    sd_tokenizer_t *slow = sd_tokenizer_load(tu_fixture_path("ecosystem/tok_slow"));
+    REQUIRE(fast && slow);
+    CHECK_INT_EQ(sd_tok_vocab_size(fast), sd_tok_vocab_size(slow));
+    CHECK_INT_EQ(sd_tok_bos_id(fast), 512 + 1500);
+    CHECK_INT_EQ(sd_tok_eos_id(fast), 513 + 1500);
+    CHECK_INT_EQ(sd_tok_pad_id(fast), sd_tok_pad_id(slow));
+    CHECK_INT_EQ(sd_tok_max_length(fast), 77);
+    int n = 0;
+    s_check_cases(tu_fixture_path("ecosystem/tokenizer5.json"), fast, slow, "fast_equals_slow", &n);
+    CHECK_INT_EQ(n, 30); /* transformers 5's fast normalizer differs on 2 prompts; booth keeps the slow one's */
+    sd_tokenizer_destroy(&fast);
+    sd_tokenizer_destroy(&slow);
+}
+
+/* The full CLIP vocabulary written as tokenizer.json (merges as pairs, as tokenizers
+ * >= 0.20 writes them; and as "a b" strings, as older ones did) reproduces the oracle. */
+static char *s_full_tokenizer_json(bool pair_merges)
+{
+    char *vocab = NULL, *merges = NULL;
+    size_t vn, mn;
+    if (bt_read_file(tu_fixture_path("tiny-sd/tokenizer/vocab.json"), &vocab, &vn) ||
+        bt_read_file(tu_fixture_path("tiny-sd/tokenizer/merges.txt"), &merges, &mn))
+        return NULL;
+    cJSON *root = cJSON_CreateObject(), *model = cJSON_AddObjectToObject(root, "model");
+    cJSON_AddStringToObject(model, "type", "BPE");
+    cJSON_AddStringToObject(model, "end_of_word_suffix", "</w>");
+    cJSON_AddItemToObject(model, "vocab", cJSON_ParseWithLength(vocab, vn));
+    cJSON *arr = cJSON_AddArrayToObject(model, "merges");
+    char *save = NULL;
+    int line = 0;
+    for (char *l = strtok_r(merges, "\n", &save); l; l = strtok_r(NULL, "\n", &save), line++) {
+        if (line == 0) continue; /* #version */
+        char *sp = strchr(l, ' ');
+        if (!sp) continue;
+        if (pair_merges) {
+            *sp = '\0';
+            cJSON *pair = cJSON_CreateArray();
+            cJSON_AddItemToArray(pair, cJSON_CreateString(l));
+            cJSON_AddItemToArray(pair, cJSON_CreateString(sp + 1));
+            cJSON_AddItemToArray(arr, pair);
+        } else {
+            cJSON_AddItemToArray(arr, cJSON_CreateString(l));
+        }
+    }
+    char *text = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    free(vocab);
+    free(merges);
+    return text;
+}
+
+TEST(ecosystem_tokenizer_json_full_vocab)
+{
+    for (int pairs = 0; pairs < 2; pairs++) {
+        const char *dir = s_tmp(pairs ? "tok_pairs" : "tok_strings");
+        REQUIRE(bt_mkdirs(dir) == 0);
+        char *text = s_full_tokenizer_json(pairs);
+        REQUIRE(text);
+        char path[4200];
+        snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+        CHECK(s_write(path, text));
+        free(text);
+        snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+        CHECK(s_write(path, "{\"model_max_length\": 77, \"pad_token\": \"<|endoftext|>\"}"));
+        sd_tokenizer_t *t = sd_tokenizer_load(dir), *ref = sd_tokenizer_load(tu_fixture_path("tiny-sd/tokenizer"));
+        REQUIRE(t && ref);
+        CHECK_INT_EQ(sd_tok_vocab_size(t), 49408);
+        s_check_cases(tu_fixture_path("tokenizer.json"), t, ref, NULL, NULL);
+        sd_tokenizer_destroy(&t);
+        sd_tokenizer_destroy(&ref);
+    }
+    sd_tokenizer_t *b = sd_tokenizer_load_builtin(NULL);
+    REQUIRE(b);
+    s_check_cases(tu_fixture_path("tokenizer.json"), b, NULL, NULL, NULL);
+    sd_tokenizer_destroy(&b);
+}
+
+TEST(ecosystem_tokenizer_json_refusals)
+{
+    static const struct {
+        const char *json, *expect;
+    } cases[] = {
+        {"{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}}}", "WordPiece"},
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}}", "end_of_word_suffix"},
+        {"{\"model\": {\"type\": \"BPE\", \"end_of_word_suffix\": \"</w>\", \"vocab\": {\"a\": 0}, \"merges\": [[1, 2]]}}",
+         "model.merges[0]"},
+        {"{\"model\": {\"type\": \"BPE\", \"end_of_word_suffix\": \"</w>\", \"vocab\": {\"a\": -1}, \"merges\": []}}",
+         "'a' has id -1"},
+        {"[1]", "top level"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char dir[64];
+        snprintf(dir, sizeof dir, "badtok%zu", i);
+        REQUIRE(bt_mkdirs(s_tmp(dir)) == 0);
+        char path[4200];
+        snprintf(path, sizeof path, "%s/tokenizer.json", s_tmp(dir));
+        REQUIRE(s_write(path, cases[i].json));
+        s_capture_begin();
+        sd_tokenizer_t *t = sd_tokenizer_load(s_tmp(dir));
+        const char *log = s_capture_end();
+        CHECKF(!t, "case %zu loaded", i);
+        CHECKF(strstr(log, "tokenizer.json") && strstr(log, cases[i].expect), "case %zu: log '%s'", i, log);
+        sd_tokenizer_destroy(&t);
+    }
+}
+
+/* ---- LoRA files ---- */
+
+typedef struct {
+    nn_ctx_t *ctx;
+    sd_unet_t *unet;
+    sd_clip_t *clip;
+    bt_stack_t scratch;
+    sd_run_t run;
+    st_file_t *fx;
+    float *sample, *ehs, t;
+    int32_t ids[77];
+} s_env_t;
+
+static bool s_env_open(s_env_t *e)
+{
+    memset(e, 0, sizeof *e);
+    if (!(e->ctx = nn_ctx_new(NN_BACKEND_CPU, 0))) return false;
+    e->unet = sd_unet_load(e->ctx, tu_fixture_path("tiny-sd/unet"), SD_STORE_AUTO);
+    e->clip = sd_clip_load(e->ctx, tu_fixture_path("tiny-sd/text_encoder"), SD_STORE_AUTO);
+    bt_stack_init(&e->scratch, "scratch", 0, NULL, NULL, NULL);
+    e->run = (sd_run_t){.nn = e->ctx, .scratch = &e->scratch};
+    if (!e->unet || !e->clip || !(e->fx = tu_fixture("ecosystem/expected.safetensors"))) return false;
+    e->sample = tu_load_f32(e->fx, "sample", NULL);
+    e->ehs = tu_load_f32(e->fx, "encoder_hidden_states", NULL);
+    int64_t ids[77], t;
+    const st_tensor_t *ti = st_find(e->fx, "input_ids"), *tt = st_find(e->fx, "timestep");
+    if (!e->sample || !e->ehs || !ti || st_numel(ti) != 77 || !tt || st_read_i64(ti, ids) || st_read_i64(tt, &t))
+        return false;
+    for (int i = 0; i < 77; i++) e->ids[i] = (int32_t)ids[i];
+    e->t = (float)t;
+    return true;
+}
+
+static void s_env_close(s_env_t *e)
+{
+    bt_stack_free(&e->scratch);
+    free(e->sample);
+    free(e->ehs);
+    st_close(&e->fx);
+    sd_unet_destroy(&e->unet);
+    sd_clip_destroy(&e->clip);
+    nn_ctx_destroy(&e->ctx);
+}
+
+/* The UNet and text-encoder outputs against expected `<what>.unet` / `<what>.text`
+ * (either absent: not compared); returns the largest difference. */
+static double s_compare(s_env_t *e, sd_unet_t *unet, sd_clip_t *clip, const char *what)
+{
+    char name[128];
+    double worst = 0;
+    snprintf(name, sizeof name, "%s.text", what);
+    float *want = st_find(e->fx, name) ? tu_load_f32(e->fx, name, NULL) : NULL;
+    if (want) {
+        float out[77 * 32];
+        CHECK(sd_clip_forward(&e->run, clip, out, NULL, e->ids, 1, 77, 0) == 0);
+        double d = tu_check_close(name, out, want, 77 * 32, 1e-4);
+        worst = d > worst ? d : worst;
+        free(want);
+    }
+    snprintf(name, sizeof name, "%s.unet", what);
+    want = st_find(e->fx, name) ? tu_load_f32(e->fx, name, NULL) : NULL;
+    if (want) {
+        float out[4 * 16 * 16];
+        CHECK(sd_unet_forward(&e->run, unet, out, e->sample, &e->t, e->ehs, 1, 16, 16, 77) == 0);
+        double d = tu_check_close(name, out, want, 4 * 16 * 16, 1e-4);
+        worst = d > worst ? d : worst;
+        free(want);
+    }
+    return worst;
+}
+
+static void s_lora_case(const char *file, const char *what, int64_t rank, float alpha, bool expect_info)
+{
+    s_env_t e;
+    REQUIRE(s_env_open(&e));
+    CHECK(s_compare(&e, e.unet, e.clip, "base") <= 1e-4);
+    sd_lora_set_t *u = NULL, *t = NULL;
+    s_capture_begin();
+    int rc = sd_lora_load(tu_fixture_path(file), e.ctx, e.unet, e.clip, NULL, &u, &t);
+    const char *log = s_capture_end();
+    REQUIRE(rc == 0);
+    CHECKF(!!strstr(log, "alpha = rank") == expect_info, "%s: log '%s'", file, log);
+    sd_lora_set_t *sets[2] = {u, t};
+    for (int p = 0; p < 2; p++)
+        if (sets[p]) {
+            CHECK_INT_EQ(sets[p]->rank, rank);
+            CHECKF(sets[p]->alpha == alpha, "%s: alpha %g, expected %g", file, sets[p]->alpha, alpha);
+        }
+    /* peft_te's adapter_config.json: alpha_pattern {"layers.1.self_attn.v_proj": 32} */
+    for (int i = 0; t && i < t->n; i++) {
+        bool pattern = !strcmp(t->modules[i], "text_model.encoder.layers.1.self_attn.v_proj") && !strcmp(what, "peft_te");
+        CHECKF(t->adapters[i].alpha == (pattern ? 32.0f : alpha), "%s: '%s' alpha %g", file, t->modules[i],
+               t->adapters[i].alpha);
+    }
+    double d = s_compare(&e, e.unet, e.clip, what);
+    printf("  %s: max abs diff to diffusers/peft %.3g\n", file, d);
+    sd_lora_destroy(&u);
+    sd_lora_destroy(&t);
+    s_env_close(&e);
+}
+
+TEST(ecosystem_lora_transformers5_keys)
+{
+    /* text_encoder.encoder.layers.0.self_attn.k_proj.lora_A.weight: no text_model level, no alpha */
+    s_lora_case("ecosystem/lora_te5.safetensors", "lora_te5", 4, 4.0f, true);
+}
+
+TEST(ecosystem_lora_adapter_metadata)
+{
+    s_lora_case("ecosystem/lora_meta.safetensors", "lora_meta", 8, 16.0f, false);
+}
+
+TEST(ecosystem_lora_peft_folder)
+{
+    /* the folder itself, and its adapter_model.safetensors: adapter_config.json beside it applies */
+    s_lora_case("ecosystem/peft_te", "peft_te", 8, 16.0f, false);
+    s_lora_case("ecosystem/peft_te/adapter_model.safetensors", "peft_te", 8, 16.0f, false);
+}
+
+/* A copy of the peft folder with a changed adapter_config.json is refused, naming the cause. */
+TEST(ecosystem_lora_peft_config_refusals)
+{
+    static const struct {
+        const char *from, *to, *expect;
+    } cases[] = {
+        {"\"use_dora\": false", "\"use_dora\": true", "use_dora"},
+        {"\"layers.1.self_attn.v_proj\": 32", "\"layers\\\\.[0-9]\\\\.self_attn.v_proj\": 32", "regular expression"},
+        {"\"rank_pattern\": {}", "\"rank_pattern\": {\"q_proj\": 4}", "rank_pattern 'q_proj' gives rank 4"},
+        {"\"r\": 8", "\"r\": 16", "r = 16"},
+        {"\"lora_alpha\": 16", "\"lora_alpha\": \"16\"", "'lora_alpha'"},
+    };
+    char *cfg = NULL, *model = NULL;
+    size_t cn, mn;
+    REQUIRE(bt_read_file(tu_fixture_path("ecosystem/peft_te/adapter_config.json"), &cfg, &cn) == 0);
+    REQUIRE(bt_read_file(tu_fixture_path("ecosystem/peft_te/adapter_model.safetensors"), &model, &mn) == 0);
+    s_env_t e;
+    REQUIRE(s_env_open(&e));
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char dir[64], path[4200];
+        snprintf(dir, sizeof dir, "peft_bad%zu", i);
+        REQUIRE(bt_mkdirs(s_tmp(dir)) == 0);
+        const char *at = strstr(cfg, cases[i].from);
+        REQUIRE(at);
+        size_t n = cn + strlen(cases[i].to) + 1;
+        char *text = malloc(n);
+        snprintf(text, n, "%.*s%s%s", (int)(at - cfg), cfg, cases[i].to, at + strlen(cases[i].from));
+        snprintf(path, sizeof path, "%s/adapter_config.json", s_tmp(dir));
+        CHECK(s_write(path, text));
+        free(text);
+        snprintf(path, sizeof path, "%s/adapter_model.safetensors", s_tmp(dir));
+        FILE *f = fopen(path, "wb");
+        REQUIRE(f && fwrite(model, 1, mn, f) == mn && fclose(f) == 0);
+        sd_lora_set_t *u = NULL, *t = NULL;
+        s_capture_begin();
+        int rc = sd_lora_load(s_tmp(dir), e.ctx, e.unet, e.clip, NULL, &u, &t);
+        const char *log = s_capture_end();
+        CHECKF(rc != 0 && !u && !t, "case %zu loaded", i);
+        CHECKF(strstr(log, cases[i].expect) != NULL, "case %zu: log '%s'", i, log);
+        sd_lora_destroy(&u);
+        sd_lora_destroy(&t);
+    }
+    s_env_close(&e);
+    free(cfg);
+    free(model);
+}
