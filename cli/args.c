@@ -11,12 +11,31 @@
 void cli_usage(const cli_spec_t *s)
 {
     printf("usage: booth %s %s\n\n%s\n\noptions:\n", s->command, s->synopsis, s->description);
+    int notes = 0;
     for (const cli_opt_t *o = s->opts; o->name; o++) {
+        if (o->kind == CLI_NOTE || o->kind == CLI_NOTE_FLAG) {
+            notes++;
+            continue;
+        }
         char left[64];
         snprintf(left, sizeof left, "%s%s%s", o->name, o->metavar ? " " : "", o->metavar ? o->metavar : "");
         printf("  %-28s %s\n", left, o->help);
     }
     printf("  %-28s %s\n", "--help", "show this help");
+    if (!notes) return;
+    printf("\naccepted from diffusers' scripts, without effect (each says what booth does instead):\n ");
+    int col = 1;
+    for (const cli_opt_t *o = s->opts; o->name; o++) {
+        if (o->kind != CLI_NOTE && o->kind != CLI_NOTE_FLAG) continue;
+        int len = (int)strlen(o->name) + (o->kind == CLI_NOTE ? 2 : 0) + 1;
+        if (col + len > 100) {
+            printf("\n ");
+            col = 1;
+        }
+        printf(" %s%s", o->name, o->kind == CLI_NOTE ? " X" : "");
+        col += len;
+    }
+    printf("\n");
 }
 
 /* Well-formed UTF-8: no stray continuation bytes, no overlong forms, no surrogates, nothing past U+10FFFF. */
@@ -104,6 +123,8 @@ static int s_set(const cli_spec_t *s, const cli_opt_t *o, const char *v)
         break;
     }
     case CLI_FLAG:
+    case CLI_NOTE:
+    case CLI_NOTE_FLAG:
         break;
     }
 bad:
@@ -147,6 +168,17 @@ int cli_parse(const cli_spec_t *s, int argc, char **argv, const char **pos, int 
             return 2;
         }
         if (o->seen) *o->seen = true;
+        if (o->kind == CLI_NOTE_FLAG || o->kind == CLI_NOTE) {
+            const char *v = NULL;
+            if (o->kind == CLI_NOTE && !(v = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL))) {
+                fprintf(stderr, "booth %s: %s needs a value\n", s->command, o->name);
+                return 2;
+            }
+            if (o->kind == CLI_NOTE_FLAG && eq) v = eq + 1; /* --push_to_hub=True: the same */
+            fprintf(stderr, "booth %s: note: %s%s%s ignored: %s\n", s->command, o->name, v ? " " : "", v ? v : "",
+                    o->help);
+            continue;
+        }
         if (o->kind == CLI_FLAG) {
             if (eq) {
                 fprintf(stderr, "booth %s: %s takes no value\n", s->command, o->name);
@@ -175,4 +207,13 @@ bool cli_base_dtype(const char *command, const char *value, sd_store_t *out)
     if (sd_store_parse(value, out)) return true;
     fprintf(stderr, "booth %s: --base-dtype '%s': expected auto, fp32, fp16 or bf16\n", command, value);
     return false;
+}
+
+void cli_join_path(char *buf, size_t cap, const char *dir, const char *name)
+{
+    size_t n = strlen(dir);
+    while (n > 1 && dir[n - 1] == '/') n--;
+    if (!name) snprintf(buf, cap, "%.*s", (int)n, dir);
+    else if (n == 1 && dir[0] == '/') snprintf(buf, cap, "/%s", name);
+    else snprintf(buf, cap, "%.*s/%s", (int)n, dir, name);
 }

@@ -22,6 +22,9 @@ typedef enum cli_kind {
     CLI_FLOAT,      /* float * */
     CLI_FLAG,       /* bool *, no value */
     CLI_FLOAT_LIST, /* cli_floats_t *: "1,0.5,0" */
+    CLI_NOTE,       /* a flag of diffusers' scripts with no meaning here, taking a value: accepted, and
+                       help (what booth does instead) printed as one note; dst unused */
+    CLI_NOTE_FLAG,  /* the same without a value */
 } cli_kind_t;
 
 #define CLI_MAX_LIST 64

@@ -42,6 +42,12 @@ int cmd_fetch(int argc, char **argv);
 #define CLI_BASE_DTYPE_HELP                                                                                    \
     "keep the frozen weights as: auto (as the files: fp16 stays fp16, half the memory, same results), fp32, "  \
     "fp16, bf16 (rounds fp32 weights) (default auto)"
+/* dir + "/" + name into buf without a doubled slash ("out/" + "x" is "out/x"); dir's trailing slashes
+ * dropped ("/" stays "/"). name NULL: dir alone, normalised so. */
+void cli_join_path(char *buf, size_t cap, const char *dir, const char *name);
+/* "1 step", "2 steps": the noun's plural with an s. */
+#define CLI_PLURAL(n) ((n) == 1 ? "" : "s")
+
 /* Parses a --base-dtype value (NULL: auto); one line and false when unknown. */
 bool cli_base_dtype(const char *command, const char *value, sd_store_t *out);
 

@@ -539,9 +539,9 @@ int cmd_submit(int argc, char **argv)
     cli_client_init(&cl);
     const char *job_file = NULL;
     bool priors_only = false, wait = false;
-    cli_opt_t opts[128];
-    bool seen[128] = {0}; /* the training settings given, to refuse them beside --job */
-    int ntrain = cli_train_opts(&f, opts, 80), n = ntrain;
+    cli_opt_t opts[160];
+    bool seen[160] = {0}; /* the training settings given, to refuse them beside --job */
+    int ntrain = cli_train_opts(&f, opts, 120), n = ntrain;
     int alias_first = ntrain + 2, alias_end = alias_first + 3;
     const cli_opt_t extra[] = {
         CLI_OPT("--job", CLI_STR, &job_file, "FILE.json",
@@ -595,6 +595,10 @@ int cmd_submit(int argc, char **argv)
         fprintf(stderr, "booth submit: --base-dtype is not a job setting on a cluster: start the workers with it\n");
         return 2;
     }
+    if (f.logging_dir)
+        fprintf(stderr, "booth submit: note: --logging-dir ignored: the job's loss.csv comes with its files "
+                        "(--wait --output-dir, or booth fetch)\n");
+    if (f.overwrite) fprintf(stderr, "booth submit: note: --overwrite ignored: every cluster job has its own folder\n");
     if (f.output_dir && !wait) {
         fprintf(stderr, "booth submit: --output-dir needs --wait (or later: booth fetch JOB --output-dir DIR)\n");
         return 2;
@@ -635,10 +639,7 @@ int cmd_submit(int argc, char **argv)
         if (priors_only) {
             if ((rc = s_priors_check(NULL, &f.c))) return rc;
             if (!sd_lr_sched_parse(f.lr_sched, &f.c.lr_scheduler)) {
-                fprintf(stderr,
-                        "booth submit: --lr-scheduler '%s' is not constant, constant_with_warmup, linear or "
-                        "cosine\n",
-                        f.lr_sched);
+                fprintf(stderr, "booth submit: --lr-scheduler '%s' is not " SD_LR_NAMES "\n", f.lr_sched);
                 return 2;
             }
             f.c.rank = f.rank;

@@ -11,11 +11,14 @@
  * --resume-from-checkpoint PATH|latest continues a run from a checkpoint; the
  * result is byte-identical to a run that was never interrupted.
  */
+#include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/args.h"
 #include "cli/train_flags.h"
@@ -26,9 +29,11 @@
 #include "common/progress.h"
 #include "common/status.h"
 #include "diffusion/checkpoint.h"
+#include "diffusion/layout.h"
 #include "diffusion/loop.h"
 #include "diffusion/train.h"
 #include "nn/nn.h"
+#include "storage/h5.h"
 
 typedef struct {
     bt_progress_t bar;
@@ -44,6 +49,130 @@ static void s_prep_progress(void *user, int done, int total, const float *latent
     if (done == total) bt_progress_finish(&p->bar, NULL);
 }
 
+/* An absolute, symlink-free form of path, whose last parts need not exist yet. */
+static void s_abs(const char *path, char *out, size_t cap)
+{
+    char buf[PATH_MAX];
+    if (realpath(path, buf)) {
+        snprintf(out, cap, "%s", buf);
+        return;
+    }
+    char parent[PATH_MAX];
+    snprintf(parent, sizeof parent, "%s", path);
+    char *slash = strrchr(parent, '/');
+    const char *leaf = slash ? slash + 1 : parent;
+    char head[PATH_MAX];
+    if (!slash) snprintf(head, sizeof head, ".");
+    else if (slash == parent) snprintf(head, sizeof head, "/");
+    else {
+        *slash = '\0';
+        snprintf(head, sizeof head, "%s", parent);
+    }
+    char h[PATH_MAX];
+    s_abs(head, h, sizeof h);
+    cli_join_path(out, cap, h, *leaf ? leaf : NULL);
+}
+
+static bool s_is_ckpt(const char *name, void *user)
+{
+    (void)user;
+    long long step;
+    int end = 0;
+    return sscanf(name, SD_H5_CKPT_PREFIX "%lld" SD_H5_EXT "%n", &step, &end) == 1 && end > 0 && !name[end];
+}
+
+static long long s_ckpt_step(const char *path)
+{
+    const char *b = strrchr(path, '/');
+    long long step = -1;
+    sscanf(b ? b + 1 : path, SD_H5_CKPT_PREFIX "%lld", &step);
+    return step;
+}
+
+/* The output folder's rules, before any model is loaded: never inside the photos (a second run would
+ * train on its own loss.png), and never mixing this run with another one's checkpoints. */
+static int s_check_output_dir(const char *out, const char *instance_dir, const char *resume, bool overwrite)
+{
+    char o[PATH_MAX + 8], in[PATH_MAX + 8];
+    s_abs(out, o, sizeof o);
+    s_abs(instance_dir, in, sizeof in);
+    size_t n = strlen(in);
+    if (!strcmp(o, in) || (!strncmp(o, in, n) && (o[n] == '/' || !strcmp(in, "/")))) {
+        fprintf(stderr,
+                "booth train: --output-dir %s is inside --instance-data-dir %s: the next run would train on its "
+                "outputs (loss.png, validation images); choose a folder outside it\n",
+                out, instance_dir);
+        return 2;
+    }
+    if (resume) return 0;
+    char **list = NULL;
+    int k = 0;
+    if (bt_list_dir(out, s_is_ckpt, NULL, true, &list, &k)) return 1;
+    long long newest = -1;
+    const char *newest_path = NULL;
+    for (int i = 0; i < k; i++)
+        if (s_ckpt_step(list[i]) > newest) {
+            newest = s_ckpt_step(list[i]);
+            newest_path = list[i];
+        }
+    int rc = 0;
+    if (k && !overwrite) {
+        fprintf(stderr,
+                "booth train: --output-dir %s holds %d checkpoint%s of an earlier run (newest %s): "
+                "--resume-from-checkpoint latest continues it, --overwrite starts over (deleting them), or choose "
+                "another --output-dir\n",
+                out, k, CLI_PLURAL(k), newest_path);
+        rc = 2;
+    } else if (k) {
+        for (int i = 0; i < k && !rc; i++)
+            if (unlink(list[i])) {
+                fprintf(stderr, "booth train: %s: cannot delete: %s\n", list[i], strerror(errno));
+                rc = 1;
+            }
+        if (!rc) fprintf(stderr, "booth train: --overwrite: deleted %d checkpoint%s in %s\n", k, CLI_PLURAL(k), out);
+    }
+    bt_free_list(list, k);
+    return rc;
+}
+
+/* The newest checkpoint could not be resumed from (the reason is logged): name the newest older one
+ * that opens as HDF5, so that the user can go on from there. */
+static void s_offer_previous(const char *dir, const char *bad)
+{
+    char **list = NULL;
+    int k = 0;
+    if (bt_list_dir(dir, s_is_ckpt, NULL, true, &list, &k)) return;
+    long long bad_step = s_ckpt_step(bad), best = -1;
+    const char *prev = NULL;
+    for (int pass = 0; pass < k && !prev; pass++) { /* newest first, down to one that opens */
+        long long cand = -1;
+        const char *cp = NULL;
+        for (int i = 0; i < k; i++) {
+            long long st = s_ckpt_step(list[i]);
+            if (st < bad_step && st > cand && (best < 0 || st < best)) {
+                cand = st;
+                cp = list[i];
+            }
+        }
+        if (!cp) break;
+        best = cand;
+        st_h5_file_t *h = st_h5_open(cp); /* one that does not open says why itself */
+        if (h) prev = cp;
+        st_h5_close(&h);
+    }
+    if (prev)
+        fprintf(stderr,
+                "booth train: the newest checkpoint, %s, cannot be resumed from (above); the previous one opens: "
+                "--resume-from-checkpoint %s (and delete or move %s)\n",
+                bad, prev, bad);
+    else
+        fprintf(stderr,
+                "booth train: the newest checkpoint, %s, cannot be resumed from (above), and there is no earlier "
+                "one that opens; --overwrite starts over\n",
+                bad);
+    bt_free_list(list, k);
+}
+
 static volatile int s_stop; /* SIGINT/SIGTERM: stop after this step, with a checkpoint */
 
 static void s_on_signal(int sig)
@@ -55,8 +184,8 @@ static void s_on_signal(int sig)
 int cmd_train(int argc, char **argv)
 {
     cli_train_flags_t f;
-    cli_opt_t opts[64];
-    int n = cli_train_opts(&f, opts, 63);
+    cli_opt_t opts[128];
+    int n = cli_train_opts(&f, opts, 127);
     opts[n] = (cli_opt_t)CLI_END;
     sd_train_config_t *c = &f.c;
     const cli_spec_t spec = {
@@ -69,11 +198,14 @@ int cmd_train(int argc, char **argv)
     int npos, rc = cli_parse(&spec, argc, argv, pos, &npos);
     if (rc >= 0) return rc;
     if ((rc = cli_train_finish("train", &f, true))) return rc;
-    const char *output_dir = f.output_dir, *resume = f.resume;
+    char output_dir[4096];
+    cli_join_path(output_dir, sizeof output_dir, f.output_dir, NULL);
+    const char *resume = f.resume;
+    if ((rc = s_check_output_dir(output_dir, c->instance_dir, resume, f.overwrite))) return rc;
     if (bt_mkdirs(output_dir)) return 1;
     char class_dir[4096];
     if (c->prior_preservation && !c->class_dir) {
-        snprintf(class_dir, sizeof class_dir, "%s/class_images", output_dir);
+        cli_join_path(class_dir, sizeof class_dir, output_dir, "class_images");
         c->class_dir = class_dir;
     }
 
@@ -111,13 +243,21 @@ int cmd_train(int argc, char **argv)
     }
     prep.label = "encoding images";
     if (!(t = sd_trainer_new(&m, c, s_prep_progress, &prep)) || !(o = sd_trainer_optim(t))) goto out;
+    char classes[64] = " (no prior preservation)";
+    if (c->prior_preservation)
+        snprintf(classes, sizeof classes, ", %d class image%s", t->classes.n, CLI_PLURAL(t->classes.n));
+    char batch[96];
+    snprintf(batch, sizeof batch, "%d", c->train_batch_size);
+    if (f.grad_accum > 1)
+        snprintf(batch, sizeof batch, "%d (%d x %d accumulated)", c->train_batch_size, c->train_batch_size / f.grad_accum,
+                 f.grad_accum);
     fprintf(stderr,
-            "booth train: %d instance image%s%s%d class image%s, LoRA rank %lld alpha %g on %d UNet layers%s, "
-            "%lld steps, batch %d, lr %g (%s)\n",
-            t->instances.n, t->instances.n == 1 ? "" : "s", c->prior_preservation ? ", " : " (no prior preservation) ",
-            c->prior_preservation ? t->classes.n : 0, t->classes.n == 1 ? "" : "s", (long long)c->rank,
-            t->cfg.lora_alpha, t->lora_unet->n, t->lora_text ? " + the text encoder" : "",
-            (long long)c->max_train_steps, c->train_batch_size, c->learning_rate, sd_lr_sched_name(c->lr_scheduler));
+            "booth train: %d instance image%s%s, %d px, %s crop, LoRA rank %lld alpha %g on %d UNet layer%s%s, "
+            "%lld step%s, batch %s, lr %g (%s)\n",
+            t->instances.n, CLI_PLURAL(t->instances.n), classes, c->resolution, c->center_crop ? "center" : "random",
+            (long long)c->rank, t->cfg.lora_alpha, t->lora_unet->n, CLI_PLURAL(t->lora_unet->n),
+            t->lora_text ? " + the text encoder" : "", (long long)c->max_train_steps, CLI_PLURAL(c->max_train_steps),
+            batch, c->learning_rate, sd_lr_sched_name(c->lr_scheduler));
     if (t->ehs) { /* a frozen text encoder: every prompt is embedded (validation too); free it */
         size_t before = sd_model_param_bytes(t->model);
         sd_trainer_release_text_encoder(t);
@@ -127,10 +267,16 @@ int cmd_train(int argc, char **argv)
     if (ckpt[0]) {
         sd_ckpt_data_t d;
         sd_trainer_ckpt_data(t, &ids, &d);
-        if (sd_checkpoint_resume(ckpt, o, &d, &hist)) goto out;
+        int rrc = sd_checkpoint_resume(ckpt, o, &d, &hist);
+        if (rrc) {
+            if (rrc != BT_EINVAL && resume && !strcmp(resume, "latest")) s_offer_previous(output_dir, ckpt);
+            goto out;
+        }
         fprintf(stderr, "booth train: resumed from %s at step %lld\n", ckpt, (long long)o->step);
     }
-    if (!(loop = sd_loop_new(output_dir, &t->cfg, ckpt[0] ? ckpt : NULL, &hist, true))) goto out;
+    if (!(loop = sd_loop_new_in(output_dir, f.logging_path[0] ? f.logging_path : NULL, &t->cfg, ckpt[0] ? ckpt : NULL,
+                                &hist, true)))
+        goto out;
     const char *reuse = c->prior_preservation && sd_is_prior_file(c->class_dir) ? c->class_dir : NULL;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);

@@ -393,7 +393,7 @@ bt_img_t *bt_img_resize(const bt_img_t *img, int w, int h, bt_img_filter_t filte
     return out;
 }
 
-bt_img_t *bt_img_resize_shorter_side_and_center_crop(const bt_img_t *img, int res, bt_img_filter_t filter)
+bt_img_t *bt_img_resize_shorter_side(const bt_img_t *img, int res, bt_img_filter_t filter)
 {
     if (res < 1 || res > BT_IMG_MAX_SIDE) {
         BT_ERROR("image: resolution %d is outside 1..%d", res, BT_IMG_MAX_SIDE);
@@ -411,7 +411,12 @@ bt_img_t *bt_img_resize_shorter_side_and_center_crop(const bt_img_t *img, int re
     }
     int new_long = (int)nl;
     int nw = w <= h ? res : new_long, nh = w <= h ? new_long : res;
-    bt_img_t *resized = bt_img_resize(img, nw, nh, filter);
+    return bt_img_resize(img, nw, nh, filter);
+}
+
+bt_img_t *bt_img_resize_shorter_side_and_center_crop(const bt_img_t *img, int res, bt_img_filter_t filter)
+{
+    bt_img_t *resized = bt_img_resize_shorter_side(img, res, filter);
     if (!resized) return NULL;
     bt_img_t *out = bt_img_center_crop(resized, res, res);
     bt_img_destroy(&resized);

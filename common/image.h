@@ -93,6 +93,9 @@ bt_img_t *bt_img_apply_exif_orientation(const bt_img_t *img, int orientation);
 
 /* PIL Image.resize(size=(w, h), resample=filter). Same size: a copy. */
 bt_img_t *bt_img_resize(const bt_img_t *img, int w, int h, bt_img_filter_t filter);
+/* transforms.Resize(res, filter): the shorter side becomes res, the longer one
+ * int(res * long / short). */
+bt_img_t *bt_img_resize_shorter_side(const bt_img_t *img, int res, bt_img_filter_t filter);
 /* transforms.Resize(res, filter) then transforms.CenterCrop(res): the shorter
  * side becomes res (the longer one int(res * long / short)), then the centre
  * res x res square is cut out. */

@@ -1,6 +1,7 @@
 /* progress.c — terminal-aware progress bar. */
 #include "common/progress.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,11 +46,18 @@ static void s_draw(bt_progress_t *p, const char *tail, bool final)
     double el = bt_now() - p->start;
     char elapsed[32], eta[32], rate[48];
     s_fmt_time(elapsed, sizeof elapsed, el);
-    s_fmt_time(eta, sizeof eta, p->done > 0 ? el / (double)p->done * (double)(p->total - p->done) : -1);
-    if (p->done > 0 && el / (double)p->done >= 1.0)
-        snprintf(rate, sizeof rate, "%.2f s/%s", el / (double)p->done, p->unit);
-    else if (p->done > 0)
-        snprintf(rate, sizeof rate, "%.1f %s/s", (double)p->done / (el > 0 ? el : 1e-9), p->unit);
+    /* seconds per item: over the items after the first update when there are any, else over all of them
+     * once that is long enough to mean something */
+    double per = -1;
+    if (p->done > p->first_done && p->first_done > 0)
+        per = (bt_now() - p->first_t) / (double)(p->done - p->first_done);
+    else if (p->done > 0 && el >= 0.5)
+        per = el / (double)p->done;
+    s_fmt_time(eta, sizeof eta, per > 0 ? per * (double)(p->total - p->done) : -1);
+    if (per >= 1.0)
+        snprintf(rate, sizeof rate, "%.2f s/%s", per, p->unit);
+    else if (per > 0)
+        snprintf(rate, sizeof rate, "%.1f %s/s", 1.0 / per, p->unit);
     else
         snprintf(rate, sizeof rate, "- s/%s", p->unit);
     if (p->tty) {
@@ -71,6 +79,10 @@ static void s_draw(bt_progress_t *p, const char *tail, bool final)
 void bt_progress_update(bt_progress_t *p, int64_t done, const char *tail)
 {
     p->done = done;
+    if (done > 0 && !p->first_done) {
+        p->first_done = done;
+        p->first_t = bt_now();
+    }
     if (p->quiet || (!p->tty && done >= p->total)) return; /* the final line comes from finish */
     double now = bt_now();
     double every = p->tty ? 0.1 : 5.0;
@@ -85,4 +97,16 @@ void bt_progress_finish(bt_progress_t *p, const char *tail)
     p->finished = true;
     if (p->quiet) return;
     s_draw(p, tail, true);
+}
+
+void bt_progress_line(bt_progress_t *p, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    if (p->tty && !p->quiet) fputs("\r\033[K", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    p->last_print = 0; /* the bar comes back at the next update */
+    fflush(stderr);
 }

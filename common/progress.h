@@ -14,6 +14,9 @@ typedef struct bt_progress {
     char label[64];
     int64_t total, done;
     double start, last_print;
+    int64_t first_done; /* done and time at the first update with done > 0: rates come from the work */
+    double first_t;     /* after it, so a bar started once the first item was already done shows no
+                         * absurd first-tick rate */
     bool tty, quiet, finished;
     char unit[16]; /* "it", "step", "img" */
 } bt_progress_t;
@@ -21,6 +24,9 @@ typedef struct bt_progress {
 void bt_progress_start(bt_progress_t *p, const char *label, int64_t total, const char *unit);
 /* Sets done and redraws (throttled); tail may be NULL. */
 void bt_progress_update(bt_progress_t *p, int64_t done, const char *tail);
+/* One line of its own on stderr ("checkpoint: out/checkpoint-3.h5") without breaking the bar: on a
+ * terminal the bar's line is cleared first and drawn again at the next update. */
+void bt_progress_line(bt_progress_t *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Final line with the total time. */
 void bt_progress_finish(bt_progress_t *p, const char *tail);
 /* Seconds since start. */

@@ -301,6 +301,31 @@ int sd_image_set_load_h5(sd_image_set_t *s, sd_model_t *m, const char *path, con
 int sd_image_set_load(sd_image_set_t *s, sd_model_t *m, const char *dir, int resolution, bool flips, int max,
                       sd_progress_fn progress, void *user)
 {
+    return sd_image_set_load_crop(s, m, dir, resolution, flips, max, NULL, progress, user);
+}
+
+/* A photo as training sees it: shorter side to res, then the centre square, or with a crop key the
+ * square at offsets drawn from (key, photo index) — torchvision's RandomCrop draws top in
+ * [0, h - res] and left in [0, w - res] the same way, from its own generator. */
+static bt_img_t *s_square(const char *path, const bt_img_t *img, int res, const uint64_t *crop_key, int i)
+{
+    if (img->width < res || img->height < res)
+        BT_WARN("%s: %dx%d is smaller than the training resolution %d; upscaled (blurrier than a photo of "
+                "%d px or more)",
+                path, img->width, img->height, res, res);
+    if (!crop_key) return bt_img_resize_shorter_side_and_center_crop(img, res, BT_IMG_BILINEAR);
+    bt_img_t *big = bt_img_resize_shorter_side(img, res, BT_IMG_BILINEAR);
+    if (!big) return NULL;
+    int top = (int)bt_rng_below(*crop_key, 2 * (uint64_t)i, (uint64_t)(big->height - res + 1));
+    int left = (int)bt_rng_below(*crop_key, 2 * (uint64_t)i + 1, (uint64_t)(big->width - res + 1));
+    bt_img_t *sq = bt_img_crop(big, left, top, res, res);
+    bt_img_destroy(&big);
+    return sq;
+}
+
+int sd_image_set_load_crop(sd_image_set_t *s, sd_model_t *m, const char *dir, int resolution, bool flips, int max,
+                           const uint64_t *crop_key, sd_progress_fn progress, void *user)
+{
     memset(s, 0, sizeof *s);
     int rc = s_check_args(m, resolution);
     if (rc) return rc;
@@ -329,7 +354,7 @@ int sd_image_set_load(sd_image_set_t *s, sd_model_t *m, const char *dir, int res
     for (int i = 0; i < n && rc == BT_OK; i++) {
         bt_img_t *img = NULL, *sq = NULL;
         if ((rc = st_image_load_rgb(s->paths[i], &img))) break;
-        sq = bt_img_resize_shorter_side_and_center_crop(img, resolution, BT_IMG_BILINEAR);
+        sq = s_square(s->paths[i], img, resolution, crop_key, i);
         bt_img_destroy(&img);
         if (!sq) {
             BT_ERROR("%s: cannot resize to %d px", s->paths[i], resolution);

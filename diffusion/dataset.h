@@ -4,7 +4,8 @@
  * An image set is a folder of JPEG/PNG files (sorted by name, so the order does
  * not depend on the file system). Each image is oriented by its EXIF tag,
  * resized so its shorter side is the training resolution (antialiased
- * bilinear, as diffusers' transforms do on PIL images), center-cropped, scaled to
+ * bilinear, as diffusers' transforms do on PIL images), cropped to a square (the
+ * centre, or a random square: sd_image_set_load_crop), scaled to
  * [-1, 1] and encoded by the VAE once. The set keeps the posterior (mean and
  * log-variance), not a sample: training draws latents = mean + std * eps with eps
  * from the step's RNG stream, as diffusers does when it encodes every step. With
@@ -54,6 +55,11 @@ void sd_free_paths(char **paths);
  * prior-set file). progress may be NULL. */
 int sd_image_set_load(sd_image_set_t *s, sd_model_t *m, const char *dir, int resolution, bool flips, int max,
                       sd_progress_fn progress, void *user);
+/* The same, each photo cut to a square at random (crop_key: offsets from (key, photo index), one
+ * crop per photo per run, since photos are encoded once) or at its centre (crop_key NULL, as
+ * sd_image_set_load does). A photo smaller than resolution is named in a warning. */
+int sd_image_set_load_crop(sd_image_set_t *s, sd_model_t *m, const char *dir, int resolution, bool flips, int max,
+                           const uint64_t *crop_key, sd_progress_fn progress, void *user);
 void sd_image_set_free(sd_image_set_t *s);
 
 /* The image-set group `group` ("instance", "prior") of a booth HDF5 file: a

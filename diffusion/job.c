@@ -41,6 +41,8 @@ static const s_jfield_t s_job[] = {
     F("class_inference_steps", J_INT, class_steps, false),
     F("class_guidance", J_F32, class_guidance, false),
     F("resolution", J_INT, resolution, true),
+    /* absent: a checkpoint from before the flag existed, when every photo was cut at its centre */
+    {"center_crop", J_BOOL, offsetof(sd_train_config_t, center_crop), true, "true", NULL},
     F("random_flip", J_BOOL, random_flip, true),
     F("train_batch_size", J_INT, train_batch_size, true),
     F("micro_batch_size", J_INT, micro_batch_size, true),
@@ -48,6 +50,8 @@ static const s_jfield_t s_job[] = {
     F("learning_rate", J_F32, learning_rate, true),
     F("lr_scheduler", J_SCHED, lr_scheduler, true),
     F("lr_warmup_steps", J_I64, lr_warmup_steps, true),
+    {"lr_num_cycles", J_INT, offsetof(sd_train_config_t, lr_num_cycles), true, "1", NULL},
+    {"lr_power", J_F32, offsetof(sd_train_config_t, lr_power), true, "1", NULL},
     F("rank", J_I64, rank, true),
     F("lora_alpha", J_F32, lora_alpha, true),
     F("train_text_encoder", J_BOOL, train_text_encoder, true),
@@ -133,11 +137,14 @@ int sd_job_compare(const char *path, const char *json, const sd_train_config_t *
         return BT_EFORMAT;
     }
     int rc = BT_OK;
-    bool sched_needs_total = c->lr_scheduler == SD_LR_LINEAR || c->lr_scheduler == SD_LR_COSINE;
+    bool sched_needs_total = c->lr_scheduler == SD_LR_LINEAR || c->lr_scheduler == SD_LR_COSINE ||
+                             c->lr_scheduler == SD_LR_COSINE_RESTARTS || c->lr_scheduler == SD_LR_POLYNOMIAL;
     for (int i = 0; i < S_NJOB && rc == BT_OK; i++) {
         const s_jfield_t *j = &s_job[i];
         if (!j->math || j->kind == J_U64) continue; /* the seed is compared exactly, from its own attribute */
         if (!strcmp(j->key, "max_train_steps") && !sched_needs_total) continue;
+        if (!strcmp(j->key, "lr_num_cycles") && c->lr_scheduler != SD_LR_COSINE_RESTARTS) continue;
+        if (!strcmp(j->key, "lr_power") && c->lr_scheduler != SD_LR_POLYNOMIAL) continue;
         if (!c->prior_preservation && (!strcmp(j->key, "class_prompt") || !strcmp(j->key, "num_class_images") ||
                                        !strcmp(j->key, "prior_loss_weight")))
             continue;
@@ -229,7 +236,7 @@ static int s_parse_field(sd_job_t *j, const s_jfield_t *f, const cJSON *v, const
         break;
     case J_SCHED:
         if (!cJSON_IsString(v) || !sd_lr_sched_parse(v->valuestring, (sd_lr_sched_t *)(base + f->off)))
-            type = "constant, constant_with_warmup, linear or cosine";
+            type = SD_LR_NAMES;
         break;
     }
     if (type) {
@@ -249,6 +256,7 @@ int sd_job_parse(sd_job_t *j, const char *json, size_t len, const char *what)
 {
     memset(j, 0, sizeof *j);
     sd_train_config_defaults(&j->cfg);
+    j->cfg.center_crop = false; /* a job file follows diffusers' defaults, as booth train's flags do */
     cJSON *o = cJSON_ParseWithLength(json, len);
     int rc = BT_OK;
     if (!cJSON_IsObject(o)) {

@@ -24,10 +24,25 @@ static void s_csv_row(FILE *f, int64_t step, const sd_train_history_t *h, int64_
 sd_loop_t *sd_loop_new(const char *output_dir, const sd_train_config_t *cfg, const char *resumed_from,
                      sd_train_history_t *resumed, bool show_progress)
 {
+    return sd_loop_new_in(output_dir, NULL, cfg, resumed_from, resumed, show_progress);
+}
+
+/* dir without its trailing slashes, so that paths made from it never hold "//" */
+static void s_set_dir(char *buf, size_t cap, const char *dir)
+{
+    size_t n = strlen(dir);
+    while (n > 1 && dir[n - 1] == '/') n--;
+    snprintf(buf, cap, "%.*s", (int)n, dir);
+}
+
+sd_loop_t *sd_loop_new_in(const char *output_dir, const char *log_dir, const sd_train_config_t *cfg,
+                          const char *resumed_from, sd_train_history_t *resumed, bool show_progress)
+{
     sd_loop_t *r = calloc(1, sizeof *r);
-    char path[4200];
+    char logs[4096];
     if (!r) return NULL;
-    snprintf(r->dir, sizeof r->dir, "%s", output_dir);
+    s_set_dir(r->dir, sizeof r->dir, output_dir);
+    s_set_dir(logs, sizeof logs, log_dir ? log_dir : output_dir);
     r->cfg = cfg;
     r->show_progress = show_progress;
     if (resumed) {
@@ -35,10 +50,10 @@ sd_loop_t *sd_loop_new(const char *output_dir, const sd_train_config_t *cfg, con
         memset(resumed, 0, sizeof *resumed);
     }
     if (resumed_from) snprintf(r->last_ckpt, sizeof r->last_ckpt, "%s", resumed_from);
-    if (bt_mkdirs(output_dir)) goto out_fail;
-    snprintf(path, sizeof path, "%s/loss.csv", output_dir);
-    if (!(r->csv = fopen(path, "w"))) {
-        BT_ERROR("%s: cannot create the loss log", path);
+    if (bt_mkdirs(output_dir) || (log_dir && bt_mkdirs(log_dir))) goto out_fail;
+    snprintf(r->csv_path, sizeof r->csv_path, "%s%sloss.csv", logs, strcmp(logs, "/") ? "/" : "");
+    if (!(r->csv = fopen(r->csv_path, "w"))) {
+        BT_ERROR("%s: cannot create the loss log", r->csv_path);
         goto out_fail;
     }
     /* the history's columns (diffusion/layout.h), one row per step */
@@ -109,6 +124,7 @@ int sd_loop_checkpoint(sd_loop_t *r, const sd_optim_t *o, const sd_ckpt_data_t *
     int rc = sd_checkpoint_save(ck, o, d, &r->hist, reuse);
     if (rc == BT_OK) rc = sd_checkpoint_prune(r->dir, r->cfg->checkpoints_total_limit);
     if (rc == BT_OK) snprintf(r->last_ckpt, sizeof r->last_ckpt, "%s", ck);
+    if (rc == BT_OK && r->show_progress) bt_progress_line(&r->bar, "checkpoint: %s", ck);
     return rc;
 }
 
@@ -118,7 +134,9 @@ int sd_loop_validation(sd_loop_t *r, const bt_img_t *grid)
     snprintf(dir, sizeof dir, "%s/validation", r->dir);
     snprintf(path, sizeof path, "%s/step-%06lld.png", dir, (long long)r->hist.n);
     int rc = bt_mkdirs(dir);
-    return rc ? rc : st_png_write(path, grid, NULL, 0);
+    if (rc == BT_OK) rc = st_png_write(path, grid, NULL, 0);
+    if (rc == BT_OK && r->show_progress) bt_progress_line(&r->bar, "validation: %s", path);
+    return rc;
 }
 
 int sd_loop_validation_png(sd_loop_t *r, const void *png, size_t len)
@@ -168,7 +186,7 @@ int sd_loop_finish(sd_loop_t *r, const sd_optim_t *o, const char *base_model)
     if (rc == BT_OK) rc = sd_optim_save_lora(o, c->rank, c->lora_alpha, b, ST_LORA_KOHYA, ST_F32, base_model);
     if (rc == BT_OK) rc = s_plot_loss(png, &r->hist);
     if (rc) return rc;
-    printf("%s\n%s\n%s/loss.csv\n%s\n", a, b, r->dir, png);
+    printf("%s\n%s\n%s\n%s\n", a, b, r->csv_path, png);
     if (c->validation_prompt) printf("%s/validation/step-%06lld.png\n", r->dir, (long long)c->max_train_steps);
     return BT_OK;
 }

@@ -25,9 +25,10 @@
 #include "diffusion/checkpoint.h"
 
 typedef struct sd_loop {
-    char dir[4096];
+    char dir[4096];               /* the output folder, without a trailing slash */
     const sd_train_config_t *cfg; /* borrowed: the job */
     FILE *csv;
+    char csv_path[4200];          /* loss.csv: in dir, or in the logging folder */
     sd_train_history_t hist;      /* steps 1..hist.n */
     bt_progress_t bar;
     bool show_progress;
@@ -41,6 +42,10 @@ typedef struct sd_loop {
  * with one log line on failure. */
 sd_loop_t *sd_loop_new(const char *output_dir, const sd_train_config_t *cfg, const char *resumed_from,
                      sd_train_history_t *resumed, bool show_progress);
+/* The same with loss.csv in log_dir (made if missing; NULL: output_dir). With show_progress, each
+ * checkpoint and validation grid is named on stderr as it is written. */
+sd_loop_t *sd_loop_new_in(const char *output_dir, const char *log_dir, const sd_train_config_t *cfg,
+                          const char *resumed_from, sd_train_history_t *resumed, bool show_progress);
 void sd_loop_destroy(sd_loop_t **r);
 
 /* Steps taken so far. */

@@ -18,11 +18,19 @@ void sd_optim_config_from_train(sd_optim_config_t *o, const sd_train_config_t *c
                              .lr_scheduler = c->lr_scheduler,
                              .lr_warmup_steps = c->lr_warmup_steps,
                              .max_train_steps = c->max_train_steps,
+                             .lr_num_cycles = c->lr_num_cycles,
+                             .lr_power = c->lr_power,
                              .beta1 = c->adam_beta1,
                              .beta2 = c->adam_beta2,
                              .epsilon = c->adam_epsilon,
                              .weight_decay = c->adam_weight_decay,
                              .max_grad_norm = c->max_grad_norm};
+}
+
+float sd_optim_lr(const sd_optim_config_t *c, int64_t step)
+{
+    return sd_lr_at_ex(c->lr_scheduler, c->learning_rate, step, c->lr_warmup_steps, c->max_train_steps,
+                       c->lr_num_cycles, c->lr_power);
 }
 
 /* floats a tensor takes in the block, rounded up to 64 bytes so every array stays aligned */
@@ -127,7 +135,7 @@ int sd_optim_apply(sd_optim_t *o, double norm, float *lr_used)
             for (int i = 0; i < o->n && rc == BT_OK; i++) rc = nn_scale(o->ctx, o->t[i].g, o->t[i].numel, (float)coef);
     }
     if (rc) return rc;
-    float lr = sd_lr_at(c->lr_scheduler, c->learning_rate, o->step, c->lr_warmup_steps, c->max_train_steps);
+    float lr = sd_optim_lr(c, o->step);
     if (lr_used) *lr_used = lr;
     o->step++;
     for (int i = 0; i < o->n && rc == BT_OK; i++) {

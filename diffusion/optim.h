@@ -31,11 +31,15 @@ typedef struct sd_optim_config {
     float learning_rate;
     sd_lr_sched_t lr_scheduler;
     int64_t lr_warmup_steps, max_train_steps; /* the schedule's length */
+    int lr_num_cycles;                        /* cosine_with_restarts */
+    float lr_power;                           /* polynomial */
     float beta1, beta2, epsilon, weight_decay;
     float max_grad_norm; /* <= 0: no clipping */
 } sd_optim_config_t;
 
 void sd_optim_config_from_train(sd_optim_config_t *o, const sd_train_config_t *c);
+/* The schedule's learning rate at optimizer step `step` (0-based). */
+float sd_optim_lr(const sd_optim_config_t *c, int64_t step);
 
 typedef struct sd_optim_tensor {
     char name[SD_OPTIM_NAME_MAX];

@@ -36,13 +36,19 @@ enum {
     TAG_EPOCH = 100,
     TAG_LORA_UNET,
     TAG_LORA_TEXT,
-    TAG_EVAL
+    TAG_EVAL,
+    TAG_CROP_INSTANCE,
+    TAG_CROP_CLASS
 };
+
+static const char *const s_lr_names[] = {"constant", "constant_with_warmup", "linear", "cosine",
+                                         "cosine_with_restarts", "polynomial"};
+#define S_NLR ((int)(sizeof s_lr_names / sizeof s_lr_names[0]))
 
 bool sd_lr_sched_parse(const char *name, sd_lr_sched_t *out)
 {
-    static const char *const names[] = {"constant", "constant_with_warmup", "linear", "cosine"};
-    for (int i = 0; i < 4; i++)
+    const char *const *names = s_lr_names;
+    for (int i = 0; i < S_NLR; i++)
         if (!strcmp(name, names[i])) {
             *out = (sd_lr_sched_t)i;
             return true;
@@ -50,24 +56,45 @@ bool sd_lr_sched_parse(const char *name, sd_lr_sched_t *out)
     return false;
 }
 
-const char *sd_lr_sched_name(sd_lr_sched_t s)
-{
-    static const char *const names[] = {"constant", "constant_with_warmup", "linear", "cosine"};
-    return (unsigned)s < 4 ? names[s] : "?";
-}
+const char *sd_lr_sched_name(sd_lr_sched_t s) { return (unsigned)s < (unsigned)S_NLR ? s_lr_names[s] : "?"; }
 
 float sd_lr_at(sd_lr_sched_t s, float lr, int64_t step, int64_t warmup, int64_t total)
 {
-    double f = 1.0;
+    return sd_lr_at_ex(s, lr, step, warmup, total, 1, 1.0f);
+}
+
+/* transformers/diffusers optimization.py, lr_lambda by lr_lambda, in double as Python computes them;
+ * LambdaLR then multiplies the base lr by the factor. */
+float sd_lr_at_ex(sd_lr_sched_t s, float lr, int64_t step, int64_t warmup, int64_t total, int num_cycles, float power)
+{
+    double f = 1.0, decay = (double)(total - warmup > 1 ? total - warmup : 1); /* max(1, total - warmup) */
+    double progress = (double)(step - warmup) / decay;
     if (s != SD_LR_CONSTANT && step < warmup) {
         f = (double)step / (double)(warmup > 1 ? warmup : 1);
     } else if (s == SD_LR_LINEAR) {
-        f = (double)(total - step) / (double)(total - warmup > 1 ? total - warmup : 1);
+        f = (double)(total - step) / decay;
         if (f < 0) f = 0;
     } else if (s == SD_LR_COSINE) { /* num_cycles 0.5: half a cosine down to zero */
-        double progress = (double)(step - warmup) / (double)(total - warmup > 1 ? total - warmup : 1);
-        f = 0.5 * (1.0 + cos(M_PI * progress));
+        f = 0.5 * (1.0 + cos(M_PI * 0.5 * 2.0 * progress));
         if (f < 0) f = 0;
+    } else if (s == SD_LR_COSINE_RESTARTS) { /* get_cosine_with_hard_restarts_schedule_with_warmup */
+        if (progress >= 1.0) {
+            f = 0.0;
+        } else {
+            f = 0.5 * (1.0 + cos(M_PI * fmod((double)num_cycles * progress, 1.0)));
+            if (f < 0) f = 0;
+        }
+    } else if (s == SD_LR_POLYNOMIAL) { /* get_polynomial_decay_schedule_with_warmup, lr_end 1e-7 */
+        double init = (double)lr, end = SD_LR_POLY_END;
+        if (step > total) {
+            f = end / init;
+        } else {
+            /* decay_steps = total - warmup, not max(1, ...): step == total == warmup divides 0 by 0 in
+             * Python (an error there); here the warm-up's end, factor 1 */
+            double steps = (double)(total - warmup);
+            double remaining = steps > 0 ? 1.0 - (double)(step - warmup) / steps : 1.0;
+            f = ((init - end) * pow(remaining, (double)power) + end) / init;
+        }
     }
     return (float)(lr * f);
 }
@@ -84,6 +111,9 @@ void sd_train_config_defaults(sd_train_config_t *c)
     c->max_train_steps = 500;
     c->learning_rate = 1e-4f;
     c->lr_scheduler = SD_LR_CONSTANT;
+    c->lr_num_cycles = 1;
+    c->lr_power = 1.0f;
+    c->center_crop = true; /* the library's behaviour before the flag; booth train and job files default to false */
     c->rank = 4;
     c->lora_alpha = 0; /* 0: = rank */
     c->max_grad_norm = 1.0f;
@@ -238,16 +268,18 @@ static sd_trainer_t *s_trainer_new(sd_model_t **model, const sd_train_config_t *
             goto out_fail;
     }
 
-    /* a folder of photos, or an HDF5 file that stores them encoded (a checkpoint, a cluster job's data file) */
+    /* a folder of photos, or an HDF5 file that stores them encoded (a checkpoint, a cluster job's data file,
+     * whose pixels are cut to a square already) */
+    uint64_t crop_inst = bt_rng_key(c->seed, TAG_CROP_INSTANCE), crop_class = bt_rng_key(c->seed, TAG_CROP_CLASS);
     if (sd_is_prior_file(c->instance_dir)
             ? sd_image_set_load_h5(&t->instances, t->model, c->instance_dir, SD_H5_INSTANCE, c->resolution,
                                    c->random_flip, 0, progress, user)
-            : sd_image_set_load(&t->instances, t->model, c->instance_dir, c->resolution, c->random_flip, 0, progress,
-                                user))
+            : sd_image_set_load_crop(&t->instances, t->model, c->instance_dir, c->resolution, c->random_flip, 0,
+                                     c->center_crop ? NULL : &crop_inst, progress, user))
         goto out_fail;
     if (c->prior_preservation &&
-        sd_image_set_load(&t->classes, t->model, c->class_dir, c->resolution, c->random_flip, c->num_class_images,
-                          progress, user))
+        sd_image_set_load_crop(&t->classes, t->model, c->class_dir, c->resolution, c->random_flip, c->num_class_images,
+                               c->center_crop ? NULL : &crop_class, progress, user))
         goto out_fail;
 
     if (s_tensors(t)) goto out_fail;

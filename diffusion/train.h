@@ -33,12 +33,21 @@ typedef enum sd_lr_sched {
     SD_LR_CONSTANT_WARMUP,
     SD_LR_LINEAR,
     SD_LR_COSINE,
+    SD_LR_COSINE_RESTARTS, /* "cosine_with_restarts": num_cycles hard restarts */
+    SD_LR_POLYNOMIAL,      /* "polynomial": to lr_end = 1e-7 with exponent power */
 } sd_lr_sched_t;
+
+#define SD_LR_NAMES "constant, constant_with_warmup, linear, cosine, cosine_with_restarts or polynomial"
+#define SD_LR_POLY_END 1e-7 /* transformers' lr_end of get_polynomial_decay_schedule_with_warmup */
 
 bool sd_lr_sched_parse(const char *name, sd_lr_sched_t *out);
 const char *sd_lr_sched_name(sd_lr_sched_t s);
-/* diffusers' get_scheduler multipliers: lr at optimizer step `step` (0-based). */
+/* diffusers' get_scheduler (transformers' formulas): lr at optimizer step `step` (0-based),
+ * with num_cycles 1 and power 1 (their defaults). */
 float sd_lr_at(sd_lr_sched_t s, float lr, int64_t step, int64_t warmup, int64_t total);
+/* The same with --lr-num-cycles (cosine_with_restarts only; cosine is always half a cycle, as
+ * diffusers passes num_cycles to no other schedule) and --lr-power (polynomial only). */
+float sd_lr_at_ex(sd_lr_sched_t s, float lr, int64_t step, int64_t warmup, int64_t total, int num_cycles, float power);
 
 typedef struct sd_train_config {
     const char *model_dir;
@@ -50,6 +59,7 @@ typedef struct sd_train_config {
     int class_steps;           /* sampling steps for generated class images */
     float class_guidance;
     int resolution;
+    bool center_crop;          /* false: a random square per photo, from (seed, photo index); diffusers' default */
     bool random_flip;
     int train_batch_size;      /* instance examples per step (as many class examples with priors) */
     int micro_batch_size;      /* examples per micro-batch (default: 1 instance + 1 class pair) */
@@ -57,6 +67,8 @@ typedef struct sd_train_config {
     float learning_rate;
     sd_lr_sched_t lr_scheduler;
     int64_t lr_warmup_steps;
+    int lr_num_cycles;         /* cosine_with_restarts' hard restarts (default 1) */
+    float lr_power;            /* polynomial's exponent (default 1) */
     int64_t rank;
     float lora_alpha;
     bool train_text_encoder;

@@ -394,7 +394,7 @@ ps_verdict_t ps_store_apply(ps_store_t *s, const char *peer, const char *job_id,
     const sd_optim_config_t *c = &o->cfg;
     if (step < o->step) {
         *new_step = o->step;
-        *lr = sd_lr_at(c->lr_scheduler, c->learning_rate, o->step - 1, c->lr_warmup_steps, c->max_train_steps);
+        *lr = sd_optim_lr(c, o->step - 1);
         BT_INFO("%s: apply of job %s step %" PRId64 " again: already at step %" PRId64 ", not applied twice",
                 peer ? peer : "?", id, step, o->step);
         return PS_IGNORED;

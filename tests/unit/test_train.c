@@ -229,7 +229,7 @@ TEST(train_lr_schedules)
     CHECK(fabsf(sd_lr_at(SD_LR_COSINE, 1e-4f, 10, 10, 100) - 1e-4f) < 1e-12f);
     sd_lr_sched_t s;
     CHECK(sd_lr_sched_parse("cosine", &s) && s == SD_LR_COSINE);
-    CHECK(!sd_lr_sched_parse("polynomial", &s));
+    CHECK(!sd_lr_sched_parse("exponential", &s));
 }
 
 /* A frozen text encoder's prompt embeddings are computed once (batch of one) and
