@@ -7,6 +7,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/fileio.h"
 
 void cli_usage(const cli_spec_t *s)
 {
@@ -216,4 +220,38 @@ void cli_join_path(char *buf, size_t cap, const char *dir, const char *name)
     if (!name) snprintf(buf, cap, "%.*s", (int)n, dir);
     else if (n == 1 && dir[0] == '/') snprintf(buf, cap, "/%s", name);
     else snprintf(buf, cap, "%.*s/%s", (int)n, dir, name);
+}
+
+int cli_check_ranges(const char *command, const cli_irange_t *r, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (r[i].v < r[i].lo || r[i].v > r[i].hi) {
+            fprintf(stderr, "booth %s: %s %lld is outside %lld..%lld\n", command, r[i].flag, (long long)r[i].v,
+                    (long long)r[i].lo, (long long)r[i].hi);
+            return 2;
+        }
+    return 0;
+}
+
+int cli_check_output(const char *command, const char *flag, const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+        fprintf(stderr, "booth %s: %s %s: not a regular file (%s); nothing was drawn\n", command, flag, path,
+                S_ISDIR(st.st_mode) ? "a folder" : "a FIFO, device or socket");
+        return 1;
+    }
+    if (bt_mkdirs_for(path)) return 1;
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else if (slash == dir) dir[1] = '\0';
+    else *slash = '\0';
+    if (access(dir, W_OK | X_OK)) {
+        fprintf(stderr, "booth %s: %s %s: the folder %s is not writable (%s); nothing was drawn\n", command, flag,
+                path, dir, strerror(errno));
+        return 1;
+    }
+    return 0;
 }

@@ -48,6 +48,17 @@ void cli_join_path(char *buf, size_t cap, const char *dir, const char *name);
 /* "1 step", "2 steps": the noun's plural with an s. */
 #define CLI_PLURAL(n) ((n) == 1 ? "" : "s")
 
+/* A whole-number flag and its allowed range, lo..hi. */
+typedef struct cli_irange {
+    const char *flag;
+    int64_t v, lo, hi;
+} cli_irange_t;
+/* 0, or 2 after one line naming the first flag outside its range, its value and the range. */
+int cli_check_ranges(const char *command, const cli_irange_t *r, size_t n);
+/* Before any work: the output file's folder is made (if missing) and writable, and the path is not
+ * something other than a regular file (a folder, a FIFO, a device). 0, or 1 after one line. */
+int cli_check_output(const char *command, const char *flag, const char *path);
+
 /* Parses a --base-dtype value (NULL: auto); one line and false when unknown. */
 bool cli_base_dtype(const char *command, const char *value, sd_store_t *out);
 

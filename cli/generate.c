@@ -114,17 +114,22 @@ int cmd_generate(int argc, char **argv)
         fprintf(stderr, "booth generate: --model and --prompt are required (see --help)\n");
         return 2;
     }
-    if (steps < 1 || steps > 1000 || num < 1 || num > 10000 || batch < 1 || clip_skip < 0 || eta < 0) {
-        fprintf(stderr, "booth generate: --steps must be 1..1000, --num-images and --batch-size >= 1, "
-                        "--clip-skip and --eta >= 0\n");
+    const cli_irange_t ranges[] = {{"--steps", steps, 1, 1000},        {"--num-images", num, 1, 10000},
+                                   {"--batch-size", batch, 1, 10000},  {"--clip-skip", clip_skip, 0, 1000},
+                                   {"--width", width ? width : 8, 8, 8192}, {"--height", height ? height : 8, 8, 8192}};
+    if ((rc = cli_check_ranges("generate", ranges, sizeof ranges / sizeof ranges[0]))) return rc;
+    if (!(eta >= 0 && eta <= 1000)) {
+        fprintf(stderr, "booth generate: --eta %g is outside [0, 1000]\n", (double)eta);
         return 2;
     }
-    if ((width && (width % 8 || width < 8 || width > 8192)) || (height && (height % 8 || height < 8 || height > 8192))) {
-        fprintf(stderr, "booth generate: --width and --height must be multiples of 8 in 8..8192\n");
+    if (width % 8 || height % 8) {
+        fprintf(stderr, "booth generate: --%s %lld is not a multiple of 8\n", width % 8 ? "width" : "height",
+                (long long)(width % 8 ? width : height));
         return 2;
     }
 
-    if (bt_mkdirs_for(out) || (save_latents && bt_mkdirs_for(save_latents))) return 1;
+    if (cli_check_output("generate", "--out", out) || (save_latents && cli_check_output("generate", "--save-latents", save_latents)))
+        return 1;
     sd_store_t store;
     if (!cli_base_dtype("generate", base_dtype, &store)) return 2;
     nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, 0);

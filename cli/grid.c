@@ -75,8 +75,13 @@ int cmd_grid(int argc, char **argv)
         fprintf(stderr, "booth grid: --model, --lora and --prompt are required (see --help)\n");
         return 2;
     }
-    if (steps < 1 || steps > 1000 || (width && width % 8) || (height && height % 8)) {
-        fprintf(stderr, "booth grid: --steps 1..1000, --width/--height multiples of 8\n");
+    const cli_irange_t ranges[] = {{"--steps", steps, 1, 1000},
+                                   {"--width", width ? width : 8, 8, 8192},
+                                   {"--height", height ? height : 8, 8, 8192}};
+    if ((rc = cli_check_ranges("grid", ranges, sizeof ranges / sizeof ranges[0]))) return rc;
+    if (width % 8 || height % 8) {
+        fprintf(stderr, "booth grid: --%s %lld is not a multiple of 8\n", width % 8 ? "width" : "height",
+                (long long)(width % 8 ? width : height));
         return 2;
     }
     int axes[3], na = 0;
@@ -85,12 +90,13 @@ int cmd_grid(int argc, char **argv)
         if (lists[k].n > 1) axes[na++] = k;
     for (int k = 0; k < 3; k++) cells *= lists[k].n;
     if (cells > 256) {
-        fprintf(stderr, "booth grid: %lld cells is too many (at most 256)\n", (long long)cells);
+        fprintf(stderr, "booth grid: %lld cells (the product of the list lengths) is over the limit of 256\n",
+                (long long)cells);
         return 2;
     }
     int col = na > 0 ? axes[0] : -1, row = na > 1 ? axes[1] : -1, page = na > 2 ? axes[2] : -1;
 
-    if (bt_mkdirs_for(out)) return 1;
+    if (cli_check_output("grid", "--out", out)) return 1;
     sd_store_t store;
     if (!cli_base_dtype("grid", base_dtype, &store)) return 2;
     nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, 0);

@@ -12,6 +12,7 @@
 
 #include "cli/args.h"
 #include "cli/cli.h"
+#include "cli/train_flags.h"
 #include "common/progress.h"
 #include "diffusion/priors.h"
 #include "nn/nn.h"
@@ -32,7 +33,7 @@ int cmd_priors(int argc, char **argv)
 {
     const char *base_dtype = NULL;
     const char *model = NULL, *prompt = NULL, *out = NULL;
-    int num = 0, steps = 25, resolution = 512;
+    int num = 0, steps = 25, resolution = 0;
     float guidance = 7.5f;
     uint64_t seed = 0;
     const cli_opt_t opts[] = {
@@ -45,7 +46,8 @@ int cmd_priors(int argc, char **argv)
         CLI_OPT("--guidance", CLI_FLOAT, &guidance, "G", "classifier-free guidance scale (default 7.5)"),
         CLI_OPT("--seed", CLI_U64, &seed, "S", "image i starts from noise stream (S, i) (default 0)"),
         CLI_OPT("--resolution", CLI_INT, &resolution, "PX",
-                "square images of PX pixels, a multiple of 8 (default 512)"),
+                "square images of PX pixels, a multiple of 8 (default: the model's own, UNet sample_size x the "
+                "VAE's scale: 512 for SD 1.5)"),
         CLI_END,
     };
     const cli_spec_t spec = {
@@ -59,12 +61,16 @@ int cmd_priors(int argc, char **argv)
     const char *pos[1];
     int npos, rc = cli_parse(&spec, argc, argv, pos, &npos);
     if (rc >= 0) return rc;
-    if (!model || !prompt || !out || num < 1) {
-        fprintf(stderr, "booth priors: --model, --class-prompt, --num (>= 1) and --out are required\n");
+    if (!model || !prompt || !out || !num) {
+        fprintf(stderr, "booth priors: --model, --class-prompt, --num and --out are required\n");
         return 2;
     }
-    if (steps < 1 || resolution < 8 || resolution % 8 || resolution > 4096) {
-        fprintf(stderr, "booth priors: --steps >= 1; --resolution a multiple of 8 up to 4096\n");
+    if (!resolution && !(resolution = cli_native_resolution(model))) return 2; /* the config loader said why */
+    const cli_irange_t ranges[] = {{"--num", num, 1, 100000}, {"--steps", steps, 1, 1000},
+                                   {"--resolution", resolution, 8, 4096}};
+    if ((rc = cli_check_ranges("priors", ranges, sizeof ranges / sizeof ranges[0]))) return rc;
+    if (resolution % 8) {
+        fprintf(stderr, "booth priors: --resolution %d is not a multiple of 8\n", resolution);
         return 2;
     }
     size_t ol = strlen(out);

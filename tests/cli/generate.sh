@@ -40,7 +40,23 @@ check_error() { # expected-substring, command...
     grep -q -- "$want" "$T/err" || { echo "stderr lacks '$want':"; cat "$T/err"; exit 1; }
 }
 check_error "model_index.json" "$BOOTH" generate --model "$T/nowhere" --prompt x
-check_error "multiples of 8" "$BOOTH" generate --model "$T/model" --prompt x --width 30
+check_error "--width 30 is not a multiple of 8" "$BOOTH" generate --model "$T/model" --prompt x --width 30
+# limits name the flag, the value and the range, before the model is loaded
+check_error "--steps 100000 is outside 1..1000" "$BOOTH" generate --model "$T/nowhere" --prompt x --steps 100000
+check_error "--num-images 100000 is outside 1..10000" "$BOOTH" generate --model "$T/nowhere" --prompt x \
+    --num-images 100000
+check_error "--height 9000 is outside 8..8192" "$BOOTH" generate --model "$T/nowhere" --prompt x --height 9000
+check_error "--steps 0 is outside 1..1000" "$BOOTH" grid --model "$T/nowhere" --lora x --prompt x --steps 0
+check_error "--num 100000000 is outside 1..100000" "$BOOTH" priors --model "$T/model" --class-prompt x \
+    --num 100000000 --out "$T/p.h5"
+check_error "over the limit of 256" "$BOOTH" grid --model "$T/nowhere" --lora x --prompt x \
+    --lora-scales-unet 1,2,3,4,5,6,7,8,9 --lora-scales-text 1,2,3,4,5,6,7,8,9 --guidance 1,2,3,4
+# the output is checked before any sampling: a folder where the PNG would go
+mkdir -p "$T/taken.png"
+check_error "taken.png: not a regular file (a folder); nothing was drawn" "$BOOTH" generate --model "$T/model" \
+    --prompt x --out "$T/taken.png"
+check_error "taken.png: not a regular file (a folder)" "$BOOTH" grid --model "$T/model" --lora x --prompt x \
+    --out "$T/taken.png"
 check_error "not ddim" "$BOOTH" generate --model "$T/model" --prompt x --sampler heun
 check_error "unknown option" "$BOOTH" generate --model "$T/model" --prompt x --strength 3
 check_error "no tensor named 'latents'" "$BOOTH" generate --model "$T/model" --prompt x \
