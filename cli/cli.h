@@ -19,6 +19,7 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_priors(int argc, char **argv);
+int cmd_rare_tokens(int argc, char **argv);
 
 int cmd_keygen(int argc, char **argv);
 int cmd_coordinator(int argc, char **argv);

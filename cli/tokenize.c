@@ -3,7 +3,9 @@
  *
  * DreamBooth prompts hinge on a rare token ("sks"); this shows whether the
  * identifier stays one token, how many of the 75 slots a prompt uses and what gets
- * cut. --json prints exactly what the text encoder receives.
+ * cut, and names each word that splits into several tokens (a rare-token identifier should
+ * not: `booth rare-tokens` lists ones that do not). --json prints exactly what the text
+ * encoder receives.
  */
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -21,7 +23,7 @@ static void s_usage(FILE *out)
                  "Shows how CLIP's tokenizer splits a prompt: the token count (without the\n"
                  "start/end tokens), whether it fits in the 75 slots, and one line per token\n"
                  "(id, BPE piece; \"</w>\" ends a word, non-ASCII bytes show as GPT-2's byte\n"
-                 "alphabet).\n"
+                 "alphabet). A word that splits into several tokens is named in a note.\n"
                  "\n"
                  "  --model DIR      a diffusers model folder; the tokenizer is DIR/tokenizer/\n"
                  "  --tokenizer DIR  a tokenizer folder (vocab.json, merges.txt, ...)\n"
@@ -53,6 +55,15 @@ out_free:
     return rc;
 }
 
+static bool s_ends_word(const char *piece)
+{
+    size_t n = strlen(piece);
+    return n >= 4 && !strcmp(piece + n - 4, "</w>");
+}
+
+/* A piece without its "</w>". */
+static void s_print_piece(const char *piece) { printf("%.*s", (int)strlen(piece) - (s_ends_word(piece) ? 4 : 0), piece); }
+
 static void s_print_human(const sd_tok_result_t *r)
 {
     int room = r->max_length - 2;
@@ -60,6 +71,22 @@ static void s_print_human(const sd_tok_result_t *r)
            r->truncated ? "does not fit in" : "fits in", room);
     for (int i = 0; i < r->n_tokens; i++)
         printf("%-6d %s%s\n", (int)r->ids[i + 1], r->tokens[i], i >= room ? "   (cut off)" : "");
+    /* words that BPE split: the pieces up to one that ends a word ("</w>") */
+    for (int i = 0; i < r->n_tokens;) {
+        int j = i;
+        while (j < r->n_tokens - 1 && !s_ends_word(r->tokens[j])) j++;
+        if (j > i) {
+            printf("note: \"");
+            for (int k = i; k <= j; k++) s_print_piece(r->tokens[k]);
+            printf("\" splits into %d tokens (", j - i + 1);
+            for (int k = i; k <= j; k++) {
+                if (k > i) printf(" + ");
+                s_print_piece(r->tokens[k]);
+            }
+            printf("): a DreamBooth identifier works best as one token (see `booth rare-tokens`)\n");
+        }
+        i = j + 1;
+    }
     if (r->truncated) {
         printf("warning: %d token%s past the first %d are cut off; the text encoder does not see them "
                "(from \"%s\" on)\n",

@@ -36,7 +36,7 @@ rc=$?
 set -e
 [ "$rc" -ne 0 ] || { echo "missing model dir: exit status 0"; exit 1; }
 [ "$(wc -l <"$BOOTH_TEST_TMPDIR/err")" -eq 1 ] || { echo "expected one error line:"; cat "$BOOTH_TEST_TMPDIR/err"; exit 1; }
-grep -q 'no-such-model/tokenizer/vocab.json' "$BOOTH_TEST_TMPDIR/err" || { echo "error does not name the file:"; cat "$BOOTH_TEST_TMPDIR/err"; exit 1; }
+grep -q 'no-such-model/tokenizer' "$BOOTH_TEST_TMPDIR/err" || { echo "error does not name the file:"; cat "$BOOTH_TEST_TMPDIR/err"; exit 1; }
 [ ! -s "$BOOTH_TEST_TMPDIR/out" ] || { echo "unexpected stdout:"; cat "$BOOTH_TEST_TMPDIR/out"; exit 1; }
 
 # usage errors exit 2; --help exits 0
@@ -45,4 +45,36 @@ set +e
 set -e
 [ "$rc" -eq 2 ] || { echo "missing --model: exit $rc, expected 2"; exit 1; }
 "$BOOTH" tokenize --help | grep -q '^usage: booth tokenize'
+
+# a word that splits into several tokens is named; one that stays one token is not
+out=$("$BOOTH" tokenize --model "$model" --prompt "a photo of zwx dog")
+echo "$out" | grep -q '^note: "zwx" splits into 2 tokens (z + wx): a DreamBooth identifier works best as one token' ||
+    { echo "zwx not named: $out"; exit 1; }
+! "$BOOTH" tokenize --model "$model" --prompt "a photo of sks dog" | grep -q '^note:' || { echo "sks named"; exit 1; }
+
+# rare-tokens: one-token words of 3-4 letters, latest merge first, each with its id and why
+out=$("$BOOTH" rare-tokens --model "$model" --count 5)
+echo "$out" | head -1 | grep -q "^5 candidates from $model/tokenizer (48894 merges; latest first):$" ||
+    { echo "bad rare-tokens header: $out"; exit 1; }
+[ "$(echo "$out" | grep -c 'merge [0-9]* of 48894 (the last .*%): one token, not an English word or name$')" -eq 5 ] ||
+    { echo "bad rare-tokens lines: $out"; exit 1; }
+echo "$out" | grep -Eq '^hta +49384 +merge 48873 of 48894' || { echo "hta (a seed's advice) missing: $out"; exit 1; }
+# every candidate is one token, with the id listed; ranks fall down the list
+prev=999999
+while read -r word id _ rank _; do
+    [ "$rank" -lt "$prev" ] || { echo "not latest first: $out"; exit 1; }
+    prev=$rank
+    "$BOOTH" tokenize --model "$model" --prompt "$word" | grep -Eq "^$id +$word</w>\$" ||
+        { echo "$word is not the single token $id"; exit 1; }
+done < <(echo "$out" | tail -n +3)
+# the built-in vocabulary without --model; sks (the usual advice) is among the candidates, English words are not
+all=$("$BOOTH" rare-tokens --count 1000)
+echo "$all" | grep -Eq '^sks +48136 +merge 47625 of 48894' || { echo "sks not a candidate"; exit 1; }
+! echo "$all" | grep -Eq '^(fawn|yawn|kilt|blob|the|dog) ' || { echo "an English word is a candidate"; exit 1; }
+# a transformers-5 folder with tokenizer.json alone
+"$BOOTH" rare-tokens --tokenizer tests/fixtures/ecosystem/tok5 --count 2 | grep -q '^2 candidates .*(1500 merges'
+set +e
+"$BOOTH" rare-tokens --count 0 2>"$BOOTH_TEST_TMPDIR/err"; rc=$?
+set -e
+[ "$rc" -eq 2 ] && grep -q -- "--count 0 is outside 1..1000" "$BOOTH_TEST_TMPDIR/err" || { echo "--count 0: exit $rc"; exit 1; }
 echo "tokenize.sh: ok"
