@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/fileio.h"
@@ -98,10 +99,27 @@ static void s_add_weights(s_manifest_t *m, const char *part, const char *base)
     }
 }
 
+static bool s_exists(const char *dir, const char *rel)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, rel);
+    return access(path, F_OK) == 0;
+}
+
 int sd_model_hash(const char *dir, unsigned parts, char hex[BT_HASH_HEX], char **manifest)
 {
     s_manifest_t m = {.dir = dir};
     if (manifest) *manifest = NULL;
+    struct stat st;
+    if (stat(dir, &st) == 0 && !S_ISDIR(st.st_mode)) {
+        /* a single-file checkpoint: the file is every part */
+        const char *slash = strrchr(dir, '/');
+        char parent[4096];
+        snprintf(parent, sizeof parent, "%.*s", slash ? (int)(slash - dir) : 1, slash ? dir : ".");
+        m.dir = parent;
+        s_add(&m, slash ? slash + 1 : dir, true);
+        parts = 0;
+    }
     if ((parts & SD_PART_ALL) == SD_PART_ALL) s_add(&m, "model_index.json", true);
     if (parts & SD_PART_SCHEDULER) s_add(&m, "scheduler/scheduler_config.json", true);
     if (parts & SD_PART_TEXT) {
@@ -109,10 +127,14 @@ int sd_model_hash(const char *dir, unsigned parts, char hex[BT_HASH_HEX], char *
         s_add_weights(&m, "text_encoder", "model");
     }
     if (parts & SD_PART_TOKENIZER) {
-        s_add(&m, "tokenizer/merges.txt", true);
+        /* transformers 5 writes tokenizer.json instead of vocab.json + merges.txt */
+        bool fast = !s_exists(dir, "tokenizer/vocab.json") && !s_exists(dir, "tokenizer/merges.txt") &&
+                    s_exists(dir, "tokenizer/tokenizer.json");
+        s_add(&m, "tokenizer/merges.txt", !fast);
         s_add(&m, "tokenizer/special_tokens_map.json", false);
+        if (fast) s_add(&m, "tokenizer/tokenizer.json", true);
         s_add(&m, "tokenizer/tokenizer_config.json", false);
-        s_add(&m, "tokenizer/vocab.json", true);
+        s_add(&m, "tokenizer/vocab.json", !fast);
     }
     if (parts & SD_PART_UNET) {
         s_add(&m, "unet/config.json", true);

@@ -457,8 +457,16 @@ int sd_params_load_model(sd_params_t *ps, nn_ctx_t *ctx, const char *dir, const 
     st_file_t **files = NULL;
     int nfiles = 0;
     int rc = s_open_dir(ps, dir, base, &files, &nfiles);
+    if (rc == BT_OK) rc = sd_params_load_model_files(ps, ctx, files, nfiles, store);
+    s_close_files(files, nfiles);
+    return rc;
+}
+
+int sd_params_load_model_files(sd_params_t *ps, nn_ctx_t *ctx, st_file_t *const *files, int nfiles, sd_store_t store)
+{
+    int rc = BT_OK;
     ps->rounded = 0;
-    for (int i = 0; rc == BT_OK && i < ps->n; i++) {
+    for (int i = 0; i < ps->n; i++) {
         sd_param_t *p = &ps->p[i];
         p->dtype = NN_F32;
         if (!p->wslot || store == SD_STORE_F32) continue;
@@ -471,9 +479,8 @@ int sd_params_load_model(sd_params_t *ps, nn_ctx_t *ctx, const char *dir, const 
         if (t && t->dtype == ST_F16) p->dtype = NN_F16;
         if (t && t->dtype == ST_BF16) p->dtype = NN_BF16;
     }
-    if (rc == BT_OK) rc = s_alloc(ps, ctx);
+    rc = s_alloc(ps, ctx);
     if (rc == BT_OK) rc = sd_params_load_files(ps, files, nfiles);
-    s_close_files(files, nfiles);
     if (rc == BT_OK && ps->numel16)
         BT_DEBUG("%s: %.1f M parameters, %.2f GiB resident (%.1f M in 16 bits)", ps->what, (double)ps->numel / 1e6,
                  (double)sd_params_bytes(ps) / (1u << 30), (double)ps->numel16 / 1e6);

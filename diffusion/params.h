@@ -114,6 +114,8 @@ int sd_params_load_dir(sd_params_t *ps, const char *dir, const char *base);
 int sd_params_load_model(sd_params_t *ps, nn_ctx_t *ctx, const char *dir, const char *base, sd_store_t store);
 /* Same, from one open file (or several: a parameter comes from the first that has it). */
 int sd_params_load_files(sd_params_t *ps, st_file_t *const *files, int nfiles);
+/* sd_params_load_model from open files (or views: a single-file checkpoint's part). */
+int sd_params_load_model_files(sd_params_t *ps, nn_ctx_t *ctx, st_file_t *const *files, int nfiles, sd_store_t store);
 
 /* Seeded initialisation: every parameter from its own stream (seed, name), so
  * the values do not depend on registration order. */

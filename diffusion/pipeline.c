@@ -39,8 +39,94 @@ const char *sd_model_weights(const sd_model_t *m)
     return !rounded ? "exact" : m->store == SD_STORE_BF16 ? "bf16" : "fp16";
 }
 
+static void s_model_init(sd_model_t *m, nn_ctx_t *ctx, sd_store_t store)
+{
+    m->ctx = ctx;
+    m->store = store;
+    sd_sched_config_init(&m->sched_cfg);
+    bt_stack_init(&m->scratch, "scratch", 64u << 20, s_alloc, s_free, ctx);
+}
+
+static int s_check_lengths(const sd_model_t *m, const char *where)
+{
+    if (m->tok && m->clip && sd_tok_max_length(m->tok) > m->clip->cfg.max_positions) {
+        BT_ERROR("%s: the tokenizer makes prompts of %d tokens (model_max_length), the text encoder has %lld "
+                 "positions (max_position_embeddings)",
+                 where, sd_tok_max_length(m->tok), (long long)m->clip->cfg.max_positions);
+        return BT_EINVAL;
+    }
+    return BT_OK;
+}
+
+static void s_default_sampler(sd_model_t *m, const char *where)
+{
+    if (!sd_sched_kind_from_class(m->sched_cfg.class_name, &m->default_sampler)) {
+        BT_WARN("%s: scheduler class '%s' is not one booth implements; sampling defaults to ddim", where,
+                m->sched_cfg.class_name);
+        m->default_sampler = SD_SCHED_DDIM;
+    }
+}
+
+/* One part's parameters from the single file's view of them. */
+static int s_load_part(nn_ctx_t *ctx, const sd_single_file_t *sf, sd_sf_part_t part, sd_params_t *ps,
+                       sd_store_t store)
+{
+    st_file_t *view = NULL;
+    int rc = sd_single_file_view(sf, part, ps, &view);
+    if (rc == BT_OK) rc = sd_params_load_model_files(ps, ctx, &view, 1, store);
+    st_close(&view);
+    return rc;
+}
+
+sd_model_t *sd_model_load_file(nn_ctx_t *ctx, const char *path, unsigned parts, sd_store_t store,
+                               const sd_single_file_opts_t *opts)
+{
+    sd_single_file_t *sf = sd_single_file_open(path, opts);
+    if (!sf) return NULL;
+    if (sd_single_file_check_heads(sf)) {
+        sd_single_file_close(&sf);
+        return NULL;
+    }
+    sd_model_t *m = calloc(1, sizeof *m);
+    if (!m || !(m->dir = strdup(path))) {
+        BT_ERROR("%s: out of memory", path);
+        free(m);
+        sd_single_file_close(&sf);
+        return NULL;
+    }
+    s_model_init(m, ctx, store);
+    if (parts & SD_PART_TOKENIZER) {
+        /* the vocabulary is CLIP's in every SD 1.x / 2.x model; SD 2.x pads with "!" */
+        char tok[4096];
+        snprintf(tok, sizeof tok, "%s/tokenizer", sf->config_dir ? sf->config_dir : "");
+        if (!(m->tok = sf->config_dir ? sd_tokenizer_load(tok) : sd_tokenizer_load_builtin(sf->sd2 ? "!" : NULL)))
+            goto out_fail;
+    }
+    if ((parts & SD_PART_TEXT) &&
+        (!(m->clip = sd_clip_new(&sf->clip)) || s_load_part(ctx, sf, SD_SF_TEXT, &m->clip->params, store)))
+        goto out_fail;
+    if ((parts & SD_PART_UNET) &&
+        (!(m->unet = sd_unet_new(&sf->unet)) || s_load_part(ctx, sf, SD_SF_UNET, &m->unet->params, store)))
+        goto out_fail;
+    if ((parts & SD_PART_VAE) &&
+        (!(m->vae = sd_vae_new(&sf->vae)) || s_load_part(ctx, sf, SD_SF_VAE, &m->vae->params, store)))
+        goto out_fail;
+    if (parts & SD_PART_SCHEDULER) {
+        if (sd_single_file_sched(sf, &m->sched_cfg)) goto out_fail;
+        s_default_sampler(m, path);
+    }
+    if (s_check_lengths(m, path)) goto out_fail;
+    sd_single_file_close(&sf);
+    return m;
+out_fail:
+    sd_single_file_close(&sf);
+    sd_model_destroy(&m);
+    return NULL;
+}
+
 sd_model_t *sd_model_load_as(nn_ctx_t *ctx, const char *dir, unsigned parts, sd_store_t store)
 {
+    if (sd_single_file_is(dir)) return sd_model_load_file(ctx, dir, parts, store, NULL);
     char path[4096];
     snprintf(path, sizeof path, "%s/model_index.json", dir);
     if (access(path, R_OK) != 0) {
@@ -52,10 +138,7 @@ sd_model_t *sd_model_load_as(nn_ctx_t *ctx, const char *dir, unsigned parts, sd_
         free(m);
         return NULL;
     }
-    m->ctx = ctx;
-    m->store = store;
-    sd_sched_config_init(&m->sched_cfg);
-    bt_stack_init(&m->scratch, "scratch", 64u << 20, s_alloc, s_free, ctx);
+    s_model_init(m, ctx, store);
     if (parts & SD_PART_TOKENIZER) {
         snprintf(path, sizeof path, "%s/tokenizer", dir);
         if (!(m->tok = sd_tokenizer_load(path))) goto out_fail;
@@ -75,18 +158,9 @@ sd_model_t *sd_model_load_as(nn_ctx_t *ctx, const char *dir, unsigned parts, sd_
     if (parts & SD_PART_SCHEDULER) {
         snprintf(path, sizeof path, "%s/scheduler/scheduler_config.json", dir);
         if (sd_sched_config_load(&m->sched_cfg, path)) goto out_fail;
-        if (!sd_sched_kind_from_class(m->sched_cfg.class_name, &m->default_sampler)) {
-            BT_WARN("%s: scheduler class '%s' is not one booth implements; sampling defaults to ddim", path,
-                    m->sched_cfg.class_name);
-            m->default_sampler = SD_SCHED_DDIM;
-        }
+        s_default_sampler(m, path);
     }
-    if (m->tok && m->clip && sd_tok_max_length(m->tok) > m->clip->cfg.max_positions) {
-        BT_ERROR("%s: the tokenizer makes prompts of %d tokens (model_max_length), the text encoder has %lld "
-                 "positions (max_position_embeddings)",
-                 dir, sd_tok_max_length(m->tok), (long long)m->clip->cfg.max_positions);
-        goto out_fail;
-    }
+    if (s_check_lengths(m, dir)) goto out_fail;
     return m;
 out_fail:
     sd_model_destroy(&m);

@@ -17,6 +17,7 @@
 #include "common/stack.h"
 #include "diffusion/clip.h"
 #include "diffusion/scheduler.h"
+#include "diffusion/single_file.h"
 #include "diffusion/tokenizer.h"
 #include "diffusion/unet.h"
 #include "diffusion/vae.h"
@@ -48,7 +49,12 @@ typedef struct sd_model {
  * type the files hold (SD_STORE_AUTO: an fp16 snapshot takes half the memory of
  * float32 and computes the same numbers); sd_model_load_as chooses. */
 sd_model_t *sd_model_load(nn_ctx_t *ctx, const char *dir, unsigned parts);
+/* dir may also be a single-file checkpoint (FILE.safetensors with the original
+ * LDM names, diffusion/single_file.h): every command's --model takes either. */
 sd_model_t *sd_model_load_as(nn_ctx_t *ctx, const char *dir, unsigned parts, sd_store_t store);
+/* A single-file checkpoint with options (a config folder, the prediction type). */
+sd_model_t *sd_model_load_file(nn_ctx_t *ctx, const char *path, unsigned parts, sd_store_t store,
+                               const sd_single_file_opts_t *opts);
 /* Bytes of the loaded parts' parameters. */
 size_t sd_model_param_bytes(const sd_model_t *m);
 /* What the model computes with, for records that must match on reuse (prior

@@ -308,6 +308,65 @@ void st_close(st_file_t **pf)
     *pf = NULL;
 }
 
+st_file_t *st_view_new(const char *label)
+{
+    st_file_t *v = calloc(1, sizeof *v);
+    if (!v || !(v->path = strdup(label))) {
+        free(v);
+        BT_ERROR("%s: out of memory", label);
+        return NULL;
+    }
+    return v;
+}
+
+int st_view_add(st_file_t *v, const char *name, st_dtype_t dtype, int ndim, const int64_t *shape, const void *data)
+{
+    if (ndim < 0 || ndim > ST_MAX_DIMS || (unsigned)dtype >= ST_DTYPE_COUNT) {
+        BT_ERROR("%s: tensor '%s': %d dims or dtype %d out of range", v->path, name, ndim, (int)dtype);
+        return BT_EINVAL;
+    }
+    if ((v->n & (v->n - 1)) == 0) { /* grow at powers of two */
+        size_t cap = v->n ? 2 * (size_t)v->n : 16;
+        st_tensor_t *t = realloc(v->tensors, cap * sizeof *t);
+        if (!t) goto out_nomem;
+        v->tensors = t;
+    }
+    st_tensor_t *t = &v->tensors[v->n];
+    memset(t, 0, sizeof *t);
+    if (!(t->name = strdup(name))) goto out_nomem;
+    t->dtype = dtype;
+    t->ndim = ndim;
+    size_t n = 1;
+    for (int i = 0; i < ndim; i++) {
+        t->shape[i] = shape[i];
+        n *= (size_t)shape[i];
+    }
+    t->data = data;
+    t->nbytes = n * s_dtypes[dtype].size;
+    v->n++;
+    return BT_OK;
+out_nomem:
+    BT_ERROR("%s: out of memory", v->path);
+    return BT_ENOMEM;
+}
+
+int st_view_seal(st_file_t *v)
+{
+    free(v->by_name);
+    if (!(v->by_name = calloc((size_t)v->n + 1, sizeof *v->by_name))) {
+        BT_ERROR("%s: out of memory", v->path);
+        return BT_ENOMEM;
+    }
+    for (int i = 0; i < v->n; i++) v->by_name[i] = i;
+    qsort_r(v->by_name, (size_t)v->n, sizeof(int), s_cmp_name_idx, v->tensors);
+    for (int i = 1; i < v->n; i++)
+        if (!strcmp(v->tensors[v->by_name[i - 1]].name, v->tensors[v->by_name[i]].name)) {
+            BT_ERROR("%s: tensor '%s' appears twice", v->path, v->tensors[v->by_name[i]].name);
+            return BT_EFORMAT;
+        }
+    return BT_OK;
+}
+
 const char *st_path(const st_file_t *f) { return f->path; }
 int st_count(const st_file_t *f) { return f->n; }
 const st_tensor_t *st_at(const st_file_t *f, int i) { return i >= 0 && i < f->n ? &f->tensors[i] : NULL; }

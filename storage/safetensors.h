@@ -76,6 +76,17 @@ int st_read_i64(const st_tensor_t *t, int64_t *dst);
  * otherwise. Returns the tensor or NULL. */
 const st_tensor_t *st_expect(const st_file_t *f, const char *name, int ndim, const int64_t *shape);
 
+/* ---- views ----
+ * A file-like list of records over data that other open files own: tensors of a
+ * format whose names (or row ranges) differ from what a reader looks up, such as
+ * a single-file checkpoint seen as a model folder's part. st_find, st_at,
+ * st_count, st_path work on it; st_close frees the view, never the data. Add the
+ * records, then seal (sorts for st_find; a name added twice is an error). */
+st_file_t *st_view_new(const char *label);
+/* data must hold numel(shape) x dtype bytes for as long as the view is used. */
+int st_view_add(st_file_t *v, const char *name, st_dtype_t dtype, int ndim, const int64_t *shape, const void *data);
+int st_view_seal(st_file_t *v);
+
 /* ---- writing ---- */
 typedef struct st_writer st_writer_t;
 
