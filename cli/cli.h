@@ -18,6 +18,7 @@ int cmd_init_model(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_export(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
 int cmd_priors(int argc, char **argv);
 int cmd_rare_tokens(int argc, char **argv);
 

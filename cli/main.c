@@ -27,6 +27,7 @@ static const s_cmd_t s_cmds[] = {
     {"priors", cmd_priors, "generate prior-preservation class images into one HDF5 prior set (resumable)"},
     {"inspect", cmd_inspect, "show what a checkpoint or prior set (.h5) holds; --json, --images, --contact-sheet"},
     {"export", cmd_export, "write a checkpoint's LoRA as a diffusers, kohya or peft safetensors file"},
+    {"convert", cmd_convert, "write a single-file checkpoint (A1111/ComfyUI .safetensors) as a diffusers folder"},
     {"coordinator", cmd_coordinator, "the cluster's hub: job queue, prior farm, training over workers and PS"},
     {"ps", cmd_ps, "a cluster parameter server: holds LoRA tensors and AdamW state, sums gradients in order"},
     {"worker", cmd_worker, "a cluster worker: loads the model once, computes prior images, gradients, validation"},

@@ -154,6 +154,32 @@ static const char s_special_tokens[] =
     "{\n  \"bos_token\": \"<|startoftext|>\",\n  \"eos_token\": \"<|endoftext|>\",\n  \"pad_token\": \"%s\",\n"
     "  \"unk_token\": \"<|endoftext|>\"\n}\n";
 
+int sd_model_write_tokenizer(const char *dir, bool sd2)
+{
+    char sub[4096], path[8192], text[2048];
+    snprintf(sub, sizeof sub, "%s/tokenizer", dir);
+    int rc = bt_mkdirs(sub);
+    if (rc) return rc;
+    snprintf(path, sizeof path, "%s/vocab.json", sub);
+    if ((rc = s_write_text(path, sd_clip_vocab_json, (size_t)(sd_clip_vocab_json_end - sd_clip_vocab_json))))
+        return rc;
+    snprintf(path, sizeof path, "%s/merges.txt", sub);
+    if ((rc = s_write_text(path, sd_clip_merges_txt, (size_t)(sd_clip_merges_txt_end - sd_clip_merges_txt))))
+        return rc;
+    const char *pad = sd2 ? "!" : "<|endoftext|>";
+    snprintf(text, sizeof text, s_tok_config, pad);
+    if ((rc = s_write_str(sub, "tokenizer_config.json", text))) return rc;
+    snprintf(text, sizeof text, s_special_tokens, pad);
+    return s_write_str(sub, "special_tokens_map.json", text);
+}
+
+int sd_model_write_index(const char *dir, const char *scheduler_class)
+{
+    char text[2048];
+    snprintf(text, sizeof text, s_model_index, scheduler_class);
+    return s_write_str(dir, "model_index.json", text);
+}
+
 static int s_save_part(nn_ctx_t *ctx, sd_params_t *ps, const char *path, uint64_t seed, st_dtype_t dtype)
 {
     int rc = sd_params_alloc(ps, ctx);
@@ -179,19 +205,7 @@ int sd_model_init(nn_ctx_t *ctx, const char *dir, sd_arch_t arch, uint64_t seed,
     }
     bool sd21 = arch == SD_ARCH_SD21;
     /* tokenizer and scheduler first: small, and what a partial folder most needs */
-    snprintf(sub, sizeof sub, "%s/tokenizer", dir);
-    snprintf(path, sizeof path, "%s/vocab.json", sub);
-    if ((rc = s_write_text(path, sd_clip_vocab_json, (size_t)(sd_clip_vocab_json_end - sd_clip_vocab_json))))
-        return rc;
-    snprintf(path, sizeof path, "%s/merges.txt", sub);
-    if ((rc = s_write_text(path, sd_clip_merges_txt, (size_t)(sd_clip_merges_txt_end - sd_clip_merges_txt))))
-        return rc;
-    char text[2048];
-    const char *pad = sd21 ? "!" : "<|endoftext|>";
-    snprintf(text, sizeof text, s_tok_config, pad);
-    if ((rc = s_write_str(sub, "tokenizer_config.json", text))) return rc;
-    snprintf(text, sizeof text, s_special_tokens, pad);
-    if ((rc = s_write_str(sub, "special_tokens_map.json", text))) return rc;
+    if ((rc = sd_model_write_tokenizer(dir, sd21))) return rc;
     snprintf(sub, sizeof sub, "%s/scheduler", dir);
     if ((rc = s_write_str(sub, "scheduler_config.json", sd21 ? s_sched_sd21 : s_sched_sd1))) return rc;
 
@@ -227,8 +241,7 @@ int sd_model_init(nn_ctx_t *ctx, const char *dir, sd_arch_t arch, uint64_t seed,
     if (rc) return rc;
 
     /* model_index.json last: its presence marks a complete folder */
-    snprintf(text, sizeof text, s_model_index, sd21 ? "DDIMScheduler" : "PNDMScheduler");
-    if ((rc = s_write_str(dir, "model_index.json", text))) return rc;
+    if ((rc = sd_model_write_index(dir, sd21 ? "DDIMScheduler" : "PNDMScheduler"))) return rc;
     if (progress) progress(user, "done", 3, 3);
     return BT_OK;
 }

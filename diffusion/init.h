@@ -32,4 +32,11 @@ typedef void (*sd_init_progress_fn)(void *user, const char *part, int done, int 
 int sd_model_init(nn_ctx_t *ctx, const char *dir, sd_arch_t arch, uint64_t seed, st_dtype_t dtype,
                   sd_init_progress_fn progress, void *user);
 
+/* The parts of a model folder that are not networks, as init-model writes them
+ * (also `booth convert`): tokenizer/ with the built-in CLIP vocabulary (SD 2.x
+ * pads with "!"), and model_index.json naming the scheduler class (write it
+ * last: its presence marks a complete folder). */
+int sd_model_write_tokenizer(const char *dir, bool sd2);
+int sd_model_write_index(const char *dir, const char *scheduler_class);
+
 #endif

@@ -83,7 +83,7 @@ sd_model_t *sd_model_load_file(nn_ctx_t *ctx, const char *path, unsigned parts, 
 {
     sd_single_file_t *sf = sd_single_file_open(path, opts);
     if (!sf) return NULL;
-    if (sd_single_file_check_heads(sf)) {
+    if ((parts & (SD_PART_TEXT | SD_PART_UNET)) && sd_single_file_check_heads(sf)) {
         sd_single_file_close(&sf);
         return NULL;
     }

@@ -537,3 +537,32 @@ TEST(ecosystem_single_file_refusals)
     sd_model_destroy(&m);
     nn_ctx_destroy(&ctx);
 }
+
+/* `booth convert` writes a diffusers folder that loads to the same outputs. */
+TEST(ecosystem_convert_command)
+{
+    const char *path = s_make_single_file(), *booth = getenv("BOOTH");
+    REQUIRE(path && booth);
+    const char *out = s_tmp("converted");
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "'%s' convert '%s' --config '%s' --out '%s' 2>/dev/null", booth, path,
+             tu_fixture_path("tiny-sd"), out);
+    REQUIRE(system(cmd) == 0);
+    s_env_t e;
+    REQUIRE(s_env_open(&e));
+    sd_model_t *m = sd_model_load(e.ctx, out, SD_PART_ALL);
+    REQUIRE(m);
+    double d = s_compare(&e, m->unet, m->clip, "single_file");
+    printf("  booth convert: max abs diff to diffusers' from_single_file %.3g\n", d);
+    CHECK(m->default_sampler == SD_SCHED_PNDM && m->sched_cfg.prediction_type == SD_PRED_EPSILON);
+    CHECK_INT_EQ(sd_tok_pad_id(m->tok), 49407);
+    sd_model_destroy(&m);
+    s_env_close(&e);
+    /* without --config the tiny model's text-encoder heads are unknowable: one line says so */
+    snprintf(cmd, sizeof cmd, "'%s' convert '%s' --out '%s' 2>&1 | grep -q 'config DIR'", booth, path,
+             s_tmp("converted2"));
+    CHECK(system(cmd) == 0);
+    snprintf(cmd, sizeof cmd, "'%s' convert '%s' --out '%s' 2>&1 | grep -q 'pickle'", booth, s_tmp("model.ckpt"),
+             s_tmp("converted3"));
+    CHECK(s_write(s_tmp("model.ckpt"), "x") && system(cmd) == 0);
+}
