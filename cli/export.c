@@ -16,11 +16,11 @@ int cmd_export(int argc, char **argv)
     const char *format = NULL, *out = NULL, *dtype_name = "f32";
     const cli_opt_t opts[] = {
         CLI_OPT("--format", CLI_STR, &format, "NAME", "diffusers, kohya or peft (required)"),
-        CLI_OPT("--out", CLI_STR, &out, "FILE", "the LoRA file to write (required; -o for short)"),
+        CLI_OPT("--out", CLI_STR, &out, "FILE", "the LoRA file to write (required; -o FILE is the same)"),
         CLI_OPT("--dtype", CLI_STR, &dtype_name, "T", "f32, f16 or bf16 (default f32)"),
         CLI_END,
     };
-    const cli_spec_t spec = {"export", "CHECKPOINT.h5 --format diffusers|kohya -o FILE.safetensors [--dtype T]",
+    const cli_spec_t spec = {"export", "CHECKPOINT.h5 --format diffusers|kohya|peft --out|-o FILE.safetensors [--dtype f32|f16|bf16]",
                              "Writes the LoRA of a training checkpoint as a safetensors LoRA file: diffusers'\n"
                              "pytorch_lora_weights layout, kohya's (A1111, ComfyUI) or peft's.",
                              opts, 1, "CHECKPOINT.h5"};
@@ -34,7 +34,7 @@ int cmd_export(int argc, char **argv)
     free(args);
     if (rc >= 0) return rc;
     if (npos != 1 || !format || !out) {
-        fprintf(stderr, "booth export: give a checkpoint, --format and -o (see --help)\n");
+        fprintf(stderr, "booth export: give a checkpoint, --format and --out (-o) (see --help)\n");
         return 2;
     }
     st_lora_layout_t layout;

@@ -22,12 +22,14 @@
 typedef struct {
     bt_progress_t bar;
     int64_t done_before, total_steps;
+    int64_t batches; /* sd_sample calls: the bar counts each one's model calls */
 } s_prog_t;
 
 static void s_on_step(void *user, int done, int total, const float *latents)
 {
     (void)latents;
     s_prog_t *p = user;
+    p->bar.total = p->batches * total; /* the sampler's own count (PNDM's extra call, or none at 1 step) */
     bt_progress_update(&p->bar, p->done_before + done, NULL);
     if (done == total) p->done_before += total;
 }
@@ -183,15 +185,17 @@ int cmd_generate(int argc, char **argv)
     if (sd_encode_prompt(m, embeds + T * cd, prompt, clip_skip) || sd_encode_prompt(m, embeds, negative, clip_skip))
         goto out;
 
-    fprintf(stderr, "booth generate: %lld image%s %lldx%lld, %s, %d steps, guidance %g, seed %llu\n", (long long)num,
-            num > 1 ? "s" : "", (long long)(w * 8), (long long)(h * 8), sd_sched_kind_name(sampler), steps, guidance,
+    fprintf(stderr, "booth generate: %lld image%s %lldx%lld, %s, %d step%s, guidance %g, seed %llu\n", (long long)num,
+            CLI_PLURAL(num), (long long)(w * 8), (long long)(h * 8), sd_sched_kind_name(sampler), steps, CLI_PLURAL(steps), guidance,
             (unsigned long long)seed);
     s_prog_t prog = {0};
     sd_sample_params_t p = {.guidance = guidance, .steps = steps, .sampler = sampler, .eta = eta, .seed = seed,
                             .progress = s_on_step, .progress_user = &prog};
-    /* PNDM makes one more model call than steps; the bar counts calls */
-    int calls = sampler == SD_SCHED_PNDM ? steps + 1 : steps;
-    bt_progress_start(&prog.bar, "sampling", num * calls, "step");
+    /* PNDM makes one more model call than steps (at 2 steps and more); the bar counts each batch's
+     * calls as the sampler reports them */
+    int calls = sampler == SD_SCHED_PNDM && steps > 1 ? steps + 1 : steps;
+    prog.batches = (num + batch - 1) / batch;
+    bt_progress_start(&prog.bar, "sampling", prog.batches * calls, "step");
     for (int64_t i0 = 0; i0 < num; i0 += batch) {
         int64_t nb = num - i0 < batch ? num - i0 : batch;
         p.first_index = i0;

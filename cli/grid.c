@@ -26,13 +26,14 @@ static const char *const s_knob_label[] = {"unet", "text", "cfg"};
 
 typedef struct {
     bt_progress_t *bar;
-    int64_t done;
+    int64_t done, cells;
 } s_prog_t;
 
 static void s_on_step(void *user, int done, int total, const float *latents)
 {
     (void)latents;
     s_prog_t *p = user;
+    p->bar->total = p->cells * total; /* the sampler's own count of model calls */
     bt_progress_update(p->bar, p->done + done, NULL);
     if (done == total) p->done += total;
 }
@@ -122,8 +123,8 @@ int cmd_grid(int argc, char **argv)
     if (!embeds || !lat || !img) goto out;
 
     bt_progress_t bar;
-    bt_progress_start(&bar, "grid", cells * (sampler == SD_SCHED_PNDM ? steps + 1 : steps), "step");
-    s_prog_t prog = {&bar, 0};
+    bt_progress_start(&bar, "grid", cells * (sampler == SD_SCHED_PNDM && steps > 1 ? steps + 1 : steps), "step");
+    s_prog_t prog = {&bar, 0, cells};
     int64_t idx = 0;
     float cur_text = -1e30f;
     /* cells in a fixed order: unet fastest, then text, then guidance */

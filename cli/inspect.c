@@ -7,6 +7,10 @@
  * image sets; --json prints the same for scripts; --images writes the stored
  * images as PNGs and --contact-sheet puts them on one grid. It names what it
  * reads through diffusion/layout.h, the writers' own spelling of the layout.
+ *
+ * `booth inspect DIR` describes a diffusers model folder instead: its architecture
+ * from the configs, each part's weight files with parameter counts and dtypes, and
+ * the content hash checkpoints and prior sets record (diffusion/model_hash.h).
  */
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -26,6 +30,11 @@
 #include "storage/h5.h"
 #include "storage/h5_images.h"
 #include "storage/png.h"
+#include "storage/safetensors.h"
+#include "diffusion/config.h"
+#include "diffusion/model_hash.h"
+#include "diffusion/pipeline.h"
+#include <sys/stat.h>
 
 #define S_MAX_ROW (1ll << 22)    /* elements read at once to take a norm */
 #define S_MAX_HISTORY (1ll << 24) /* steps of a loss history */
@@ -472,7 +481,8 @@ static void s_print_human(s_file_t *sf, s_tensor_t *ts, int nt, int64_t nparams,
         int64_t best = 0;
         for (int64_t s = 1; s < nh; s++)
             if (loss[s] < loss[best]) best = s;
-        printf("loss history (%lld steps): first %.6f, last %.6f, lowest %.6f at step %lld\n", (long long)nh, loss[0],
+        printf("loss history (%lld step%s): first %.6f, last %.6f, lowest %.6f at step %lld\n", (long long)nh,
+               CLI_PLURAL(nh), loss[0],
                loss[nh - 1], loss[best], (long long)(best + 1));
         printf("  %6s  %9s  %9s  %9s  %9s  %9s\n", "step", "loss", "instance", "prior", "lr", "grad_norm");
         for (int64_t s = 0; s < nh; s++) {
@@ -519,6 +529,149 @@ static void s_print_human(s_file_t *sf, s_tensor_t *ts, int nt, int64_t nparams,
     }
 }
 
+/* One part of a model folder: its weight files (from the hash manifest), parameters and dtypes. */
+typedef struct {
+    int64_t params;
+    unsigned dtypes; /* bit per st_dtype_t */
+    int files;
+    char first[256];
+} s_part_t;
+
+static int s_part_weights(const char *dir, const char *manifest, const char *part, s_part_t *p)
+{
+    memset(p, 0, sizeof *p);
+    size_t pl = strlen(part);
+    for (const char *line = manifest; line && *line;) {
+        const char *nl = strchr(line, '\n');
+        size_t len = nl ? (size_t)(nl - line) : strlen(line);
+        /* "<16 hex>  <relative path>" */
+        if (len > 18) {
+            const char *rel = line + 18;
+            size_t rl = len - 18;
+            if (rl > pl + 13 && !strncmp(rel, part, pl) && rel[pl] == '/' &&
+                !strncmp(rel + rl - 12, ".safetensors", 12)) {
+                char path[4400];
+                snprintf(path, sizeof path, "%s/%.*s", dir, (int)rl, rel);
+                st_file_t *f = st_open(path);
+                if (!f) return BT_EFORMAT;
+                for (int i = 0; i < st_count(f); i++) {
+                    const st_tensor_t *t = st_at(f, i);
+                    p->params += st_numel(t);
+                    p->dtypes |= 1u << t->dtype;
+                }
+                st_close(&f);
+                if (!p->files++) snprintf(p->first, sizeof p->first, "%.*s", (int)rl, rel);
+            }
+        }
+        line = nl ? nl + 1 : NULL;
+    }
+    return BT_OK;
+}
+
+static void s_dtypes(unsigned mask, char *buf, size_t cap)
+{
+    buf[0] = '\0';
+    for (int d = 0; d < ST_DTYPE_COUNT; d++)
+        if (mask & (1u << d)) {
+            size_t n = strlen(buf);
+            snprintf(buf + n, cap - n, "%s%s", n ? "+" : "", st_dtype_name((st_dtype_t)d));
+        }
+    if (!buf[0]) snprintf(buf, cap, "-");
+}
+
+static void s_count(int64_t n, char *buf, size_t cap)
+{
+    if (n >= 1000000000) snprintf(buf, cap, "%.2f B", (double)n / 1e9);
+    else if (n >= 1000000) snprintf(buf, cap, "%.1f M", (double)n / 1e6);
+    else if (n >= 1000) snprintf(buf, cap, "%.1f K", (double)n / 1e3);
+    else snprintf(buf, cap, "%lld", (long long)n);
+}
+
+/* booth inspect DIR: a diffusers model folder. */
+static int s_inspect_model(const char *dir, bool json)
+{
+    char hash[BT_HASH_HEX];
+    char *manifest = NULL;
+    if (sd_model_hash(dir, SD_PART_ALL, hash, &manifest)) return 1;
+    char path[4200];
+    sd_unet_config_t u;
+    sd_vae_config_t v;
+    sd_clip_config_t c;
+    snprintf(path, sizeof path, "%s/unet/config.json", dir);
+    bool hu = sd_unet_config_load(path, &u) == 0;
+    snprintf(path, sizeof path, "%s/vae/config.json", dir);
+    bool hv = sd_vae_config_load(path, &v) == 0;
+    snprintf(path, sizeof path, "%s/text_encoder/config.json", dir);
+    bool hc = sd_clip_config_load(path, &c) == 0;
+    static const char *const parts[] = {"unet", "vae", "text_encoder"};
+    s_part_t p[3];
+    int rc = BT_OK;
+    for (int k = 0; k < 3 && rc == BT_OK; k++) rc = s_part_weights(dir, manifest, parts[k], &p[k]);
+    free(manifest);
+    if (rc) return 1;
+    int64_t scale = hv ? (int64_t)1 << (v.n_blocks > 0 ? v.n_blocks - 1 : 0) : 8;
+    int64_t xattn = hu ? u.cross_attention_dim[0] : 0;
+    const char *family = !hu ? "unknown (no unet/config.json)"
+                         : xattn == 768 && (!hc || c.hidden_size == 768) ? "Stable Diffusion 1.x"
+                         : xattn == 1024 && (!hc || c.hidden_size == 1024) ? "Stable Diffusion 2.x"
+                                                                          : "a small or custom SD-style model";
+    if (json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "path", dir);
+        cJSON_AddStringToObject(o, "kind", "diffusers model folder");
+        cJSON_AddStringToObject(o, "architecture", family);
+        cJSON_AddStringToObject(o, "content_hash", hash);
+        if (hu) {
+            cJSON_AddNumberToObject(o, "native_resolution", (double)(u.sample_size * scale));
+            cJSON_AddNumberToObject(o, "cross_attention_dim", (double)xattn);
+        }
+        cJSON *ps = cJSON_AddObjectToObject(o, "parts");
+        for (int k = 0; k < 3; k++) {
+            char dt[64];
+            s_dtypes(p[k].dtypes, dt, sizeof dt);
+            cJSON *q = cJSON_AddObjectToObject(ps, parts[k]);
+            cJSON_AddNumberToObject(q, "parameters", (double)p[k].params);
+            cJSON_AddStringToObject(q, "dtypes", dt);
+            cJSON_AddNumberToObject(q, "files", p[k].files);
+        }
+        char *text = cJSON_PrintUnformatted(o);
+        if (text) printf("%s\n", text);
+        cJSON_free(text);
+        cJSON_Delete(o);
+        return text ? 0 : 1;
+    }
+    printf("%s: diffusers model folder, %s\n", dir, family);
+    if (hu) {
+        printf("  unet          %lld blocks of", (long long)u.n_blocks);
+        for (int b = 0; b < u.n_blocks; b++) printf("%s%lld", b ? "/" : " ", (long long)u.block_out_channels[b]);
+        printf(" channels, cross-attention %lld, %lld latents a side (native %lld px)\n", (long long)xattn,
+               (long long)u.sample_size, (long long)(u.sample_size * scale));
+    }
+    if (hv)
+        printf("  vae           %lld latent channels, downscale %lld, scaling factor %g\n", (long long)v.latent_channels,
+               (long long)scale, (double)v.scaling_factor);
+    if (hc)
+        printf("  text_encoder  %lld layers, hidden %lld, %lld heads, %lld positions\n", (long long)c.num_layers,
+               (long long)c.hidden_size, (long long)c.num_heads, (long long)c.max_positions);
+    int64_t total = 0;
+    for (int k = 0; k < 3; k++) {
+        char n[32], dt[64];
+        s_count(p[k].params, n, sizeof n);
+        s_dtypes(p[k].dtypes, dt, sizeof dt);
+        total += p[k].params;
+        if (p[k].files)
+            printf("  %-13s %s parameters, %s, %s%s\n", parts[k], n, dt, p[k].first,
+                   p[k].files > 1 ? " (and more shards)" : "");
+        else
+            printf("  %-13s no weights\n", parts[k]);
+    }
+    char n[32];
+    s_count(total, n, sizeof n);
+    printf("  total         %s parameters\n", n);
+    printf("  content hash  %s (what checkpoints and prior sets record as the base model)\n", hash);
+    return 0;
+}
+
 int cmd_inspect(int argc, char **argv)
 {
     bool json = false;
@@ -529,17 +682,27 @@ int cmd_inspect(int argc, char **argv)
         CLI_OPT("--contact-sheet", CLI_STR, &sheet, "FILE.png", "all stored images (up to 256) on one grid"),
         CLI_END,
     };
-    const cli_spec_t spec = {"inspect", "FILE.h5 [--json] [--images DIR] [--contact-sheet FILE.png]",
+    const cli_spec_t spec = {"inspect", "FILE.h5|MODEL_DIR [--json] [--images DIR] [--contact-sheet FILE.png]",
                              "Shows what a checkpoint (booth train --checkpointing-steps) or a prior set (booth\n"
                              "priors) holds: the job, the step, the loss history, every LoRA and optimizer tensor\n"
-                             "with its shape and L2 norm, and the stored instance and prior images.",
-                             opts, 1, "FILE.h5"};
+                             "with its shape and L2 norm, and the stored instance and prior images. Given a\n"
+                             "diffusers model folder, describes it: architecture, parameters and dtypes of each\n"
+                             "part, and its content hash.",
+                             opts, 1, "FILE.h5|MODEL_DIR"};
     const char *pos[1];
     int npos, rc = cli_parse(&spec, argc, argv, pos, &npos);
     if (rc >= 0) return rc;
     if (npos != 1) {
-        fprintf(stderr, "booth inspect: give one .h5 file (see --help)\n");
+        fprintf(stderr, "booth inspect: give one .h5 file or model folder (see --help)\n");
         return 2;
+    }
+    struct stat dst;
+    if (stat(pos[0], &dst) == 0 && S_ISDIR(dst.st_mode)) {
+        if (images || sheet) {
+            fprintf(stderr, "booth inspect: --images and --contact-sheet are for .h5 files, not a model folder\n");
+            return 2;
+        }
+        return s_inspect_model(pos[0], json);
     }
     s_file_t sf = {.path = pos[0]};
     if (!(sf.f = sd_booth_h5_open(sf.path, NULL, &sf.format, &sf.version))) return 1;

@@ -50,13 +50,22 @@ static void s_usage(FILE *out)
         fprintf(out, "  %-12s %s\n", s_cmds[i].name, s_cmds[i].summary);
     fprintf(out,
             "\n"
-            "Run `booth <command> --help` for a command's options.\n"
+            "Run `booth <command> --help` (or `booth help <command>`) for a command's options.\n"
             "Environment: BOOTH_THREADS (worker threads), BOOTH_LOG=error|warn|info|debug.\n");
 }
 
 int main(int argc, char **argv)
 {
     nn_process_init(argc, argv);
+    if (argc >= 3 && !strcmp(argv[1], "help")) { /* booth help CMD = booth CMD --help */
+        for (size_t i = 0; i < sizeof s_cmds / sizeof s_cmds[0]; i++)
+            if (!strcmp(argv[2], s_cmds[i].name)) {
+                char *args[] = {argv[2], "--help", NULL};
+                return s_cmds[i].fn(2, args);
+            }
+        fprintf(stderr, "booth help: '%s' is not a booth command (see `booth --help`)\n", argv[2]);
+        return 2;
+    }
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         s_usage(stdout);
         return argc < 2 ? 2 : 0;

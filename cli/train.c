@@ -239,7 +239,7 @@ int cmd_train(int argc, char **argv)
         int made = sd_class_images_ensure(m, c->class_dir, c->class_prompt, c->num_class_images, c->resolution, c->seed,
                                           c->class_steps, c->class_guidance, s_prep_progress, &prep);
         if (made < 0) goto out;
-        if (made) fprintf(stderr, "booth train: generated %d class images in %s\n", made, c->class_dir);
+        if (made) fprintf(stderr, "booth train: generated %d class image%s in %s\n", made, CLI_PLURAL(made), c->class_dir);
     }
     prep.label = "encoding images";
     if (!(t = sd_trainer_new(&m, c, s_prep_progress, &prep)) || !(o = sd_trainer_optim(t))) goto out;
