@@ -303,7 +303,8 @@ static int s_fetch(cli_client_t *c, const char *job, const char *dir)
             refused = true;
             continue;
         }
-        if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path) {
+        cli_join_path(path, sizeof path, dir, name); /* "out/" + "x": "out/x" */
+        if (strlen(path) + 1 >= sizeof path) {
             BT_ERROR("%s/%s: path too long; not written", dir, name);
             refused = true;
             continue;
