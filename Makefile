@@ -7,6 +7,8 @@
 #   make demo       the main job end to end on the embedded default
 #   make bench-ops  nn/ kernels vs PyTorch, side by side (needs python3-torch)
 #   make bench-ps   the parameter server's round trip and step scaling on loopback (bench/ps_scaling.sh)
+#   make fuzz       every libFuzzer harness of tests/fuzz/ for FUZZ_SECONDS each (clang-14, in build-fuzz/)
+#   make fuzz-smoke the same, a few seconds each over the committed corpora (CI)
 #   make bench-model  whole models (UNet, VAE, a DreamBooth step) vs PyTorch + diffusers
 #                   (needs a venv with diffusers, see bench/model.py, and /tmp/sd15)
 #
@@ -32,7 +34,8 @@ DEB_PKGS := build-essential pkg-config libopenblas-dev libopenblas0-pthread libc
             libpng-dev libjpeg62-turbo-dev libutf8proc-dev libzmq3-dev libprotobuf-c-dev \
             protobuf-c-compiler libhdf5-dev hdf5-tools \
             python3-h5py python3-numpy xxhash \
-            openssh-server openssh-client slurmctld slurmd slurm-client munge
+            openssh-server openssh-client slurmctld slurmd slurm-client munge \
+            clang-14 libclang-rt-14-dev
 
 # ---- compiler ---------------------------------------------------------------
 CC      ?= cc
@@ -46,8 +49,13 @@ ifeq ($(SANITIZER),address)
 else ifeq ($(SANITIZER),undefined)
   CFLAGS += -fsanitize=undefined -fno-sanitize-recover=undefined
   LDFLAGS += -fsanitize=undefined
+else ifeq ($(SANITIZER),fuzzer)
+  # coverage for libFuzzer in the library; the harnesses link -fsanitize=fuzzer
+  CFLAGS += -fsanitize=address,undefined,fuzzer-no-link -fno-omit-frame-pointer -fno-sanitize-recover=undefined \
+            -Wno-unused-command-line-argument
+  LDFLAGS += -fsanitize=address,undefined
 else ifneq ($(SANITIZER),)
-  $(error SANITIZER must be address or undefined, not '$(SANITIZER)')
+  $(error SANITIZER must be address, undefined or fuzzer, not '$(SANITIZER)')
 endif
 
 # ---- CUDA (optional) ---------------------------------------------------------
@@ -88,7 +96,8 @@ LIB_SRCS := $(wildcard common/*.c nn/*.c nn/cpu/*.c storage/*.c diffusion/*.c \
                        proto/*.c coordinator/*.c ps/*.c worker/*.c)
 ASM_SRCS := $(wildcard diffusion/*.S)
 CLI_SRCS := $(wildcard cli/*.c)
-TEST_SRCS := $(wildcard tests/*.c tests/unit/*.c)
+TEST_SRCS := $(wildcard tests/*.c tests/unit/*.c tests/fuzz/*.c)
+FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 BENCH_SRCS := $(wildcard bench/*.c)
 
 LIB_OBJS   := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o) $(ASM_SRCS:%.S=$(BUILD)/obj/%.o) $(CUDA_OBJS) $(GEN_OBJS)
@@ -100,7 +109,7 @@ LIB    := $(BUILD)/libbooth.a
 BOOTH  := $(BUILD)/booth
 RUNNER := $(BUILD)/tests/runner
 
-.PHONY: all test asan deps demo bench-ops bench-ps bench-model clean format
+.PHONY: all test asan deps demo bench-ops bench-ps bench-model clean format fuzz fuzz-smoke fuzz-bins
 all: $(BOOTH) $(RUNNER) $(BENCH_BINS)
 
 # Order-only on the generated header: any C file may include it, and -MMD records
@@ -150,6 +159,32 @@ test: $(RUNNER) $(BOOTH)
 asan:
 	$(MAKE) BUILD=build-asan SANITIZER=address OPT=-O1 test
 
+# ---- fuzzing (tests/fuzz/README.md) ----------------------------------------------
+# Each tests/fuzz/fuzz_NAME.c is one libFuzzer binary build-fuzz/fuzz/NAME, linked
+# against the library built by clang with coverage and ASan+UBSan. The committed
+# corpus is copied into build-fuzz/corpus/NAME, which the run grows; a crash lands
+# in build-fuzz/crashes/NAME/ (copy it to tests/fuzz/regress/NAME/: make test
+# replays it from then on).
+FUZZ_CC      ?= clang-14
+FUZZ_SECONDS ?= 60
+FUZZ_ARGS    ?=
+FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/fuzz_%.c=$(BUILD)/fuzz/%)
+
+$(BUILD)/fuzz/%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.c tests/fuzz/fuzz.h $(LIB)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -DBOOTH_LIBFUZZER -fsanitize=fuzzer,address,undefined tests/fuzz/fuzz_$*.c tests/fuzz/fuzz.c \
+	    $(LIB) $(LDLIBS) -o $@
+
+fuzz-bins: $(FUZZ_BINS)
+
+fuzz:
+	$(MAKE) BUILD=build-fuzz CC=$(FUZZ_CC) SANITIZER=fuzzer OPT=-O1 CUDA=0 fuzz-bins
+	tests/fuzz/run.sh build-fuzz $(FUZZ_SECONDS) $(FUZZ_ARGS)
+
+fuzz-smoke:
+	$(MAKE) BUILD=build-fuzz CC=$(FUZZ_CC) SANITIZER=fuzzer OPT=-O1 CUDA=0 fuzz-bins
+	tests/fuzz/run.sh build-fuzz 5
+
 deps:
 	@missing=""; for p in $(DEB_PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
@@ -181,6 +216,6 @@ format:
 	clang-format -i $(LIB_SRCS) $(CLI_SRCS) $(TEST_SRCS) $(BENCH_SRCS) $(wildcard */*.h */*/*.h)
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -67,7 +67,12 @@ static int s_connect(wk_t *w, const char *endpoint, const char *key)
 int wk_ps_use(wk_t *w, const Booth__Task *task)
 {
     int n = (int)task->n_ps;
-    int *cur = malloc((size_t)(n ? n : 1) * sizeof *cur);
+    if (n == 0) { /* the LoRA lives on the PS: a task that names none cannot be done */
+        BT_ERROR("coordinator %s: task %llu of job %s names no parameter server", w->o->coordinator,
+                 (unsigned long long)task->task_id, task->job_id);
+        return BT_EPROTO;
+    }
+    int *cur = malloc((size_t)n * sizeof *cur);
     if (!cur) {
         BT_ERROR("worker: out of memory");
         return BT_ENOMEM;
@@ -95,7 +100,7 @@ int wk_ps_use(wk_t *w, const Booth__Task *task)
         cur[k] = i;
     }
     /* another set of PS may split the tensors another way: learn it again */
-    if (n != w->ncur || memcmp(cur, w->cur, (size_t)n * sizeof *cur)) {
+    if (n != w->ncur || !w->cur || memcmp(cur, w->cur, (size_t)n * sizeof *cur)) {
         wk_ps_forget(w);
         w->version = -1;
     }

@@ -1,0 +1,184 @@
+/*
+ * fuzz_worker.c — the worker's message handlers (worker/): a live `booth
+ * worker` on the tiny model in a thread, the harness as its coordinator on
+ * loopback.
+ *
+ * First byte even: the rest is one message from the coordinator to the idle
+ * worker (Welcome, Error, Task, Release, anything). Odd: the harness gives the
+ * worker a training task of a fresh job; the worker asks for the job's data
+ * (GetJob) and the rest of the input is the answer, the JobData message whose
+ * blobs (instance images, data.h5, priors.h5) and job spec the worker writes,
+ * parses and loads. Frames are fz_piece pieces, the envelope first. Then the
+ * harness must hear from the worker: after a coordinator message it asks it to
+ * register again (Error{reregister}) and waits for the Hello; after a JobData
+ * it waits for the task's result (the task has no parameter server to pull
+ * from, so it fails after the data, with a result that says why).
+ *
+ * Not sent: the coordinator's fatal Error (it stops the worker: that is its
+ * meaning) and PRIORS and VALIDATE tasks (they render images for as long as
+ * the task asks: work by design, not a handler's decision).
+ */
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tests/fuzz/fuzz.h"
+#include "worker/worker.h"
+
+#define S_JOB                                                                                                  \
+    "{\"pretrained_model_name_or_path\": \"tests/fixtures/tiny-sd\", \"instance_data_dir\": \"x\", "          \
+    "\"instance_prompt\": \"a photo of sks robot\", \"resolution\": 16, \"max_train_steps\": 2, \"rank\": 1}"
+
+static struct {
+    void *ctx, *co;
+    zmq_msg_t rid;
+    wk_opts_t opts;
+    char ep[256], work[700];
+    pthread_t thread;
+    uint64_t task;
+} S;
+
+static void *s_main(void *arg)
+{
+    int rc = wk_run(arg);
+    fz_bug("the worker stopped (status %d)", rc);
+}
+
+static void s_send(Booth__Envelope *env)
+{
+    pr_send(S.co, &S.rid, env, NULL, 0);
+}
+
+/* Whatever else the worker says: a Hello is welcomed, a GetJob refused. */
+static bool s_other(pr_msg_t *m, void *user)
+{
+    (void)user;
+    if (m->env->body_case == BOOTH__ENVELOPE__BODY_HELLO) {
+        zmq_msg_close(&S.rid);
+        zmq_msg_init(&S.rid);
+        zmq_msg_copy(&S.rid, &m->routing_id);
+        Booth__Welcome w = BOOTH__WELCOME__INIT;
+        w.peer_id = "worker-fuzz";
+        w.heartbeat_ms = 3600 * 1000;
+        Booth__Envelope env = PR_ENVELOPE_INIT(WELCOME, welcome, &w);
+        s_send(&env);
+    } else if (m->env->body_case == BOOTH__ENVELOPE__BODY_GET_JOB) {
+        Booth__Error e = BOOTH__ERROR__INIT;
+        e.message = "no such job here";
+        Booth__Envelope env = PR_ENVELOPE_INIT(ERROR, error, &e);
+        s_send(&env);
+    }
+    return false;
+}
+
+static bool s_is_hello(pr_msg_t *m, void *user)
+{
+    if (m->env->body_case != BOOTH__ENVELOPE__BODY_HELLO) return false;
+    s_other(m, user);
+    return true;
+}
+
+static bool s_is_get_job(pr_msg_t *m, void *user)
+{
+    return m->env->body_case == BOOTH__ENVELOPE__BODY_GET_JOB && !strcmp(m->env->get_job->job_id, user);
+}
+
+static bool s_is_result(pr_msg_t *m, void *user)
+{
+    return m->env->body_case == BOOTH__ENVELOPE__BODY_TASK_RESULT && m->env->task_result->task_id == *(uint64_t *)user;
+}
+
+static void s_start(void)
+{
+    S.ctx = zmq_ctx_new();
+    S.co = fz_router(S.ctx, S.ep, sizeof S.ep);
+    zmq_msg_init(&S.rid);
+    snprintf(S.work, sizeof S.work, "%s/worker", fz_dir());
+    S.opts = (wk_opts_t){.coordinator = S.ep, .model_dir = fz_fixture("tiny-sd"), .store = SD_STORE_F32,
+                         .threads = 1, .work_dir = S.work, .name = "fuzz-worker", .node = {.insecure = true}};
+    if (pthread_create(&S.thread, NULL, s_main, &S.opts)) fz_bug("cannot start the worker thread");
+    fz_wait(S.co, true, s_is_hello, NULL, NULL, 60000, "the worker's Hello");
+}
+
+/* The coordinator's message to the idle worker; then Error{reregister} -> Hello. */
+static void s_coordinator_message(fz_in_t *in)
+{
+    fz_in_t peek = *in;
+    size_t len;
+    const uint8_t *first = fz_piece(&peek, &len);
+    Booth__Envelope *env = booth__envelope__unpack(NULL, len, first);
+    bool skip = env && ((env->body_case == BOOTH__ENVELOPE__BODY_ERROR && env->error->fatal) ||
+                        (env->body_case == BOOTH__ENVELOPE__BODY_TASK &&
+                         (env->task->kind == BOOTH__TASK__KIND__PRIORS || env->task->kind == BOOTH__TASK__KIND__VALIDATE)));
+    if (env) booth__envelope__free_unpacked(env, NULL);
+    if (skip) return;
+    fz_send_input(S.co, &S.rid, in, &env);
+    if (env) booth__envelope__free_unpacked(env, NULL);
+    Booth__Error e = BOOTH__ERROR__INIT;
+    e.message = "register again";
+    e.reregister = true;
+    Booth__Envelope q = PR_ENVELOPE_INIT(ERROR, error, &e);
+    s_send(&q);
+    fz_wait(S.co, true, s_is_hello, s_other, NULL, 60000, "an Error{reregister}");
+}
+
+/* A MICROBATCH task of a fresh job; the input answers its GetJob. */
+static void s_job_data(fz_in_t *in)
+{
+    char job[64];
+    uint64_t id = ++S.task;
+    snprintf(job, sizeof job, "fzjob-%" PRIu64, id);
+    Booth__Task t = BOOTH__TASK__INIT;
+    t.task_id = id;
+    t.job_id = job;
+    t.kind = BOOTH__TASK__KIND__MICROBATCH;
+    t.job_json = S_JOB;
+    t.data_hash = id;
+    Booth__Envelope q = PR_ENVELOPE_INIT(TASK, task, &t);
+    s_send(&q);
+    fz_wait(S.co, true, s_is_get_job, s_other, job, 60000, "a MICROBATCH task");
+
+    /* the input, with the job id the worker waits for when it is a JobData */
+    const uint8_t *frame[64];
+    size_t len[64];
+    int n = 0;
+    while (n < 64 && (n == 0 || in->n > 0)) frame[n] = fz_piece(in, &len[n]), n++;
+    Booth__Envelope *env = booth__envelope__unpack(NULL, len[0], frame[0]);
+    uint8_t *packed = NULL;
+    if (env && env->body_case == BOOTH__ENVELOPE__BODY_JOB_DATA) {
+        env->job_data->job_id = job; /* borrowed; unset again before the free */
+        packed = malloc(booth__envelope__get_packed_size(env));
+        if (!packed) abort();
+        len[0] = booth__envelope__pack(env, packed);
+        frame[0] = packed;
+        env->job_data->job_id = NULL;
+    }
+    bool answered = env && env->body_case == BOOTH__ENVELOPE__BODY_JOB_DATA;
+    if (env) booth__envelope__free_unpacked(env, NULL);
+    zmq_msg_t r;
+    zmq_msg_init(&r);
+    zmq_msg_copy(&r, &S.rid);
+    zmq_msg_send(&r, S.co, ZMQ_SNDMORE);
+    for (int i = 0; i < n; i++) zmq_send(S.co, frame[i], len[i], i + 1 < n ? ZMQ_SNDMORE : 0);
+    free(packed);
+    if (!answered) { /* what the worker does not take as the answer: end its wait */
+        Booth__Error e = BOOTH__ERROR__INIT;
+        e.message = "no such job here";
+        Booth__Envelope q2 = PR_ENVELOPE_INIT(ERROR, error, &e);
+        s_send(&q2);
+    }
+    fz_wait(S.co, true, s_is_result, s_other, &id, 60000, "a task's JobData");
+}
+
+FUZZ_TARGET(worker)
+{
+    if (!S.ctx) s_start();
+    fz_in_t in = {data, size};
+    if (fz_u8(&in) & 1)
+        s_job_data(&in);
+    else
+        s_coordinator_message(&in);
+    return 0;
+}
