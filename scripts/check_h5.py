@@ -17,6 +17,12 @@ import h5py
 import numpy as np
 
 
+
+def A(obj):
+    """An object's attributes, strings as str: booth writes fixed-length UTF-8
+    strings (no HDF5 global heap), which h5py returns as bytes."""
+    return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in obj.attrs.items()}
+
 def read_safetensors(path):
     """name -> numpy array, for the F32 tensors booth writes."""
     with open(path, "rb") as f:
@@ -45,7 +51,7 @@ def check_images(g, what):
     assert mean.shape[2] * 8 == h and mean.shape[3] * 8 == w, (what, mean.shape, img.shape)
     assert np.isfinite(mean[...]).all() and np.isfinite(logvar[...]).all(), what
     prompts = [p.decode() if isinstance(p, bytes) else p for p in g["prompt"][...]]
-    assert len(prompts) == n and all(p == g.attrs["prompt"] for p in prompts), (what, prompts)
+    assert len(prompts) == n and all(p == A(g)["prompt"] for p in prompts), (what, prompts)
     pixels = img[...]
     assert pixels.std() > 0, what  # real images, not a zero fill
     return n, h
@@ -53,17 +59,17 @@ def check_images(g, what):
 
 def check_priors_group(g, what):
     n, h = check_images(g, what)
-    assert (g["seed"][...] == g.attrs["seed"]).all(), what
+    assert (g["seed"][...] == A(g)["seed"]).all(), what
     for key in ("steps", "guidance", "resolution", "sampler", "base_model_hash", "vae_hash"):
-        assert key in g.attrs, (what, key)
-    assert g.attrs["resolution"] == h
+        assert key in A(g), (what, key)
+    assert A(g)["resolution"] == h
     return n
 
 
 def main():
     ckpt_path, lora_path, priors_path = sys.argv[1:4]
     with h5py.File(ckpt_path, "r") as f:
-        a = f.attrs
+        a = A(f)
         assert a["booth_format"] == "booth-checkpoint" and a["booth_format_version"] == 1, dict(a)
         step = int(a["step"])
         job = json.loads(a["job"])
@@ -83,8 +89,8 @@ def main():
             for moment in ("m", "v"):
                 assert f["optimizer"][moment][name].shape == d.shape, (moment, name)
             assert (f["optimizer/v"][name][...] >= 0).all(), name
-        assert f["optimizer"].attrs["type"] == "AdamW" and f["optimizer"].attrs["step"] == step
-        assert f["rng"].attrs["seed"] == job["seed"]
+        assert A(f["optimizer"])["type"] == "AdamW" and A(f["optimizer"])["step"] == step
+        assert A(f["rng"])["seed"] == job["seed"]
 
         hist = f["history"]
         assert (hist["step"][...] == np.arange(1, step + 1)).all()
@@ -96,7 +102,7 @@ def main():
         n_prior = check_priors_group(f["prior"], "checkpoint prior") if job["with_prior_preservation"] else 0
 
     with h5py.File(priors_path, "r") as f:
-        assert f.attrs["booth_format"] == "booth-priors" and f.attrs["booth_format_version"] == 1
+        assert A(f)["booth_format"] == "booth-priors" and A(f)["booth_format_version"] == 1
         n_file = check_priors_group(f["prior"], "prior set")
 
     print(f"h5py {h5py.__version__}: ok: checkpoint step {step}, {len(names)} LoRA tensors equal to the export, "

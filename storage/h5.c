@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "common/fileio.h"
+#include "common/hash.h"
 #include "common/log.h"
 #include "common/status.h"
 
@@ -127,7 +128,21 @@ static hid_t s_file_type(st_h5_dtype_t dt)
     }
 }
 
-/* A variable-length UTF-8 string type (caller closes). */
+/* A fixed-length UTF-8 string type of len bytes, NUL-terminated (caller closes):
+ * what booth writes, never the variable-length kind (h5.h, "The seal"). */
+static hid_t s_fstr_type(size_t len)
+{
+    hid_t t = H5Tcopy(H5T_C_S1);
+    if (t < 0) return t;
+    if (H5Tset_size(t, len ? len : 1) < 0 || H5Tset_cset(t, H5T_CSET_UTF8) < 0 ||
+        H5Tset_strpad(t, H5T_STR_NULLTERM) < 0) {
+        H5Tclose(t);
+        return H5I_INVALID_HID;
+    }
+    return t;
+}
+
+/* A variable-length UTF-8 string type (caller closes): read from foreign files only. */
 static hid_t s_vstr_type(void)
 {
     hid_t t = H5Tcopy(H5T_C_S1);
@@ -210,6 +225,124 @@ static void s_file_free(st_h5_file_t *f)
     free(f);
 }
 
+/* ---- the seal (h5.h) ---- */
+
+#define S_SEAL_BYTES 512
+#define S_SEAL_MAGIC "booth-hdf5-seal "
+
+/* XXH64 of fd's bytes from S_SEAL_BYTES to size. */
+static int s_seal_hash(int fd, off_t size, uint64_t *digest)
+{
+    enum { CHUNK = 1 << 20 };
+    unsigned char *buf = malloc(CHUNK);
+    if (!buf) return BT_ENOMEM;
+    bt_xxh64_t h;
+    bt_xxh64_init(&h, 0);
+    int rc = BT_OK;
+    for (off_t off = S_SEAL_BYTES; off < size && rc == BT_OK;) {
+        size_t want = (size_t)(size - off < CHUNK ? size - off : CHUNK);
+        ssize_t got = pread(fd, buf, want, off);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) {
+            rc = BT_EIO;
+            break;
+        }
+        bt_xxh64_update(&h, buf, (size_t)got);
+        off += got;
+    }
+    free(buf);
+    *digest = bt_xxh64_digest(&h);
+    return rc;
+}
+
+/* Writes the seal into the user block of a finished (closed) file. */
+static int s_seal(const char *path, const char *tmp)
+{
+    int fd = open(tmp, O_RDWR);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        BT_ERROR("%s: cannot seal %s: %s", path, tmp, strerror(errno));
+        if (fd >= 0) close(fd);
+        return BT_EIO;
+    }
+    uint64_t digest = 0;
+    int rc = st.st_size < S_SEAL_BYTES ? BT_EIO : s_seal_hash(fd, st.st_size, &digest);
+    char block[S_SEAL_BYTES] = {0};
+    if (rc == BT_OK) {
+        char hex[BT_HASH_HEX];
+        bt_hash_hex(digest, hex);
+        snprintf(block, sizeof block, S_SEAL_MAGIC "1\nbytes %lld\nxxh64 %s\n", (long long)st.st_size, hex);
+        if (pwrite(fd, block, sizeof block, 0) != (ssize_t)sizeof block) rc = BT_EIO;
+    }
+    int err = errno;
+    close(fd);
+    if (rc == BT_ENOMEM)
+        BT_ERROR("%s: out of memory sealing %s", path, tmp);
+    else if (rc)
+        BT_ERROR("%s: cannot seal %s: %s", path, tmp, strerror(err));
+    return rc;
+}
+
+/* Checks the seal of a file that has one (h5.h). BT_OK: sealed and intact, or not sealed. */
+static int s_check_seal(const char *path, off_t size)
+{
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) {
+        BT_ERROR("%s: cannot open: %s", path, strerror(errno));
+        return BT_EIO;
+    }
+    char block[S_SEAL_BYTES + 1] = {0};
+    ssize_t got = pread(fd, block, S_SEAL_BYTES, 0);
+    int rc = BT_OK;
+    /* a seal whose first bytes were damaged is still a seal: most of the magic is enough */
+    int same = 0;
+    for (size_t i = 0; got >= (ssize_t)strlen(S_SEAL_MAGIC) && i < strlen(S_SEAL_MAGIC); i++)
+        same += block[i] == S_SEAL_MAGIC[i];
+    if (same >= 12) {
+        int version = 0;
+        long long bytes = -1;
+        char hex[32] = "";
+        int end = 0;
+        bool padded = true; /* after the text, NULs only: a flipped byte there is a corrupt file too */
+        if (same == (int)strlen(S_SEAL_MAGIC) &&
+            sscanf(block + strlen(S_SEAL_MAGIC), "%d\nbytes %lld\nxxh64 %16[0-9a-f]\n%n", &version, &bytes, hex,
+                   &end) == 3)
+            for (size_t i = strlen(S_SEAL_MAGIC) + (size_t)end; i < (size_t)got; i++) padded &= block[i] == 0;
+        if (end == 0 || strlen(hex) != 16 || !padded) {
+            BT_ERROR("%s: corrupt: its booth seal (the first 512 bytes) cannot be read", path);
+            rc = BT_EFORMAT;
+        } else if (version != 1) {
+            BT_ERROR("%s: sealed by a newer booth (seal version %d; this booth reads version 1)", path, version);
+            rc = BT_EUNSUPPORTED;
+        } else if (bytes != (long long)size) {
+            if ((long long)size < bytes)
+                BT_ERROR("%s: truncated: %lld of the %lld bytes booth wrote (an interrupted copy or download)", path,
+                         (long long)size, bytes);
+            else
+                BT_ERROR("%s: changed since booth wrote it: %lld bytes, booth wrote %lld (an edit by another tool, "
+                         "or a copy error); nothing was read",
+                         path, (long long)size, bytes);
+            rc = BT_EFORMAT;
+        } else {
+            uint64_t digest;
+            char have[BT_HASH_HEX];
+            rc = s_seal_hash(fd, size, &digest);
+            if (rc == BT_ENOMEM) {
+                BT_ERROR("%s: out of memory checking the seal", path);
+            } else if (rc) {
+                BT_ERROR("%s: read error: %s", path, strerror(errno));
+            } else if (bt_hash_hex(digest, have), strcmp(have, hex)) {
+                BT_ERROR("%s: corrupt: its checksum does not match (xxh64 %s, booth wrote %s): a disk or copy "
+                         "error, or an edit by another tool; nothing was read",
+                         path, have, hex);
+                rc = BT_EFORMAT;
+            }
+        }
+    }
+    close(fd);
+    return rc;
+}
+
 st_h5_file_t *st_h5_create(const char *path)
 {
     pthread_once(&s_once, s_init);
@@ -224,7 +357,8 @@ st_h5_file_t *st_h5_create(const char *path)
     snprintf(f->tmp_path, n, "%s.tmp.%ld", path, (long)getpid());
     hid_t fapl = s_fapl(), fcpl = H5Pcreate(H5P_FILE_CREATE);
     f->fid = H5I_INVALID_HID;
-    if (fapl >= 0 && fcpl >= 0 && H5Pset_obj_track_times(fcpl, 0) >= 0)
+    if (fapl >= 0 && fcpl >= 0 && H5Pset_obj_track_times(fcpl, 0) >= 0 &&
+        H5Pset_userblock(fcpl, S_SEAL_BYTES) >= 0)
         f->fid = H5Fcreate(f->tmp_path, H5F_ACC_TRUNC, fcpl, fapl);
     if (f->fid < 0) {
         s_err_t e;
@@ -249,6 +383,7 @@ int st_h5_commit(st_h5_file_t **pf)
         BT_ERROR("%s: cannot finish writing %s: %s", f->path, f->tmp_path, s_cause(&e));
         rc = BT_EIO;
     }
+    if (rc == BT_OK) rc = s_seal(f->path, f->tmp_path);
     if (rc == BT_OK) rc = bt_fsync_rename(f->tmp_path, f->path);
     if (rc) unlink(f->tmp_path);
     s_file_free(f);
@@ -322,6 +457,7 @@ st_h5_file_t *st_h5_open(const char *path)
         BT_ERROR("%s: empty file (not HDF5)", path);
         return NULL;
     }
+    if (s_check_seal(path, st.st_size)) return NULL;
     st_h5_file_t *f = calloc(1, sizeof *f);
     if (!f || !(f->path = strdup(path))) {
         free(f);
@@ -627,11 +763,19 @@ int st_h5_write_strings(st_h5_file_t *f, const char *name, int64_t n, const char
     if (!f->tmp_path || n < 0) return BT_EINVAL;
     f->datasets++;
     s_maybe_stall(f);
-    const char **v = malloc((size_t)(n ? n : 1) * sizeof *v);
-    if (!v) return BT_ENOMEM;
-    for (int64_t i = 0; i < n; i++) v[i] = strs[i] ? strs[i] : "";
+    size_t len = 1; /* fixed length: the longest string and its NUL */
+    for (int64_t i = 0; i < n; i++)
+        if (strs[i] && strlen(strs[i]) + 1 > len) len = strlen(strs[i]) + 1;
+    if ((uint64_t)n > SIZE_MAX / len) return BT_ENOMEM;
+    char *v = calloc((size_t)(n ? n : 1), len);
+    if (!v) {
+        BT_ERROR("%s: out of memory writing strings '%s'", f->path, name);
+        return BT_ENOMEM;
+    }
+    for (int64_t i = 0; i < n; i++)
+        if (strs[i]) memcpy(v + (size_t)i * len, strs[i], strlen(strs[i]));
     hsize_t dims[1] = {(hsize_t)n};
-    hid_t t = s_vstr_type(), space = H5Screate_simple(1, dims, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    hid_t t = s_fstr_type(len), space = H5Screate_simple(1, dims, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE);
     hid_t d = H5I_INVALID_HID;
     int rc = BT_OK;
     if (t >= 0 && space >= 0 && dcpl >= 0 && H5Pset_obj_track_times(dcpl, 0) >= 0)
@@ -744,7 +888,10 @@ static int s_read_strs(hid_t obj, bool is_attr, hid_t ftype, int64_t n, char **o
     if (len == 0 || len > (1u << 24) || (uint64_t)n > ((uint64_t)1 << 30) / len) return BT_EFORMAT;
     hid_t mt = H5Tcopy(H5T_C_S1);
     char *buf = malloc(len * (size_t)(n ? n : 1));
-    if (mt < 0 || !buf || H5Tset_size(mt, len) < 0 || H5Tset_strpad(mt, H5T_STR_NULLPAD) < 0) rc = BT_ENOMEM;
+    H5T_cset_t cset = H5Tget_cset(ftype); /* HDF5 converts no character set into another */
+    if (mt < 0 || !buf || H5Tset_size(mt, len) < 0 || H5Tset_strpad(mt, H5T_STR_NULLPAD) < 0 ||
+        (cset >= 0 && H5Tset_cset(mt, cset) < 0))
+        rc = BT_ENOMEM;
     if (rc == BT_OK && (is_attr ? H5Aread(obj, mt, buf) : H5Dread(obj, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf)) < 0)
         rc = BT_EFORMAT;
     for (int64_t i = 0; i < n && rc == BT_OK; i++)
@@ -801,10 +948,10 @@ static int s_attr_write(st_h5_file_t *f, const char *obj, const char *key, hid_t
 
 int st_h5_attr_set_str(st_h5_file_t *f, const char *obj, const char *key, const char *value)
 {
-    hid_t t = s_vstr_type();
-    if (t < 0) return BT_EINTERNAL;
     const char *v = value ? value : "";
-    int rc = s_attr_write(f, obj, key, t, t, &v);
+    hid_t t = s_fstr_type(strlen(v) + 1);
+    if (t < 0) return BT_EINTERNAL;
+    int rc = s_attr_write(f, obj, key, t, t, v);
     H5Tclose(t);
     return rc;
 }

@@ -27,6 +27,22 @@
  * content. A writer killed before its commit leaves a temporary whose
  * superblock still says "open for writing", which readers refuse.
  *
+ * The seal. Every file st_h5_create writes starts with a 512-byte HDF5 user
+ * block (which libhdf5, h5py and h5dump skip) holding a text header:
+ *
+ *     booth-hdf5-seal 1\nbytes 1234567\nxxh64 0123456789abcdef\n   (NUL padding)
+ *
+ * the file's length and the XXH64 of every byte after the block, written at
+ * commit. st_h5_open checks both before libhdf5 reads a byte of the file, so a
+ * truncated, bit-flipped or partly copied file is refused with one line and
+ * never reaches libhdf5's parsers, some of which crash on corrupt input (the
+ * global heap of variable-length strings among them). Files without the
+ * header (written by other tools, or by booth before the seal) open as
+ * before; a sealed file edited in place by another tool (h5py "r+") no longer
+ * matches its seal and is refused: write a new file instead. booth writes
+ * fixed-length strings only (attributes and datasets), so its files have no
+ * global heap at all.
+ *
  * Test hook: BOOTH_TEST_H5_STALL="NAME:N" makes a writer whose target path ends
  * in NAME flush what it has written and stop for good (printing one line on
  * stderr) when it is about to create its N-th dataset, so that a test can kill -9

@@ -189,6 +189,8 @@ TEST(h5_bad_files_are_one_line)
     snprintf(bad, sizeof bad, "%s/foreign.h5", tu_tmpdir());
     s_spit(bad, "{\"this\": \"is json\"}\n", 20);
     CHECK(!st_h5_open(bad) && strstr(bt_log_last_error(), "not an HDF5 file"));
+    size_t seal_text = strnlen(data, 512); /* "booth-hdf5-seal 1\nbytes N\nxxh64 H\n" */
+    CHECK(!strncmp(data, "booth-hdf5-seal 1\nbytes ", 24) && seal_text > 40 && seal_text < 100);
     /* every truncation length: never opens, never crashes */
     snprintf(bad, sizeof bad, "%s/trunc.h5", tu_tmpdir());
     for (size_t cut = 1; cut < len; cut += cut < 64 ? 7 : len / 23) {
@@ -198,16 +200,40 @@ TEST(h5_bad_files_are_one_line)
         st_h5_close(&f);
         const char *e = bt_log_last_error();
         CHECKF(strstr(e, "trunc.h5") && !strchr(e, '\n'), "cut %zu: '%s'", cut, e);
-        CHECKF(cut < 8 ? strstr(e, "not an HDF5") != NULL : strstr(e, "truncated, corrupt or unfinished") != NULL,
+        /* the seal's magic cut short: an unsealed file without an HDF5 signature; then the seal
+         * unreadable; then the length it states */
+        CHECKF(cut < 16          ? strstr(e, "not an HDF5") != NULL
+               : cut < seal_text ? strstr(e, "seal (the first 512 bytes) cannot be read") != NULL
+                          : strstr(e, "truncated: ") && strstr(e, "bytes booth wrote"),
                "cut %zu: %s", cut, e);
     }
+    /* without the seal (another tool's file, or booth's before the seal), a cut file reaches
+     * libhdf5, which refuses it */
+    memset(data, 0, 512);
+    for (size_t cut = 600; cut < len; cut += len / 23) {
+        s_spit(bad, data, cut);
+        st_h5_file_t *f = st_h5_open(bad);
+        CHECKF(!f, "an unsealed file cut to %zu of %zu bytes opened", cut, len);
+        st_h5_close(&f);
+        const char *e = bt_log_last_error();
+        CHECKF(strstr(e, "truncated, corrupt or unfinished") && !strchr(e, '\n'), "unsealed cut %zu: %s", cut, e);
+    }
+    s_spit(bad, data, len);
+    st_h5_file_t *unsealed = st_h5_open(bad);
+    CHECK(unsealed != NULL);
+    st_h5_close(&unsealed);
+    free(data);
+    data = s_slurp(path, &len);
+    REQUIRE(data);
     /* a flipped byte anywhere: open or read fails with one line, or the values
      * read are still right (the byte was in unused space); never a crash, never
      * a silently wrong number. Checksums cover the superblock, object headers,
      * chunk indexes and (Fletcher-32) every chunk of data. */
     snprintf(bad, sizeof bad, "%s/flip.h5", tu_tmpdir());
+    for (int sealed = 1; sealed >= 0; sealed--) {
+    if (!sealed) memset(data, 0, 512);
     int detected = 0, trials = 0;
-    for (size_t pos = 0; pos < len; pos += 1 + len / 500) {
+    for (size_t pos = sealed ? 0 : 512; pos < len; pos += 1 + len / 500) {
         data[pos] ^= 0x5a;
         s_spit(bad, data, len);
         data[pos] ^= 0x5a;
@@ -233,8 +259,15 @@ TEST(h5_bad_files_are_one_line)
         }
         st_h5_close(&f);
     }
-    printf("flipped bytes detected: %d of %d (the rest fell in unused space)\n", detected, trials);
-    CHECK(detected > 0);
+    if (sealed) {
+        /* the seal covers every byte */
+        printf("sealed: flipped bytes detected: %d of %d\n", detected, trials);
+        CHECK(detected == trials);
+    } else {
+        printf("unsealed: flipped bytes detected: %d of %d (the rest fell in unused space)\n", detected, trials);
+        CHECK(detected > 0);
+    }
+    }
     free(data);
 }
 
