@@ -17,6 +17,8 @@ current packages, once; `make test` only reads the results (tests/unit/test_ecos
   lora_meta.safetensors    rank 8, alpha 16, with diffusers' lora_adapter_metadata
   peft_te/                 a peft adapter folder of the text encoder (adapter_model.safetensors,
                            adapter_config.json: r 8, lora_alpha 16, one alpha_pattern entry)
+  single_file_sd2_text_encoder.json   the same for SD 2.x's OpenCLIP text encoder layout
+                           (fused in_proj: [LDM name, diffusers name, row third 0/1/2 or -1])
   single_file_sd1.json     the key map of an SD 1.x single-file checkpoint of the tiny model:
                            [original LDM name, diffusers name] per tensor, as this script writes
                            the file and diffusers' from_single_file reads it back (checked here:
@@ -309,7 +311,55 @@ def make_single_file(inputs, expected):
     print("single file:", len(pairs), "tensors; diffusers' from_single_file reads them back identically")
 
 
+def make_openclip_map():
+    """SD 2.x's OpenCLIP layout of the tiny text encoder (one extra last resblock, as SD 2.x
+    files carry the layer their text encoder skips), read back by diffusers'
+    convert_open_clip_checkpoint: the map records which rows of the fused in_proj are q, k, v."""
+    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
+
+    _, text, _ = load_parts()
+    sd = {k if k.startswith("text_model.") else "text_model." + k: v for k, v in text.state_dict().items()
+          if not k.endswith("position_ids")}
+    P = "cond_stage_model.model."
+    n_layers = text.config.num_hidden_layers
+    ckpt, pairs = {}, []
+
+    def put(ldm, name, slice_=-1):
+        pairs.append([ldm, "text_encoder." + name, slice_])
+
+    for a, b in (("embeddings.token_embedding.weight", "token_embedding.weight"),
+                 ("embeddings.position_embedding.weight", "positional_embedding"),
+                 ("final_layer_norm.weight", "ln_final.weight"), ("final_layer_norm.bias", "ln_final.bias")):
+        ckpt[P + b] = sd["text_model." + a]
+        put(P + b, "text_model." + a)
+    for k in range(n_layers + 1):
+        src = min(k, n_layers - 1)  # the extra last block: a copy, never loaded
+        L = f"text_model.encoder.layers.{src}."
+        R = P + f"transformer.resblocks.{k}."
+        for a, b in (("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"),
+                     ("mlp.fc2", "mlp.c_proj"), ("self_attn.out_proj", "attn.out_proj")):
+            for w in ("weight", "bias"):
+                ckpt[R + f"{b}.{w}"] = sd[L + f"{a}.{w}"]
+                if k < n_layers:
+                    put(R + f"{b}.{w}", L + f"{a}.{w}")
+        for w in ("weight", "bias"):
+            ckpt[R + f"attn.in_proj_{w}"] = torch.cat([sd[L + f"self_attn.{x}_proj.{w}"] for x in "qkv"], 0)
+            for s_, x in enumerate("qkv"):
+                if k < n_layers:
+                    put(R + f"attn.in_proj_{w}", L + f"self_attn.{x}_proj.{w}", s_)
+    got = convert_open_clip_checkpoint(text, ckpt, prefix=P)
+    for ldm, name, s_ in pairs:
+        name = name[len("text_encoder."):]
+        assert torch.equal(got[name], sd[name]), name
+    with open(os.path.join(OUT, "single_file_sd2_text_encoder.json"), "w") as f:
+        json.dump({"versions": versions(), "source": "tests/fixtures/tiny-sd/text_encoder",
+                   "extra_layers": 1, "tensors": pairs}, f, indent=0)
+    print("OpenCLIP map:", len(pairs), "entries; diffusers' convert_open_clip_checkpoint reads them back identically")
+
+
 def main():
+    if os.environ.get("PYTHONHASHSEED") != "0":  # peft keeps target_modules as a set: fix its order
+        os.execve(sys.executable, [sys.executable] + sys.argv, dict(os.environ, PYTHONHASHSEED="0"))
     torch.manual_seed(0)
     os.makedirs(OUT, exist_ok=True)
     make_tokenizer()
@@ -327,6 +377,7 @@ def main():
     expected = dict(inputs)
     make_loras(inputs, expected)
     make_single_file(inputs, expected)
+    make_openclip_map()
     expected = {k: v.contiguous() for k, v in expected.items()}
     save_file(expected, os.path.join(OUT, "expected.safetensors"), metadata={"versions": json.dumps(versions())})
     for k in sorted(expected):

@@ -566,3 +566,91 @@ TEST(ecosystem_convert_command)
              s_tmp("converted3"));
     CHECK(s_write(s_tmp("model.ckpt"), "x") && system(cmd) == 0);
 }
+
+/* SD 2.x's layout: the tiny text encoder as OpenCLIP (fused in_proj, one more resblock
+ * than is used) with the names and row ranges diffusers' convert_open_clip_checkpoint
+ * read back (single_file_sd2_text_encoder.json), beside the SD 1.x file's UNet and VAE. */
+static const char *s_make_sd2_file(void)
+{
+    const char *out = s_tmp("tiny-sd2.safetensors");
+    const char *sd1 = s_make_single_file();
+    bt_json_t j;
+    if (!sd1 || bt_json_open(&j, tu_fixture_path("ecosystem/single_file_sd2_text_encoder.json"))) return NULL;
+    st_file_t *base = st_open(sd1), *te = tu_fixture("tiny-sd/text_encoder/model.safetensors");
+    st_writer_t *w = st_writer_new();
+    float *fused[64];
+    char fused_name[64][256];
+    int n_fused = 0;
+    bool ok = base && te && w;
+    for (int i = 0; ok && i < st_count(base); i++) {
+        const st_tensor_t *t = st_at(base, i);
+        if (strncmp(t->name, "cond_stage_model.", 17))
+            ok = st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, t->data) == 0;
+    }
+    const cJSON *pairs = bt_json_get(&j, "tensors");
+    for (const cJSON *e = cJSON_IsArray(pairs) ? pairs->child : NULL; e && ok; e = e->next) {
+        const char *ldm = cJSON_GetArrayItem(e, 0)->valuestring;
+        const char *name = cJSON_GetArrayItem(e, 1)->valuestring + strlen("text_encoder.");
+        int slice = (int)cJSON_GetArrayItem(e, 2)->valuedouble;
+        const st_tensor_t *t = st_find(te, name);
+        if (!(ok = t && t->dtype == ST_F32)) break;
+        int64_t n = st_numel(t);
+        for (int extra = 0; extra < 2 && ok; extra++) { /* resblocks.2 is also written as the unused resblocks.3 */
+            char nm[256];
+            const char *at = strstr(ldm, "resblocks.2.");
+            if (extra && !at) break;
+            if (extra)
+                snprintf(nm, sizeof nm, "%.*sresblocks.3.%s", (int)(at - ldm), ldm, at + strlen("resblocks.2."));
+            else
+                snprintf(nm, sizeof nm, "%s", ldm);
+            if (slice < 0) {
+                ok = st_writer_add(w, nm, t->dtype, t->ndim, t->shape, t->data) == 0;
+                continue;
+            }
+            /* q, k, v rows of the fused in_proj, assembled here; the writer keeps a copy */
+            int k = 0;
+            while (k < n_fused && strcmp(fused_name[k], nm)) k++;
+            if (k == n_fused) {
+                if (!(ok = n_fused < 64 && (fused[k] = calloc((size_t)(3 * n), sizeof(float))))) break;
+                snprintf(fused_name[k], sizeof fused_name[k], "%s", nm);
+                n_fused++;
+            }
+            st_read_f32(t, fused[k] + slice * n);
+            if (slice == 2) {
+                int64_t shape[2] = {3 * t->shape[0], t->ndim > 1 ? t->shape[1] : 1};
+                ok = st_writer_add_copy(w, nm, ST_F32, t->ndim, shape, fused[k]) == 0;
+            }
+        }
+    }
+    ok = ok && st_writer_save(w, out) == 0;
+    st_writer_destroy(&w);
+    for (int k = 0; k < n_fused; k++) free(fused[k]);
+    st_close(&base);
+    st_close(&te);
+    bt_json_free(&j);
+    return ok ? out : NULL;
+}
+
+TEST(ecosystem_single_file_sd2_openclip)
+{
+    const char *path = s_make_sd2_file();
+    REQUIRE(path);
+    sd_single_file_t *sf = sd_single_file_open(path, NULL);
+    REQUIRE(sf);
+    CHECK(sf->sd2 && sf->prediction == SD_PRED_V);
+    CHECK_INT_EQ(sf->clip.num_layers, 3); /* four resblocks: SD 2.x conditions on the penultimate */
+    CHECK_INT_EQ(sf->clip.act, SD_ACT_GELU);
+    CHECK_INT_EQ(sf->unet.heads[1], 1); /* 64 channels / 64 per head */
+    sd_single_file_close(&sf);
+    /* with the tiny model's configs (quick-GELU, 4 heads), the split q/k/v give diffusers' outputs */
+    s_env_t e;
+    REQUIRE(s_env_open(&e));
+    const sd_single_file_opts_t opts = {.config_dir = tu_fixture_path("tiny-sd"), .prediction = -1};
+    sd_model_t *m = sd_model_load_file(e.ctx, path, SD_PART_ALL, SD_STORE_AUTO, &opts);
+    REQUIRE(m);
+    double d = s_compare(&e, m->unet, m->clip, "single_file");
+    printf("  SD 2.x layout: max abs diff to diffusers %.3g\n", d);
+    CHECK_INT_EQ(sd_tok_pad_id(m->tok), 49407); /* the config folder's tokenizer */
+    sd_model_destroy(&m);
+    s_env_close(&e);
+}
