@@ -29,13 +29,19 @@ static nn_act_t s_act(sd_act_t a)
 sd_clip_t *sd_clip_new(const sd_clip_config_t *cfg)
 {
     sd_clip_t *c = calloc(1, sizeof *c);
-    if (!c) return NULL;
+    if (!c) {
+        BT_ERROR("text_encoder: out of memory");
+        return NULL;
+    }
     c->cfg = *cfg;
     sd_params_init(&c->params, "text_encoder");
     sd_params_t *ps = &c->params;
     int64_t C = cfg->hidden_size, L = cfg->num_layers;
     c->layers = calloc((size_t)L, sizeof *c->layers);
-    if (!c->layers) goto out_fail;
+    if (!c->layers) {
+        BT_ERROR("text_encoder: out of memory for %lld layers", (long long)L);
+        goto out_fail;
+    }
     sd_params_add_weight(ps, &c->tok_emb, SD_INIT_NORMAL, 0.02f, 2, (int64_t[]){cfg->vocab_size, C},
                          "text_model.embeddings.token_embedding.weight");
     sd_params_add(ps, &c->pos_emb, SD_INIT_NORMAL, 0.01f, 2, (int64_t[]){cfg->max_positions, C},
@@ -66,7 +72,7 @@ sd_clip_t *sd_clip_new(const sd_clip_config_t *cfg)
         sd_linear_build(&l->fc2, ps, cfg->intermediate_size, C, true, name);
     }
     sd_norm_build(&c->final_ln, ps, C, 0, cfg->layer_norm_eps, "text_model.final_layer_norm");
-    if (ps->failed) goto out_fail;
+    if (sd_params_check(ps)) goto out_fail;
     return c;
 out_fail:
     sd_clip_destroy(&c);

@@ -17,7 +17,8 @@
 
 /* Sizes above this are a corrupt file, not a model (and products of two stay far
  * inside int64). */
-#define S_MAX_INT 1000000000
+#define S_MAX_CH 16384 /* channels and widths: SD 2.x has 1280 (UNet), 1024 (CLIP); an absurd value is
+                       * refused naming its field, before any size is computed from it */
 
 /* A list of block type names; *n receives the count. */
 static int s_types(const bt_json_t *j, const char *key, const char *cross, const char *plain, bool *is_cross, int *n)
@@ -100,25 +101,25 @@ int sd_unet_config_load(const char *path, sd_unet_config_t *c)
     /* latents of at most 1024 a side: 8192 px, the largest --width/--height (a bigger default would
      * size buffers past any memory: 100000 asked for a 160 GB calloc) */
     if ((rc = bt_json_int64(&j, "sample_size", 64, 1, 1024, &c->sample_size)) ||
-        (rc = bt_json_int64(&j, "in_channels", 4, 1, S_MAX_INT, &c->in_channels)) ||
-        (rc = bt_json_int64(&j, "out_channels", 4, 1, S_MAX_INT, &c->out_channels)) ||
+        (rc = bt_json_int64(&j, "in_channels", 4, 1, 1024, &c->in_channels)) ||
+        (rc = bt_json_int64(&j, "out_channels", 4, 1, 1024, &c->out_channels)) ||
         (rc = bt_json_bool(&j, "flip_sin_to_cos", true, &c->flip_sin_to_cos)) ||
         (rc = bt_json_float(&j, "freq_shift", 0, -INFINITY, INFINITY, &c->freq_shift)) ||
-        (rc = bt_json_int64_list(&j, "block_out_channels", n, 0, 1, S_MAX_INT, c->block_out_channels)) ||
-        (rc = bt_json_int64_list(&j, "layers_per_block", n, 2, 1, S_MAX_INT, c->layers_per_block)) ||
-        (rc = bt_json_int64_list(&j, "transformer_layers_per_block", n, 1, 1, S_MAX_INT, c->transformer_layers)) ||
-        (rc = bt_json_int64_list(&j, "attention_head_dim", n, 8, 1, S_MAX_INT, head_dim)) ||
-        (rc = bt_json_int64_list(&j, "num_attention_heads", n, 8, 1, S_MAX_INT, heads)) ||
-        (rc = bt_json_int64_list(&j, "cross_attention_dim", n, 1280, 1, S_MAX_INT, c->cross_attention_dim)) ||
+        (rc = bt_json_int64_list(&j, "block_out_channels", n, 0, 1, S_MAX_CH, c->block_out_channels)) ||
+        (rc = bt_json_int64_list(&j, "layers_per_block", n, 2, 1, 64, c->layers_per_block)) ||
+        (rc = bt_json_int64_list(&j, "transformer_layers_per_block", n, 1, 1, 64, c->transformer_layers)) ||
+        (rc = bt_json_int64_list(&j, "attention_head_dim", n, 8, 1, 4096, head_dim)) ||
+        (rc = bt_json_int64_list(&j, "num_attention_heads", n, 8, 1, 4096, heads)) ||
+        (rc = bt_json_int64_list(&j, "cross_attention_dim", n, 1280, 1, S_MAX_CH, c->cross_attention_dim)) ||
         (rc = bt_json_bool_list(&j, "only_cross_attention", n, false, c->only_cross_attention)) ||
-        (rc = bt_json_int64(&j, "downsample_padding", 1, 0, S_MAX_INT, &c->downsample_padding)) ||
+        (rc = bt_json_int64(&j, "downsample_padding", 1, 0, 16, &c->downsample_padding)) ||
         (rc = bt_json_float(&j, "mid_block_scale_factor", 1, -INFINITY, INFINITY, &c->mid_block_scale_factor)) ||
-        (rc = bt_json_int64(&j, "norm_num_groups", 32, 1, S_MAX_INT, &c->norm_num_groups)) ||
+        (rc = bt_json_int64(&j, "norm_num_groups", 32, 1, S_MAX_CH, &c->norm_num_groups)) ||
         (rc = bt_json_float(&j, "norm_eps", 1e-5f, -INFINITY, INFINITY, &c->norm_eps)) ||
         (rc = bt_json_bool(&j, "use_linear_projection", false, &c->use_linear_projection)) ||
-        (rc = bt_json_int64(&j, "conv_in_kernel", 3, 1, S_MAX_INT, &c->conv_in_kernel)) ||
-        (rc = bt_json_int64(&j, "conv_out_kernel", 3, 1, S_MAX_INT, &c->conv_out_kernel)) ||
-        (rc = bt_json_int64(&j, "time_embedding_dim", 0, 0, S_MAX_INT, &c->time_embed_dim)) ||
+        (rc = bt_json_int64(&j, "conv_in_kernel", 3, 1, 15, &c->conv_in_kernel)) ||
+        (rc = bt_json_int64(&j, "conv_out_kernel", 3, 1, 15, &c->conv_out_kernel)) ||
+        (rc = bt_json_int64(&j, "time_embedding_dim", 0, 0, S_MAX_CH, &c->time_embed_dim)) ||
         (rc = bt_json_bool(&j, "upcast_attention", false, &c->upcast_attention)))
         goto out;
     /* UNetMidBlock2DCrossAttn takes no only_cross_attention: its first attention is
@@ -191,12 +192,12 @@ int sd_vae_config_load(const char *path, sd_vae_config_t *c)
         rc = BT_EFORMAT;
         goto out;
     }
-    if ((rc = bt_json_int64(&j, "in_channels", 3, 1, S_MAX_INT, &c->in_channels)) ||
-        (rc = bt_json_int64(&j, "out_channels", 3, 1, S_MAX_INT, &c->out_channels)) ||
-        (rc = bt_json_int64(&j, "latent_channels", 4, 1, S_MAX_INT, &c->latent_channels)) ||
-        (rc = bt_json_int64_list(&j, "block_out_channels", c->n_blocks, 64, 1, S_MAX_INT, c->block_out_channels)) ||
-        (rc = bt_json_int64(&j, "layers_per_block", 1, 1, S_MAX_INT, &c->layers_per_block)) ||
-        (rc = bt_json_int64(&j, "norm_num_groups", 32, 1, S_MAX_INT, &c->norm_num_groups)) ||
+    if ((rc = bt_json_int64(&j, "in_channels", 3, 1, 1024, &c->in_channels)) ||
+        (rc = bt_json_int64(&j, "out_channels", 3, 1, 1024, &c->out_channels)) ||
+        (rc = bt_json_int64(&j, "latent_channels", 4, 1, 1024, &c->latent_channels)) ||
+        (rc = bt_json_int64_list(&j, "block_out_channels", c->n_blocks, 64, 1, S_MAX_CH, c->block_out_channels)) ||
+        (rc = bt_json_int64(&j, "layers_per_block", 1, 1, 64, &c->layers_per_block)) ||
+        (rc = bt_json_int64(&j, "norm_num_groups", 32, 1, S_MAX_CH, &c->norm_num_groups)) ||
         (rc = bt_json_float(&j, "scaling_factor", 0.18215f, -INFINITY, INFINITY, &c->scaling_factor)) ||
         (rc = bt_json_float(&j, "shift_factor", 0, -INFINITY, INFINITY, &c->shift_factor)) ||
         (rc = bt_json_int64(&j, "sample_size", 512, 8, 8192, &c->sample_size)) || /* pixels, as --width */
@@ -226,14 +227,14 @@ int sd_clip_config_load(const char *path, sd_clip_config_t *c)
     memset(c, 0, sizeof *c);
     int rc = bt_json_open(&j, path);
     if (rc) return rc;
-    if ((rc = bt_json_int64(&j, "vocab_size", 49408, 1, S_MAX_INT, &c->vocab_size)) ||
-        (rc = bt_json_int64(&j, "hidden_size", 512, 1, S_MAX_INT, &c->hidden_size)) ||
-        (rc = bt_json_int64(&j, "intermediate_size", 2048, 1, S_MAX_INT, &c->intermediate_size)) ||
-        (rc = bt_json_int64(&j, "num_hidden_layers", 12, 1, S_MAX_INT, &c->num_layers)) ||
-        (rc = bt_json_int64(&j, "num_attention_heads", 8, 1, S_MAX_INT, &c->num_heads)) ||
-        (rc = bt_json_int64(&j, "max_position_embeddings", 77, 1, S_MAX_INT, &c->max_positions)) ||
+    if ((rc = bt_json_int64(&j, "vocab_size", 49408, 1, (1 << 22), &c->vocab_size)) ||
+        (rc = bt_json_int64(&j, "hidden_size", 512, 1, S_MAX_CH, &c->hidden_size)) ||
+        (rc = bt_json_int64(&j, "intermediate_size", 2048, 1, (4 * S_MAX_CH), &c->intermediate_size)) ||
+        (rc = bt_json_int64(&j, "num_hidden_layers", 12, 1, 1024, &c->num_layers)) ||
+        (rc = bt_json_int64(&j, "num_attention_heads", 8, 1, 4096, &c->num_heads)) ||
+        (rc = bt_json_int64(&j, "max_position_embeddings", 77, 1, S_MAX_CH, &c->max_positions)) ||
         (rc = bt_json_float(&j, "layer_norm_eps", 1e-5f, -INFINITY, INFINITY, &c->layer_norm_eps)) ||
-        (rc = bt_json_int64(&j, "eos_token_id", 2, 0, S_MAX_INT, &c->eos_token_id)))
+        (rc = bt_json_int64(&j, "eos_token_id", 2, 0, (1 << 22), &c->eos_token_id)))
         goto out;
     const char *act;
     if ((rc = bt_json_string(&j, "hidden_act", NULL, &act))) goto out;

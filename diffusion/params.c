@@ -63,7 +63,23 @@ static void s_add(sd_params_t *ps, float **slot, sd_weight_t *wslot, sd_init_t i
         return;
     }
     p->ndim = ndim;
-    for (int i = 0; i < ndim; i++) p->shape[i] = shape[i];
+    int64_t numel = 1;
+    bool bad = false;
+    for (int i = 0; i < ndim; i++) {
+        p->shape[i] = shape[i];
+        bad |= shape[i] < 1 || __builtin_mul_overflow(numel, shape[i], &numel);
+    }
+    if (bad || __builtin_add_overflow(ps->planned, numel, &ps->planned) || ps->planned > SD_PARAMS_MAX) {
+        /* sizes no model of the family has: a config with absurd values, said before any allocation */
+        char dims[96];
+        int o = 0;
+        for (int i = 0; i < ndim && o < (int)sizeof dims; i++)
+            o += snprintf(dims + o, sizeof dims - (size_t)o, i ? ", %lld" : "%lld", (long long)shape[i]);
+        snprintf(ps->why, sizeof ps->why, "parameter '%.80s' of shape [%.60s] takes the model past %lld parameters",
+                 p->name, dims, (long long)SD_PARAMS_MAX);
+        ps->failed = true;
+        return;
+    }
     p->slot = slot;
     p->wslot = wslot;
     p->dtype = NN_F32;
@@ -121,13 +137,24 @@ static int64_t s_numel(const sd_param_t *p)
 /* Two blocks, float32 and 16-bit, by each parameter's dtype; every part starts
  * 64 bytes aligned. The float32 block is zeroed, padding included (optimisers
  * sweep the whole block); the 16-bit one only ever holds loaded weights. */
-static int s_alloc(sd_params_t *ps, nn_ctx_t *ctx)
+int sd_params_check(const sd_params_t *ps)
 {
+    if (ps->failed && ps->why[0]) {
+        BT_ERROR("%s: %s: its config.json asks for sizes no Stable Diffusion model has", ps->what, ps->why);
+        return BT_EINVAL;
+    }
     if (ps->failed) {
         BT_ERROR("%s: registering parameters failed (out of memory or a name over %d characters)", ps->what,
                  SD_NAME_MAX);
         return BT_ENOMEM;
     }
+    return BT_OK;
+}
+
+static int s_alloc(sd_params_t *ps, nn_ctx_t *ctx)
+{
+    int rc = sd_params_check(ps);
+    if (rc) return rc;
     int64_t total = 0, total16 = 0;
     for (int i = 0; i < ps->n; i++) {
         if (ps->p[i].dtype == NN_F32)
@@ -148,7 +175,7 @@ static int s_alloc(sd_params_t *ps, nn_ctx_t *ctx)
     }
     ps->ctx = ctx;
     ps->numel = ps->numel16 = 0;
-    int rc = nn_fill(ctx, ps->mem, total ? total : 16, 0.0f);
+    rc = nn_fill(ctx, ps->mem, total ? total : 16, 0.0f);
     if (rc) return rc;
     int64_t off = 0, off16 = 0;
     for (int i = 0; i < ps->n; i++) {

@@ -78,8 +78,14 @@ typedef struct sd_params {
     int64_t numel; /* parameters, both blocks */
     int64_t numel16; /* of which stored in 16 bits */
     int rounded;     /* parameters rounded at load (a wider file value kept in fewer bits) */
-    bool failed; /* a registration failed (out of memory, name too long): reported at alloc */
+    bool failed; /* a registration failed (out of memory, name too long, sizes): reported at alloc */
+    int64_t planned; /* parameters registered so far (the sum of their shapes' products) */
+    char why[256];   /* why a registration failed, when the sizes are the cause */
 } sd_params_t;
+
+/* More parameters than this in one part is a config no model of the family has (SD 2.x's
+ * UNet has 865 M): refused at registration, before anything is allocated. */
+#define SD_PARAMS_MAX ((int64_t)1 << 33)
 
 void sd_params_init(sd_params_t *ps, const char *what);
 void sd_params_free(sd_params_t *ps);
@@ -95,6 +101,9 @@ void sd_params_add_weight(sd_params_t *ps, sd_weight_t *w, sd_init_t init, float
 
 /* Allocates one block for all parameters (float32) in ctx's memory space and
  * points every slot at its part. Returns 0 or an error. */
+/* 0, or one line saying why registering failed (sizes past SD_PARAMS_MAX, out of memory)
+ * and BT_EINVAL / BT_ENOMEM: what a model's constructor calls before it returns. */
+int sd_params_check(const sd_params_t *ps);
 int sd_params_alloc(sd_params_t *ps, nn_ctx_t *ctx);
 
 /* Bytes the parameters occupy (both blocks). */

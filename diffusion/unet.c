@@ -30,7 +30,10 @@
 sd_unet_t *sd_unet_new(const sd_unet_config_t *cfg)
 {
     sd_unet_t *u = calloc(1, sizeof *u);
-    if (!u) return NULL;
+    if (!u) {
+        BT_ERROR("unet: out of memory");
+        return NULL;
+    }
     u->cfg = *cfg;
     sd_params_init(&u->params, "unet");
     sd_params_t *ps = &u->params;
@@ -121,7 +124,7 @@ sd_unet_t *sd_unet_new(const sd_unet_config_t *cfg)
     sd_norm_build(&u->norm_out, ps, c0, G, c->norm_eps, "conv_norm_out");
     sd_conv_build(&u->conv_out, ps, c0, c->out_channels, c->conv_out_kernel, 1, (int)(c->conv_out_kernel - 1) / 2,
                   "conv_out");
-    if (ps->failed) goto out_fail;
+    if (sd_params_check(ps)) goto out_fail;
     return u;
 out_fail:
     sd_unet_destroy(&u);

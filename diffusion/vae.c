@@ -40,7 +40,10 @@ static void s_mid_build(sd_vae_mid_t *m, sd_params_t *ps, int64_t C, int64_t G, 
 sd_vae_t *sd_vae_new(const sd_vae_config_t *cfg)
 {
     sd_vae_t *v = calloc(1, sizeof *v);
-    if (!v) return NULL;
+    if (!v) {
+        BT_ERROR("vae: out of memory");
+        return NULL;
+    }
     v->cfg = *cfg;
     sd_params_init(&v->params, "vae");
     sd_params_t *ps = &v->params;
@@ -98,7 +101,7 @@ sd_vae_t *sd_vae_new(const sd_vae_config_t *cfg)
     }
     sd_norm_build(&v->dec_norm_out, ps, c->block_out_channels[0], G, EPS, "decoder.conv_norm_out");
     sd_conv_build(&v->dec_conv_out, ps, c->block_out_channels[0], c->out_channels, 3, 1, 1, "decoder.conv_out");
-    if (ps->failed) goto out_fail;
+    if (sd_params_check(ps)) goto out_fail;
     return v;
 out_fail:
     sd_vae_destroy(&v);

@@ -22,13 +22,25 @@
 #include "diffusion/vae.h"
 #include "tests/fuzz/fuzz.h"
 
-/* Far above SD 2.x (865 M UNet parameters) and far below an allocation that fails */
-#define S_MAX_PARAMS ((int64_t)1 << 33)
+#define S_MAX_PARAMS SD_PARAMS_MAX
 
+/* A part whose config was accepted either registered sane sizes or failed (and
+ * says why when it allocates: sd_params_alloc); never an overflowing plan. */
 static void s_check_params(const sd_params_t *ps, const char *what)
 {
-    if (ps->numel < 0 || ps->numel > S_MAX_PARAMS)
-        fz_bug("%s config accepted with %lld parameters", what, (long long)ps->numel);
+    if (ps->failed) {
+        if (!ps->why[0] && ps->n > 0) fz_bug("%s: registration failed without a reason", what);
+        return;
+    }
+    int64_t total = 0;
+    for (int i = 0; i < ps->n; i++) {
+        int64_t n = 1;
+        for (int d = 0; d < ps->p[i].ndim; d++)
+            if (ps->p[i].shape[d] < 1 || __builtin_mul_overflow(n, ps->p[i].shape[d], &n))
+                fz_bug("%s: parameter '%s' has an impossible shape", what, ps->p[i].name);
+        if (__builtin_add_overflow(total, n, &total) || total > S_MAX_PARAMS)
+            fz_bug("%s config accepted with more than %lld parameters", what, (long long)S_MAX_PARAMS);
+    }
 }
 
 static const char *s_tokenizer_dir(void)
