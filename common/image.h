@@ -31,6 +31,9 @@
 #include <stdint.h>
 
 #define BT_IMG_MAX_SIDE 16384
+/* The most pixels a decoded photo may have (134 MP: a 100 MP medium-format camera's frame fits; a
+ * header declaring 16384 x 16384 does not): checked against the header, before decoding. */
+#define BT_IMG_MAX_PIXELS ((int64_t)1 << 27)
 
 typedef struct bt_img {
     int width, height;

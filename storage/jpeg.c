@@ -189,10 +189,12 @@ int st_jpeg_read_ex(const char *path, bt_img_t **out, bool apply_orientation, in
     jpeg_save_markers(cinfo, JPEG_APP0 + 1, 0xFFFF);
     jpeg_read_header(cinfo, TRUE);
 
-    if (cinfo->image_width > BT_IMG_MAX_SIDE || cinfo->image_height > BT_IMG_MAX_SIDE) {
+    if (cinfo->image_width > BT_IMG_MAX_SIDE || cinfo->image_height > BT_IMG_MAX_SIDE ||
+        (int64_t)cinfo->image_width * (int64_t)cinfo->image_height > BT_IMG_MAX_PIXELS) {
         rc = BT_EUNSUPPORTED;
-        BT_ERROR("%s: JPEG is %ux%u pixels, more than booth accepts (%d per side)", path, cinfo->image_width,
-                 cinfo->image_height, BT_IMG_MAX_SIDE);
+        BT_ERROR("%s: JPEG is %ux%u pixels, more than booth accepts (%d per side, %lld in all); nothing was "
+                 "decoded",
+                 path, cinfo->image_width, cinfo->image_height, BT_IMG_MAX_SIDE, (long long)BT_IMG_MAX_PIXELS);
         goto out_destroy;
     }
     bool cmyk = cinfo->jpeg_color_space == JCS_CMYK || cinfo->jpeg_color_space == JCS_YCCK;

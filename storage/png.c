@@ -171,10 +171,11 @@ int st_png_read_with_text(const char *path, bt_img_t **out, st_png_text_t **text
     png_uint_32 w, h;
     int depth, color, interlace;
     png_get_IHDR(png, info, &w, &h, &depth, &color, &interlace, NULL, NULL);
-    if (w > BT_IMG_MAX_SIDE || h > BT_IMG_MAX_SIDE) {
+    if (w > BT_IMG_MAX_SIDE || h > BT_IMG_MAX_SIDE || (int64_t)w * (int64_t)h > BT_IMG_MAX_PIXELS) {
         rc = BT_EUNSUPPORTED;
-        BT_ERROR("%s: PNG is %lux%lu pixels, more than booth accepts (%d per side)", path, (unsigned long)w,
-                 (unsigned long)h, BT_IMG_MAX_SIDE);
+        BT_ERROR("%s: PNG is %lux%lu pixels, more than booth accepts (%d per side, %lld in all); nothing was "
+                 "decoded",
+                 path, (unsigned long)w, (unsigned long)h, BT_IMG_MAX_SIDE, (long long)BT_IMG_MAX_PIXELS);
         goto out_destroy;
     }
     if (depth == 16) png_set_strip_16(png); /* the high byte, as PIL */
