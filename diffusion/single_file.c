@@ -588,7 +588,20 @@ int sd_single_file_view(const sd_single_file_t *sf, sd_sf_part_t part, const sd_
             rc = BT_ENOTFOUND;
             break;
         }
+        /* sizes are checked here, before the loader allocates what the config asks for:
+         * a shape inferred from one tensor must not ask for more than the file holds */
+        const sd_param_t *p = &ps->p[i];
+        int64_t want = 1;
+        for (int d = 0; d < p->ndim; d++) want *= p->shape[d];
         if (slice < 0) {
+            if (st_numel(t) != want) {
+                char a[96], b[96];
+                BT_ERROR("%s: tensor '%s' has shape %s; the model its shapes describe needs %s for the %s's '%s'",
+                         sf->path, ldm, st_shape_str(t->ndim, t->shape, a, sizeof a),
+                         st_shape_str(p->ndim, p->shape, b, sizeof b), s_part_what[part], name);
+                rc = BT_ESHAPE;
+                break;
+            }
             rc = st_view_add(*view, name, t->dtype, t->ndim, t->shape, t->data);
             continue;
         }
@@ -599,6 +612,12 @@ int sd_single_file_view(const sd_single_file_t *sf, sd_sf_part_t part, const sd_
             char b[96];
             BT_ERROR("%s: tensor '%s' has shape %s, expected [%lld%s] (q, k and v of width %lld)", sf->path, ldm,
                      st_shape_str(t->ndim, t->shape, b, sizeof b), (long long)(3 * H), w ? ", H" : "", (long long)H);
+            rc = BT_ESHAPE;
+            break;
+        }
+        if (want != (w ? H * H : H)) {
+            BT_ERROR("%s: the text encoder's '%s' needs %lld values, a third of '%s' holds %lld", sf->path, name,
+                     (long long)want, ldm, (long long)(w ? H * H : H));
             rc = BT_ESHAPE;
             break;
         }
