@@ -10,6 +10,7 @@
 #include "cli/cli.h"
 #include "diffusion/config.h"
 #include "diffusion/dataset.h"
+#include "diffusion/single_file.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -149,10 +150,18 @@ int cli_native_resolution(const char *model_dir)
     char path[4200];
     sd_unet_config_t u;
     sd_vae_config_t v;
-    snprintf(path, sizeof path, "%s/unet/config.json", model_dir);
-    if (sd_unet_config_load(path, &u)) return 0;
-    snprintf(path, sizeof path, "%s/vae/config.json", model_dir);
-    if (sd_vae_config_load(path, &v)) return 0;
+    if (sd_single_file_is(model_dir)) { /* --model FILE.safetensors: the configs its shapes imply */
+        sd_single_file_t *sf = sd_single_file_open(model_dir, NULL);
+        if (!sf) return 0;
+        u = sf->unet;
+        v = sf->vae;
+        sd_single_file_close(&sf);
+    } else {
+        snprintf(path, sizeof path, "%s/unet/config.json", model_dir);
+        if (sd_unet_config_load(path, &u)) return 0;
+        snprintf(path, sizeof path, "%s/vae/config.json", model_dir);
+        if (sd_vae_config_load(path, &v)) return 0;
+    }
     int64_t px = u.sample_size << (v.n_blocks > 0 ? v.n_blocks - 1 : 0);
     return px >= 8 && px <= 8192 ? (int)px : 0;
 }

@@ -20,7 +20,8 @@ set -e
 [ "$rc" -eq 2 ] && grep -q "'nope' is not a booth command" "$T/err" || fail "booth help nope: exit $rc"
 
 # export's usage line names what its options say: --out or -o, and peft
-"$BOOTH" export --help | head -1 | grep -q -- "--format diffusers|kohya|peft --out|-o FILE" || fail "export usage"
+"$BOOTH" export --help >"$T/export"
+head -1 "$T/export" | grep -q -- "--format diffusers|kohya|peft --out|-o FILE" || fail "export usage"
 
 # inspect DIR: architecture, parameters and dtypes per part, the content hash checkpoints record
 "$BOOTH" inspect $MODEL >"$T/inspect" || fail "inspect DIR failed"
@@ -29,10 +30,11 @@ grep -Eq "^  unet +3.2 M parameters, F32, unet/diffusion_pytorch_model.safetenso
     fail "inspect unet: $(cat "$T/inspect")"
 grep -q "native 128 px" "$T/inspect" || fail "inspect: no native resolution"
 grep -q "^  content hash  6c0ae6dd7f6b7e7f" "$T/inspect" || fail "inspect: $(cat "$T/inspect")"
-"$BOOTH" inspect $MODEL --json | grep -q '"content_hash":"6c0ae6dd7f6b7e7f"' || fail "inspect --json"
+grep -q '"content_hash":"6c0ae6dd7f6b7e7f"' <<<"$("$BOOTH" inspect $MODEL --json)" || fail "inspect --json"
 "$BOOTH" init-model --arch tiny --dtype fp16 --out "$T/half" 2>"$T/init" || fail "init-model failed"
 grep -q "\[3/3\] unet: random weights" "$T/init" && grep -q "\[3/3\] done in" "$T/init" || fail "init-model progress"
-"$BOOTH" inspect "$T/half" | grep -Eq "^  unet +3.2 M parameters, F16, unet/diffusion_pytorch_model.fp16.safetensors" ||
+"$BOOTH" inspect "$T/half" >"$T/half.txt"
+grep -Eq "^  unet +3.2 M parameters, F16, unet/diffusion_pytorch_model.fp16.safetensors" "$T/half.txt" ||
     fail "fp16 folder: $("$BOOTH" inspect "$T/half")"
 
 # one PNDM step is one model call: the bar ends at 1/1; singular nouns

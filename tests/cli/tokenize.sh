@@ -50,7 +50,7 @@ set -e
 out=$("$BOOTH" tokenize --model "$model" --prompt "a photo of zwx dog")
 echo "$out" | grep -q '^note: "zwx" splits into 2 tokens (z + wx): a DreamBooth identifier works best as one token' ||
     { echo "zwx not named: $out"; exit 1; }
-! "$BOOTH" tokenize --model "$model" --prompt "a photo of sks dog" | grep -q '^note:' || { echo "sks named"; exit 1; }
+! grep -q '^note:' <<<"$("$BOOTH" tokenize --model "$model" --prompt "a photo of sks dog")" || { echo "sks named"; exit 1; }
 
 # rare-tokens: one-token words of 3-4 letters, latest merge first, each with its id and why
 out=$("$BOOTH" rare-tokens --model "$model" --count 5)
@@ -69,10 +69,10 @@ while read -r word id _ rank _; do
 done < <(echo "$out" | tail -n +3)
 # the built-in vocabulary without --model; sks (the usual advice) is among the candidates, English words are not
 all=$("$BOOTH" rare-tokens --count 1000)
-echo "$all" | grep -Eq '^sks +48136 +merge 47625 of 48894' || { echo "sks not a candidate"; exit 1; }
-! echo "$all" | grep -Eq '^(fawn|yawn|kilt|blob|the|dog) ' || { echo "an English word is a candidate"; exit 1; }
+grep -Eq '^sks +48136 +merge 47625 of 48894' <<<"$all" || { echo "sks not a candidate"; exit 1; }
+! grep -Eq '^(fawn|yawn|kilt|blob|the|dog) ' <<<"$all" || { echo "an English word is a candidate"; exit 1; }
 # a transformers-5 folder with tokenizer.json alone
-"$BOOTH" rare-tokens --tokenizer tests/fixtures/ecosystem/tok5 --count 2 | grep -q '^2 candidates .*(1500 merges'
+grep -q '^2 candidates .*(1500 merges' <<<"$("$BOOTH" rare-tokens --tokenizer tests/fixtures/ecosystem/tok5 --count 2)"
 set +e
 "$BOOTH" rare-tokens --count 0 2>"$BOOTH_TEST_TMPDIR/err"; rc=$?
 set -e

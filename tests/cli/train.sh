@@ -3,7 +3,9 @@ T=$BOOTH_TEST_TMPDIR
 MODEL=tests/fixtures/tiny-sd
 SUBJECT=scripts/demo/subject
 
-"$BOOTH" train --help | grep -q -- "--with-prior-preservation"
+# (no pipe into grep -q: it exits at the match, and the long help then dies of SIGPIPE under pipefail)
+"$BOOTH" train --help >"$T/help.txt"
+grep -q -- "--with-prior-preservation" "$T/help.txt"
 "$BOOTH" train --model $MODEL --instance-data-dir $SUBJECT --instance-prompt "a photo of sks robot" \
     --class-prompt "a photo of robot" --with-prior-preservation --num-class-images 2 \
     --class-inference-steps 3 --resolution 64 --max-train-steps 6 --learning-rate 5e-3 \

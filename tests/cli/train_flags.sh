@@ -56,8 +56,9 @@ grep -q " random crop" "$T/err" || fail "diffusers' default is a random crop:"
     --enable_xformers_memory_efficient_attention --use_8bit_adam --dataloader_num_workers 4 --local_rank=-1 \
     --hub_token x --hub_model_id y --tokenizer_name z --set_grads_to_none --pre_compute_text_embeddings \
     --help >/dev/null 2>"$T/err" || fail "ignored flags refused:"
-"$BOOTH" train --help | grep -q "accepted from diffusers' scripts" || fail "--help lacks the ignored flags"
-"$BOOTH" train --help | grep -q -- "--logging-dir DIR .*CSV" || fail "--help does not say loss.csv is a CSV"
+"$BOOTH" train --help >"$T/help" # a file, not a pipe into grep -q (SIGPIPE under pipefail)
+grep -q "accepted from diffusers' scripts" "$T/help" || fail "--help lacks the ignored flags"
+grep -q -- "--logging-dir DIR .*CSV" "$T/help" || fail "--help does not say loss.csv is a CSV"
 error_is "--mixed-precision needs a value" "${BASE[@]}" --mixed-precision
 
 # range errors: flag, value and range, one line, before the model loads
