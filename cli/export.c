@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/alloc.h"
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "diffusion/checkpoint.h"
@@ -25,7 +26,7 @@ int cmd_export(int argc, char **argv)
                              "pytorch_lora_weights layout, kohya's (A1111, ComfyUI) or peft's.",
                              opts, 1, "CHECKPOINT.h5"};
     /* "-o" is the one short option: spelled out before the table parser sees it */
-    char **args = malloc((size_t)(argc + 1) * sizeof *args);
+    char **args = bt_malloc((size_t)(argc + 1) * sizeof *args);
     if (!args) return 1;
     for (int i = 0; i < argc; i++) args[i] = !strcmp(argv[i], "-o") ? "--out" : argv[i];
     args[argc] = NULL;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/alloc.h"
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "common/fileio.h"
@@ -59,7 +60,7 @@ static float *s_read_latents(const char *path, int64_t *n, int64_t C, int64_t *h
     else if (t->ndim != 4 || t->shape[1] != C || t->shape[0] < 1)
         BT_ERROR("%s: 'latents' has shape %s, expected [N, %lld, H/8, W/8]", path,
                  st_shape_str(t->ndim, t->shape, sbuf, sizeof sbuf), (long long)C);
-    else if (!(x = malloc((size_t)st_numel(t) * sizeof(float))))
+    else if (!(x = bt_malloc((size_t)st_numel(t) * sizeof(float))))
         BT_ERROR("%s: out of memory", path);
     else {
         st_read_f32(t, x);
@@ -178,9 +179,9 @@ int cmd_generate(int argc, char **argv)
         w = fw;
     }
     int64_t per = C * h * w, img_per = 3 * h * 8 * w * 8;
-    if (!latents && !(latents = calloc((size_t)(num * per), sizeof(float)))) goto out;
+    if (!latents && !(latents = bt_calloc((size_t)(num * per), sizeof(float)))) goto out;
     int64_t T = sd_prompt_tokens(m), cd = m->clip->cfg.hidden_size;
-    if (!(embeds = nn_alloc(ctx, (size_t)(2 * T * cd) * sizeof(float))) || !(images = malloc((size_t)img_per * sizeof(float))))
+    if (!(embeds = nn_alloc(ctx, (size_t)(2 * T * cd) * sizeof(float))) || !(images = bt_malloc((size_t)img_per * sizeof(float))))
         goto out;
     if (sd_encode_prompt(m, embeds + T * cd, prompt, clip_skip) || sd_encode_prompt(m, embeds, negative, clip_skip))
         goto out;

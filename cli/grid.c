@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/alloc.h"
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "common/fileio.h"
@@ -105,7 +106,7 @@ int cmd_grid(int argc, char **argv)
     int status = 1;
     sd_lora_set_t *lu = NULL, *lt = NULL;
     float *embeds = NULL, *lat = NULL, *img = NULL;
-    bt_img_t **tiles = calloc((size_t)cells, sizeof *tiles);
+    bt_img_t **tiles = bt_calloc((size_t)cells, sizeof *tiles);
     sd_model_t *m = sd_model_load_as(ctx, model, SD_PART_ALL, store);
     if (!m || !tiles || sd_lora_load(lora, ctx, m->unet, m->clip, NULL, &lu, &lt)) goto out;
     sd_sched_kind_t sampler = m->default_sampler;
@@ -118,8 +119,8 @@ int cmd_grid(int argc, char **argv)
     int64_t w = width ? sd_vae_latent_size(m->vae, width) : m->unet->cfg.sample_size;
     int64_t T = sd_prompt_tokens(m), cd = m->clip->cfg.hidden_size, C = m->unet->cfg.in_channels;
     embeds = nn_alloc(ctx, (size_t)(2 * T * cd) * sizeof(float));
-    lat = malloc((size_t)(C * h * w) * sizeof(float));
-    img = malloc((size_t)(3 * h * 8 * w * 8) * sizeof(float));
+    lat = bt_malloc((size_t)(C * h * w) * sizeof(float));
+    img = bt_malloc((size_t)(3 * h * 8 * w * 8) * sizeof(float));
     if (!embeds || !lat || !img) goto out;
 
     bt_progress_t bar;
@@ -161,7 +162,7 @@ int cmd_grid(int argc, char **argv)
         rl[i] = labels[1][i];
     }
     for (int pg = 0; pg < npages; pg++) {
-        const bt_img_t **grid_tiles = calloc((size_t)(nrows * ncols), sizeof *grid_tiles);
+        const bt_img_t **grid_tiles = bt_calloc((size_t)(nrows * ncols), sizeof *grid_tiles);
         if (!grid_tiles) goto out;
         for (int r = 0; r < nrows; r++)
             for (int c = 0; c < ncols; c++) {

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/alloc.h"
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "common/fileio.h"
@@ -150,7 +151,7 @@ static int s_tensors(st_h5_file_t *f, const char *group, s_tensor_t **out, int *
         if (st_h5_is_group(f, name)) continue;
         if (*n == *cap) {
             int c = *cap ? 2 * *cap : 256;
-            s_tensor_t *p = realloc(*out, (size_t)c * sizeof *p);
+            s_tensor_t *p = bt_realloc(*out, (size_t)c * sizeof *p);
             if (!p) {
                 rc = BT_ENOMEM;
                 break;
@@ -167,7 +168,7 @@ static int s_tensors(st_h5_file_t *f, const char *group, s_tensor_t **out, int *
         for (int d = 1; d < t->info.ndim; d++) row *= t->info.shape[d];
         if ((t->info.dtype == ST_H5_F32 || t->info.dtype == ST_H5_F64) && t->info.ndim >= 1 && row <= S_MAX_ROW) {
             int64_t per = row > 0 ? S_MAX_ROW / row : 1, rows = t->info.shape[0];
-            if (!buf && !(buf = malloc((size_t)S_MAX_ROW * sizeof *buf))) {
+            if (!buf && !(buf = bt_malloc((size_t)S_MAX_ROW * sizeof *buf))) {
                 rc = BT_ENOMEM;
                 break;
             }
@@ -219,7 +220,7 @@ static int s_write_images(s_file_t *sf, const char *dir)
         if (!st_h5_is_group(sf->f, g)) continue;
         st_h5_imgset_info_t info;
         if ((rc = st_h5_imgset_probe(sf->f, g, &info))) break;
-        int64_t *index = malloc((size_t)(info.n ? info.n : 1) * sizeof *index);
+        int64_t *index = bt_malloc((size_t)(info.n ? info.n : 1) * sizeof *index);
         char p[512], **prompts = NULL;
         uint64_t seed = 0;
         int64_t steps = 0;
@@ -378,7 +379,7 @@ static int s_history(st_h5_file_t *f, int64_t *n, double **cols)
         return BT_EFORMAT;
     }
     for (int c = 0; c < S_HIST_COLS && rc == BT_OK; c++) {
-        if (!(cols[c] = malloc((size_t)(info.numel ? info.numel : 1) * sizeof(double)))) return BT_ENOMEM;
+        if (!(cols[c] = bt_malloc((size_t)(info.numel ? info.numel : 1) * sizeof(double)))) return BT_ENOMEM;
         snprintf(name, sizeof name, SD_H5_HISTORY "/%s", sd_h5_history_column(c));
         rc = st_h5_read(f, name, ST_H5_F64, 1, &info.numel, cols[c]);
     }

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/alloc.h"
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "common/fileio.h"
@@ -71,11 +72,11 @@ static int s_read_part(const st_file_t *f, const char *prefix, int64_t C, s_part
     p->T = ids->shape[1];
     p->h = lat->shape[2];
     p->w = lat->shape[3];
-    int64_t *tmp = malloc((size_t)st_numel(ids) * sizeof(int64_t));
-    p->ids = malloc((size_t)st_numel(ids) * sizeof(int32_t));
-    p->latents = malloc((size_t)st_numel(lat) * sizeof(float));
-    p->noise = malloc((size_t)st_numel(nz) * sizeof(float));
-    p->ts = malloc((size_t)p->n * sizeof(int64_t));
+    int64_t *tmp = bt_malloc((size_t)st_numel(ids) * sizeof(int64_t));
+    p->ids = bt_malloc((size_t)st_numel(ids) * sizeof(int32_t));
+    p->latents = bt_malloc((size_t)st_numel(lat) * sizeof(float));
+    p->noise = bt_malloc((size_t)st_numel(nz) * sizeof(float));
+    p->ts = bt_malloc((size_t)p->n * sizeof(int64_t));
     if (!tmp || !p->ids || !p->latents || !p->noise || !p->ts || st_read_i64(ids, tmp) || st_read_i64(ts, p->ts)) {
         free(tmp);
         s_part_free(p);
@@ -103,8 +104,8 @@ static int s_emit(st_writer_t *w, nn_ctx_t *ctx, const sd_lora_set_t *set, const
         snprintf(name, sizeof name, "grad.%s.%s", part, p->name);
         if ((rc = st_writer_add_copy(w, name, ST_F32, p->ndim, p->shape, g))) break;
         if (!adamw) continue;
-        float *q = malloc((size_t)n * sizeof(float)), *m = calloc((size_t)n, sizeof(float));
-        float *v = calloc((size_t)n, sizeof(float));
+        float *q = bt_malloc((size_t)n * sizeof(float)), *m = bt_calloc((size_t)n, sizeof(float));
+        float *v = bt_calloc((size_t)n, sizeof(float));
         if (!q || !m || !v)
             rc = BT_ENOMEM;
         else {
@@ -189,12 +190,12 @@ int cmd_lora_grad(int argc, char **argv)
     }
     if (!(db = sd_db_new(m, lu, lt, false))) goto out;
     int64_t n = inst.n + cls.n, pe = C * inst.h * inst.w;
-    ids = malloc((size_t)(n * inst.T) * sizeof(int32_t));
-    lat = malloc((size_t)(n * pe) * sizeof(float));
-    noise = malloc((size_t)(n * pe) * sizeof(float));
-    weights = malloc((size_t)n * sizeof(float));
-    per = malloc((size_t)n * sizeof(float));
-    ts = malloc((size_t)n * sizeof(int64_t));
+    ids = bt_malloc((size_t)(n * inst.T) * sizeof(int32_t));
+    lat = bt_malloc((size_t)(n * pe) * sizeof(float));
+    noise = bt_malloc((size_t)(n * pe) * sizeof(float));
+    weights = bt_malloc((size_t)n * sizeof(float));
+    per = bt_malloc((size_t)n * sizeof(float));
+    ts = bt_malloc((size_t)n * sizeof(int64_t));
     if (!ids || !lat || !noise || !weights || !per || !ts) goto out;
     for (int k = 0; k < 2; k++) {
         const s_part_t *p = k ? &cls : &inst;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/alloc.h"
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "diffusion/rare_tokens.h"
@@ -43,7 +44,7 @@ int cmd_rare_tokens(int argc, char **argv)
     const char *from = model ? dir : tokdir;
     sd_tokenizer_t *t = from ? sd_tokenizer_load(from) : sd_tokenizer_load_builtin(NULL);
     if (!t) return 1;
-    sd_rare_token_t *c = calloc((size_t)count, sizeof *c);
+    sd_rare_token_t *c = bt_calloc((size_t)count, sizeof *c);
     int n = 0, merges = 0, status = 1;
     if (c && sd_rare_tokens(t, from, c, count, &n, &merges) == 0) {
         printf("%d candidate%s from %s (%d merges; latest first):\n", n, CLI_PLURAL(n),

@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "common/alloc.h"
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/client.h"
@@ -673,7 +674,7 @@ int cmd_submit(int argc, char **argv)
             BT_ERROR("%s: no .jpg, .jpeg or .png images", cfg.instance_dir);
             goto out;
         }
-        if (!(data = calloc((size_t)nimg, sizeof *data)) || !(blobs = calloc((size_t)nimg, sizeof *blobs))) {
+        if (!(data = bt_calloc((size_t)nimg, sizeof *data)) || !(blobs = bt_calloc((size_t)nimg, sizeof *blobs))) {
             BT_ERROR("out of memory");
             goto out;
         }

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/alloc.h"
 #include "cli/cli.h"
 #include "common/log.h"
 #include "diffusion/tokenizer.h"
@@ -130,7 +131,7 @@ int cmd_tokenize(int argc, char **argv)
     char *dir = NULL;
     if (model) {
         size_t n = strlen(model) + sizeof "/tokenizer";
-        if (!(dir = malloc(n))) {
+        if (!(dir = bt_malloc(n))) {
             fprintf(stderr, "booth tokenize: out of memory\n");
             return 1;
         }

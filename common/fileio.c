@@ -11,6 +11,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "common/alloc.h"
 #include "common/log.h"
 #include "common/status.h"
 
@@ -47,7 +48,7 @@ int bt_atomic_open(bt_atomic_file_t *af, const char *path)
     if (bt_replaceable(path)) return BT_EINVAL;
     size_t n = strlen(path) + 32;
     af->path = strdup(path);
-    af->tmp_path = malloc(n);
+    af->tmp_path = bt_malloc(n);
     if (!af->path || !af->tmp_path) goto out_nomem;
     snprintf(af->tmp_path, n, "%s.tmp.%ld", path, (long)getpid());
     af->f = fopen(af->tmp_path, "wb");
@@ -135,7 +136,7 @@ int bt_read_file(const char *path, char **data, size_t *len)
     if (fseek(f, 0, SEEK_END) != 0) goto out_close;
     long size = ftell(f);
     if (size < 0 || fseek(f, 0, SEEK_SET) != 0) goto out_close;
-    char *buf = malloc((size_t)size + 1);
+    char *buf = bt_malloc((size_t)size + 1);
     if (!buf) {
         rc = BT_ENOMEM;
         goto out_close;
@@ -240,7 +241,7 @@ int bt_list_dir(const char *dir, bool (*keep)(const char *name, void *user), voi
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") || (keep && !keep(e->d_name, user))) continue;
         if (*n == cap) {
             cap = cap ? 2 * cap : 32;
-            char **p = realloc(v, (size_t)cap * sizeof *p);
+            char **p = bt_realloc(v, (size_t)cap * sizeof *p);
             if (!p) {
                 rc = BT_ENOMEM;
                 break;
@@ -248,7 +249,7 @@ int bt_list_dir(const char *dir, bool (*keep)(const char *name, void *user), voi
             v = p;
         }
         size_t len = (full_paths ? strlen(dir) + 1 : 0) + strlen(e->d_name) + 1;
-        if (!(v[*n] = malloc(len))) {
+        if (!(v[*n] = bt_malloc(len))) {
             rc = BT_ENOMEM;
             break;
         }

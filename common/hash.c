@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/alloc.h"
 #include "common/log.h"
 #include "common/status.h"
 
@@ -128,7 +129,7 @@ int bt_xxh64_file(const char *path, uint64_t *digest)
         return errno == ENOENT ? BT_ENOTFOUND : BT_EIO;
     }
     size_t cap = 1 << 20;
-    uint8_t *buf = malloc(cap);
+    uint8_t *buf = bt_malloc(cap);
     if (!buf) {
         fclose(f);
         return BT_ENOMEM;

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/alloc.h"
 #include "common/log.h"
 #include "common/status.h"
 
@@ -35,9 +36,9 @@ bt_img_t *bt_img_new(int width, int height, int channels)
                  channels, BT_IMG_MAX_SIDE);
         return NULL;
     }
-    bt_img_t *img = calloc(1, sizeof *img);
+    bt_img_t *img = bt_calloc(1, sizeof *img);
     size_t n = (size_t)width * (size_t)height * (size_t)channels;
-    if (img) img->data = calloc(n, 1);
+    if (img) img->data = bt_calloc(n, 1);
     if (!img || !img->data) {
         BT_ERROR("image: out of memory for a %dx%dx%d image (%zu bytes)", width, height, channels, n);
         free(img);
@@ -233,10 +234,10 @@ static int s_coeffs_init(s_coeffs_t *c, int in_size, int out_size, bt_img_filter
     double fscale = scale < 1.0 ? 1.0 : scale;
     double support = s_support(f) * fscale;
     c->ksize = (int)ceil(support) * 2 + 1;
-    double *w = malloc((size_t)c->ksize * sizeof *w);
-    c->first = malloc((size_t)out_size * sizeof *c->first);
-    c->count = malloc((size_t)out_size * sizeof *c->count);
-    c->k = calloc((size_t)out_size * (size_t)c->ksize, sizeof *c->k);
+    double *w = bt_malloc((size_t)c->ksize * sizeof *w);
+    c->first = bt_malloc((size_t)out_size * sizeof *c->first);
+    c->count = bt_malloc((size_t)out_size * sizeof *c->count);
+    c->k = bt_calloc((size_t)out_size * (size_t)c->ksize, sizeof *c->k);
     if (!w || !c->first || !c->count || !c->k) {
         BT_ERROR("image: out of memory for the weights of a %d -> %d resampling pass", in_size, out_size);
         free(w);
@@ -619,7 +620,7 @@ void bt_img_draw_polyline(bt_img_t *img, const double *xs, const double *ys, int
     double fx1 = fmin(ceil(bx1 + r + 1), img->width - 1), fy1 = fmin(ceil(by1 + r + 1), img->height - 1);
     if (fx0 > fx1 || fy0 > fy1) return;
     int mx = (int)fx0, my = (int)fy0, mw = (int)(fx1 - fx0) + 1, mh = (int)(fy1 - fy0) + 1;
-    float *mask = calloc((size_t)mw * (size_t)mh, sizeof *mask);
+    float *mask = bt_calloc((size_t)mw * (size_t)mh, sizeof *mask);
     if (!mask) return; /* drawing is best effort: a plot without a line beats no plot */
     if (n == 1) s_cover_segment(mask, mx, my, mw, mh, xs[0], ys[0], xs[0], ys[0], r);
     for (int i = 0; i + 1 < n; i++)
@@ -660,7 +661,7 @@ bt_img_t *bt_img_grid(const bt_img_t *const *tiles, int rows, int cols, const bt
             return NULL;
         }
     int line = BT_FONT_LINE * s;
-    char *buf = malloc(S_LABEL_MAX);
+    char *buf = bt_malloc(S_LABEL_MAX);
     if (!buf) return NULL;
 
     /* row label column: as wide as the widest label, at most one tile */

@@ -1,5 +1,6 @@
 /* log.c — leveled one-line messages to stderr or an installed sink. */
 #include "common/log.h"
+#include "common/alloc.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,4 +70,15 @@ void bt_log(bt_log_level_t level, const char *fmt, ...)
     va_start(ap, fmt);
     bt_vlog(level, fmt, ap);
     va_end(ap);
+}
+
+/* common/alloc.h: the one line of a failed allocation */
+void bt_alloc_failed(const char *fn, size_t bytes)
+{
+    if (bytes >= (size_t)1 << 30)
+        bt_log(BT_LOG_ERROR, "out of memory: %s asked for %.1f GiB", fn, (double)bytes / (1 << 30));
+    else if (bytes >= (size_t)1 << 20)
+        bt_log(BT_LOG_ERROR, "out of memory: %s asked for %.1f MiB", fn, (double)bytes / (1 << 20));
+    else
+        bt_log(BT_LOG_ERROR, "out of memory: %s asked for %zu bytes", fn, bytes);
 }

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/alloc.h"
 #include "common/log.h"
 #include "common/status.h"
 
@@ -31,7 +32,7 @@ int bt_plot_moving_average(const float *y, int n, int window, float *out)
         return BT_EINVAL;
     }
     /* the window's values are needed after out[i] overwrote y[i] when out == y */
-    float *ring = malloc((size_t)window * sizeof *ring);
+    float *ring = bt_malloc((size_t)window * sizeof *ring);
     if (!ring) return BT_ENOMEM;
     double sum = 0;
     int count = 0;
@@ -248,7 +249,7 @@ bt_img_t *bt_img_plot_lines(int width, int height, const bt_plot_series_t *serie
         if (k < 64) colors[k] = c;
         double lw = (s->line_width > 0 ? s->line_width : 1.5f) * sc;
         if (s->n == 0) continue;
-        double *px = malloc((size_t)s->n * sizeof *px), *py = malloc((size_t)s->n * sizeof *py);
+        double *px = bt_malloc((size_t)s->n * sizeof *px), *py = bt_malloc((size_t)s->n * sizeof *py);
         if (!px || !py) {
             free(px);
             free(py);

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "common/alloc.h"
 #include "common/log.h"
 
 struct bt_pool {
@@ -97,16 +98,16 @@ int bt_default_threads(void)
 bt_pool_t *bt_pool_new(int threads)
 {
     if (threads < 1) threads = 1;
-    bt_pool_t *p = calloc(1, sizeof *p);
+    bt_pool_t *p = bt_calloc(1, sizeof *p);
     if (!p) return NULL;
     p->threads = threads;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv_work, NULL);
     pthread_cond_init(&p->cv_done, NULL);
-    p->tids = calloc((size_t)threads, sizeof *p->tids);
+    p->tids = bt_calloc((size_t)threads, sizeof *p->tids);
     if (!p->tids) goto out_free_pool;
     for (int t = 1; t < threads; t++) {
-        s_worker_arg_t *wa = malloc(sizeof *wa);
+        s_worker_arg_t *wa = bt_malloc(sizeof *wa);
         if (!wa) goto out_stop;
         wa->pool = p;
         wa->tid = t;

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/alloc.h"
 #include "common/log.h"
 
 /* Every block starts on a cache line, which also suits AVX-512 loads. */
@@ -19,7 +20,9 @@ static size_t s_align_up(size_t n) { return (n + S_ALIGN - 1) & ~(size_t)(S_ALIG
 static void *s_default_alloc(void *user, size_t bytes)
 {
     (void)user;
-    return aligned_alloc(S_ALIGN, s_align_up(bytes));
+    void *p = aligned_alloc(S_ALIGN, s_align_up(bytes));
+    if (!p) bt_alloc_failed("scratch memory (bt_stack)", s_align_up(bytes));
+    return p;
 }
 
 static void s_default_free(void *user, void *p)
@@ -76,7 +79,7 @@ void *bt_stack_alloc(bt_stack_t *s, size_t bytes)
         } else {
             if (s->nchunks == s->cap) {
                 int cap = s->cap ? 2 * s->cap : 8;
-                bt_stack_chunk_t *c = realloc(s->chunks, (size_t)cap * sizeof *c);
+                bt_stack_chunk_t *c = bt_realloc(s->chunks, (size_t)cap * sizeof *c);
                 if (!c) goto out_nomem;
                 s->chunks = c;
                 s->cap = cap;

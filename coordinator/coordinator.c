@@ -3,6 +3,7 @@
  * worker, parameter server and client talks to, the table of peers, and the
  * dispatch of each checked message to its handler (jobs.c, phases.c).
  */
+#include "common/alloc.h"
 #include "coordinator/internal.h"
 
 #include <errno.h>
@@ -275,7 +276,7 @@ void co_peer_dead(co_t *c, int i, const char *why)
 
 int co_run(const co_opts_t *o)
 {
-    co_t *c = calloc(1, sizeof *c);
+    co_t *c = bt_calloc(1, sizeof *c);
     int status = 1;
     if (!c) return 1;
     c->o = *o;

@@ -4,6 +4,7 @@
  * each written crash-safe), the queue rebuilt from there at start, and the
  * client requests: status, cancel, fetch, and a worker's GetJob.
  */
+#include "common/alloc.h"
 #include "coordinator/internal.h"
 
 #include <cjson/cJSON.h>
@@ -127,7 +128,7 @@ static int s_add_job(co_t *c, co_job_t *j)
 {
     if (c->njobs == c->jobs_cap) {
         int cap = c->jobs_cap ? 2 * c->jobs_cap : 16;
-        co_job_t **p = realloc(c->jobs, (size_t)cap * sizeof *p);
+        co_job_t **p = bt_realloc(c->jobs, (size_t)cap * sizeof *p);
         if (!p) return BT_ENOMEM;
         c->jobs = p;
         c->jobs_cap = cap;
@@ -169,7 +170,7 @@ static int s_check_job(const co_job_t *j, char *why, size_t len)
 void co_on_submit(co_t *c, int peer, pr_msg_t *m)
 {
     const Booth__Submit *s = m->env->submit;
-    co_job_t *j = calloc(1, sizeof *j);
+    co_job_t *j = bt_calloc(1, sizeof *j);
     char why[512] = "";
     int rc = j ? BT_OK : BT_ENOMEM;
     if (rc == BT_OK) {
@@ -185,8 +186,8 @@ void co_on_submit(co_t *c, int peer, pr_msg_t *m)
         }
     }
     size_t nb = m->env->n_blobs;
-    if (rc == BT_OK && (!(j->fnames = calloc(nb + 1, sizeof *j->fnames)) || !(j->fdata = calloc(nb + 1, sizeof *j->fdata)) ||
-                        !(j->flen = calloc(nb + 1, sizeof *j->flen))))
+    if (rc == BT_OK && (!(j->fnames = bt_calloc(nb + 1, sizeof *j->fnames)) || !(j->fdata = bt_calloc(nb + 1, sizeof *j->fdata)) ||
+                        !(j->flen = bt_calloc(nb + 1, sizeof *j->flen))))
         rc = BT_ENOMEM;
     for (size_t i = 0; i < nb && rc == BT_OK; i++) {
         const Booth__Blob *b = m->env->blobs[i];
@@ -203,7 +204,7 @@ void co_on_submit(co_t *c, int peer, pr_msg_t *m)
                 rc = BT_EINVAL;
             }
         if (rc) break;
-        if (!(j->fnames[j->nfiles] = strdup(b->name)) || !(j->fdata[j->nfiles] = malloc(len ? len : 1))) {
+        if (!(j->fnames[j->nfiles] = strdup(b->name)) || !(j->fdata[j->nfiles] = bt_malloc(len ? len : 1))) {
             free(j->fnames[j->nfiles]);
             rc = BT_ENOMEM;
             break;
@@ -256,7 +257,7 @@ void co_on_submit(co_t *c, int peer, pr_msg_t *m)
 
 static int s_load_job(co_t *c, const char *id)
 {
-    co_job_t *j = calloc(1, sizeof *j);
+    co_job_t *j = bt_calloc(1, sizeof *j);
     char path[4500], *text = NULL, **names = NULL;
     size_t len;
     int rc = j ? BT_OK : BT_ENOMEM, n = 0;
@@ -290,9 +291,9 @@ static int s_load_job(co_t *c, const char *id)
         rc = n;
         goto out;
     }
-    j->fnames = calloc((size_t)n + 1, sizeof *j->fnames);
-    j->fdata = calloc((size_t)n + 1, sizeof *j->fdata);
-    j->flen = calloc((size_t)n + 1, sizeof *j->flen);
+    j->fnames = bt_calloc((size_t)n + 1, sizeof *j->fnames);
+    j->fdata = bt_calloc((size_t)n + 1, sizeof *j->fdata);
+    j->flen = bt_calloc((size_t)n + 1, sizeof *j->flen);
     if (!j->fnames || !j->fdata || !j->flen) rc = BT_ENOMEM;
     for (int k = 0; k < n && rc == BT_OK; k++) {
         const char *base = strrchr(names[k], '/');
@@ -465,7 +466,7 @@ static int s_list_files(const char *root, const char *rel, char ***out, int *n, 
         } else if (S_ISREG(st.st_mode)) {
             if (*n == *cap) {
                 *cap = *cap ? 2 * *cap : 32;
-                char **p = realloc(*out, (size_t)*cap * sizeof *p);
+                char **p = bt_realloc(*out, (size_t)*cap * sizeof *p);
                 if (!p) {
                     rc = BT_ENOMEM;
                     break;
@@ -495,8 +496,8 @@ void co_on_fetch(co_t *c, int peer, pr_msg_t *m)
     snprintf(root, sizeof root, "%s/output", j->dir);
     int rc = s_list_files(root, "", &names, &n, &cap);
     if (names) qsort(names, (size_t)n, sizeof *names, s_cmp_str);
-    char **data = calloc((size_t)n + 1, sizeof *data);
-    pr_blob_t *blobs = calloc((size_t)n + 1, sizeof *blobs);
+    char **data = bt_calloc((size_t)n + 1, sizeof *data);
+    pr_blob_t *blobs = bt_calloc((size_t)n + 1, sizeof *blobs);
     if (!data || !blobs) rc = BT_ENOMEM;
     for (int i = 0; i < n && rc == BT_OK; i++) {
         char path[8900];
@@ -531,7 +532,7 @@ void co_on_get_job(co_t *c, int peer, pr_msg_t *m)
         return;
     }
     int n = 0;
-    pr_blob_t *blobs = calloc((size_t)j->nfiles + 1, sizeof *blobs);
+    pr_blob_t *blobs = bt_calloc((size_t)j->nfiles + 1, sizeof *blobs);
     char *priors = NULL;
     size_t plen = 0;
     if (!blobs) return;

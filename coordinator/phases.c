@@ -10,6 +10,7 @@
  * the gradient norm from per-tensor sums in global tensor order — so the
  * result does not depend on which worker finished first.
  */
+#include "common/alloc.h"
 #include "coordinator/internal.h"
 
 #include <stdio.h>
@@ -26,7 +27,7 @@ static co_task_t *s_task_add(co_job_t *j, Booth__Task__Kind kind, uint64_t id)
 {
     if (j->ntasks == j->tasks_cap) {
         int cap = j->tasks_cap ? 2 * j->tasks_cap : 16;
-        co_task_t *p = realloc(j->tasks, (size_t)cap * sizeof *p);
+        co_task_t *p = bt_realloc(j->tasks, (size_t)cap * sizeof *p);
         if (!p) return NULL;
         j->tasks = p;
         j->tasks_cap = cap;
@@ -56,8 +57,8 @@ static bool s_tasks_done(const co_job_t *j)
 static int s_send_task(co_t *c, co_job_t *j, co_task_t *t, int w)
 {
     Booth__Task m = BOOTH__TASK__INIT;
-    Booth__PsInfo *infos = calloc((size_t)(j->nps ? j->nps : 1), sizeof *infos);
-    Booth__PsInfo **ptrs = calloc((size_t)(j->nps ? j->nps : 1), sizeof *ptrs);
+    Booth__PsInfo *infos = bt_calloc((size_t)(j->nps ? j->nps : 1), sizeof *infos);
+    Booth__PsInfo **ptrs = bt_calloc((size_t)(j->nps ? j->nps : 1), sizeof *ptrs);
     if (!infos || !ptrs) {
         free(infos);
         free(ptrs);
@@ -204,7 +205,7 @@ static void s_start_priors(co_t *c, co_job_t *j)
     snprintf(j->priors_path, sizeof j->priors_path, "%s/%s.h5", c->priors_dir, hex);
     j->job.cfg.class_dir = j->priors_path;
     int want = j->job.cfg.num_class_images, n = 0;
-    int *missing = malloc((size_t)want * sizeof *missing);
+    int *missing = bt_malloc((size_t)want * sizeof *missing);
     if (!missing || sd_priors_missing(j->priors_path, s, &j->origin, want, missing, &n)) {
         free(missing);
         s_fail(c, j, bt_log_last_error());
@@ -341,7 +342,7 @@ static int s_read_set(pr_msg_t *m, const char *prefix, int res, sd_image_set_t *
         if (k >= 2 && pr_blob_find(m, name) < 0) break; /* no flips */
         const float *src = pr_blob_f32(m, name, &n);
         if (!src || n != s->n * per) return BT_EFORMAT;
-        if (!(*dst[k] = malloc((size_t)n * sizeof(float)))) return BT_ENOMEM;
+        if (!(*dst[k] = bt_malloc((size_t)n * sizeof(float)))) return BT_ENOMEM;
         memcpy(*dst[k], src, (size_t)n * sizeof(float));
     }
     size_t nb, nn;
@@ -350,7 +351,7 @@ static int s_read_set(pr_msg_t *m, const char *prefix, int res, sd_image_set_t *
     snprintf(name, sizeof name, "%s/names", prefix);
     const uint8_t *names = pr_blob_bytes(m, name, &nn);
     if (!pix || (int64_t)nb != s->n * npix || !names) return BT_EFORMAT;
-    if (!(s->pixels = malloc(nb)) || !(s->paths = calloc((size_t)s->n + 1, sizeof *s->paths))) return BT_ENOMEM;
+    if (!(s->pixels = bt_malloc(nb)) || !(s->paths = bt_calloc((size_t)s->n + 1, sizeof *s->paths))) return BT_ENOMEM;
     memcpy(s->pixels, pix, nb);
     const char *p = (const char *)names, *end = p + nn;
     for (int i = 0; i < s->n; i++) {
@@ -373,8 +374,8 @@ static void s_on_prepare_result(co_t *c, co_job_t *j, co_task_t *t, pr_msg_t *m)
     int nt = 0;
     for (size_t i = 0; i < m->env->n_blobs; i++) nt += !strncmp(m->env->blobs[i]->name, "p/", 2);
     int64_t total = 0;
-    if (rc == BT_OK && (nt < 2 || !(j->tnames = calloc((size_t)nt, sizeof *j->tnames)) ||
-                        !(j->tshape = calloc((size_t)nt, sizeof *j->tshape))))
+    if (rc == BT_OK && (nt < 2 || !(j->tnames = bt_calloc((size_t)nt, sizeof *j->tnames)) ||
+                        !(j->tshape = bt_calloc((size_t)nt, sizeof *j->tshape))))
         rc = nt < 2 ? BT_EFORMAT : BT_ENOMEM;
     for (size_t i = 0, k = 0; i < m->env->n_blobs && rc == BT_OK; i++) {
         const Booth__Blob *b = m->env->blobs[i];
@@ -392,7 +393,7 @@ static void s_on_prepare_result(co_t *c, co_job_t *j, co_task_t *t, pr_msg_t *m)
         k++;
     }
     j->ntensors = nt;
-    if (rc == BT_OK && !(j->init = malloc((size_t)total * sizeof(float)))) rc = BT_ENOMEM;
+    if (rc == BT_OK && !(j->init = bt_malloc((size_t)total * sizeof(float)))) rc = BT_ENOMEM;
     for (int k = 0, at = 0; k < nt && rc == BT_OK; k++) {
         char name[SD_OPTIM_NAME_MAX + 4];
         int64_t n;
@@ -444,7 +445,7 @@ static void s_after_step(co_t *c, co_job_t *j);
 
 static sd_optim_t *s_new_state(co_t *c, co_job_t *j)
 {
-    sd_optim_spec_t *spec = calloc((size_t)j->ntensors, sizeof *spec);
+    sd_optim_spec_t *spec = bt_calloc((size_t)j->ntensors, sizeof *spec);
     if (!spec) return NULL;
     for (int i = 0; i < j->ntensors; i++)
         spec[i] = (sd_optim_spec_t){.name = j->tnames[i], .index = i, .shape = {j->tshape[i][0], j->tshape[i][1]}};
@@ -462,10 +463,10 @@ static void s_start_training(co_t *c, co_job_t *j)
     char out[4400], ckpt[4500] = "";
     snprintf(out, sizeof out, "%s/output", j->dir);
     j->M = sd_train_num_microbatches(cf);
-    j->mb_loss = calloc((size_t)j->M, sizeof(double));
-    j->mb_li = calloc((size_t)j->M, sizeof(double));
-    j->mb_lp = calloc((size_t)j->M, sizeof(double));
-    j->ss = calloc((size_t)j->ntensors, sizeof(double));
+    j->mb_loss = bt_calloc((size_t)j->M, sizeof(double));
+    j->mb_li = bt_calloc((size_t)j->M, sizeof(double));
+    j->mb_lp = bt_calloc((size_t)j->M, sizeof(double));
+    j->ss = bt_calloc((size_t)j->ntensors, sizeof(double));
     j->restore = s_new_state(c, j);
     j->gather = s_new_state(c, j);
     if (!j->restore || !j->gather || !j->mb_loss || !j->mb_li || !j->mb_lp || !j->ss) {
@@ -505,14 +506,14 @@ static void s_load_ps(co_t *c, co_job_t *j)
     int K = co_count_ps(c);
     if (K == 0) return; /* status says "waiting for a parameter server" */
     free(j->ps);
-    if (!(j->ps = calloc((size_t)K, sizeof *j->ps))) return;
+    if (!(j->ps = bt_calloc((size_t)K, sizeof *j->ps))) return;
     for (int i = 0, k = 0; i < CO_MAX_PEERS && k < K; i++)
         if (c->peers[i].used && c->peers[i].role == BOOTH__ROLE__ROLE_PS) j->ps[k++] = i;
     j->nps = K;
     const sd_optim_t *r = j->restore;
-    int32_t *index = calloc((size_t)j->ntensors, sizeof *index);
-    pr_blob_t *blobs = calloc((size_t)(3 * j->ntensors), sizeof *blobs);
-    char (*names)[SD_OPTIM_NAME_MAX + 4] = calloc((size_t)(3 * j->ntensors), sizeof *names);
+    int32_t *index = bt_calloc((size_t)j->ntensors, sizeof *index);
+    pr_blob_t *blobs = bt_calloc((size_t)(3 * j->ntensors), sizeof *blobs);
+    char (*names)[SD_OPTIM_NAME_MAX + 4] = bt_calloc((size_t)(3 * j->ntensors), sizeof *names);
     int rc = index && blobs && names ? BT_OK : BT_ENOMEM;
     for (int k = 0; k < K && rc == BT_OK; k++) {
         int n = 0, nb = 0;

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/alloc.h"
 #include "common/fileio.h"
 #include "common/log.h"
 #include "common/status.h"
@@ -42,7 +43,7 @@ int sd_history_push(sd_train_history_t *h, const sd_step_stats_t *st, double sec
     if (h->n == h->cap) {
         int64_t cap = h->cap ? 2 * h->cap : 256;
         for (int c = 0; c < SD_H5_HIST_NCOLS; c++) {
-            double **col = s_hist_col(h, c), *p = realloc(*col, (size_t)cap * sizeof *p);
+            double **col = s_hist_col(h, c), *p = bt_realloc(*col, (size_t)cap * sizeof *p);
             if (!p) return BT_ENOMEM;
             *col = p;
         }
@@ -185,8 +186,8 @@ static bool s_reusable(st_h5_file_t *src, const char *group, const sd_image_set_
 static int s_write_set(st_h5_file_t *f, const char *group, const sd_image_set_t *s, const char *prompt,
                        bool per_image_seed, uint64_t seed, st_h5_file_t *reuse, const sd_model_ids_t *ids)
 {
-    const char **prompts = malloc((size_t)(s->n ? s->n : 1) * sizeof *prompts);
-    uint64_t *seeds = malloc((size_t)(s->n ? s->n : 1) * sizeof *seeds);
+    const char **prompts = bt_malloc((size_t)(s->n ? s->n : 1) * sizeof *prompts);
+    uint64_t *seeds = bt_malloc((size_t)(s->n ? s->n : 1) * sizeof *seeds);
     if (!prompts || !seeds) {
         free(prompts);
         free(seeds);
@@ -290,7 +291,7 @@ int sd_checkpoint_save(const char *path, const sd_optim_t *o, const sd_ckpt_data
     size_t maxn = 0;
     for (int i = 0; i < o->n; i++)
         if ((size_t)o->t[i].numel > maxn) maxn = (size_t)o->t[i].numel;
-    float *host = malloc((maxn ? maxn : 1) * sizeof(float));
+    float *host = bt_malloc((maxn ? maxn : 1) * sizeof(float));
     st_h5_file_t *f = NULL, *reuse = NULL;
     int rc = job && host ? BT_OK : BT_ENOMEM;
     /* room for it all, uncompressed (an upper bound): libhdf5 crashes in its object copy when the disk
@@ -376,8 +377,8 @@ int sd_checkpoint_save(const char *path, const sd_optim_t *o, const sd_ckpt_data
 
     /* the per-step log: one row per step taken (NaN where the caller kept none) */
     int64_t n = o->step, have = h ? (h->n < n ? h->n : n) : 0;
-    int64_t *steps = malloc((size_t)(n ? n : 1) * sizeof *steps);
-    double *col = malloc((size_t)(n ? n : 1) * sizeof *col);
+    int64_t *steps = bt_malloc((size_t)(n ? n : 1) * sizeof *steps);
+    double *col = bt_malloc((size_t)(n ? n : 1) * sizeof *col);
     if (!steps || !col) {
         free(steps);
         free(col);
@@ -490,7 +491,7 @@ int sd_checkpoint_resume(const char *path, sd_optim_t *o, const sd_ckpt_data_t *
         goto out;
     }
     for (int i = 0; i < o->n; i++) staged += 3 * o->t[i].numel;
-    if (!(stage = malloc((size_t)(staged ? staged : 1) * sizeof(float)))) {
+    if (!(stage = bt_malloc((size_t)(staged ? staged : 1) * sizeof(float)))) {
         rc = BT_ENOMEM;
         goto out;
     }
@@ -509,7 +510,7 @@ int sd_checkpoint_resume(const char *path, sd_optim_t *o, const sd_ckpt_data_t *
         double **p = s_hist_col(&hist, col);
         char name[64];
         snprintf(name, sizeof name, SD_H5_HISTORY "/%s", sd_h5_history_column(col));
-        if (!(*p = malloc((size_t)(step ? step : 1) * sizeof **p))) rc = BT_ENOMEM;
+        if (!(*p = bt_malloc((size_t)(step ? step : 1) * sizeof **p))) rc = BT_ENOMEM;
         if (rc == BT_OK) rc = st_h5_read(f, name, ST_H5_F64, 1, &step, *p);
     }
     if (rc) goto out;
@@ -572,7 +573,7 @@ static int s_list_steps(const char *dir, int64_t **steps, int *n)
     char **names;
     int rc = bt_list_dir(dir, s_is_ckpt, NULL, false, &names, n);
     *steps = NULL;
-    if (rc == BT_OK && *n && !(*steps = malloc((size_t)*n * sizeof **steps))) {
+    if (rc == BT_OK && *n && !(*steps = bt_malloc((size_t)*n * sizeof **steps))) {
         BT_ERROR("%s: out of memory listing its checkpoints", dir);
         rc = BT_ENOMEM;
     }
@@ -626,15 +627,15 @@ int sd_checkpoint_prune(const char *dir, int keep)
 int sd_optim_save_lora(const sd_optim_t *o, int64_t rank, float alpha, const char *path, st_lora_layout_t layout,
                        st_dtype_t dtype, const char *base_model)
 {
-    const char **names = malloc((size_t)(o->n ? o->n : 1) * sizeof *names);
-    int64_t(*shapes)[2] = malloc((size_t)(o->n ? o->n : 1) * sizeof *shapes);
-    const float **data = malloc((size_t)(o->n ? o->n : 1) * sizeof *data);
+    const char **names = bt_malloc((size_t)(o->n ? o->n : 1) * sizeof *names);
+    int64_t(*shapes)[2] = bt_malloc((size_t)(o->n ? o->n : 1) * sizeof *shapes);
+    const float **data = bt_malloc((size_t)(o->n ? o->n : 1) * sizeof *data);
     float *host = NULL;
     sd_lora_records_t r[2] = {{0}};
     int rc = names && shapes && data ? BT_OK : BT_ENOMEM;
     int64_t total = 0;
     for (int i = 0; i < o->n; i++) total += o->t[i].numel;
-    if (rc == BT_OK && o->ctx->kind != NN_BACKEND_CPU && !(host = malloc((size_t)(total ? total : 1) * sizeof(float))))
+    if (rc == BT_OK && o->ctx->kind != NN_BACKEND_CPU && !(host = bt_malloc((size_t)(total ? total : 1) * sizeof(float))))
         rc = BT_ENOMEM;
     for (int i = 0, at = 0; i < o->n && rc == BT_OK; i++) {
         const sd_optim_tensor_t *t = &o->t[i];
@@ -686,7 +687,7 @@ int sd_checkpoint_export(const char *ckpt, const char *out, st_lora_layout_t lay
         BT_ERROR("%s: the checkpoint has no LoRA tensors", ckpt);
         rc = BT_EFORMAT;
     }
-    if (rc == BT_OK && (!(shapes = calloc((size_t)n, sizeof *shapes)) || !(data = calloc((size_t)n, sizeof *data))))
+    if (rc == BT_OK && (!(shapes = bt_calloc((size_t)n, sizeof *shapes)) || !(data = bt_calloc((size_t)n, sizeof *data))))
         rc = BT_ENOMEM;
     for (int i = 0; i < n && rc == BT_OK; i++) {
         char name[2 * ST_LORA_NAME_MAX + 8];
@@ -701,7 +702,7 @@ int sd_checkpoint_export(const char *ckpt, const char *out, st_lora_layout_t lay
         }
         shapes[i][0] = info.shape[0];
         shapes[i][1] = info.shape[1];
-        if (!(data[i] = malloc((size_t)(info.shape[0] * info.shape[1]) * sizeof(float)))) rc = BT_ENOMEM;
+        if (!(data[i] = bt_malloc((size_t)(info.shape[0] * info.shape[1]) * sizeof(float)))) rc = BT_ENOMEM;
         else rc = st_h5_read(f, name, ST_H5_F32, 2, shapes[i], data[i]);
     }
     if (rc == BT_OK)

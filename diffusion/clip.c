@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/alloc.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "diffusion/run_macros.h"
@@ -28,7 +29,7 @@ static nn_act_t s_act(sd_act_t a)
 
 sd_clip_t *sd_clip_new(const sd_clip_config_t *cfg)
 {
-    sd_clip_t *c = calloc(1, sizeof *c);
+    sd_clip_t *c = bt_calloc(1, sizeof *c);
     if (!c) {
         BT_ERROR("text_encoder: out of memory");
         return NULL;
@@ -37,7 +38,7 @@ sd_clip_t *sd_clip_new(const sd_clip_config_t *cfg)
     sd_params_init(&c->params, "text_encoder");
     sd_params_t *ps = &c->params;
     int64_t C = cfg->hidden_size, L = cfg->num_layers;
-    c->layers = calloc((size_t)L, sizeof *c->layers);
+    c->layers = bt_calloc((size_t)L, sizeof *c->layers);
     if (!c->layers) {
         BT_ERROR("text_encoder: out of memory for %lld layers", (long long)L);
         goto out_fail;

@@ -13,6 +13,7 @@
 #include <strings.h>
 #include <sys/stat.h>
 
+#include "common/alloc.h"
 #include "common/fileio.h"
 #include "common/image.h"
 #include "common/log.h"
@@ -50,20 +51,20 @@ int sd_list_images(const char *dir, char ***out)
         return errno == ENOENT ? BT_ENOTFOUND : BT_EIO;
     }
     int n = 0, cap = 16;
-    char **paths = malloc((size_t)(cap + 1) * sizeof *paths);
+    char **paths = bt_malloc((size_t)(cap + 1) * sizeof *paths);
     struct dirent *e;
     bool oom = !paths;
     while (!oom && (e = readdir(d))) {
         if (!s_is_image(e->d_name)) continue;
         if (n == cap) {
-            char **p = realloc(paths, (size_t)(2 * cap + 1) * sizeof *paths);
+            char **p = bt_realloc(paths, (size_t)(2 * cap + 1) * sizeof *paths);
             if (!(oom = !p)) {
                 paths = p;
                 cap *= 2;
             }
         }
         size_t len = strlen(dir) + strlen(e->d_name) + 2;
-        if (oom || (oom = !(paths[n] = malloc(len)))) break;
+        if (oom || (oom = !(paths[n] = bt_malloc(len)))) break;
         snprintf(paths[n], len, "%s/%s", dir, e->d_name);
         struct stat st; /* only regular files are images: a FIFO named a.png would block the read forever */
         if (stat(paths[n], &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -131,7 +132,7 @@ int sd_encode_image(sd_model_t *m, const bt_img_t *img, float *mean, float *logv
     bt_stack_mark_t mk = bt_stack_mark(&m->scratch);
     sd_run_t r = {.nn = m->ctx, .scratch = &m->scratch};
     float *d_img = sd_scratch(&r, 3 * res * res), *d_mean = sd_scratch(&r, per), *d_logvar = sd_scratch(&r, per);
-    float *host = malloc((size_t)(3 * res * res) * sizeof(float));
+    float *host = bt_malloc((size_t)(3 * res * res) * sizeof(float));
     int rc = d_img && d_mean && d_logvar && host
                  ? s_encode_img(m, img, host, d_img, d_mean, d_logvar, mean, logvar, per)
                  : BT_ENOMEM;
@@ -149,7 +150,7 @@ static int s_encode(sd_image_set_t *s, sd_model_t *m, int i, bt_img_t *sq, const
 {
     int64_t res = s->res, npix = 3 * res * res, per = s->C * s->h * s->w;
     memcpy(s->pixels + i * npix, sq->data, (size_t)npix);
-    float *host = malloc((size_t)npix * sizeof(float));
+    float *host = bt_malloc((size_t)npix * sizeof(float));
     int rc = host ? BT_OK : BT_ENOMEM;
     if (rc == BT_OK && mean) {
         memcpy(s->mean + i * per, mean, (size_t)per * sizeof(float));
@@ -176,12 +177,12 @@ static int s_set_alloc(sd_image_set_t *s, sd_model_t *m, int n, int resolution, 
     s->C = m->vae->cfg.latent_channels;
     s->h = s->w = sd_vae_latent_size(m->vae, resolution);
     int64_t per = s->C * s->h * s->w;
-    s->mean = malloc((size_t)(n * per) * sizeof(float));
-    s->logvar = malloc((size_t)(n * per) * sizeof(float));
-    s->pixels = malloc((size_t)n * (size_t)resolution * (size_t)resolution * 3);
+    s->mean = bt_malloc((size_t)(n * per) * sizeof(float));
+    s->logvar = bt_malloc((size_t)(n * per) * sizeof(float));
+    s->pixels = bt_malloc((size_t)n * (size_t)resolution * (size_t)resolution * 3);
     if (flips) {
-        s->mean_f = malloc((size_t)(n * per) * sizeof(float));
-        s->logvar_f = malloc((size_t)(n * per) * sizeof(float));
+        s->mean_f = bt_malloc((size_t)(n * per) * sizeof(float));
+        s->logvar_f = bt_malloc((size_t)(n * per) * sizeof(float));
     }
     return !s->mean || !s->logvar || !s->pixels || (flips && (!s->mean_f || !s->logvar_f)) ? BT_ENOMEM : BT_OK;
 }
@@ -245,7 +246,7 @@ static int s_load_h5(sd_image_set_t *s, sd_model_t *m, const char *path, const c
     snprintf(dmf, sizeof dmf, "%s/" SD_H5_LATENT_MEAN_FLIP, group);
     snprintf(dlf, sizeof dlf, "%s/" SD_H5_LATENT_LOGVAR_FLIP, group);
     bool reuse_flips = reuse && flips && st_h5_exists(f, dmf) && st_h5_exists(f, dlf);
-    if (!(s->paths = calloc((size_t)n + 1, sizeof *s->paths)) || !(lat = malloc((size_t)(4 * per) * sizeof(float))) ||
+    if (!(s->paths = bt_calloc((size_t)n + 1, sizeof *s->paths)) || !(lat = bt_malloc((size_t)(4 * per) * sizeof(float))) ||
         !(img = bt_img_new((int)info.width, (int)info.height, 3))) {
         rc = BT_ENOMEM;
         goto out;
@@ -257,7 +258,7 @@ static int s_load_h5(sd_image_set_t *s, sd_model_t *m, const char *path, const c
     if (!d_img || !d_mean || !d_logvar) rc = BT_ENOMEM;
     for (int i = 0; i < n && rc == BT_OK; i++) {
         size_t len = strlen(path) + 24;
-        if (!(s->paths[i] = malloc(len))) {
+        if (!(s->paths[i] = bt_malloc(len))) {
             rc = BT_ENOMEM;
             break;
         }

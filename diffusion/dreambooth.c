@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/alloc.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "nn/nn.h"
@@ -16,7 +17,7 @@ sd_db_t *sd_db_new(sd_model_t *model, sd_lora_set_t *lora_unet, sd_lora_set_t *l
         BT_ERROR("%s: training needs the text encoder and the UNet", model->dir);
         return NULL;
     }
-    sd_db_t *db = calloc(1, sizeof *db);
+    sd_db_t *db = bt_calloc(1, sizeof *db);
     if (!db) return NULL;
     db->model = model;
     db->lora_unet = lora_unet;
@@ -75,8 +76,8 @@ static int s_run(sd_db_t *db, const sd_db_batch_t *b, double *loss, float *per_e
     bt_stack_mark_t mk = bt_stack_mark(&m->scratch);
     sd_run_t r = {.nn = ctx, .scratch = &m->scratch, .tape = backward ? &db->tape : NULL, .checkpoint = db->checkpoint};
     sd_run_t r_frozen = {.nn = ctx, .scratch = &m->scratch};
-    float *host = malloc((size_t)(2 * n * per) * sizeof(float)), *noisy = host, *target = host + n * per;
-    float *tf = malloc((size_t)n * sizeof(float));
+    float *host = bt_malloc((size_t)(2 * n * per) * sizeof(float)), *noisy = host, *target = host + n * per;
+    float *tf = bt_malloc((size_t)n * sizeof(float));
     const float *ehs = b->ehs;
     float *ehs_buf = b->ehs ? NULL : sd_scratch(&r, n * T * cd), *dehs = NULL, *x = sd_scratch(&r, n * per);
     float *pred = sd_scratch(&r, n * per), *tgt = sd_scratch(&r, n * per), *dpred = sd_scratch(&r, n * per);

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/alloc.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "diffusion/run_macros.h"
@@ -132,7 +133,7 @@ int sd_transformer_build(sd_transformer_t *m, sd_params_t *ps, int64_t channels,
     m->channels = channels;
     m->n_blocks = n_blocks;
     m->linear_proj = linear_proj;
-    m->blocks = calloc((size_t)n_blocks, sizeof *m->blocks);
+    m->blocks = bt_calloc((size_t)n_blocks, sizeof *m->blocks);
     if (!m->blocks) return BT_ENOMEM;
     snprintf(name, sizeof name, "%s.norm", prefix);
     sd_norm_build(&m->norm, ps, channels, groups, 1e-6f, name);

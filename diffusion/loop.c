@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/alloc.h"
 #include "common/fileio.h"
 #include "common/log.h"
 #include "common/plot.h"
@@ -38,7 +39,7 @@ static void s_set_dir(char *buf, size_t cap, const char *dir)
 sd_loop_t *sd_loop_new_in(const char *output_dir, const char *log_dir, const sd_train_config_t *cfg,
                           const char *resumed_from, sd_train_history_t *resumed, bool show_progress)
 {
-    sd_loop_t *r = calloc(1, sizeof *r);
+    sd_loop_t *r = bt_calloc(1, sizeof *r);
     char logs[4096];
     if (!r) return NULL;
     s_set_dir(r->dir, sizeof r->dir, output_dir);
@@ -151,8 +152,8 @@ int sd_loop_validation_png(sd_loop_t *r, const void *png, size_t len)
 static int s_plot_loss(const char *path, const sd_train_history_t *h)
 {
     int n = (int)h->n;
-    float *y = malloc((size_t)(n ? n : 1) * sizeof(float)), *avg = malloc((size_t)(n ? n : 1) * sizeof(float)),
-          *x = malloc((size_t)(n ? n : 1) * sizeof(float));
+    float *y = bt_malloc((size_t)(n ? n : 1) * sizeof(float)), *avg = bt_malloc((size_t)(n ? n : 1) * sizeof(float)),
+          *x = bt_malloc((size_t)(n ? n : 1) * sizeof(float));
     int rc = y && avg && x ? BT_OK : BT_ENOMEM;
     if (rc == BT_OK) {
         for (int i = 0; i < n; i++) {

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/alloc.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "nn/elementwise.h"
@@ -37,11 +38,11 @@ static void s_add(s_attach_t *a, const char *module, sd_linear_t *layer)
     if (a->failed) return;
     if (s->n == a->cap) {
         int cap = a->cap ? 2 * a->cap : 64;
-        sd_lora_t *ad = realloc(s->adapters, (size_t)cap * sizeof *ad);
+        sd_lora_t *ad = bt_realloc(s->adapters, (size_t)cap * sizeof *ad);
         if (ad) s->adapters = ad;
-        sd_linear_t **ly = realloc(s->layers, (size_t)cap * sizeof *ly);
+        sd_linear_t **ly = bt_realloc(s->layers, (size_t)cap * sizeof *ly);
         if (ly) s->layers = ly;
-        char(*md)[SD_NAME_MAX] = realloc(s->modules, (size_t)cap * sizeof *md);
+        char(*md)[SD_NAME_MAX] = bt_realloc(s->modules, (size_t)cap * sizeof *md);
         if (md) s->modules = md;
         if (!ad || !ly || !md) {
             a->failed = true;
@@ -92,7 +93,7 @@ static sd_lora_set_t *s_new(sd_lora_part_t part, int64_t rank, float alpha)
         BT_ERROR("lora: rank %lld and alpha %g must be positive (rank at most 4096)", (long long)rank, alpha);
         return NULL;
     }
-    sd_lora_set_t *s = calloc(1, sizeof *s);
+    sd_lora_set_t *s = bt_calloc(1, sizeof *s);
     if (!s) return NULL;
     s->part = part;
     s->rank = rank;

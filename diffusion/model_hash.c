@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/alloc.h"
 #include "common/fileio.h"
 #include "common/log.h"
 #include "common/status.h"
@@ -32,7 +33,7 @@ static void s_add(s_manifest_t *m, const char *rel, bool required)
     size_t need = m->len + strlen(rel) + 32;
     if (need > m->cap) {
         size_t cap = need * 2;
-        char *s = realloc(m->s, cap);
+        char *s = bt_realloc(m->s, cap);
         if (!s) {
             m->rc = BT_ENOMEM;
             return;
@@ -75,7 +76,7 @@ static void s_add_weights(s_manifest_t *m, const char *part, const char *base)
             return;
         }
         int n = cJSON_GetArraySize(map), k = 0;
-        char **shards = calloc((size_t)(n ? n : 1), sizeof *shards);
+        char **shards = bt_calloc((size_t)(n ? n : 1), sizeof *shards);
         if (!shards) m->rc = BT_ENOMEM;
         cJSON_ArrayForEach(e, map) if (shards && cJSON_IsString(e)) shards[k++] = e->valuestring;
         if (shards) qsort(shards, (size_t)k, sizeof *shards, s_cmp);

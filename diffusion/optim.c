@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/alloc.h"
 #include "common/log.h"
 #include "common/status.h"
 
@@ -48,8 +49,8 @@ void sd_optim_destroy(sd_optim_t **po)
 
 sd_optim_t *sd_optim_new(nn_ctx_t *ctx, const sd_optim_config_t *cfg, const sd_optim_spec_t *spec, int n)
 {
-    sd_optim_t *o = calloc(1, sizeof *o);
-    if (!o || !(o->t = calloc((size_t)(n ? n : 1), sizeof *o->t))) {
+    sd_optim_t *o = bt_calloc(1, sizeof *o);
+    if (!o || !(o->t = bt_calloc((size_t)(n ? n : 1), sizeof *o->t))) {
         free(o);
         BT_ERROR("optimizer: out of memory for %d tensors", n);
         return NULL;
@@ -148,7 +149,7 @@ int sd_optim_apply(sd_optim_t *o, double norm, float *lr_used)
 
 int sd_optim_step(sd_optim_t *o, float *lr_used, double *grad_norm)
 {
-    double *ss = malloc((size_t)(o->n ? o->n : 1) * sizeof *ss);
+    double *ss = bt_malloc((size_t)(o->n ? o->n : 1) * sizeof *ss);
     if (!ss) return BT_ENOMEM;
     int rc = BT_OK;
     for (int i = 0; i < o->n && rc == BT_OK; i++) rc = sd_optim_sum_squares(o, i, &ss[i]);

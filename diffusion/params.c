@@ -13,6 +13,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "common/alloc.h"
 #include "common/fileio.h"
 #include "common/half.h"
 #include "common/log.h"
@@ -47,7 +48,7 @@ static void s_add(sd_params_t *ps, float **slot, sd_weight_t *wslot, sd_init_t i
     if (ps->failed) return;
     if (ps->n == ps->cap) {
         int cap = ps->cap ? 2 * ps->cap : 256;
-        sd_param_t *p = realloc(ps->p, (size_t)cap * sizeof *p);
+        sd_param_t *p = bt_realloc(ps->p, (size_t)cap * sizeof *p);
         if (!p) {
             ps->failed = true;
             return;
@@ -290,7 +291,7 @@ static bool s_grow(void **buf, size_t *cap, size_t bytes)
 {
     if (bytes <= *cap) return true;
     free(*buf);
-    *buf = malloc(bytes);
+    *buf = bt_malloc(bytes);
     *cap = *buf ? bytes : 0;
     return *buf != NULL;
 }
@@ -422,7 +423,7 @@ static int s_open_index(const char *dir, const char *index_path, st_file_t ***fi
         names[n++] = e->valuestring;
     }
     if (rc == BT_OK) {
-        *files = calloc((size_t)n + 1, sizeof **files);
+        *files = bt_calloc((size_t)n + 1, sizeof **files);
         *nfiles = 0;
         for (int i = 0; i < n && *files; i++) {
             char path[4096];
@@ -451,7 +452,7 @@ static int s_open_dir(const sd_params_t *ps, const char *dir, const char *base, 
     for (int v = 0; v < 3; v++) {
         snprintf(path, sizeof path, "%s/%s%s.safetensors", dir, base, variants[v]);
         if (access(path, F_OK) == 0) {
-            if (!(*files = calloc(1, sizeof **files))) return BT_ENOMEM;
+            if (!(*files = bt_calloc(1, sizeof **files))) return BT_ENOMEM;
             if (!((*files)[0] = st_open(path))) return BT_EFORMAT;
             *nfiles = 1;
             return BT_OK;

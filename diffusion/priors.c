@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/alloc.h"
 #include "common/fileio.h"
 #include "common/image.h"
 #include "common/log.h"
@@ -45,7 +46,7 @@ int sd_priors_generate(sd_model_t *m, const sd_prior_spec_t *spec, int64_t first
     int64_t cd = m->clip->cfg.hidden_size, npix = 3 * (int64_t)R * R;
     int64_t per = (int64_t)m->vae->cfg.latent_channels * h * h;
     float *embeds = nn_alloc(m->ctx, (size_t)(2 * T * cd) * sizeof(float));
-    float *lat = malloc((size_t)(C * h * h) * sizeof(float)), *img = malloc((size_t)npix * sizeof(float));
+    float *lat = bt_malloc((size_t)(C * h * h) * sizeof(float)), *img = bt_malloc((size_t)npix * sizeof(float));
     int rc = BT_OK;
     if (!embeds || !lat || !img) {
         rc = BT_ENOMEM;
@@ -106,8 +107,8 @@ static int s_write_root(st_h5_file_t *f)
 /* Per-image seeds and prompts of n images (all the same). */
 static int s_per_image(const sd_prior_spec_t *spec, int64_t n, uint64_t **seeds, const char ***prompts)
 {
-    *seeds = malloc((size_t)(n ? n : 1) * sizeof **seeds);
-    *prompts = malloc((size_t)(n ? n : 1) * sizeof **prompts);
+    *seeds = bt_malloc((size_t)(n ? n : 1) * sizeof **seeds);
+    *prompts = bt_malloc((size_t)(n ? n : 1) * sizeof **prompts);
     if (!*seeds || !*prompts) return BT_ENOMEM;
     for (int64_t i = 0; i < n; i++) {
         (*seeds)[i] = spec->seed;
@@ -134,7 +135,7 @@ int sd_priors_part_write(const char *path, const sd_prior_spec_t *spec, const sd
                          int count, const uint8_t *pixels, const float *mean, const float *logvar)
 {
     int64_t R = spec->resolution, h = R / 8;
-    int64_t *index = malloc((size_t)(count ? count : 1) * sizeof *index);
+    int64_t *index = bt_malloc((size_t)(count ? count : 1) * sizeof *index);
     uint64_t *seeds = NULL;
     const char **prompts = NULL;
     st_h5_file_t *f = NULL;
@@ -169,9 +170,9 @@ int sd_priors_write_part(sd_model_t *m, const sd_prior_spec_t *spec_in, const sd
     sd_prior_spec_t with = *spec_in, *spec = &with;
     if (!spec->weights) spec->weights = sd_model_weights(m);
     int64_t R = spec->resolution, h = R / 8, per = origin->latent_channels * h * h;
-    uint8_t *pixels = malloc((size_t)(count * 3 * R * R));
-    float *mean = malloc((size_t)(count * per) * sizeof(float)),
-          *logvar = malloc((size_t)(count * per) * sizeof(float));
+    uint8_t *pixels = bt_malloc((size_t)(count * 3 * R * R));
+    float *mean = bt_malloc((size_t)(count * per) * sizeof(float)),
+          *logvar = bt_malloc((size_t)(count * per) * sizeof(float));
     int rc = pixels && mean && logvar ? BT_OK : BT_ENOMEM;
     if (rc == BT_OK) rc = sd_priors_generate(m, spec, first, count, pixels, mean, logvar, NULL, NULL);
     if (rc == BT_OK) rc = sd_priors_part_write(path, spec, origin, first, count, pixels, mean, logvar);
@@ -273,7 +274,7 @@ static int s_map_rows(st_h5_file_t *f, int file, int64_t want, s_src_t *src, int
         BT_ERROR("%s: the prior set has no latents", st_h5_path(f));
         return BT_EFORMAT;
     }
-    int64_t *idx = malloc((size_t)(info.n ? info.n : 1) * sizeof *idx);
+    int64_t *idx = bt_malloc((size_t)(info.n ? info.n : 1) * sizeof *idx);
     if (!idx) return BT_ENOMEM;
     rc = st_h5_read(f, SD_H5_PRIOR "/" SD_H5_IMAGE_INDEX, ST_H5_I64, 1, &info.n, idx);
     for (int64_t r = 0; r < info.n && rc == BT_OK; r++)
@@ -307,7 +308,7 @@ static void s_remove_parts(const char *dir, int64_t have)
         int64_t *idx = NULL;
         const char *ipath = SD_H5_PRIOR "/" SD_H5_IMAGE_INDEX;
         bool redundant = f && st_h5_info(f, ipath, &info) == BT_OK && info.ndim == 1 &&
-                         info.numel <= ST_H5_IMAGES_MAX && (idx = malloc((size_t)(info.numel + 1) * sizeof *idx)) &&
+                         info.numel <= ST_H5_IMAGES_MAX && (idx = bt_malloc((size_t)(info.numel + 1) * sizeof *idx)) &&
                          st_h5_read(f, ipath, ST_H5_I64, 1, info.shape, idx) == BT_OK;
         for (int64_t k = 0; redundant && k < info.numel; k++) redundant = idx[k] >= 0 && idx[k] < have;
         free(idx);
@@ -339,8 +340,8 @@ static int s_assemble(const char *path, const sd_prior_spec_t *spec, const sd_pr
                       const s_src_t *src, char **parts)
 {
     int64_t R = spec->resolution, h = R / 8, C = origin->latent_channels, per = C * h * h, npix = 3 * R * R;
-    uint8_t *img = malloc((size_t)npix);
-    float *lat = malloc((size_t)(2 * per) * sizeof(float));
+    uint8_t *img = bt_malloc((size_t)npix);
+    float *lat = bt_malloc((size_t)(2 * per) * sizeof(float));
     uint64_t *seeds = NULL;
     const char **prompts = NULL;
     st_h5_file_t *out = NULL, *in = NULL;
@@ -443,7 +444,7 @@ int sd_priors_missing(const char *path, const sd_prior_spec_t *spec, const sd_pr
         BT_ERROR("%s: a prior set needs at least one image", path);
         return BT_EINVAL;
     }
-    s_src_t *src = malloc((size_t)want * sizeof *src);
+    s_src_t *src = bt_malloc((size_t)want * sizeof *src);
     char **parts = NULL;
     int nparts = 0;
     bool complete;
@@ -459,7 +460,7 @@ int sd_priors_missing(const char *path, const sd_prior_spec_t *spec, const sd_pr
 int sd_priors_assemble(const char *path, const sd_prior_spec_t *spec, const sd_prior_origin_t *origin, int want)
 {
     char parts_dir[4096];
-    s_src_t *src = malloc((size_t)(want > 0 ? want : 1) * sizeof *src);
+    s_src_t *src = bt_malloc((size_t)(want > 0 ? want : 1) * sizeof *src);
     char **parts = NULL;
     int nparts = 0;
     bool complete;
@@ -492,7 +493,7 @@ int sd_priors_ensure(sd_model_t *m, const char *path, const sd_prior_spec_t *spe
     int rc = sd_prior_origin_of(m, &origin);
     if (rc) return rc;
     if (sd_priors_parts_dir(parts_dir, sizeof parts_dir, path)) return BT_EINVAL;
-    int *missing = malloc((size_t)want * sizeof *missing), nmissing = 0, made = 0;
+    int *missing = bt_malloc((size_t)want * sizeof *missing), nmissing = 0, made = 0;
     if (!missing) return BT_ENOMEM;
     if ((rc = sd_priors_missing(path, spec, &origin, want, missing, &nmissing))) goto out;
     if (nmissing && (rc = bt_mkdirs(parts_dir))) goto out;

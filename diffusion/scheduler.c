@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/alloc.h"
 #include "common/fileio.h"
 #include "common/json.h"
 #include "common/log.h"
@@ -166,7 +167,7 @@ static int s_get_trained_betas(const bt_json_t *j, sd_sched_config_t *cfg)
         bt_json_error(j, "trained_betas", "has %d values, num_train_timesteps is %d", n, cfg->num_train_timesteps);
         return BT_EFORMAT;
     }
-    cfg->trained_betas = malloc((size_t)n * sizeof(float));
+    cfg->trained_betas = bt_malloc((size_t)n * sizeof(float));
     if (!cfg->trained_betas) return BT_ENOMEM;
     int i = 0;
     const cJSON *v;
@@ -332,7 +333,7 @@ static void s_squaredcos_betas(float *betas, int n)
  * shift and scale sqrt(alphas_cumprod) so the last is 0 and the first unchanged. */
 static int s_rescale_zero_snr(float *betas, int n)
 {
-    float *s = malloc((size_t)n * sizeof *s);
+    float *s = bt_malloc((size_t)n * sizeof *s);
     if (!s) return BT_ENOMEM;
     s_cumprod_alphas(s, betas, n);
     for (int i = 0; i < n; i++)
@@ -365,8 +366,8 @@ int sd_sched_table_init(sd_sched_table_t *tab, const sd_sched_config_t *cfg, sd_
 {
     int n = cfg->num_train_timesteps;
     *tab = (sd_sched_table_t){.num_train_timesteps = n};
-    tab->betas = malloc((size_t)n * sizeof(float));
-    tab->alphas_cumprod = malloc((size_t)n * sizeof(float));
+    tab->betas = bt_malloc((size_t)n * sizeof(float));
+    tab->alphas_cumprod = bt_malloc((size_t)n * sizeof(float));
     if (!tab->betas || !tab->alphas_cumprod) {
         sd_sched_table_free(tab);
         return BT_ENOMEM;
@@ -606,17 +607,17 @@ static int s_resolve(sd_sched_t *s, const sd_sched_config_t *cfg, sd_sched_spaci
 static int s_build_timesteps(sd_sched_t *s, sd_sched_spacing_t spacing, int steps_offset)
 {
     int N = s->tab.num_train_timesteps, n = s->n_inf;
-    double *base = malloc((size_t)n * sizeof *base);
-    int64_t *asc = malloc((size_t)n * sizeof *asc);
-    s->timesteps = malloc((size_t)(n + 9) * sizeof(float));
-    if (s->kind == SD_SCHED_EULER) s->sigmas = malloc((size_t)(n + 1) * sizeof(float));
+    double *base = bt_malloc((size_t)n * sizeof *base);
+    int64_t *asc = bt_malloc((size_t)n * sizeof *asc);
+    s->timesteps = bt_malloc((size_t)(n + 9) * sizeof(float));
+    if (s->kind == SD_SCHED_EULER) s->sigmas = bt_malloc((size_t)(n + 1) * sizeof(float));
     int rc = BT_ENOMEM;
     if (!base || !asc || !s->timesteps || (s->kind == SD_SCHED_EULER && !s->sigmas)) goto out_free;
     s_base_timesteps(base, spacing, N, n, steps_offset);
     rc = BT_OK;
     if (s->kind == SD_SCHED_EULER) {
         /* numpy float32 timesteps; sigma table in torch float32; interp in float64 */
-        float *sig = malloc((size_t)N * sizeof *sig);
+        float *sig = bt_malloc((size_t)N * sizeof *sig);
         if (!sig) {
             rc = BT_ENOMEM;
             goto out_free;
@@ -686,7 +687,7 @@ sd_sched_t *sd_sched_new(const sd_sched_config_t *cfg, sd_sched_kind_t kind, int
         BT_ERROR("%s: %d inference steps: must be in [1, num_train_timesteps = %d]", cfg->path, num_inference_steps, N);
         return NULL;
     }
-    sd_sched_t *s = calloc(1, sizeof *s);
+    sd_sched_t *s = bt_calloc(1, sizeof *s);
     if (!s) return NULL;
     s->kind = kind;
     s->n_inf = num_inference_steps;
@@ -911,7 +912,7 @@ static int s_pndm_alloc(sd_sched_t *s, int64_t n)
     }
     free(s->buf);
     s->numel = 0;
-    s->buf = malloc((size_t)n * (S_PNDM_ORDER + 3) * sizeof(float));
+    s->buf = bt_malloc((size_t)n * (S_PNDM_ORDER + 3) * sizeof(float));
     if (!s->buf) {
         BT_ERROR("pndm sampler: cannot allocate history for %lld elements", (long long)n);
         return BT_ENOMEM;

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/alloc.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "nn/memory.h"
@@ -28,7 +29,7 @@ static int s_record(sd_tape_t *t, float *p, bt_stack_mark_t before)
 {
     if (t->n == t->cap) {
         int cap = t->cap ? 2 * t->cap : 256;
-        sd_tape_entry_t *e = realloc(t->e, (size_t)cap * sizeof *e);
+        sd_tape_entry_t *e = bt_realloc(t->e, (size_t)cap * sizeof *e);
         if (!e) return BT_ENOMEM;
         t->e = e;
         t->cap = cap;

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/alloc.h"
 #include "common/image.h"
 #include "common/log.h"
 #include "common/rng.h"
@@ -150,9 +151,9 @@ static int s_tensors(sd_trainer_t *t)
     sd_lora_set_t *sets[2] = {t->lora_unet, t->lora_text};
     int n = 0;
     for (int k = 0; k < 2; k++) n += sets[k] ? sets[k]->params.n : 0;
-    t->tensors = calloc((size_t)(n ? n : 1), sizeof *t->tensors);
-    t->grads = calloc((size_t)(n ? n : 1), sizeof *t->grads);
-    char (*names)[SD_OPTIM_NAME_MAX] = calloc((size_t)(n ? n : 1), sizeof *names);
+    t->tensors = bt_calloc((size_t)(n ? n : 1), sizeof *t->tensors);
+    t->grads = bt_calloc((size_t)(n ? n : 1), sizeof *t->grads);
+    char (*names)[SD_OPTIM_NAME_MAX] = bt_calloc((size_t)(n ? n : 1), sizeof *names);
     if (!t->tensors || !t->grads || !names) {
         free(names);
         return BT_ENOMEM;
@@ -216,7 +217,7 @@ sd_model_t *sd_trainer_take_model(sd_trainer_t **pt)
 static sd_trainer_t *s_trainer_new(sd_model_t **model, const sd_train_config_t *cfg, sd_progress_fn progress,
                                    void *user, bool keep)
 {
-    sd_trainer_t *t = calloc(1, sizeof *t);
+    sd_trainer_t *t = bt_calloc(1, sizeof *t);
     if (!t) {
         BT_ERROR("train: out of memory");
         if (!keep) sd_model_destroy(model);
@@ -238,8 +239,8 @@ static sd_trainer_t *s_trainer_new(sd_model_t **model, const sd_train_config_t *
         goto out_fail;
     }
     t->T = sd_prompt_tokens(t->model);
-    if (!(t->ids_instance = calloc((size_t)t->T, sizeof(int32_t))) ||
-        !(t->ids_class = calloc((size_t)t->T, sizeof(int32_t)))) {
+    if (!(t->ids_instance = bt_calloc((size_t)t->T, sizeof(int32_t))) ||
+        !(t->ids_class = bt_calloc((size_t)t->T, sizeof(int32_t)))) {
         BT_ERROR("train: out of memory for %lld prompt tokens", (long long)t->T);
         goto out_fail;
     }
@@ -349,7 +350,7 @@ static int64_t s_dataset_index(const sd_trainer_t *t, int64_t p)
     if (t->cfg.prior_preservation && t->classes.n > L) L = t->classes.n;
     int64_t epoch = p / L, q = p % L;
     /* Fisher-Yates over [0, L) keyed by (seed, epoch); L is small (tens to hundreds) */
-    int64_t *perm = malloc((size_t)L * sizeof *perm);
+    int64_t *perm = bt_malloc((size_t)L * sizeof *perm);
     if (!perm) { /* never another example: the step fails, saying why */
         BT_ERROR("train: out of memory for the order of %lld examples", (long long)L);
         return -1;
@@ -423,8 +424,8 @@ int sd_trainer_microbatch(sd_trainer_t *t, int64_t step, int k, double *loss, do
     int cnt = n - first < mb ? n - first : mb;
     const sd_image_set_t *set = &t->instances;
     int64_t C = set->C, h = set->h, w = set->w, per = C * h * w, T = t->T;
-    int32_t *ids = malloc((size_t)(cnt * T) * sizeof(int32_t));
-    float *lat = malloc((size_t)(cnt * per) * sizeof(float)), *noise = malloc((size_t)(cnt * per) * sizeof(float));
+    int32_t *ids = bt_malloc((size_t)(cnt * T) * sizeof(int32_t));
+    float *lat = bt_malloc((size_t)(cnt * per) * sizeof(float)), *noise = bt_malloc((size_t)(cnt * per) * sizeof(float));
     float weights[256], per_ex[256], off[64], *ehs = NULL;
     int64_t ts[256] = {0};
     if (!ids || !lat || !noise) {
@@ -521,7 +522,7 @@ int sd_trainer_validate(sd_trainer_t *t, int64_t step, bt_img_t **grid)
      * with the text encoder's LoRA as it is */
     float *own = t->ehs ? NULL : nn_alloc(m->ctx, (size_t)(2 * T * cd) * sizeof(float));
     const float *embeds = t->ehs ? t->ehs + 2 * T * cd : own;
-    float *lat = malloc((size_t)(C * h * w) * sizeof(float)), *img = malloc((size_t)npix * sizeof(float));
+    float *lat = bt_malloc((size_t)(C * h * w) * sizeof(float)), *img = bt_malloc((size_t)npix * sizeof(float));
     bt_img_t *tiles[16] = {0};
     if (num > 16) num = 16;
     if (!embeds || !lat || !img) {
@@ -560,10 +561,10 @@ int sd_trainer_eval(sd_trainer_t *t, double *loss)
     const sd_image_set_t *set = &t->instances;
     int nt = 5, n = set->n * nt, rc = BT_OK;
     int64_t per = set->C * set->h * set->w, T = t->T, N = t->db->table.num_train_timesteps;
-    int32_t *ids = malloc((size_t)(n * T) * sizeof(int32_t));
-    float *lat = malloc((size_t)(n * per) * sizeof(float)), *noise = malloc((size_t)(n * per) * sizeof(float));
-    float *weights = malloc((size_t)n * sizeof(float));
-    int64_t *ts = malloc((size_t)n * sizeof(int64_t));
+    int32_t *ids = bt_malloc((size_t)(n * T) * sizeof(int32_t));
+    float *lat = bt_malloc((size_t)(n * per) * sizeof(float)), *noise = bt_malloc((size_t)(n * per) * sizeof(float));
+    float *weights = bt_malloc((size_t)n * sizeof(float));
+    int64_t *ts = bt_malloc((size_t)n * sizeof(int64_t));
     if (!ids || !lat || !noise || !weights || !ts) {
         rc = BT_ENOMEM;
         goto out;

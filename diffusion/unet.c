@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/alloc.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "diffusion/run_macros.h"
@@ -29,7 +30,7 @@
 
 sd_unet_t *sd_unet_new(const sd_unet_config_t *cfg)
 {
-    sd_unet_t *u = calloc(1, sizeof *u);
+    sd_unet_t *u = bt_calloc(1, sizeof *u);
     if (!u) {
         BT_ERROR("unet: out of memory");
         return NULL;

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/alloc.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "diffusion/run_macros.h"
@@ -39,7 +40,7 @@ static void s_mid_build(sd_vae_mid_t *m, sd_params_t *ps, int64_t C, int64_t G, 
 
 sd_vae_t *sd_vae_new(const sd_vae_config_t *cfg)
 {
-    sd_vae_t *v = calloc(1, sizeof *v);
+    sd_vae_t *v = bt_calloc(1, sizeof *v);
     if (!v) {
         BT_ERROR("vae: out of memory");
         return NULL;

@@ -5,6 +5,7 @@
 
 #include <stdlib.h>
 
+#include "common/alloc.h"
 #include "common/log.h"
 #include "common/pool.h"
 #include "common/status.h"
@@ -21,7 +22,7 @@ bool nn_backend_available(nn_backend_kind_t kind)
 
 nn_ctx_t *nn_ctx_new(nn_backend_kind_t kind, int threads)
 {
-    nn_ctx_t *ctx = calloc(1, sizeof *ctx);
+    nn_ctx_t *ctx = bt_calloc(1, sizeof *ctx);
     if (!ctx) return NULL;
     ctx->kind = kind;
     ctx->threads = threads > 0 ? threads : bt_default_threads();

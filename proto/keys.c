@@ -19,6 +19,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "common/alloc.h"
 #include "common/fileio.h"
 #include "common/log.h"
 #include "common/status.h"
@@ -104,7 +105,7 @@ int pr_keys_generate(pr_keypair_t *kp)
 static char *s_join(const char *dir, const char *name)
 {
     size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(n);
+    char *p = bt_malloc(n);
     if (p) snprintf(p, n, "%s/%s", dir, name);
     if (!p) BT_ERROR("%s: out of memory", dir);
     return p;
@@ -293,7 +294,7 @@ static int s_push(pr_allowlist_t *a, const uint8_t key[32])
 {
     if (a->n == a->cap) {
         size_t cap = a->cap ? 2 * a->cap : 16;
-        void *k = realloc(a->keys, cap * sizeof *a->keys);
+        void *k = bt_realloc(a->keys, cap * sizeof *a->keys);
         if (!k) {
             BT_ERROR("out of memory for %zu keys", cap);
             return BT_ENOMEM;
@@ -371,7 +372,7 @@ struct pr_zap {
 pr_zap_t *pr_zap_new(void *zmq_ctx, const pr_allowlist_t *allow)
 {
     char ebuf[96];
-    pr_zap_t *z = calloc(1, sizeof *z);
+    pr_zap_t *z = bt_calloc(1, sizeof *z);
     if (!z) {
         BT_ERROR("%s: out of memory", S_ZAP_ENDPOINT);
         return NULL;

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/alloc.h"
 #include "common/log.h"
 #include "common/status.h"
 
@@ -239,7 +240,7 @@ static int s_recv(void *sock, bool router, size_t max_bytes, int flags, pr_msg_t
             status = BT_EPROTO;
         } else if (m->env->n_blobs) {
             n_blobs = m->env->n_blobs;
-            if (!(m->frames = malloc(n_blobs * sizeof *m->frames))) {
+            if (!(m->frames = bt_malloc(n_blobs * sizeof *m->frames))) {
                 snprintf(why, sizeof why, "no memory for %zu blob frames", n_blobs);
                 status = BT_ENOMEM;
                 n_blobs = 0;
@@ -340,9 +341,9 @@ const float *pr_blob_f32_at(pr_msg_t *m, int i, int64_t *numel)
     if (numel) *numel = (int64_t)(n / sizeof(float));
     if ((uintptr_t)p % _Alignof(float) == 0) return p;
     /* libzmq may hand us a frame at any offset of its receive buffer: copy it once */
-    if (!m->aligned && !(m->aligned = calloc(m->env->n_blobs, sizeof *m->aligned))) goto out_nomem;
+    if (!m->aligned && !(m->aligned = bt_calloc(m->env->n_blobs, sizeof *m->aligned))) goto out_nomem;
     if (!m->aligned[i]) {
-        if (!(m->aligned[i] = malloc(n ? n : 1))) goto out_nomem;
+        if (!(m->aligned[i] = bt_malloc(n ? n : 1))) goto out_nomem;
         memcpy(m->aligned[i], p, n);
     }
     return m->aligned[i];
@@ -478,8 +479,8 @@ int pr_send(void *sock, const zmq_msg_t *routing_id, Booth__Envelope *env, const
     const char *body = pr_body_name(env->body_case);
 
     /* describe the blobs in the envelope just while packing it */
-    Booth__Blob *desc = n ? calloc((size_t)n, sizeof *desc) : NULL;
-    Booth__Blob **ptrs = n ? calloc((size_t)n, sizeof *ptrs) : NULL;
+    Booth__Blob *desc = n ? bt_calloc((size_t)n, sizeof *desc) : NULL;
+    Booth__Blob **ptrs = n ? bt_calloc((size_t)n, sizeof *ptrs) : NULL;
     if (n && (!desc || !ptrs)) {
         free(desc);
         free(ptrs);

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/alloc.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "nn/nn.h"
@@ -93,7 +94,7 @@ static void s_send_error(s_ps_t *ps, const zmq_msg_t *rid, const char *message)
 static void s_send_weights(s_ps_t *ps, const zmq_msg_t *rid, const ps_job_t *j)
 {
     const sd_optim_t *o = j->opt;
-    pr_blob_t *blobs = calloc((size_t)(o->n ? o->n : 1), sizeof *blobs);
+    pr_blob_t *blobs = bt_calloc((size_t)(o->n ? o->n : 1), sizeof *blobs);
     if (!blobs) {
         BT_ERROR("ps: out of memory answering a pull of job %s", j->id);
         s_send_error(ps, rid, "the parameter server is out of memory");
@@ -101,7 +102,7 @@ static void s_send_weights(s_ps_t *ps, const zmq_msg_t *rid, const ps_job_t *j)
     }
     if (ps->wopt != o || ps->wversion != o->step) { /* the first pull of this version: its frames */
         s_weights_forget(ps);
-        if ((ps->wframes = calloc((size_t)(o->n ? o->n : 1), sizeof *ps->wframes))) {
+        if ((ps->wframes = bt_calloc((size_t)(o->n ? o->n : 1), sizeof *ps->wframes))) {
             for (; ps->nwframes < o->n; ps->nwframes++)
                 if (pr_frame_of(&ps->wframes[ps->nwframes], o->t[ps->nwframes].p,
                                 (size_t)o->t[ps->nwframes].numel * sizeof(float)))
@@ -240,7 +241,7 @@ static void s_on_ps_load(s_ps_t *ps, pr_msg_t *m)
     if (n > nb / 3 || nb != 3 * n) /* before allocating for n: the frames bound it */
         bad =
             (snprintf(buf, sizeof buf, "%zu blobs for %zu indices: expected p/, m/ and v/ of each tensor", nb, n), buf);
-    else if (!(t = calloc(n ? n : 1, sizeof *t)))
+    else if (!(t = bt_calloc(n ? n : 1, sizeof *t)))
         bad = "out of memory";
     else
         bad = s_load_tensors(m, t, n, buf, sizeof buf);
@@ -308,8 +309,8 @@ static void s_on_get_state(s_ps_t *ps, pr_msg_t *m)
     }
     const sd_optim_t *o = j->opt;
     size_t nb = 3 * (size_t)o->n;
-    pr_blob_t *blobs = calloc(nb ? nb : 1, sizeof *blobs);
-    char(*names)[SD_OPTIM_NAME_MAX + 4] = calloc(nb ? nb : 1, sizeof *names);
+    pr_blob_t *blobs = bt_calloc(nb ? nb : 1, sizeof *blobs);
+    char(*names)[SD_OPTIM_NAME_MAX + 4] = bt_calloc(nb ? nb : 1, sizeof *names);
     if (!blobs || !names) {
         snprintf(why, sizeof why, "get_state of job %.80s: out of memory", id);
         BT_ERROR("%s: %s", m->peer, why);
@@ -416,7 +417,7 @@ static void s_on_push(s_ps_t *ps, pr_msg_t *m)
     char why[512];
     bool ready = false;
     ps_verdict_t v = PS_REFUSED;
-    ps_grad_in_t *g = calloc(n ? n : 1, sizeof *g);
+    ps_grad_in_t *g = bt_calloc(n ? n : 1, sizeof *g);
     const char *bad = g ? NULL : "out of memory";
     for (size_t b = 0; !bad && b < n; b++) {
         if (env->blobs[b]->kind != BOOTH__BLOB__KIND__F32) {

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/alloc.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "diffusion/job.h"
@@ -75,7 +76,7 @@ static ps_job_t *s_job(const ps_store_t *s, const char *job_id)
 
 ps_store_t *ps_store_new(nn_ctx_t *ctx)
 {
-    ps_store_t *s = calloc(1, sizeof *s);
+    ps_store_t *s = bt_calloc(1, sizeof *s);
     if (!s) {
         BT_ERROR("ps: out of memory for the store");
         return NULL;
@@ -189,13 +190,13 @@ ps_verdict_t ps_store_load(ps_store_t *s, const char *peer, const ps_load_t *l, 
 
     int n = l->n, M = l->microbatches;
     size_t nn = (size_t)(n ? n : 1);
-    ps_job_t *j = calloc(1, sizeof *j);
-    sd_optim_spec_t *spec = calloc(nn, sizeof *spec);
-    if (!j || !spec || !(j->have = calloc((size_t)M, sizeof *j->have)) ||
-        !(j->early = calloc((size_t)M, sizeof *j->early)) || !(j->spare = calloc((size_t)M, sizeof *j->spare)) ||
-        !(j->offset = calloc(nn, sizeof *j->offset)) ||
-        !(j->sum_squares = calloc(nn, sizeof *j->sum_squares)) || !(j->index = calloc(nn, sizeof *j->index)) ||
-        !(j->seen = calloc(nn, sizeof *j->seen)) || !(j->slot = calloc(nn, sizeof *j->slot))) {
+    ps_job_t *j = bt_calloc(1, sizeof *j);
+    sd_optim_spec_t *spec = bt_calloc(nn, sizeof *spec);
+    if (!j || !spec || !(j->have = bt_calloc((size_t)M, sizeof *j->have)) ||
+        !(j->early = bt_calloc((size_t)M, sizeof *j->early)) || !(j->spare = bt_calloc((size_t)M, sizeof *j->spare)) ||
+        !(j->offset = bt_calloc(nn, sizeof *j->offset)) ||
+        !(j->sum_squares = bt_calloc(nn, sizeof *j->sum_squares)) || !(j->index = bt_calloc(nn, sizeof *j->index)) ||
+        !(j->seen = bt_calloc(nn, sizeof *j->seen)) || !(j->slot = bt_calloc(nn, sizeof *j->slot))) {
         if (j) j->microbatches = M;
         s_job_destroy(&j);
         free(spec);
@@ -244,7 +245,7 @@ ps_verdict_t ps_store_load(ps_store_t *s, const char *peer, const ps_load_t *l, 
     } else {
         if (s->njobs == s->cap_jobs) {
             int c = s->cap_jobs ? 2 * s->cap_jobs : 4;
-            ps_job_t **p = realloc(s->jobs, (size_t)c * sizeof *p);
+            ps_job_t **p = bt_realloc(s->jobs, (size_t)c * sizeof *p);
             if (!p) {
                 s_job_destroy(&j);
                 s_say(BT_LOG_ERROR, peer, why, cap, "ps_load of job %s refused: out of memory", id);
@@ -346,7 +347,7 @@ ps_verdict_t ps_store_push(ps_store_t *s, const char *peer, const char *job_id, 
         for (j->added++; rc == BT_OK && j->added < j->microbatches && j->early[j->added]; j->added++)
             rc = s_add(j, j->added, NULL, 0, true);
     } else {
-        float *buf = j->nspare ? j->spare[--j->nspare] : malloc((size_t)(j->total ? j->total : 1) * sizeof *buf);
+        float *buf = j->nspare ? j->spare[--j->nspare] : bt_malloc((size_t)(j->total ? j->total : 1) * sizeof *buf);
         if (!buf) {
             s_say(BT_LOG_ERROR, peer, why, cap, "push of job %s step %" PRId64 " micro %d refused: out of memory", id,
                   step, micro);
@@ -466,7 +467,7 @@ ps_verdict_t ps_store_pull(ps_store_t *s, const char *peer, const char *job_id, 
     }
     if (s->npulls == s->cap_pulls) {
         int c = s->cap_pulls ? 2 * s->cap_pulls : 16;
-        ps_pull_t *p = realloc(s->pulls, (size_t)c * sizeof *p);
+        ps_pull_t *p = bt_realloc(s->pulls, (size_t)c * sizeof *p);
         if (!p) {
             s_say(BT_LOG_ERROR, peer, why, cap, "pull of job %s version %" PRId64 " refused: out of memory", id,
                   version);

@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/alloc.h"
 #include "common/fileio.h"
 #include "common/hash.h"
 #include "common/log.h"
@@ -234,7 +235,7 @@ static void s_file_free(st_h5_file_t *f)
 static int s_seal_hash(int fd, off_t size, uint64_t *digest)
 {
     enum { CHUNK = 1 << 20 };
-    unsigned char *buf = malloc(CHUNK);
+    unsigned char *buf = bt_malloc(CHUNK);
     if (!buf) return BT_ENOMEM;
     bt_xxh64_t h;
     bt_xxh64_init(&h, 0);
@@ -347,9 +348,9 @@ st_h5_file_t *st_h5_create(const char *path)
 {
     pthread_once(&s_once, s_init);
     if (bt_replaceable(path)) return NULL;
-    st_h5_file_t *f = calloc(1, sizeof *f);
+    st_h5_file_t *f = bt_calloc(1, sizeof *f);
     size_t n = strlen(path) + 32;
-    if (!f || !(f->path = strdup(path)) || !(f->tmp_path = malloc(n))) {
+    if (!f || !(f->path = strdup(path)) || !(f->tmp_path = bt_malloc(n))) {
         if (f) s_file_free(f);
         BT_ERROR("%s: out of memory", path);
         return NULL;
@@ -458,7 +459,7 @@ st_h5_file_t *st_h5_open(const char *path)
         return NULL;
     }
     if (s_check_seal(path, st.st_size)) return NULL;
-    st_h5_file_t *f = calloc(1, sizeof *f);
+    st_h5_file_t *f = bt_calloc(1, sizeof *f);
     if (!f || !(f->path = strdup(path))) {
         free(f);
         BT_ERROR("%s: out of memory", path);
@@ -590,7 +591,7 @@ static herr_t s_collect(hid_t g, const char *name, const H5L_info_t *info, void 
     s_names_t *l = user;
     if (l->n == l->cap) {
         int cap = l->cap ? 2 * l->cap : 64;
-        char **p = realloc(l->names, (size_t)cap * sizeof *p);
+        char **p = bt_realloc(l->names, (size_t)cap * sizeof *p);
         if (!p) {
             l->oom = true;
             return -1;
@@ -767,7 +768,7 @@ int st_h5_write_strings(st_h5_file_t *f, const char *name, int64_t n, const char
     for (int64_t i = 0; i < n; i++)
         if (strs[i] && strlen(strs[i]) + 1 > len) len = strlen(strs[i]) + 1;
     if ((uint64_t)n > SIZE_MAX / len) return BT_ENOMEM;
-    char *v = calloc((size_t)(n ? n : 1), len);
+    char *v = bt_calloc((size_t)(n ? n : 1), len);
     if (!v) {
         BT_ERROR("%s: out of memory writing strings '%s'", f->path, name);
         return BT_ENOMEM;
@@ -872,7 +873,7 @@ static int s_read_strs(hid_t obj, bool is_attr, hid_t ftype, int64_t n, char **o
     int rc = BT_OK;
     if (H5Tis_variable_str(ftype) > 0) {
         hid_t mt = s_vstr_type();
-        char **v = calloc((size_t)(n ? n : 1), sizeof *v);
+        char **v = bt_calloc((size_t)(n ? n : 1), sizeof *v);
         if (mt < 0 || !v) rc = BT_ENOMEM;
         herr_t r = rc ? -1 : is_attr ? H5Aread(obj, mt, v) : H5Dread(obj, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, v);
         if (rc == BT_OK && r < 0) rc = BT_EFORMAT;
@@ -887,7 +888,7 @@ static int s_read_strs(hid_t obj, bool is_attr, hid_t ftype, int64_t n, char **o
     size_t len = H5Tget_size(ftype);
     if (len == 0 || len > (1u << 24) || (uint64_t)n > ((uint64_t)1 << 30) / len) return BT_EFORMAT;
     hid_t mt = H5Tcopy(H5T_C_S1);
-    char *buf = malloc(len * (size_t)(n ? n : 1));
+    char *buf = bt_malloc(len * (size_t)(n ? n : 1));
     H5T_cset_t cset = H5Tget_cset(ftype); /* HDF5 converts no character set into another */
     if (mt < 0 || !buf || H5Tset_size(mt, len) < 0 || H5Tset_strpad(mt, H5T_STR_NULLPAD) < 0 ||
         (cset >= 0 && H5Tset_cset(mt, cset) < 0))
@@ -913,7 +914,7 @@ int st_h5_read_strings(st_h5_file_t *f, const char *name, int64_t n, char ***out
                  s_shape_str(info.ndim, info.shape, a, sizeof a), (long long)n);
         return BT_EFORMAT;
     }
-    char **v = calloc((size_t)(n ? n : 1), sizeof *v);
+    char **v = bt_calloc((size_t)(n ? n : 1), sizeof *v);
     if (!v) return BT_ENOMEM;
     hid_t d = H5Dopen2(f->fid, name, H5P_DEFAULT), t = d >= 0 ? H5Dget_type(d) : H5I_INVALID_HID;
     rc = t >= 0 ? s_read_strs(d, false, t, n, v) : BT_EFORMAT;

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/alloc.h"
 #include "common/log.h"
 #include "common/status.h"
 
@@ -54,7 +55,7 @@ int st_h5_imgset_end(st_h5_file_t *f, const char *group, const st_h5_imgset_t *s
     int64_t *idx = NULL;
     const int64_t *index = s->index;
     if (!index) {
-        if (!(idx = malloc((size_t)(s->n ? s->n : 1) * sizeof *idx))) return BT_ENOMEM;
+        if (!(idx = bt_malloc((size_t)(s->n ? s->n : 1) * sizeof *idx))) return BT_ENOMEM;
         for (int64_t i = 0; i < s->n; i++) idx[i] = i;
         index = idx;
     }

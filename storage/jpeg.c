@@ -21,6 +21,7 @@
 #include <jerror.h>
 #include <jpeglib.h>
 
+#include "common/alloc.h"
 #include "common/log.h"
 #include "common/status.h"
 
@@ -155,7 +156,7 @@ int st_jpeg_read_ex(const char *path, bt_img_t **out, bool apply_orientation, in
 {
     *out = NULL;
     if (orientation) *orientation = 1;
-    s_ctx_t *c = calloc(1, sizeof *c);
+    s_ctx_t *c = bt_calloc(1, sizeof *c);
     if (!c) return BT_ENOMEM;
     volatile int rc = BT_OK; /* assigned on both sides of setjmp */
     c->f = fopen(path, "rb");
@@ -211,7 +212,7 @@ int st_jpeg_read_ex(const char *path, bt_img_t **out, bool apply_orientation, in
         rc = BT_ENOMEM;
         goto out_destroy;
     }
-    if (cmyk && !(c->row = malloc((size_t)cinfo->output_width * 4))) {
+    if (cmyk && !(c->row = bt_malloc((size_t)cinfo->output_width * 4))) {
         rc = BT_ENOMEM;
         BT_ERROR("%s: out of memory for a CMYK row", path);
         goto out_destroy;

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/alloc.h"
 #include "common/fileio.h"
 #include "common/log.h"
 #include "common/status.h"
@@ -104,7 +105,7 @@ static st_png_text_t *s_collect_text(png_structp png, png_infop info, int *ntext
         bool latin1 = tp[i].compression <= PNG_TEXT_COMPRESSION_zTXt;
         size += s_to_utf8(tp[i].key, true, NULL) + s_to_utf8(tp[i].text ? tp[i].text : "", latin1, NULL);
     }
-    st_png_text_t *t = malloc(size);
+    st_png_text_t *t = bt_malloc(size);
     if (!t) return NULL;
     char *p = (char *)(t + (n > 0 ? n : 1));
     for (int i = 0; i < n; i++) {
@@ -123,7 +124,7 @@ int st_png_read_with_text(const char *path, bt_img_t **out, st_png_text_t **text
     *out = NULL;
     if (text) *text = NULL;
     if (ntext) *ntext = 0;
-    s_ctx_t *c = calloc(1, sizeof *c);
+    s_ctx_t *c = bt_calloc(1, sizeof *c);
     if (!c) return BT_ENOMEM;
     c->path = path;
     volatile int rc = BT_OK; /* assigned on both sides of setjmp */
@@ -194,7 +195,7 @@ int st_png_read_with_text(const char *path, bt_img_t **out, st_png_text_t **text
         goto out_destroy;
     }
     c->img = bt_img_new((int)w, (int)h, ch);
-    c->rows = malloc((size_t)h * sizeof *c->rows);
+    c->rows = bt_malloc((size_t)h * sizeof *c->rows);
     if (!c->img || !c->rows) {
         rc = BT_ENOMEM;
         if (c->img) BT_ERROR("%s: out of memory for %lu row pointers", path, (unsigned long)h);
@@ -317,14 +318,14 @@ int st_png_write(const char *path, const bt_img_t *img, const st_png_text_t *tex
             return BT_EINVAL;
         }
     }
-    s_ctx_t *c = calloc(1, sizeof *c);
+    s_ctx_t *c = bt_calloc(1, sizeof *c);
     if (!c) return BT_ENOMEM;
     c->path = path;
     volatile int rc = BT_OK; /* assigned on both sides of setjmp */
     png_structp png = NULL;
     png_infop info = NULL;
-    c->rows = malloc((size_t)img->height * sizeof *c->rows);
-    c->ptext = calloc((size_t)(ntext > 0 ? ntext : 1), sizeof *c->ptext);
+    c->rows = bt_malloc((size_t)img->height * sizeof *c->rows);
+    c->ptext = bt_calloc((size_t)(ntext > 0 ? ntext : 1), sizeof *c->ptext);
     if (!c->rows || !c->ptext) {
         rc = BT_ENOMEM;
         BT_ERROR("%s: out of memory preparing the PNG", path);

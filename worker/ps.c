@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/alloc.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "worker/wk.h"
@@ -50,7 +51,7 @@ static int s_connect(wk_t *w, const char *endpoint, const char *key)
         p->known = false;
         return i;
     }
-    wk_ps_t *grown = realloc(w->ps, (size_t)(w->nps + 1) * sizeof *grown);
+    wk_ps_t *grown = bt_realloc(w->ps, (size_t)(w->nps + 1) * sizeof *grown);
     if (!grown) {
         BT_ERROR("worker: out of memory");
         return BT_ENOMEM;
@@ -72,7 +73,7 @@ int wk_ps_use(wk_t *w, const Booth__Task *task)
                  (unsigned long long)task->task_id, task->job_id);
         return BT_EPROTO;
     }
-    int *cur = malloc((size_t)n * sizeof *cur);
+    int *cur = bt_malloc((size_t)n * sizeof *cur);
     if (!cur) {
         BT_ERROR("worker: out of memory");
         return BT_ENOMEM;
@@ -144,7 +145,7 @@ static int s_on_weights(wk_t *w, int i, pr_msg_t *m, void *arg)
         return BT_EPROTO;
     }
     sd_trainer_t *t = w->trainer;
-    int *held = realloc(ps->held, (e->n_blobs ? e->n_blobs : 1) * sizeof *held);
+    int *held = bt_realloc(ps->held, (e->n_blobs ? e->n_blobs : 1) * sizeof *held);
     if (!held) {
         BT_ERROR("worker: out of memory");
         return BT_ENOMEM;
@@ -209,9 +210,9 @@ int wk_ps_pull(wk_t *w, int64_t version)
     sd_trainer_t *t = w->trainer;
     w->version = -1; /* a failed pull leaves a mixture */
     s_pull_t p = {.version = version};
-    void **socks = malloc((size_t)w->ncur * sizeof *socks);
-    p.done = calloc((size_t)w->ncur, sizeof *p.done);
-    p.covered = calloc((size_t)(t->ntensors ? t->ntensors : 1), sizeof *p.covered);
+    void **socks = bt_malloc((size_t)w->ncur * sizeof *socks);
+    p.done = bt_calloc((size_t)w->ncur, sizeof *p.done);
+    p.covered = bt_calloc((size_t)(t->ntensors ? t->ntensors : 1), sizeof *p.covered);
     int rc = BT_OK;
     if (!socks || !p.done || !p.covered) {
         BT_ERROR("worker: out of memory");
@@ -287,10 +288,10 @@ int wk_ps_push(wk_t *w, int64_t step, int micro)
 {
     sd_trainer_t *t = w->trainer;
     s_push_t p = {.step = step, .micro = micro};
-    void **socks = malloc((size_t)(w->ncur ? w->ncur : 1) * sizeof *socks);
-    pr_blob_t *blobs = malloc((size_t)(t->ntensors ? t->ntensors : 1) * sizeof *blobs);
-    float **owned = calloc((size_t)(t->ntensors ? t->ntensors : 1), sizeof *owned);
-    p.done = calloc((size_t)(w->ncur ? w->ncur : 1), sizeof *p.done);
+    void **socks = bt_malloc((size_t)(w->ncur ? w->ncur : 1) * sizeof *socks);
+    pr_blob_t *blobs = bt_malloc((size_t)(t->ntensors ? t->ntensors : 1) * sizeof *blobs);
+    float **owned = bt_calloc((size_t)(t->ntensors ? t->ntensors : 1), sizeof *owned);
+    p.done = bt_calloc((size_t)(w->ncur ? w->ncur : 1), sizeof *p.done);
     int rc = BT_OK;
     if (!socks || !blobs || !owned || !p.done) {
         BT_ERROR("worker: out of memory");

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/alloc.h"
 #include "common/fileio.h"
 #include "common/log.h"
 #include "common/progress.h"
@@ -93,9 +94,9 @@ static int s_priors(s_run_t *run)
     }
     /* prior images come from the frozen base model: a job's LoRA must not be attached */
     wk_job_release(w);
-    pixels = malloc((size_t)(count * R * R * 3));
-    mean = malloc((size_t)(count * C * h * h) * sizeof(float));
-    logvar = malloc((size_t)(count * C * h * h) * sizeof(float));
+    pixels = bt_malloc((size_t)(count * R * R * 3));
+    mean = bt_malloc((size_t)(count * C * h * h) * sizeof(float));
+    logvar = bt_malloc((size_t)(count * C * h * h) * sizeof(float));
     if (!pixels || !mean || !logvar) {
         BT_ERROR("job %s: out of memory for %lld prior images", task->job_id, (long long)count);
         rc = BT_ENOMEM;
@@ -149,7 +150,7 @@ static int s_set_blobs(const char *prefix, const sd_image_set_t *s, s_set_blobs_
     size_t len = 1;
     for (int i = 0; i < s->n; i++)
         len += strlen(s->paths[i]) + 1;
-    if (!(sb->joined = malloc(len))) {
+    if (!(sb->joined = bt_malloc(len))) {
         BT_ERROR("worker: out of memory");
         return BT_ENOMEM;
     }
@@ -172,9 +173,9 @@ static int s_prepare(s_run_t *run)
     sd_trainer_t *t = w->trainer;
     int nt = t->ntensors, n = 0;
     s_set_blobs_t inst = {0}, cls = {0};
-    pr_blob_t *blobs = malloc((size_t)(12 + nt) * sizeof *blobs);
-    char(*pnames)[SD_OPTIM_NAME_MAX + 2] = malloc((size_t)(nt ? nt : 1) * sizeof *pnames);
-    float **owned = calloc((size_t)(nt ? nt : 1), sizeof *owned);
+    pr_blob_t *blobs = bt_malloc((size_t)(12 + nt) * sizeof *blobs);
+    char(*pnames)[SD_OPTIM_NAME_MAX + 2] = bt_malloc((size_t)(nt ? nt : 1) * sizeof *pnames);
+    float **owned = bt_calloc((size_t)(nt ? nt : 1), sizeof *owned);
     if (!blobs || !pnames || !owned) {
         BT_ERROR("worker: out of memory");
         rc = BT_ENOMEM;

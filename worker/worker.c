@@ -37,6 +37,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/alloc.h"
 #include "common/fileio.h"
 #include "common/log.h"
 #include "common/progress.h"
@@ -227,7 +228,7 @@ const float *wk_host_f32(wk_t *w, const float *p, int64_t n, float **owned)
 {
     *owned = NULL;
     if (w->ctx->kind == NN_BACKEND_CPU) return p;
-    if (!(*owned = malloc((size_t)n * sizeof(float)))) {
+    if (!(*owned = bt_malloc((size_t)n * sizeof(float)))) {
         BT_ERROR("worker: out of memory for %lld floats", (long long)n);
         return NULL;
     }
@@ -401,7 +402,7 @@ int wk_run(const wk_opts_t *o)
     pr_node_catch_signals();
     bt_log_set_timestamps(true);
     int status = 1;
-    wk_t *w = calloc(1, sizeof *w);
+    wk_t *w = bt_calloc(1, sizeof *w);
     if (!w) {
         BT_ERROR("worker: out of memory");
         goto out;

@@ -6,6 +6,7 @@
  */
 #include <stdlib.h>
 
+#include "common/alloc.h"
 #include "common/status.h"
 #include "nn/cpu/cpu.h"
 
@@ -45,7 +46,7 @@ int nn_cpu_mse_forward(nn_ctx_t *ctx, float *loss, const float *a, const float *
 {
     if (n <= 0) return BT_EINVAL;
     int64_t chunks = (n + CHUNK - 1) / CHUNK;
-    double stack[64], *partial = chunks <= 64 ? stack : malloc((size_t)chunks * sizeof(double));
+    double stack[64], *partial = chunks <= 64 ? stack : bt_malloc((size_t)chunks * sizeof(double));
     if (!partial) return BT_ENOMEM;
     s_args_t args = {.a = a, .b = b, .partial = partial, .n = n};
     nn_cpu_parallel(ctx, chunks, 4, s_mse_fwd, &args);

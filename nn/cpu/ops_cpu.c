@@ -5,13 +5,16 @@
 #include <string.h>
 
 #include "common/status.h"
+#include "common/alloc.h"
 #include "nn/cpu/cpu.h"
 
 void *nn_cpu_alloc(nn_ctx_t *ctx, size_t bytes)
 {
     (void)ctx;
     size_t size = (bytes + 63) & ~(size_t)63;
-    return aligned_alloc(64, size ? size : 64);
+    void *p = aligned_alloc(64, size ? size : 64);
+    if (!p) bt_alloc_failed("a tensor (nn_alloc)", size); /* every failure says what failed */
+    return p;
 }
 
 void nn_cpu_free(nn_ctx_t *ctx, void *p)

@@ -9,6 +9,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "common/alloc.h"
 #include "common/status.h"
 #include "nn/cpu/cpu.h"
 
@@ -40,7 +41,7 @@ int nn_cpu_sum_squares(nn_ctx_t *ctx, double *out, const float *x, int64_t n)
     *out = 0;
     if (n <= 0) return BT_OK;
     int64_t chunks = (n + CHUNK - 1) / CHUNK;
-    double *partial = malloc((size_t)chunks * sizeof(double));
+    double *partial = bt_malloc((size_t)chunks * sizeof(double));
     if (!partial) return BT_ENOMEM;
     s_sq_t a = {x, partial, n};
     nn_cpu_parallel(ctx, chunks, 4, s_sq, &a);
