@@ -2,7 +2,8 @@
 # run.sh BUILD SECONDS [libFuzzer flags...] — runs every harness of BUILD/fuzz/
 # for SECONDS each, one after the other, over a copy of its committed corpus,
 # and prints one line per harness: executions, coverage, peak memory, verdict.
-# Environment: FUZZ_ONLY="name ..." runs those only; FUZZ_JOBS=N runs N at once.
+# Environment: FUZZ_ONLY="name ..." runs those only; FUZZ_JOBS=N runs N at once; FUZZ_RUNS=N
+# stops a harness after N executions (default 10 million), SECONDS stops it first.
 set -uo pipefail
 build=$1 secs=$2
 shift 2
@@ -20,19 +21,23 @@ run_one() {
     local dicts=() regress=()
     [ -f tests/fuzz/dict/"$n".dict ] && dicts=(-dict=tests/fuzz/dict/"$n".dict)
     [ -d tests/fuzz/regress/"$n" ] && regress=(tests/fuzz/regress/"$n")
-    local t0=$SECONDS
-    "$build/fuzz/$n" -max_total_time="$secs" -timeout=30 -rss_limit_mb=4096 -malloc_limit_mb=2048 \
-        -max_len=262144 -print_final_stats=1 -artifact_prefix="$crashes" "${dicts[@]}" "$@" \
-        "$corpus" "${regress[@]}" >"$log" 2>&1
-    local rc=$? dt=$((SECONDS - t0))
+    local t0=$SECONDS rc
+    # CPU seconds (user + system) beside the wall clock: the harnesses of the daemons run two threads
+    local TIMEFORMAT='cpu %U %S'
+    { time "$build/fuzz/$n" -max_total_time="$secs" -runs="${FUZZ_RUNS:-10000000}" -timeout=30 \
+        -rss_limit_mb=4096 -malloc_limit_mb=2048 -max_len=262144 -print_final_stats=1 \
+        -artifact_prefix="$crashes" "${dicts[@]}" "$@" "$corpus" "${regress[@]}" >"$log" 2>&1; } 2>"$log.cpu"
+    rc=$?
+    local dt=$((SECONDS - t0)) cpu
+    cpu=$(awk '/^cpu/ {printf "%.0f", $2 + $3}' "$log.cpu")
     local execs cov ft rss
     execs=$(awk '/stat::number_of_executed_units:/ {v=$2} END {print v}' "$log")
     cov=$(grep -ao 'cov: [0-9]*' "$log" | tail -1 | awk '{print $2}')
     ft=$(grep -ao 'ft: [0-9]*' "$log" | tail -1 | awk '{print $2}')
     rss=$(awk '/stat::peak_rss_mb:/ {v=$2} END {print v}' "$log")
     if [ $rc = 0 ]; then verdict=clean; else verdict="FOUND SOMETHING (exit $rc): $log, inputs in $crashes"; fi
-    printf 'fuzz %-16s %10s execs %6s s  cov %6s  ft %6s  rss %5s MB  corpus %5s  %s\n' "$n" "${execs:-?}" "$dt" \
-        "${cov:-?}" "${ft:-?}" "${rss:-?}" "$(ls "$corpus" | wc -l)" "$verdict"
+    printf 'fuzz %-12s %9s execs %5s s (cpu %5s s)  cov %5s  ft %6s  rss %5s MB  corpus %5s  %s\n' "$n" \
+        "${execs:-?}" "$dt" "${cpu:-?}" "${cov:-?}" "${ft:-?}" "${rss:-?}" "$(ls "$corpus" | wc -l)" "$verdict"
     return $rc
 }
 jobs=${FUZZ_JOBS:-1}
