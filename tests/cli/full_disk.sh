@@ -25,3 +25,26 @@ mount -o remount,size=16m "$D"
 "$BOOTH" train "${TRAIN[@]}" --output-dir "$D/run" --resume-from-checkpoint latest >/dev/null 2>&1
 "$BOOTH" train "${TRAIN[@]}" --output-dir "$T/straight" >/dev/null 2>&1
 cmp "$D/run/pytorch_lora_weights.safetensors" "$T/straight/pytorch_lora_weights.safetensors"
+
+# a read-only file system (as root, file modes do not stop a write: a read-only mount does): every
+# command that writes says so in one line naming the path, before any work where it can, and
+# leaves nothing behind
+R=$T/ro
+mkdir -p "$R"
+mount -t tmpfs -o size=1m tmpfs "$R"
+mkdir -p "$R/out"
+mount -o remount,ro "$R"
+trap 'umount "$D" 2>/dev/null || true; umount "$R" 2>/dev/null || true' EXIT
+one_error() { # substring, command...
+    local want=$1 st=0
+    shift
+    "$@" >/dev/null 2>"$T/err" || st=$?
+    test $st != 0 || { echo "no failure: $*"; exit 1; }
+    test "$(grep -c -- "$want" "$T/err")" = 1 || { echo "not one line naming $want: $*"; cat "$T/err"; exit 1; }
+    grep -q -i "read-only" "$T/err" || { echo "the cause is not named: $*"; cat "$T/err"; exit 1; }
+}
+one_error "$R/out" "$BOOTH" generate --model $MODEL --prompt "a photo of sks robot" --steps 1 --out "$R/out/x.png"
+one_error "$R/out" "$BOOTH" train "${TRAIN[@]}" --output-dir "$R/out/run"
+one_error "$R/out" "$BOOTH" priors --model $MODEL --class-prompt "a photo of robot" --num 1 --steps 1 \
+    --resolution 16 --out "$R/out/p.h5"
+test -z "$(ls -A "$R/out")"
