@@ -144,6 +144,14 @@ cp "$T/sheet.png" "$T/foreign.h5"
 check_error "foreign.h5: not an HDF5 file" train "$T/d" --resume-from-checkpoint "$T/foreign.h5"
 check_error "a booth-priors file, not a booth-checkpoint" train "$T/d" --resume-from-checkpoint "$T/priors.h5"
 check_error "missing.h5: cannot open" "$BOOTH" inspect "$T/missing.h5"
+# two corrupted bytes (inspect --json used to crash in libhdf5's global heap on such a file): the
+# seal is checked first, for every command that reads the file
+cp "$CK" "$T/two.h5"
+$PY -c 'import sys; f = open(sys.argv[1], "r+b"); n = f.seek(0, 2); f.seek(n // 2); f.write(b"\xff\x00")' "$T/two.h5"
+check_error "two.h5: corrupt: its checksum does not match" "$BOOTH" inspect --json "$T/two.h5"
+check_error "two.h5: corrupt: its checksum does not match" "$BOOTH" export "$T/two.h5" --format kohya -o "$T/z.safetensors"
+check_error "two.h5: corrupt: its checksum does not match" train "$T/d" --resume-from-checkpoint "$T/two.h5"
+test ! -e "$T/z.safetensors"
 
 # files edited outside booth (h5py): a tensor of the wrong shape, a format from the future, an HDF5
 # file that is not booth's
