@@ -67,13 +67,8 @@ static int s_connect(wk_t *w, const char *endpoint, const char *key)
 
 int wk_ps_use(wk_t *w, const Booth__Task *task)
 {
-    int n = (int)task->n_ps;
-    if (n == 0) { /* the LoRA lives on the PS: a task that names none cannot be done */
-        BT_ERROR("coordinator %s: task %llu of job %s names no parameter server", w->o->coordinator,
-                 (unsigned long long)task->task_id, task->job_id);
-        return BT_EPROTO;
-    }
-    int *cur = bt_malloc((size_t)n * sizeof *cur);
+    int n = (int)task->n_ps; /* 0: wk_ps_pull refuses unless the worker holds the version already */
+    int *cur = bt_malloc((size_t)(n ? n : 1) * sizeof *cur);
     if (!cur) {
         BT_ERROR("worker: out of memory");
         return BT_ENOMEM;
@@ -101,7 +96,7 @@ int wk_ps_use(wk_t *w, const Booth__Task *task)
         cur[k] = i;
     }
     /* another set of PS may split the tensors another way: learn it again */
-    if (n != w->ncur || !w->cur || memcmp(cur, w->cur, (size_t)n * sizeof *cur)) {
+    if (n != w->ncur || (n && memcmp(cur, w->cur, (size_t)n * sizeof *cur))) { /* (memcmp: never with NULL) */
         wk_ps_forget(w);
         w->version = -1;
     }
