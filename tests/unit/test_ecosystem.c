@@ -22,12 +22,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/fileio.h"
 #include "common/json.h"
 #include "common/log.h"
 #include "common/stack.h"
 #include "diffusion/lora_io.h"
+#include "diffusion/model_hash.h"
 #include "diffusion/pipeline.h"
 #include "diffusion/tokenizer.h"
 #include "testutil.h"
@@ -653,4 +655,29 @@ TEST(ecosystem_single_file_sd2_openclip)
     CHECK_INT_EQ(sd_tok_pad_id(m->tok), 49407); /* the config folder's tokenizer */
     sd_model_destroy(&m);
     s_env_close(&e);
+}
+
+/* The model hash (checkpoints, prior sets) of a single file and of a transformers-5 tokenizer. */
+TEST(ecosystem_model_hash)
+{
+    const char *path = s_make_single_file();
+    REQUIRE(path);
+    char hex[BT_HASH_HEX], hex_vae[BT_HASH_HEX], *manifest = NULL;
+    REQUIRE(sd_model_hash(path, SD_PART_ALL, hex, &manifest) == 0);
+    CHECKF(manifest && strstr(manifest, "  tiny-sd1.safetensors\n") && !strchr(strchr(manifest, '\n') + 1, '\n'),
+           "manifest '%s'", manifest ? manifest : "");
+    CHECK(sd_model_hash(path, SD_PART_VAE, hex_vae, NULL) == 0 && !strcmp(hex, hex_vae));
+    free(manifest);
+    const char *dir = s_tmp("tok5model");
+    char link[4200];
+    snprintf(link, sizeof link, "%s/tokenizer", dir);
+    REQUIRE(bt_mkdirs(dir) == 0);
+    char *target = realpath(tu_fixture_path("ecosystem/tok5"), NULL);
+    REQUIRE(target);
+    CHECK(symlink(target, link) == 0);
+    free(target);
+    REQUIRE(sd_model_hash(dir, SD_PART_TOKENIZER, hex, &manifest) == 0);
+    CHECKF(manifest && strstr(manifest, "tokenizer/tokenizer.json") && !strstr(manifest, "vocab.json"), "manifest '%s'",
+           manifest ? manifest : "");
+    free(manifest);
 }
