@@ -199,6 +199,24 @@ def worker():
         [pri])
     put(sub, "not_job_data", jobdata, envelope("welcome", msg((1, "w"))))
 
+    # 2: the PS's answer to the worker's Pull of job fzps (rank 1, UNet only): every tensor, as
+    # the tiny model's LoRA names them (tests/fuzz/worker_lora_names.txt), then broken variants
+    pull_answer = 2
+    names = [l.split() for l in open("tests/fuzz/worker_lora_names.txt")]
+    blobs, frames = [], []
+    for name, rows, cols in names:
+        n = int(rows) * int(cols)
+        blobs.append(blob(name, 0, [int(rows), int(cols)], 4 * n))
+        frames.append(f32s([0.01 * (i % 7) for i in range(n)]))
+    put(sub, "weights_all", pull_answer, envelope("weights", msg((1, "fzps"), (2, 0)), blobs), frames)
+    put(sub, "weights_half", pull_answer, envelope("weights", msg((1, "fzps"), (2, 0)), blobs[:128]), frames[:128])
+    bad = list(blobs)
+    name, rows, cols = names[3]
+    bad[3] = blob(name, 0, [int(cols), int(rows)], 4 * int(rows) * int(cols))
+    put(sub, "weights_wrong_shape", pull_answer, envelope("weights", msg((1, "fzps"), (2, 0)), bad), frames)
+    put(sub, "weights_later_version", pull_answer, envelope("weights", msg((1, "fzps"), (2, 5)), blobs), frames)
+    put(sub, "ps_error", pull_answer, envelope("error", msg((1, "job not loaded here"))))
+
 
 if __name__ == "__main__":
     ps()

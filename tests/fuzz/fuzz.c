@@ -259,10 +259,10 @@ int fz_free_port(void)
 
 void fz_send_input(void *sock, const zmq_msg_t *rid, fz_in_t *in, Booth__Envelope **env)
 {
-    const uint8_t *frame[64];
-    size_t len[64];
+    const uint8_t *frame[512];
+    size_t len[512];
     int n = 0;
-    while (n < 64 && (n == 0 || in->n > 0)) frame[n] = fz_piece(in, &len[n]), n++;
+    while (n < 512 && (n == 0 || in->n > 0)) frame[n] = fz_piece(in, &len[n]), n++;
     *env = booth__envelope__unpack(NULL, len[0], frame[0]);
     if (rid) {
         zmq_msg_t r;

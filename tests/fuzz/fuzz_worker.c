@@ -3,16 +3,19 @@
  * worker` on the tiny model in a thread, the harness as its coordinator on
  * loopback.
  *
- * First byte even: the rest is one message from the coordinator to the idle
- * worker (Welcome, Error, Task, Release, anything). Odd: the harness gives the
- * worker a training task of a fresh job; the worker asks for the job's data
- * (GetJob) and the rest of the input is the answer, the JobData message whose
- * blobs (instance images, data.h5, priors.h5) and job spec the worker writes,
- * parses and loads. Frames are fz_piece pieces, the envelope first. Then the
- * harness must hear from the worker: after a coordinator message it asks it to
- * register again (Error{reregister}) and waits for the Hello; after a JobData
- * it waits for the task's result (the task has no parameter server to pull
- * from, so it fails after the data, with a result that says why).
+ * First byte % 3 == 0: the rest is one message from the coordinator to the
+ * idle worker (Welcome, Error, Task, Release, anything). 1: the harness gives
+ * the worker a training task of a fresh job; the worker asks for the job's
+ * data (GetJob) and the rest of the input is the answer, the JobData message
+ * whose blobs (instance images, data.h5, priors.h5) and job spec the worker
+ * writes, parses and loads. 2: a training task of job "fzps" whose parameter
+ * server is the harness; the worker pulls the LoRA and the input is the PS's
+ * answer (Weights: every tensor by name, or anything else); a worker that
+ * takes it computes the micro-batch and pushes, and the harness acknowledges.
+ * Frames are fz_piece pieces, the envelope first. Then the harness must hear
+ * from the worker: after a coordinator message it asks it to register again
+ * (Error{reregister}) and waits for the Hello; after a JobData or a PS answer
+ * it waits for the task's result (ok, or a result that says why not).
  *
  * Not sent: the coordinator's fatal Error (it stops the worker: that is its
  * meaning) and PRIORS and VALIDATE tasks (they render images for as long as
@@ -24,6 +27,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/fileio.h"
+#include "common/status.h"
 #include "tests/fuzz/fuzz.h"
 #include "worker/worker.h"
 
@@ -32,10 +37,10 @@
     "\"instance_prompt\": \"a photo of sks robot\", \"resolution\": 16, \"max_train_steps\": 2, \"rank\": 1}"
 
 static struct {
-    void *ctx, *co;
+    void *ctx, *co, *ps;
     zmq_msg_t rid;
     wk_opts_t opts;
-    char ep[256], work[700];
+    char ep[256], ps_ep[256], work[700];
     pthread_t thread;
     uint64_t task;
 } S;
@@ -64,6 +69,18 @@ static bool s_other(pr_msg_t *m, void *user)
         w.heartbeat_ms = 3600 * 1000;
         Booth__Envelope env = PR_ENVELOPE_INIT(WELCOME, welcome, &w);
         s_send(&env);
+    } else if (m->env->body_case == BOOTH__ENVELOPE__BODY_GET_JOB && !strcmp(m->env->get_job->job_id, "fzps")) {
+        /* job fzps: one photo, the job as the task says */
+        static uint8_t *png;
+        static size_t png_len;
+        if (!png && bt_read_file(fz_fixture("images/gray.png"), (char **)&png, &png_len)) fz_bug("no gray.png");
+        pr_blob_t b = pr_blob_of_bytes("gray.png", png, png_len);
+        Booth__JobData d = BOOTH__JOB_DATA__INIT;
+        d.job_id = "fzps";
+        d.job_json = S_JOB;
+        d.data_hash = 1;
+        Booth__Envelope env = PR_ENVELOPE_INIT(JOB_DATA, job_data, &d);
+        pr_send(S.co, &S.rid, &env, &b, 1);
     } else if (m->env->body_case == BOOTH__ENVELOPE__BODY_GET_JOB) {
         Booth__Error e = BOOTH__ERROR__INIT;
         e.message = "no such job here";
@@ -94,6 +111,7 @@ static void s_start(void)
 {
     S.ctx = zmq_ctx_new();
     S.co = fz_router(S.ctx, S.ep, sizeof S.ep);
+    S.ps = fz_router(S.ctx, S.ps_ep, sizeof S.ps_ep);
     zmq_msg_init(&S.rid);
     snprintf(S.work, sizeof S.work, "%s/worker", fz_dir());
     S.opts = (wk_opts_t){.coordinator = S.ep, .model_dir = fz_fixture("tiny-sd"), .store = SD_STORE_F32,
@@ -141,10 +159,10 @@ static void s_job_data(fz_in_t *in)
     fz_wait(S.co, true, s_is_get_job, s_other, job, 60000, "a MICROBATCH task");
 
     /* the input, with the job id the worker waits for when it is a JobData */
-    const uint8_t *frame[64];
-    size_t len[64];
+    const uint8_t *frame[512];
+    size_t len[512];
     int n = 0;
-    while (n < 64 && (n == 0 || in->n > 0)) frame[n] = fz_piece(in, &len[n]), n++;
+    while (n < 512 && (n == 0 || in->n > 0)) frame[n] = fz_piece(in, &len[n]), n++;
     Booth__Envelope *env = booth__envelope__unpack(NULL, len[0], frame[0]);
     uint8_t *packed = NULL;
     if (env && env->body_case == BOOTH__ENVELOPE__BODY_JOB_DATA) {
@@ -172,13 +190,106 @@ static void s_job_data(fz_in_t *in)
     fz_wait(S.co, true, s_is_result, s_other, &id, 60000, "a task's JobData");
 }
 
+/* The input, as the PS's answer to the worker's Pull from routing id rid: a Weights gets the job and
+ * version asked for; anything but a Weights or an Error is followed by an Error, which ends the
+ * worker's wait (it would skip the message and wait out its timeout). */
+static void s_answer_pull(fz_in_t *in, const zmq_msg_t *rid, int64_t version)
+{
+    const uint8_t *frame[512];
+    size_t len[512];
+    int n = 0;
+    while (n < 512 && (n == 0 || in->n > 0)) frame[n] = fz_piece(in, &len[n]), n++;
+    Booth__Envelope *env = booth__envelope__unpack(NULL, len[0], frame[0]);
+    uint8_t *packed = NULL;
+    if (env && env->body_case == BOOTH__ENVELOPE__BODY_WEIGHTS) {
+        char *was = env->weights->job_id;
+        env->weights->job_id = "fzps";
+        env->weights->version = version;
+        packed = malloc(booth__envelope__get_packed_size(env));
+        if (!packed) abort();
+        len[0] = booth__envelope__pack(env, packed);
+        frame[0] = packed;
+        env->weights->job_id = was;
+    }
+    bool answered = env && (env->body_case == BOOTH__ENVELOPE__BODY_WEIGHTS || env->body_case == BOOTH__ENVELOPE__BODY_ERROR);
+    if (env) booth__envelope__free_unpacked(env, NULL);
+    zmq_msg_t r;
+    zmq_msg_init(&r);
+    zmq_msg_copy(&r, (zmq_msg_t *)rid);
+    zmq_msg_send(&r, S.ps, ZMQ_SNDMORE);
+    for (int i = 0; i < n; i++) zmq_send(S.ps, frame[i], len[i], i + 1 < n ? ZMQ_SNDMORE : 0);
+    free(packed);
+    if (!answered) {
+        Booth__Error e = BOOTH__ERROR__INIT;
+        e.message = "no weights here";
+        Booth__Envelope q = PR_ENVELOPE_INIT(ERROR, error, &e);
+        pr_send(S.ps, rid, &q, NULL, 0);
+    }
+}
+
+/* Task MICROBATCH of job fzps at a new version (so the worker pulls), its PS the harness; the
+ * input answers the Pull, pushes are acknowledged, and the task's result ends it. */
+static void s_ps_reply(fz_in_t *in)
+{
+    uint64_t id = ++S.task;
+    Booth__PsInfo pi = BOOTH__PS_INFO__INIT;
+    pi.endpoint = S.ps_ep;
+    pi.public_key = "";
+    Booth__PsInfo *pis[1] = {&pi};
+    Booth__Task t = BOOTH__TASK__INIT;
+    t.task_id = id;
+    t.job_id = "fzps";
+    t.kind = BOOTH__TASK__KIND__MICROBATCH;
+    t.job_json = S_JOB;
+    t.data_hash = 1;
+    t.step = 0;
+    t.micro = 0;
+    t.version = (int64_t)id;
+    t.n_ps = 1;
+    t.ps = pis;
+    Booth__Envelope q = PR_ENVELOPE_INIT(TASK, task, &t);
+    s_send(&q);
+    bool pulled = false;
+    for (int i = 0; i < 600; i++) {
+        zmq_pollitem_t items[2] = {{S.co, 0, ZMQ_POLLIN, 0}, {S.ps, 0, ZMQ_POLLIN, 0}};
+        if (zmq_poll(items, 2, 100) < 0) continue;
+        pr_msg_t m;
+        if (items[1].revents & ZMQ_POLLIN) {
+            if (pr_recv(S.ps, true, 64 << 20, &m) == BT_OK) {
+                int body = m.env->body_case;
+                if (body == BOOTH__ENVELOPE__BODY_PULL && !pulled) {
+                    pulled = true;
+                    s_answer_pull(in, &m.routing_id, m.env->pull->version);
+                } else if (body == BOOTH__ENVELOPE__BODY_PUSH) {
+                    Booth__PushAck a = BOOTH__PUSH_ACK__INIT;
+                    a.job_id = m.env->push->job_id;
+                    a.step = m.env->push->step;
+                    a.micro = m.env->push->micro;
+                    a.accepted = true;
+                    Booth__Envelope env = PR_ENVELOPE_INIT(PUSH_ACK, push_ack, &a);
+                    pr_send(S.ps, &m.routing_id, &env, NULL, 0);
+                }
+            }
+            pr_msg_free(&m);
+        }
+        if ((items[0].revents & ZMQ_POLLIN) && pr_recv(S.co, true, 64 << 20, &m) == BT_OK) {
+            bool result = s_is_result(&m, &id);
+            if (!result) s_other(&m, NULL);
+            pr_msg_free(&m);
+            if (result) return;
+        }
+    }
+    fz_bug("no result for task %llu (%s)", (unsigned long long)id, pulled ? "after the PS's answer" : "no pull either");
+}
+
 FUZZ_TARGET(worker)
 {
     if (!S.ctx) s_start();
     fz_in_t in = {data, size};
-    if (fz_u8(&in) & 1)
-        s_job_data(&in);
-    else
-        s_coordinator_message(&in);
+    switch (fz_u8(&in) % 3) {
+    case 0: s_coordinator_message(&in); break;
+    case 1: s_job_data(&in); break;
+    default: s_ps_reply(&in); break;
+    }
     return 0;
 }
