@@ -520,6 +520,7 @@ static int s_save_set(st_writer_t *w, const char *path, st_lora_layout_t layout,
                     host = malloc((size_t)n * sizeof(float));
                     host_n = host ? (size_t)n : 0;
                     if (!host) {
+                        BT_ERROR("%s: out of memory scaling '%s'", path, s->modules[i]);
                         rc = BT_ENOMEM;
                         break;
                     }
@@ -588,7 +589,10 @@ int sd_lora_save_records(const char *path, st_lora_layout_t layout, st_dtype_t d
         return BT_EINVAL;
     }
     st_writer_t *w = st_writer_new();
-    if (!w) return BT_ENOMEM;
+    if (!w) {
+        BT_ERROR("%s: out of memory", path);
+        return BT_ENOMEM;
+    }
     int rc = BT_OK;
     for (int i = 0; metadata_kv && metadata_kv[i] && rc == BT_OK; i += 2) {
         if (!metadata_kv[i + 1]) {
@@ -639,7 +643,9 @@ static int s_records_alloc(sd_lora_records_t *r, int n)
     r->b = calloc((size_t)(n ? n : 1), sizeof *r->b);
     r->a_shape = calloc((size_t)(n ? n : 1), sizeof *r->a_shape);
     r->b_shape = calloc((size_t)(n ? n : 1), sizeof *r->b_shape);
-    return r->modules && r->modules_mem && r->a && r->b && r->a_shape && r->b_shape ? BT_OK : BT_ENOMEM;
+    if (r->modules && r->modules_mem && r->a && r->b && r->a_shape && r->b_shape) return BT_OK;
+    BT_ERROR("out of memory for the records of %d LoRA adapters", n);
+    return BT_ENOMEM;
 }
 
 /* A set's adapters as records (device memory downloaded into r->host). */
@@ -656,12 +662,18 @@ static int s_records_from_set(sd_lora_records_t *r, const sd_lora_set_t *s)
     r->alpha = s->alpha;
     r->n = s->n;
     int rc = s_records_alloc(r, s->n);
-    if (rc == BT_OK && !(r->alphas = r->alphas_mem = malloc((size_t)(s->n ? s->n : 1) * sizeof(float)))) rc = BT_ENOMEM;
+    if (rc == BT_OK && !(r->alphas = r->alphas_mem = malloc((size_t)(s->n ? s->n : 1) * sizeof(float)))) {
+        BT_ERROR("out of memory for the alphas of %d LoRA adapters", s->n);
+        rc = BT_ENOMEM;
+    }
     const float *base = s->params.mem;
     if (rc == BT_OK && s->params.ctx->kind != NN_BACKEND_CPU) {
         const sd_param_t *last = &s->params.p[s->params.n - 1];
         size_t bytes = (size_t)((last->data - s->params.mem) + last->shape[0] * last->shape[1]) * sizeof(float);
-        if (!(r->host = malloc(bytes))) rc = BT_ENOMEM;
+        if (!(r->host = malloc(bytes))) {
+            BT_ERROR("out of memory: %zu bytes to copy a LoRA set off the device", bytes);
+            rc = BT_ENOMEM;
+        }
         else rc = nn_download(s->params.ctx, r->host, s->params.mem, bytes);
         base = r->host;
     }
@@ -742,6 +754,7 @@ int sd_lora_records_from_named(sd_lora_records_t out[2], const char *what, const
         }
         if (!want_b) {
             if (!(r->modules_mem[r->n] = strdup(k.module))) {
+                BT_ERROR("%s: out of memory", what);
                 rc = BT_ENOMEM;
                 break;
             }

@@ -8,9 +8,11 @@
  */
 #include "diffusion/pipeline.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -127,6 +129,13 @@ out_fail:
 sd_model_t *sd_model_load_as(nn_ctx_t *ctx, const char *dir, unsigned parts, sd_store_t store)
 {
     if (sd_single_file_is(dir)) return sd_model_load_file(ctx, dir, parts, store, NULL);
+    struct stat st;
+    if (stat(dir, &st) != 0) {
+        BT_ERROR("%s: cannot open: %s (--model takes a diffusers folder, with model_index.json, or a single-file "
+                 ".safetensors)",
+                 dir, strerror(errno));
+        return NULL;
+    }
     char path[4096];
     snprintf(path, sizeof path, "%s/model_index.json", dir);
     if (access(path, R_OK) != 0) {
@@ -135,6 +144,7 @@ sd_model_t *sd_model_load_as(nn_ctx_t *ctx, const char *dir, unsigned parts, sd_
     }
     sd_model_t *m = calloc(1, sizeof *m);
     if (!m || !(m->dir = strdup(dir))) {
+        BT_ERROR("%s: out of memory loading the model", dir);
         free(m);
         return NULL;
     }

@@ -518,8 +518,11 @@ void st_writer_destroy(st_writer_t **pw)
     *pw = NULL;
 }
 
-static s_wentry_t *s_writer_push(st_writer_t *w, const char *name, st_dtype_t dtype, int ndim, const int64_t *shape)
+/* A new entry, or NULL with one line and *rc set. */
+static s_wentry_t *s_writer_push(st_writer_t *w, const char *name, st_dtype_t dtype, int ndim, const int64_t *shape,
+                                 int *rc)
 {
+    *rc = BT_EINVAL;
     if (ndim < 0 || ndim > ST_MAX_DIMS || (unsigned)dtype >= ST_DTYPE_COUNT) {
         BT_ERROR("safetensors writer: tensor '%s' has an invalid dtype or %d dims", name, ndim);
         return NULL;
@@ -529,16 +532,24 @@ static s_wentry_t *s_writer_push(st_writer_t *w, const char *name, st_dtype_t dt
             BT_ERROR("safetensors writer: tensor '%s' added twice", name);
             return NULL;
         }
+    *rc = BT_ENOMEM;
     if (w->n == w->cap) {
         int cap = w->cap ? 2 * w->cap : 64;
         s_wentry_t *e = realloc(w->e, (size_t)cap * sizeof *e);
-        if (!e) return NULL;
+        if (!e) {
+            BT_ERROR("safetensors writer: out of memory for %d tensors", cap);
+            return NULL;
+        }
         w->e = e;
         w->cap = cap;
     }
     s_wentry_t *e = &w->e[w->n];
     memset(e, 0, sizeof *e);
-    if (!(e->name = strdup(name))) return NULL;
+    if (!(e->name = strdup(name))) {
+        BT_ERROR("safetensors writer: out of memory adding tensor '%s'", name);
+        return NULL;
+    }
+    *rc = BT_OK;
     e->dtype = dtype;
     e->ndim = ndim;
     size_t numel = 1;
@@ -554,8 +565,9 @@ static s_wentry_t *s_writer_push(st_writer_t *w, const char *name, st_dtype_t dt
 int st_writer_add(st_writer_t *w, const char *name, st_dtype_t dtype, int ndim, const int64_t *shape,
                   const void *data)
 {
-    s_wentry_t *e = s_writer_push(w, name, dtype, ndim, shape);
-    if (!e) return BT_EINVAL;
+    int rc;
+    s_wentry_t *e = s_writer_push(w, name, dtype, ndim, shape, &rc);
+    if (!e) return rc;
     e->data = data;
     return BT_OK;
 }
@@ -563,10 +575,14 @@ int st_writer_add(st_writer_t *w, const char *name, st_dtype_t dtype, int ndim, 
 int st_writer_add_copy(st_writer_t *w, const char *name, st_dtype_t dtype, int ndim, const int64_t *shape,
                        const void *data)
 {
-    s_wentry_t *e = s_writer_push(w, name, dtype, ndim, shape);
-    if (!e) return BT_EINVAL;
+    int rc;
+    s_wentry_t *e = s_writer_push(w, name, dtype, ndim, shape, &rc);
+    if (!e) return rc;
     e->owned = malloc(e->nbytes ? e->nbytes : 1);
-    if (!e->owned) return BT_ENOMEM;
+    if (!e->owned) {
+        BT_ERROR("safetensors writer: out of memory copying tensor '%s' (%zu bytes)", name, e->nbytes);
+        return BT_ENOMEM;
+    }
     memcpy(e->owned, data, e->nbytes);
     e->data = e->owned;
     return BT_OK;
@@ -580,10 +596,14 @@ int st_writer_add_f32_as(st_writer_t *w, const char *name, st_dtype_t dtype, int
         BT_ERROR("safetensors writer: tensor '%s': cannot store float32 data as %s", name, st_dtype_name(dtype));
         return BT_EINVAL;
     }
-    s_wentry_t *e = s_writer_push(w, name, dtype, ndim, shape);
-    if (!e) return BT_EINVAL;
+    int rc;
+    s_wentry_t *e = s_writer_push(w, name, dtype, ndim, shape, &rc);
+    if (!e) return rc;
     e->owned = malloc(e->nbytes ? e->nbytes : 1);
-    if (!e->owned) return BT_ENOMEM;
+    if (!e->owned) {
+        BT_ERROR("safetensors writer: out of memory converting tensor '%s' (%zu bytes)", name, e->nbytes);
+        return BT_ENOMEM;
+    }
     size_t n = e->nbytes / st_dtype_size(dtype);
     for (size_t i = 0; i < n; i++) {
         if (dtype == ST_F64) {
@@ -602,21 +622,30 @@ int st_writer_set_metadata(st_writer_t *w, const char *key, const char *value)
     for (int i = 0; i < w->n_meta; i++)
         if (!strcmp(w->meta_keys[i], key)) {
             char *v = strdup(value);
-            if (!v) return BT_ENOMEM;
+            if (!v) goto out_nomem;
             free(w->meta_values[i]);
             w->meta_values[i] = v;
             return BT_OK;
         }
     char **k = realloc(w->meta_keys, (size_t)(w->n_meta + 1) * sizeof *k);
-    if (!k) return BT_ENOMEM;
+    if (!k) goto out_nomem;
     w->meta_keys = k;
     char **v = realloc(w->meta_values, (size_t)(w->n_meta + 1) * sizeof *v);
-    if (!v) return BT_ENOMEM;
+    if (!v) goto out_nomem;
     w->meta_values = v;
-    w->meta_keys[w->n_meta] = strdup(key);
-    w->meta_values[w->n_meta] = strdup(value);
+    char *ks = strdup(key), *vs = strdup(value);
+    if (!ks || !vs) {
+        free(ks);
+        free(vs);
+        goto out_nomem;
+    }
+    w->meta_keys[w->n_meta] = ks;
+    w->meta_values[w->n_meta] = vs;
     w->n_meta++;
-    return w->meta_keys[w->n_meta - 1] && w->meta_values[w->n_meta - 1] ? BT_OK : BT_ENOMEM;
+    return BT_OK;
+out_nomem:
+    BT_ERROR("safetensors writer: out of memory setting metadata '%s'", key);
+    return BT_ENOMEM;
 }
 
 /* A growable string for the header. */

@@ -681,3 +681,40 @@ TEST(ecosystem_model_hash)
            manifest ? manifest : "");
     free(manifest);
 }
+
+/* Older SD 1.x files spell the text encoder without "text_model." (cond_stage_model.transformer.encoder...). */
+TEST(ecosystem_single_file_old_clip_names)
+{
+    const char *path = s_make_single_file();
+    REQUIRE(path);
+    st_file_t *f = st_open(path);
+    REQUIRE(f);
+    st_writer_t *w = st_writer_new();
+    static const char old_prefix[] = "cond_stage_model.transformer.text_model.";
+    for (int i = 0; i < st_count(f); i++) {
+        const st_tensor_t *t = st_at(f, i);
+        char name[320];
+        if (!strncmp(t->name, old_prefix, strlen(old_prefix)))
+            snprintf(name, sizeof name, "cond_stage_model.transformer.%s", t->name + strlen(old_prefix));
+        else
+            snprintf(name, sizeof name, "%s", t->name);
+        REQUIRE(st_writer_add(w, name, t->dtype, t->ndim, t->shape, t->data) == 0);
+    }
+    const char *old = s_tmp("old-names.safetensors");
+    REQUIRE(st_writer_save(w, old) == 0);
+    st_writer_destroy(&w);
+    st_close(&f);
+    s_env_t e;
+    REQUIRE(s_env_open(&e));
+    const sd_single_file_opts_t opts = {.config_dir = tu_fixture_path("tiny-sd"), .prediction = -1};
+    sd_model_t *m = sd_model_load_file(e.ctx, old, SD_PART_TEXT | SD_PART_UNET, SD_STORE_AUTO, &opts);
+    REQUIRE(m);
+    CHECK(s_compare(&e, m->unet, m->clip, "single_file") <= 1e-4);
+    sd_model_destroy(&m);
+    /* a path that is not there says so */
+    s_capture_begin();
+    m = sd_model_load_as(e.ctx, s_tmp("missing.safetensors"), SD_PART_ALL, SD_STORE_AUTO);
+    const char *log = s_capture_end();
+    CHECKF(!m && strstr(log, "missing.safetensors: cannot open"), "log '%s'", log);
+    s_env_close(&e);
+}
