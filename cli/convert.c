@@ -145,7 +145,7 @@ int cmd_convert(int argc, char **argv)
     bool sd2 = sf->sd2;
     opts.prediction = (int)sf->prediction; /* decided (and said) once */
     sd_single_file_close(&sf);
-    nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, 0);
+    nn_ctx_t *ctx = sched ? nn_ctx_new(NN_BACKEND_CPU, 0) : NULL; /* both said why when NULL */
     sd_model_t *m = ctx && sched ? sd_model_load_file(ctx, in, SD_PART_TEXT | SD_PART_UNET | SD_PART_VAE | SD_PART_SCHEDULER,
                                                       SD_STORE_AUTO, &opts)
                                  : NULL;

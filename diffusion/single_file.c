@@ -638,7 +638,10 @@ char *sd_single_file_sched_json(const sd_single_file_t *sf)
      * SD 1.5 / 2.1 snapshots name */
     static const char *const pred[] = {"epsilon", "v_prediction", "sample"};
     char *s = malloc(1024);
-    if (!s) return NULL;
+    if (!s) {
+        BT_ERROR("%s: out of memory", sf->path);
+        return NULL;
+    }
     snprintf(s, 1024,
              "{\n  \"_class_name\": \"%s\",\n  \"_diffusers_version\": \"0.25.1\",\n  \"beta_end\": 0.012,\n"
              "  \"beta_schedule\": \"scaled_linear\",\n  \"beta_start\": 0.00085,\n  \"clip_sample\": false,\n"
