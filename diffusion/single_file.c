@@ -161,6 +161,10 @@ static int s_infer_unet(sd_single_file_t *sf)
             char pre[96];
             snprintf(pre, sizeof pre, S_UNET "input_blocks.%d.1.", i);
             u->transformer_layers[b] = s_count(f, pre, "transformer_blocks.%d.attn1.to_q.weight");
+            if (!u->transformer_layers[b]) {
+                BT_ERROR("%s: tensor '%sproj_in.weight' has no transformer_blocks.0 beside it", path, pre);
+                return BT_EFORMAT;
+            }
             if (!proj) {
                 proj = p;
                 to_k = s_need(f, 2, pre, "transformer_blocks.0.attn2.to_k.weight");
