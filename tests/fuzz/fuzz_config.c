@@ -2,7 +2,9 @@
  * fuzz_config.c — every JSON file of a model folder that booth reads: the
  * UNet's, VAE's and text encoder's config.json (diffusion/config.c), the
  * scheduler's scheduler_config.json (diffusion/scheduler.c) and the tokenizer's
- * tokenizer_config.json and special_tokens_map.json (diffusion/tokenizer.c).
+ * tokenizer_config.json, special_tokens_map.json and transformers 5's
+ * tokenizer.json (diffusion/tokenizer.c; a small vocabulary beside the first two,
+ * ecosystem/tok_slow, so that an input costs microseconds, not a 49408-token load).
  *
  * The first byte picks the file, the rest is its text. Invariants: a config
  * that loads describes a model that can be built and whose parameters fit the
@@ -49,8 +51,8 @@ static const char *s_tokenizer_dir(void)
     if (!dir[0]) {
         snprintf(dir, sizeof dir, "%s/tokenizer", fz_dir());
         char cmd[2200];
-        snprintf(cmd, sizeof cmd, "mkdir -p '%s' && cp '%s' '%s' '%s'", dir, fz_fixture("tiny-sd/tokenizer/vocab.json"),
-                 fz_fixture("tiny-sd/tokenizer/merges.txt"), dir);
+        snprintf(cmd, sizeof cmd, "mkdir -p '%s' && cp '%s' '%s' '%s'", dir, fz_fixture("ecosystem/tok_slow/vocab.json"),
+                 fz_fixture("ecosystem/tok_slow/merges.txt"), dir);
         if (system(cmd) != 0) fz_bug("cannot prepare %s", dir);
     }
     return dir;
@@ -59,7 +61,7 @@ static const char *s_tokenizer_dir(void)
 FUZZ_TARGET(config)
 {
     fz_in_t in = {data, size};
-    int kind = fz_u8(&in) % 6;
+    int kind = fz_u8(&in) % 7;
     const char *path = fz_file(0, in.p, in.n);
     int rc;
     switch (kind) {
@@ -111,6 +113,30 @@ FUZZ_TARGET(config)
             else fz_failed(1, "sd_sched_new");
         }
         sd_sched_config_free(&c);
+        break;
+    }
+    case 6: { /* tokenizer.json alone, as transformers 5 writes a tokenizer folder */
+        char dir[800];
+        snprintf(dir, sizeof dir, "%s/tokenizer5", fz_dir());
+        char file[900];
+        snprintf(file, sizeof file, "%s/tokenizer.json", dir);
+        static bool made;
+        if (!made) {
+            char cmd[1000];
+            snprintf(cmd, sizeof cmd, "mkdir -p '%s'", dir);
+            if (system(cmd) != 0) fz_bug("cannot make %s", dir);
+            made = true;
+        }
+        FILE *f = fopen(file, "wb");
+        if (!f || (in.n && fwrite(in.p, 1, in.n, f) != in.n) || fclose(f)) fz_bug("cannot write %s", file);
+        sd_tokenizer_t *t = sd_tokenizer_load(dir);
+        fz_failed(!t, "sd_tokenizer_load (tokenizer.json)");
+        if (t) {
+            sd_tok_result_t r = {0};
+            if (sd_tokenize(t, "a photo of sks dog", &r) == 0 && r.n_ids != r.n_tokens + 2) fz_bug("tokenize");
+            sd_tok_result_free(&r);
+        }
+        sd_tokenizer_destroy(&t);
         break;
     }
     default: {

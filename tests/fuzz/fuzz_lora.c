@@ -2,14 +2,17 @@
  * fuzz_lora.c — LoRA files (storage/lora_file.c's key parser and layout
  * detection, diffusion/lora_io.c's loader) against the tiny model's modules.
  *
- * First byte even: the rest is a tensor name for st_lora_parse_key (every
- * layout: peft, diffusers, kohya). Odd: the rest is a safetensors file loaded
- * onto the tiny UNet and text encoder, as `booth generate --lora` does.
+ * First byte % 3 == 0: the rest is a tensor name for st_lora_parse_key (every
+ * layout: peft, diffusers, kohya). 1: the rest is a safetensors file loaded
+ * onto the tiny UNet and text encoder, as `booth generate --lora` does. 2: the
+ * rest is the adapter_config.json of a peft adapter folder (beside the
+ * adapter_model.safetensors of tests/fixtures/ecosystem/peft_te), loaded the same way.
  * Invariants: a parsed key spells back to a key that parses the same; a file
  * that loads attaches sets whose adapters are finite and whose alpha is sane;
  * a refusal (keys or shapes that do not fit the model) says why.
  */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -44,12 +47,31 @@ FUZZ_TARGET(lora)
             fz_bug("cannot load the tiny model");
     }
     fz_in_t in = {data, size};
-    if ((fz_u8(&in) & 1) == 0) {
+    int kind = fz_u8(&in) % 3;
+    if (kind == 0) {
         s_key(in.p, in.n);
         return 0;
     }
+    const char *path;
+    if (kind == 1) {
+        path = fz_file(0, in.p, in.n);
+    } else {
+        static char dir[800];
+        if (!dir[0]) {
+            snprintf(dir, sizeof dir, "%s/peft", fz_dir());
+            char cmd[2000];
+            snprintf(cmd, sizeof cmd, "mkdir -p '%s' && cp '%s' '%s'", dir,
+                     fz_fixture("ecosystem/peft_te/adapter_model.safetensors"), dir);
+            if (system(cmd) != 0) fz_bug("cannot prepare %s", dir);
+        }
+        char cfg[900];
+        snprintf(cfg, sizeof cfg, "%s/adapter_config.json", dir);
+        FILE *f = fopen(cfg, "wb");
+        if (!f || (in.n && fwrite(in.p, 1, in.n, f) != in.n) || fclose(f)) fz_bug("cannot write %s", cfg);
+        path = dir;
+    }
     sd_lora_set_t *us = NULL, *ts = NULL;
-    int rc = sd_lora_load(fz_file(0, in.p, in.n), ctx, unet, clip, NULL, &us, &ts);
+    int rc = sd_lora_load(path, ctx, unet, clip, NULL, &us, &ts);
     fz_failed(rc, "sd_lora_load");
     if (rc == 0 && !us && !ts) fz_bug("sd_lora_load succeeded with no set");
     sd_lora_set_t *sets[2] = {us, ts};
