@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/alloc.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "nn/elementwise.h"
@@ -56,7 +57,7 @@ static void s_list_visit(void *user, const char *name, sd_attention_t *attn)
     for (int i = 0; i < S_NPROJ && !ms->failed; i++) {
         if (ms->n == ms->cap) {
             int cap = ms->cap ? 2 * ms->cap : 128;
-            s_module_t *m = realloc(ms->m, (size_t)cap * sizeof *m);
+            s_module_t *m = bt_realloc(ms->m, (size_t)cap * sizeof *m);
             if (!m) {
                 ms->failed = true;
                 return;
@@ -253,7 +254,7 @@ static int s_fill(const char *path, nn_ctx_t *ctx, float *dst, const st_tensor_t
     }
     if ((size_t)n > *staging_n) {
         free(*staging);
-        *staging = malloc((size_t)n * sizeof(float));
+        *staging = bt_malloc((size_t)n * sizeof(float));
         *staging_n = *staging ? (size_t)n : 0;
         if (!*staging) return BT_ENOMEM;
     }
@@ -517,7 +518,7 @@ static int s_save_set(st_writer_t *w, const char *path, st_lora_layout_t layout,
             if (r == 1 && layout != ST_LORA_KOHYA && alpha != file_alpha) {
                 if ((size_t)n > host_n) {
                     free(host);
-                    host = malloc((size_t)n * sizeof(float));
+                    host = bt_malloc((size_t)n * sizeof(float));
                     host_n = host ? (size_t)n : 0;
                     if (!host) {
                         BT_ERROR("%s: out of memory scaling '%s'", path, s->modules[i]);
@@ -637,12 +638,12 @@ void sd_lora_records_free(sd_lora_records_t *r)
 static int s_records_alloc(sd_lora_records_t *r, int n)
 {
     r->cap = n;
-    r->modules = calloc((size_t)(n ? n : 1), sizeof *r->modules);
-    r->modules_mem = calloc((size_t)(n ? n : 1), sizeof *r->modules_mem);
-    r->a = calloc((size_t)(n ? n : 1), sizeof *r->a);
-    r->b = calloc((size_t)(n ? n : 1), sizeof *r->b);
-    r->a_shape = calloc((size_t)(n ? n : 1), sizeof *r->a_shape);
-    r->b_shape = calloc((size_t)(n ? n : 1), sizeof *r->b_shape);
+    r->modules = bt_calloc((size_t)(n ? n : 1), sizeof *r->modules);
+    r->modules_mem = bt_calloc((size_t)(n ? n : 1), sizeof *r->modules_mem);
+    r->a = bt_calloc((size_t)(n ? n : 1), sizeof *r->a);
+    r->b = bt_calloc((size_t)(n ? n : 1), sizeof *r->b);
+    r->a_shape = bt_calloc((size_t)(n ? n : 1), sizeof *r->a_shape);
+    r->b_shape = bt_calloc((size_t)(n ? n : 1), sizeof *r->b_shape);
     if (r->modules && r->modules_mem && r->a && r->b && r->a_shape && r->b_shape) return BT_OK;
     BT_ERROR("out of memory for the records of %d LoRA adapters", n);
     return BT_ENOMEM;
@@ -662,7 +663,7 @@ static int s_records_from_set(sd_lora_records_t *r, const sd_lora_set_t *s)
     r->alpha = s->alpha;
     r->n = s->n;
     int rc = s_records_alloc(r, s->n);
-    if (rc == BT_OK && !(r->alphas = r->alphas_mem = malloc((size_t)(s->n ? s->n : 1) * sizeof(float)))) {
+    if (rc == BT_OK && !(r->alphas = r->alphas_mem = bt_malloc((size_t)(s->n ? s->n : 1) * sizeof(float)))) {
         BT_ERROR("out of memory for the alphas of %d LoRA adapters", s->n);
         rc = BT_ENOMEM;
     }
@@ -670,7 +671,7 @@ static int s_records_from_set(sd_lora_records_t *r, const sd_lora_set_t *s)
     if (rc == BT_OK && s->params.ctx->kind != NN_BACKEND_CPU) {
         const sd_param_t *last = &s->params.p[s->params.n - 1];
         size_t bytes = (size_t)((last->data - s->params.mem) + last->shape[0] * last->shape[1]) * sizeof(float);
-        if (!(r->host = malloc(bytes))) {
+        if (!(r->host = bt_malloc(bytes))) {
             BT_ERROR("out of memory: %zu bytes to copy a LoRA set off the device", bytes);
             rc = BT_ENOMEM;
         }

@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/alloc.h"
 #include "common/log.h"
 #include "common/rng.h"
 #include "common/status.h"
@@ -89,7 +90,7 @@ sd_model_t *sd_model_load_file(nn_ctx_t *ctx, const char *path, unsigned parts, 
         sd_single_file_close(&sf);
         return NULL;
     }
-    sd_model_t *m = calloc(1, sizeof *m);
+    sd_model_t *m = bt_calloc(1, sizeof *m);
     if (!m || !(m->dir = strdup(path))) {
         BT_ERROR("%s: out of memory", path);
         free(m);
@@ -142,7 +143,7 @@ sd_model_t *sd_model_load_as(nn_ctx_t *ctx, const char *dir, unsigned parts, sd_
         BT_ERROR("%s: not a diffusers model folder (no model_index.json)", dir);
         return NULL;
     }
-    sd_model_t *m = calloc(1, sizeof *m);
+    sd_model_t *m = bt_calloc(1, sizeof *m);
     if (!m || !(m->dir = strdup(dir))) {
         BT_ERROR("%s: out of memory loading the model", dir);
         free(m);
@@ -239,10 +240,10 @@ int sd_sample(sd_model_t *m, const sd_sample_params_t *p, const float *cond, con
     int64_t C = m->unet->cfg.in_channels, per = C * h * w, nb = cfg ? 2 * n : n;
     int64_t ctx_dim = m->unet->cfg.cross_attention_dim[0];
     sd_sched_t *s = sd_sched_new(&m->sched_cfg, p->sampler, p->steps);
-    float *x_in = malloc((size_t)(nb * per) * sizeof(float));
-    float *eps = malloc((size_t)(nb * per) * sizeof(float));
-    float *noise = malloc((size_t)(n * per) * sizeof(float));
-    float *tt = malloc((size_t)nb * sizeof(float));
+    float *x_in = bt_malloc((size_t)(nb * per) * sizeof(float));
+    float *eps = bt_malloc((size_t)(nb * per) * sizeof(float));
+    float *noise = bt_malloc((size_t)(n * per) * sizeof(float));
+    float *tt = bt_malloc((size_t)nb * sizeof(float));
     float *d_in = sd_scratch(&r, nb * per), *d_out = sd_scratch(&r, nb * per), *d_ctx = sd_scratch(&r, nb * T * ctx_dim);
     if (!s || !x_in || !eps || !noise || !tt || !d_in || !d_out || !d_ctx) {
         rc = s ? BT_ENOMEM : BT_EINVAL;
@@ -306,7 +307,7 @@ int sd_decode(sd_model_t *m, float *images, float *raw, const float *latents, in
     const sd_vae_config_t *c = &m->vae->cfg;
     int64_t L = c->latent_channels, scale = (int64_t)1 << (c->n_blocks - 1);
     int64_t nz = n * L * h * w, ni = n * c->out_channels * h * scale * w * scale;
-    float *z = malloc((size_t)nz * sizeof(float)), *d_z = sd_scratch(&r, nz), *d_img = sd_scratch(&r, ni);
+    float *z = bt_malloc((size_t)nz * sizeof(float)), *d_z = sd_scratch(&r, nz), *d_img = sd_scratch(&r, ni);
     if (!z || !d_z || !d_img) {
         rc = BT_ENOMEM;
         goto out;

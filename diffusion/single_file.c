@@ -33,6 +33,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "common/alloc.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "diffusion/init.h"
@@ -300,7 +301,7 @@ sd_single_file_t *sd_single_file_open(const char *path, const sd_single_file_opt
                  path, path);
         return NULL;
     }
-    sd_single_file_t *sf = calloc(1, sizeof *sf);
+    sd_single_file_t *sf = bt_calloc(1, sizeof *sf);
     if (!sf || !(sf->path = strdup(path))) {
         BT_ERROR("%s: out of memory", path);
         free(sf);
@@ -641,7 +642,7 @@ char *sd_single_file_sched_json(const sd_single_file_t *sf)
     /* diffusers' defaults for SD checkpoints (SCHEDULER_DEFAULT_CONFIG), in the class the
      * SD 1.5 / 2.1 snapshots name */
     static const char *const pred[] = {"epsilon", "v_prediction", "sample"};
-    char *s = malloc(1024);
+    char *s = bt_malloc(1024);
     if (!s) {
         BT_ERROR("%s: out of memory", sf->path);
         return NULL;

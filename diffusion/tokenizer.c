@@ -27,6 +27,7 @@
 #include <sys/stat.h>
 #include <utf8proc.h>
 
+#include "common/alloc.h"
 #include "common/fileio.h"
 #include "common/json.h"
 #include "common/log.h"
@@ -76,7 +77,7 @@ static int s_map_init(s_map_t *m, size_t n)
 {
     size_t cap = 16;
     while (cap < 2 * n) cap *= 2;
-    m->slots = calloc(cap, sizeof *m->slots);
+    m->slots = bt_calloc(cap, sizeof *m->slots);
     if (!m->slots) return BT_ENOMEM;
     m->mask = cap - 1;
     m->n = 0;
@@ -113,7 +114,7 @@ static int s_strings_add(sd_tokenizer_t *t, const char *s, size_t n, uint32_t *o
         size_t cap = t->strings_cap ? t->strings_cap : 1 << 16;
         while (cap < t->strings_len + n + 1) cap *= 2;
         if (cap > UINT32_MAX) return BT_ENOMEM;
-        char *p = realloc(t->strings, cap);
+        char *p = bt_realloc(t->strings, cap);
         if (!p) return BT_ENOMEM;
         t->strings = p;
         t->strings_cap = cap;
@@ -190,7 +191,7 @@ static int s_merge_put(sd_tokenizer_t *t, const char *a, size_t na, const char *
         return BT_OK;
     }
     char key[512];
-    char *k = na + nb + 1 <= sizeof key ? key : malloc(na + nb + 1);
+    char *k = na + nb + 1 <= sizeof key ? key : bt_malloc(na + nb + 1);
     if (!k) return BT_ENOMEM;
     memcpy(k, a, na);
     k[na] = ' ';
@@ -363,7 +364,7 @@ static int s_grow(void *pp, size_t *cap, size_t need, size_t elem)
         if (c > SIZE_MAX / 2 / elem) return BT_ENOMEM;
         c *= 2;
     }
-    void *p = realloc(*(void **)pp, c * elem);
+    void *p = bt_realloc(*(void **)pp, c * elem);
     if (!p) return BT_ENOMEM;
     *(void **)pp = p;
     *cap = c;
@@ -694,7 +695,7 @@ int sd_tokenize(const sd_tokenizer_t *t, const char *utf8, sd_tok_result_t *out)
 
     /* decode; invalid bytes become U+FFFD */
     size_t len = strlen(utf8), n = 0;
-    if (len >= SIZE_MAX / sizeof *in || !(in = malloc((len + 1) * sizeof *in))) goto out_free;
+    if (len >= SIZE_MAX / sizeof *in || !(in = bt_malloc((len + 1) * sizeof *in))) goto out_free;
     for (size_t i = 0; i < len;) i += s_utf8_next(utf8 + i, len - i, &in[n++]);
 
     size_t start = 0, i = 0;
@@ -720,10 +721,10 @@ int sd_tokenize(const sd_tokenizer_t *t, const char *utf8, sd_tok_result_t *out)
     r.n_tokens = nt;
     r.n_ids = nt + 2;
     r.truncated = nt > L - 2;
-    r.input_ids = malloc((size_t)L * sizeof *r.input_ids);
-    r.attention_mask = malloc((size_t)L * sizeof *r.attention_mask);
-    r.ids = malloc((size_t)(nt + 2) * sizeof *r.ids);
-    r.tokens = malloc((size_t)(nt + 1) * sizeof *r.tokens);
+    r.input_ids = bt_malloc((size_t)L * sizeof *r.input_ids);
+    r.attention_mask = bt_malloc((size_t)L * sizeof *r.attention_mask);
+    r.ids = bt_malloc((size_t)(nt + 2) * sizeof *r.ids);
+    r.tokens = bt_malloc((size_t)(nt + 1) * sizeof *r.tokens);
     if (!r.input_ids || !r.attention_mask || !r.ids || !r.tokens) goto out_free;
     r.ids[0] = t->ids[S_BOS];
     if (nt) memcpy(r.ids + 1, w.ids, (size_t)nt * sizeof *w.ids);
@@ -955,7 +956,7 @@ static int s_load_optional_json(const char *path, bt_json_t *j)
 static char *s_join(const char *dir, const char *name)
 {
     size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(n);
+    char *p = bt_malloc(n);
     if (p) snprintf(p, n, "%s/%s", dir, name);
     return p;
 }
@@ -1047,7 +1048,7 @@ static int s_load_config(sd_tokenizer_t *t, const char *dir, const char *vocab_p
         for (int j = 0; j < k; j++) dup |= !strcmp(special[j], special[k]);
         if (dup) continue;
         size_t sl = strlen(special[k]), ncp = 0;
-        uint32_t *cp = malloc((sl + 1) * sizeof *cp);
+        uint32_t *cp = bt_malloc((sl + 1) * sizeof *cp);
         if (!cp) {
             BT_ERROR("%s: out of memory loading the tokenizer", dir);
             rc = BT_ENOMEM;
@@ -1169,7 +1170,7 @@ static bool s_exists(const char *dir, const char *name)
 
 sd_tokenizer_t *sd_tokenizer_load(const char *dir)
 {
-    sd_tokenizer_t *t = calloc(1, sizeof *t);
+    sd_tokenizer_t *t = bt_calloc(1, sizeof *t);
     if (!t) {
         BT_ERROR("%s: out of memory loading the tokenizer", dir);
         return NULL;
@@ -1199,7 +1200,7 @@ extern const char sd_clip_merges_txt[], sd_clip_merges_txt_end[];
 sd_tokenizer_t *sd_tokenizer_load_builtin(const char *pad_token)
 {
     static const char *const vocab_name = "<built-in CLIP vocab.json>", *merges_name = "<built-in CLIP merges.txt>";
-    sd_tokenizer_t *t = calloc(1, sizeof *t);
+    sd_tokenizer_t *t = bt_calloc(1, sizeof *t);
     bt_json_t j = {0};
     int n_need = 0, n_merges = 0;
     int rc = t ? BT_OK : BT_ENOMEM;

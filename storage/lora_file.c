@@ -13,6 +13,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "common/alloc.h"
 #include "common/json.h"
 #include "common/log.h"
 #include "common/status.h"
@@ -285,7 +286,7 @@ static int s_patterns(const bt_json_t *j, const char *key, bool rank, st_lora_pa
         return BT_EFORMAT;
     }
     if (count == 0) return BT_OK;
-    if (!(*out = calloc((size_t)count, sizeof **out))) {
+    if (!(*out = bt_calloc((size_t)count, sizeof **out))) {
         BT_ERROR("%s: out of memory reading '%s'", j->name, key);
         return BT_ENOMEM;
     }

@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/alloc.h"
 #include "common/fileio.h"
 #include "common/half.h"
 #include "common/log.h"
@@ -187,8 +188,8 @@ static int s_parse_metadata(st_file_t *f, const cJSON *m)
         return BT_EFORMAT;
     }
     int n = cJSON_GetArraySize(m);
-    f->meta_keys = calloc((size_t)n + 1, sizeof(char *));
-    f->meta_values = calloc((size_t)n + 1, sizeof(char *));
+    f->meta_keys = bt_calloc((size_t)n + 1, sizeof(char *));
+    f->meta_values = bt_calloc((size_t)n + 1, sizeof(char *));
     if (!f->meta_keys || !f->meta_values) return BT_ENOMEM;
     const cJSON *kv;
     cJSON_ArrayForEach(kv, m)
@@ -207,7 +208,7 @@ static int s_parse_metadata(st_file_t *f, const cJSON *m)
 
 st_file_t *st_open(const char *path)
 {
-    st_file_t *f = calloc(1, sizeof *f);
+    st_file_t *f = bt_calloc(1, sizeof *f);
     cJSON *root = NULL;
     int fd = -1;
     if (!f || !(f->path = strdup(path))) goto out_nomem;
@@ -260,8 +261,8 @@ st_file_t *st_open(const char *path)
     const char *data = hdr + hlen;
     uint64_t data_len = fsize - 8 - hlen;
     int n = cJSON_GetArraySize(root);
-    f->tensors = calloc((size_t)n + 1, sizeof *f->tensors);
-    f->by_name = calloc((size_t)n + 1, sizeof *f->by_name);
+    f->tensors = bt_calloc((size_t)n + 1, sizeof *f->tensors);
+    f->by_name = bt_calloc((size_t)n + 1, sizeof *f->by_name);
     if (!f->tensors || !f->by_name) goto out_nomem;
     const cJSON *e;
     cJSON_ArrayForEach(e, root)
@@ -310,7 +311,7 @@ void st_close(st_file_t **pf)
 
 st_file_t *st_view_new(const char *label)
 {
-    st_file_t *v = calloc(1, sizeof *v);
+    st_file_t *v = bt_calloc(1, sizeof *v);
     if (!v || !(v->path = strdup(label))) {
         free(v);
         BT_ERROR("%s: out of memory", label);
@@ -327,7 +328,7 @@ int st_view_add(st_file_t *v, const char *name, st_dtype_t dtype, int ndim, cons
     }
     if ((v->n & (v->n - 1)) == 0) { /* grow at powers of two */
         size_t cap = v->n ? 2 * (size_t)v->n : 16;
-        st_tensor_t *t = realloc(v->tensors, cap * sizeof *t);
+        st_tensor_t *t = bt_realloc(v->tensors, cap * sizeof *t);
         if (!t) goto out_nomem;
         v->tensors = t;
     }
@@ -353,7 +354,7 @@ out_nomem:
 int st_view_seal(st_file_t *v)
 {
     free(v->by_name);
-    if (!(v->by_name = calloc((size_t)v->n + 1, sizeof *v->by_name))) {
+    if (!(v->by_name = bt_calloc((size_t)v->n + 1, sizeof *v->by_name))) {
         BT_ERROR("%s: out of memory", v->path);
         return BT_ENOMEM;
     }
@@ -497,7 +498,7 @@ struct st_writer {
     int n_meta;
 };
 
-st_writer_t *st_writer_new(void) { return calloc(1, sizeof(st_writer_t)); }
+st_writer_t *st_writer_new(void) { return bt_calloc(1, sizeof(st_writer_t)); }
 
 void st_writer_destroy(st_writer_t **pw)
 {
@@ -535,7 +536,7 @@ static s_wentry_t *s_writer_push(st_writer_t *w, const char *name, st_dtype_t dt
     *rc = BT_ENOMEM;
     if (w->n == w->cap) {
         int cap = w->cap ? 2 * w->cap : 64;
-        s_wentry_t *e = realloc(w->e, (size_t)cap * sizeof *e);
+        s_wentry_t *e = bt_realloc(w->e, (size_t)cap * sizeof *e);
         if (!e) {
             BT_ERROR("safetensors writer: out of memory for %d tensors", cap);
             return NULL;
@@ -578,7 +579,7 @@ int st_writer_add_copy(st_writer_t *w, const char *name, st_dtype_t dtype, int n
     int rc;
     s_wentry_t *e = s_writer_push(w, name, dtype, ndim, shape, &rc);
     if (!e) return rc;
-    e->owned = malloc(e->nbytes ? e->nbytes : 1);
+    e->owned = bt_malloc(e->nbytes ? e->nbytes : 1);
     if (!e->owned) {
         BT_ERROR("safetensors writer: out of memory copying tensor '%s' (%zu bytes)", name, e->nbytes);
         return BT_ENOMEM;
@@ -599,7 +600,7 @@ int st_writer_add_f32_as(st_writer_t *w, const char *name, st_dtype_t dtype, int
     int rc;
     s_wentry_t *e = s_writer_push(w, name, dtype, ndim, shape, &rc);
     if (!e) return rc;
-    e->owned = malloc(e->nbytes ? e->nbytes : 1);
+    e->owned = bt_malloc(e->nbytes ? e->nbytes : 1);
     if (!e->owned) {
         BT_ERROR("safetensors writer: out of memory converting tensor '%s' (%zu bytes)", name, e->nbytes);
         return BT_ENOMEM;
@@ -627,10 +628,10 @@ int st_writer_set_metadata(st_writer_t *w, const char *key, const char *value)
             w->meta_values[i] = v;
             return BT_OK;
         }
-    char **k = realloc(w->meta_keys, (size_t)(w->n_meta + 1) * sizeof *k);
+    char **k = bt_realloc(w->meta_keys, (size_t)(w->n_meta + 1) * sizeof *k);
     if (!k) goto out_nomem;
     w->meta_keys = k;
-    char **v = realloc(w->meta_values, (size_t)(w->n_meta + 1) * sizeof *v);
+    char **v = bt_realloc(w->meta_values, (size_t)(w->n_meta + 1) * sizeof *v);
     if (!v) goto out_nomem;
     w->meta_values = v;
     char *ks = strdup(key), *vs = strdup(value);
@@ -661,7 +662,7 @@ static void s_put(s_buf_t *b, const char *s, size_t n)
     if (b->len + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 4096;
         while (cap < b->len + n + 1) cap *= 2;
-        char *p = realloc(b->s, cap);
+        char *p = bt_realloc(b->s, cap);
         if (!p) {
             b->oom = true;
             return;
