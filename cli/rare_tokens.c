@@ -10,6 +10,7 @@
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "diffusion/rare_tokens.h"
+#include "diffusion/single_file.h"
 #include "diffusion/tokenizer.h"
 
 int cmd_rare_tokens(int argc, char **argv)
@@ -40,8 +41,9 @@ int cmd_rare_tokens(int argc, char **argv)
         return 2;
     }
     char dir[4200];
+    bool single = model && sd_single_file_is(model); /* a single file's tokenizer is the built-in one */
     if (model) cli_join_path(dir, sizeof dir, model, "tokenizer");
-    const char *from = model ? dir : tokdir;
+    const char *from = single ? NULL : model ? dir : tokdir;
     sd_tokenizer_t *t = from ? sd_tokenizer_load(from) : sd_tokenizer_load_builtin(NULL);
     if (!t) return 1;
     sd_rare_token_t *c = bt_calloc((size_t)count, sizeof *c);

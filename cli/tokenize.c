@@ -15,6 +15,7 @@
 #include "common/alloc.h"
 #include "cli/cli.h"
 #include "common/log.h"
+#include "diffusion/single_file.h"
 #include "diffusion/tokenizer.h"
 
 static void s_usage(FILE *out)
@@ -26,7 +27,8 @@ static void s_usage(FILE *out)
                  "(id, BPE piece; \"</w>\" ends a word, non-ASCII bytes show as GPT-2's byte\n"
                  "alphabet). A word that splits into several tokens is named in a note.\n"
                  "\n"
-                 "  --model DIR      a diffusers model folder; the tokenizer is DIR/tokenizer/\n"
+                 "  --model DIR      a diffusers model folder; the tokenizer is DIR/tokenizer/ (a single-file\n"
+                 "                   checkpoint: CLIP's, built into booth)\n"
                  "  --tokenizer DIR  a tokenizer folder (vocab.json, merges.txt, ...)\n"
                  "  --prompt TEXT    the prompt (UTF-8)\n"
                  "  --json           print {\"input_ids\": [...], \"tokens\": [...]}: the padded\n"
@@ -129,7 +131,8 @@ int cmd_tokenize(int argc, char **argv)
     }
 
     char *dir = NULL;
-    if (model) {
+    bool single = model && sd_single_file_is(model); /* a single file's tokenizer is the built-in CLIP one */
+    if (model && !single) {
         size_t n = strlen(model) + sizeof "/tokenizer";
         if (!(dir = bt_malloc(n))) {
             fprintf(stderr, "booth tokenize: out of memory\n");
@@ -138,7 +141,7 @@ int cmd_tokenize(int argc, char **argv)
         snprintf(dir, n, "%s/tokenizer", model);
     }
     /* the loader logs the one line that says which file is wrong */
-    sd_tokenizer_t *t = sd_tokenizer_load(dir ? dir : tokdir);
+    sd_tokenizer_t *t = single ? sd_tokenizer_load_builtin(NULL) : sd_tokenizer_load(dir ? dir : tokdir);
     free(dir);
     if (!t) return 1;
     sd_tok_result_t r;

@@ -77,4 +77,11 @@ set +e
 "$BOOTH" rare-tokens --count 0 2>"$BOOTH_TEST_TMPDIR/err"; rc=$?
 set -e
 [ "$rc" -eq 2 ] && grep -q -- "--count 0 is outside 1..1000" "$BOOTH_TEST_TMPDIR/err" || { echo "--count 0: exit $rc"; exit 1; }
+# --model FILE (a single-file checkpoint): its tokenizer is CLIP's, built into booth
+: >"$BOOTH_TEST_TMPDIR/model.safetensors"
+"$BOOTH" tokenize --model "$BOOTH_TEST_TMPDIR/model.safetensors" --prompt "a photo of sks dog" >"$BOOTH_TEST_TMPDIR/tok.txt"
+grep -q '^5 tokens (without start/end); fits in 75$' "$BOOTH_TEST_TMPDIR/tok.txt"
+"$BOOTH" rare-tokens --model "$BOOTH_TEST_TMPDIR/model.safetensors" --count 3 >"$BOOTH_TEST_TMPDIR/rare.txt"
+grep -q "from booth's CLIP vocabulary" "$BOOTH_TEST_TMPDIR/rare.txt"
 echo "tokenize.sh: ok"
+
