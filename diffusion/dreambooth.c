@@ -102,6 +102,7 @@ static int s_run(sd_db_t *db, const sd_db_batch_t *b, double *loss, float *per_e
     if (rc || (rc = nn_upload(ctx, x, noisy, (size_t)(n * per) * sizeof(float))) ||
         (rc = nn_upload(ctx, tgt, target, (size_t)(n * per) * sizeof(float))))
         goto out;
+    if (db->phase) db->phase(db->phase_user, backward ? "UNet forward" : "UNet (loss only)");
     if ((rc = sd_unet_forward(&r, m->unet, pred, x, tf, ehs, n, b->h, b->w, T))) goto out;
 
     /* loss and its gradient, example by example (each example's mean is its own) */
@@ -124,6 +125,7 @@ static int s_run(sd_db_t *db, const sd_db_batch_t *b, double *loss, float *per_e
         }
         if ((rc = nn_fill(ctx, dehs, n * T * cd, 0.0f))) goto out;
     }
+    if (db->phase) db->phase(db->phase_user, "UNet backward");
     if ((rc = sd_unet_backward(&r, m->unet, dehs, dpred, tf, ehs, n, b->h, b->w, T))) goto out;
     if (db->lora_text && (rc = sd_clip_backward(&r, m->clip, dehs, n, T, db->clip_skip))) goto out;
     if (db->tape.n != 0) {

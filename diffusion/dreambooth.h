@@ -42,6 +42,10 @@ typedef struct sd_db {
     sd_tape_t tape;
     bool checkpoint; /* gradient checkpointing in the UNet */
     int clip_skip;
+    /* Told where a micro-batch is ("text encoder", "UNet forward", "UNet backward"), for progress
+     * inside a long step; NULL: nobody asked. */
+    void (*phase)(void *user, const char *what);
+    void *phase_user;
 } sd_db_t;
 
 sd_db_t *sd_db_new(sd_model_t *model, sd_lora_set_t *lora_unet, sd_lora_set_t *lora_text, bool checkpoint);

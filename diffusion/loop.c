@@ -201,15 +201,39 @@ static int s_validate(sd_trainer_t *t, sd_loop_t *r, int64_t step)
     return rc;
 }
 
-int sd_train_local(sd_trainer_t *t, sd_optim_t *o, sd_loop_t *r, const sd_model_ids_t *ids, const char *reuse_images)
+/* Progress inside a step that takes a while (SD 1.5 at 512 px: seconds per micro-batch on a CPU):
+ * the bar's tail says which micro-batch is where, from the trainer's phases. */
+typedef struct {
+    sd_loop_t *r;
+    double t0;
+    int k, n;
+} s_phase_t;
+
+static void s_phase(void *user, const char *what)
+{
+    s_phase_t *p = user;
+    if (strcmp(what, "UNet backward")) p->k++; /* a forward starts a micro-batch */
+    if (!p->r->show_progress || bt_now() - p->t0 < 1.0) return;
+    char tail[128];
+    snprintf(tail, sizeof tail, "step %lld: micro-batch %d of %d, %s", (long long)p->r->hist.n + 1, p->k, p->n, what);
+    bt_progress_update(&p->r->bar, p->r->hist.n, tail);
+}
+
+static int s_train_local(sd_trainer_t *t, sd_optim_t *o, sd_loop_t *r, const sd_model_ids_t *ids,
+                         const char *reuse_images)
 {
     sd_ckpt_data_t d;
     sd_trainer_ckpt_data(t, ids, &d);
     int rc = BT_OK;
     bool final_grid = false;
+    s_phase_t ph = {.r = r, .n = sd_trainer_num_microbatches(t)};
+    t->db->phase = s_phase;
+    t->db->phase_user = &ph;
     while (o->step < t->cfg.max_train_steps) {
         sd_step_stats_t st;
         double t0 = bt_now();
+        ph.t0 = t0;
+        ph.k = 0;
         if ((rc = sd_trainer_step(t, o, &st)) || (rc = sd_loop_step_done(r, &st, bt_now() - t0))) return rc;
         if (sd_loop_checkpoint_due(r) && (rc = sd_loop_checkpoint(r, o, &d, reuse_images))) return rc;
         if (sd_loop_validation_due(r)) {
@@ -234,5 +258,13 @@ int sd_train_local(sd_trainer_t *t, sd_optim_t *o, sd_loop_t *r, const sd_model_
     if (final_grid && (rc = s_validate(t, r, o->step)))
         BT_ERROR("the final validation grid failed; the LoRA files are written (%s/pytorch_lora_weights*.safetensors)",
                  r->dir);
+    return rc;
+}
+
+int sd_train_local(sd_trainer_t *t, sd_optim_t *o, sd_loop_t *r, const sd_model_ids_t *ids, const char *reuse_images)
+{
+    int rc = s_train_local(t, o, r, ids, reuse_images);
+    t->db->phase = NULL; /* it pointed into that call's frame */
+    t->db->phase_user = NULL;
     return rc;
 }
