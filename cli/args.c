@@ -11,6 +11,9 @@
 #include <unistd.h>
 
 #include "common/fileio.h"
+#include "diffusion/pipeline.h"
+#include "diffusion/scheduler.h"
+#include "diffusion/single_file.h"
 
 void cli_usage(const cli_spec_t *s)
 {
@@ -200,6 +203,35 @@ int cli_parse(const cli_spec_t *s, int argc, char **argv, const char **pos, int 
         if (rc) return rc;
     }
     return -1;
+}
+
+bool cli_prediction_type(const char *command, const char *value, const char *model, int *out)
+{
+    *out = -1;
+    if (!value) return true;
+    if (!strcmp(value, "epsilon")) {
+        *out = SD_PRED_EPSILON;
+    } else if (!strcmp(value, "v_prediction") || !strcmp(value, "v-prediction")) {
+        *out = SD_PRED_V;
+    } else {
+        fprintf(stderr, "booth %s: --prediction-type '%s': expected epsilon or v_prediction\n", command, value);
+        return false;
+    }
+    if (model && !sd_single_file_is(model)) {
+        fprintf(stderr,
+                "booth %s: --prediction-type is for a single-file --model; %s is a folder, whose "
+                "scheduler/scheduler_config.json says it\n",
+                command, model);
+        return false;
+    }
+    return true;
+}
+
+sd_model_t *cli_model_load(nn_ctx_t *ctx, const char *model, unsigned parts, sd_store_t store, int prediction)
+{
+    if (prediction < 0 || !sd_single_file_is(model)) return sd_model_load_as(ctx, model, parts, store);
+    sd_single_file_opts_t o = {.prediction = prediction};
+    return sd_model_load_file(ctx, model, parts, store, &o);
 }
 
 bool cli_base_dtype(const char *command, const char *value, sd_store_t *out)

@@ -64,4 +64,18 @@ int cli_check_output(const char *command, const char *flag, const char *path);
 /* Parses a --base-dtype value (NULL: auto); one line and false when unknown. */
 bool cli_base_dtype(const char *command, const char *value, sd_store_t *out);
 
+/* --prediction-type, beside --base-dtype on every command that loads a model: what a single-file
+ * checkpoint's UNet predicts, where its shapes cannot tell (cli/args.c). */
+#define CLI_PREDICTION_HELP                                                                                    \
+    "a single-file --model's prediction: epsilon or v_prediction (default: epsilon for SD 1.x, "             \
+    "v_prediction for SD 2.x; a 512-px SD 2.x base model needs epsilon). A folder's scheduler config says it"
+/* Parses a --prediction-type value into *out (NULL: -1, the file's architecture decides): one line and
+ * false when unknown, or when model is given and is not a single file (a folder's scheduler says it). */
+bool cli_prediction_type(const char *command, const char *value, const char *model, int *out);
+/* The model as every command loads it: a diffusers folder, or a single file read with prediction
+ * (cli_prediction_type's; -1: from its architecture). */
+struct sd_model;
+struct nn_ctx;
+struct sd_model *cli_model_load(struct nn_ctx *ctx, const char *model, unsigned parts, sd_store_t store, int prediction);
+
 #endif

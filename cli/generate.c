@@ -74,7 +74,7 @@ static float *s_read_latents(const char *path, int64_t *n, int64_t C, int64_t *h
 
 int cmd_generate(int argc, char **argv)
 {
-    const char *base_dtype = NULL;
+    const char *base_dtype = NULL, *prediction_s = NULL;
     const char *model = NULL, *prompt = NULL, *negative = "", *sampler_s = NULL, *out = "generated.png";
     const char *init_latents = NULL, *save_latents = NULL, *lora = NULL;
     float guidance = 7.5f, eta = 0, scale_unet = 1.0f, scale_text = 1.0f;
@@ -85,6 +85,7 @@ int cmd_generate(int argc, char **argv)
     const cli_opt_t opts[] = {
         CLI_OPT("--model", CLI_STR, &model, "DIR", "diffusers model folder (required)"),
         CLI_OPT("--base-dtype", CLI_STR, &base_dtype, "TYPE", CLI_BASE_DTYPE_HELP),
+        CLI_OPT("--prediction-type", CLI_STR, &prediction_s, "TYPE", CLI_PREDICTION_HELP),
         CLI_OPT("--prompt", CLI_TEXT, &prompt, "TEXT", "what to draw (required)"),
         CLI_OPT("--negative-prompt", CLI_TEXT, &negative, "TEXT", "what to steer away from (default: empty)"),
         CLI_OPT("--guidance", CLI_FLOAT, &guidance, "G", "classifier-free guidance scale; <= 1 turns it off (default 7.5)"),
@@ -135,12 +136,14 @@ int cmd_generate(int argc, char **argv)
         return 1;
     sd_store_t store;
     if (!cli_base_dtype("generate", base_dtype, &store)) return 2;
+    int prediction;
+    if (!cli_prediction_type("generate", prediction_s, model, &prediction)) return 2;
     nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, 0);
     if (!ctx) return 1;
     int status = 1;
     float *latents = NULL, *images = NULL, *embeds = NULL;
     sd_lora_set_t *lora_unet = NULL, *lora_text = NULL;
-    sd_model_t *m = sd_model_load_as(ctx, model, SD_PART_ALL, store);
+    sd_model_t *m = cli_model_load(ctx, model, SD_PART_ALL, store, prediction);
     if (!m) goto out;
     if (lora) {
         if (sd_lora_load(lora, ctx, m->unet, m->clip, NULL, &lora_unet, &lora_text)) goto out;

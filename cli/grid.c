@@ -41,7 +41,7 @@ static void s_on_step(void *user, int done, int total, const float *latents)
 
 int cmd_grid(int argc, char **argv)
 {
-    const char *base_dtype = NULL;
+    const char *base_dtype = NULL, *prediction_s = NULL;
     const char *model = NULL, *lora = NULL, *prompt = NULL, *negative = "", *sampler_s = NULL, *out = "grid.png";
     cli_floats_t lists[3] = {{1, {1.0f}}, {1, {1.0f}}, {1, {7.5f}}};
     int steps = 30;
@@ -50,6 +50,7 @@ int cmd_grid(int argc, char **argv)
     const cli_opt_t opts[] = {
         CLI_OPT("--model", CLI_STR, &model, "DIR", "diffusers model folder (required)"),
         CLI_OPT("--base-dtype", CLI_STR, &base_dtype, "TYPE", CLI_BASE_DTYPE_HELP),
+        CLI_OPT("--prediction-type", CLI_STR, &prediction_s, "TYPE", CLI_PREDICTION_HELP),
         CLI_OPT("--lora", CLI_STR, &lora, "FILE", "LoRA file, any layout (required)"),
         CLI_OPT("--prompt", CLI_TEXT, &prompt, "TEXT", "what to draw (required)"),
         CLI_OPT("--negative-prompt", CLI_TEXT, &negative, "TEXT", "what to steer away from"),
@@ -101,13 +102,15 @@ int cmd_grid(int argc, char **argv)
     if (cli_check_output("grid", "--out", out)) return 1;
     sd_store_t store;
     if (!cli_base_dtype("grid", base_dtype, &store)) return 2;
+    int prediction;
+    if (!cli_prediction_type("grid", prediction_s, model, &prediction)) return 2;
     nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, 0);
     if (!ctx) return 1;
     int status = 1;
     sd_lora_set_t *lu = NULL, *lt = NULL;
     float *embeds = NULL, *lat = NULL, *img = NULL;
     bt_img_t **tiles = bt_calloc((size_t)cells, sizeof *tiles);
-    sd_model_t *m = sd_model_load_as(ctx, model, SD_PART_ALL, store);
+    sd_model_t *m = cli_model_load(ctx, model, SD_PART_ALL, store, prediction);
     if (!m || !tiles || sd_lora_load(lora, ctx, m->unet, m->clip, NULL, &lu, &lt)) goto out;
     sd_sched_kind_t sampler = m->default_sampler;
     if (sampler_s && !sd_sched_kind_parse(sampler_s, &sampler)) {

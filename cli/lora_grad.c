@@ -123,13 +123,14 @@ static int s_emit(st_writer_t *w, nn_ctx_t *ctx, const sd_lora_set_t *set, const
 
 int cmd_lora_grad(int argc, char **argv)
 {
-    const char *base_dtype = NULL;
+    const char *base_dtype = NULL, *prediction_s = NULL;
     const char *model = NULL, *batch = NULL, *lora = NULL, *out = NULL;
     float lambda = 1.0f, alpha = 0, lr = 1e-4f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 1e-2f;
     bool adamw = false;
     const cli_opt_t opts[] = {
         CLI_OPT("--model", CLI_STR, &model, "DIR", "diffusers model folder (required)"),
         CLI_OPT("--base-dtype", CLI_STR, &base_dtype, "TYPE", CLI_BASE_DTYPE_HELP),
+        CLI_OPT("--prediction-type", CLI_STR, &prediction_s, "TYPE", CLI_PREDICTION_HELP),
         CLI_OPT("--batch", CLI_STR, &batch, "FILE", "batch safetensors (see the description; required)"),
         CLI_OPT("--lora", CLI_STR, &lora, "FILE", "LoRA file in any layout; its text-encoder entries train too"),
         CLI_OPT("--out", CLI_STR, &out, "FILE", "output safetensors (required)"),
@@ -160,6 +161,8 @@ int cmd_lora_grad(int argc, char **argv)
     if (bt_mkdirs_for(out)) return 1;
     sd_store_t store;
     if (!cli_base_dtype("lora-grad", base_dtype, &store)) return 2;
+    int prediction;
+    if (!cli_prediction_type("lora-grad", prediction_s, model, &prediction)) return 2;
     nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, 0);
     if (!ctx) return 1;
     int status = 1;
@@ -171,7 +174,7 @@ int cmd_lora_grad(int argc, char **argv)
     int32_t *ids = NULL;
     float *lat = NULL, *noise = NULL, *weights = NULL, *per = NULL;
     int64_t *ts = NULL;
-    sd_model_t *m = sd_model_load_as(ctx, model, SD_PART_TEXT | SD_PART_UNET | SD_PART_SCHEDULER, store);
+    sd_model_t *m = cli_model_load(ctx, model, SD_PART_TEXT | SD_PART_UNET | SD_PART_SCHEDULER, store, prediction);
     if (!m || !(bf = st_open(batch))) goto out;
     int64_t C = m->unet->cfg.in_channels;
     rc = s_read_part(bf, "instance", C, &inst);

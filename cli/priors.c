@@ -31,7 +31,7 @@ static void s_progress(void *user, int done, int total, const float *latents)
 
 int cmd_priors(int argc, char **argv)
 {
-    const char *base_dtype = NULL;
+    const char *base_dtype = NULL, *prediction_s = NULL;
     const char *model = NULL, *prompt = NULL, *out = NULL;
     int num = 0, steps = 25, resolution = 0;
     float guidance = 7.5f;
@@ -39,6 +39,7 @@ int cmd_priors(int argc, char **argv)
     const cli_opt_t opts[] = {
         CLI_OPT("--model", CLI_STR, &model, "DIR", "diffusers model folder (required)"),
         CLI_OPT("--base-dtype", CLI_STR, &base_dtype, "TYPE", CLI_BASE_DTYPE_HELP),
+        CLI_OPT("--prediction-type", CLI_STR, &prediction_s, "TYPE", CLI_PREDICTION_HELP),
         CLI_OPT("--class-prompt", CLI_TEXT, &prompt, "TEXT", "e.g. \"a photo of dog\" (required)"),
         CLI_OPT("--num", CLI_INT, &num, "N", "images the set must hold: indices 0..N-1 (required)"),
         CLI_OPT("--out", CLI_STR, &out, "FILE.h5", "the prior-set file (required)"),
@@ -80,10 +81,12 @@ int cmd_priors(int argc, char **argv)
     }
     sd_store_t store;
     if (!cli_base_dtype("priors", base_dtype, &store)) return 2;
+    int prediction;
+    if (!cli_prediction_type("priors", prediction_s, model, &prediction)) return 2;
     nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, 0);
     if (!ctx) return 1;
     int status = 1;
-    sd_model_t *m = sd_model_load_as(ctx, model, SD_PART_ALL, store);
+    sd_model_t *m = cli_model_load(ctx, model, SD_PART_ALL, store, prediction);
     if (m) {
         sd_prior_spec_t ps = {.prompt = prompt, .seed = seed, .steps = steps, .guidance = guidance,
                               .resolution = resolution};

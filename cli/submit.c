@@ -572,6 +572,8 @@ int cmd_submit(int argc, char **argv)
     if ((row = s_row(opts, ntrain, "--resume-from-checkpoint"))) row->help = "not supported on a cluster yet";
     if ((row = s_row(opts, ntrain, "--base-dtype")))
         row->help = "not a job setting on a cluster: each worker keeps its model as its own --base-dtype says";
+    if ((row = s_row(opts, ntrain, "--prediction-type")))
+        row->help = "not a job setting on a cluster: each worker reads its model as its own --prediction-type says";
     const cli_spec_t spec = {
         "submit",
         "--coordinator ADDR (--model DIR --instance-data-dir DIR --instance-prompt TEXT [training options] | "
@@ -593,8 +595,9 @@ int cmd_submit(int argc, char **argv)
         fprintf(stderr, "booth submit: --resume-from-checkpoint is not supported on a cluster yet\n");
         return 2;
     }
-    if (f.base_dtype) {
-        fprintf(stderr, "booth submit: --base-dtype is not a job setting on a cluster: start the workers with it\n");
+    if (f.base_dtype || f.prediction) {
+        fprintf(stderr, "booth submit: %s is not a job setting on a cluster: start the workers with it\n",
+                f.base_dtype ? "--base-dtype" : "--prediction-type");
         return 2;
     }
     if (f.logging_dir)

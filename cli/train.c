@@ -211,6 +211,8 @@ int cmd_train(int argc, char **argv)
 
     sd_store_t store;
     if (!cli_base_dtype("train", f.base_dtype, &store)) return 2;
+    int prediction;
+    if (!cli_prediction_type("train", f.prediction, c->model_dir, &prediction)) return 2;
     nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, 0);
     if (!ctx) return 1;
     int status = 1;
@@ -221,7 +223,7 @@ int cmd_train(int argc, char **argv)
     sd_model_ids_t ids;
     memset(&ids, 0, sizeof ids);
     char ckpt[4096] = "";
-    sd_model_t *m = sd_model_load_as(ctx, c->model_dir, SD_PART_ALL, store);
+    sd_model_t *m = cli_model_load(ctx, c->model_dir, SD_PART_ALL, store, prediction);
     if (!m) goto out;
     if (sd_model_ids(c->model_dir, &ids)) goto out; /* checkpoints name the model, also one written on a stop */
     if (resume) {

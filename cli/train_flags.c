@@ -31,6 +31,7 @@ int cli_train_opts(cli_train_flags_t *f, cli_opt_t *opts, int max)
         CLI_OPT("--model", CLI_STR, &f->c.model_dir, "DIR", "diffusers model folder to fine-tune (required)"),
         CLI_OPT("--pretrained-model-name-or-path", CLI_STR, &f->c.model_dir, "DIR", "same as --model (diffusers' name)"),
         CLI_OPT("--base-dtype", CLI_STR, &f->base_dtype, "TYPE", CLI_BASE_DTYPE_HELP),
+        CLI_OPT("--prediction-type", CLI_STR, &f->prediction, "TYPE", CLI_PREDICTION_HELP),
         CLI_OPT("--instance-data-dir", CLI_STR, &f->c.instance_dir, "DIR", "the subject's photos, JPEG/PNG, or a checkpoint (.h5) holding them (required)"),
         CLI_OPT("--instance-prompt", CLI_TEXT, &f->c.instance_prompt, "TEXT", "e.g. \"a photo of sks dog\" (required)"),
         CLI_OPT("--class-prompt", CLI_TEXT, &f->c.class_prompt, "TEXT", "e.g. \"a photo of dog\" (prior preservation)"),

@@ -13,12 +13,13 @@
 int cmd_worker(int argc, char **argv)
 {
     wk_opts_t o = {0};
-    const char *base_dtype = NULL;
+    const char *base_dtype = NULL, *prediction_s = NULL;
     const cli_opt_t opts[] = {
         CLI_OPT("--coordinator", CLI_STR, &o.coordinator, "ADDR", "the coordinator, tcp://HOST:PORT (required)"),
         CLI_OPT("--model", CLI_STR, &o.model_dir, "DIR",
                 "diffusers model folder, the same model as the jobs' (required; loaded once)"),
         CLI_OPT("--base-dtype", CLI_STR, &base_dtype, "TYPE", CLI_BASE_DTYPE_HELP),
+        CLI_OPT("--prediction-type", CLI_STR, &prediction_s, "TYPE", CLI_PREDICTION_HELP),
         CLI_OPT("--threads", CLI_INT, &o.threads, "N", "compute threads (default BOOTH_THREADS or the CPU count)"),
         CLI_OPT("--work-dir", CLI_STR, &o.work_dir, "DIR",
                 "where jobs' files are kept while they run (default $TMPDIR/booth-worker-PID, removed at exit)"),
@@ -48,5 +49,6 @@ int cmd_worker(int argc, char **argv)
         return 2;
     }
     if (!cli_base_dtype("worker", base_dtype, &o.store)) return 2;
+    if (!cli_prediction_type("worker", prediction_s, o.model_dir, &o.prediction)) return 2;
     return wk_run(&o);
 }

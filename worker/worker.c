@@ -42,6 +42,7 @@
 #include "common/log.h"
 #include "common/progress.h"
 #include "common/status.h"
+#include "diffusion/single_file.h"
 #include "nn/nn.h"
 #include "worker/wk.h"
 
@@ -423,7 +424,11 @@ int wk_run(const wk_opts_t *o)
                 "worker's data and pose as them",
                 o->coordinator);
     if (!(w->ctx = nn_ctx_new(NN_BACKEND_CPU, o->threads))) goto out_node;
-    if (!(w->model = sd_model_load_as(w->ctx, o->model_dir, SD_PART_ALL, o->store))) goto out_ctx;
+    sd_single_file_opts_t sfo = {.prediction = o->prediction};
+    if (!(w->model = o->prediction >= 0 && sd_single_file_is(o->model_dir)
+                         ? sd_model_load_file(w->ctx, o->model_dir, SD_PART_ALL, o->store, &sfo)
+                         : sd_model_load_as(w->ctx, o->model_dir, SD_PART_ALL, o->store)))
+        goto out_ctx;
     if (sd_prior_origin_of(w->model, &w->origin)) goto out_model;
     w->weights = sd_model_weights(w->model);
     if (s_work_dir(w)) goto out_model;

@@ -19,6 +19,8 @@ typedef struct wk_opts {
     const char *coordinator; /* tcp://HOST:PORT of the coordinator's ROUTER */
     const char *model_dir;   /* the base model folder (loaded once) */
     sd_store_t store;        /* --base-dtype: how the frozen weights are kept */
+    int prediction;          /* --prediction-type of a single-file model (an sd_sched_pred_t); -1: from
+                                its architecture. Zero-initialised options mean epsilon: set -1. */
     int threads;             /* compute threads; <= 0: BOOTH_THREADS or the CPU count */
     const char *work_dir;    /* where a job's files go; NULL: $TMPDIR (or /tmp)/booth-worker-PID,
                                 removed at exit (a given folder is kept, its job folders are not) */

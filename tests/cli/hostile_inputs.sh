@@ -117,3 +117,16 @@ one_error "--resolution 7 is outside 8..4096" "$BOOTH" train "${TRAIN[@]/64/7}" 
     --output-dir "$T/x"
 one_error "--resolution 100 is not a multiple of 8" "$BOOTH" train "${TRAIN[@]/64/100}" --instance-data-dir $SUBJECT \
     --output-dir "$T/x"
+
+# --prediction-type: for a single-file --model only (a folder's scheduler config says it), epsilon or
+# v_prediction, never a job setting on a cluster; refused before any model is loaded
+one_error "--prediction-type is for a single-file --model" "$BOOTH" generate --model $MODEL --prompt x \
+    --prediction-type epsilon --out "$T/p.png"
+one_error "--prediction-type 'sample': expected epsilon or v_prediction" "$BOOTH" generate \
+    --model "$T/m.safetensors" --prompt x --prediction-type sample --out "$T/p.png"
+one_error "--prediction-type is not a job setting on a cluster" "$BOOTH" submit --coordinator tcp://127.0.0.1:1 \
+    --model $MODEL --instance-data-dir $SUBJECT --instance-prompt x --prediction-type epsilon
+for cmd in generate grid priors train worker lora-grad; do
+    "$BOOTH" $cmd --help >"$T/help.txt"
+    grep -q -- "--prediction-type" "$T/help.txt" || { echo "$cmd --help lacks --prediction-type"; exit 1; }
+done
