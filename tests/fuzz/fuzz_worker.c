@@ -142,6 +142,60 @@ static void s_coordinator_message(fz_in_t *in)
     fz_wait(S.co, true, s_is_hello, s_other, NULL, 60000, "an Error{reregister}");
 }
 
+/* What makes an input the answer the worker waits for: its job (and version) set to the ones asked
+ * for; called again with arg NULL to put back what it borrowed before the envelope is freed. */
+typedef void (*s_patch_fn)(Booth__Envelope *env, void *arg, char **saved);
+
+static void s_patch_job_data(Booth__Envelope *env, void *arg, char **saved)
+{
+    if (arg) *saved = env->job_data->job_id;
+    env->job_data->job_id = arg ? arg : *saved;
+}
+
+static void s_patch_weights(Booth__Envelope *env, void *arg, char **saved)
+{
+    if (arg) {
+        *saved = env->weights->job_id;
+        env->weights->version = *(int64_t *)arg;
+    }
+    env->weights->job_id = arg ? "fzps" : *saved;
+}
+
+/* Sends the input to rid at sock as one message, frames as fz_piece pieces, its envelope patched
+ * when it is a `body`. Anything but a `body` or an Error is followed by an Error, which ends the
+ * worker's wait (it skips other messages and would wait out its timeout). */
+static void s_send_answer(void *sock, const zmq_msg_t *rid, fz_in_t *in, int body, s_patch_fn patch, void *arg)
+{
+    const uint8_t *frame[512];
+    size_t len[512];
+    int n = 0;
+    while (n < 512 && (n == 0 || in->n > 0)) frame[n] = fz_piece(in, &len[n]), n++;
+    Booth__Envelope *env = booth__envelope__unpack(NULL, len[0], frame[0]);
+    uint8_t *packed = NULL;
+    if (env && (int)env->body_case == body) {
+        char *saved = NULL;
+        patch(env, arg, &saved);
+        if (!(packed = malloc(booth__envelope__get_packed_size(env)))) abort();
+        len[0] = booth__envelope__pack(env, packed);
+        frame[0] = packed;
+        patch(env, NULL, &saved);
+    }
+    bool answer = env && ((int)env->body_case == body || env->body_case == BOOTH__ENVELOPE__BODY_ERROR);
+    if (env) booth__envelope__free_unpacked(env, NULL);
+    zmq_msg_t r;
+    zmq_msg_init(&r);
+    zmq_msg_copy(&r, (zmq_msg_t *)rid);
+    zmq_msg_send(&r, sock, ZMQ_SNDMORE);
+    for (int i = 0; i < n; i++) zmq_send(sock, frame[i], len[i], i + 1 < n ? ZMQ_SNDMORE : 0);
+    free(packed);
+    if (!answer) {
+        Booth__Error e = BOOTH__ERROR__INIT;
+        e.message = "no such thing here";
+        Booth__Envelope q = PR_ENVELOPE_INIT(ERROR, error, &e);
+        pr_send(sock, rid, &q, NULL, 0);
+    }
+}
+
 /* A MICROBATCH task of a fresh job; the input answers its GetJob. */
 static void s_job_data(fz_in_t *in)
 {
@@ -159,72 +213,15 @@ static void s_job_data(fz_in_t *in)
     fz_wait(S.co, true, s_is_get_job, s_other, job, 60000, "a MICROBATCH task");
 
     /* the input, with the job id the worker waits for when it is a JobData */
-    const uint8_t *frame[512];
-    size_t len[512];
-    int n = 0;
-    while (n < 512 && (n == 0 || in->n > 0)) frame[n] = fz_piece(in, &len[n]), n++;
-    Booth__Envelope *env = booth__envelope__unpack(NULL, len[0], frame[0]);
-    uint8_t *packed = NULL;
-    if (env && env->body_case == BOOTH__ENVELOPE__BODY_JOB_DATA) {
-        env->job_data->job_id = job; /* borrowed; unset again before the free */
-        packed = malloc(booth__envelope__get_packed_size(env));
-        if (!packed) abort();
-        len[0] = booth__envelope__pack(env, packed);
-        frame[0] = packed;
-        env->job_data->job_id = NULL;
-    }
-    bool answered = env && env->body_case == BOOTH__ENVELOPE__BODY_JOB_DATA;
-    if (env) booth__envelope__free_unpacked(env, NULL);
-    zmq_msg_t r;
-    zmq_msg_init(&r);
-    zmq_msg_copy(&r, &S.rid);
-    zmq_msg_send(&r, S.co, ZMQ_SNDMORE);
-    for (int i = 0; i < n; i++) zmq_send(S.co, frame[i], len[i], i + 1 < n ? ZMQ_SNDMORE : 0);
-    free(packed);
-    if (!answered) { /* what the worker does not take as the answer: end its wait */
-        Booth__Error e = BOOTH__ERROR__INIT;
-        e.message = "no such job here";
-        Booth__Envelope q2 = PR_ENVELOPE_INIT(ERROR, error, &e);
-        s_send(&q2);
-    }
+    s_send_answer(S.co, &S.rid, in, BOOTH__ENVELOPE__BODY_JOB_DATA, s_patch_job_data, job);
     fz_wait(S.co, true, s_is_result, s_other, &id, 60000, "a task's JobData");
 }
 
-/* The input, as the PS's answer to the worker's Pull from routing id rid: a Weights gets the job and
- * version asked for; anything but a Weights or an Error is followed by an Error, which ends the
- * worker's wait (it would skip the message and wait out its timeout). */
+/* The input, as the PS's answer to the worker's Pull from routing id rid (a Weights gets the job and
+ * version asked for). */
 static void s_answer_pull(fz_in_t *in, const zmq_msg_t *rid, int64_t version)
 {
-    const uint8_t *frame[512];
-    size_t len[512];
-    int n = 0;
-    while (n < 512 && (n == 0 || in->n > 0)) frame[n] = fz_piece(in, &len[n]), n++;
-    Booth__Envelope *env = booth__envelope__unpack(NULL, len[0], frame[0]);
-    uint8_t *packed = NULL;
-    if (env && env->body_case == BOOTH__ENVELOPE__BODY_WEIGHTS) {
-        char *was = env->weights->job_id;
-        env->weights->job_id = "fzps";
-        env->weights->version = version;
-        packed = malloc(booth__envelope__get_packed_size(env));
-        if (!packed) abort();
-        len[0] = booth__envelope__pack(env, packed);
-        frame[0] = packed;
-        env->weights->job_id = was;
-    }
-    bool answered = env && (env->body_case == BOOTH__ENVELOPE__BODY_WEIGHTS || env->body_case == BOOTH__ENVELOPE__BODY_ERROR);
-    if (env) booth__envelope__free_unpacked(env, NULL);
-    zmq_msg_t r;
-    zmq_msg_init(&r);
-    zmq_msg_copy(&r, (zmq_msg_t *)rid);
-    zmq_msg_send(&r, S.ps, ZMQ_SNDMORE);
-    for (int i = 0; i < n; i++) zmq_send(S.ps, frame[i], len[i], i + 1 < n ? ZMQ_SNDMORE : 0);
-    free(packed);
-    if (!answered) {
-        Booth__Error e = BOOTH__ERROR__INIT;
-        e.message = "no weights here";
-        Booth__Envelope q = PR_ENVELOPE_INIT(ERROR, error, &e);
-        pr_send(S.ps, rid, &q, NULL, 0);
-    }
+    s_send_answer(S.ps, rid, in, BOOTH__ENVELOPE__BODY_WEIGHTS, s_patch_weights, &version);
 }
 
 /* Task MICROBATCH of job fzps at a new version (so the worker pulls), its PS the harness; the
