@@ -48,7 +48,7 @@ int cmd_grid(int argc, char **argv)
     uint64_t seed = 0;
     int64_t width = 0, height = 0;
     const cli_opt_t opts[] = {
-        CLI_OPT("--model", CLI_STR, &model, "DIR", "diffusers model folder (required)"),
+        CLI_OPT("--model", CLI_STR, &model, "DIR|FILE", "a diffusers model folder, or a single-file checkpoint (.safetensors) (required)"),
         CLI_OPT("--base-dtype", CLI_STR, &base_dtype, "TYPE", CLI_BASE_DTYPE_HELP),
         CLI_OPT("--prediction-type", CLI_STR, &prediction_s, "TYPE", CLI_PREDICTION_HELP),
         CLI_OPT("--lora", CLI_STR, &lora, "FILE", "LoRA file, any layout (required)"),

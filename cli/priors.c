@@ -37,7 +37,7 @@ int cmd_priors(int argc, char **argv)
     float guidance = 7.5f;
     uint64_t seed = 0;
     const cli_opt_t opts[] = {
-        CLI_OPT("--model", CLI_STR, &model, "DIR", "diffusers model folder (required)"),
+        CLI_OPT("--model", CLI_STR, &model, "DIR|FILE", "a diffusers model folder, or a single-file checkpoint (.safetensors) (required)"),
         CLI_OPT("--base-dtype", CLI_STR, &base_dtype, "TYPE", CLI_BASE_DTYPE_HELP),
         CLI_OPT("--prediction-type", CLI_STR, &prediction_s, "TYPE", CLI_PREDICTION_HELP),
         CLI_OPT("--class-prompt", CLI_TEXT, &prompt, "TEXT", "e.g. \"a photo of dog\" (required)"),

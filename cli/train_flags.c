@@ -28,7 +28,7 @@ int cli_train_opts(cli_train_flags_t *f, cli_opt_t *opts, int max)
     f->validation_epochs = 50;
     f->sample_batch_size = 4;
     const cli_opt_t rows[] = {
-        CLI_OPT("--model", CLI_STR, &f->c.model_dir, "DIR", "diffusers model folder to fine-tune (required)"),
+        CLI_OPT("--model", CLI_STR, &f->c.model_dir, "DIR|FILE", "the diffusers model folder, or single-file checkpoint (.safetensors), to fine-tune (required)"),
         CLI_OPT("--pretrained-model-name-or-path", CLI_STR, &f->c.model_dir, "DIR", "same as --model (diffusers' name)"),
         CLI_OPT("--base-dtype", CLI_STR, &f->base_dtype, "TYPE", CLI_BASE_DTYPE_HELP),
         CLI_OPT("--prediction-type", CLI_STR, &f->prediction, "TYPE", CLI_PREDICTION_HELP),

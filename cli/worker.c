@@ -16,8 +16,8 @@ int cmd_worker(int argc, char **argv)
     const char *base_dtype = NULL, *prediction_s = NULL;
     const cli_opt_t opts[] = {
         CLI_OPT("--coordinator", CLI_STR, &o.coordinator, "ADDR", "the coordinator, tcp://HOST:PORT (required)"),
-        CLI_OPT("--model", CLI_STR, &o.model_dir, "DIR",
-                "diffusers model folder, the same model as the jobs' (required; loaded once)"),
+        CLI_OPT("--model", CLI_STR, &o.model_dir, "DIR|FILE",
+                "diffusers model folder or single-file checkpoint, the same model as the jobs' (required; loaded once)"),
         CLI_OPT("--base-dtype", CLI_STR, &base_dtype, "TYPE", CLI_BASE_DTYPE_HELP),
         CLI_OPT("--prediction-type", CLI_STR, &prediction_s, "TYPE", CLI_PREDICTION_HELP),
         CLI_OPT("--threads", CLI_INT, &o.threads, "N", "compute threads (default BOOTH_THREADS or the CPU count)"),
