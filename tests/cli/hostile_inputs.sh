@@ -130,3 +130,14 @@ for cmd in generate grid priors train worker lora-grad; do
     "$BOOTH" $cmd --help >"$T/help.txt"
     grep -q -- "--prediction-type" "$T/help.txt" || { echo "$cmd --help lacks --prediction-type"; exit 1; }
 done
+
+# a job file (or a Submit from the network) is held to the ranges of booth train's flags: sizes a
+# worker or PS allocates by are bounded before anything is
+printf '{"pretrained_model_name_or_path": "%s", "instance_data_dir": "%s", "instance_prompt": "a sks robot", "rank": 1000000000}' \
+    "$MODEL" "$SUBJECT" >"$T/job.json"
+one_error "job field 'rank' is 1e+09, must be in \[1, 1024\]" "$BOOTH" submit --coordinator tcp://127.0.0.1:1 \
+    --insecure --job "$T/job.json"
+printf '{"pretrained_model_name_or_path": "%s", "instance_data_dir": "%s", "instance_prompt": "a sks robot", "resolution": 100}' \
+    "$MODEL" "$SUBJECT" >"$T/job.json"
+one_error "job field 'resolution' is 100, not a multiple of 8" "$BOOTH" submit --coordinator tcp://127.0.0.1:1 \
+    --insecure --job "$T/job.json"
