@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/fileio.h"
 #include "common/status.h"
@@ -162,8 +163,7 @@ static void s_patch_weights(Booth__Envelope *env, void *arg, char **saved)
 }
 
 /* Sends the input to rid at sock as one message, frames as fz_piece pieces, its envelope patched
- * when it is a `body`. Anything but a `body` or an Error is followed by an Error, which ends the
- * worker's wait (it skips other messages and would wait out its timeout). */
+ * when it is a `body` (a worker left waiting by anything else is nudged by s_wait_result). */
 static void s_send_answer(void *sock, const zmq_msg_t *rid, fz_in_t *in, int body, s_patch_fn patch, void *arg)
 {
     const uint8_t *frame[512];
@@ -180,7 +180,6 @@ static void s_send_answer(void *sock, const zmq_msg_t *rid, fz_in_t *in, int bod
         frame[0] = packed;
         patch(env, NULL, &saved);
     }
-    bool answer = env && ((int)env->body_case == body || env->body_case == BOOTH__ENVELOPE__BODY_ERROR);
     if (env) booth__envelope__free_unpacked(env, NULL);
     zmq_msg_t r;
     zmq_msg_init(&r);
@@ -188,12 +187,73 @@ static void s_send_answer(void *sock, const zmq_msg_t *rid, fz_in_t *in, int bod
     zmq_msg_send(&r, sock, ZMQ_SNDMORE);
     for (int i = 0; i < n; i++) zmq_send(sock, frame[i], len[i], i + 1 < n ? ZMQ_SNDMORE : 0);
     free(packed);
-    if (!answer) {
-        Booth__Error e = BOOTH__ERROR__INIT;
-        e.message = "no such thing here";
-        Booth__Envelope q = PR_ENVELOPE_INIT(ERROR, error, &e);
-        pr_send(sock, rid, &q, NULL, 0);
+}
+
+static void s_answer_pull(fz_in_t *in, const zmq_msg_t *rid, int64_t version);
+
+static double s_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* Waits for task id's result, serving the worker meanwhile: a Pull at the harness's PS is answered
+ * with the input (pull_answer; NULL: none expected), a Push acknowledged, a Hello welcomed, another
+ * job's GetJob refused. A worker without a result 0.25 s after the input went out may be waiting
+ * for an answer the input did not give (a message it dropped as malformed, or skipped): it gets an
+ * Error at `nudge`, the socket it waits on, as a real peer's timeout would end its wait, only sooner.
+ * (A worker still busy with a good answer meets that Error later, where it is harmless.) */
+static void s_wait_result(uint64_t id, fz_in_t *pull_answer, void *nudge)
+{
+    bool pulled = false, nudged = false;
+    zmq_msg_t nudge_rid;
+    zmq_msg_init(&nudge_rid);
+    if (nudge == S.co) zmq_msg_copy(&nudge_rid, &S.rid);
+    double t0 = s_now(), answered = nudge == S.co ? t0 : -1; /* when the input went out */
+    while (s_now() - t0 < 60) {
+        if (!nudged && answered >= 0 && s_now() - answered > 0.25) {
+            Booth__Error e = BOOTH__ERROR__INIT;
+            e.message = "nothing more for you";
+            Booth__Envelope q = PR_ENVELOPE_INIT(ERROR, error, &e);
+            pr_send(nudge, &nudge_rid, &q, NULL, 0);
+            nudged = true;
+        }
+        zmq_pollitem_t items[2] = {{S.co, 0, ZMQ_POLLIN, 0}, {S.ps, 0, ZMQ_POLLIN, 0}};
+        if (zmq_poll(items, 2, 100) <= 0) continue;
+        pr_msg_t m;
+        if (items[1].revents & ZMQ_POLLIN) {
+            if (pr_recv(S.ps, true, 64 << 20, &m) == BT_OK) {
+                int body = m.env->body_case;
+                if (body == BOOTH__ENVELOPE__BODY_PULL && !pulled && pull_answer) {
+                    pulled = true;
+                    answered = s_now();
+                    zmq_msg_copy(&nudge_rid, &m.routing_id);
+                    s_answer_pull(pull_answer, &m.routing_id, m.env->pull->version);
+                } else if (body == BOOTH__ENVELOPE__BODY_PUSH) {
+                    Booth__PushAck a = BOOTH__PUSH_ACK__INIT;
+                    a.job_id = m.env->push->job_id;
+                    a.step = m.env->push->step;
+                    a.micro = m.env->push->micro;
+                    a.accepted = true;
+                    Booth__Envelope env = PR_ENVELOPE_INIT(PUSH_ACK, push_ack, &a);
+                    pr_send(S.ps, &m.routing_id, &env, NULL, 0);
+                }
+            }
+            pr_msg_free(&m);
+        }
+        if ((items[0].revents & ZMQ_POLLIN) && pr_recv(S.co, true, 64 << 20, &m) == BT_OK) {
+            bool result = s_is_result(&m, &id);
+            if (!result) s_other(&m, NULL);
+            pr_msg_free(&m);
+            if (result) {
+                zmq_msg_close(&nudge_rid);
+                return;
+            }
+        }
     }
+    fz_bug("no result for task %llu in 60 s (%s)", (unsigned long long)id,
+           pulled ? "after the PS's answer" : pull_answer ? "no pull either" : "after the JobData");
 }
 
 /* A MICROBATCH task of a fresh job; the input answers its GetJob. */
@@ -214,7 +274,7 @@ static void s_job_data(fz_in_t *in)
 
     /* the input, with the job id the worker waits for when it is a JobData */
     s_send_answer(S.co, &S.rid, in, BOOTH__ENVELOPE__BODY_JOB_DATA, s_patch_job_data, job);
-    fz_wait(S.co, true, s_is_result, s_other, &id, 60000, "a task's JobData");
+    s_wait_result(id, NULL, S.co);
 }
 
 /* The input, as the PS's answer to the worker's Pull from routing id rid (a Weights gets the job and
@@ -246,37 +306,7 @@ static void s_ps_reply(fz_in_t *in)
     t.ps = pis;
     Booth__Envelope q = PR_ENVELOPE_INIT(TASK, task, &t);
     s_send(&q);
-    bool pulled = false;
-    for (int i = 0; i < 600; i++) {
-        zmq_pollitem_t items[2] = {{S.co, 0, ZMQ_POLLIN, 0}, {S.ps, 0, ZMQ_POLLIN, 0}};
-        if (zmq_poll(items, 2, 100) < 0) continue;
-        pr_msg_t m;
-        if (items[1].revents & ZMQ_POLLIN) {
-            if (pr_recv(S.ps, true, 64 << 20, &m) == BT_OK) {
-                int body = m.env->body_case;
-                if (body == BOOTH__ENVELOPE__BODY_PULL && !pulled) {
-                    pulled = true;
-                    s_answer_pull(in, &m.routing_id, m.env->pull->version);
-                } else if (body == BOOTH__ENVELOPE__BODY_PUSH) {
-                    Booth__PushAck a = BOOTH__PUSH_ACK__INIT;
-                    a.job_id = m.env->push->job_id;
-                    a.step = m.env->push->step;
-                    a.micro = m.env->push->micro;
-                    a.accepted = true;
-                    Booth__Envelope env = PR_ENVELOPE_INIT(PUSH_ACK, push_ack, &a);
-                    pr_send(S.ps, &m.routing_id, &env, NULL, 0);
-                }
-            }
-            pr_msg_free(&m);
-        }
-        if ((items[0].revents & ZMQ_POLLIN) && pr_recv(S.co, true, 64 << 20, &m) == BT_OK) {
-            bool result = s_is_result(&m, &id);
-            if (!result) s_other(&m, NULL);
-            pr_msg_free(&m);
-            if (result) return;
-        }
-    }
-    fz_bug("no result for task %llu (%s)", (unsigned long long)id, pulled ? "after the PS's answer" : "no pull either");
+    s_wait_result(id, in, S.ps);
 }
 
 FUZZ_TARGET(worker)
