@@ -21,6 +21,8 @@ int cmd_coordinator(int argc, char **argv)
         CLI_OPT("--dead-after-ms", CLI_INT, &o.dead_after_ms, "MS",
                 "a worker or parameter server silent this long is declared dead: its tasks go to live workers, "
                 "a PS's tensors are reloaded from the last checkpoint (default 10000)"),
+        CLI_OPT("--max-open-jobs", CLI_INT, &o.max_open_jobs, "N",
+                "jobs queued or running at once; a submit beyond is refused (they hold their photos; default 256)"),
         CLI_NODE_OPTS(&o.node),
         CLI_END,
     };
@@ -37,5 +39,7 @@ int cmd_coordinator(int argc, char **argv)
         fprintf(stderr, "booth coordinator: --state-dir is required\n");
         return 2;
     }
+    const cli_irange_t ranges[] = {{"--max-open-jobs", o.max_open_jobs, 0, 1000000}};
+    if ((rc = cli_check_ranges("coordinator", ranges, 1))) return rc;
     return co_run(&o);
 }

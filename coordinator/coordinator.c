@@ -282,6 +282,7 @@ int co_run(const co_opts_t *o)
     c->o = *o;
     if (c->o.heartbeat_ms <= 0) c->o.heartbeat_ms = 2000;
     if (c->o.dead_after_ms <= 0) c->o.dead_after_ms = 10000;
+    if (c->o.max_open_jobs <= 0) c->o.max_open_jobs = CO_MAX_OPEN_JOBS;
     c->running = -1;
     bt_log_set_timestamps(true);
     c->next_task = 1;

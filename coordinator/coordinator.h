@@ -20,6 +20,7 @@ typedef struct co_opts {
     int priors_per_task;   /* prior images per PRIORS task (0: spread over the live workers) */
     int heartbeat_ms;      /* how often workers and PS say they are alive (0: 2000) */
     int dead_after_ms;     /* silent for this long: declared dead, its work handed out again (0: 10000) */
+    int max_open_jobs;     /* jobs queued or running at once; a Submit beyond is refused (0: 256) */
 } co_opts_t;
 
 /* Runs until SIGINT/SIGTERM. 0 on a clean stop, 1 if it could not start. */

@@ -37,6 +37,8 @@ typedef struct co_peer {
     int ntensors;            /* of the running job */
 } co_peer_t;
 
+#define CO_MAX_OPEN_JOBS 256 /* the default of --max-open-jobs */
+
 typedef enum co_state {
     CO_QUEUED,
     CO_PRIORS,

@@ -170,6 +170,18 @@ static int s_check_job(const co_job_t *j, char *why, size_t len)
 void co_on_submit(co_t *c, int peer, pr_msg_t *m)
 {
     const Booth__Submit *s = m->env->submit;
+    /* jobs waiting or running hold their photos in memory: a client that submits without end is
+     * told to wait, before anything is allocated for its job */
+    int open = 0;
+    for (int i = 0; i < c->njobs; i++) open += c->jobs[i]->state < CO_DONE;
+    if (open >= c->o.max_open_jobs) {
+        char full[160];
+        snprintf(full, sizeof full, "the queue is full: %d jobs are waiting or running; cancel some or submit later",
+                 open);
+        BT_WARN("%s: job refused: %s", m->peer, full);
+        co_send_error(c, peer, full, false);
+        return;
+    }
     co_job_t *j = bt_calloc(1, sizeof *j);
     char why[512] = "";
     int rc = j ? BT_OK : BT_ENOMEM;

@@ -260,4 +260,19 @@ co_kill
 expect_exit $bg 1 "submit --wait without answers" "$T/sub3.err"
 grep -q "error: no answer from the coordinator at $CO for 3 s; job $ID may still be running" "$T/sub3.err" ||
     { echo "submit --wait without answers said:"; cat "$T/sub3.err"; exit 1; }
+
+# --max-open-jobs: a submit beyond the jobs queued or running is refused in one line (they hold
+# their photos in the coordinator's memory); a cancel makes room
+"$BOOTH" coordinator --insecure --bind "tcp://127.0.0.1:*" --state-dir "$T/state-full" --max-open-jobs 2 \
+    >"$T/full.log" 2>&1 &
+PIDS+=($!)
+wait_for "$T/full.log" "coordinator listening on" 1
+CF=$(sed -n 's|.*coordinator listening on \(tcp://127\.0\.0\.1:[0-9]*\).*|\1|p' "$T/full.log" | head -1)
+for k in 1 2; do "$BOOTH" submit "${JOB[@]}" --coordinator $CF --insecure --timeout 10 >"$T/full$k" 2>/dev/null; done
+rc=0
+"$BOOTH" submit "${JOB[@]}" --coordinator $CF --insecure --timeout 10 >"$T/full3" 2>"$T/full3.err" || rc=$?
+[ $rc = 1 ] && grep -q "the queue is full: 2 jobs are waiting or running; cancel some or submit later" "$T/full3.err" ||
+    { echo "a third job with --max-open-jobs 2: exit $rc"; cat "$T/full3.err"; exit 1; }
+"$BOOTH" cancel "$(head -1 "$T/full1")" --coordinator $CF --insecure --timeout 10 >/dev/null 2>&1
+"$BOOTH" submit "${JOB[@]}" --coordinator $CF --insecure --timeout 10 >"$T/full4" 2>/dev/null
 echo "client.sh: ok"
