@@ -153,7 +153,7 @@ int sd_optim_step(sd_optim_t *o, float *lr_used, double *grad_norm)
     if (!ss) return BT_ENOMEM;
     int rc = BT_OK;
     for (int i = 0; i < o->n && rc == BT_OK; i++) rc = sd_optim_sum_squares(o, i, &ss[i]);
-    double norm = sd_grad_norm(ss, o->n);
+    double norm = rc ? 0 : sd_grad_norm(ss, o->n); /* a failed sum leaves later entries unset */
     free(ss);
     if (rc) return rc;
     if (grad_norm) *grad_norm = norm;
