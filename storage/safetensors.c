@@ -187,6 +187,10 @@ static int s_parse_metadata(st_file_t *f, const cJSON *m)
         BT_ERROR("%s: __metadata__ is not an object", f->path);
         return BT_EFORMAT;
     }
+    if (f->meta_keys) { /* the header's JSON names it twice (found by fuzz_safetensors: a heap overflow) */
+        BT_ERROR("%s: __metadata__ appears twice in the header", f->path);
+        return BT_EFORMAT;
+    }
     int n = cJSON_GetArraySize(m);
     f->meta_keys = bt_calloc((size_t)n + 1, sizeof(char *));
     f->meta_values = bt_calloc((size_t)n + 1, sizeof(char *));
