@@ -22,10 +22,13 @@ static const char *s_name = "?";
 static atomic_int s_logged;
 static bool s_verbose;
 
+static atomic_int s_dropped;
+
 static void s_sink(bt_log_level_t level, const char *msg, void *user)
 {
     (void)user;
     if (level <= BT_LOG_WARN) atomic_fetch_add(&s_logged, 1);
+    if (level <= BT_LOG_WARN && strstr(msg, ": dropped ")) atomic_fetch_add(&s_dropped, 1); /* proto/wire.c */
     if (s_verbose) fprintf(stderr, "booth: %s\n", msg);
 }
 
@@ -44,6 +47,8 @@ void fz_begin(const char *name)
 }
 
 int fz_logged(void) { return atomic_load(&s_logged); }
+
+int fz_dropped(void) { return atomic_load(&s_dropped); }
 
 void fz_bug(const char *what, ...)
 {

@@ -51,6 +51,9 @@ void fz_bug(const char *what, ...) __attribute__((noreturn, format(printf, 1, 2)
 void fz_failed(int rc, const char *call);
 /* Error/warning lines logged since fz_begin. */
 int fz_logged(void);
+/* Messages the wire layer has dropped as malformed so far ("...: dropped ...", proto/wire.c), in
+ * every thread: a harness waiting on a daemon knows its input will get no answer. */
+int fz_dropped(void);
 
 /* The bytes as a file: a path that reads them (a memfd: no disk, no cleanup). The
  * path stays valid until the next fz_file call with the same slot (0..3). */

@@ -200,9 +200,10 @@ static double s_now(void)
 
 /* Waits for task id's result, serving the worker meanwhile: a Pull at the harness's PS is answered
  * with the input (pull_answer; NULL: none expected), a Push acknowledged, a Hello welcomed, another
- * job's GetJob refused. A worker without a result 0.25 s after the input went out may be waiting
- * for an answer the input did not give (a message it dropped as malformed, or skipped): it gets an
- * Error at `nudge`, the socket it waits on, as a real peer's timeout would end its wait, only sooner.
+ * job's GetJob refused. A worker that dropped the input as malformed (its log says so), or is
+ * without a result 0.25 s after it (it may have skipped it), is waiting for an answer that will not
+ * come: it gets an Error at `nudge`, the socket it waits on, as a real peer's timeout would end its
+ * wait, only sooner.
  * (A worker still busy with a good answer meets that Error later, where it is harmless.) */
 static void s_wait_result(uint64_t id, fz_in_t *pull_answer, void *nudge)
 {
@@ -211,8 +212,10 @@ static void s_wait_result(uint64_t id, fz_in_t *pull_answer, void *nudge)
     zmq_msg_init(&nudge_rid);
     if (nudge == S.co) zmq_msg_copy(&nudge_rid, &S.rid);
     double t0 = s_now(), answered = nudge == S.co ? t0 : -1; /* when the input went out */
+    int dropped = fz_dropped();
     while (s_now() - t0 < 60) {
-        if (!nudged && answered >= 0 && s_now() - answered > 0.25) {
+        /* dropped as malformed (the worker said so): no answer will come; else give it 0.25 s */
+        if (!nudged && answered >= 0 && (fz_dropped() > dropped || s_now() - answered > 0.25)) {
             Booth__Error e = BOOTH__ERROR__INIT;
             e.message = "nothing more for you";
             Booth__Envelope q = PR_ENVELOPE_INIT(ERROR, error, &e);
@@ -228,6 +231,7 @@ static void s_wait_result(uint64_t id, fz_in_t *pull_answer, void *nudge)
                 if (body == BOOTH__ENVELOPE__BODY_PULL && !pulled && pull_answer) {
                     pulled = true;
                     answered = s_now();
+                    dropped = fz_dropped();
                     zmq_msg_copy(&nudge_rid, &m.routing_id);
                     s_answer_pull(pull_answer, &m.routing_id, m.env->pull->version);
                 } else if (body == BOOTH__ENVELOPE__BODY_PUSH) {
