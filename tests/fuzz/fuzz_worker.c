@@ -201,10 +201,10 @@ static double s_now(void)
 /* Waits for task id's result, serving the worker meanwhile: a Pull at the harness's PS is answered
  * with the input (pull_answer; NULL: none expected), a Push acknowledged, a Hello welcomed, another
  * job's GetJob refused. A worker that dropped the input as malformed (its log says so), or is
- * without a result 0.25 s after it (it may have skipped it), is waiting for an answer that will not
+ * without a result 20 ms after it (it may have skipped it), is waiting for an answer that will not
  * come: it gets an Error at `nudge`, the socket it waits on, as a real peer's timeout would end its
- * wait, only sooner.
- * (A worker still busy with a good answer meets that Error later, where it is harmless.) */
+ * wait, only sooner. (A worker still busy with a good answer meets that Error later: an idle worker
+ * logs it, a PS reply is drained before its next request.) */
 static void s_wait_result(uint64_t id, fz_in_t *pull_answer, void *nudge)
 {
     bool pulled = false, nudged = false;
@@ -214,8 +214,8 @@ static void s_wait_result(uint64_t id, fz_in_t *pull_answer, void *nudge)
     double t0 = s_now(), answered = nudge == S.co ? t0 : -1; /* when the input went out */
     int dropped = fz_dropped();
     while (s_now() - t0 < 60) {
-        /* dropped as malformed (the worker said so): no answer will come; else give it 0.25 s */
-        if (!nudged && answered >= 0 && (fz_dropped() > dropped || s_now() - answered > 0.25)) {
+        /* dropped as malformed (the worker said so): no answer will come; else give it 20 ms */
+        if (!nudged && answered >= 0 && (fz_dropped() > dropped || s_now() - answered > 0.02)) {
             Booth__Error e = BOOTH__ERROR__INIT;
             e.message = "nothing more for you";
             Booth__Envelope q = PR_ENVELOPE_INIT(ERROR, error, &e);
