@@ -37,6 +37,11 @@
     "{\"pretrained_model_name_or_path\": \"tests/fixtures/tiny-sd\", \"instance_data_dir\": \"x\", "          \
     "\"instance_prompt\": \"a photo of sks robot\", \"resolution\": 16, \"max_train_steps\": 2, \"rank\": 1}"
 
+/* How long an input the worker may have skipped is given before the nudge (s_wait_result). A good
+ * answer still being worked on then meets the nudge after it, in order, where it is harmless; so
+ * this bounds the wait per skipped input, not what an input exercises. */
+#define S_NUDGE_S 0.005
+
 static struct {
     void *ctx, *co, *ps;
     zmq_msg_t rid;
@@ -45,6 +50,13 @@ static struct {
     pthread_t thread;
     uint64_t task;
 } S;
+
+static double s_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
 
 static void *s_main(void *arg)
 {
@@ -121,6 +133,11 @@ static void s_start(void)
     fz_wait(S.co, true, s_is_hello, NULL, NULL, 60000, "the worker's Hello");
 }
 
+typedef void (*s_patch_fn)(Booth__Envelope *env, void *arg, char **saved);
+static void s_send_answer(void *sock, const zmq_msg_t *rid, fz_in_t *in, int body, s_patch_fn patch, void *arg);
+static void s_patch_task(Booth__Envelope *env, void *arg, char **saved);
+static void s_wait_hello(void);
+
 /* The coordinator's message to the idle worker; then Error{reregister} -> Hello. */
 static void s_coordinator_message(fz_in_t *in)
 {
@@ -133,24 +150,40 @@ static void s_coordinator_message(fz_in_t *in)
                          (env->task->kind == BOOTH__TASK__KIND__PRIORS || env->task->kind == BOOTH__TASK__KIND__VALIDATE)));
     if (env) booth__envelope__free_unpacked(env, NULL);
     if (skip) return;
-    fz_send_input(S.co, &S.rid, in, &env);
-    if (env) booth__envelope__free_unpacked(env, NULL);
+    s_send_answer(S.co, &S.rid, in, BOOTH__ENVELOPE__BODY_TASK, s_patch_task, S.ps_ep);
     Booth__Error e = BOOTH__ERROR__INIT;
     e.message = "register again";
     e.reregister = true;
     Booth__Envelope q = PR_ENVELOPE_INIT(ERROR, error, &e);
     s_send(&q);
-    fz_wait(S.co, true, s_is_hello, s_other, NULL, 60000, "an Error{reregister}");
+    s_wait_hello();
 }
 
 /* What makes an input the answer the worker waits for: its job (and version) set to the ones asked
  * for; called again with arg NULL to put back what it borrowed before the envelope is freed. */
-typedef void (*s_patch_fn)(Booth__Envelope *env, void *arg, char **saved);
 
 static void s_patch_job_data(Booth__Envelope *env, void *arg, char **saved)
 {
     if (arg) *saved = env->job_data->job_id;
     env->job_data->job_id = arg ? arg : *saved;
+}
+
+/* A Task's parameter servers all become the harness's PS, which answers at once: a fuzzed task
+ * naming a PS that is not there would make the worker wait its PS timeout (20 s) by design, and the
+ * run would measure waits, not handlers. The endpoints borrowed are put back from a saved array. */
+static void s_patch_task(Booth__Envelope *env, void *arg, char **saved)
+{
+    Booth__Task *t = env->task;
+    char **ep = (char **)*saved;
+    if (arg && t->n_ps && !(ep = malloc(t->n_ps * sizeof *ep))) abort();
+    for (size_t i = 0; i < t->n_ps; i++) {
+        if (arg) ep[i] = t->ps[i]->endpoint;
+        t->ps[i]->endpoint = arg ? arg : ep[i];
+    }
+    if (arg)
+        *saved = (char *)ep;
+    else
+        free(ep);
 }
 
 static void s_patch_weights(Booth__Envelope *env, void *arg, char **saved)
@@ -191,17 +224,52 @@ static void s_send_answer(void *sock, const zmq_msg_t *rid, fz_in_t *in, int bod
 
 static void s_answer_pull(fz_in_t *in, const zmq_msg_t *rid, int64_t version);
 
-static double s_now(void)
+static void s_ack_push(pr_msg_t *m)
 {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+    Booth__PushAck a = BOOTH__PUSH_ACK__INIT;
+    a.job_id = m->env->push->job_id;
+    a.step = m->env->push->step;
+    a.micro = m->env->push->micro;
+    a.accepted = true;
+    Booth__Envelope env = PR_ENVELOPE_INIT(PUSH_ACK, push_ack, &a);
+    pr_send(S.ps, &m->routing_id, &env, NULL, 0);
+}
+
+/* Waits for the worker's Hello after Error{reregister}, serving it meanwhile as s_other does and
+ * as a PS with no weights: a Pull at the harness's PS (a fuzzed task's, see s_patch_task) is
+ * refused at once, a Push acknowledged. */
+static void s_wait_hello(void)
+{
+    double t0 = s_now();
+    while (s_now() - t0 < 60) {
+        zmq_pollitem_t items[2] = {{S.co, 0, ZMQ_POLLIN, 0}, {S.ps, 0, ZMQ_POLLIN, 0}};
+        if (zmq_poll(items, 2, 100) <= 0) continue;
+        pr_msg_t m;
+        if ((items[1].revents & ZMQ_POLLIN) && pr_recv(S.ps, true, 64 << 20, &m) == BT_OK) {
+            if (m.env->body_case == BOOTH__ENVELOPE__BODY_PULL) {
+                Booth__Error e = BOOTH__ERROR__INIT;
+                e.message = "no weights for this job here";
+                Booth__Envelope q = PR_ENVELOPE_INIT(ERROR, error, &e);
+                pr_send(S.ps, &m.routing_id, &q, NULL, 0);
+            } else if (m.env->body_case == BOOTH__ENVELOPE__BODY_PUSH) {
+                s_ack_push(&m);
+            }
+            pr_msg_free(&m);
+        }
+        if ((items[0].revents & ZMQ_POLLIN) && pr_recv(S.co, true, 64 << 20, &m) == BT_OK) {
+            bool hello = s_is_hello(&m, NULL);
+            if (!hello) s_other(&m, NULL);
+            pr_msg_free(&m);
+            if (hello) return;
+        }
+    }
+    fz_bug("no Hello in 60 s after an Error{reregister}");
 }
 
 /* Waits for task id's result, serving the worker meanwhile: a Pull at the harness's PS is answered
  * with the input (pull_answer; NULL: none expected), a Push acknowledged, a Hello welcomed, another
  * job's GetJob refused. A worker that dropped the input as malformed (its log says so), or is
- * without a result 20 ms after it (it may have skipped it), is waiting for an answer that will not
+ * without a result S_NUDGE_S after it (it may have skipped it), is waiting for an answer that will not
  * come: it gets an Error at `nudge`, the socket it waits on, as a real peer's timeout would end its
  * wait, only sooner. (A worker still busy with a good answer meets that Error later: an idle worker
  * logs it, a PS reply is drained before its next request.) */
@@ -214,8 +282,8 @@ static void s_wait_result(uint64_t id, fz_in_t *pull_answer, void *nudge)
     double t0 = s_now(), answered = nudge == S.co ? t0 : -1; /* when the input went out */
     int dropped = fz_dropped();
     while (s_now() - t0 < 60) {
-        /* dropped as malformed (the worker said so): no answer will come; else give it 20 ms */
-        if (!nudged && answered >= 0 && (fz_dropped() > dropped || s_now() - answered > 0.02)) {
+        /* dropped as malformed (the worker said so): no answer will come; else give it S_NUDGE_S */
+        if (!nudged && answered >= 0 && (fz_dropped() > dropped || s_now() - answered > S_NUDGE_S)) {
             Booth__Error e = BOOTH__ERROR__INIT;
             e.message = "nothing more for you";
             Booth__Envelope q = PR_ENVELOPE_INIT(ERROR, error, &e);
@@ -223,7 +291,10 @@ static void s_wait_result(uint64_t id, fz_in_t *pull_answer, void *nudge)
             nudged = true;
         }
         zmq_pollitem_t items[2] = {{S.co, 0, ZMQ_POLLIN, 0}, {S.ps, 0, ZMQ_POLLIN, 0}};
-        if (zmq_poll(items, 2, 100) <= 0) continue;
+        /* wake for the nudge when it is due, not a whole poll later */
+        int wait_ms = 100;
+        if (!nudged && answered >= 0) wait_ms = (int)((answered + S_NUDGE_S - s_now()) * 1000) + 1;
+        if (zmq_poll(items, 2, wait_ms < 1 ? 1 : wait_ms > 100 ? 100 : wait_ms) <= 0) continue;
         pr_msg_t m;
         if (items[1].revents & ZMQ_POLLIN) {
             if (pr_recv(S.ps, true, 64 << 20, &m) == BT_OK) {
@@ -235,13 +306,7 @@ static void s_wait_result(uint64_t id, fz_in_t *pull_answer, void *nudge)
                     zmq_msg_copy(&nudge_rid, &m.routing_id);
                     s_answer_pull(pull_answer, &m.routing_id, m.env->pull->version);
                 } else if (body == BOOTH__ENVELOPE__BODY_PUSH) {
-                    Booth__PushAck a = BOOTH__PUSH_ACK__INIT;
-                    a.job_id = m.env->push->job_id;
-                    a.step = m.env->push->step;
-                    a.micro = m.env->push->micro;
-                    a.accepted = true;
-                    Booth__Envelope env = PR_ENVELOPE_INIT(PUSH_ACK, push_ack, &a);
-                    pr_send(S.ps, &m.routing_id, &env, NULL, 0);
+                    s_ack_push(&m);
                 }
             }
             pr_msg_free(&m);
