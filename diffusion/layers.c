@@ -49,7 +49,11 @@ void sd_linear_build(sd_linear_t *m, sd_params_t *ps, int64_t in, int64_t out, b
     m->out = out;
     sd_params_add_weight(ps, &m->w, SD_INIT_NORMAL, 1.0f / sqrtf((float)in), 2, (int64_t[]){out, in}, "%s.weight",
                          prefix);
-    if (bias) sd_params_add(ps, &m->b, SD_INIT_ZERO, 0, 1, (int64_t[]){out}, "%s.bias", prefix);
+    sd_params_grad_slot(ps, &m->dw);
+    if (bias) {
+        sd_params_add(ps, &m->b, SD_INIT_ZERO, 0, 1, (int64_t[]){out}, "%s.bias", prefix);
+        sd_params_grad_slot(ps, &m->db);
+    }
 }
 
 void sd_conv_build(sd_conv_t *m, sd_params_t *ps, int64_t in, int64_t out, int64_t k, int stride, int pad,
@@ -63,7 +67,9 @@ void sd_conv_build(sd_conv_t *m, sd_params_t *ps, int64_t in, int64_t out, int64
     m->pad_t = m->pad_b = m->pad_l = m->pad_r = pad;
     sd_params_add_weight(ps, &m->w, SD_INIT_NORMAL, 1.0f / sqrtf((float)(in * k * k)), 4,
                          (int64_t[]){out, in, k, k}, "%s.weight", prefix);
+    sd_params_grad_slot(ps, &m->dw);
     sd_params_add(ps, &m->b, SD_INIT_ZERO, 0, 1, (int64_t[]){out}, "%s.bias", prefix);
+    sd_params_grad_slot(ps, &m->db);
 }
 
 void sd_norm_build(sd_norm_t *m, sd_params_t *ps, int64_t C, int64_t groups, float eps, const char *prefix)
@@ -73,7 +79,9 @@ void sd_norm_build(sd_norm_t *m, sd_params_t *ps, int64_t C, int64_t groups, flo
     m->groups = groups;
     m->eps = eps;
     sd_params_add(ps, &m->w, SD_INIT_ONE, 0, 1, (int64_t[]){C}, "%s.weight", prefix);
+    sd_params_grad_slot(ps, &m->dw);
     sd_params_add(ps, &m->b, SD_INIT_ZERO, 0, 1, (int64_t[]){C}, "%s.bias", prefix);
+    sd_params_grad_slot(ps, &m->db);
 }
 
 void sd_attention_build(sd_attention_t *m, sd_params_t *ps, int64_t query_dim, int64_t kv_dim, int64_t heads,
@@ -214,13 +222,18 @@ int sd_linear_backward(sd_run_t *r, const sd_linear_t *m, float *dx, const float
 {
     int rc = BT_OK;
     bt_stack_mark_t mk = bt_stack_mark(r->scratch);
-    if (dx) {
-        const float *w = sd_weight_f32(r, &m->w, m->in * m->out);
-        if (!w) {
+    if ((m->dw || m->db) && !x) {
+        BT_ERROR("linear backward: a trained layer without its forward input");
+        rc = BT_EINTERNAL;
+        goto out;
+    }
+    if (dx || m->dw || m->db) {
+        const float *w = dx ? sd_weight_f32(r, &m->w, m->in * m->out) : NULL;
+        if (dx && !w) {
             rc = BT_ENOMEM;
             goto out;
         }
-        TRY(nn_linear_backward(r->nn, dx, NULL, NULL, dy, x, w, M, m->in, m->out));
+        TRY(nn_linear_backward(r->nn, dx, m->dw, m->db, dy, x, w, M, m->in, m->out));
         bt_stack_reset(r->scratch, mk); /* the widened weight is not needed below */
     }
     const sd_lora_t *l = m->lora;
@@ -265,12 +278,18 @@ int sd_conv_forward(sd_run_t *r, const sd_conv_t *m, float *out, const float *x,
     return rc;
 }
 
-int sd_conv_backward(sd_run_t *r, const sd_conv_t *m, float *dx, const float *dy, int64_t B, int64_t H, int64_t W)
+int sd_conv_backward(sd_run_t *r, const sd_conv_t *m, float *dx, const float *dy, const float *x, int64_t B,
+                     int64_t H, int64_t W)
 {
+    if ((m->dw || m->db) && !x) {
+        BT_ERROR("conv backward: a trained layer without its forward input");
+        return BT_EINTERNAL;
+    }
+    if (!dx && !m->dw && !m->db) return BT_OK;
     nn_conv2d_dims_t d = s_conv_dims(m, B, H, W);
     bt_stack_mark_t mk = bt_stack_mark(r->scratch);
     const float *w = sd_weight_f32(r, &m->w, m->out * m->in * m->k * m->k);
-    int rc = w ? nn_conv2d_backward(r->nn, dx, NULL, NULL, dy, NULL, w, &d) : BT_ENOMEM;
+    int rc = w ? nn_conv2d_backward(r->nn, dx, m->dw, m->db, dy, x, w, &d) : BT_ENOMEM;
     bt_stack_reset(r->scratch, mk);
     return rc;
 }
@@ -300,7 +319,7 @@ int sd_group_norm_backward(sd_run_t *r, const sd_norm_t *m, float *dx, const flo
         TRY(nn_act_backward(r->nn, gs, dy, y, n, NN_ACT_SILU));
         g = gs;
     }
-    TRY(nn_group_norm_backward(r->nn, dx, NULL, NULL, g, x, mean, rstd, m->w, B, m->C, HW, m->groups));
+    TRY(nn_group_norm_backward(r->nn, dx, m->dw, m->db, g, x, mean, rstd, m->w, B, m->C, HW, m->groups));
 out:
     bt_stack_reset(r->scratch, mk);
     return rc;
@@ -315,7 +334,7 @@ int sd_layer_norm_forward(sd_run_t *r, const sd_norm_t *m, float *out, float *me
 int sd_layer_norm_backward(sd_run_t *r, const sd_norm_t *m, float *dx, const float *dy, const float *x,
                            const float *mean, const float *rstd, int64_t N)
 {
-    return nn_layer_norm_backward(r->nn, dx, NULL, NULL, dy, x, mean, rstd, m->w, N, m->C);
+    return nn_layer_norm_backward(r->nn, dx, m->dw, m->db, dy, x, mean, rstd, m->w, N, m->C);
 }
 
 /* --------------------------------------------------------------- attention */
@@ -459,10 +478,19 @@ static int s_tblock_backward(sd_run_t *r, const sd_tblock_t *b, float *dx, float
     ALLOC(dh, M * C);
     ALLOC(dn, M * C);
     ALLOC(d2, M * C);
-    /* x3 = x2 + ff(LN3(x2)) */
-    TRY(sd_linear_backward(r, &b->ff.out, dg, dout, NULL, M));
+    /* x3 = x2 + ff(LN3(x2)); a block that trains recomputes the FFN's inputs (GEGLU, LN3) */
+    float *gi = NULL, *hi = NULL;
+    if (b->ff.out.dw) {
+        ALLOC(gi, M * b->ff.inner);
+        TRY(nn_geglu_forward(r->nn, gi, p, M, b->ff.inner));
+    }
+    TRY(sd_linear_backward(r, &b->ff.out, dg, dout, gi, M));
     TRY(nn_geglu_backward(r->nn, dp, dg, p, M, b->ff.inner));
-    TRY(sd_linear_backward(r, &b->ff.proj, dh, dp, NULL, M));
+    if (b->ff.proj.dw) {
+        ALLOC(hi, M * C);
+        TRY(sd_layer_norm_forward(r, &b->norm3, hi, NULL, NULL, x2, M));
+    }
+    TRY(sd_linear_backward(r, &b->ff.proj, dh, dp, hi, M));
     TRY(sd_layer_norm_backward(r, &b->norm3, d2, dh, x2, m3, s3, M));
     TRY(nn_axpy(r->nn, d2, dout, M * C, 1.0f));
     /* x2 = x1 + attn2(LN2(x1), ctx) */
@@ -481,6 +509,8 @@ static int s_tblock_backward(sd_run_t *r, const sd_tblock_t *b, float *dx, float
     if (dx) {
         TRY(sd_layer_norm_backward(r, &b->norm1, dx, dn, xs, m1, s1, M));
         TRY(nn_axpy(r->nn, dx, d1, M * C, 1.0f));
+    } else if (b->norm1.dw) {
+        TRY(sd_layer_norm_backward(r, &b->norm1, NULL, dn, xs, m1, s1, M));
     }
 out:
     bt_stack_reset(r->scratch, mk);
@@ -524,6 +554,11 @@ int sd_transformer_forward(sd_run_t *r, const sd_transformer_t *m, float *out, c
         t0 = t1;
         t1 = sw;
     }
+    if (r->tape && (m->proj_out_lin.dw || m->proj_out_conv.dw)) { /* proj_out's input, for its weight gradient */
+        float *keep;
+        KEEP_COPY(keep, t0, n);
+        (void)keep;
+    }
     if (m->linear_proj) {
         TRY(sd_linear_forward(r, &m->proj_out_lin, t1, t0, B, HW));
         sd_hook(r, t1, 3, tok, "%s.proj_out", m->name);
@@ -545,15 +580,21 @@ int sd_transformer_backward(sd_run_t *r, const sd_transformer_t *m, float *dx, f
     int rc = BT_OK;
     bt_stack_mark_t mk = bt_stack_mark(r->scratch);
     int64_t C = m->channels, HW = H * W, n = B * C * HW;
-    float *t0, *t1, *h, *rstd, *mean, *xs;
+    float *t0, *t1, *h, *rstd, *mean, *xs, *yo = NULL, *xi = NULL;
+    bool trains = m->proj_out_lin.dw || m->proj_out_conv.dw;
     ALLOC(t0, n);
     ALLOC(t1, n);
     ALLOC(h, n);
+    if (trains) POP(yo); /* the last block's output, tokens [B, HW, C] */
     if (m->linear_proj) {
         TRY(nn_transpose(r->nn, t1, dout, B, C, HW));
-        TRY(sd_linear_backward(r, &m->proj_out_lin, t0, t1, NULL, B * HW));
+        TRY(sd_linear_backward(r, &m->proj_out_lin, t0, t1, yo, B * HW));
     } else {
-        TRY(sd_conv_backward(r, &m->proj_out_conv, t1, dout, B, H, W));
+        if (trains) {
+            ALLOC(xi, n);
+            TRY(nn_transpose(r->nn, xi, yo, B, HW, C));
+        }
+        TRY(sd_conv_backward(r, &m->proj_out_conv, t1, dout, xi, B, H, W));
         TRY(nn_transpose(r->nn, t0, t1, B, C, HW));
     }
     for (int64_t i = m->n_blocks - 1; i >= 0; i--) {
@@ -562,19 +603,31 @@ int sd_transformer_backward(sd_run_t *r, const sd_transformer_t *m, float *dx, f
         t0 = t1;
         t1 = sw;
     }
-    if (m->linear_proj) {
-        TRY(sd_linear_backward(r, &m->proj_in_lin, t1, t0, NULL, B * HW));
-        TRY(nn_transpose(r->nn, h, t1, B, HW, C));
-    } else {
-        TRY(nn_transpose(r->nn, t1, t0, B, HW, C));
-        TRY(sd_conv_backward(r, &m->proj_in_conv, h, t1, B, H, W));
-    }
     POP(rstd);
     POP(mean);
     POP(xs);
+    if (trains) { /* proj_in's input: GN(x), recomputed (as tokens for a Linear) */
+        if (!xi) ALLOC(xi, n);
+        TRY(sd_group_norm_forward(r, &m->norm, xi, NULL, NULL, xs, B, HW, false));
+        if (m->linear_proj) {
+            float *tok;
+            ALLOC(tok, n);
+            TRY(nn_transpose(r->nn, tok, xi, B, C, HW));
+            xi = tok;
+        }
+    }
+    if (m->linear_proj) {
+        TRY(sd_linear_backward(r, &m->proj_in_lin, t1, t0, xi, B * HW));
+        TRY(nn_transpose(r->nn, h, t1, B, HW, C));
+    } else {
+        TRY(nn_transpose(r->nn, t1, t0, B, HW, C));
+        TRY(sd_conv_backward(r, &m->proj_in_conv, h, t1, xi, B, H, W));
+    }
     if (dx) {
         TRY(sd_group_norm_backward(r, &m->norm, dx, h, xs, mean, rstd, B, HW, false));
         TRY(nn_axpy(r->nn, dx, dout, n, 1.0f));
+    } else if (trains) {
+        TRY(sd_group_norm_backward(r, &m->norm, NULL, h, xs, mean, rstd, B, HW, false));
     }
 out:
     bt_stack_reset(r->scratch, mk);
@@ -624,20 +677,21 @@ out:
     return rc;
 }
 
-int sd_resnet_backward(sd_run_t *r, const sd_resnet_t *m, float *dx, const float *dout, int64_t B, int64_t H,
-                       int64_t W)
+int sd_resnet_backward(sd_run_t *r, const sd_resnet_t *m, float *dx, float *dtemb, const float *dout,
+                       const float *silu_temb, int64_t B, int64_t H, int64_t W)
 {
     int rc = BT_OK;
     bt_stack_mark_t mk = bt_stack_mark(r->scratch);
     int64_t HW = H * W, nin = B * m->in * HW, nout = B * m->out * HW;
-    float *s2, *m2, *h1, *s1, *m1, *xs, *g, *da, *dh1, *dxg;
+    bool trains = m->conv1.dw != NULL, temb = trains && sd_weight_present(&m->time_proj.w) && silu_temb;
+    float *s2, *m2, *h1, *s1, *m1, *xs, *g, *da, *dh1, *dxg, *a = NULL;
     POP(s2);
     POP(m2);
     POP(h1);
     POP(s1);
     POP(m1);
     POP(xs);
-    if (!dx) goto out; /* nothing trainable upstream of this block */
+    if (!dx && !trains) goto out; /* nothing trainable upstream of this block */
     g = (float *)dout;
     if (m->output_scale != 1.0f) {
         ALLOC(g, nout);
@@ -645,17 +699,33 @@ int sd_resnet_backward(sd_run_t *r, const sd_resnet_t *m, float *dx, const float
         TRY(nn_scale(r->nn, g, nout, 1.0f / m->output_scale));
     }
     if (m->has_shortcut)
-        TRY(sd_conv_backward(r, &m->shortcut, dx, g, B, H, W));
-    else
+        TRY(sd_conv_backward(r, &m->shortcut, dx, g, xs, B, H, W));
+    else if (dx)
         TRY(nn_copy(r->nn, dx, g, (size_t)nout * sizeof(float)));
     ALLOC(da, nout > nin ? nout : nin);
     ALLOC(dh1, nout);
-    TRY(sd_conv_backward(r, &m->conv2, da, g, B, H, W));
+    if (trains) { /* conv2's input, silu(GN2(h1)), recomputed */
+        ALLOC(a, nout > nin ? nout : nin);
+        TRY(sd_group_norm_forward(r, &m->norm2, a, NULL, NULL, h1, B, HW, true));
+    }
+    TRY(sd_conv_backward(r, &m->conv2, da, g, a, B, H, W));
     TRY(sd_group_norm_backward(r, &m->norm2, dh1, da, h1, m2, s2, B, HW, true));
-    TRY(sd_conv_backward(r, &m->conv1, da, dh1, B, H, W));
-    ALLOC(dxg, nin);
+    if (temb) { /* h1 += time_proj(silu_temb) per channel: its gradient is dh1 summed over the plane */
+        float *dt, *ds;
+        ALLOC(dt, B * m->out);
+        TRY(nn_add_channel_bias_backward(r->nn, dt, dh1, B, m->out, HW));
+        ds = NULL;
+        if (dtemb) ALLOC(ds, B * m->time_proj.in);
+        TRY(sd_linear_backward(r, &m->time_proj, ds, dt, silu_temb, B));
+        if (dtemb) TRY(nn_axpy(r->nn, dtemb, ds, B * m->time_proj.in, 1.0f));
+    }
+    if (trains) /* conv1's input, silu(GN1(x)) */
+        TRY(sd_group_norm_forward(r, &m->norm1, a, NULL, NULL, xs, B, HW, true));
+    TRY(sd_conv_backward(r, &m->conv1, da, dh1, a, B, H, W));
+    dxg = NULL;
+    if (dx) ALLOC(dxg, nin);
     TRY(sd_group_norm_backward(r, &m->norm1, dxg, da, xs, m1, s1, B, HW, true));
-    TRY(nn_axpy(r->nn, dx, dxg, nin, 1.0f));
+    if (dx) TRY(nn_axpy(r->nn, dx, dxg, nin, 1.0f));
 out:
     bt_stack_reset(r->scratch, mk);
     return rc;

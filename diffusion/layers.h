@@ -3,9 +3,11 @@
  * forward and (where training needs it) a backward function.
  *
  * Conventions (the same as nn/): outputs first, then inputs, then dimensions;
- * backward writes input gradients with "=" and accumulates parameter (LoRA)
- * gradients with "+="; a NULL input gradient skips that work. Base weights are
- * frozen: only LoRA adapters receive gradients.
+ * backward writes input gradients with "=" and accumulates parameter gradients
+ * with "+="; a NULL input gradient skips that work. Base weights are frozen
+ * (only LoRA adapters receive gradients) unless the part trains in full: then
+ * sd_params_alloc_grads points every layer's dw/db into one gradient block and
+ * each backward adds its weight gradients there (full fine-tuning).
  *
  * Plain layers (linear, conv, norms) take what their backward needs as explicit
  * arguments. Composite modules (attention, transformer blocks, ResNet blocks)
@@ -56,6 +58,7 @@ typedef struct sd_lora {
 typedef struct sd_linear {
     sd_weight_t w; /* [out, in] */
     float *b;      /* [out] or NULL */
+    float *dw, *db; /* their gradients (+=) when the layer trains in full, else NULL */
     int64_t in, out;
     sd_lora_t *lora; /* NULL: plain layer */
 } sd_linear_t;
@@ -63,12 +66,14 @@ typedef struct sd_linear {
 typedef struct sd_conv {
     sd_weight_t w; /* [out, in, k, k] */
     float *b;      /* [out] */
+    float *dw, *db; /* their gradients (+=) when the layer trains in full, else NULL */
     int64_t in, out, k;
     int stride, pad_t, pad_b, pad_l, pad_r;
 } sd_conv_t;
 
 typedef struct sd_norm {
     float *w, *b; /* [C] */
+    float *dw, *db; /* their gradients (+=) when the layer trains in full, else NULL */
     int64_t C, groups; /* groups 0: layer norm over C */
     float eps;
 } sd_norm_t;
@@ -136,13 +141,16 @@ void sd_transformer_free(sd_transformer_t *m);
 /* out[B*N, out] = x[B*N, in] W^T + b (+ LoRA), one product per batch item of N rows
  * (so an item's result does not depend on the batch it is in). */
 int sd_linear_forward(sd_run_t *r, const sd_linear_t *m, float *out, const float *x, int64_t B, int64_t N);
-/* dx (=, may be NULL); LoRA dA/dB (+=) when the adapter has gradient buffers. x is the forward input. */
+/* dx (=, may be NULL); dw/db and LoRA dA/dB (+=) when the layer has gradient buffers. x is the
+ * forward input (may be NULL when the layer has no weight gradient to compute). */
 int sd_linear_backward(sd_run_t *r, const sd_linear_t *m, float *dx, const float *dy, const float *x, int64_t M);
 
 /* out[B, out, OH, OW]; dims of the input are B, H, W. */
 int sd_conv_forward(sd_run_t *r, const sd_conv_t *m, float *out, const float *x, int64_t B, int64_t H, int64_t W);
-/* dx (=) only: base weights are frozen. */
-int sd_conv_backward(sd_run_t *r, const sd_conv_t *m, float *dx, const float *dy, int64_t B, int64_t H, int64_t W);
+/* dx (=, may be NULL); dw/db (+=) when the layer trains, from x, the forward input (may be NULL
+ * when it does not). */
+int sd_conv_backward(sd_run_t *r, const sd_conv_t *m, float *dx, const float *dy, const float *x, int64_t B,
+                     int64_t H, int64_t W);
 int64_t sd_conv_out_size(const sd_conv_t *m, int64_t size);
 
 /* Group norm over x[B, C, HW] (optionally followed by SiLU). mean/rstd [B*groups]
@@ -151,6 +159,7 @@ int sd_group_norm_forward(sd_run_t *r, const sd_norm_t *m, float *out, float *me
                           int64_t B, int64_t HW, bool silu);
 int sd_group_norm_backward(sd_run_t *r, const sd_norm_t *m, float *dx, const float *dy, const float *x,
                            const float *mean, const float *rstd, int64_t B, int64_t HW, bool silu);
+/* dx (=, may be NULL); the norm's dw/db (+=) when it trains. */
 /* Layer norm over rows of x[N, C]. */
 int sd_layer_norm_forward(sd_run_t *r, const sd_norm_t *m, float *out, float *mean, float *rstd, const float *x,
                           int64_t N);
@@ -177,9 +186,10 @@ int sd_transformer_backward(sd_run_t *r, const sd_transformer_t *m, float *dx, f
  * applied) or NULL when the block has no time projection. */
 int sd_resnet_forward(sd_run_t *r, const sd_resnet_t *m, float *out, const float *x, const float *silu_temb,
                       int64_t B, int64_t H, int64_t W);
-/* dx (=). No gradient flows into the time embedding (nothing trainable upstream). */
-int sd_resnet_backward(sd_run_t *r, const sd_resnet_t *m, float *dx, const float *dout, int64_t B, int64_t H,
-                       int64_t W);
+/* dx (=, may be NULL); the block's weight gradients (+=) when it trains, and then the gradient of
+ * silu_temb (dtemb +=, may be NULL): silu_temb is the forward's (needed when the block trains). */
+int sd_resnet_backward(sd_run_t *r, const sd_resnet_t *m, float *dx, float *dtemb, const float *dout,
+                       const float *silu_temb, int64_t B, int64_t H, int64_t W);
 
 /* ---- helpers shared by the models ---- */
 float *sd_scratch(sd_run_t *r, int64_t n); /* NULL + log line when out of memory */

@@ -30,6 +30,7 @@ void sd_params_init(sd_params_t *ps, const char *what)
 
 void sd_params_free(sd_params_t *ps)
 {
+    sd_params_free_grads(ps);
     if (ps->mem && ps->ctx) nn_free(ps->ctx, ps->mem);
     if (ps->mem16 && ps->ctx) nn_free(ps->ctx, ps->mem16);
     for (int i = 0; i < ps->n; i++) {
@@ -105,6 +106,11 @@ void sd_params_add_weight(sd_params_t *ps, sd_weight_t *w, sd_init_t init, float
     va_start(ap, fmt);
     s_add(ps, NULL, w, init, init_std, ndim, shape, fmt, ap);
     va_end(ap);
+}
+
+void sd_params_grad_slot(sd_params_t *ps, float **gslot)
+{
+    if (!ps->failed && ps->n > 0) ps->p[ps->n - 1].gslot = gslot;
 }
 
 bool sd_store_parse(const char *s, sd_store_t *out)
@@ -203,6 +209,59 @@ int sd_params_alloc(sd_params_t *ps, nn_ctx_t *ctx)
 {
     for (int i = 0; i < ps->n; i++) ps->p[i].dtype = NN_F32;
     return s_alloc(ps, ctx);
+}
+
+int64_t sd_params_block_floats(const sd_params_t *ps)
+{
+    int64_t total = 0;
+    for (int i = 0; i < ps->n; i++)
+        if (ps->p[i].dtype == NN_F32) total += (s_numel(&ps->p[i]) + 15) / 16 * 16;
+    return total ? total : 16;
+}
+
+int sd_params_alloc_grads(sd_params_t *ps)
+{
+    if (ps->grad) return BT_OK;
+    if (!ps->mem) {
+        BT_ERROR("%s: gradients before the parameters are allocated", ps->what);
+        return BT_EINTERNAL;
+    }
+    for (int i = 0; i < ps->n; i++) {
+        const sd_param_t *p = &ps->p[i];
+        if (p->dtype != NN_F32) {
+            BT_ERROR("%s: %s is stored in %s: full fine-tuning trains float32 weights (load the model with "
+                     "--store fp32)",
+                     ps->what, p->name, nn_dtype_name(p->dtype));
+            return BT_EINVAL;
+        }
+        if (!p->gslot) {
+            BT_ERROR("%s: %s has no gradient in booth's backward pass: this part cannot be fully fine-tuned",
+                     ps->what, p->name);
+            return BT_EINVAL;
+        }
+    }
+    int64_t total = sd_params_block_floats(ps);
+    if (!(ps->grad = nn_alloc(ps->ctx, (size_t)total * sizeof(float)))) {
+        BT_ERROR("%s: cannot allocate %.1f MiB for the gradients of %d parameters", ps->what,
+                 (double)total * 4 / 1048576.0, ps->n);
+        return BT_ENOMEM;
+    }
+    int rc = nn_fill(ps->ctx, ps->grad, total, 0.0f);
+    if (rc) {
+        sd_params_free_grads(ps);
+        return rc;
+    }
+    for (int i = 0; i < ps->n; i++) *ps->p[i].gslot = ps->grad + (ps->p[i].data - ps->mem);
+    return BT_OK;
+}
+
+void sd_params_free_grads(sd_params_t *ps)
+{
+    if (!ps->grad) return;
+    for (int i = 0; i < ps->n; i++)
+        if (ps->p[i].gslot) *ps->p[i].gslot = NULL;
+    nn_free(ps->ctx, ps->grad);
+    ps->grad = NULL;
 }
 
 size_t sd_params_bytes(const sd_params_t *ps)

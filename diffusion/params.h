@@ -66,6 +66,7 @@ typedef struct sd_param {
     uint16_t *data16;   /* 16-bit storage (dtype) instead, or NULL */
     sd_init_t init; /* how `init-model` fills it */
     float init_std;
+    float **gslot; /* the module field that points at its gradient when the part trains (full fine-tuning) */
 } sd_param_t;
 
 typedef struct sd_params {
@@ -81,6 +82,8 @@ typedef struct sd_params {
     bool failed; /* a registration failed (out of memory, name too long, sizes): reported at alloc */
     int64_t planned; /* parameters registered so far (the sum of their shapes' products) */
     char why[256];   /* why a registration failed, when the sizes are the cause */
+    float *grad;     /* gradients (sd_params_alloc_grads): laid out as mem, so grad + (data - mem) is a
+                      * parameter's; NULL while the part is frozen */
 } sd_params_t;
 
 /* More parameters than this in one part is a config no model of the family has (SD 2.x's
@@ -98,6 +101,20 @@ void sd_params_add(sd_params_t *ps, float **slot, sd_init_t init, float init_std
 /* A layer's weight matrix: like sd_params_add, but it may be stored in 16 bits. */
 void sd_params_add_weight(sd_params_t *ps, sd_weight_t *w, sd_init_t init, float init_std, int ndim,
                           const int64_t *shape, const char *fmt, ...) __attribute__((format(printf, 7, 8)));
+
+/* Names the module field that points at the gradient of the parameter registered last (full
+ * fine-tuning): builders call it after each sd_params_add / sd_params_add_weight. */
+void sd_params_grad_slot(sd_params_t *ps, float **gslot);
+
+/* Full fine-tuning: one zeroed float32 block for the gradients of every parameter (laid out as
+ * the parameters' block), every gradient slot pointed into it, so each module's backward adds its
+ * weight gradients (+=). Every parameter must be float32 (a 16-bit weight cannot be trained in
+ * place: load with SD_STORE_F32) and have a gradient slot. 0, or one line and an error. */
+int sd_params_alloc_grads(sd_params_t *ps);
+/* Frees the gradient block and clears the slots: the part is frozen again. */
+void sd_params_free_grads(sd_params_t *ps);
+/* Floats in the parameters' float32 block, padding included (what the gradient block holds). */
+int64_t sd_params_block_floats(const sd_params_t *ps);
 
 /* Allocates one block for all parameters (float32) in ctx's memory space and
  * points every slot at its part. Returns 0 or an error. */

@@ -225,17 +225,17 @@ static int s_res_fwd(sd_run_t *r, const sd_resnet_t *m, float *out, const float 
     return sd_resnet_forward(&r2, m, out, x, temb, B, H, W);
 }
 
-static int s_res_bwd(sd_run_t *r, const sd_resnet_t *m, float *dx, const float *dout, const float *temb, int64_t B,
-                     int64_t H, int64_t W)
+static int s_res_bwd(sd_run_t *r, const sd_resnet_t *m, float *dx, float *dtemb, const float *dout,
+                     const float *temb, int64_t B, int64_t H, int64_t W)
 {
-    if (!r->checkpoint) return sd_resnet_backward(r, m, dx, dout, B, H, W);
+    if (!r->checkpoint) return sd_resnet_backward(r, m, dx, dtemb, dout, temb, B, H, W);
     float *x = sd_tape_pop(r->tape);
     if (!x) return BT_EINTERNAL;
-    if (!dx) return BT_OK; /* no input gradient wanted and no parameters: nothing to recompute */
+    if (!dx && !m->conv1.dw) return BT_OK; /* no input gradient wanted and no parameters: nothing to recompute */
     bt_stack_mark_t mk = bt_stack_mark(r->scratch);
     float *tmp = sd_scratch(r, B * m->out * H * W);
     int rc = tmp ? sd_resnet_forward(r, m, tmp, x, temb, B, H, W) : BT_ENOMEM;
-    if (rc == BT_OK) rc = sd_resnet_backward(r, m, dx, dout, B, H, W);
+    if (rc == BT_OK) rc = sd_resnet_backward(r, m, dx, dtemb, dout, temb, B, H, W);
     bt_stack_reset(r->scratch, mk);
     return rc;
 }
@@ -266,25 +266,52 @@ static int s_tr_bwd(sd_run_t *r, const sd_transformer_t *m, float *dx, float *dc
 
 /* --------------------------------------------------------------- forward */
 
-/* silu(temb) for every ResNet: [B, time_embed_dim] in scratch. */
-static int s_time_embedding(sd_run_t *r, const sd_unet_t *u, float **silu_temb, const float *t, int64_t B)
+/* The time embedding's intermediates, all [B, td] but tp [B, c0]: what its backward needs. */
+typedef struct s_temb {
+    float *tp, *a1, *s1, *a2, *silu; /* sinusoids; linear_1; its SiLU; linear_2; silu(temb) for the ResNets */
+} s_temb_t;
+
+/* silu(temb) for every ResNet: [B, time_embed_dim] in scratch (*e holds the rest, may be NULL). */
+static int s_time_embedding(sd_run_t *r, const sd_unet_t *u, float **silu_temb, const float *t, int64_t B,
+                            s_temb_t *e)
 {
     int rc = BT_OK;
     int64_t c0 = u->cfg.block_out_channels[0], td = u->cfg.time_embed_dim;
-    float *tt, *tp, *e1, *e2;
+    float *tt, *tp, *a1, *e1, *e2;
     ALLOC(tt, B);
     ALLOC(tp, B * c0);
+    ALLOC(a1, B * td);
     ALLOC(e1, B * td);
     ALLOC(e2, B * td);
     TRY(nn_upload(r->nn, tt, t, (size_t)B * sizeof(float)));
     TRY(nn_timestep_embedding_forward(r->nn, tp, tt, B, c0, u->cfg.flip_sin_to_cos, u->cfg.freq_shift));
     sd_hook(r, tp, 2, (int64_t[]){B, c0}, "time_proj");
-    TRY(sd_linear_forward(r, &u->time_l1, e1, tp, B, 1));
-    TRY(nn_act_forward(r->nn, e1, e1, B * td, NN_ACT_SILU));
+    TRY(sd_linear_forward(r, &u->time_l1, a1, tp, B, 1));
+    TRY(nn_act_forward(r->nn, e1, a1, B * td, NN_ACT_SILU));
     TRY(sd_linear_forward(r, &u->time_l2, e2, e1, B, 1));
     sd_hook(r, e2, 2, (int64_t[]){B, td}, "time_embedding");
-    TRY(nn_act_forward(r->nn, e1, e2, B * td, NN_ACT_SILU));
-    *silu_temb = e1;
+    float *silu;
+    ALLOC(silu, B * td);
+    TRY(nn_act_forward(r->nn, silu, e2, B * td, NN_ACT_SILU));
+    *silu_temb = silu;
+    if (e) *e = (s_temb_t){.tp = tp, .a1 = a1, .s1 = e1, .a2 = e2, .silu = silu};
+out:
+    return rc;
+}
+
+/* The time embedding's weight gradients from dsilu, the gradient of silu(temb) the ResNets summed. */
+static int s_time_embedding_backward(sd_run_t *r, const sd_unet_t *u, const s_temb_t *e, const float *dsilu,
+                                     int64_t B)
+{
+    int rc = BT_OK;
+    int64_t td = u->cfg.time_embed_dim;
+    float *d2, *d1;
+    ALLOC(d2, B * td);
+    ALLOC(d1, B * td);
+    TRY(nn_act_backward(r->nn, d2, dsilu, e->a2, B * td, NN_ACT_SILU));
+    TRY(sd_linear_backward(r, &u->time_l2, d1, d2, e->s1, B));
+    TRY(nn_act_backward(r->nn, d2, d1, e->a1, B * td, NN_ACT_SILU));
+    TRY(sd_linear_backward(r, &u->time_l1, NULL, d2, e->tp, B));
 out:
     return rc;
 }
@@ -300,9 +327,14 @@ int sd_unet_forward(sd_run_t *r, const sd_unet_t *u, float *out, const float *sa
     s_plan(u, H, W, &p);
     float *temb, *skips[MAX_SKIPS], *h, *nh;
     int ns = 0;
-    TRY(s_time_embedding(r, u, &temb, t, B));
+    TRY(s_time_embedding(r, u, &temb, t, B, NULL));
 
     int64_t c0 = c->block_out_channels[0];
+    bool trains = u->conv_in.dw != NULL; /* full fine-tuning: the convolutions outside the blocks keep their inputs */
+    if (r->tape && trains && !sd_tape_save(r->tape, r->nn, sample, B * c->in_channels * H * W)) {
+        rc = BT_ENOMEM;
+        goto out;
+    }
     ALLOC(h, B * c0 * H * W);
     TRY(sd_conv_forward(r, &u->conv_in, h, sample, B, H, W));
     sd_hook(r, h, 4, (int64_t[]){B, c0, H, W}, "conv_in");
@@ -326,6 +358,10 @@ int sd_unet_forward(sd_run_t *r, const sd_unet_t *u, float *out, const float *sa
             skips[ns++] = h;
         }
         if (b->has_sampler) {
+            if (r->tape && trains && !sd_tape_save(r->tape, r->nn, h, B * oc * hh * ww)) {
+                rc = BT_ENOMEM;
+                goto out;
+            }
             ALLOC(nh, B * oc * p.h[i + 1] * p.w[i + 1]);
             TRY(sd_conv_forward(r, &b->sampler, nh, h, B, hh, ww));
             h = nh;
@@ -375,6 +411,10 @@ int sd_unet_forward(sd_run_t *r, const sd_unet_t *u, float *out, const float *sa
             int k = p.consumed[i][b->n_layers - 1] - 1; /* the next skip decides the size */
             int64_t oh = p.skip_h[k], ow = p.skip_w[k];
             float *upx;
+            if (r->tape && trains && !sd_tape_save(r->tape, r->nn, h, B * oc * hh * ww)) {
+                rc = BT_ENOMEM;
+                goto out;
+            }
             ALLOC(upx, B * oc * oh * ow);
             TRY(nn_upsample_nearest_forward(r->nn, upx, h, B * oc, hh, ww, oh, ow));
             ALLOC(nh, B * oc * oh * ow);
@@ -418,23 +458,36 @@ int sd_unet_backward(sd_run_t *r, const sd_unet_t *u, float *dctx, const float *
     int n = c->n_blocks;
     s_plan_t p;
     s_plan(u, H, W, &p);
-    float *temb = NULL, *dskip[MAX_SKIPS] = {0}, *dh, *nd;
-    if (r->checkpoint) TRY(s_time_embedding(r, u, &temb, t, B)); /* ResNets re-run their forward */
+    float *temb = NULL, *dtemb = NULL, *dskip[MAX_SKIPS] = {0}, *dh, *nd, *x;
+    bool trains = u->conv_in.dw != NULL;
+    s_temb_t te;
+    int64_t td = c->time_embed_dim;
+    if (r->checkpoint || trains) TRY(s_time_embedding(r, u, &temb, t, B, &te)); /* ResNets re-run or train */
+    if (trains) {
+        ALLOC(dtemb, B * td);
+        TRY(nn_fill(r->nn, dtemb, B * td, 0.0f));
+    }
 
-    /* first trainable module in forward order: the first cross-attention down block */
+    /* first module in forward order that trains: the first cross-attention down block (LoRA), or
+     * conv_in (full fine-tuning); no input gradient is computed before it */
     int first = n;
     for (int i = 0; i < n && first == n; i++)
         if (u->down[i].cross) first = i;
+    if (trains) first = -1;
 
     int64_t c0 = c->block_out_channels[0];
-    float *rstd = sd_tape_pop(r->tape), *mean = sd_tape_pop(r->tape), *hs = sd_tape_pop(r->tape), *g;
+    float *rstd = sd_tape_pop(r->tape), *mean = sd_tape_pop(r->tape), *hs = sd_tape_pop(r->tape), *g, *a = NULL;
     if (!rstd || !mean || !hs) {
         rc = BT_EINTERNAL;
         goto out;
     }
     ALLOC(g, B * c0 * H * W);
     ALLOC(dh, B * c0 * H * W);
-    TRY(sd_conv_backward(r, &u->conv_out, g, dout, B, H, W));
+    if (trains) { /* conv_out's input: silu(GN(h)), recomputed */
+        ALLOC(a, B * c0 * H * W);
+        TRY(sd_group_norm_forward(r, &u->norm_out, a, NULL, NULL, hs, B, H * W, true));
+    }
+    TRY(sd_conv_backward(r, &u->conv_out, g, dout, a, B, H, W));
     TRY(sd_group_norm_backward(r, &u->norm_out, dh, g, hs, mean, rstd, B, H * W, true));
     sd_tape_trim(r->tape);
 
@@ -444,9 +497,17 @@ int sd_unet_backward(sd_run_t *r, const sd_unet_t *u, float *dctx, const float *
         int64_t oc = b->out_channels;
         if (b->has_sampler) {
             int64_t ih = p.skip_h[p.consumed[i][b->n_layers - 1]], iw = p.skip_w[p.consumed[i][b->n_layers - 1]];
-            float *dup;
+            float *dup, *upx = NULL;
+            if (trains) { /* the conv's input: the nearest 2x upsampling of the saved h */
+                if (!(x = sd_tape_pop(r->tape))) {
+                    rc = BT_EINTERNAL;
+                    goto out;
+                }
+                ALLOC(upx, B * oc * hh * ww);
+                TRY(nn_upsample_nearest_forward(r->nn, upx, x, B * oc, ih, iw, hh, ww));
+            }
             ALLOC(dup, B * oc * hh * ww);
-            TRY(sd_conv_backward(r, &b->sampler, dup, dh, B, hh, ww));
+            TRY(sd_conv_backward(r, &b->sampler, dup, dh, upx, B, hh, ww));
             ALLOC(nd, B * oc * ih * iw);
             TRY(nn_upsample_nearest_backward(r->nn, nd, dup, B * oc, ih, iw, hh, ww));
             dh = nd;
@@ -465,7 +526,7 @@ int sd_unet_backward(sd_run_t *r, const sd_unet_t *u, float *dctx, const float *
             int64_t prev_c = j == 0 ? (i == 0 ? c->block_out_channels[n - 1] : u->up[i - 1].out_channels) : oc;
             float *dcat;
             ALLOC(dcat, B * (prev_c + sc) * hh * ww);
-            TRY(s_res_bwd(r, &b->resnets[j], dcat, dh, temb, B, hh, ww));
+            TRY(s_res_bwd(r, &b->resnets[j], dcat, dtemb, dh, temb, B, hh, ww));
             sd_tape_trim(r->tape);
             ALLOC(nd, B * prev_c * hh * ww);
             ALLOC(dskip[k], B * sc * hh * ww);
@@ -476,7 +537,7 @@ int sd_unet_backward(sd_run_t *r, const sd_unet_t *u, float *dctx, const float *
     int64_t cl = c->block_out_channels[n - 1];
     if (c->has_mid) {
         ALLOC(nd, B * cl * hh * ww);
-        TRY(s_res_bwd(r, &u->mid_res[1], nd, dh, temb, B, hh, ww));
+        TRY(s_res_bwd(r, &u->mid_res[1], nd, dtemb, dh, temb, B, hh, ww));
         sd_tape_trim(r->tape);
         dh = nd;
         if (c->mid_cross) {
@@ -486,7 +547,7 @@ int sd_unet_backward(sd_run_t *r, const sd_unet_t *u, float *dctx, const float *
             dh = nd;
         }
         ALLOC(nd, B * cl * hh * ww);
-        TRY(s_res_bwd(r, &u->mid_res[0], nd, dh, temb, B, hh, ww));
+        TRY(s_res_bwd(r, &u->mid_res[0], nd, dtemb, dh, temb, B, hh, ww));
         sd_tape_trim(r->tape);
         dh = nd;
     }
@@ -497,9 +558,14 @@ int sd_unet_backward(sd_run_t *r, const sd_unet_t *u, float *dctx, const float *
             int k = p.down_skip[i][b->n_layers];
             if (dh) TRY(nn_axpy(r->nn, dh, dskip[k], B * oc * hh * ww, 1.0f));
             nd = NULL;
+            x = NULL;
+            if (trains && !(x = sd_tape_pop(r->tape))) {
+                rc = BT_EINTERNAL;
+                goto out;
+            }
             if (dh && i >= first) {
                 ALLOC(nd, B * oc * bh * bw);
-                TRY(sd_conv_backward(r, &b->sampler, nd, dh, B, bh, bw));
+                TRY(sd_conv_backward(r, &b->sampler, nd, dh, x, B, bh, bw));
             }
             dh = nd;
             hh = bh;
@@ -518,10 +584,20 @@ int sd_unet_backward(sd_run_t *r, const sd_unet_t *u, float *dctx, const float *
             int64_t in_c = b->resnets[j].in;
             nd = NULL;
             if (need_dx) ALLOC(nd, B * in_c * hh * ww);
-            TRY(s_res_bwd(r, &b->resnets[j], nd, dh, temb, B, hh, ww));
+            TRY(s_res_bwd(r, &b->resnets[j], nd, dtemb, dh, temb, B, hh, ww));
             sd_tape_trim(r->tape);
             dh = nd;
         }
+    }
+    if (trains) { /* conv_in (its input, the sample, was kept first), then the time embedding */
+        if (!(x = sd_tape_pop(r->tape))) {
+            rc = BT_EINTERNAL;
+            goto out;
+        }
+        TRY(nn_axpy(r->nn, dh, dskip[0], B * c0 * H * W, 1.0f));
+        TRY(sd_conv_backward(r, &u->conv_in, NULL, dh, x, B, H, W));
+        TRY(s_time_embedding_backward(r, u, &te, dtemb, B));
+        sd_tape_trim(r->tape);
     }
 out:
     bt_stack_reset(r->scratch, mk);
