@@ -5,7 +5,9 @@
  *
  * nn_expf: range reduction x = n ln2 + r, |r| <= ln2/2, a degree-7 polynomial for
  * e^r (relative error < 2e-7 before rounding), 2^n built in the exponent bits.
- * Inputs below -87.3 give 0 (so masked scores vanish); above 88.7 saturate.
+ * Inputs below -87.3 give 0 (so masked scores vanish); above 88.7 saturate; a NaN
+ * gives NaN (the range reduction runs on 0 instead: converting NaN to an integer is
+ * undefined behaviour, which UBSan found with a worker fed NaN weights).
  * nn_erff: erf(x) = 1 - t exp(-x^2 + P(t)), t = 1/(1 + |x|/2), a Chebyshev fit
  * with fractional error < 1.2e-7 on erfc.
  */
@@ -19,6 +21,7 @@ static inline float nn_expf(float x)
 {
     const float hi = 88.7f, lo = -87.3f;
     float xc = x > hi ? hi : (x < lo ? lo : x);
+    xc = x == x ? xc : 0.0f; /* NaN: a harmless value here, NaN at the end */
     float z = xc * 1.44269504088896341f;
     float n = (z + 12582912.0f) - 12582912.0f; /* round to nearest (1.5 * 2^23 trick) */
     float r = xc - n * 0.693145751953125f;      /* ln2 split in two for an exact product */
@@ -36,7 +39,7 @@ static inline float nn_expf(float x)
     float scale;
     memcpy(&scale, &bits, 4);
     float y = p * scale;
-    return x < lo ? 0.0f : y;
+    return x == x ? (x < lo ? 0.0f : y) : x;
 }
 
 static inline float nn_sigmoidf(float x) { return 1.0f / (1.0f + nn_expf(-x)); }
