@@ -328,7 +328,7 @@ int cmd_world(int argc, char **argv)
         CLI_OPT("--out", CLI_STR, &out, "DIR", "the folder to write (made if missing; pictures of the same name are replaced)"),
         CLI_OPT("--num", CLI_I64, &num, "N", "how many pictures (default 16)"),
         CLI_OPT("--seed", CLI_U64, &seed, "S", "the world's seed: picture i is scene i of world S (default 0)"),
-        CLI_OPT("--start", CLI_I64, &start, "I", "the first scene's index (default 0): any range regenerates the same pictures"),
+        CLI_OPT("--start", CLI_I64, &start, "I", "the first scene's index (default 0): any range regenerates the same pictures; metadata.jsonl lists this run's"),
         CLI_OPT("--resolution", CLI_INT, &resolution, "R", "pictures of R x R pixels, 16..2048 (default 64)"),
         CLI_OPT("--subject", CLI_FLAG, &subject, NULL,
                 "the subject's instance pictures instead: the magenta-over-cyan star, captioned \"a sks star on ...\""),

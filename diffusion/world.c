@@ -203,7 +203,7 @@ void sd_world_subject_scene(uint64_t seed, uint64_t index, sd_scene_t *out)
 /* ---- captions ---- */
 
 /* "an orange star", "a red star" */
-static const char *s_article(const char *next) { return strchr("aeiou", next[0]) && next[0] ? "an" : "a"; }
+static const char *s_article(const char *next) { return next[0] && strchr("aeiou", next[0]) ? "an" : "a"; }
 
 int sd_world_caption(const sd_scene_t *s, const char *identifier, char *buf, size_t cap)
 {

@@ -17,6 +17,7 @@
 #define S_EDGE_MIN 10.0     /* ... and that a pixel next to the shape needs to count at all */
 #define S_SKIP_NEAR_BG 50.0 /* a colour this close to the background cannot be unmixed from it */
 #define S_SUB 4             /* template subsamples per pixel along each axis */
+#define S_MAX_PIXELS ((int64_t)1 << 24) /* 24 bytes of work memory per pixel: 400 MB at most */
 
 /* ---- templates: each shape's area and second moments in its unit disc ---- */
 
@@ -342,8 +343,9 @@ int sd_world_measure(const bt_img_t *img, sd_world_measure_t *out)
     memset(&m, 0, sizeof m);
     m.bg = SD_BG_NONE, m.bg1 = m.bg2 = m.colour = SD_COLOUR_NONE, m.shape = SD_SHAPE_NONE;
     m.size = SD_SIZE_NONE, m.pos = SD_POS_NONE;
-    if (img->width < 16 || img->height < 16) {
-        BT_ERROR("world: a %dx%d picture is too small to measure (16x16 at least)", img->width, img->height);
+    if (img->width < 16 || img->height < 16 || (int64_t)img->width * img->height > S_MAX_PIXELS) {
+        BT_ERROR("world: a %dx%d picture is too %s to measure (16x16 at least, 16 megapixels at most)", img->width,
+                 img->height, img->width < 16 || img->height < 16 ? "small" : "big");
         return BT_EINVAL;
     }
     int W = img->width, H = img->height, rc = BT_OK;

@@ -77,8 +77,8 @@ typedef struct sd_world_measure {
     bool is_subject;         /* is_pattern and a star */
 } sd_world_measure_t;
 
-/* Measures an RGB (or gray/RGBA: converted) picture of at least 16 x 16 pixels. 0, or a negative
- * status with one log line (too small, out of memory). */
+/* Measures an RGB (or gray/RGBA: converted) picture of 16 x 16 pixels to 16 megapixels. 0, or a
+ * negative status with one log line (too small or too big, out of memory). */
 int sd_world_measure(const bt_img_t *img, sd_world_measure_t *out);
 
 /* Whether a measurement answers what the prompt asked, one attribute at a time (false where the

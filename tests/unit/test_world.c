@@ -114,21 +114,38 @@ TEST(world_captions_are_single_tokens)
     sd_tokenizer_destroy(&t);
 }
 
-/* Every background the world can draw leaves at least 3 palette colours that stand out from it. */
+/* Every background the world can draw (each kind and pair of colours: 20000 scenes draw each of
+ * the 176 about 45 times or more) leaves at least 3 palette colours that stand out from it; every
+ * shape keeps clear of the border. */
+#define NC ((int)SD_COLOUR_COUNT)
 TEST(world_every_background_has_colours)
 {
-    int counts[SD_COLOUR_COUNT] = {0};
-    for (uint64_t i = 0; i < 4000; i++) {
+    static uint8_t seen[SD_BG_COUNT][NC][NC + 1]; /* colours drawn per (kind, bg1, bg2 or NC for flat) */
+    int counts[NC] = {0};
+    for (uint64_t i = 0; i < 20000; i++) {
         sd_scene_t s;
         sd_world_scene(11, i, &s);
-        REQUIRE(s.colour >= 0 && s.colour < SD_COLOUR_COUNT);
-        CHECK(s.colour != s.bg1 && s.colour != s.bg2);
+        REQUIRE(s.colour >= 0 && (int)s.colour < NC && s.bg >= 0 && s.bg < SD_BG_COUNT);
+        CHECK(s.colour != s.bg1 && s.colour != s.bg2 && s.bg1 != s.bg2);
         counts[s.colour]++;
+        seen[s.bg][s.bg1][s.bg == SD_BG_FLAT ? NC : s.bg2] |= (uint8_t)(1u << s.colour);
         CHECK(s.cx - s.r >= 0.125 && s.cx + s.r <= 0.875 && s.cy - s.r >= 0.125 && s.cy + s.r <= 0.875);
     }
-    for (int k = 0; k < SD_COLOUR_COUNT; k++)
-        CHECKF(counts[k] > 250, "%s drawn %d times of 4000", sd_colour_name((sd_colour_t)k), counts[k]);
+    for (int k = 0; k < NC; k++)
+        CHECKF(counts[k] > 1250, "%s drawn %d times of 20000", sd_colour_name((sd_colour_t)k), counts[k]);
+    int combos = 0;
+    for (int b = 0; b < SD_BG_COUNT; b++)
+        for (int c1 = 0; c1 < NC; c1++)
+            for (int c2 = 0; c2 <= NC; c2++) {
+                if ((b == SD_BG_FLAT) != (c2 == NC) || c1 == c2) continue;
+                combos++;
+                CHECKF(__builtin_popcount(seen[b][c1][c2]) >= 3, "%s %s/%s: colours 0x%02x",
+                       sd_bg_kind_name((sd_bg_kind_t)b), sd_colour_name((sd_colour_t)c1),
+                       sd_colour_name((sd_colour_t)c2), seen[b][c1][c2]);
+            }
+    CHECK_INT_EQ(combos, 8 + 3 * 56);
 }
+#undef NC
 
 TEST(world_parse_round_trip)
 {
