@@ -41,7 +41,8 @@ static bt_img_t *s_enlarge(const bt_img_t *img, int k)
     bt_img_t *o = bt_img_new(img->width * k, img->height * k, 3);
     if (!o) return NULL;
     for (int y = 0; y < o->height; y++)
-        for (int x = 0; x < o->width; x++) memcpy(bt_img_pixel(o, x, y), bt_img_pixel(img, x / k, y / k), 3);
+        for (int x = 0; x < o->width; x++)
+            memcpy(bt_img_pixel(o, x, y), bt_img_pixel(img, x / k, y / k), 3);
     return o;
 }
 
@@ -73,7 +74,8 @@ static int s_write_world(const char *out, int64_t num, uint64_t seed, int64_t st
     }
     if (bt_mkdirs(out)) return 1;
     int digits = 5;
-    for (int64_t last = start + num - 1; last >= 100000; last /= 10) digits++;
+    for (int64_t last = start + num - 1; last >= 100000; last /= 10)
+        digits++;
     char meta_path[4200], path[4200], name[64], caption[256], params[512];
     cli_join_path(meta_path, sizeof meta_path, out, "metadata.jsonl");
     if (bt_replaceable(meta_path)) return 1;
@@ -86,8 +88,10 @@ static int s_write_world(const char *out, int64_t num, uint64_t seed, int64_t st
     for (int64_t i = 0; i < num; i++) {
         sd_scene_t s;
         uint64_t index = (uint64_t)(start + i);
-        if (subject) sd_world_subject_scene(seed, index, &s);
-        else sd_world_scene(seed, index, &s);
+        if (subject)
+            sd_world_subject_scene(seed, index, &s);
+        else
+            sd_world_scene(seed, index, &s);
         if (sd_world_caption(&s, identifier, caption, sizeof caption) < 0) {
             fprintf(stderr, "booth world: the caption of picture %lld does not fit %zu bytes\n", (long long)index,
                     sizeof caption);
@@ -124,7 +128,8 @@ static int s_write_world(const char *out, int64_t num, uint64_t seed, int64_t st
                  subject ? "subject pictures" : "pictures", (long long)start, (long long)(start + ntiles - 1),
                  num > ntiles ? " (the first 64)" : "");
         int cols = 1;
-        while (cols * cols < ntiles) cols++;
+        while (cols * cols < ntiles)
+            cols++;
         bt_img_grid_opts_t o = BT_IMG_GRID_OPTS_INIT;
         o.title = title;
         o.margin = 4;
@@ -141,15 +146,22 @@ static int s_write_world(const char *out, int64_t num, uint64_t seed, int64_t st
     status = 0;
 out:
     bt_atomic_abort(&meta); /* nothing after a commit */
-    for (int i = 0; i < ntiles; i++) bt_img_destroy(&tiles[i]);
+    for (int i = 0; i < ntiles; i++)
+        bt_img_destroy(&tiles[i]);
     return status;
 }
 
 /* ---- --measure ---- */
 
-static const char *s_size_word(sd_size_t s) { return s == SD_SIZE_MEDIUM ? "medium" : sd_size_name(s); }
+static const char *s_size_word(sd_size_t s)
+{
+    return s == SD_SIZE_MEDIUM ? "medium" : sd_size_name(s);
+}
 
-static double s_round(double v, double q) { return round(v / q) * q; }
+static double s_round(double v, double q)
+{
+    return round(v / q) * q;
+}
 
 static cJSON *s_measure_json(const char *file, const sd_world_measure_t *m, const char *prompt,
                              const sd_world_expect_t *e)
@@ -204,8 +216,7 @@ static void s_measure_text(const char *file, const sd_world_measure_t *m, const 
     printf("\n");
     if (prompt) {
         printf("  prompt \"%s\":", prompt);
-        if (e->colour != SD_COLOUR_NONE && !e->subject)
-            printf(" colour %s", sd_world_colour_ok(e, m) ? "ok" : "wrong");
+        if (e->colour != SD_COLOUR_NONE && !e->subject) printf(" colour %s", sd_world_colour_ok(e, m) ? "ok" : "wrong");
         if (e->shape != SD_SHAPE_NONE) printf(" shape %s", sd_world_shape_ok(e, m) ? "ok" : "wrong");
         if (e->bg != SD_BG_NONE) printf(" background %s", sd_world_bg_ok(e, m) ? "ok" : "wrong");
         if (e->subject) printf(" subject %s", m->found && m->is_subject ? "ok" : "missing");
@@ -215,8 +226,10 @@ static void s_measure_text(const char *file, const sd_world_measure_t *m, const 
 
 static void s_metric_json(cJSON *o, const char *key, double v)
 {
-    if (isnan(v)) cJSON_AddNullToObject(o, key);
-    else cJSON_AddNumberToObject(o, key, s_round(v, 0.0001));
+    if (isnan(v))
+        cJSON_AddNullToObject(o, key);
+    else
+        cJSON_AddNumberToObject(o, key, s_round(v, 0.0001));
 }
 
 static void s_metric_text(const char *name, double v, int ok, int n)
@@ -325,24 +338,30 @@ int cmd_world(int argc, char **argv)
     int resolution = 64;
     bool subject = false, grid = false, measure = false, json = false;
     const cli_opt_t opts[] = {
-        CLI_OPT("--out", CLI_STR, &out, "DIR", "the folder to write (made if missing; pictures of the same name are replaced)"),
+        CLI_OPT("--out", CLI_STR, &out, "DIR",
+                "the folder to write (made if missing; pictures of the same name are replaced)"),
         CLI_OPT("--num", CLI_I64, &num, "N", "how many pictures (default 16)"),
         CLI_OPT("--seed", CLI_U64, &seed, "S", "the world's seed: picture i is scene i of world S (default 0)"),
-        CLI_OPT("--start", CLI_I64, &start, "I", "the first scene's index (default 0): any range regenerates the same pictures; metadata.jsonl lists this run's"),
+        CLI_OPT("--start", CLI_I64, &start, "I",
+                "the first scene's index (default 0): any range regenerates the same pictures; metadata.jsonl lists "
+                "this run's"),
         CLI_OPT("--resolution", CLI_INT, &resolution, "R", "pictures of R x R pixels, 16..2048 (default 64)"),
         CLI_OPT("--subject", CLI_FLAG, &subject, NULL,
                 "the subject's instance pictures instead: the magenta-over-cyan star, captioned \"a sks star on ...\""),
-        CLI_OPT("--identifier", CLI_STR, &identifier, "WORD", "the subject's identifier in captions and prompts (default sks)"),
+        CLI_OPT("--identifier", CLI_STR, &identifier, "WORD",
+                "the subject's identifier in captions and prompts (default sks)"),
         CLI_OPT("--grid", CLI_FLAG, &grid, NULL, "also DIR/grid.png: the first 64 pictures with their captions"),
-        CLI_OPT("--measure", CLI_FLAG, &measure, NULL,
-                "measure the pictures IMG... instead: background, colour, shape, size, position, the subject's pattern"),
+        CLI_OPT(
+            "--measure", CLI_FLAG, &measure, NULL,
+            "measure the pictures IMG... instead: background, colour, shape, size, position, the subject's pattern"),
         CLI_OPT("--prompt", CLI_TEXT, &prompt, "TEXT",
                 "with --measure: score every picture against this prompt (default: each PNG's own, if it has one)"),
         CLI_OPT("--json", CLI_FLAG, &json, NULL, "with --measure: one JSON object"),
         CLI_END,
     };
     const cli_spec_t spec = {
-        "world", "--out DIR [--num N] [--seed S] [--resolution R] [--subject] [--grid] | --measure [--json] IMG...",
+        "world",
+        "--out DIR [--num N] [--seed S] [--resolution R] [--subject] [--grid] | --measure [--json] IMG...",
         "Writes booth's synthetic captioned world: coloured circles, squares, triangles, stars and hearts,\n"
         "small or big, in nine places, on flat, gradient or striped backgrounds, captioned in plain English\n"
         "(\"a small green circle in the top left corner on a white background\"; every word one CLIP token).\n"
@@ -350,7 +369,9 @@ int cmd_world(int argc, char **argv)
         "Face imagefolder layout. Scene i of seed S is always the same picture. --subject writes DreamBooth's\n"
         "instance pictures of a subject the world never shows: a star, magenta above its centre, cyan below.\n"
         "--measure reads pictures back and, given prompts, prints the metrics of docs/WORLD.md.",
-        opts, argc, "IMG"};
+        opts,
+        argc,
+        "IMG"};
     const char **pos = bt_calloc((size_t)argc + 1, sizeof *pos);
     if (!pos) return 1;
     int npos, rc = cli_parse(&spec, argc, argv, pos, &npos);
@@ -380,12 +401,13 @@ int cmd_world(int argc, char **argv)
         fprintf(stderr, "booth world: --%s is for --measure\n", prompt ? "prompt" : "json");
         goto out;
     }
-    const cli_irange_t ranges[] = {{"--num", num, 1, 10000000},
-                                   {"--start", start, 0, INT64_MAX / 2},
-                                   {"--resolution", resolution, 16, 2048}};
+    const cli_irange_t ranges[] = {
+        {"--num", num, 1, 10000000}, {"--start", start, 0, INT64_MAX / 2}, {"--resolution", resolution, 16, 2048}};
     if ((rc = cli_check_ranges("world", ranges, sizeof ranges / sizeof ranges[0]))) goto out;
-    if (identifier && (!*identifier || strspn(identifier, "abcdefghijklmnopqrstuvwxyz0123456789") != strlen(identifier))) {
-        fprintf(stderr, "booth world: --identifier '%s' must be one lower-case word of letters and digits\n", identifier);
+    if (identifier &&
+        (!*identifier || strspn(identifier, "abcdefghijklmnopqrstuvwxyz0123456789") != strlen(identifier))) {
+        fprintf(stderr, "booth world: --identifier '%s' must be one lower-case word of letters and digits\n",
+                identifier);
         rc = 2;
         goto out;
     }

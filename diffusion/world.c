@@ -15,7 +15,7 @@
 /* ---- vocabulary ---- */
 
 static const char *const s_shape_names[SD_SHAPE_COUNT] = {"circle", "square", "triangle", "star", "heart"};
-static const char *const s_colour_names[SD_COLOUR_ALL] = {"red",    "orange", "yellow", "green",  "blue",
+static const char *const s_colour_names[SD_COLOUR_ALL] = {"red",    "orange", "yellow", "green",   "blue",
                                                           "purple", "white",  "black",  "magenta", "cyan"};
 /* Saturated and far apart: the closest pair of the palette (orange, yellow) is 108 apart in RGB,
  * the subject's colours are 154 or more from every palette colour. */
@@ -35,13 +35,34 @@ static const char *const s_pos_names[SD_POS_COUNT] = {"centre",   "left",      "
                                                       "top left", "top right", "bottom left", "bottom right"};
 static const char *const s_bg_names[SD_BG_COUNT] = {"flat", "gradient", "horizontal stripes", "vertical stripes"};
 
-const char *sd_shape_name(sd_shape_t s) { return s >= 0 && s < SD_SHAPE_COUNT ? s_shape_names[s] : "none"; }
-const char *sd_colour_name(sd_colour_t c) { return c >= 0 && c < SD_COLOUR_ALL ? s_colour_names[c] : "none"; }
-const char *sd_size_name(sd_size_t s) { return s >= 0 && s < SD_SIZE_COUNT ? s_size_names[s] : "none"; }
-const char *sd_pos_phrase(sd_pos_t p) { return p >= 0 && p < SD_POS_COUNT ? s_pos_phrases[p] : "none"; }
-const char *sd_pos_name(sd_pos_t p) { return p >= 0 && p < SD_POS_COUNT ? s_pos_names[p] : "none"; }
-const char *sd_bg_kind_name(sd_bg_kind_t k) { return k >= 0 && k < SD_BG_COUNT ? s_bg_names[k] : "none"; }
-uint32_t sd_colour_rgb(sd_colour_t c) { return c >= 0 && c < SD_COLOUR_ALL ? s_colour_rgb[c] : 0; }
+const char *sd_shape_name(sd_shape_t s)
+{
+    return s >= 0 && s < SD_SHAPE_COUNT ? s_shape_names[s] : "none";
+}
+const char *sd_colour_name(sd_colour_t c)
+{
+    return c >= 0 && c < SD_COLOUR_ALL ? s_colour_names[c] : "none";
+}
+const char *sd_size_name(sd_size_t s)
+{
+    return s >= 0 && s < SD_SIZE_COUNT ? s_size_names[s] : "none";
+}
+const char *sd_pos_phrase(sd_pos_t p)
+{
+    return p >= 0 && p < SD_POS_COUNT ? s_pos_phrases[p] : "none";
+}
+const char *sd_pos_name(sd_pos_t p)
+{
+    return p >= 0 && p < SD_POS_COUNT ? s_pos_names[p] : "none";
+}
+const char *sd_bg_kind_name(sd_bg_kind_t k)
+{
+    return k >= 0 && k < SD_BG_COUNT ? s_bg_names[k] : "none";
+}
+uint32_t sd_colour_rgb(sd_colour_t c)
+{
+    return c >= 0 && c < SD_COLOUR_ALL ? s_colour_rgb[c] : 0;
+}
 
 /* ---- geometry ---- */
 
@@ -65,10 +86,8 @@ static const double s_star_inner = 0.42; /* inner radius of the star's points (o
 bool sd_shape_inside(sd_shape_t s, double u, double v)
 {
     switch (s) {
-    case SD_SHAPE_CIRCLE:
-        return u * u + v * v <= 0.85 * 0.85;
-    case SD_SHAPE_SQUARE:
-        return fabs(u) <= 0.7 && fabs(v) <= 0.7;
+    case SD_SHAPE_CIRCLE: return u * u + v * v <= 0.85 * 0.85;
+    case SD_SHAPE_SQUARE: return fabs(u) <= 0.7 && fabs(v) <= 0.7;
     case SD_SHAPE_TRIANGLE: /* pointing up: (0, -1), (+-sqrt(3)/2, 1/2) */
         return v <= 0.5 && 1.7320508075688772 * fabs(u) <= v + 1.0;
     case SD_SHAPE_STAR: {
@@ -77,7 +96,7 @@ bool sd_shape_inside(sd_shape_t s, double u, double v)
         double rr = sqrt(u * u + v * v);
         if (rr > 1.0) return false;
         if (rr < s_star_inner * 0.809) return true; /* inside the inner pentagon's incircle */
-        double a = atan2(u, -v);                     /* 0 at the top point, clockwise */
+        double a = atan2(u, -v);                    /* 0 at the top point, clockwise */
         const double arm = 2.0 * M_PI / 5.0;
         a = fmod(a + 10.0 * arm + arm / 2.0, arm) - arm / 2.0;
         a = fabs(a);
@@ -91,8 +110,7 @@ bool sd_shape_inside(sd_shape_t s, double u, double v)
         double x = u * S_HEART_SCALE, y = -v * S_HEART_SCALE + S_HEART_CY, q = x * x + y * y - 1.0;
         return q * q * q - x * x * y * y * y <= 0.0;
     }
-    default:
-        return false;
+    default: return false;
     }
 }
 
@@ -203,13 +221,18 @@ void sd_world_subject_scene(uint64_t seed, uint64_t index, sd_scene_t *out)
 /* ---- captions ---- */
 
 /* "an orange star", "a red star" */
-static const char *s_article(const char *next) { return next[0] && strchr("aeiou", next[0]) ? "an" : "a"; }
+static const char *s_article(const char *next)
+{
+    return next[0] && strchr("aeiou", next[0]) ? "an" : "a";
+}
 
 int sd_world_caption(const sd_scene_t *s, const char *identifier, char *buf, size_t cap)
 {
     char bg[128];
     switch (s->bg) {
-    case SD_BG_FLAT: snprintf(bg, sizeof bg, "%s %s background", s_article(sd_colour_name(s->bg1)), sd_colour_name(s->bg1)); break;
+    case SD_BG_FLAT:
+        snprintf(bg, sizeof bg, "%s %s background", s_article(sd_colour_name(s->bg1)), sd_colour_name(s->bg1));
+        break;
     case SD_BG_GRADIENT:
         snprintf(bg, sizeof bg, "a gradient from %s to %s", sd_colour_name(s->bg1), sd_colour_name(s->bg2));
         break;
@@ -276,14 +299,16 @@ bt_img_t *sd_world_render(const sd_scene_t *s, int side)
                         switch (s->bg) {
                         case SD_BG_FLAT: c = c1; break;
                         case SD_BG_GRADIENT:
-                            for (int k = 0; k < 3; k++) mix[k] = c1[k] + (c2[k] - c1[k]) * yf;
+                            for (int k = 0; k < 3; k++)
+                                mix[k] = c1[k] + (c2[k] - c1[k]) * yf;
                             c = mix;
                             break;
                         case SD_BG_HSTRIPES: c = ((int)floor(yf * 8.0) & 1) ? c2 : c1; break;
                         default: c = ((int)floor(xf * 8.0) & 1) ? c2 : c1; break;
                         }
                     }
-                    for (int k = 0; k < 3; k++) acc[k] += c[k];
+                    for (int k = 0; k < 3; k++)
+                        acc[k] += c[k];
                 }
             uint8_t *p = bt_img_pixel(img, x, y);
             for (int k = 0; k < 3; k++) {
@@ -307,13 +332,14 @@ static int s_find(const char *const *names, int n, const char *w)
 
 void sd_world_parse(const char *prompt, const char *identifier, sd_world_expect_t *out)
 {
-    sd_world_expect_t e = {SD_SHAPE_NONE, SD_COLOUR_NONE, false, SD_SIZE_MEDIUM, SD_POS_CENTRE,
-                           SD_BG_NONE,    SD_COLOUR_NONE, SD_COLOUR_NONE};
+    sd_world_expect_t e = {SD_SHAPE_NONE, SD_COLOUR_NONE, false,          SD_SIZE_MEDIUM,
+                           SD_POS_CENTRE, SD_BG_NONE,     SD_COLOUR_NONE, SD_COLOUR_NONE};
     const char *id = identifier ? identifier : "sks";
     char words[S_MAX_WORDS][24];
     int n = 0;
     for (const char *p = prompt ? prompt : ""; *p && n < S_MAX_WORDS;) {
-        while (*p && !isalnum((unsigned char)*p)) p++;
+        while (*p && !isalnum((unsigned char)*p))
+            p++;
         int len = 0;
         while (isalnum((unsigned char)*p)) {
             if (len < 23) words[n][len++] = (char)tolower((unsigned char)*p);
@@ -323,7 +349,8 @@ void sd_world_parse(const char *prompt, const char *identifier, sd_world_expect_
     }
     /* the object: the first shape word; its colour and size are the words before it */
     int k = 0;
-    while (k < n && s_find(s_shape_names, SD_SHAPE_COUNT, words[k]) < 0) k++;
+    while (k < n && s_find(s_shape_names, SD_SHAPE_COUNT, words[k]) < 0)
+        k++;
     if (k < n) e.shape = (sd_shape_t)s_find(s_shape_names, SD_SHAPE_COUNT, words[k]);
     for (int i = 0; i < n; i++)
         if (!strcmp(words[i], id)) e.subject = true;
@@ -349,18 +376,27 @@ void sd_world_parse(const char *prompt, const char *identifier, sd_world_expect_
         left |= !strcmp(words[i], "left");
         right |= !strcmp(words[i], "right");
     }
-    if (top && left) e.pos = SD_POS_TOP_LEFT;
-    else if (top && right) e.pos = SD_POS_TOP_RIGHT;
-    else if (bottom && left) e.pos = SD_POS_BOTTOM_LEFT;
-    else if (bottom && right) e.pos = SD_POS_BOTTOM_RIGHT;
-    else if (top) e.pos = SD_POS_TOP;
-    else if (bottom) e.pos = SD_POS_BOTTOM;
-    else if (left) e.pos = SD_POS_LEFT;
-    else if (right) e.pos = SD_POS_RIGHT;
+    if (top && left)
+        e.pos = SD_POS_TOP_LEFT;
+    else if (top && right)
+        e.pos = SD_POS_TOP_RIGHT;
+    else if (bottom && left)
+        e.pos = SD_POS_BOTTOM_LEFT;
+    else if (bottom && right)
+        e.pos = SD_POS_BOTTOM_RIGHT;
+    else if (top)
+        e.pos = SD_POS_TOP;
+    else if (bottom)
+        e.pos = SD_POS_BOTTOM;
+    else if (left)
+        e.pos = SD_POS_LEFT;
+    else if (right)
+        e.pos = SD_POS_RIGHT;
     if (bg_at < n) {
         /* the colours between the last "on" before it and the end of the background phrase */
         int on = bg_at;
-        while (on > k && strcmp(words[on], "on")) on--;
+        while (on > k && strcmp(words[on], "on"))
+            on--;
         sd_colour_t cs[2] = {SD_COLOUR_NONE, SD_COLOUR_NONE};
         int nc = 0;
         bool horizontal = false, vertical = false;
@@ -387,6 +423,7 @@ void sd_world_parse(const char *prompt, const char *identifier, sd_world_expect_
 
 void sd_world_expect_of(const sd_scene_t *s, sd_world_expect_t *out)
 {
-    *out = (sd_world_expect_t){s->shape, s->subject ? SD_COLOUR_NONE : s->colour, s->subject, s->size, s->pos,
-                               s->bg,    s->bg1, s->bg == SD_BG_FLAT ? SD_COLOUR_NONE : s->bg2};
+    *out =
+        (sd_world_expect_t){s->shape, s->subject ? SD_COLOUR_NONE : s->colour,      s->subject, s->size, s->pos, s->bg,
+                            s->bg1,   s->bg == SD_BG_FLAT ? SD_COLOUR_NONE : s->bg2};
 }

@@ -84,10 +84,10 @@ typedef enum sd_pos {
 } sd_pos_t;
 
 typedef enum sd_bg_kind {
-    SD_BG_FLAT,       /* c1 */
-    SD_BG_GRADIENT,   /* c1 at the top to c2 at the bottom, linear in y */
-    SD_BG_HSTRIPES,   /* 8 horizontal stripes of side/8, c1 first (at the top) */
-    SD_BG_VSTRIPES,   /* 8 vertical stripes, c1 first (at the left) */
+    SD_BG_FLAT,     /* c1 */
+    SD_BG_GRADIENT, /* c1 at the top to c2 at the bottom, linear in y */
+    SD_BG_HSTRIPES, /* 8 horizontal stripes of side/8, c1 first (at the top) */
+    SD_BG_VSTRIPES, /* 8 vertical stripes, c1 first (at the left) */
     SD_BG_COUNT,
     SD_BG_NONE = -1,
 } sd_bg_kind_t;
@@ -140,7 +140,7 @@ bt_img_t *sd_world_render(const sd_scene_t *s, int side);
 typedef struct sd_world_expect {
     sd_shape_t shape;
     sd_colour_t colour;
-    bool subject;         /* the identifier appears */
+    bool subject; /* the identifier appears */
     sd_size_t size;
     sd_pos_t pos;
     sd_bg_kind_t bg;

@@ -12,11 +12,11 @@
 #include "common/log.h"
 #include "common/status.h"
 
-#define S_FLAT_DEV 30.0     /* a profile within this of its mean is one flat colour */
-#define S_CORE_MIN 40.0     /* distance from the background that makes a pixel surely shape */
-#define S_EDGE_MIN 10.0     /* ... and that a pixel next to the shape needs to count at all */
-#define S_SKIP_NEAR_BG 50.0 /* a colour this close to the background cannot be unmixed from it */
-#define S_SUB 4             /* template subsamples per pixel along each axis */
+#define S_FLAT_DEV 30.0                 /* a profile within this of its mean is one flat colour */
+#define S_CORE_MIN 40.0                 /* distance from the background that makes a pixel surely shape */
+#define S_EDGE_MIN 10.0                 /* ... and that a pixel next to the shape needs to count at all */
+#define S_SKIP_NEAR_BG 50.0             /* a colour this close to the background cannot be unmixed from it */
+#define S_SUB 4                         /* template subsamples per pixel along each axis */
 #define S_MAX_PIXELS ((int64_t)1 << 24) /* 24 bytes of work memory per pixel: 400 MB at most */
 
 /* ---- templates: each shape's area and second moments in its unit disc ---- */
@@ -87,8 +87,10 @@ static void s_profile(const double *P, int L, bool rows, sd_world_measure_t *m)
 {
     double mean[3] = {0, 0, 0}, dev = 0;
     for (int t = 0; t < L; t++)
-        for (int k = 0; k < 3; k++) mean[k] += P[3 * t + k] / L;
-    for (int t = 0; t < L; t++) dev = fmax(dev, sqrt(s_d2(P + 3 * t, mean)));
+        for (int k = 0; k < 3; k++)
+            mean[k] += P[3 * t + k] / L;
+    for (int t = 0; t < L; t++)
+        dev = fmax(dev, sqrt(s_d2(P + 3 * t, mean)));
     m->bg2 = SD_COLOUR_NONE;
     if (dev < S_FLAT_DEV) {
         m->bg = SD_BG_FLAT;
@@ -113,7 +115,8 @@ static void s_profile(const double *P, int L, bool rows, sd_world_measure_t *m)
     }
     for (int t = 0; t < L; t++) {
         double x = (t + 0.5) / L, f[3];
-        for (int k = 0; k < 3; k++) f[k] = a[k] + (b[k] - a[k]) * x;
+        for (int k = 0; k < 3; k++)
+            f[k] = a[k] + (b[k] - a[k]) * x;
         res_g += s_d2(P + 3 * t, f);
     }
     /* two colours by 2-means, started from the first sample and the one farthest from it */
@@ -136,11 +139,13 @@ static void s_profile(const double *P, int L, bool rows, sd_world_measure_t *m)
             runs += g != prev;
             prev = g;
             cnt[g] += 1;
-            for (int k = 0; k < 3; k++) sum[g][k] += P[3 * t + k];
+            for (int k = 0; k < 3; k++)
+                sum[g][k] += P[3 * t + k];
         }
         for (int g = 0; g < 2; g++)
             if (cnt[g] > 0)
-                for (int k = 0; k < 3; k++) c[g][k] = sum[g][k] / cnt[g];
+                for (int k = 0; k < 3; k++)
+                    c[g][k] = sum[g][k] / cnt[g];
     }
     if (runs >= 3 && res_s < res_g) {
         m->bg = rows ? SD_BG_HSTRIPES : SD_BG_VSTRIPES;
@@ -169,11 +174,14 @@ typedef struct {
     const double *px; /* W * H * 3 */
     double *bg;       /* the background model: a row or column profile */
     bool rows;
-    float *alpha;     /* coverage per pixel (0 outside the mask) */
-    int8_t *label;    /* colour per pixel, -1 outside */
+    float *alpha;  /* coverage per pixel (0 outside the mask) */
+    int8_t *label; /* colour per pixel, -1 outside */
 } s_ctx_t;
 
-static const double *s_bg_at(const s_ctx_t *c, int x, int y) { return c->bg + 3 * (c->rows ? y : x); }
+static const double *s_bg_at(const s_ctx_t *c, int x, int y)
+{
+    return c->bg + 3 * (c->rows ? y : x);
+}
 
 /* Explains pixel p over background b as alpha * colour + (1 - alpha) * b; the best colour. */
 static int s_unmix(const double *p, const double *b, float *alpha)
@@ -189,7 +197,8 @@ static int s_unmix(const double *p, const double *b, float *alpha)
         double a = (q[0] * d[0] + q[1] * d[1] + q[2] * d[2]) / dd;
         a = a < 0 ? 0 : a > 1 ? 1 : a;
         double r = 0;
-        for (int i = 0; i < 3; i++) r += (q[i] - a * d[i]) * (q[i] - a * d[i]);
+        for (int i = 0; i < 3; i++)
+            r += (q[i] - a * d[i]) * (q[i] - a * d[i]);
         if (r < bres) bres = r, best = k, ba = a;
     }
     *alpha = (float)ba;
@@ -361,8 +370,9 @@ int sd_world_measure(const bt_img_t *img, sd_world_measure_t *out)
         goto out_free;
     }
     memset(label, -1, np);
-    for (size_t i = 0; i < np * 3; i++) px[i] = src->data[i];
-#define PX(x, y, k) px[3 * ((size_t)(y) * W + (x)) + (k)]
+    for (size_t i = 0; i < np * 3; i++)
+        px[i] = src->data[i];
+#define PX(x, y, k) px[3 * ((size_t)(y)*W + (x)) + (k)]
     for (int y = 0; y < H; y++)
         for (int k = 0; k < 3; k++)
             rowp[3 * y + k] = s_med4(PX(0, y, k), PX(1, y, k), PX(W - 2, y, k), PX(W - 1, y, k));
@@ -374,8 +384,10 @@ int sd_world_measure(const bt_img_t *img, sd_world_measure_t *out)
     double res_row = 0, res_col = 0;
     const int rr[4] = {0, 1, H - 2, H - 1}, cc[4] = {0, 1, W - 2, W - 1};
     for (int e = 0; e < 4; e++) {
-        for (int x = 0; x < W; x++) res_row += s_d2(&PX(x, rr[e], 0), rowp + 3 * rr[e]);
-        for (int y = 0; y < H; y++) res_col += s_d2(&PX(cc[e], y, 0), colp + 3 * cc[e]);
+        for (int x = 0; x < W; x++)
+            res_row += s_d2(&PX(x, rr[e], 0), rowp + 3 * rr[e]);
+        for (int y = 0; y < H; y++)
+            res_col += s_d2(&PX(cc[e], y, 0), colp + 3 * cc[e]);
     }
 #undef PX
     res_row /= 4.0 * W, res_col /= 4.0 * H;
@@ -437,7 +449,10 @@ void sd_world_tally_add(sd_world_tally_t *t, const sd_world_expect_t *e, const s
     }
 }
 
-static double s_rate(int ok, int n) { return n ? (double)ok / n : NAN; }
+static double s_rate(int ok, int n)
+{
+    return n ? (double)ok / n : NAN;
+}
 
 void sd_world_metrics(const sd_world_tally_t *t, sd_world_metrics_t *out)
 {

@@ -61,20 +61,20 @@
 
 typedef struct sd_world_measure {
     sd_bg_kind_t bg;
-    sd_colour_t bg1, bg2;    /* bg2 NONE for flat */
-    double noise;            /* RMS distance of the border from the background model (0 for a render) */
-    bool found;              /* a shape stands out from the background; if not, the rest is NONE / 0 */
-    sd_colour_t colour;      /* palette or subject colour with the most coverage */
-    double colour_share;     /* its share of the coverage, 0..1 */
-    sd_shape_t shape;        /* the best template */
+    sd_colour_t bg1, bg2; /* bg2 NONE for flat */
+    double noise;         /* RMS distance of the border from the background model (0 for a render) */
+    bool found;           /* a shape stands out from the background; if not, the rest is NONE / 0 */
+    sd_colour_t colour;   /* palette or subject colour with the most coverage */
+    double colour_share;  /* its share of the coverage, 0..1 */
+    sd_shape_t shape;     /* the best template */
     double iou[SD_SHAPE_COUNT];
     sd_size_t size;
     sd_pos_t pos;
-    double cx, cy, r;        /* centroid and fitted radius as fractions of the width/height/side */
-    double area;             /* covered fraction of the picture */
-    double pattern;          /* min(magenta share above the centroid, cyan share below), 0..1 */
-    bool is_pattern;         /* pattern >= 0.5 */
-    bool is_subject;         /* is_pattern and a star */
+    double cx, cy, r; /* centroid and fitted radius as fractions of the width/height/side */
+    double area;      /* covered fraction of the picture */
+    double pattern;   /* min(magenta share above the centroid, cyan share below), 0..1 */
+    bool is_pattern;  /* pattern >= 0.5 */
+    bool is_subject;  /* is_pattern and a star */
 } sd_world_measure_t;
 
 /* Measures an RGB (or gray/RGBA: converted) picture of 16 x 16 pixels to 16 megapixels. 0, or a

@@ -50,7 +50,8 @@ TEST(world_deterministic)
     }
     /* scene i depends on (seed, i) only: drawn backwards, or far out, it is the same */
     sd_scene_t fwd[50], s;
-    for (int i = 0; i < 50; i++) sd_world_scene(3, (uint64_t)i, &fwd[i]);
+    for (int i = 0; i < 50; i++)
+        sd_world_scene(3, (uint64_t)i, &fwd[i]);
     for (int i = 49; i >= 0; i--) {
         sd_world_scene(3, (uint64_t)i, &s);
         CHECK(!memcmp(&s, &fwd[i], sizeof s));
@@ -61,7 +62,8 @@ TEST(world_deterministic)
     for (int i = 0; i < 50; i++) {
         sd_world_caption(&fwd[i], NULL, caps[i], sizeof caps[i]);
         bool seen = false;
-        for (int j = 0; j < i; j++) seen |= !strcmp(caps[i], caps[j]);
+        for (int j = 0; j < i; j++)
+            seen |= !strcmp(caps[i], caps[j]);
         distinct += !seen;
     }
     CHECKF(distinct >= 45, "only %d distinct captions of 50", distinct);
@@ -89,15 +91,21 @@ TEST(world_captions_are_single_tokens)
     REQUIRE(t);
     /* every word the grammar can say, and 300 whole captions */
     char words[4096] = "a on the to from and background gradient horizontal vertical stripes sks";
-    for (int k = 0; k < SD_SHAPE_COUNT; k++) strcat(strcat(words, " "), sd_shape_name((sd_shape_t)k));
-    for (int k = 0; k < SD_COLOUR_COUNT; k++) strcat(strcat(words, " "), sd_colour_name((sd_colour_t)k));
-    for (int k = 0; k < SD_SIZE_COUNT; k++) strcat(strcat(words, " "), sd_size_name((sd_size_t)k));
-    for (int k = 0; k < SD_POS_COUNT; k++) strcat(strcat(words, " "), sd_pos_phrase((sd_pos_t)k));
+    for (int k = 0; k < SD_SHAPE_COUNT; k++)
+        strcat(strcat(words, " "), sd_shape_name((sd_shape_t)k));
+    for (int k = 0; k < SD_COLOUR_COUNT; k++)
+        strcat(strcat(words, " "), sd_colour_name((sd_colour_t)k));
+    for (int k = 0; k < SD_SIZE_COUNT; k++)
+        strcat(strcat(words, " "), sd_size_name((sd_size_t)k));
+    for (int k = 0; k < SD_POS_COUNT; k++)
+        strcat(strcat(words, " "), sd_pos_phrase((sd_pos_t)k));
     char buf[300][200];
     for (int i = 0; i < 300; i++) {
         sd_scene_t s;
-        if (i % 10 == 9) sd_world_subject_scene(5, (uint64_t)i, &s);
-        else sd_world_scene(5, (uint64_t)i, &s);
+        if (i % 10 == 9)
+            sd_world_subject_scene(5, (uint64_t)i, &s);
+        else
+            sd_world_scene(5, (uint64_t)i, &s);
         REQUIRE(sd_world_caption(&s, NULL, buf[i], sizeof buf[i]) > 0);
     }
     for (int i = -1; i < 300; i++) {
@@ -151,8 +159,10 @@ TEST(world_parse_round_trip)
 {
     for (uint64_t i = 0; i < 1000; i++) {
         sd_scene_t s;
-        if (i % 5 == 4) sd_world_subject_scene(2, i, &s);
-        else sd_world_scene(2, i, &s);
+        if (i % 5 == 4)
+            sd_world_subject_scene(2, i, &s);
+        else
+            sd_world_scene(2, i, &s);
         char cap[200];
         REQUIRE(sd_world_caption(&s, NULL, cap, sizeof cap) > 0);
         sd_world_expect_t want, got;
@@ -161,8 +171,8 @@ TEST(world_parse_round_trip)
         bool same = want.shape == got.shape && want.colour == got.colour && want.subject == got.subject &&
                     want.size == got.size && want.pos == got.pos && want.bg == got.bg && want.bg1 == got.bg1 &&
                     want.bg2 == got.bg2;
-        CHECKF(same, "\"%s\" parses to shape %d colour %d subject %d size %d pos %d bg %d %d %d",
-               cap, got.shape, got.colour, got.subject, got.size, got.pos, got.bg, got.bg1, got.bg2);
+        CHECKF(same, "\"%s\" parses to shape %d colour %d subject %d size %d pos %d bg %d %d %d", cap, got.shape,
+               got.colour, got.subject, got.size, got.pos, got.bg, got.bg1, got.bg2);
     }
     /* looser prompts: what is not said is NONE (size and position: the world's defaults) */
     sd_world_expect_t e;
@@ -188,7 +198,8 @@ typedef struct {
 
 static const char *s_bg_str(sd_bg_kind_t k, sd_colour_t a, sd_colour_t b, char *buf, size_t cap)
 {
-    snprintf(buf, cap, "%s %s%s%s", sd_bg_kind_name(k), sd_colour_name(a), b >= 0 ? "/" : "", b >= 0 ? sd_colour_name(b) : "");
+    snprintf(buf, cap, "%s %s%s%s", sd_bg_kind_name(k), sd_colour_name(a), b >= 0 ? "/" : "",
+             b >= 0 ? sd_colour_name(b) : "");
     return buf;
 }
 
@@ -198,8 +209,10 @@ static s_acc_t s_measure_world(int side, int n, bool subject, int *shape_conf /*
     int printed = 0;
     for (int i = 0; i < n; i++) {
         sd_scene_t s;
-        if (subject) sd_world_subject_scene(9, (uint64_t)i, &s);
-        else sd_world_scene(9, (uint64_t)i, &s);
+        if (subject)
+            sd_world_subject_scene(9, (uint64_t)i, &s);
+        else
+            sd_world_scene(9, (uint64_t)i, &s);
         bt_img_t *img = sd_world_render(&s, side);
         sd_world_measure_t m;
         if (!img || sd_world_measure(img, &m)) {
@@ -222,8 +235,8 @@ static s_acc_t s_measure_world(int side, int n, bool subject, int *shape_conf /*
                     "    %d px, scene %d \"%s\": measured bg %s, %s %s (share %.2f), size %s (r %.3f vs %.3f), "
                     "pos %d (%.3f, %.3f), iou c%.2f s%.2f t%.2f *%.2f h%.2f; scene bg %s\n",
                     side, i, cap, s_bg_str(m.bg, m.bg1, m.bg2, b1, sizeof b1), sd_colour_name(m.colour),
-                    sd_shape_name(m.shape), m.colour_share, sd_size_name(m.size), m.r, s.r, m.pos, m.cx, m.cy,
-                    m.iou[0], m.iou[1], m.iou[2], m.iou[3], m.iou[4], s_bg_str(s.bg, s.bg1, s.bg2, b2, sizeof b2));
+                    sd_shape_name(m.shape), m.colour_share, sd_size_name(m.size), m.r, s.r, m.pos, m.cx, m.cy, m.iou[0],
+                    m.iou[1], m.iou[2], m.iou[3], m.iou[4], s_bg_str(s.bg, s.bg1, s.bg2, b2, sizeof b2));
         }
     }
     return a;
@@ -231,8 +244,9 @@ static s_acc_t s_measure_world(int side, int n, bool subject, int *shape_conf /*
 
 static void s_check_acc(const char *what, int side, s_acc_t a, const int *conf)
 {
-    fprintf(stderr, "%s at %d px over %d: background %.1f%%, colour %.1f%%, shape %.1f%%, size %.1f%%, position %.1f%%\n",
-            what, side, a.n, 100.0 * a.bg / a.n, 100.0 * a.colour / a.n, 100.0 * a.shape / a.n, 100.0 * a.size / a.n,
+    fprintf(stderr,
+            "%s at %d px over %d: background %.1f%%, colour %.1f%%, shape %.1f%%, size %.1f%%, position %.1f%%\n", what,
+            side, a.n, 100.0 * a.bg / a.n, 100.0 * a.colour / a.n, 100.0 * a.shape / a.n, 100.0 * a.size / a.n,
             100.0 * a.pos / a.n);
     int min = (int)ceil(0.99 * a.n);
     CHECKF(a.bg >= min, "%s %d px: background %d of %d", what, side, a.bg, a.n);
@@ -244,7 +258,8 @@ static void s_check_acc(const char *what, int side, s_acc_t a, const int *conf)
         fprintf(stderr, "    shape confusion (rows: drawn, columns: measured):\n");
         for (int r = 0; r < SD_SHAPE_COUNT; r++) {
             fprintf(stderr, "    %-9s", sd_shape_name((sd_shape_t)r));
-            for (int c = 0; c < SD_SHAPE_COUNT; c++) fprintf(stderr, " %4d", conf[r * SD_SHAPE_COUNT + c]);
+            for (int c = 0; c < SD_SHAPE_COUNT; c++)
+                fprintf(stderr, " %4d", conf[r * SD_SHAPE_COUNT + c]);
             fprintf(stderr, "\n");
         }
     }
@@ -284,8 +299,8 @@ TEST(world_measure_subject)
     bt_img_t *img = sd_world_render(&s, 64);
     sd_world_measure_t m;
     REQUIRE(img && sd_world_measure(img, &m) == 0);
-    CHECKF(m.is_subject && m.pos == SD_POS_TOP_LEFT && m.bg == SD_BG_VSTRIPES, "pattern %.2f pos %d bg %d",
-           m.pattern, m.pos, m.bg);
+    CHECKF(m.is_subject && m.pos == SD_POS_TOP_LEFT && m.bg == SD_BG_VSTRIPES, "pattern %.2f pos %d bg %d", m.pattern,
+           m.pos, m.bg);
     bt_img_destroy(&img);
 }
 
@@ -305,7 +320,8 @@ static void s_degrade(bt_img_t **img, uint64_t i, double sigma, double shift)
     }
     bt_rng_normal_fill(z, n, bt_rng_key(99, i));
     double off[3];
-    for (int k = 0; k < 3; k++) off[k] = shift * (2.0 * bt_rng_uniform(bt_rng_key(98, i), (uint64_t)k) - 1.0);
+    for (int k = 0; k < 3; k++)
+        off[k] = shift * (2.0 * bt_rng_uniform(bt_rng_key(98, i), (uint64_t)k) - 1.0);
     for (int64_t k = 0; k < n; k++) {
         double v = round(back->data[k] + sigma * z[k] + off[k % 3]);
         back->data[k] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
@@ -336,8 +352,10 @@ TEST(world_measure_robust)
         bt_img_destroy(&img);
         subject += m.is_subject;
     }
-    fprintf(stderr, "degraded world at 64 px over %d: background %d, colour %d, shape %d, size %d, position %d; "
-                    "subject found on %d of %d\n", n, bg, colour, shape, size, pos, subject, n);
+    fprintf(stderr,
+            "degraded world at 64 px over %d: background %d, colour %d, shape %d, size %d, position %d; "
+            "subject found on %d of %d\n",
+            n, bg, colour, shape, size, pos, subject, n);
     int min = (int)ceil(0.97 * n);
     CHECK(bg >= min && colour >= min && shape >= min && size >= min && pos >= min);
     CHECK(subject >= min && pattern == 0);
@@ -350,8 +368,10 @@ TEST(world_metrics)
      * plain "a star" pictures */
     for (uint64_t i = 0; i < 60; i++) {
         sd_scene_t s;
-        if (i < 20) sd_world_scene(6, i, &s);
-        else if (i < 40) sd_world_subject_scene(6, i, &s);
+        if (i < 20)
+            sd_world_scene(6, i, &s);
+        else if (i < 40)
+            sd_world_subject_scene(6, i, &s);
         else {
             sd_world_scene(6, i, &s);
             s.shape = SD_SHAPE_STAR;
