@@ -53,8 +53,8 @@ static bt_img_t *s_tile(const bt_img_t *img, const char *caption)
     bt_img_t *big = s_enlarge(img, k);
     if (!big) return NULL;
     char wrapped[512];
-    int lines = bt_img_text_wrap(caption, big->width - 4, 1, 4, wrapped, sizeof wrapped);
-    bt_img_t *t = bt_img_new(big->width, big->height + 4 + 4 * BT_FONT_LINE, 3);
+    int lines = bt_img_text_wrap(caption, big->width - 4, 1, 5, wrapped, sizeof wrapped);
+    bt_img_t *t = bt_img_new(big->width, big->height + 4 + 5 * BT_FONT_LINE, 3);
     if (t) {
         bt_img_fill(t, 0xffffff);
         bt_img_paste(t, big, 0, 0);
