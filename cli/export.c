@@ -14,16 +14,22 @@
 
 int cmd_export(int argc, char **argv)
 {
-    const char *format = NULL, *out = NULL, *dtype_name = "f32";
+    const char *format = NULL, *out = NULL, *dtype_name = "f32", *model = NULL;
     const cli_opt_t opts[] = {
-        CLI_OPT("--format", CLI_STR, &format, "NAME", "diffusers, kohya or peft (required)"),
-        CLI_OPT("--out", CLI_STR, &out, "FILE", "the LoRA file to write (required; -o FILE is the same)"),
-        CLI_OPT("--dtype", CLI_STR, &dtype_name, "T", "f32, f16 or bf16 (default f32)"),
+        CLI_OPT("--format", CLI_STR, &format, "NAME",
+                "diffusers, kohya or peft (required); model for a full fine-tuning checkpoint"),
+        CLI_OPT("--out", CLI_STR, &out, "FILE", "the LoRA file (or model folder) to write (required; -o is the same)"),
+        CLI_OPT("--dtype", CLI_STR, &dtype_name, "T", "f32, f16 or bf16 (default f32; LoRA files)"),
+        CLI_OPT("--model", CLI_STR, &model, "DIR",
+                "--format model: the base model folder (default: the one the checkpoint names; its content "
+                "must be the same)"),
         CLI_END,
     };
-    const cli_spec_t spec = {"export", "CHECKPOINT.h5 --format diffusers|kohya|peft --out|-o FILE.safetensors [--dtype f32|f16|bf16]",
+    const cli_spec_t spec = {"export",
+                             "CHECKPOINT.h5 --format diffusers|kohya|peft|model --out|-o PATH [--dtype f32|f16|bf16]",
                              "Writes the LoRA of a training checkpoint as a safetensors LoRA file: diffusers'\n"
-                             "pytorch_lora_weights layout, kohya's (A1111, ComfyUI) or peft's.",
+                             "pytorch_lora_weights layout, kohya's (A1111, ComfyUI) or peft's. A full fine-tuning\n"
+                             "checkpoint (--train-unet full) becomes a diffusers model folder (--format model).",
                              opts, 1, "CHECKPOINT.h5"};
     /* "-o" is the one short option: spelled out before the table parser sees it */
     char **args = bt_malloc((size_t)(argc + 1) * sizeof *args);
@@ -37,6 +43,11 @@ int cmd_export(int argc, char **argv)
     if (npos != 1 || !format || !out) {
         fprintf(stderr, "booth export: give a checkpoint, --format and --out (-o) (see --help)\n");
         return 2;
+    }
+    if (!strcmp(format, "model")) {
+        if (sd_checkpoint_export_model(pos[0], out, model)) return 1;
+        printf("%s\n", out);
+        return 0;
     }
     st_lora_layout_t layout;
     if (st_lora_layout_parse(format, &layout)) return 2;

@@ -211,6 +211,12 @@ int cmd_train(int argc, char **argv)
 
     sd_store_t store;
     if (!cli_base_dtype("train", f.base_dtype, &store)) return 2;
+    if (c->full_unet && store != SD_STORE_AUTO && store != SD_STORE_F32) {
+        fprintf(stderr, "booth train: --train-unet full trains float32 weights; --base-dtype %s keeps them in 16 bits\n",
+                f.base_dtype);
+        return 2;
+    }
+    if (c->full_unet) store = SD_STORE_F32; /* 16-bit files are widened exactly */
     int prediction;
     if (!cli_prediction_type("train", f.prediction, c->model_dir, &prediction)) return 2;
     nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, 0);
@@ -253,13 +259,18 @@ int cmd_train(int argc, char **argv)
     if (f.grad_accum > 1)
         snprintf(batch, sizeof batch, "%d (%d x %d accumulated)", c->train_batch_size, c->train_batch_size / f.grad_accum,
                  f.grad_accum);
-    fprintf(stderr,
-            "booth train: %d instance image%s%s, %d px, %s crop, LoRA rank %lld alpha %g on %d UNet layer%s%s, "
-            "%lld step%s, batch %s, lr %g (%s)\n",
+    char what[160];
+    if (c->full_unet)
+        snprintf(what, sizeof what, "every UNet weight (%.1f M parameters, full fine-tuning)",
+                 (double)t->model->unet->params.numel / 1e6);
+    else
+        snprintf(what, sizeof what, "LoRA rank %lld alpha %g on %d UNet layer%s%s", (long long)c->rank,
+                 t->cfg.lora_alpha, t->lora_unet->n, CLI_PLURAL(t->lora_unet->n),
+                 t->lora_text ? " + the text encoder" : "");
+    fprintf(stderr, "booth train: %d instance image%s%s, %d px, %s crop, %s, %lld step%s, batch %s, lr %g (%s)\n",
             t->instances.n, CLI_PLURAL(t->instances.n), classes, c->resolution, c->center_crop ? "center" : "random",
-            (long long)c->rank, t->cfg.lora_alpha, t->lora_unet->n, CLI_PLURAL(t->lora_unet->n),
-            t->lora_text ? " + the text encoder" : "", (long long)c->max_train_steps, CLI_PLURAL(c->max_train_steps),
-            batch, c->learning_rate, sd_lr_sched_name(c->lr_scheduler));
+            what, (long long)c->max_train_steps, CLI_PLURAL(c->max_train_steps), batch, c->learning_rate,
+            sd_lr_sched_name(c->lr_scheduler));
     if (t->ehs) { /* a frozen text encoder: every prompt is embedded (validation too); free it */
         size_t before = sd_model_param_bytes(t->model);
         sd_trainer_release_text_encoder(t);

@@ -77,6 +77,10 @@ int cli_train_opts(cli_train_flags_t *f, cli_opt_t *opts, int max)
         CLI_OPT("--lr-warmup-steps", CLI_I64, &f->c.lr_warmup_steps, "N", "warm-up steps (default 0)"),
         CLI_OPT("--lr-num-cycles", CLI_INT, &f->c.lr_num_cycles, "N", "hard restarts of cosine_with_restarts (default 1)"),
         CLI_OPT("--lr-power", CLI_FLOAT, &f->c.lr_power, "P", "power of the polynomial schedule (default 1: linear to 1e-7)"),
+        CLI_OPT("--train-unet", CLI_STR, &f->train_unet, "lora|full",
+                "lora (default): LoRA adapters on the attention projections; full: every UNet weight, as "
+                "diffusers' train_dreambooth.py (the original DreamBooth); the output folder is then a diffusers "
+                "model folder"),
         CLI_OPT("--rank", CLI_I64, &f->rank, "R", "LoRA rank (default 4)"),
         CLI_OPT_SEEN("--lora-alpha", CLI_FLOAT, &f->c.lora_alpha, "A", "LoRA alpha (default: the rank)", &f->alpha_seen),
         CLI_OPT("--train-text-encoder", CLI_FLAG, &f->c.train_text_encoder, NULL, "also train LoRA on the text encoder"),
@@ -209,6 +213,18 @@ int cli_train_finish(const char *command, cli_train_flags_t *f, bool need_output
     if (!c->validation_prompt && (f->val_steps_seen || f->val_epochs_seen))
         fprintf(stderr, "booth %s: warning: --validation-%s does nothing without --validation-prompt\n", command,
                 f->val_steps_seen ? "steps" : "epochs");
+    if (f->train_unet && strcmp(f->train_unet, "lora") && strcmp(f->train_unet, "full")) {
+        fprintf(stderr, "booth %s: --train-unet '%s' is not lora or full\n", command, f->train_unet);
+        return 2;
+    }
+    c->full_unet = f->train_unet && !strcmp(f->train_unet, "full");
+    if (c->full_unet && c->train_text_encoder) {
+        fprintf(stderr,
+                "booth %s: --train-text-encoder trains LoRA on the text encoder; with --train-unet full the text "
+                "encoder stays frozen (training it in full is not supported yet)\n",
+                command);
+        return 2;
+    }
     if (!sd_lr_sched_parse(f->lr_sched, &c->lr_scheduler)) {
         fprintf(stderr, "booth %s: --lr-scheduler '%s' is not %s\n", command, f->lr_sched, SD_LR_NAMES);
         return 2;

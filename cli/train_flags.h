@@ -11,6 +11,7 @@
 typedef struct cli_train_flags {
     sd_train_config_t c;
     const char *output_dir, *lr_sched, *resume, *base_dtype, *prediction;
+    const char *train_unet;  /* --train-unet lora|full */
     int64_t rank;
     bool alpha_seen, steps_seen, epochs_seen, val_epochs_seen, val_steps_seen, resolution_seen;
     /* diffusers' flags that become other settings (cli_train_finish derives them) */

@@ -22,6 +22,7 @@
 #include "common/status.h"
 #include "diffusion/lora_io.h"
 #include "diffusion/model_hash.h"
+#include "diffusion/model_out.h"
 #include "diffusion/priors.h"
 #include "nn/memory.h"
 #include "storage/h5.h"
@@ -665,10 +666,89 @@ int sd_optim_save_lora(const sd_optim_t *o, int64_t rank, float alpha, const cha
     return rc;
 }
 
+int sd_checkpoint_is_full(st_h5_file_t *f, const char *path)
+{
+    char *job = NULL;
+    if (st_h5_attr_str(f, SD_H5_ROOT, SD_H5_CKPT_JOB, &job)) return -1;
+    cJSON *o = cJSON_Parse(job);
+    free(job);
+    if (!cJSON_IsObject(o)) {
+        cJSON_Delete(o);
+        BT_ERROR("%s: the 'job' attribute is not a JSON object", path);
+        return -1;
+    }
+    int full = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "full_finetune"));
+    cJSON_Delete(o);
+    return full;
+}
+
+typedef struct {
+    st_h5_file_t *f;
+    const char *path;
+} s_ckpt_get_t;
+
+static int s_ckpt_get(void *user, const char *name, float *dst, int64_t numel)
+{
+    s_ckpt_get_t *g = user;
+    char ds[2 * SD_OPTIM_NAME_MAX];
+    st_h5_info_t info;
+    snprintf(ds, sizeof ds, SD_H5_LORA "/%s", name);
+    if (!st_h5_exists(g->f, ds)) {
+        BT_ERROR("%s: no tensor '%s' (the model folder's UNet needs it)", g->path, name);
+        return BT_ENOTFOUND;
+    }
+    int rc = st_h5_info(g->f, ds, &info);
+    if (rc) return rc;
+    if (info.ndim != 2 || info.shape[0] * info.shape[1] != numel) {
+        BT_ERROR("%s: '%s' has %lld values, the UNet's parameter %lld", g->path, name,
+                 (long long)(info.ndim == 2 ? info.shape[0] * info.shape[1] : -1), (long long)numel);
+        return BT_ESHAPE;
+    }
+    return st_h5_read(g->f, ds, ST_H5_F32, 2, info.shape, dst);
+}
+
+int sd_checkpoint_export_model(const char *ckpt, const char *out, const char *base_dir)
+{
+    st_h5_file_t *f = sd_booth_h5_open(ckpt, SD_CKPT_FORMAT, NULL, NULL);
+    if (!f) return BT_EFORMAT;
+    char *model = NULL, *hash = NULL;
+    int full = sd_checkpoint_is_full(f, ckpt), rc = full < 0 ? BT_EFORMAT : BT_OK;
+    if (full == 0) {
+        BT_ERROR("%s: a LoRA checkpoint: it exports as a LoRA file (--format diffusers, kohya or peft)", ckpt);
+        rc = BT_EINVAL;
+    }
+    if (rc == BT_OK) rc = st_h5_attr_str(f, SD_H5_ROOT, SD_H5_CKPT_BASE_MODEL, &model);
+    if (rc == BT_OK) rc = st_h5_attr_str(f, SD_H5_ROOT, SD_H5_CKPT_BASE_MODEL_HASH, &hash);
+    const char *base = base_dir ? base_dir : model;
+    sd_model_ids_t ids;
+    if (rc == BT_OK && (rc = sd_model_ids(base, &ids)) == BT_OK && strcmp(ids.model, hash)) {
+        BT_ERROR("%s: trained on a model with content hash %s; %s has %s (give the base model with --model)", ckpt,
+                 hash, base, ids.model);
+        rc = BT_EINVAL;
+    }
+    if (rc == BT_OK) {
+        static const char *const meta[] = {"format", "pt", NULL};
+        s_ckpt_get_t g = {f, ckpt};
+        rc = sd_model_folder_write_from(out, base, s_ckpt_get, &g, meta);
+    }
+    free(model);
+    free(hash);
+    st_h5_close(&f);
+    return rc;
+}
+
 int sd_checkpoint_export(const char *ckpt, const char *out, st_lora_layout_t layout, st_dtype_t dtype)
 {
     st_h5_file_t *f = sd_booth_h5_open(ckpt, SD_CKPT_FORMAT, NULL, NULL);
     if (!f) return BT_EFORMAT;
+    int full = sd_checkpoint_is_full(f, ckpt);
+    if (full != 0) {
+        if (full > 0)
+            BT_ERROR("%s: a full fine-tuning checkpoint: it exports as a model folder (--format model --out DIR)",
+                     ckpt);
+        st_h5_close(&f);
+        return full > 0 ? BT_EINVAL : BT_EFORMAT;
+    }
     char **names = NULL, *model = NULL;
     int n = 0;
     int64_t rank = 0, (*shapes)[2] = NULL;

@@ -97,6 +97,16 @@ int sd_checkpoint_prune(const char *dir, int keep);
  * have exported had it stopped at that step: the same bytes). */
 int sd_checkpoint_export(const char *ckpt, const char *out, st_lora_layout_t layout, st_dtype_t dtype);
 
+/* Whether a checkpoint's job is full fine-tuning (its /lora group then holds every UNet parameter,
+ * "unet.<name>" shaped [first dimension, the rest]); -1 with one line when it cannot be read. */
+int sd_checkpoint_is_full(st_h5_file_t *f, const char *path);
+
+/* A full fine-tuning checkpoint as a diffusers model folder at out (diffusion/model_out.h): the
+ * folder `booth train` would have written had the run ended at the checkpoint's step. base_dir:
+ * the base model folder (NULL: the one the checkpoint names), whose content hash must be the one
+ * the run trained on. */
+int sd_checkpoint_export_model(const char *ckpt, const char *out, const char *base_dir);
+
 /* Opens a booth HDF5 file and checks its booth_format (want: SD_CKPT_FORMAT,
  * SD_PRIORS_FORMAT, or NULL for either) and format version. NULL with one line. */
 st_h5_file_t *sd_booth_h5_open(const char *path, const char *want, char **format, int64_t *version);

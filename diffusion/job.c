@@ -54,6 +54,8 @@ static const s_jfield_t s_job[] = {
     {"lr_power", J_F32, offsetof(sd_train_config_t, lr_power), true, "1", NULL},
     F("rank", J_I64, rank, true),
     F("lora_alpha", J_F32, lora_alpha, true),
+    /* absent: a checkpoint from before full fine-tuning existed, which trained LoRA */
+    {"full_finetune", J_BOOL, offsetof(sd_train_config_t, full_unet), true, "false", "train-unet"},
     F("train_text_encoder", J_BOOL, train_text_encoder, true),
     F("seed", J_U64, seed, true),
     F("gradient_checkpointing", J_BOOL, gradient_checkpointing, false),
@@ -169,9 +171,14 @@ int sd_job_compare(const char *path, const char *json, const sd_train_config_t *
             char flag[64];
             snprintf(flag, sizeof flag, "%s", j->flag ? j->flag : j->key);
             for (char *p = flag; *p && !j->flag; p++) *p = *p == '_' ? '-' : *p;
+            const char *was = a ? a : "(missing)", *now = b ? b : "?";
+            if (j->off == offsetof(sd_train_config_t, full_unet)) { /* a bool spelled as its flag's values */
+                was = cJSON_IsTrue(v) ? "full" : "lora";
+                now = c->full_unet ? "full" : "lora";
+            }
             BT_ERROR("%s: the checkpoint was trained with --%s %s, this run has %s; resume needs the same settings "
                      "(or a new --output-dir)",
-                     path, flag, a ? a : "(missing)", b ? b : "?");
+                     path, flag, was, now);
             rc = BT_EINVAL;
         }
         cJSON_free(a);

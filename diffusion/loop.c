@@ -14,6 +14,7 @@
 #include "common/log.h"
 #include "common/plot.h"
 #include "common/status.h"
+#include "diffusion/model_out.h"
 #include "storage/png.h"
 
 static void s_csv_row(FILE *f, int64_t step, const sd_train_history_t *h, int64_t i)
@@ -164,7 +165,7 @@ static int s_plot_loss(const char *path, const sd_train_history_t *h)
         bt_plot_series_t s[2] = {
             {.label = "loss", .x = x, .y = y, .n = n, .color = 0x9ecae1, .line_width = 1.0f},
             {.label = "moving average", .x = x, .y = avg, .n = n, .color = 0x08519c, .line_width = 2.0f}};
-        bt_plot_opts_t o = {.title = "DreamBooth LoRA training loss", .x_label = "step", .y_label = "loss"};
+        bt_plot_opts_t o = {.title = "DreamBooth training loss", .x_label = "step", .y_label = "loss"};
         bt_img_t *img = bt_img_plot_lines(960, 540, s, 2, &o);
         rc = img ? st_png_write(path, img, NULL, 0) : BT_ENOMEM;
         bt_img_destroy(&img);
@@ -183,6 +184,16 @@ int sd_loop_finish(sd_loop_t *r, const sd_optim_t *o, const char *base_model)
     snprintf(a, sizeof a, "%s/pytorch_lora_weights.safetensors", r->dir);
     snprintf(b, sizeof b, "%s/pytorch_lora_weights_kohya.safetensors", r->dir);
     snprintf(png, sizeof png, "%s/loss.png", r->dir);
+    if (c->full_unet) { /* the model itself changed: a model folder, as diffusers' train_dreambooth.py saves */
+        static const char *const meta[] = {"format", "pt", NULL};
+        int rc = sd_model_folder_write(r->dir, base_model, o, meta);
+        if (rc == BT_OK) rc = s_plot_loss(png, &r->hist);
+        if (rc) return rc;
+        printf("%s/model_index.json\n%s/unet/diffusion_pytorch_model.safetensors\n%s\n%s\n", r->dir, r->dir,
+               r->csv_path, png);
+        if (c->validation_prompt) printf("%s/validation/step-%06lld.png\n", r->dir, (long long)c->max_train_steps);
+        return BT_OK;
+    }
     int rc = sd_optim_save_lora(o, c->rank, c->lora_alpha, a, ST_LORA_DIFFUSERS, ST_F32, base_model);
     if (rc == BT_OK) rc = sd_optim_save_lora(o, c->rank, c->lora_alpha, b, ST_LORA_KOHYA, ST_F32, base_model);
     if (rc == BT_OK) rc = s_plot_loss(png, &r->hist);
@@ -256,8 +267,9 @@ static int s_train_local(sd_trainer_t *t, sd_optim_t *o, sd_loop_t *r, const sd_
     }
     if ((rc = sd_loop_finish(r, o, t->cfg.model_dir))) return rc;
     if (final_grid && (rc = s_validate(t, r, o->step)))
-        BT_ERROR("the final validation grid failed; the LoRA files are written (%s/pytorch_lora_weights*.safetensors)",
-                 r->dir);
+        BT_ERROR("the final validation grid failed; the %s written (%s/%s)",
+                 t->cfg.full_unet ? "model folder is" : "LoRA files are", r->dir,
+                 t->cfg.full_unet ? "unet/" : "pytorch_lora_weights*.safetensors");
     return rc;
 }
 

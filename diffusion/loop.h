@@ -7,6 +7,7 @@
  *
  *   pytorch_lora_weights.safetensors         the LoRA, diffusers layout
  *   pytorch_lora_weights_kohya.safetensors   the same LoRA, kohya layout
+ *     (full fine-tuning instead: a diffusers model folder, diffusion/model_out.h)
  *   loss.csv, loss.png                       loss per step and its curve
  *   validation/step-NNNNNN.png               validation grids
  *   checkpoint-N.h5                          every --checkpointing-steps
@@ -68,7 +69,8 @@ int sd_loop_validation(sd_loop_t *r, const bt_img_t *grid);
 /* The same from a PNG a worker rendered (written as it is, crash-safe). */
 int sd_loop_validation_png(sd_loop_t *r, const void *png, size_t len);
 
-/* The LoRA in both layouts and loss.png; prints the paths of what it wrote on stdout. */
+/* The LoRA in both layouts (full fine-tuning: the model folder) and loss.png; prints the paths of
+ * what it wrote on stdout. */
 int sd_loop_finish(sd_loop_t *r, const sd_optim_t *o, const char *base_model);
 
 /* The whole job in one process: steps until max_train_steps, with checkpoints

@@ -145,9 +145,34 @@ static int s_tokenize(const sd_trainer_t *t, const char *prompt, int32_t *ids)
     return BT_OK;
 }
 
+/* Full fine-tuning's tensor table: every UNet parameter in model order, "unet.<diffusers name>",
+ * shaped [first dimension, the rest] as the optimizer and the parameter server hold tensors. */
+static int s_tensors_full(sd_trainer_t *t)
+{
+    sd_params_t *ps = &t->model->unet->params;
+    int n = ps->n;
+    t->tensors = bt_calloc((size_t)(n ? n : 1), sizeof *t->tensors);
+    t->grads = bt_calloc((size_t)(n ? n : 1), sizeof *t->grads);
+    t->names = bt_calloc((size_t)(n ? n : 1), sizeof *t->names);
+    if (!t->tensors || !t->grads || !t->names) return BT_ENOMEM;
+    for (int i = 0; i < n; i++) {
+        const sd_param_t *p = &ps->p[i];
+        int64_t rest = 1;
+        for (int d = 1; d < p->ndim; d++) rest *= p->shape[d];
+        snprintf(t->names[i], SD_OPTIM_NAME_MAX, "unet.%s", p->name);
+        t->tensors[i] = (sd_optim_spec_t){.name = t->names[i], .index = i, .shape = {p->shape[0], rest},
+                                          .params = p->data};
+        t->grads[i] = ps->grad + (p->data - ps->mem);
+    }
+    t->nblock[0] = sd_params_block_floats(ps);
+    t->ntensors = n;
+    return BT_OK;
+}
+
 /* The tensor table: every LoRA parameter in global order, named as checkpoints name them. */
 static int s_tensors(sd_trainer_t *t)
 {
+    if (t->cfg.full_unet) return s_tensors_full(t);
     sd_lora_set_t *sets[2] = {t->lora_unet, t->lora_text};
     int n = 0;
     for (int k = 0; k < 2; k++) n += sets[k] ? sets[k]->params.n : 0;
@@ -188,6 +213,7 @@ void sd_trainer_destroy(sd_trainer_t **pt)
     free(t->tensors);
     free(t->grads);
     free(t->names);
+    free(t->base_unet);
     free(t->ids_instance);
     free(t->ids_class);
     if (t->ehs && t->model) nn_free(t->model->ctx, t->ehs);
@@ -206,6 +232,15 @@ sd_model_t *sd_trainer_take_model(sd_trainer_t **pt)
     sd_trainer_t *t = *pt;
     if (!t) return NULL;
     sd_model_t *m = t->model;
+    if (m && t->base_unet) { /* full fine-tuning: the model goes back with the weights it came with */
+        sd_params_t *ps = &m->unet->params;
+        if (nn_upload(m->ctx, ps->mem, t->base_unet, (size_t)sd_params_block_floats(ps) * sizeof(float))) {
+            BT_ERROR("train: cannot restore the UNet's weights after full fine-tuning; the model is dropped");
+            sd_model_destroy(&m);
+        } else {
+            sd_params_free_grads(ps);
+        }
+    }
     t->model = NULL;
     if (t->ehs && m) nn_free(m->ctx, t->ehs);
     t->ehs = NULL;
@@ -247,10 +282,21 @@ static sd_trainer_t *s_trainer_new(sd_model_t **model, const sd_train_config_t *
     if (s_tokenize(t, c->instance_prompt, t->ids_instance)) goto out_fail;
     if (c->prior_preservation && s_tokenize(t, c->class_prompt, t->ids_class)) goto out_fail;
 
-    if (!(t->lora_unet = sd_lora_attach_unet(t->model->unet, c->rank, c->lora_alpha, NULL)) ||
-        sd_lora_alloc(t->lora_unet, ctx, true) ||
-        sd_lora_init(t->lora_unet, bt_rng_key(c->seed, TAG_LORA_UNET)))
+    if (c->full_unet) { /* every UNet weight trains: gradients for all, and the weights as loaded kept aside */
+        sd_params_t *ps = &t->model->unet->params;
+        size_t bytes = (size_t)sd_params_block_floats(ps) * sizeof(float);
+        if (c->train_text_encoder) {
+            BT_ERROR("train: full fine-tuning trains the UNet; the text encoder stays frozen (training it in full "
+                     "is not supported yet)");
+            goto out_fail;
+        }
+        if (sd_params_alloc_grads(ps)) goto out_fail;
+        if (!(t->base_unet = bt_malloc(bytes)) || nn_download(ctx, t->base_unet, ps->mem, bytes)) goto out_fail;
+    } else if (!(t->lora_unet = sd_lora_attach_unet(t->model->unet, c->rank, c->lora_alpha, NULL)) ||
+               sd_lora_alloc(t->lora_unet, ctx, true) ||
+               sd_lora_init(t->lora_unet, bt_rng_key(c->seed, TAG_LORA_UNET))) {
         goto out_fail;
+    }
     if (c->train_text_encoder &&
         (!(t->lora_text = sd_lora_attach_clip(t->model->clip, c->rank, c->lora_alpha, NULL)) ||
          sd_lora_alloc(t->lora_text, ctx, true) || sd_lora_init(t->lora_text, bt_rng_key(c->seed, TAG_LORA_TEXT))))
@@ -446,7 +492,11 @@ int sd_trainer_microbatch(sd_trainer_t *t, int64_t step, int k, double *loss, do
         ts[i] = e->timestep;
         weights[i] = e->weight;
     }
-    if ((rc = sd_lora_zero_grad(t->lora_unet)) || (t->lora_text && (rc = sd_lora_zero_grad(t->lora_text)))) goto out;
+    if (t->cfg.full_unet)
+        rc = nn_fill(t->model->ctx, t->model->unet->params.grad, sd_params_block_floats(&t->model->unet->params), 0.0f);
+    else
+        rc = sd_lora_zero_grad(t->lora_unet);
+    if (rc || (t->lora_text && (rc = sd_lora_zero_grad(t->lora_text)))) goto out;
     bool is_class[256];
     for (int i = 0; i < cnt; i++) is_class[i] = ex[first + i].is_class;
     if (!(ehs = s_batch_ehs(t, is_class, cnt, &rc)) && rc) goto out;
@@ -504,7 +554,7 @@ int sd_trainer_set_tensor(sd_trainer_t *t, const char *name, const float *data, 
         }
         return nn_upload(t->model->ctx, s->params, data, (size_t)n * sizeof(float));
     }
-    BT_ERROR("train: no LoRA tensor '%s' in this model", name);
+    BT_ERROR("train: no %s tensor '%s' in this model", t->cfg.full_unet ? "UNet" : "LoRA", name);
     return BT_ENOTFOUND;
 }
 

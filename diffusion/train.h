@@ -2,7 +2,8 @@
  * train.h — DreamBooth LoRA training, split into the pieces a cluster spreads:
  *
  *   sd_trainer_t         the gradient computer (what a worker holds): the model
- *                        with LoRA attached, the encoded image sets, and
+ *                        with LoRA attached (or, full fine-tuning, with every
+ *                        UNet weight training), the encoded image sets, and
  *     plan(step)           which examples a step uses, with their timesteps, flips,
  *                          noise and latent streams: a pure function of (seed, step)
  *     microbatch(step, k)  the loss and LoRA gradient of the step's k-th fixed
@@ -71,6 +72,8 @@ typedef struct sd_train_config {
     float lr_power;            /* polynomial's exponent (default 1) */
     int64_t rank;
     float lora_alpha;
+    bool full_unet;            /* full fine-tuning (diffusers' train_dreambooth.py): every UNet weight trains, not
+                                * LoRA adapters; the model must be loaded in float32 */
     bool train_text_encoder;
     uint64_t seed;
     bool gradient_checkpointing;
@@ -120,6 +123,8 @@ typedef struct sd_trainer {
     sd_optim_spec_t *tensors;
     float **grads;
     int ntensors;
+    float *base_unet; /* full fine-tuning: the UNet's weights before training (host copy of its parameter block),
+                       * put back when the model is given back (sd_trainer_take_model); NULL for LoRA */
     char (*names)[SD_OPTIM_NAME_MAX]; /* storage of tensors[i].name */
 } sd_trainer_t;
 

@@ -1,6 +1,7 @@
 # The cluster on loopback (CURVE on): `booth train` in one process == 1 worker == 3 workers, with K = 2
 # parameter servers, with and without text-encoder LoRA (LoRA files, checkpoints' tensors and the
-# validation grid compared byte for byte); the prior farm's set == `booth priors`'s and a second job
+# validation grid compared byte for byte), and with full fine-tuning (the model folder's UNet; the
+# workers then give their models back unchanged: the next LoRA job is still byte-identical); the prior farm's set == `booth priors`'s and a second job
 # reuses it; a worker with another model is refused; an unknown CURVE key gets nothing; cancel stops
 # a running job. Every process is stopped at the end, also on failure.
 T=$BOOTH_TEST_TMPDIR
@@ -28,6 +29,8 @@ for te in "" --train-text-encoder; do
     "$BOOTH" train "${JOB[@]}" $te --instance-data-dir $SUBJECT --class-data-dir "$T/priors.h5" \
         --output-dir "$T/single$te" >/dev/null 2>"$T/single.err"
 done
+"$BOOTH" train "${JOB[@]}" --train-unet full --instance-data-dir $SUBJECT --class-data-dir "$T/priors.h5" \
+    --output-dir "$T/single-full" >/dev/null 2>"$T/single.err"
 
 same() { # run-dir-a, run-dir-b: the same LoRA files, checkpoint tensors, validation grid
     local a=$1 b=$2
@@ -73,7 +76,16 @@ grep -q "3 of 3 prior images already in" "$C/logs/coordinator.log"
 test "$(grep -l "micro-batch" "$C"/logs/worker*.log | wc -l)" -ge 2
 grep -q "latents as stored in data.h5" "$C"/logs/worker*.log
 
-# with text-encoder LoRA, micro-batches of one example (two per step)
+# full fine-tuning: every UNet weight through the parameter servers, the same model folder
+submit "$T/w3full" --train-unet full
+cmp "$T/single-full/unet/diffusion_pytorch_model.safetensors" "$T/w3full/unet/diffusion_pytorch_model.safetensors"
+cmp "$T/single-full/model_index.json" "$T/w3full/model_index.json"
+h5dump -g /lora "$T/single-full/checkpoint-2.h5" | tail -n +2 >"$T/a.dump"
+h5dump -g /lora "$T/w3full/checkpoint-2.h5" | tail -n +2 >"$T/b.dump"
+cmp "$T/a.dump" "$T/b.dump"
+
+# with text-encoder LoRA, micro-batches of one example (two per step); the workers' models are the
+# base again after the full fine-tuning job
 submit "$T/w3te" --train-text-encoder
 same "$T/single--train-text-encoder" "$T/w3te"
 

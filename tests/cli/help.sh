@@ -19,9 +19,9 @@ set +e
 set -e
 [ "$rc" -eq 2 ] && grep -q "'nope' is not a booth command" "$T/err" || fail "booth help nope: exit $rc"
 
-# export's usage line names what its options say: --out or -o, and peft
+# export's usage line names what its options say: --out or -o, peft, and model (a full fine-tuning checkpoint)
 "$BOOTH" export --help >"$T/export"
-head -1 "$T/export" | grep -q -- "--format diffusers|kohya|peft --out|-o FILE" || fail "export usage"
+head -1 "$T/export" | grep -q -- "--format diffusers|kohya|peft|model --out|-o PATH" || fail "export usage"
 
 # inspect DIR: architecture, parameters and dtypes per part, the content hash checkpoints record
 "$BOOTH" inspect $MODEL >"$T/inspect" || fail "inspect DIR failed"
