@@ -358,6 +358,7 @@ int sd_vae_config_save(const char *path, const sd_vae_config_t *c)
     cJSON_AddNumberToObject(o, "in_channels", (double)c->in_channels);
     cJSON_AddNumberToObject(o, "latent_channels", (double)c->latent_channels);
     cJSON_AddNumberToObject(o, "layers_per_block", (double)c->layers_per_block);
+    if (!c->mid_attention) cJSON_AddFalseToObject(o, "mid_block_add_attention"); /* diffusers' default: true */
     cJSON_AddNumberToObject(o, "norm_num_groups", (double)c->norm_num_groups);
     cJSON_AddNumberToObject(o, "out_channels", (double)c->out_channels);
     cJSON_AddNumberToObject(o, "sample_size", (double)c->sample_size);
