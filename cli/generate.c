@@ -165,7 +165,7 @@ int cmd_generate(int argc, char **argv)
         goto out;
     }
     int64_t C = m->unet->cfg.in_channels, h, w;
-    int64_t def = m->unet->cfg.sample_size;
+    int64_t def = m->unet->cfg.sample_size, sc = sd_vae_scale(m->vae); /* pixels per latent */
     h = height ? sd_vae_latent_size(m->vae, height) : def;
     w = width ? sd_vae_latent_size(m->vae, width) : def;
     if (init_latents) {
@@ -174,14 +174,14 @@ int cmd_generate(int argc, char **argv)
         if ((height && fh != h) || (width && fw != w) || (num_seen && fn != num)) {
             BT_ERROR("%s: latents [%lld, %lld, %lld, %lld] do not match --num-images %lld, --height %lld, --width %lld",
                      init_latents, (long long)fn, (long long)C, (long long)fh, (long long)fw, (long long)num,
-                     (long long)(h * 8), (long long)(w * 8));
+                     (long long)(h * sc), (long long)(w * sc));
             goto out;
         }
         num = fn;
         h = fh;
         w = fw;
     }
-    int64_t per = C * h * w, img_per = 3 * h * 8 * w * 8;
+    int64_t per = C * h * w, img_per = 3 * h * sc * w * sc;
     if (!latents && !(latents = bt_calloc((size_t)(num * per), sizeof(float)))) goto out;
     int64_t T = sd_prompt_tokens(m), cd = m->clip->cfg.hidden_size;
     if (!(embeds = nn_alloc(ctx, (size_t)(2 * T * cd) * sizeof(float))) || !(images = bt_malloc((size_t)img_per * sizeof(float))))
@@ -190,7 +190,7 @@ int cmd_generate(int argc, char **argv)
         goto out;
 
     fprintf(stderr, "booth generate: %lld image%s %lldx%lld, %s, %d step%s, guidance %g, seed %llu\n", (long long)num,
-            CLI_PLURAL(num), (long long)(w * 8), (long long)(h * 8), sd_sched_kind_name(sampler), steps, CLI_PLURAL(steps), guidance,
+            CLI_PLURAL(num), (long long)(w * sc), (long long)(h * sc), sd_sched_kind_name(sampler), steps, CLI_PLURAL(steps), guidance,
             (unsigned long long)seed);
     s_prog_t prog = {0};
     sd_sample_params_t p = {.guidance = guidance, .steps = steps, .sampler = sampler, .eta = eta, .seed = seed,
@@ -222,13 +222,13 @@ int cmd_generate(int argc, char **argv)
                         "%s\nNegative prompt: %s\nSteps: %d, Sampler: %s, CFG scale: %g, Seed: %llu, Size: %lldx%lld, "
                         "Model: %s",
                         prompt, negative, steps, sd_sched_kind_name(sampler), guidance, (unsigned long long)seed,
-                        (long long)(w * 8), (long long)(h * 8), model);
+                        (long long)(w * sc), (long long)(h * sc), model);
     if (lora && plen > 0 && (size_t)plen < sizeof params)
         snprintf(params + plen, sizeof params - (size_t)plen, ", LoRA: %s (unet %g, text %g)", lora, scale_unet,
                  scale_text);
     for (int64_t i = 0; i < num; i++) {
         if (sd_decode(m, images, NULL, latents + i * per, 1, h, w)) goto out;
-        bt_img_t *img = bt_img_from_f32_chw(images, 3, (int)(h * 8), (int)(w * 8), BT_IMG_RANGE_01);
+        bt_img_t *img = bt_img_from_f32_chw(images, 3, (int)(h * sc), (int)(w * sc), BT_IMG_RANGE_01);
         char path[4096];
         s_image_path(path, sizeof path, out, i, num);
         st_png_text_t text = {"parameters", params};

@@ -120,10 +120,11 @@ int cmd_grid(int argc, char **argv)
     }
     int64_t h = height ? sd_vae_latent_size(m->vae, height) : m->unet->cfg.sample_size;
     int64_t w = width ? sd_vae_latent_size(m->vae, width) : m->unet->cfg.sample_size;
+    int64_t sc = sd_vae_scale(m->vae); /* pixels per latent */
     int64_t T = sd_prompt_tokens(m), cd = m->clip->cfg.hidden_size, C = m->unet->cfg.in_channels;
     embeds = nn_alloc(ctx, (size_t)(2 * T * cd) * sizeof(float));
     lat = bt_malloc((size_t)(C * h * w) * sizeof(float));
-    img = bt_malloc((size_t)(3 * h * 8 * w * 8) * sizeof(float));
+    img = bt_malloc((size_t)(3 * h * sc * w * sc) * sizeof(float));
     if (!embeds || !lat || !img) goto out;
 
     bt_progress_t bar;
@@ -148,7 +149,7 @@ int cmd_grid(int argc, char **argv)
                 if (sd_sample(m, &p, embeds + T * cd, embeds, T, lat, false, 1, h, w) ||
                     sd_decode(m, img, NULL, lat, 1, h, w))
                     goto out;
-                if (!(tiles[idx] = bt_img_from_f32_chw(img, 3, (int)(h * 8), (int)(w * 8), BT_IMG_RANGE_01))) goto out;
+                if (!(tiles[idx] = bt_img_from_f32_chw(img, 3, (int)(h * sc), (int)(w * sc), BT_IMG_RANGE_01))) goto out;
             }
     bt_progress_finish(&bar, NULL);
 

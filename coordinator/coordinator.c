@@ -136,7 +136,8 @@ static void s_on_hello(co_t *c, int peer, pr_msg_t *m)
     snprintf(p->name, sizeof p->name, "%.120s", h->name && h->name[0] ? h->name : m->peer);
     if (h->role == BOOTH__ROLE__ROLE_WORKER) {
         if (!h->model_hash || strlen(h->model_hash) + 1 != BT_HASH_HEX || h->latent_channels < 1 ||
-            h->latent_channels > 1024) {
+            h->latent_channels > 1024 || h->latent_scale < 0 || h->latent_scale > 64 ||
+            (h->latent_scale & (h->latent_scale - 1))) {
             BT_WARN("%s: worker hello without a valid model hash or latent channels; refused", m->peer);
             co_send_error(c, peer, "hello: a worker must state its model hash and latent channels", true);
             p->used = false;
@@ -148,6 +149,7 @@ static void s_on_hello(co_t *c, int peer, pr_msg_t *m)
         snprintf(p->sampler, sizeof p->sampler, "%s", h->sampler ? h->sampler : "");
         snprintf(p->model_dir, sizeof p->model_dir, "%s", h->model_dir ? h->model_dir : "");
         p->latent_channels = h->latent_channels;
+        p->latent_scale = h->latent_scale ? h->latent_scale : 8; /* a worker from before the field: SD's 8 */
     } else {
         if (!h->endpoint || !pr_endpoint_ok(h->endpoint, false) ||
             (!c->node.o.insecure && (!h->public_key || !pr_key_z85_ok(h->public_key)))) {

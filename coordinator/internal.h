@@ -27,7 +27,7 @@ typedef struct co_peer {
     double last_seen;
     /* worker */
     char model_hash[BT_HASH_HEX], vae_hash[BT_HASH_HEX], weights[16], sampler[32], model_dir[1024];
-    int latent_channels;
+    int latent_channels, latent_scale;
     uint64_t task;           /* the task in flight (0: idle) */
     int64_t tasks_done;
     double busy_s, task_t0;

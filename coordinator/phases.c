@@ -179,6 +179,7 @@ static int s_origin(co_t *c, co_job_t *j)
     snprintf(j->origin.vae_hash, sizeof j->origin.vae_hash, "%s", p->vae_hash);
     j->origin.sampler = s_keep(j, p->sampler, "?"); /* the job keeps it: peers come and go */
     j->origin.latent_channels = p->latent_channels;
+    j->origin.latent_scale = p->latent_scale;
     cf->base_weights = s_keep(j, p->weights, "exact");
     sd_train_config_resolve(cf);
     j->spec = (sd_prior_spec_t){.prompt = cf->class_prompt,
@@ -262,7 +263,8 @@ static void s_priors_finished(co_t *c, co_job_t *j)
 
 static void s_on_priors_result(co_t *c, co_job_t *j, co_task_t *t, pr_msg_t *m)
 {
-    int64_t R = j->spec.resolution, C = j->origin.latent_channels, h = R / 8, np, nm, nl;
+    int64_t R = j->spec.resolution, C = j->origin.latent_channels, h = sd_prior_latent_side(&j->origin, R), np, nm,
+            nl;
     size_t nb;
     const uint8_t *pix = pr_blob_bytes(m, "pixels", &nb);
     const float *mean = pr_blob_f32(m, "mean", &nm), *logvar = pr_blob_f32(m, "logvar", &nl);
@@ -312,7 +314,7 @@ static void s_start_prepare(co_t *c, co_job_t *j)
 }
 
 /* An image set from blobs PREFIX/pixels, mean, logvar[, mean_f, logvar_f], names. */
-static int s_read_set(pr_msg_t *m, const char *prefix, int res, sd_image_set_t *s)
+static int s_read_set(pr_msg_t *m, const char *prefix, int res, int64_t side, sd_image_set_t *s)
 {
     char name[64];
     memset(s, 0, sizeof *s);
@@ -323,7 +325,7 @@ static int s_read_set(pr_msg_t *m, const char *prefix, int res, sd_image_set_t *
         return BT_EFORMAT;
     }
     const int64_t *sh = m->env->blobs[bi]->shape;
-    if (sh[0] < 1 || sh[0] > 100000 || sh[1] < 1 || sh[2] < 1 || sh[3] < 1 || sh[2] * 8 != res || sh[3] * 8 != res) {
+    if (sh[0] < 1 || sh[0] > 100000 || sh[1] < 1 || sh[2] < 1 || sh[3] < 1 || sh[2] != side || sh[3] != side) {
         BT_WARN("%s: %s has shape [%lld, %lld, %lld, %lld] for %d px images", m->peer, name, (long long)sh[0],
                 (long long)sh[1], (long long)sh[2], (long long)sh[3], res);
         return BT_ESHAPE;
@@ -368,8 +370,9 @@ static void s_start_training(co_t *c, co_job_t *j);
 static void s_on_prepare_result(co_t *c, co_job_t *j, co_task_t *t, pr_msg_t *m)
 {
     const sd_train_config_t *cf = &j->job.cfg;
-    int rc = s_read_set(m, "inst", cf->resolution, &j->inst);
-    if (rc == BT_OK && cf->prior_preservation) rc = s_read_set(m, "cls", cf->resolution, &j->cls);
+    int64_t side = sd_prior_latent_side(&j->origin, cf->resolution);
+    int rc = s_read_set(m, "inst", cf->resolution, side, &j->inst);
+    if (rc == BT_OK && cf->prior_preservation) rc = s_read_set(m, "cls", cf->resolution, side, &j->cls);
     /* the initial LoRA: p/NAME in the job's global order */
     int nt = 0;
     for (size_t i = 0; i < m->env->n_blobs; i++) nt += !strncmp(m->env->blobs[i]->name, "p/", 2);

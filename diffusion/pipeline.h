@@ -92,7 +92,7 @@ typedef struct sd_sample_params {
 int sd_sample(sd_model_t *m, const sd_sample_params_t *p, const float *cond, const float *uncond, int64_t T,
               float *latents, bool init, int64_t n, int64_t h, int64_t w);
 
-/* Latents [n, 4, h, w] (host) -> images [n, 3, 8h, 8w] (host) in [0, 1]
+/* Latents [n, 4, h, w] (host) -> images [n, 3, h * s, w * s] (host, s = sd_vae_scale) in [0, 1]
  * (decode(latents / scaling_factor) / 2 + 0.5, clamped). raw (may be NULL)
  * receives the decoder output before the mapping. */
 int sd_decode(sd_model_t *m, float *images, float *raw, const float *latents, int64_t n, int64_t h, int64_t w);

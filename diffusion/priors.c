@@ -38,7 +38,7 @@ int sd_priors_generate(sd_model_t *m, const sd_prior_spec_t *spec, int64_t first
         return BT_EINVAL;
     }
     int64_t h = sd_vae_latent_size(m->vae, R), C = m->unet->cfg.in_channels, T = sd_prompt_tokens(m);
-    if (h * 8 != R) {
+    if (h * sd_vae_scale(m->vae) != R) {
         BT_ERROR("%s: the VAE maps %d px to %lld latents; prior images need a resolution it divides", m->dir, R,
                  (long long)h);
         return BT_EINVAL;
@@ -127,14 +127,20 @@ int sd_prior_origin_of(sd_model_t *m, sd_prior_origin_t *o)
     o->model_dir = m->dir;
     o->sampler = sd_sched_kind_name(m->default_sampler);
     o->latent_channels = m->vae->cfg.latent_channels;
+    o->latent_scale = sd_vae_scale(m->vae);
     int rc = sd_model_hash(m->dir, SD_PART_ALL, o->model_hash, NULL);
     return rc ? rc : sd_model_hash(m->dir, SD_PART_VAE, o->vae_hash, NULL);
+}
+
+int64_t sd_prior_latent_side(const sd_prior_origin_t *o, int64_t resolution)
+{
+    return resolution / (o->latent_scale > 0 ? o->latent_scale : 8);
 }
 
 int sd_priors_part_write(const char *path, const sd_prior_spec_t *spec, const sd_prior_origin_t *origin, int64_t first,
                          int count, const uint8_t *pixels, const float *mean, const float *logvar)
 {
-    int64_t R = spec->resolution, h = R / 8;
+    int64_t R = spec->resolution, h = sd_prior_latent_side(origin, R);
     int64_t *index = bt_malloc((size_t)(count ? count : 1) * sizeof *index);
     uint64_t *seeds = NULL;
     const char **prompts = NULL;
@@ -169,7 +175,7 @@ int sd_priors_write_part(sd_model_t *m, const sd_prior_spec_t *spec_in, const sd
 {
     sd_prior_spec_t with = *spec_in, *spec = &with;
     if (!spec->weights) spec->weights = sd_model_weights(m);
-    int64_t R = spec->resolution, h = R / 8, per = origin->latent_channels * h * h;
+    int64_t R = spec->resolution, h = sd_prior_latent_side(origin, R), per = origin->latent_channels * h * h;
     uint8_t *pixels = bt_malloc((size_t)(count * 3 * R * R));
     float *mean = bt_malloc((size_t)(count * per) * sizeof(float)),
           *logvar = bt_malloc((size_t)(count * per) * sizeof(float));
@@ -339,7 +345,8 @@ typedef struct {
 static int s_assemble(const char *path, const sd_prior_spec_t *spec, const sd_prior_origin_t *origin, int64_t want,
                       const s_src_t *src, char **parts)
 {
-    int64_t R = spec->resolution, h = R / 8, C = origin->latent_channels, per = C * h * h, npix = 3 * R * R;
+    int64_t R = spec->resolution, h = sd_prior_latent_side(origin, R), C = origin->latent_channels, per = C * h * h,
+            npix = 3 * R * R;
     uint8_t *img = bt_malloc((size_t)npix);
     float *lat = bt_malloc((size_t)(2 * per) * sizeof(float));
     uint64_t *seeds = NULL;

@@ -45,7 +45,7 @@ typedef struct sd_prior_spec {
 
 /* Images [first, first + count) with the model's default sampler: pixels
  * [count, R, R, 3] (RGB), and when mean/logvar are not NULL the VAE posterior
- * of each image [count, C, R/8, R/8] (what training encodes). progress (may be
+ * of each image [count, C, R/s, R/s], s = sd_vae_scale (what training encodes). progress (may be
  * NULL) is called after each image with (done, count). */
 int sd_priors_generate(sd_model_t *m, const sd_prior_spec_t *spec, int64_t first, int count, uint8_t *pixels,
                        float *mean, float *logvar, sd_progress_fn progress, void *user);
@@ -58,13 +58,17 @@ typedef struct sd_prior_origin {
     char model_hash[BT_HASH_HEX], vae_hash[BT_HASH_HEX]; /* sd_model_hash: every part / the VAE */
     const char *sampler;    /* the model's default sampler (sd_sched_kind_name) */
     int64_t latent_channels;
+    int64_t latent_scale; /* pixels per latent a side (sd_vae_scale: 8 for SD; 0 read as 8) */
 } sd_prior_origin_t;
+
+/* The side of a prior image's latents: resolution / the origin's latent scale. */
+int64_t sd_prior_latent_side(const sd_prior_origin_t *o, int64_t resolution);
 
 /* A loaded model's origin (hashes its folder). */
 int sd_prior_origin_of(sd_model_t *m, sd_prior_origin_t *o);
 
 /* Writes images [first, first + count) — pixels [count, R, R, 3], VAE
- * posterior mean/logvar [count, C, R/8, R/8] as sd_priors_generate makes
+ * posterior mean/logvar [count, C, R/s, R/s] as sd_priors_generate makes
  * them — as a prior-set file of their own (a part), atomically. */
 int sd_priors_part_write(const char *path, const sd_prior_spec_t *spec, const sd_prior_origin_t *origin, int64_t first,
                          int count, const uint8_t *pixels, const float *mean, const float *logvar);

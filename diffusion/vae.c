@@ -118,6 +118,8 @@ void sd_vae_destroy(sd_vae_t **pv)
     *pv = NULL;
 }
 
+int64_t sd_vae_scale(const sd_vae_t *v) { return (int64_t)1 << (v->cfg.n_blocks - 1); }
+
 int64_t sd_vae_latent_size(const sd_vae_t *v, int64_t size)
 {
     for (int i = 0; i < v->cfg.n_blocks - 1; i++) size = (size + 1 - 3) / 2 + 1;

@@ -46,13 +46,16 @@ sd_vae_t *sd_vae_load(nn_ctx_t *ctx, const char *dir, sd_store_t store);
 
 /* Latent size of an H x W image (H/8 for SD). */
 int64_t sd_vae_latent_size(const sd_vae_t *v, int64_t size);
+/* Pixels per latent a side: 2^(blocks - 1), diffusers' vae_scale_factor (8 for SD, 1 for the world
+ * model's single-block VAE). A latent of h x w decodes to (h * scale) x (w * scale) pixels. */
+int64_t sd_vae_scale(const sd_vae_t *v);
 
 /* image [B, in, H, W] in [-1, 1] -> posterior mean and logvar [B, L, h, w]
  * (logvar clamped to [-30, 20]). */
 int sd_vae_encode(sd_run_t *r, const sd_vae_t *v, float *mean, float *logvar, const float *image, int64_t B,
                   int64_t H, int64_t W);
 /* z [B, L, h, w] (raw latent: callers divide by scaling_factor first) ->
- * image [B, out, 8h, 8w] (unclamped, about [-1, 1]). */
+ * image [B, out, h * scale, w * scale] (sd_vae_scale; unclamped, about [-1, 1]). */
 int sd_vae_decode(sd_run_t *r, const sd_vae_t *v, float *image, const float *z, int64_t B, int64_t h, int64_t w);
 
 #endif

@@ -69,7 +69,8 @@ static int s_priors(s_run_t *run)
     int rc = sd_job_parse(&job, task->job_json, strlen(task->job_json), w->o->coordinator);
     if (rc) return rc;
     const sd_train_config_t *c = &job.cfg;
-    int64_t R = c->resolution, C = w->origin.latent_channels, h = R / 8, count = task->count;
+    int64_t R = c->resolution, C = w->origin.latent_channels, h = sd_prior_latent_side(&w->origin, R),
+            count = task->count;
     uint8_t *pixels = NULL;
     float *mean = NULL, *logvar = NULL;
     if (!c->class_prompt || !c->class_prompt[0]) {

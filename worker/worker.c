@@ -78,6 +78,7 @@ static void s_hello(wk_t *w)
     h.vae_hash = w->origin.vae_hash;
     h.sampler = (char *)w->origin.sampler;
     h.latent_channels = (int32_t)w->origin.latent_channels;
+    h.latent_scale = (int32_t)w->origin.latent_scale;
     h.model_dir = (char *)w->origin.model_dir;
     Booth__Envelope env = PR_ENVELOPE_INIT(HELLO, hello, &h);
     w->last_hello = bt_now();

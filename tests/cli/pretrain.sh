@@ -20,7 +20,13 @@ head -1 "$T/a.loss.csv" | grep -q "^step,loss,lr,grad_norm,seconds$"
 # a model like any other: generate draws from it at its resolution
 "$BOOTH" generate --model "$T/a" --prompt "a red star on a blue background" --width 16 --height 16 --steps 3 \
     --seed 1 --out "$T/g.png" >/dev/null 2>"$T/g.err" || { cat "$T/g.err"; exit 1; }
-test -s "$T/g.png"
+# (its VAE does not downsample: a 16 px picture from 16 x 16 latents; PNG width and height at byte 16)
+test "$(od -An -tu1 -j16 -N8 "$T/g.png" | tr -s ' ')" = " 0 0 0 16 0 0 0 16"
+# and so do priors (latents [4, 16, 16] for 16 px images)
+"$BOOTH" priors --model "$T/a" --class-prompt "a star" --num 2 --steps 2 --resolution 16 --out "$T/p.h5" \
+    >/dev/null 2>"$T/p.err" || { cat "$T/p.err"; exit 1; }
+"$BOOTH" inspect "$T/p.h5" >"$T/p.txt"
+grep -q "latents \[4, 16, 16\]" "$T/p.txt"
 
 # stopped after 2 steps, resumed to 4: the same bytes as the run that never stopped
 "$BOOTH" pretrain --model "$T/b" "${P[@]}" --steps 2 >/dev/null 2>&1
