@@ -4,6 +4,12 @@
  *
  * Per layer: x += out_proj(attn(LN1(x))); x += fc2(act(fc1(LN2(x)))).
  * No padding mask: as in Stable Diffusion, pad tokens are ordinary tokens.
+ *
+ * Training: LoRA adapters on the attention projections, or (full fine-tuning,
+ * diffusers' train_dreambooth.py --train_text_encoder) every weight, the
+ * embeddings included. A layer that trains in full recomputes the inputs of its
+ * MLP's weight gradients (LN2's output, the activation) from what the tape
+ * holds for the input gradients, so the tape is the same in both modes.
  */
 #include "diffusion/clip.h"
 
@@ -45,8 +51,10 @@ sd_clip_t *sd_clip_new(const sd_clip_config_t *cfg)
     }
     sd_params_add_weight(ps, &c->tok_emb, SD_INIT_NORMAL, 0.02f, 2, (int64_t[]){cfg->vocab_size, C},
                          "text_model.embeddings.token_embedding.weight");
+    sd_params_grad_slot(ps, &c->dtok_emb);
     sd_params_add(ps, &c->pos_emb, SD_INIT_NORMAL, 0.01f, 2, (int64_t[]){cfg->max_positions, C},
                   "text_model.embeddings.position_embedding.weight");
+    sd_params_grad_slot(ps, &c->dpos_emb);
     char p[2 * SD_NAME_MAX], name[3 * SD_NAME_MAX];
     for (int64_t i = 0; i < L; i++) {
         sd_clip_layer_t *l = &c->layers[i];
@@ -151,7 +159,7 @@ static int s_layer_backward(sd_run_t *r, const sd_clip_layer_t *l, float *dx, co
     int rc = BT_OK;
     bt_stack_mark_t mk = bt_stack_mark(r->scratch);
     int64_t C = l->ln1.C, M = B * T, I = l->fc1.out;
-    float *f, *s2, *m2, *x1, *s1, *m1, *xs, *dg, *df, *dh, *d1, *dn;
+    float *f, *s2, *m2, *x1, *s1, *m1, *xs, *dg, *df, *dh, *d1, *dn, *gi = NULL, *hi = NULL;
     POP(f);
     POP(s2);
     POP(m2);
@@ -161,9 +169,17 @@ static int s_layer_backward(sd_run_t *r, const sd_clip_layer_t *l, float *dx, co
     ALLOC(dh, M * C);
     ALLOC(d1, M * C);
     ALLOC(dn, M * C);
-    TRY(sd_linear_backward(r, &l->fc2, dg, dout, NULL, M));
+    if (l->fc2.dw) { /* fc2's input, act(f), recomputed for its weight gradient */
+        ALLOC(gi, M * I);
+        TRY(nn_act_forward(r->nn, gi, f, M * I, act));
+    }
+    TRY(sd_linear_backward(r, &l->fc2, dg, dout, gi, M));
     TRY(nn_act_backward(r->nn, df, dg, f, M * I, act));
-    TRY(sd_linear_backward(r, &l->fc1, dh, df, NULL, M));
+    if (l->fc1.dw) { /* fc1's input, LN2(x1) */
+        ALLOC(hi, M * C);
+        TRY(sd_layer_norm_forward(r, &l->ln2, hi, NULL, NULL, x1, M));
+    }
+    TRY(sd_linear_backward(r, &l->fc1, dh, df, hi, M));
     TRY(sd_layer_norm_backward(r, &l->ln2, d1, dh, x1, m2, s2, M));
     TRY(nn_axpy(r->nn, d1, dout, M * C, 1.0f));
     TRY(sd_attention_backward(r, &l->attn, dn, NULL, d1, B, T, T, true));
@@ -173,6 +189,8 @@ static int s_layer_backward(sd_run_t *r, const sd_clip_layer_t *l, float *dx, co
     if (dx) {
         TRY(sd_layer_norm_backward(r, &l->ln1, dx, dn, xs, m1, s1, M));
         TRY(nn_axpy(r->nn, dx, d1, M * C, 1.0f));
+    } else if (l->ln1.dw) {
+        TRY(sd_layer_norm_backward(r, &l->ln1, NULL, dn, xs, m1, s1, M));
     }
 out:
     bt_stack_reset(r->scratch, mk);
@@ -250,13 +268,16 @@ out:
     return rc;
 }
 
-int sd_clip_backward(sd_run_t *r, const sd_clip_t *c, const float *dout, int64_t B, int64_t T, int clip_skip)
+int sd_clip_backward(sd_run_t *r, const sd_clip_t *c, const float *dout, const int32_t *ids, int64_t B, int64_t T,
+                     int clip_skip)
 {
     int rc = BT_OK;
     bt_stack_mark_t mk = bt_stack_mark(r->scratch);
     int64_t C = c->cfg.hidden_size, M = B * T, L = s_layers_run(c, clip_skip);
     nn_act_t act = s_act(c->cfg.act);
+    bool embeddings = c->dtok_emb && c->dpos_emb; /* the encoder trains in full: the embeddings too */
     float *rstd, *mean, *xs, *dx, *dy;
+    int32_t *dids;
     POP(rstd);
     POP(mean);
     POP(xs);
@@ -264,13 +285,27 @@ int sd_clip_backward(sd_run_t *r, const sd_clip_t *c, const float *dout, int64_t
     ALLOC(dy, M * C);
     TRY(sd_layer_norm_backward(r, &c->final_ln, dx, dout, xs, mean, rstd, M));
     for (int64_t i = L - 1; i >= 0; i--) {
-        /* the embeddings are frozen: layer 0 needs no input gradient */
-        TRY(s_layer_backward(r, &c->layers[i], i > 0 ? dy : NULL, dx, B, T, act));
+        /* frozen embeddings: layer 0 needs no input gradient */
+        TRY(s_layer_backward(r, &c->layers[i], i > 0 || embeddings ? dy : NULL, dx, B, T, act));
         sd_tape_trim(r->tape);
         float *sw = dx;
         dx = dy;
         dy = sw;
     }
+    if (!embeddings) goto out;
+    if (!ids) {
+        BT_ERROR("text encoder backward: the embeddings train, but no token ids were given");
+        rc = BT_EINTERNAL;
+        goto out;
+    }
+    /* dx: the gradient of x = token_embedding[ids] + position_embedding[0..T) */
+    for (int64_t b = 0; b < B; b++) TRY(nn_axpy(r->nn, c->dpos_emb, dx + b * T * C, T * C, 1.0f));
+    if (!(dids = (int32_t *)sd_scratch(r, M))) { /* same size as floats */
+        rc = BT_ENOMEM;
+        goto out;
+    }
+    TRY(nn_upload(r->nn, dids, ids, (size_t)M * sizeof(int32_t)));
+    TRY(nn_embedding_backward(r->nn, c->dtok_emb, dx, dids, M, C, c->cfg.vocab_size));
 out:
     bt_stack_reset(r->scratch, mk);
     return rc;

@@ -1,5 +1,6 @@
 /*
- * dreambooth.c — loss and LoRA gradients of a DreamBooth micro-batch.
+ * dreambooth.c — loss and gradients (LoRA, or every weight of a part that
+ * trains in full) of a DreamBooth micro-batch.
  */
 #include "diffusion/dreambooth.h"
 
@@ -66,7 +67,12 @@ static int s_run(sd_db_t *db, const sd_db_batch_t *b, double *loss, float *per_e
                  (long long)cd, (long long)m->clip->cfg.hidden_size);
         return BT_EINVAL;
     }
-    if (b->ehs ? db->lora_text != NULL : !m->clip) {
+    bool text_trains = db->lora_text || db->text_full;
+    if (db->text_full && (!m->clip || !m->clip->params.grad)) {
+        BT_ERROR("%s: the text encoder trains in full but has no gradient block", m->dir);
+        return BT_EINTERNAL;
+    }
+    if (b->ehs ? text_trains : !m->clip) {
         BT_ERROR("%s: %s", m->dir,
                  b->ehs ? "precomputed text embeddings with a text encoder that trains"
                         : "no text encoder to embed the prompts (and no precomputed embeddings)");
@@ -87,9 +93,9 @@ static int s_run(sd_db_t *db, const sd_db_batch_t *b, double *loss, float *per_e
     }
     for (int64_t i = 0; i < n; i++) tf[i] = (float)b->timesteps[i];
 
-    /* text embeddings: through the tape only when the text encoder's LoRA trains */
+    /* text embeddings: through the tape only when the text encoder trains */
     if (!ehs) {
-        if ((rc = sd_clip_forward(db->lora_text && backward ? &r : &r_frozen, m->clip, ehs_buf, NULL, b->ids, n, T,
+        if ((rc = sd_clip_forward(text_trains && backward ? &r : &r_frozen, m->clip, ehs_buf, NULL, b->ids, n, T,
                                   db->clip_skip)))
             goto out;
         ehs = ehs_buf;
@@ -118,7 +124,7 @@ static int s_run(sd_db_t *db, const sd_db_batch_t *b, double *loss, float *per_e
     *loss = total;
     if (!backward) goto out;
 
-    if (db->lora_text) {
+    if (text_trains) {
         if (!(dehs = sd_scratch(&r, n * T * cd))) {
             rc = BT_ENOMEM;
             goto out;
@@ -127,7 +133,7 @@ static int s_run(sd_db_t *db, const sd_db_batch_t *b, double *loss, float *per_e
     }
     if (db->phase) db->phase(db->phase_user, "UNet backward");
     if ((rc = sd_unet_backward(&r, m->unet, dehs, dpred, tf, ehs, n, b->h, b->w, T))) goto out;
-    if (db->lora_text && (rc = sd_clip_backward(&r, m->clip, dehs, n, T, db->clip_skip))) goto out;
+    if (text_trains && (rc = sd_clip_backward(&r, m->clip, dehs, b->ids, n, T, db->clip_skip))) goto out;
     if (db->tape.n != 0) {
         BT_ERROR("training step: %d saved tensors left on the tape (forward and backward disagree)", db->tape.n);
         rc = BT_EINTERNAL;

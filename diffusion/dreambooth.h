@@ -3,8 +3,9 @@
  * micro-batch of examples.
  *
  * For each example (token ids, cached VAE latents, noise, timestep, weight):
- *   ehs   = CLIP(ids)                     (with text-encoder LoRA if trained; a
- *                                          frozen encoder's may come precomputed)
+ *   ehs   = CLIP(ids)                     (with text-encoder LoRA if trained, or
+ *                                          trained in full; a frozen encoder's may
+ *                                          come precomputed)
  *   noisy = sqrt(a_t) latents + sqrt(1 - a_t) noise           (DDPM add_noise)
  *   pred  = UNet(noisy, t, ehs)
  *   target = noise (epsilon), v = sqrt(a_t) noise - sqrt(1 - a_t) latents
@@ -12,7 +13,8 @@
  *   loss  = sum_b weight_b * mean((pred_b - target_b)^2)
  * With prior preservation a step's batch is [instances..., class images...] with
  * weight 1/n_instances and lambda/n_class, which is diffusers' instance MSE +
- * lambda * prior MSE. Gradients are ACCUMULATED (+=) into the LoRA sets, so a
+ * lambda * prior MSE. Gradients are ACCUMULATED (+=) into the LoRA sets (or,
+ * for a part that trains in full, its gradient block: params.h), so a
  * step's gradient is the sum over its micro-batches in the order they are fed —
  * exactly the pieces a cluster spreads over workers.
  */
@@ -41,6 +43,8 @@ typedef struct sd_db {
     sd_sched_pred_t prediction;
     sd_tape_t tape;
     bool checkpoint; /* gradient checkpointing in the UNet */
+    bool text_full;  /* the text encoder trains in full (its gradient block allocated: sd_params_alloc_grads);
+                      * false with lora_text NULL: frozen */
     int clip_skip;
     /* Told where a micro-batch is ("text encoder", "UNet forward", "UNet backward"), for progress
      * inside a long step; NULL: nobody asked. */
