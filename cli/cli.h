@@ -23,6 +23,7 @@ int cmd_priors(int argc, char **argv);
 int cmd_rare_tokens(int argc, char **argv);
 int cmd_world(int argc, char **argv);
 int cmd_pretrain(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
 
 int cmd_keygen(int argc, char **argv);
 int cmd_coordinator(int argc, char **argv);

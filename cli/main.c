@@ -26,6 +26,7 @@ static const s_cmd_t s_cmds[] = {
     {"rare-tokens", cmd_rare_tokens, "list rare one-token identifiers for the instance prompt (like sks), and why"},
     {"world", cmd_world, "write the synthetic captioned world (shapes, colours, backgrounds) or measure its pictures"},
     {"pretrain", cmd_pretrain, "train booth's own small base model from scratch on the synthetic world"},
+    {"eval", cmd_eval, "measure how well a model of the world draws its prompts, and what a DreamBooth LoRA did to it"},
     {"priors", cmd_priors, "generate prior-preservation class images into one HDF5 prior set (resumable)"},
     {"inspect", cmd_inspect, "show what a checkpoint or prior set (.h5) holds; --json, --images, --contact-sheet"},
     {"export", cmd_export, "write a checkpoint's LoRA as a diffusers, kohya or peft safetensors file"},

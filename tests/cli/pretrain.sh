@@ -55,3 +55,14 @@ a=$(stat -c %s "$T/a/unet/diffusion_pytorch_model.safetensors")
 b=$(stat -c %s "$T/b/unet/diffusion_pytorch_model.safetensors")
 [ $((b * 2)) -lt $((a + 65536)) ] && [ $((b * 2)) -gt $((a - 65536)) ] || { echo "fp16 folder $b vs fp32 $a bytes"; exit 1; }
 "$BOOTH" generate --model "$T/b" --prompt "a star" --width 16 --height 16 --steps 2 --out "$T/h.png" >/dev/null 2>&1
+
+# booth eval measures what a world model draws (the numbers of an untrained model mean nothing: the
+# metrics' test is on the shipped model); every metric is there, and a bad set is refused
+"$BOOTH" eval --model "$T/a" --num 2 --steps 2 --sets world,subject,class --json >"$T/eval.json" 2>"$T/eval.err" ||
+    { cat "$T/eval.err"; exit 1; }
+for k in colour_accuracy shape_accuracy background_accuracy subject_fidelity class_pattern_rate \
+    class_distinct_colours '"num": 2'; do
+    grep -q "$k" "$T/eval.json" || { echo "no $k in:"; cat "$T/eval.json"; exit 1; }
+done
+if "$BOOTH" eval --model "$T/a" --sets world,dogs >/dev/null 2>"$T/eval.err"; then exit 1; fi
+grep -q "expected world, subject or class" "$T/eval.err"
