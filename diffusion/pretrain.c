@@ -310,7 +310,9 @@ int sd_pretrain(nn_ctx_t *ctx, const sd_pretrain_config_t *c)
         goto out;
     }
     r.parts[r.nparts++] = &r.m->unet->params;
-    if ((rc = sd_params_alloc_grads(&r.m->unet->params)) || (rc = s_tensors(&r))) goto out;
+    r.parts[r.nparts++] = &r.m->clip->params; /* both from scratch */
+    for (int k = 0; k < r.nparts && rc == BT_OK; k++) rc = sd_params_alloc_grads(r.parts[k]);
+    if (rc || (rc = s_tensors(&r))) goto out;
     sd_optim_config_t oc = {.learning_rate = c->lr, .lr_scheduler = SD_LR_CONSTANT_WARMUP,
                             .lr_warmup_steps = c->warmup, .max_train_steps = c->steps, .lr_num_cycles = 1,
                             .lr_power = 1.0f, .beta1 = 0.9f, .beta2 = 0.999f, .epsilon = 1e-8f,
@@ -319,6 +321,7 @@ int sd_pretrain(nn_ctx_t *ctx, const sd_pretrain_config_t *c)
         rc = BT_ENOMEM;
         goto out;
     }
+    r.db->text_full = true;
     s_settings(c, &r, settings, sizeof settings);
     if (c->state_path && s_exists(c->state_path)) {
         if ((rc = s_load_state(&r, c->state_path, settings))) goto out;
@@ -350,13 +353,14 @@ int sd_pretrain(nn_ctx_t *ctx, const sd_pretrain_config_t *c)
     bt_progress_t bar;
     if (c->show_progress) bt_progress_start(&bar, "pretraining", c->steps, "step");
     double avg = NAN;
-    sd_params_t *up = &r.m->unet->params;
     while (r.o->step < c->steps) {
         double t0 = bt_now(), loss = 0, gnorm = 0;
         float lr = 0;
         int64_t step = r.o->step;
         if ((rc = s_batch(c, &r, &b, step))) break;
-        if ((rc = nn_fill(ctx, up->grad, sd_params_block_floats(up), 0.0f))) break;
+        for (int k = 0; k < r.nparts && rc == BT_OK; k++)
+            rc = nn_fill(ctx, r.parts[k]->grad, sd_params_block_floats(r.parts[k]), 0.0f);
+        if (rc) break;
         sd_db_batch_t db = {.n = b.B, .T = b.T, .h = b.S, .w = b.S, .ids = b.ids, .latents = b.mean,
                             .noise = b.noise, .timesteps = b.ts, .weights = b.weights};
         if ((rc = sd_db_step(r.db, &db, &loss, NULL))) break;
@@ -377,14 +381,16 @@ int sd_pretrain(nn_ctx_t *ctx, const sd_pretrain_config_t *c)
             snprintf(tail, sizeof tail, "loss %.4f (avg %.4f) lr %.2g", loss, avg, lr);
             bt_progress_update(&bar, r.o->step, tail);
         }
-        bool last = r.o->step == c->steps;
-        if (last || (c->save_every > 0 && r.o->step % c->save_every == 0)) {
+        if (c->save_every > 0 && r.o->step % c->save_every == 0 && r.o->step < c->steps) {
             if (log) fflush(log);
             if (c->state_path && (rc = s_save_state(&r, c->state_path, settings))) break;
-            if ((rc = s_write_folder(&r, c->model_dir, last && c->final_fp16 ? ST_F16 : ST_F32))) break;
+            if ((rc = s_write_folder(&r, c->model_dir, ST_F32))) break;
         }
     }
     if (c->show_progress) bt_progress_finish(&bar, NULL);
+    /* the end (also of a run resumed at its last step: --fp16 then only rewrites the folder) */
+    if (rc == BT_OK && c->state_path) rc = s_save_state(&r, c->state_path, settings);
+    if (rc == BT_OK) rc = s_write_folder(&r, c->model_dir, c->final_fp16 ? ST_F16 : ST_F32);
 out:
     if (log) fclose(log);
     free(b.images);
