@@ -304,3 +304,21 @@ bt_img_t *bt_img_plot_lines(int width, int height, const bt_plot_series_t *serie
 #undef S_PY
     return img;
 }
+
+bt_img_t *bt_plot_loss(const char *title, const float *y, int n)
+{
+    float *avg = bt_malloc((size_t)(n ? n : 1) * sizeof(float)), *x = bt_malloc((size_t)(n ? n : 1) * sizeof(float));
+    bt_img_t *img = NULL;
+    if (avg && x) {
+        for (int i = 0; i < n; i++) x[i] = (float)(i + 1);
+        bt_plot_moving_average(y, n, n >= 50 ? 10 : 3, avg);
+        bt_plot_series_t s[2] = {
+            {.label = "loss", .x = x, .y = y, .n = n, .color = 0x9ecae1, .line_width = 1.0f},
+            {.label = "moving average", .x = x, .y = avg, .n = n, .color = 0x08519c, .line_width = 2.0f}};
+        bt_plot_opts_t o = {.title = title, .x_label = "step", .y_label = "loss"};
+        img = bt_img_plot_lines(960, 540, s, 2, &o);
+    }
+    free(avg);
+    free(x);
+    return img;
+}

@@ -39,4 +39,8 @@ bt_img_t *bt_img_plot_lines(int width, int height, const bt_plot_series_t *serie
  * NaN when there are none. out may be y. Returns 0 or BT_EINVAL (window < 1). */
 int bt_plot_moving_average(const float *y, int n, int window, float *out);
 
+/* A training curve, 960 x 540: y[i] at step i + 1 in light blue, its moving average (window 10 from
+ * 50 points on, else 3) in dark blue. NULL (logged) when out of memory. */
+bt_img_t *bt_plot_loss(const char *title, const float *y, int n);
+
 #endif

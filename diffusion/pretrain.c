@@ -13,6 +13,7 @@
 #include "common/fileio.h"
 #include "common/image.h"
 #include "common/log.h"
+#include "common/plot.h"
 #include "common/rng.h"
 #include "common/status.h"
 #include "diffusion/clip.h"
@@ -24,6 +25,7 @@
 #include "diffusion/vae.h"
 #include "diffusion/world.h"
 #include "diffusion/world_model.h"
+#include "storage/png.h"
 #include "storage/safetensors.h"
 
 /* streams of the run's seed (the world's scenes come from world_seed) */
@@ -280,6 +282,45 @@ static void s_ema(s_run_t *r, float decay)
     }
 }
 
+/* The loss history: loss.csv's rows up to `step` (a run killed between saves logged steps its
+ * state does not have; they are computed again), rewritten without the others. */
+static int s_history_load(const char *path, int64_t step, float **hist, int64_t *n)
+{
+    char *text = NULL;
+    size_t len = 0;
+    *hist = NULL;
+    *n = 0;
+    if (bt_read_file(path, &text, &len)) return BT_OK; /* none yet */
+    float *h = bt_malloc((size_t)(step > 0 ? step : 1) * sizeof(float));
+    bt_atomic_file_t af;
+    int rc = h ? bt_atomic_open(&af, path) : BT_ENOMEM;
+    if (rc == BT_OK) {
+        fprintf(af.f, "step,loss,lr,grad_norm,seconds\n");
+        for (char *save = NULL, *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+            long long st;
+            float loss;
+            if (sscanf(line, "%lld,%f", &st, &loss) != 2 || st < 1 || st > step || st != *n + 1) continue;
+            h[(*n)++] = loss;
+            fprintf(af.f, "%s\n", line);
+        }
+        rc = bt_atomic_commit(&af);
+    }
+    free(text);
+    *hist = h;
+    return rc;
+}
+
+static int s_history_plot(const char *csv, const float *h, int64_t n)
+{
+    char png[4200];
+    size_t len = strlen(csv);
+    snprintf(png, sizeof png, "%.*s.png", (int)(len > 4 && !strcmp(csv + len - 4, ".csv") ? len - 4 : len), csv);
+    bt_img_t *img = bt_plot_loss("booth pretrain: the world model's training loss", h, (int)n);
+    int rc = img ? st_png_write(png, img, NULL, 0) : BT_ENOMEM;
+    bt_img_destroy(&img);
+    return rc;
+}
+
 static bool s_exists(const char *path)
 {
     struct stat st;
@@ -303,6 +344,8 @@ int sd_pretrain(nn_ctx_t *ctx, const sd_pretrain_config_t *c)
     s_run_t r = {.prefix = {"unet", "text_encoder"}};
     s_batch_t b = {.B = c->batch};
     FILE *log = NULL;
+    float *hist = NULL; /* the loss of steps 1..nhist */
+    int64_t nhist = 0;
     if (!(r.m = sd_model_load_as(ctx, c->model_dir, SD_PART_ALL, SD_STORE_F32))) return BT_EFORMAT;
     if (r.m->vae->cfg.n_blocks != 1 || r.m->unet->cfg.in_channels != 4) {
         BT_ERROR("%s: not a world model (world_model.h): its VAE downsamples", c->model_dir);
@@ -343,6 +386,11 @@ int sd_pretrain(nn_ctx_t *ctx, const sd_pretrain_config_t *c)
     }
     if (c->log_path) {
         bool fresh = !s_exists(c->log_path) || r.o->step == 0;
+        if (!fresh && (rc = s_history_load(c->log_path, r.o->step, &hist, &nhist))) goto out;
+        if (!(hist = bt_realloc(hist, (size_t)(c->steps > nhist ? c->steps : nhist + 1) * sizeof(float)))) {
+            rc = BT_ENOMEM;
+            goto out;
+        }
         if (!(log = fopen(c->log_path, fresh ? "w" : "a"))) {
             BT_ERROR("%s: cannot write the log", c->log_path);
             rc = BT_EIO;
@@ -375,7 +423,10 @@ int sd_pretrain(nn_ctx_t *ctx, const sd_pretrain_config_t *c)
         float d = c->ema, warm = (float)(1 + r.o->step) / (float)(10 + r.o->step);
         s_ema(&r, d < warm ? d : warm);
         avg = isnan(avg) ? loss : 0.98 * avg + 0.02 * loss;
-        if (log) fprintf(log, "%lld,%.6f,%.6g,%.6g,%.3f\n", (long long)r.o->step, loss, lr, gnorm, bt_now() - t0);
+        if (log) {
+            fprintf(log, "%lld,%.6f,%.6g,%.6g,%.3f\n", (long long)r.o->step, loss, lr, gnorm, bt_now() - t0);
+            hist[nhist++] = (float)loss;
+        }
         if (c->show_progress) {
             char tail[96];
             snprintf(tail, sizeof tail, "loss %.4f (avg %.4f) lr %.2g", loss, avg, lr);
@@ -383,16 +434,20 @@ int sd_pretrain(nn_ctx_t *ctx, const sd_pretrain_config_t *c)
         }
         if (c->save_every > 0 && r.o->step % c->save_every == 0 && r.o->step < c->steps) {
             if (log) fflush(log);
+            if (log && (rc = s_history_plot(c->log_path, hist, nhist))) break;
             if (c->state_path && (rc = s_save_state(&r, c->state_path, settings))) break;
             if ((rc = s_write_folder(&r, c->model_dir, ST_F32))) break;
         }
     }
     if (c->show_progress) bt_progress_finish(&bar, NULL);
     /* the end (also of a run resumed at its last step: --fp16 then only rewrites the folder) */
+    if (log) fflush(log);
+    if (rc == BT_OK && log) rc = s_history_plot(c->log_path, hist, nhist);
     if (rc == BT_OK && c->state_path) rc = s_save_state(&r, c->state_path, settings);
     if (rc == BT_OK) rc = s_write_folder(&r, c->model_dir, c->final_fp16 ? ST_F16 : ST_F32);
 out:
     if (log) fclose(log);
+    free(hist);
     free(b.images);
     free(b.mean);
     free(b.logvar);

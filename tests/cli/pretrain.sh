@@ -14,6 +14,7 @@ for f in model_index.json unet/config.json unet/diffusion_pytorch_model.safetens
     test -s "$T/a/$f" || { echo "missing $f"; cat "$T/a.err"; exit 1; }
 done
 test -s "$T/a.state.safetensors"
+test -s "$T/a.loss.png"
 test "$(wc -l <"$T/a.loss.csv")" = 5
 head -1 "$T/a.loss.csv" | grep -q "^step,loss,lr,grad_norm,seconds$"
 
