@@ -212,6 +212,13 @@ static void s_send_answer(void *sock, const zmq_msg_t *rid, fz_in_t *in, int bod
         len[0] = booth__envelope__pack(env, packed);
         frame[0] = packed;
         patch(env, NULL, &saved);
+    } else if (env && sock == S.co && env->body_case == BOOTH__ENVELOPE__BODY_ERROR && env->error->fatal) {
+        /* the coordinator's fatal Error stops the worker, by design (as in s_coordinator_message): sent
+         * as a plain Error, which ends the worker's wait all the same */
+        env->error->fatal = false;
+        if (!(packed = malloc(booth__envelope__get_packed_size(env)))) abort();
+        len[0] = booth__envelope__pack(env, packed);
+        frame[0] = packed;
     }
     if (env) booth__envelope__free_unpacked(env, NULL);
     zmq_msg_t r;
