@@ -447,11 +447,15 @@ static void s_print_human(s_file_t *sf, s_tensor_t *ts, int nt, int64_t nparams,
         s_attr_text(f, root, SD_H5_CKPT_ALPHA, b, sizeof b);
         s_attr_text(f, root, SD_H5_CKPT_TARGETS, c, sizeof c);
         if (sd_checkpoint_is_full(f, sf->path) > 0) {
-            int nw = 0;
-            for (int i = 0; i < nt; i++) nw += !strncmp(ts[i].name, SD_H5_LORA "/", strlen(SD_H5_LORA) + 1);
-            printf("  full fine-tuning: every UNet weight (%d tensors; `booth export --format model` writes the "
+            static const char te[] = SD_H5_LORA "/text_encoder.";
+            int nw = 0, nt_text = 0;
+            for (int i = 0; i < nt; i++) {
+                nw += !strncmp(ts[i].name, SD_H5_LORA "/", strlen(SD_H5_LORA) + 1);
+                nt_text += !strncmp(ts[i].name, te, sizeof te - 1);
+            }
+            printf("  full fine-tuning: every UNet weight%s (%d tensors; `booth export --format model` writes the "
                    "model folder)\n",
-                   nw);
+                   nt_text ? " and every text-encoder weight" : "", nw);
         } else {
             printf("  LoRA rank %s, alpha %s, targets %s\n", a, b, c);
         }

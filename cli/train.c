@@ -260,7 +260,10 @@ int cmd_train(int argc, char **argv)
         snprintf(batch, sizeof batch, "%d (%d x %d accumulated)", c->train_batch_size, c->train_batch_size / f.grad_accum,
                  f.grad_accum);
     char what[160];
-    if (c->full_unet)
+    if (c->full_unet && t->base_text)
+        snprintf(what, sizeof what, "every UNet and text-encoder weight (%.1f M + %.1f M parameters, full fine-tuning)",
+                 (double)t->model->unet->params.numel / 1e6, (double)t->model->clip->params.numel / 1e6);
+    else if (c->full_unet)
         snprintf(what, sizeof what, "every UNet weight (%.1f M parameters, full fine-tuning)",
                  (double)t->model->unet->params.numel / 1e6);
     else

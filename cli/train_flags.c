@@ -83,7 +83,8 @@ int cli_train_opts(cli_train_flags_t *f, cli_opt_t *opts, int max)
                 "model folder"),
         CLI_OPT("--rank", CLI_I64, &f->rank, "R", "LoRA rank (default 4)"),
         CLI_OPT_SEEN("--lora-alpha", CLI_FLOAT, &f->c.lora_alpha, "A", "LoRA alpha (default: the rank)", &f->alpha_seen),
-        CLI_OPT("--train-text-encoder", CLI_FLAG, &f->c.train_text_encoder, NULL, "also train LoRA on the text encoder"),
+        CLI_OPT("--train-text-encoder", CLI_FLAG, &f->c.train_text_encoder, NULL,
+                "also train the text encoder: LoRA, or with --train-unet full every text-encoder weight"),
         CLI_OPT("--seed", CLI_U64, &f->c.seed, "S", "everything random derives from (seed, step, example) (default 0)"),
         CLI_OPT("--output-dir", CLI_STR, &f->output_dir, "DIR", "where the LoRA, logs and images go (required)"),
         CLI_OPT("--overwrite", CLI_FLAG, &f->overwrite, NULL,
@@ -218,13 +219,6 @@ int cli_train_finish(const char *command, cli_train_flags_t *f, bool need_output
         return 2;
     }
     c->full_unet = f->train_unet && !strcmp(f->train_unet, "full");
-    if (c->full_unet && c->train_text_encoder) {
-        fprintf(stderr,
-                "booth %s: --train-text-encoder trains LoRA on the text encoder; with --train-unet full the text "
-                "encoder stays frozen (training it in full is not supported yet)\n",
-                command);
-        return 2;
-    }
     if (!sd_lr_sched_parse(f->lr_sched, &c->lr_scheduler)) {
         fprintf(stderr, "booth %s: --lr-scheduler '%s' is not %s\n", command, f->lr_sched, SD_LR_NAMES);
         return 2;

@@ -666,7 +666,9 @@ int sd_optim_save_lora(const sd_optim_t *o, int64_t rank, float alpha, const cha
     return rc;
 }
 
-int sd_checkpoint_is_full(st_h5_file_t *f, const char *path)
+/* A boolean of the checkpoint's job ("full_finetune", "train_text_encoder"): 1 or 0 (absent: 0),
+ * -1 with one line when the job cannot be read. */
+static int s_job_flag(st_h5_file_t *f, const char *path, const char *key)
 {
     char *job = NULL;
     if (st_h5_attr_str(f, SD_H5_ROOT, SD_H5_CKPT_JOB, &job)) return -1;
@@ -677,10 +679,12 @@ int sd_checkpoint_is_full(st_h5_file_t *f, const char *path)
         BT_ERROR("%s: the 'job' attribute is not a JSON object", path);
         return -1;
     }
-    int full = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "full_finetune"));
+    int on = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, key));
     cJSON_Delete(o);
-    return full;
+    return on;
 }
+
+int sd_checkpoint_is_full(st_h5_file_t *f, const char *path) { return s_job_flag(f, path, "full_finetune"); }
 
 typedef struct {
     st_h5_file_t *f;
@@ -694,13 +698,13 @@ static int s_ckpt_get(void *user, const char *name, float *dst, int64_t numel)
     st_h5_info_t info;
     snprintf(ds, sizeof ds, SD_H5_LORA "/%s", name);
     if (!st_h5_exists(g->f, ds)) {
-        BT_ERROR("%s: no tensor '%s' (the model folder's UNet needs it)", g->path, name);
+        BT_ERROR("%s: no tensor '%s' (the model folder needs it)", g->path, name);
         return BT_ENOTFOUND;
     }
     int rc = st_h5_info(g->f, ds, &info);
     if (rc) return rc;
     if (info.ndim != 2 || info.shape[0] * info.shape[1] != numel) {
-        BT_ERROR("%s: '%s' has %lld values, the UNet's parameter %lld", g->path, name,
+        BT_ERROR("%s: '%s' has %lld values, the model's parameter %lld", g->path, name,
                  (long long)(info.ndim == 2 ? info.shape[0] * info.shape[1] : -1), (long long)numel);
         return BT_ESHAPE;
     }
@@ -712,7 +716,8 @@ int sd_checkpoint_export_model(const char *ckpt, const char *out, const char *ba
     st_h5_file_t *f = sd_booth_h5_open(ckpt, SD_CKPT_FORMAT, NULL, NULL);
     if (!f) return BT_EFORMAT;
     char *model = NULL, *hash = NULL;
-    int full = sd_checkpoint_is_full(f, ckpt), rc = full < 0 ? BT_EFORMAT : BT_OK;
+    int full = sd_checkpoint_is_full(f, ckpt), text = full > 0 ? s_job_flag(f, ckpt, "train_text_encoder") : 0;
+    int rc = full < 0 || text < 0 ? BT_EFORMAT : BT_OK;
     if (full == 0) {
         BT_ERROR("%s: a LoRA checkpoint: it exports as a LoRA file (--format diffusers, kohya or peft)", ckpt);
         rc = BT_EINVAL;
@@ -729,7 +734,7 @@ int sd_checkpoint_export_model(const char *ckpt, const char *out, const char *ba
     if (rc == BT_OK) {
         static const char *const meta[] = {"format", "pt", NULL};
         s_ckpt_get_t g = {f, ckpt};
-        rc = sd_model_folder_write_from(out, base, s_ckpt_get, &g, meta);
+        rc = sd_model_folder_write_from(out, base, text > 0, s_ckpt_get, &g, meta);
     }
     free(model);
     free(hash);

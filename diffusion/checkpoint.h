@@ -98,7 +98,8 @@ int sd_checkpoint_prune(const char *dir, int keep);
 int sd_checkpoint_export(const char *ckpt, const char *out, st_lora_layout_t layout, st_dtype_t dtype);
 
 /* Whether a checkpoint's job is full fine-tuning (its /lora group then holds every UNet parameter,
- * "unet.<name>" shaped [first dimension, the rest]); -1 with one line when it cannot be read. */
+ * "unet.<name>" shaped [first dimension, the rest], and with train_text_encoder every text-encoder
+ * parameter, "text_encoder.<name>"); -1 with one line when it cannot be read. */
 int sd_checkpoint_is_full(st_h5_file_t *f, const char *path);
 
 /* A full fine-tuning checkpoint as a diffusers model folder at out (diffusion/model_out.h): the

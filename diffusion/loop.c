@@ -186,11 +186,12 @@ int sd_loop_finish(sd_loop_t *r, const sd_optim_t *o, const char *base_model)
     snprintf(png, sizeof png, "%s/loss.png", r->dir);
     if (c->full_unet) { /* the model itself changed: a model folder, as diffusers' train_dreambooth.py saves */
         static const char *const meta[] = {"format", "pt", NULL};
-        int rc = sd_model_folder_write(r->dir, base_model, o, meta);
+        int rc = sd_model_folder_write(r->dir, base_model, c->train_text_encoder, o, meta);
         if (rc == BT_OK) rc = s_plot_loss(png, &r->hist);
         if (rc) return rc;
-        printf("%s/model_index.json\n%s/unet/diffusion_pytorch_model.safetensors\n%s\n%s\n", r->dir, r->dir,
-               r->csv_path, png);
+        printf("%s/model_index.json\n%s/unet/diffusion_pytorch_model.safetensors\n", r->dir, r->dir);
+        if (c->train_text_encoder) printf("%s/text_encoder/model.safetensors\n", r->dir);
+        printf("%s\n%s\n", r->csv_path, png);
         if (c->validation_prompt) printf("%s/validation/step-%06lld.png\n", r->dir, (long long)c->max_train_steps);
         return BT_OK;
     }

@@ -146,27 +146,52 @@ static int s_tokenize(const sd_trainer_t *t, const char *prompt, int32_t *ids)
 }
 
 /* Full fine-tuning's tensor table: every UNet parameter in model order, "unet.<diffusers name>",
+ * then (when it trains) every text-encoder parameter, "text_encoder.<transformers name>", each
  * shaped [first dimension, the rest] as the optimizer and the parameter server hold tensors. */
 static int s_tensors_full(sd_trainer_t *t)
 {
-    sd_params_t *ps = &t->model->unet->params;
-    int n = ps->n;
+    sd_params_t *parts[2] = {&t->model->unet->params, t->base_text ? &t->model->clip->params : NULL};
+    static const char *const prefix[2] = {"unet", "text_encoder"};
+    int n = parts[0]->n + (parts[1] ? parts[1]->n : 0), i = 0;
     t->tensors = bt_calloc((size_t)(n ? n : 1), sizeof *t->tensors);
     t->grads = bt_calloc((size_t)(n ? n : 1), sizeof *t->grads);
     t->names = bt_calloc((size_t)(n ? n : 1), sizeof *t->names);
     if (!t->tensors || !t->grads || !t->names) return BT_ENOMEM;
-    for (int i = 0; i < n; i++) {
-        const sd_param_t *p = &ps->p[i];
-        int64_t rest = 1;
-        for (int d = 1; d < p->ndim; d++) rest *= p->shape[d];
-        snprintf(t->names[i], SD_OPTIM_NAME_MAX, "unet.%s", p->name);
-        t->tensors[i] = (sd_optim_spec_t){.name = t->names[i], .index = i, .shape = {p->shape[0], rest},
-                                          .params = p->data};
-        t->grads[i] = ps->grad + (p->data - ps->mem);
+    for (int k = 0; k < 2; k++) {
+        sd_params_t *ps = parts[k];
+        if (!ps) continue;
+        for (int j = 0; j < ps->n; j++, i++) {
+            const sd_param_t *p = &ps->p[j];
+            int64_t rest = 1;
+            for (int d = 1; d < p->ndim; d++) rest *= p->shape[d];
+            snprintf(t->names[i], SD_OPTIM_NAME_MAX, "%s.%s", prefix[k], p->name);
+            t->tensors[i] = (sd_optim_spec_t){.name = t->names[i], .index = i, .shape = {p->shape[0], rest},
+                                              .params = p->data};
+            t->grads[i] = ps->grad + (p->data - ps->mem);
+        }
+        t->nblock[k] = sd_params_block_floats(ps);
     }
-    t->nblock[0] = sd_params_block_floats(ps);
     t->ntensors = n;
     return BT_OK;
+}
+
+/* Full fine-tuning: a part's gradient block (allocated, every slot pointed into it) and a host
+ * copy of its weights as loaded (*base), which the model gets back when the trainer gives it up. */
+static int s_full_part(nn_ctx_t *ctx, sd_params_t *ps, float **base)
+{
+    size_t bytes = (size_t)sd_params_block_floats(ps) * sizeof(float);
+    int rc = sd_params_alloc_grads(ps);
+    if (rc) return rc;
+    if (!(*base = bt_malloc(bytes))) return BT_ENOMEM;
+    return nn_download(ctx, *base, ps->mem, bytes);
+}
+
+/* The weights a part came with back in place (base NULL: never changed), its gradients freed. */
+static int s_full_restore(nn_ctx_t *ctx, sd_params_t *ps, const float *base)
+{
+    int rc = base ? nn_upload(ctx, ps->mem, base, (size_t)sd_params_block_floats(ps) * sizeof(float)) : BT_OK;
+    sd_params_free_grads(ps);
+    return rc;
 }
 
 /* The tensor table: every LoRA parameter in global order, named as checkpoints name them. */
@@ -214,6 +239,7 @@ void sd_trainer_destroy(sd_trainer_t **pt)
     free(t->grads);
     free(t->names);
     free(t->base_unet);
+    free(t->base_text);
     free(t->ids_instance);
     free(t->ids_class);
     if (t->ehs && t->model) nn_free(t->model->ctx, t->ehs);
@@ -232,13 +258,12 @@ sd_model_t *sd_trainer_take_model(sd_trainer_t **pt)
     sd_trainer_t *t = *pt;
     if (!t) return NULL;
     sd_model_t *m = t->model;
-    if (m && t->base_unet) { /* full fine-tuning: the model goes back with the weights it came with */
-        sd_params_t *ps = &m->unet->params;
-        if (nn_upload(m->ctx, ps->mem, t->base_unet, (size_t)sd_params_block_floats(ps) * sizeof(float))) {
-            BT_ERROR("train: cannot restore the UNet's weights after full fine-tuning; the model is dropped");
+    if (m && t->cfg.full_unet) { /* full fine-tuning: the model goes back with the weights it came with */
+        int rc = m->unet ? s_full_restore(m->ctx, &m->unet->params, t->base_unet) : BT_OK;
+        if (rc == BT_OK && m->clip) rc = s_full_restore(m->ctx, &m->clip->params, t->base_text);
+        if (rc) {
+            BT_ERROR("train: cannot restore the model's weights after full fine-tuning; the model is dropped");
             sd_model_destroy(&m);
-        } else {
-            sd_params_free_grads(ps);
         }
     }
     t->model = NULL;
@@ -282,26 +307,22 @@ static sd_trainer_t *s_trainer_new(sd_model_t **model, const sd_train_config_t *
     if (s_tokenize(t, c->instance_prompt, t->ids_instance)) goto out_fail;
     if (c->prior_preservation && s_tokenize(t, c->class_prompt, t->ids_class)) goto out_fail;
 
-    if (c->full_unet) { /* every UNet weight trains: gradients for all, and the weights as loaded kept aside */
-        sd_params_t *ps = &t->model->unet->params;
-        size_t bytes = (size_t)sd_params_block_floats(ps) * sizeof(float);
-        if (c->train_text_encoder) {
-            BT_ERROR("train: full fine-tuning trains the UNet; the text encoder stays frozen (training it in full "
-                     "is not supported yet)");
+    if (c->full_unet) { /* every UNet (and text-encoder) weight trains: gradients for all, and the weights as
+                         * loaded kept aside */
+        if (s_full_part(ctx, &t->model->unet->params, &t->base_unet) ||
+            (c->train_text_encoder && s_full_part(ctx, &t->model->clip->params, &t->base_text)))
             goto out_fail;
-        }
-        if (sd_params_alloc_grads(ps)) goto out_fail;
-        if (!(t->base_unet = bt_malloc(bytes)) || nn_download(ctx, t->base_unet, ps->mem, bytes)) goto out_fail;
     } else if (!(t->lora_unet = sd_lora_attach_unet(t->model->unet, c->rank, c->lora_alpha, NULL)) ||
                sd_lora_alloc(t->lora_unet, ctx, true) ||
                sd_lora_init(t->lora_unet, bt_rng_key(c->seed, TAG_LORA_UNET))) {
         goto out_fail;
     }
-    if (c->train_text_encoder &&
+    if (c->train_text_encoder && !c->full_unet &&
         (!(t->lora_text = sd_lora_attach_clip(t->model->clip, c->rank, c->lora_alpha, NULL)) ||
          sd_lora_alloc(t->lora_text, ctx, true) || sd_lora_init(t->lora_text, bt_rng_key(c->seed, TAG_LORA_TEXT))))
         goto out_fail;
     if (!(t->db = sd_db_new(t->model, t->lora_unet, t->lora_text, c->gradient_checkpointing))) goto out_fail;
+    t->db->text_full = t->base_text != NULL;
     if (!c->train_text_encoder) { /* the embeddings never change: once, not every micro-batch */
         int64_t cd = t->model->clip->cfg.hidden_size;
         sd_run_t r = {.nn = ctx, .scratch = &t->model->scratch};
@@ -492,10 +513,12 @@ int sd_trainer_microbatch(sd_trainer_t *t, int64_t step, int k, double *loss, do
         ts[i] = e->timestep;
         weights[i] = e->weight;
     }
-    if (t->cfg.full_unet)
-        rc = nn_fill(t->model->ctx, t->model->unet->params.grad, sd_params_block_floats(&t->model->unet->params), 0.0f);
-    else
+    if (t->cfg.full_unet) {
+        rc = nn_fill(t->model->ctx, t->model->unet->params.grad, t->nblock[0], 0.0f);
+        if (rc == BT_OK && t->base_text) rc = nn_fill(t->model->ctx, t->model->clip->params.grad, t->nblock[1], 0.0f);
+    } else {
         rc = sd_lora_zero_grad(t->lora_unet);
+    }
     if (rc || (t->lora_text && (rc = sd_lora_zero_grad(t->lora_text)))) goto out;
     bool is_class[256];
     for (int i = 0; i < cnt; i++) is_class[i] = ex[first + i].is_class;
@@ -554,7 +577,7 @@ int sd_trainer_set_tensor(sd_trainer_t *t, const char *name, const float *data, 
         }
         return nn_upload(t->model->ctx, s->params, data, (size_t)n * sizeof(float));
     }
-    BT_ERROR("train: no %s tensor '%s' in this model", t->cfg.full_unet ? "UNet" : "LoRA", name);
+    BT_ERROR("train: no %s tensor '%s' in this model", t->cfg.full_unet ? "trained" : "LoRA", name);
     return BT_ENOTFOUND;
 }
 
@@ -569,7 +592,7 @@ int sd_trainer_validate(sd_trainer_t *t, int64_t step, bt_img_t **grid)
     *grid = NULL;
     if (!prompt) return BT_EINVAL;
     /* with a frozen text encoder the prompts were embedded at the start ([2] prompt, [3] ""); else now,
-     * with the text encoder's LoRA as it is */
+     * with the text encoder as it trains (LoRA or full) */
     float *own = t->ehs ? NULL : nn_alloc(m->ctx, (size_t)(2 * T * cd) * sizeof(float));
     const float *embeds = t->ehs ? t->ehs + 2 * T * cd : own;
     float *lat = bt_malloc((size_t)(C * h * w) * sizeof(float)), *img = bt_malloc((size_t)npix * sizeof(float));

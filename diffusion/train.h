@@ -3,7 +3,8 @@
  *
  *   sd_trainer_t         the gradient computer (what a worker holds): the model
  *                        with LoRA attached (or, full fine-tuning, with every
- *                        UNet weight training), the encoded image sets, and
+ *                        UNet weight training, and every text-encoder weight
+ *                        with train_text_encoder), the encoded image sets, and
  *     plan(step)           which examples a step uses, with their timesteps, flips,
  *                          noise and latent streams: a pure function of (seed, step)
  *     microbatch(step, k)  the loss and LoRA gradient of the step's k-th fixed
@@ -74,7 +75,7 @@ typedef struct sd_train_config {
     float lora_alpha;
     bool full_unet;            /* full fine-tuning (diffusers' train_dreambooth.py): every UNet weight trains, not
                                 * LoRA adapters; the model must be loaded in float32 */
-    bool train_text_encoder;
+    bool train_text_encoder;   /* the text encoder trains too: LoRA, or in full with full_unet */
     uint64_t seed;
     bool gradient_checkpointing;
     float snr_gamma;           /* 0: off */
@@ -117,14 +118,18 @@ typedef struct sd_trainer {
     int64_t T;
     float *ehs;        /* [4, T, C] instance, class, validation and empty prompt embeddings (context
                         * memory), computed once when the text encoder is frozen; NULL when it trains */
-    int64_t nblock[2]; /* floats in each set's parameter block (0 for an absent set) */
+    int64_t nblock[2]; /* floats in each set's parameter block (0 for an absent set); full fine-tuning: in
+                        * the UNet's and the text encoder's gradient blocks */
     /* the LoRA tensors in the job's global order (UNet then text encoder, model order, A then B):
-     * names, shapes, and params pointing into the sets' blocks; grads[i] is tensor i's gradient */
+     * names, shapes, and params pointing into the sets' blocks; grads[i] is tensor i's gradient.
+     * Full fine-tuning: every UNet parameter ("unet.<name>"), then every text-encoder parameter
+     * when it trains ("text_encoder.<name>"), in model order, shaped [first dimension, the rest] */
     sd_optim_spec_t *tensors;
     float **grads;
     int ntensors;
     float *base_unet; /* full fine-tuning: the UNet's weights before training (host copy of its parameter block),
                        * put back when the model is given back (sd_trainer_take_model); NULL for LoRA */
+    float *base_text; /* the same for the text encoder when it trains in full; else NULL */
     char (*names)[SD_OPTIM_NAME_MAX]; /* storage of tensors[i].name */
 } sd_trainer_t;
 

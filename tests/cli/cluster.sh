@@ -1,7 +1,8 @@
 # The cluster on loopback (CURVE on): `booth train` in one process == 1 worker == 3 workers, with K = 2
 # parameter servers, with and without text-encoder LoRA (LoRA files, checkpoints' tensors and the
-# validation grid compared byte for byte), and with full fine-tuning (the model folder's UNet; the
-# workers then give their models back unchanged: the next LoRA job is still byte-identical); the prior farm's set == `booth priors`'s and a second job
+# validation grid compared byte for byte), and with full fine-tuning (the model folder's UNet, and its
+# text encoder with --train-text-encoder; the workers then give their models back unchanged: the next
+# LoRA job is still byte-identical); the prior farm's set == `booth priors`'s and a second job
 # reuses it; a worker with another model is refused; an unknown CURVE key gets nothing; cancel stops
 # a running job. Every process is stopped at the end, also on failure.
 T=$BOOTH_TEST_TMPDIR
@@ -31,6 +32,8 @@ for te in "" --train-text-encoder; do
 done
 "$BOOTH" train "${JOB[@]}" --train-unet full --instance-data-dir $SUBJECT --class-data-dir "$T/priors.h5" \
     --output-dir "$T/single-full" >/dev/null 2>"$T/single.err"
+"$BOOTH" train "${JOB[@]}" --train-unet full --train-text-encoder --max-train-steps 2 --instance-data-dir $SUBJECT \
+    --class-data-dir "$T/priors.h5" --output-dir "$T/single-fullte" >/dev/null 2>"$T/single.err"
 
 same() { # run-dir-a, run-dir-b: the same LoRA files, checkpoint tensors, validation grid
     local a=$1 b=$2
@@ -83,9 +86,14 @@ cmp "$T/single-full/model_index.json" "$T/w3full/model_index.json"
 h5dump -g /lora "$T/single-full/checkpoint-2.h5" | tail -n +2 >"$T/a.dump"
 h5dump -g /lora "$T/w3full/checkpoint-2.h5" | tail -n +2 >"$T/b.dump"
 cmp "$T/a.dump" "$T/b.dump"
+# and every text-encoder weight too (2 steps: its token embedding alone is half the UNet's traffic)
+submit "$T/w3fullte" --train-unet full --train-text-encoder --max-train-steps 2
+for f in unet/diffusion_pytorch_model.safetensors text_encoder/model.safetensors validation/step-000002.png; do
+    cmp "$T/single-fullte/$f" "$T/w3fullte/$f"
+done
 
 # with text-encoder LoRA, micro-batches of one example (two per step); the workers' models are the
-# base again after the full fine-tuning job
+# base again after the full fine-tuning jobs
 submit "$T/w3te" --train-text-encoder
 same "$T/single--train-text-encoder" "$T/w3te"
 
