@@ -153,26 +153,13 @@ int sd_loop_validation_png(sd_loop_t *r, const void *png, size_t len)
 static int s_plot_loss(const char *path, const sd_train_history_t *h)
 {
     int n = (int)h->n;
-    float *y = bt_malloc((size_t)(n ? n : 1) * sizeof(float)), *avg = bt_malloc((size_t)(n ? n : 1) * sizeof(float)),
-          *x = bt_malloc((size_t)(n ? n : 1) * sizeof(float));
-    int rc = y && avg && x ? BT_OK : BT_ENOMEM;
-    if (rc == BT_OK) {
-        for (int i = 0; i < n; i++) {
-            x[i] = (float)(i + 1);
-            y[i] = (float)h->loss[i];
-        }
-        bt_plot_moving_average(y, n, n >= 50 ? 10 : 3, avg);
-        bt_plot_series_t s[2] = {
-            {.label = "loss", .x = x, .y = y, .n = n, .color = 0x9ecae1, .line_width = 1.0f},
-            {.label = "moving average", .x = x, .y = avg, .n = n, .color = 0x08519c, .line_width = 2.0f}};
-        bt_plot_opts_t o = {.title = "DreamBooth training loss", .x_label = "step", .y_label = "loss"};
-        bt_img_t *img = bt_img_plot_lines(960, 540, s, 2, &o);
-        rc = img ? st_png_write(path, img, NULL, 0) : BT_ENOMEM;
-        bt_img_destroy(&img);
-    }
+    float *y = bt_malloc((size_t)(n ? n : 1) * sizeof(float));
+    if (!y) return BT_ENOMEM;
+    for (int i = 0; i < n; i++) y[i] = (float)h->loss[i];
+    bt_img_t *img = bt_plot_loss("DreamBooth training loss", y, n);
+    int rc = img ? st_png_write(path, img, NULL, 0) : BT_ENOMEM;
+    bt_img_destroy(&img);
     free(y);
-    free(avg);
-    free(x);
     return rc;
 }
 

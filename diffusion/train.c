@@ -24,6 +24,7 @@
 #include "common/status.h"
 #include "diffusion/layout.h"
 #include "diffusion/optim.h"
+#include "diffusion/vae.h"
 #include "nn/nn.h"
 #include "storage/lora_file.h"
 
@@ -587,7 +588,8 @@ int sd_trainer_validate(sd_trainer_t *t, int64_t step, bt_img_t **grid)
     const char *prompt = t->cfg.validation_prompt;
     int num = t->cfg.num_validation_images;
     int64_t h = t->instances.h, w = t->instances.w, C = t->instances.C, T = t->T;
-    int64_t cd = m->unet->cfg.cross_attention_dim[0], npix = 3 * h * 8 * w * 8;
+    int64_t sc = sd_vae_scale(m->vae); /* pixels per latent */
+    int64_t cd = m->unet->cfg.cross_attention_dim[0], npix = 3 * h * sc * w * sc;
     int rc = BT_OK;
     *grid = NULL;
     if (!prompt) return BT_EINVAL;
@@ -610,7 +612,7 @@ int sd_trainer_validate(sd_trainer_t *t, int64_t step, bt_img_t **grid)
         if ((rc = sd_sample(m, &p, embeds, embeds + T * cd, T, lat, false, 1, h, w)) ||
             (rc = sd_decode(m, img, NULL, lat, 1, h, w)))
             goto out;
-        if (!(tiles[i] = bt_img_from_f32_chw(img, 3, (int)(h * 8), (int)(w * 8), BT_IMG_RANGE_01))) {
+        if (!(tiles[i] = bt_img_from_f32_chw(img, 3, (int)(h * sc), (int)(w * sc), BT_IMG_RANGE_01))) {
             rc = BT_ENOMEM;
             goto out;
         }

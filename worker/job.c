@@ -185,9 +185,10 @@ int wk_job_ensure(wk_t *w, const Booth__Task *task)
     }
     w->data_hash = g.data.env->job_data->data_hash;
     w->version = -1; /* the PS may hold a later LoRA than the initial one (a resumed job) */
-    BT_INFO("job %s: %d instance, %d class images (%s), %d LoRA tensors ready in %.2f s", w->job_id,
+    BT_INFO("job %s: %d instance, %d class images (%s), %d %s tensors ready in %.2f s", w->job_id,
             w->trainer->instances.n, w->trainer->classes.n,
-            data_path[0] ? "latents as stored in data.h5" : "encoded here", w->trainer->ntensors, bt_now() - t0);
+            data_path[0] ? "latents as stored in data.h5" : "encoded here", w->trainer->ntensors,
+            w->trainer->cfg.full_unet ? "model" : "LoRA", bt_now() - t0);
 out:
     pr_msg_free(&g.data);
     if (rc) wk_job_release(w);

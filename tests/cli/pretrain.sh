@@ -67,3 +67,17 @@ for k in colour_accuracy shape_accuracy background_accuracy subject_fidelity cla
 done
 if "$BOOTH" eval --model "$T/a" --sets world,dogs >/dev/null 2>"$T/eval.err"; then exit 1; fi
 grep -q "expected world, subject or class" "$T/eval.err"
+
+# DreamBooth on a world model: the subject's pictures from `booth world --subject`, prior
+# preservation with class images the model draws, a validation grid at the model's own scale, and
+# the LoRA back into eval
+"$BOOTH" world --subject --num 2 --resolution 16 --seed 1 --out "$T/subject" >/dev/null 2>&1
+"$BOOTH" train --model "$T/a" --instance-data-dir "$T/subject" --instance-prompt "a sks star" \
+    --class-prompt "a star" --with-prior-preservation --num-class-images 2 --class-inference-steps 2 \
+    --resolution 16 --max-train-steps 2 --validation-prompt "a sks star" --num-validation-images 1 \
+    --output-dir "$T/db" >/dev/null 2>"$T/db.err" || { cat "$T/db.err"; exit 1; }
+test -s "$T/db/validation/step-000002.png"
+test "$(od -An -tu1 -j16 -N8 "$T/db/class_images/class-00000.png" | tr -s ' ')" = " 0 0 0 16 0 0 0 16"
+"$BOOTH" eval --model "$T/a" --lora "$T/db/pytorch_lora_weights.safetensors" --num 1 --steps 2 --json \
+    >"$T/eval2.json" 2>/dev/null
+grep -q subject_fidelity "$T/eval2.json"
