@@ -36,6 +36,8 @@ int cmd_pretrain(int argc, char **argv)
         CLI_OPT("--ema", CLI_FLOAT, &c.ema, "D", "decay of the weights' average, which the folder gets (default 0.999)"),
         CLI_OPT("--uncond", CLI_FLOAT, &c.uncond, "P",
                 "probability of training on the empty prompt, for classifier-free guidance (default 0.1)"),
+        CLI_OPT("--partial", CLI_FLOAT, &c.partial, "P",
+                "probability of a caption without its colour, background or both (default 0.3)"),
         CLI_OPT("--save-every", CLI_INT, &c.save_every, "N",
                 "steps between saves of the state and the folder (default 500; 0: at the end)"),
         CLI_OPT("--fp16", CLI_FLAG, &fp16, NULL, "write the folder's last version in fp16 (what ships)"),
@@ -67,9 +69,10 @@ int cmd_pretrain(int argc, char **argv)
         return 2;
     }
     if (!(c.lr > 0 && c.lr < 1) || !(c.ema >= 0 && c.ema < 1) || !(c.uncond >= 0 && c.uncond <= 1) ||
+        !(c.partial >= 0 && c.partial <= 1) ||
         !(c.weight_decay >= 0 && c.weight_decay < 1)) {
-        fprintf(stderr, "booth pretrain: --learning-rate and --ema are in (0, 1), --uncond and --weight-decay in "
-                        "[0, 1]\n");
+        fprintf(stderr, "booth pretrain: --learning-rate and --ema are in (0, 1), --uncond, --partial and "
+                        "--weight-decay in [0, 1]\n");
         return 2;
     }
     char dir[4096], sbuf[4200], lbuf[4200];

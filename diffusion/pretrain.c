@@ -29,7 +29,7 @@
 #include "storage/safetensors.h"
 
 /* streams of the run's seed (the world's scenes come from world_seed) */
-enum { S_TAG_NOISE = 101, S_TAG_TIMESTEP, S_TAG_UNCOND };
+enum { S_TAG_NOISE = 101, S_TAG_TIMESTEP, S_TAG_UNCOND, S_TAG_PARTS };
 
 void sd_pretrain_defaults(sd_pretrain_config_t *c)
 {
@@ -43,6 +43,7 @@ void sd_pretrain_defaults(sd_pretrain_config_t *c)
     c->max_grad_norm = 1.0f;
     c->ema = 0.999f;
     c->uncond = 0.1f;
+    c->partial = 0.3f;
     c->save_every = 500;
     c->show_progress = true;
 }
@@ -68,10 +69,10 @@ static void s_settings(const sd_pretrain_config_t *c, const s_run_t *r, char *bu
     snprintf(buf, len,
              "{\"seed\": %llu, \"world_seed\": %llu, \"batch\": %d, \"warmup\": %lld, \"lr\": %.9g, "
              "\"weight_decay\": %.9g, \"max_grad_norm\": %.9g, \"ema\": %.9g, \"uncond\": %.9g, "
-             "\"resolution\": %lld, \"text_encoder\": %s}",
+             "\"partial\": %.9g, \"resolution\": %lld, \"text_encoder\": %s}",
              (unsigned long long)c->seed, (unsigned long long)c->world_seed, c->batch, (long long)c->warmup,
              (double)c->lr, (double)c->weight_decay, (double)c->max_grad_norm, (double)c->ema, (double)c->uncond,
-             (long long)r->m->unet->cfg.sample_size, r->nparts > 1 ? "true" : "false");
+             (double)c->partial, (long long)r->m->unet->cfg.sample_size, r->nparts > 1 ? "true" : "false");
 }
 
 static int s_tensors(s_run_t *r)
@@ -243,7 +244,7 @@ static int s_batch(const sd_pretrain_config_t *c, s_run_t *r, s_batch_t *b, int6
     sd_model_t *m = r->m;
     int64_t S = b->S, n3 = 3 * S * S;
     uint64_t kn = bt_rng_key(c->seed, S_TAG_NOISE), kt = bt_rng_key(c->seed, S_TAG_TIMESTEP),
-             ku = bt_rng_key(c->seed, S_TAG_UNCOND);
+             ku = bt_rng_key(c->seed, S_TAG_UNCOND), kp = bt_rng_key(c->seed, S_TAG_PARTS);
     int64_t nt = m->sched_cfg.num_train_timesteps;
     int rc = BT_OK;
     for (int i = 0; i < b->B && rc == BT_OK; i++) {
@@ -255,7 +256,12 @@ static int s_batch(const sd_pretrain_config_t *c, s_run_t *r, s_batch_t *b, int6
         bt_img_to_f32_chw(img, b->images + i * n3);
         bt_img_destroy(&img);
         char cap[256] = "";
-        if (bt_rng_uniform(ku, ex) >= c->uncond && sd_world_caption(&s, NULL, cap, sizeof cap) < 0)
+        double u = bt_rng_uniform(kp, ex); /* which parts the caption says: c->partial of them leave some out */
+        unsigned parts = u >= c->partial               ? SD_CAPTION_ALL
+                         : u < c->partial / 3          ? 0
+                         : u < 2 * c->partial / 3      ? SD_CAPTION_BACKGROUND
+                                                       : SD_CAPTION_COLOUR;
+        if (bt_rng_uniform(ku, ex) >= c->uncond && sd_world_caption_parts(&s, NULL, parts, cap, sizeof cap) < 0)
             return BT_EINTERNAL;
         sd_tok_result_t tr;
         if ((rc = sd_tokenize(m->tok, cap, &tr))) return rc;

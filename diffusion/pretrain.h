@@ -6,7 +6,9 @@
  * world's seed — renders them, encodes them with the model's (constructed) VAE, and takes one
  * AdamW step of the plain text-to-image diffusion objective: epsilon-prediction MSE at a uniform
  * timestep, the caption replaced by the empty prompt with probability `uncond` so that
- * classifier-free guidance works. Every weight of the UNet trains (full fine-tuning's backward,
+ * classifier-free guidance works, and with probability `partial` by one that leaves out the colour,
+ * the background or both (world.h sd_world_caption_parts), so that the model also draws what such
+ * prompts leave open (DreamBooth's class prompt is "a star"). Every weight of the UNet trains (full fine-tuning's backward,
  * diffusion/layers.h), and the text encoder's too when it has gradients. Every random choice is a
  * pure function of (seed, step, example), so a run resumed from its state file ends in the same
  * bytes as one that never stopped.
@@ -40,6 +42,8 @@ typedef struct sd_pretrain_config {
     float lr, weight_decay, max_grad_norm;
     float ema;              /* the average's decay (0.999) */
     float uncond;           /* probability of the empty prompt (0.1) */
+    float partial;          /* probability of a caption leaving out its colour, its background or both, a
+                             * third each (0.3): so that "a star" and "a red star" are prompts it knows */
     int save_every;         /* steps between saves of the state and the folder (0: at the end only) */
     bool final_fp16;        /* the folder's last write in fp16 (what ships) */
     bool show_progress;

@@ -228,6 +228,11 @@ static const char *s_article(const char *next)
 
 int sd_world_caption(const sd_scene_t *s, const char *identifier, char *buf, size_t cap)
 {
+    return sd_world_caption_parts(s, identifier, SD_CAPTION_ALL, buf, cap);
+}
+
+int sd_world_caption_parts(const sd_scene_t *s, const char *identifier, unsigned parts, char *buf, size_t cap)
+{
     char bg[128];
     switch (s->bg) {
     case SD_BG_FLAT:
@@ -242,9 +247,13 @@ int sd_world_caption(const sd_scene_t *s, const char *identifier, char *buf, siz
         break;
     }
     const char *size = sd_size_name(s->size), *pos = sd_pos_phrase(s->pos);
-    const char *what = s->subject ? (identifier ? identifier : "sks") : sd_colour_name(s->colour);
-    int n = snprintf(buf, cap, "%s%s%s %s %s%s%s on %s", s_article(*size ? size : what), *size ? " " : "", size, what,
-                     sd_shape_name(s->shape), *pos ? " " : "", pos, bg);
+    const char *what = s->subject ? (identifier ? identifier : "sks")
+                       : parts & SD_CAPTION_COLOUR ? sd_colour_name(s->colour)
+                                                    : "";
+    const char *first = *size ? size : *what ? what : sd_shape_name(s->shape);
+    bool with_bg = (parts & SD_CAPTION_BACKGROUND) != 0;
+    int n = snprintf(buf, cap, "%s%s%s%s%s %s%s%s%s%s", s_article(first), *size ? " " : "", size, *what ? " " : "", what,
+                     sd_shape_name(s->shape), *pos ? " " : "", pos, with_bg ? " on " : "", with_bg ? bg : "");
     return n < 0 || (size_t)n >= cap ? BT_EINVAL : n;
 }
 

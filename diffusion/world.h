@@ -130,6 +130,12 @@ void sd_world_subject_scene(uint64_t seed, uint64_t index, sd_scene_t *out);
  * [POSITION] on BACKGROUND" for the subject (identifier NULL: "sks"). Returns the length, or a
  * negative status if it does not fit cap. */
 int sd_world_caption(const sd_scene_t *s, const char *identifier, char *buf, size_t cap);
+/* The same with only some parts said (the shape, size and position always are, as the world's
+ * captions leave the medium size and the centre unsaid): a caption without its colour ("a big star
+ * on a blue background"), without its background ("a red star"), or neither ("a star") — what
+ * `booth pretrain` mixes in so that a model also answers prompts that leave them open. */
+enum { SD_CAPTION_COLOUR = 1, SD_CAPTION_BACKGROUND = 2, SD_CAPTION_ALL = 3 };
+int sd_world_caption_parts(const sd_scene_t *s, const char *identifier, unsigned parts, char *buf, size_t cap);
 
 /* An RGB image of side x side pixels (16 .. BT_IMG_MAX_SIDE), or NULL with one log line. */
 bt_img_t *sd_world_render(const sd_scene_t *s, int side);

@@ -190,6 +190,40 @@ TEST(world_parse_round_trip)
     CHECK(e.shape == SD_SHAPE_NONE && e.bg == SD_BG_NONE);
 }
 
+/* Partial captions (what booth pretrain mixes in): the parts left out parse as unsaid, the rest as
+ * the full caption says; every part set gives a caption of single tokens. */
+TEST(world_partial_captions)
+{
+    for (uint64_t i = 0; i < 400; i++) {
+        sd_scene_t s;
+        sd_world_scene(4, i, &s);
+        sd_world_expect_t want;
+        sd_world_expect_of(&s, &want);
+        for (unsigned parts = 0; parts <= SD_CAPTION_ALL; parts++) {
+            char cap[200], full[200];
+            REQUIRE(sd_world_caption_parts(&s, NULL, parts, cap, sizeof cap) > 0);
+            REQUIRE(sd_world_caption(&s, NULL, full, sizeof full) > 0);
+            if (parts == SD_CAPTION_ALL) CHECKF(!strcmp(cap, full), "\"%s\" vs \"%s\"", cap, full);
+            sd_world_expect_t got;
+            sd_world_parse(cap, NULL, &got);
+            sd_colour_t colour = parts & SD_CAPTION_COLOUR ? want.colour : SD_COLOUR_NONE;
+            sd_bg_kind_t bg = parts & SD_CAPTION_BACKGROUND ? want.bg : SD_BG_NONE;
+            CHECKF(got.shape == want.shape && got.colour == colour && got.size == want.size && got.pos == want.pos &&
+                       got.bg == bg,
+                   "\"%s\" (parts %u) parses to shape %d colour %d size %d pos %d bg %d", cap, parts, got.shape,
+                   got.colour, got.size, got.pos, got.bg);
+        }
+    }
+    sd_scene_t s;
+    sd_world_scene(4, 0, &s);
+    s.size = SD_SIZE_MEDIUM;
+    s.pos = SD_POS_CENTRE;
+    s.shape = SD_SHAPE_STAR;
+    char cap[200];
+    REQUIRE(sd_world_caption_parts(&s, NULL, 0, cap, sizeof cap) > 0);
+    CHECKF(!strcmp(cap, "a star"), "\"%s\"", cap);
+}
+
 /* Renders n scenes (world, or the subject's) at side px and measures them; prints the accuracy per
  * attribute and, where one is under 99%, its confusions. */
 typedef struct {
