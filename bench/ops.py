@@ -11,8 +11,13 @@ Fairness: Debian's torch 1.13 multiplies through whatever libblas.so.3 points
 to. OpenBLAS 0.3.21 does not recognise every recent Xeon and then falls back to
 slow generic kernels, so OPENBLAS_CORETYPE is set for PyTorch exactly as booth
 sets it for itself (SkylakeX on AVX-512 machines, Haswell on AVX2). torch's
-convolutions run on its bundled oneDNN; attention is computed the way diffusers'
-AttnProcessor does on torch 1.13 (baddbmm, softmax, bmm).
+convolutions run on its bundled oneDNN. Attention is computed the way diffusers
+does on the torch that runs this script: on torch 2, AttnProcessor2_0's
+F.scaled_dot_product_attention (CLIP's causal attention with is_causal, as
+transformers' sdpa path); on torch 1.13, AttnProcessor's baddbmm, softmax, bmm
+(--attention chooses). Current PyTorch is the reference users run: run this
+file with a virtualenv's python (docs/BENCHMARKS.md has the recipe), and
+/usr/bin/python3 (Debian's torch 1.13) for the second column.
 """
 import argparse
 import json
@@ -49,6 +54,9 @@ ap.add_argument("--threads", type=int, default=os.cpu_count())
 ap.add_argument("--iters", type=int, default=5)
 ap.add_argument("--markdown", action="store_true", help="print a markdown table for docs/BENCHMARKS.md")
 ap.add_argument("--row", action="append", help="only these rows")
+ap.add_argument("--attention", choices=("auto", "sdpa", "classic"), default="auto",
+                help="PyTorch's attention: sdpa (scaled_dot_product_attention, diffusers' path on torch 2), "
+                     "classic (baddbmm/softmax/bmm, diffusers' path on torch 1.13), auto: as diffusers on this torch")
 ap.add_argument("--settle", type=float, default=0.5,
                 help="seconds of idle time before each side's row: idle OpenBLAS/OpenMP threads spin on "
                      "sched_yield for a while after work and would slow whichever side runs next")
@@ -61,6 +69,9 @@ import torch.nn.functional as F  # noqa: E402
 
 torch.set_num_threads(args.threads)
 torch.manual_seed(0)
+SDPA = hasattr(F, "scaled_dot_product_attention") if args.attention == "auto" else args.attention == "sdpa"
+if SDPA and not hasattr(F, "scaled_dot_product_attention"):
+    sys.exit(f"torch {torch.__version__} has no scaled_dot_product_attention: use --attention classic")
 
 
 def med(fn, iters):
@@ -111,11 +122,17 @@ def gn_row(C, HW, G):
 
 
 def attn(q, k, v, H, causal=False):
-    # diffusers AttnProcessor on torch 1.13: head_to_batch_dim, baddbmm, softmax, bmm;
-    # causal (CLIP's text encoder): the additive mask goes in as baddbmm's input
     B, Tq, C = q.shape
     Tk = k.shape[1]
     D = C // H
+    if SDPA:
+        # diffusers AttnProcessor2_0 (torch 2): [B, H, T, D] views, one fused call; causal as
+        # transformers' CLIP sdpa path
+        qh, kh, vh = (t.reshape(B, -1, H, D).transpose(1, 2) for t in (q, k, v))
+        o = F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal)
+        return o.transpose(1, 2).reshape(B, Tq, C)
+    # diffusers AttnProcessor on torch 1.13: head_to_batch_dim, baddbmm, softmax, bmm;
+    # causal (CLIP's text encoder): the additive mask goes in as baddbmm's input
     qh = q.reshape(B, Tq, H, D).permute(0, 2, 1, 3).reshape(B * H, Tq, D)
     kh = k.reshape(B, Tk, H, D).permute(0, 2, 1, 3).reshape(B * H, Tk, D)
     vh = v.reshape(B, Tk, H, D).permute(0, 2, 1, 3).reshape(B * H, Tk, D)
@@ -227,7 +244,8 @@ for name, make in ROWS.items():
             results.append((desc[name].strip(), label, b[key], t[key]))
     del fwd, fwdbwd, frozen
 
-print(f"# booth {os.path.basename(args.booth)} vs torch {torch.__version__}, {args.threads} threads, "
+print(f"# booth {os.path.basename(args.booth)} vs torch {torch.__version__} "
+      f"(attention: {'scaled_dot_product_attention' if SDPA else 'baddbmm/softmax/bmm'}), {args.threads} threads, "
       f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}, median of {args.iters}")
 if args.markdown:
     print("| op | pass | booth ms | PyTorch ms | booth/PyTorch |")
