@@ -10,6 +10,7 @@
 #include "cli/cli.h"
 #include "diffusion/config.h"
 #include "diffusion/dataset.h"
+#include "diffusion/job.h"
 #include "diffusion/single_file.h"
 
 #include <stdio.h>
@@ -242,33 +243,39 @@ int cli_train_finish(const char *command, cli_train_flags_t *f, bool need_output
             return 2; /* the model folder cannot be read: the config loader said why */
         } /* submit to a model only the workers hold: 512 (SD 1.x), or --resolution */
     }
-    /* each check names its flag, the value and what is allowed */
+    /* each check names its flag, the value and what is allowed: first the flags that are not job
+     * settings, then every setting by the job's own range table (diffusion/job.h), the one a job file
+     * or a Submit is held to */
     const struct {
         const char *flag;
         int64_t v, lo, hi;
-    } ints[] = {{"--rank", f->rank, 1, 1024},
-                {"--train-batch-size", c->train_batch_size, 1, 128},
-                {"--gradient-accumulation-steps", f->grad_accum, 1, 128},
-                {"--micro-batch-size", c->micro_batch_size, 0, 256},
-                {"--max-train-steps", c->max_train_steps, 1, 100000000},
+    } ints[] = {{"--gradient-accumulation-steps", f->grad_accum, 1, 128},
                 {"--num-train-epochs", f->num_train_epochs, 1, 1000000},
-                {"--num-class-images", c->num_class_images, 1, 100000},
-                {"--class-inference-steps", c->class_steps, 1, 1000},
                 {"--sample-batch-size", f->sample_batch_size, 1, 1024},
-                {"--resolution", c->resolution, 8, 4096},
-                {"--lr-warmup-steps", c->lr_warmup_steps, 0, 100000000},
-                {"--lr-num-cycles", c->lr_num_cycles, 1, 1000000},
-                {"--checkpointing-steps", c->checkpointing_steps, 0, 100000000},
-                {"--checkpoints-total-limit", c->checkpoints_total_limit, 0, 1000000},
-                {"--validation-steps", c->validation_steps, 0, 100000000},
-                {"--validation-epochs", f->validation_epochs, 1, 1000000},
-                {"--num-validation-images", c->num_validation_images, 1, 16}};
+                {"--validation-epochs", f->validation_epochs, 1, 1000000}};
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
         if (ints[i].v < ints[i].lo || ints[i].v > ints[i].hi) {
             fprintf(stderr, "booth %s: %s %lld is outside %lld..%lld\n", command, ints[i].flag, (long long)ints[i].v,
                     (long long)ints[i].lo, (long long)ints[i].hi);
             return 2;
         }
+    c->rank = f->rank;
+    int nr;
+    const sd_job_range_t *jr = sd_job_ranges(&nr);
+    for (int i = 0; i < nr; i++) {
+        double v;
+        if (!strcmp(jr[i].key, "lora_alpha") || !sd_job_value(c, jr[i].key, &v) || sd_job_in_range(&jr[i], v))
+            continue; /* --lora-alpha: checked below, where 0 is refused too */
+        char flag[64];
+        snprintf(flag, sizeof flag, "%s", jr[i].key);
+        for (char *p = flag; *p; p++) *p = *p == '_' ? '-' : *p;
+        if (jr[i].real)
+            fprintf(stderr, "booth %s: --%s %g is outside [%g, %g)\n", command, flag, v, jr[i].lo, jr[i].hi);
+        else
+            fprintf(stderr, "booth %s: --%s %lld is outside %lld..%lld\n", command, flag, (long long)v,
+                    (long long)jr[i].lo, (long long)jr[i].hi);
+        return 2;
+    }
     if (c->resolution % 8) {
         fprintf(stderr, "booth %s: --resolution %d is not a multiple of 8\n", command, c->resolution);
         return 2;
@@ -280,22 +287,6 @@ int cli_train_finish(const char *command, cli_train_flags_t *f, bool need_output
                 command, c->train_batch_size, f->grad_accum, (long long)c->train_batch_size * f->grad_accum);
         return 2;
     }
-    /* values that would train on without a word and make nonsense (NaN fails every comparison) */
-    const struct {
-        const char *flag;
-        float v, lo, hi; /* lo <= v < hi */
-    } ranges[] = {{"--adam-beta1", c->adam_beta1, 0, 1},          {"--adam-beta2", c->adam_beta2, 0, 1},
-                  {"--adam-epsilon", c->adam_epsilon, 1e-30f, 1},  {"--adam-weight-decay", c->adam_weight_decay, 0, 1},
-                  {"--snr-gamma", c->snr_gamma, 0, 1e6f},          {"--noise-offset", c->noise_offset, 0, 100},
-                  {"--prior-loss-weight", c->prior_loss_weight, 0, 1e6f}, {"--max-grad-norm", c->max_grad_norm, 0, 1e30f},
-                  {"--learning-rate", c->learning_rate, 0, 1e3f},  {"--class-guidance", c->class_guidance, 0, 1e3f},
-                  {"--lr-power", c->lr_power, 0, 1e3f}};
-    for (size_t i = 0; i < sizeof ranges / sizeof ranges[0]; i++)
-        if (!(ranges[i].v >= ranges[i].lo && ranges[i].v < ranges[i].hi)) {
-            fprintf(stderr, "booth %s: %s %g is outside [%g, %g)\n", command, ranges[i].flag, (double)ranges[i].v,
-                    (double)ranges[i].lo, (double)ranges[i].hi);
-            return 2;
-        }
     /* an alpha of 0 scales the LoRA's output, and so its gradients, to nothing: nothing would train */
     if (f->alpha_seen && !(c->lora_alpha > 0 && c->lora_alpha < 1e6f)) {
         fprintf(stderr,

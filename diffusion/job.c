@@ -253,55 +253,68 @@ static int s_parse_field(sd_job_t *j, const s_jfield_t *f, const cJSON *v, const
     return BT_OK;
 }
 
-/* The ranges booth train's flags enforce (cli/train_flags.c), for a job that did not come through
- * them: a job file, or a Submit over the network. Sizes a worker or PS allocates by (rank,
- * resolution, class images, batch) are bounded before anything is. */
-static const struct {
-    const char *key;
-    double lo, hi;
-} s_ranges[] = {
-    {"rank", 1, 1024},
-    {"lora_alpha", 0, 1e6}, /* 0: the rank (sd_train_config_resolve) */
-    {"train_batch_size", 1, 128},
-    {"micro_batch_size", 0, 256},
-    {"max_train_steps", 1, 1e8},
-    {"num_class_images", 1, 100000},
-    {"class_inference_steps", 1, 1000},
-    {"class_guidance", 0, 1e3},
-    {"resolution", 8, 4096},
-    {"learning_rate", 0, 1e3},
-    {"lr_warmup_steps", 0, 1e8},
-    {"lr_num_cycles", 1, 1e6},
-    {"lr_power", 0, 1e3},
-    {"prior_loss_weight", 0, 1e6},
-    {"snr_gamma", 0, 1e6},
-    {"noise_offset", 0, 100},
-    {"max_grad_norm", 0, 1e30},
-    {"adam_beta1", 0, 1},
-    {"adam_beta2", 0, 1},
-    {"adam_epsilon", 1e-30, 1},
-    {"adam_weight_decay", 0, 1},
-    {"checkpointing_steps", 0, 1e8},
-    {"checkpoints_total_limit", 0, 1e6},
-    {"validation_steps", 0, 1e8},
-    {"num_validation_images", 1, 16},
+/* The ranges booth train's flags enforce (cli/train_flags.c reads this table), and a job that did not
+ * come through them: a job file, or a Submit over the network. Sizes a worker or PS allocates by
+ * (rank, resolution, class images, batch) are bounded before anything is. lora_alpha 0 means "the
+ * rank" here (sd_train_config_resolve); the flag refuses 0 itself (it would train nothing). */
+static const sd_job_range_t s_ranges[] = {
+    {"rank", 1, 1024, false},
+    {"lora_alpha", 0, 1e6, true},
+    {"train_batch_size", 1, 128, false},
+    {"micro_batch_size", 0, 256, false},
+    {"max_train_steps", 1, 1e8, false},
+    {"num_class_images", 1, 100000, false},
+    {"class_inference_steps", 1, 1000, false},
+    {"resolution", 8, 4096, false},
+    {"lr_warmup_steps", 0, 1e8, false},
+    {"lr_num_cycles", 1, 1e6, false},
+    {"checkpointing_steps", 0, 1e8, false},
+    {"checkpoints_total_limit", 0, 1e6, false},
+    {"validation_steps", 0, 1e8, false},
+    {"num_validation_images", 1, 16, false},
+    {"adam_beta1", 0, 1, true},
+    {"adam_beta2", 0, 1, true},
+    {"adam_epsilon", 1e-30, 1, true},
+    {"adam_weight_decay", 0, 1, true},
+    {"snr_gamma", 0, 1e6, true},
+    {"noise_offset", 0, 100, true},
+    {"prior_loss_weight", 0, 1e6, true},
+    {"max_grad_norm", 0, 1e30, true},
+    {"learning_rate", 0, 1e3, true},
+    {"class_guidance", 0, 1e3, true},
+    {"lr_power", 0, 1e3, true},
 };
+
+const sd_job_range_t *sd_job_ranges(int *n)
+{
+    *n = (int)(sizeof s_ranges / sizeof s_ranges[0]);
+    return s_ranges;
+}
+
+bool sd_job_value(const sd_train_config_t *c, const char *key, double *v)
+{
+    const char *base = (const char *)c;
+    for (int i = 0; i < S_NJOB; i++) {
+        const s_jfield_t *f = &s_job[i];
+        if (strcmp(f->key, key)) continue;
+        switch (f->kind) {
+        case J_INT: *v = *(const int *)(base + f->off); return true;
+        case J_I64: *v = (double)*(const int64_t *)(base + f->off); return true;
+        case J_F32: *v = *(const float *)(base + f->off); return true;
+        default: return false;
+        }
+    }
+    return false;
+}
 
 static int s_check_ranges(const sd_job_t *j, const char *what)
 {
-    const char *base = (const char *)&j->cfg;
     for (size_t r = 0; r < sizeof s_ranges / sizeof s_ranges[0]; r++) {
-        const s_jfield_t *f = NULL;
-        for (int i = 0; i < S_NJOB && !f; i++)
-            if (!strcmp(s_job[i].key, s_ranges[r].key)) f = &s_job[i];
-        if (!f) continue;
-        double v = f->kind == J_INT   ? *(const int *)(base + f->off)
-                   : f->kind == J_I64 ? (double)*(const int64_t *)(base + f->off)
-                   : f->kind == J_F32 ? *(const float *)(base + f->off)
-                                      : 0;
-        if (!(v >= s_ranges[r].lo && v <= s_ranges[r].hi)) {
-            BT_ERROR("%s: job field '%s' is %g, must be in [%g, %g]", what, f->key, v, s_ranges[r].lo,
-                     s_ranges[r].hi);
+        double v;
+        if (!sd_job_value(&j->cfg, s_ranges[r].key, &v)) continue;
+        if (!sd_job_in_range(&s_ranges[r], v)) {
+            BT_ERROR("%s: job field '%s' is %g, must be in [%g, %g%c", what, s_ranges[r].key, v, s_ranges[r].lo,
+                     s_ranges[r].hi, s_ranges[r].real ? ')' : ']');
             return BT_EINVAL;
         }
     }
