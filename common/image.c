@@ -637,6 +637,17 @@ void bt_img_draw_polyline(bt_img_t *img, const double *xs, const double *ys, int
 
 #define S_LABEL_MAX 4096
 
+/* src drawn k x k per pixel (nearest neighbour): a small picture made legible, not smoothed. */
+static bt_img_t *s_upscale(const bt_img_t *src, int k)
+{
+    bt_img_t *out = bt_img_new(src->width * k, src->height * k, src->channels);
+    if (!out) return NULL;
+    size_t c = (size_t)src->channels;
+    for (int y = 0; y < out->height; y++)
+        for (int x = 0; x < out->width; x++) memcpy(bt_img_pixel(out, x, y), bt_img_pixel(src, x / k, y / k), c);
+    return out;
+}
+
 bt_img_t *bt_img_grid(const bt_img_t *const *tiles, int rows, int cols, const bt_img_grid_opts_t *opts)
 {
     bt_img_grid_opts_t def = BT_IMG_GRID_OPTS_INIT;
@@ -660,6 +671,9 @@ bt_img_t *bt_img_grid(const bt_img_t *const *tiles, int rows, int cols, const bt
                      i / cols, i % cols, tiles[i]->width, tiles[i]->height, tw, th);
             return NULL;
         }
+    int k = o->min_tile > tw ? (o->min_tile + tw - 1) / tw : 1; /* small tiles drawn k x k per pixel */
+    tw *= k;
+    th *= k;
     int line = BT_FONT_LINE * s;
     char *buf = bt_malloc(S_LABEL_MAX);
     if (!buf) return NULL;
@@ -740,8 +754,20 @@ bt_img_t *bt_img_grid(const bt_img_t *const *tiles, int rows, int cols, const bt
         }
         for (int c = 0; c < cols; c++) {
             const bt_img_t *t = tiles[r * cols + c];
-            if (t) bt_img_paste(out, t, x0 + c * (tw + m), ty);
+            if (!t) continue;
+            if (k == 1) {
+                bt_img_paste(out, t, x0 + c * (tw + m), ty);
+                continue;
+            }
+            bt_img_t *big = s_upscale(t, k);
+            if (!big) {
+                bt_img_destroy(&out);
+                break;
+            }
+            bt_img_paste(out, big, x0 + c * (tw + m), ty);
+            bt_img_destroy(&big);
         }
+        if (!out) break;
     }
     free(buf);
     return out;

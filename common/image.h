@@ -157,11 +157,14 @@ typedef struct bt_img_grid_opts {
     const char *const *row_labels; /* NULL, or one per row (entries may be NULL) */
     const char *const *col_labels; /* NULL, or one per column */
     uint32_t background, foreground;
+    int min_tile; /* tiles narrower than this are drawn k times larger, nearest neighbour (the smallest
+                   * integer k that reaches it), so that a 32-px picture stays legible and its labels fit;
+                   * 0: as they are */
 } bt_img_grid_opts_t;
 
 #define BT_IMG_GRID_OPTS_INIT                                                                                          \
     {                                                                                                                  \
-        .margin = 8, .font_scale = 2, .background = 0xffffff, .foreground = 0x000000                                   \
+        .margin = 8, .font_scale = 2, .background = 0xffffff, .foreground = 0x000000, .min_tile = 128                  \
     }
 
 /* rows x cols tiles, row-major; all non-NULL tiles must have the same size (a

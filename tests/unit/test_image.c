@@ -849,6 +849,7 @@ TEST(image_grid)
     const bt_img_t *t6[6] = {tiles[0], tiles[1], tiles[2], tiles[3], tiles[4], NULL};
     bt_img_grid_opts_t plain = BT_IMG_GRID_OPTS_INIT;
     plain.margin = 4;
+    plain.min_tile = 0; /* the tiles as they are */
     bt_img_t *g = bt_img_grid(t6, 2, 3, &plain);
     REQUIRE(g);
     CHECK_INT_EQ(g->width, 4 + 3 * 20 + 2 * 4 + 4);
@@ -862,10 +863,21 @@ TEST(image_grid)
     CHECK_INT_EQ(s_ink(g, 4 + 2 * 24, 24, 20, 16, 0xffffff), 0);
     bt_img_destroy(&g);
 
+    /* small tiles drawn larger by default: 20 px wide -> 7 x 7 per pixel (140 >= 128), nearest */
+    plain.min_tile = 128;
+    g = bt_img_grid(t6, 2, 3, &plain);
+    REQUIRE(g);
+    CHECK_INT_EQ(g->width, 4 + 3 * 140 + 2 * 4 + 4);
+    CHECK_INT_EQ(g->height, 4 + 2 * 112 + 4 + 4);
+    p = bt_img_pixel(g, 4 + 139, 4 + 112 + 4 + 111); /* the last pixel of tile (1, 0) */
+    CHECK(p[0] == (uint8_t)(c4 >> 16) && p[1] == (uint8_t)(c4 >> 8) && p[2] == (uint8_t)c4);
+    bt_img_destroy(&g);
+
     const char *rows[] = {"seed 1", "a much longer row label that wraps"};
     const char *cols[] = {"step 100", "step 200", NULL};
     bt_img_grid_opts_t o = BT_IMG_GRID_OPTS_INIT;
     o.font_scale = 1;
+    o.min_tile = 0;
     o.title = "sks dog, 3 checkpoints";
     o.row_labels = rows;
     o.col_labels = cols;
