@@ -229,8 +229,8 @@ int sd_params_alloc_grads(sd_params_t *ps)
     for (int i = 0; i < ps->n; i++) {
         const sd_param_t *p = &ps->p[i];
         if (p->dtype != NN_F32) {
-            BT_ERROR("%s: %s is stored in %s: full fine-tuning trains float32 weights (load the model with "
-                     "--store fp32)",
+            BT_ERROR("%s: %s is stored in %s: full fine-tuning trains float32 weights (load the model in "
+                     "float32: --base-dtype fp32, also for a cluster's workers)",
                      ps->what, p->name, nn_dtype_name(p->dtype));
             return BT_EINVAL;
         }
