@@ -411,12 +411,13 @@ int sd_world_model_init(nn_ctx_t *ctx, const char *dir, int resolution, uint64_t
     sd_clip_config_t cc;
     sd_world_configs(resolution, vocab, &uc, &vc, &cc);
     snprintf(path, sizeof path, "%s/scheduler/scheduler_config.json", dir);
-    rc = s_write_text(path, "{\n  \"_class_name\": \"PNDMScheduler\",\n  \"_diffusers_version\": \"0.25.1\",\n"
-                            "  \"beta_end\": 0.012,\n  \"beta_schedule\": \"scaled_linear\",\n"
-                            "  \"beta_start\": 0.00085,\n  \"clip_sample\": false,\n"
+    /* the cosine schedule, not SD's scaled-linear one: see world_model.h */
+    rc = s_write_text(path, "{\n  \"_class_name\": \"DDIMScheduler\",\n  \"_diffusers_version\": \"0.25.1\",\n"
+                            "  \"beta_end\": 0.02,\n  \"beta_schedule\": \"squaredcos_cap_v2\",\n"
+                            "  \"beta_start\": 0.0001,\n  \"clip_sample\": true,\n  \"clip_sample_range\": 1.0,\n"
                             "  \"num_train_timesteps\": 1000,\n  \"prediction_type\": \"epsilon\",\n"
-                            "  \"set_alpha_to_one\": false,\n  \"skip_prk_steps\": true,\n  \"steps_offset\": 1,\n"
-                            "  \"timestep_spacing\": \"leading\",\n  \"trained_betas\": null\n}\n");
+                            "  \"set_alpha_to_one\": false,\n  \"steps_offset\": 0,\n"
+                            "  \"timestep_spacing\": \"trailing\",\n  \"trained_betas\": null\n}\n");
 
     snprintf(path, sizeof path, "%s/vae/config.json", dir);
     if (rc == BT_OK) rc = sd_vae_config_save(path, &vc);
@@ -450,6 +451,6 @@ int sd_world_model_init(nn_ctx_t *ctx, const char *dir, int resolution, uint64_t
     if (rc == BT_OK) rc = sd_params_save(&unet->params, path, ST_F32, s_meta);
     sd_unet_destroy(&unet);
 
-    if (rc == BT_OK) rc = sd_model_write_index(dir, "PNDMScheduler");
+    if (rc == BT_OK) rc = sd_model_write_index(dir, "DDIMScheduler");
     return rc;
 }

@@ -25,8 +25,18 @@
  *                 = y exactly, so conv_out recovers x from the pair; every ResNet's conv2 is zero
  *                 (a ResNet is then the identity), logvar is -30. The decoder does the same in
  *                 reverse. scaling_factor 1: the latents are the pixels.
- *   scheduler     DDPM's scaled-linear schedule of SD 1.x (1000 steps, epsilon prediction), as a
- *                 PNDMScheduler config.
+ *   scheduler     the cosine schedule (squaredcos_cap_v2, 1000 steps, epsilon prediction), as a
+ *                 DDIMScheduler config with clip_sample (the latents are pixels in [-1, 1]) and
+ *                 trailing timesteps (sampling starts at the last one). Not SD's scaled-linear
+ *                 schedule: its last step keeps a signal-to-noise ratio of 0.005, which for
+ *                 SD's latents is noise, but for 32-px pixels whose colours fill large flat
+ *                 regions is not — averaged over a background, the colour is still readable at
+ *                 t = 999, so a model trained on it learns to read colour from the noise, and at
+ *                 sampling time, where x_T is pure noise, draws the colour the noise suggests
+ *                 whatever the prompt says (seen: two runs of 2-4 k steps ignored every colour
+ *                 word, shapes right). The cosine schedule ends at SNR ~ 0 (Nichol & Dhariwal's
+ *                 schedule for 32-px pixels; Lin et al., "Common Diffusion Noise Schedules and
+ *                 Sample Steps are Flawed").
  *
  * Initialisation (seeded): booth's usual N(0, 1/sqrt(fan_in)) for every network weight, with the
  * output projections that close a residual branch (ResNet conv2, attention to_out, proj_out, the
