@@ -59,13 +59,12 @@ static void s_prompt(int set, int i, const char *id, const char *cls, char *buf,
 /* Image i (seed stream i) of prompt, as an RGB picture. */
 static bt_img_t *s_draw(s_gen_t *g, const char *prompt, int64_t i)
 {
-    int64_t sc = sd_vae_scale(g->m->vae), C = g->m->unet->cfg.in_channels;
+    int64_t sc = sd_vae_scale(g->m->vae);
     g->p.first_index = i;
     if (sd_encode_prompt(g->m, g->embeds + g->T * g->cd, prompt, 0) ||
         sd_sample(g->m, &g->p, g->embeds + g->T * g->cd, g->embeds, g->T, g->lat, false, 1, g->h, g->w) ||
         sd_decode(g->m, g->img, NULL, g->lat, 1, g->h, g->w))
         return NULL;
-    (void)C;
     return bt_img_from_f32_chw(g->img, 3, (int)(g->h * sc), (int)(g->w * sc), BT_IMG_RANGE_01);
 }
 

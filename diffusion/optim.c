@@ -101,6 +101,21 @@ out_fail:
     return NULL;
 }
 
+int sd_optim_spec_params(const sd_params_t *ps, const char *prefix, int first, sd_optim_spec_t *spec,
+                         char (*names)[SD_OPTIM_NAME_MAX], float **grads)
+{
+    int i = first;
+    for (int j = 0; j < ps->n; j++, i++) {
+        const sd_param_t *p = &ps->p[j];
+        int64_t rest = 1;
+        for (int d = 1; d < p->ndim; d++) rest *= p->shape[d];
+        snprintf(names[i], SD_OPTIM_NAME_MAX, "%s.%s", prefix, p->name);
+        spec[i] = (sd_optim_spec_t){.name = names[i], .index = i, .shape = {p->shape[0], rest}, .params = p->data};
+        grads[i] = ps->grad + (p->data - ps->mem);
+    }
+    return i;
+}
+
 int sd_optim_find(const sd_optim_t *o, const char *name)
 {
     for (int i = 0; i < o->n; i++)

@@ -69,6 +69,13 @@ typedef struct sd_optim_spec {
     float *params;
 } sd_optim_spec_t;
 
+/* Full training: every parameter of a part as an optimizer tensor, from index `first` on, in model
+ * order — named "<prefix>.<name>" into names[], shaped [first dimension, the rest], its params the
+ * part's own, grads[] pointing into the part's gradient block (sd_params_alloc_grads). The caller
+ * sizes the arrays (first + ps->n entries). Returns the index after the last. */
+int sd_optim_spec_params(const sd_params_t *ps, const char *prefix, int first, sd_optim_spec_t *spec,
+                         char (*names)[SD_OPTIM_NAME_MAX], float **grads);
+
 /* m, v zeroed, step 0. NULL with one log line on failure. */
 sd_optim_t *sd_optim_new(nn_ctx_t *ctx, const sd_optim_config_t *cfg, const sd_optim_spec_t *spec, int n);
 void sd_optim_destroy(sd_optim_t **o);

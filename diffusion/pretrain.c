@@ -75,6 +75,8 @@ static void s_settings(const sd_pretrain_config_t *c, const s_run_t *r, char *bu
              (double)c->partial, (long long)r->m->unet->cfg.sample_size, r->nparts > 1 ? "true" : "false");
 }
 
+static int64_t s_numel(const sd_optim_spec_t *s) { return s->shape[0] * s->shape[1]; }
+
 static int s_tensors(s_run_t *r)
 {
     int n = 0;
@@ -85,32 +87,23 @@ static int s_tensors(s_run_t *r)
     r->ema_at = bt_calloc((size_t)n, sizeof *r->ema_at);
     if (!r->spec || !r->names || !r->grads || !r->ema_at) return BT_ENOMEM;
     int i = 0;
+    for (int k = 0; k < r->nparts; k++)
+        i = sd_optim_spec_params(r->parts[k], r->prefix[k], i, r->spec, r->names, r->grads);
     int64_t total = 0;
-    for (int k = 0; k < r->nparts; k++) {
-        sd_params_t *ps = r->parts[k];
-        for (int j = 0; j < ps->n; j++, i++) {
-            const sd_param_t *p = &ps->p[j];
-            int64_t rest = 1;
-            for (int d = 1; d < p->ndim; d++) rest *= p->shape[d];
-            snprintf(r->names[i], SD_OPTIM_NAME_MAX, "%s.%s", r->prefix[k], p->name);
-            r->spec[i] = (sd_optim_spec_t){.name = r->names[i], .index = i, .shape = {p->shape[0], rest},
-                                           .params = p->data};
-            r->grads[i] = ps->grad + (p->data - ps->mem);
-            r->ema_at[i] = total;
-            total += p->shape[0] * rest;
-        }
+    for (i = 0; i < n; i++) {
+        r->ema_at[i] = total;
+        total += s_numel(&r->spec[i]);
     }
     r->n = n;
     if (!(r->ema = bt_malloc((size_t)(total ? total : 1) * sizeof(float)))) return BT_ENOMEM;
     for (i = 0; i < n; i++) {
         int rc = nn_download(r->m->ctx, r->ema + r->ema_at[i], r->spec[i].params,
-                             (size_t)(r->spec[i].shape[0] * r->spec[i].shape[1]) * sizeof(float));
+                             (size_t)s_numel(&r->spec[i]) * sizeof(float));
         if (rc) return rc;
     }
     return BT_OK;
 }
 
-static int64_t s_numel(const sd_optim_spec_t *s) { return s->shape[0] * s->shape[1]; }
 
 /* ---- state ---- */
 

@@ -159,18 +159,9 @@ static int s_tensors_full(sd_trainer_t *t)
     t->names = bt_calloc((size_t)(n ? n : 1), sizeof *t->names);
     if (!t->tensors || !t->grads || !t->names) return BT_ENOMEM;
     for (int k = 0; k < 2; k++) {
-        sd_params_t *ps = parts[k];
-        if (!ps) continue;
-        for (int j = 0; j < ps->n; j++, i++) {
-            const sd_param_t *p = &ps->p[j];
-            int64_t rest = 1;
-            for (int d = 1; d < p->ndim; d++) rest *= p->shape[d];
-            snprintf(t->names[i], SD_OPTIM_NAME_MAX, "%s.%s", prefix[k], p->name);
-            t->tensors[i] = (sd_optim_spec_t){.name = t->names[i], .index = i, .shape = {p->shape[0], rest},
-                                              .params = p->data};
-            t->grads[i] = ps->grad + (p->data - ps->mem);
-        }
-        t->nblock[k] = sd_params_block_floats(ps);
+        if (!parts[k]) continue;
+        i = sd_optim_spec_params(parts[k], prefix[k], i, t->tensors, t->names, t->grads);
+        t->nblock[k] = sd_params_block_floats(parts[k]);
     }
     t->ntensors = n;
     return BT_OK;
