@@ -124,8 +124,9 @@ test "$(stat -c %a "$RD/keys/secret.key")" = 600
 # the GPU index reached the worker's environment (read on its host, through ssh), and only that one's
 # shellcheck disable=SC2086
 genv() { ssh $SSH_OPTS 127.0.0.2 "cat /proc/\$(cat $(printf %q "$RD/pids/127.0.0.2-worker-$1.pid"))/environ" | tr '\0' '\n'; }
-genv 1 | grep -qx CUDA_VISIBLE_DEVICES=0
-! genv 2 | grep -q CUDA_VISIBLE_DEVICES
+genv 1 >"$T/env1"; genv 2 >"$T/env2" # files, not pipes into grep -q (SIGPIPE under pipefail)
+grep -qx CUDA_VISIBLE_DEVICES=0 "$T/env1"
+! grep -q CUDA_VISIBLE_DEVICES "$T/env2"
 # the same job in one process, on the prior set `booth priors` makes with the same settings
 JOB=(--model "$MODEL" --instance-prompt "a photo of sks robot" --class-prompt "a photo of robot"
     --with-prior-preservation --num-class-images 2 --class-inference-steps 2 --resolution 64
@@ -147,7 +148,7 @@ for n in 127.0.0.1-coordinator-1 127.0.0.1-ps-1 127.0.0.2-worker-1 127.0.0.2-wor
     test -s "$C/logs/$n.log"
 done
 grep -q "prior images to generate" "$C/logs/127.0.0.1-coordinator-1.log"
-cat "$C"/logs/127.0.0.2-worker-*.log | grep -q "micro-batch"
+grep -q "micro-batch" "$C"/logs/127.0.0.2-worker-*.log
 
 # stop: every process ends on SIGTERM (none killed), the logs are collected again
 pids=$(cat "$RD"/pids/*.pid)
