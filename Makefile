@@ -118,6 +118,9 @@ $(BUILD)/obj/%.o: %.c | $(GEN_H)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -c $< -o $@
 
+# where a booth binary finds the world model when it is not beside it (cli_default_model)
+$(BUILD)/obj/cli/args.o: CFLAGS += -DBOOTH_SOURCE_DIR='"$(CURDIR)"'
+
 $(GEN_H) $(GEN_C) &: proto/booth.proto
 	$(if $(PROTOC_C),,$(error protoc-c not found: install Debian's protobuf-c-compiler (make deps)))
 	@mkdir -p $(BUILD)/gen

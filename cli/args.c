@@ -205,6 +205,45 @@ int cli_parse(const cli_spec_t *s, int argc, char **argv, const char **pos, int 
     return -1;
 }
 
+static bool s_is_model(const char *dir)
+{
+    char p[4096];
+    struct stat st;
+    return snprintf(p, sizeof p, "%s/model_index.json", dir) < (int)sizeof p && stat(p, &st) == 0 &&
+           S_ISREG(st.st_mode);
+}
+
+const char *cli_default_model(const char *command)
+{
+    static char path[4096];
+    const char *env = getenv("BOOTH_MODEL");
+    if (env && *env) {
+        if (snprintf(path, sizeof path, "%s", env) >= (int)sizeof path || !s_is_model(path)) {
+            fprintf(stderr, "booth %s: --model not given, and $BOOTH_MODEL (%s) is not a diffusers model folder\n",
+                    command, env);
+            return NULL;
+        }
+        fprintf(stderr, "booth %s: model %s (the default, from $BOOTH_MODEL; --model to choose)\n", command, path);
+        return path;
+    }
+    /* beside the binary's folder (build/booth), then the source tree it was built from */
+    char exe[4096], tried[2][4096 + 32];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    char *slash = n > 0 ? (exe[n] = 0, strrchr(exe, '/')) : NULL;
+    if (slash) *slash = 0;
+    snprintf(tried[0], sizeof tried[0], "%s/../models/world", slash ? exe : ".");
+    snprintf(tried[1], sizeof tried[1], "%s/models/world", BOOTH_SOURCE_DIR);
+    for (int i = 0; i < 2; i++)
+        if (s_is_model(tried[i]) && realpath(tried[i], path)) {
+            fprintf(stderr, "booth %s: model %s (the default; --model to choose)\n", command, path);
+            return path;
+        }
+    fprintf(stderr, "booth %s: --model not given, and booth's world model is in neither %s nor %s; pass --model DIR "
+                    "or set BOOTH_MODEL\n",
+            command, tried[0], tried[1]);
+    return NULL;
+}
+
 bool cli_prediction_type(const char *command, const char *value, const char *model, int *out)
 {
     *out = -1;

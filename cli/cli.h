@@ -77,6 +77,13 @@ bool cli_base_dtype(const char *command, const char *value, sd_store_t *out);
 bool cli_prediction_type(const char *command, const char *value, const char *model, int *out);
 /* The model as every command loads it: a diffusers folder, or a single file read with prediction
  * (cli_prediction_type's; -1: from its architecture). */
+/* The model a command uses when --model is not given: booth's world model (docs/WORLD.md) at
+ * $BOOTH_MODEL, else models/world beside the binary's folder (build/booth -> models/world), else the
+ * source tree's models/world the binary was built from. One line naming where it looked, and NULL,
+ * when none holds a model; one line naming the one it uses otherwise. */
+const char *cli_default_model(const char *command);
+#define CLI_MODEL_DEFAULT_HELP "(default: booth's world model, models/world; $BOOTH_MODEL overrides)"
+
 struct sd_model;
 struct nn_ctx;
 struct sd_model *cli_model_load(struct nn_ctx *ctx, const char *model, unsigned parts, sd_store_t store, int prediction);

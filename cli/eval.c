@@ -91,7 +91,7 @@ int cmd_eval(int argc, char **argv)
     uint64_t seed = 0;
     bool json = false;
     const cli_opt_t opts[] = {
-        CLI_OPT("--model", CLI_STR, &model, "DIR", "a model of the world, from `booth pretrain` (required)"),
+        CLI_OPT("--model", CLI_STR, &model, "DIR", "a model of the world, from `booth pretrain` " CLI_MODEL_DEFAULT_HELP),
         CLI_OPT("--lora", CLI_STR, &lora, "FILE", "a DreamBooth LoRA of it (then the subject and class sets run too)"),
         CLI_OPT("--lora-scale-unet", CLI_FLOAT, &scale_unet, "S", "the LoRA's UNet scale (default 1)"),
         CLI_OPT("--lora-scale-text", CLI_FLOAT, &scale_text, "S", "the LoRA's text-encoder scale (default 1)"),
@@ -118,10 +118,7 @@ int cmd_eval(int argc, char **argv)
     const char *pos[1];
     int npos, rc = cli_parse(&spec, argc, argv, pos, &npos);
     if (rc >= 0) return rc;
-    if (!model) {
-        fprintf(stderr, "booth eval: --model is required (see --help)\n");
-        return 2;
-    }
+    if (!model && !(model = cli_default_model("eval"))) return 2;
     const cli_irange_t ranges[] = {{"--num", num, 1, 100000}, {"--steps", steps, 1, 1000}};
     if ((rc = cli_check_ranges("eval", ranges, 2))) return rc;
     bool on[S_NSETS] = {true, lora || id, lora || id};

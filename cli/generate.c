@@ -83,7 +83,7 @@ int cmd_generate(int argc, char **argv)
     int64_t width = 0, height = 0, num = 1, batch = 1;
     bool num_seen = false;
     const cli_opt_t opts[] = {
-        CLI_OPT("--model", CLI_STR, &model, "DIR|FILE", "a diffusers model folder, or a single-file checkpoint (.safetensors) (required)"),
+        CLI_OPT("--model", CLI_STR, &model, "DIR|FILE", "a diffusers model folder, or a single-file checkpoint (.safetensors) " CLI_MODEL_DEFAULT_HELP),
         CLI_OPT("--base-dtype", CLI_STR, &base_dtype, "TYPE", CLI_BASE_DTYPE_HELP),
         CLI_OPT("--prediction-type", CLI_STR, &prediction_s, "TYPE", CLI_PREDICTION_HELP),
         CLI_OPT("--prompt", CLI_TEXT, &prompt, "TEXT", "what to draw (required)"),
@@ -114,10 +114,11 @@ int cmd_generate(int argc, char **argv)
     const char *pos[1];
     int npos, rc = cli_parse(&spec, argc, argv, pos, &npos);
     if (rc >= 0) return rc;
-    if (!model || !prompt) {
-        fprintf(stderr, "booth generate: --model and --prompt are required (see --help)\n");
+    if (!prompt) {
+        fprintf(stderr, "booth generate: --prompt is required (see --help)\n");
         return 2;
     }
+    if (!model && !(model = cli_default_model("generate"))) return 2;
     const cli_irange_t ranges[] = {{"--steps", steps, 1, 1000},        {"--num-images", num, 1, 10000},
                                    {"--batch-size", batch, 1, 10000},  {"--clip-skip", clip_skip, 0, 1000},
                                    {"--width", width ? width : 8, 8, 8192}, {"--height", height ? height : 8, 8, 8192}};

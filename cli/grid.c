@@ -48,7 +48,7 @@ int cmd_grid(int argc, char **argv)
     uint64_t seed = 0;
     int64_t width = 0, height = 0;
     const cli_opt_t opts[] = {
-        CLI_OPT("--model", CLI_STR, &model, "DIR|FILE", "a diffusers model folder, or a single-file checkpoint (.safetensors) (required)"),
+        CLI_OPT("--model", CLI_STR, &model, "DIR|FILE", "a diffusers model folder, or a single-file checkpoint (.safetensors) " CLI_MODEL_DEFAULT_HELP),
         CLI_OPT("--base-dtype", CLI_STR, &base_dtype, "TYPE", CLI_BASE_DTYPE_HELP),
         CLI_OPT("--prediction-type", CLI_STR, &prediction_s, "TYPE", CLI_PREDICTION_HELP),
         CLI_OPT("--lora", CLI_STR, &lora, "FILE", "LoRA file, any layout (required)"),
@@ -74,10 +74,11 @@ int cmd_grid(int argc, char **argv)
     const char *pos[1];
     int npos, rc = cli_parse(&spec, argc, argv, pos, &npos);
     if (rc >= 0) return rc;
-    if (!model || !lora || !prompt) {
-        fprintf(stderr, "booth grid: --model, --lora and --prompt are required (see --help)\n");
+    if (!lora || !prompt) {
+        fprintf(stderr, "booth grid: --lora and --prompt are required (see --help)\n");
         return 2;
     }
+    if (!model && !(model = cli_default_model("grid"))) return 2;
     const cli_irange_t ranges[] = {{"--steps", steps, 1, 1000},
                                    {"--width", width ? width : 8, 8, 8192},
                                    {"--height", height ? height : 8, 8, 8192}};

@@ -128,7 +128,7 @@ int cmd_lora_grad(int argc, char **argv)
     float lambda = 1.0f, alpha = 0, lr = 1e-4f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 1e-2f;
     bool adamw = false;
     const cli_opt_t opts[] = {
-        CLI_OPT("--model", CLI_STR, &model, "DIR|FILE", "a diffusers model folder, or a single-file checkpoint (.safetensors) (required)"),
+        CLI_OPT("--model", CLI_STR, &model, "DIR|FILE", "a diffusers model folder, or a single-file checkpoint (.safetensors) " CLI_MODEL_DEFAULT_HELP),
         CLI_OPT("--base-dtype", CLI_STR, &base_dtype, "TYPE", CLI_BASE_DTYPE_HELP),
         CLI_OPT("--prediction-type", CLI_STR, &prediction_s, "TYPE", CLI_PREDICTION_HELP),
         CLI_OPT("--batch", CLI_STR, &batch, "FILE", "batch safetensors (see the description; required)"),
@@ -154,10 +154,11 @@ int cmd_lora_grad(int argc, char **argv)
     const char *pos[1];
     int npos, rc = cli_parse(&spec, argc, argv, pos, &npos);
     if (rc >= 0) return rc;
-    if (!model || !batch || !lora || !out) {
-        fprintf(stderr, "booth lora-grad: --model, --batch, --lora and --out are required (see --help)\n");
+    if (!batch || !lora || !out) {
+        fprintf(stderr, "booth lora-grad: --batch, --lora and --out are required (see --help)\n");
         return 2;
     }
+    if (!model && !(model = cli_default_model("lora-grad"))) return 2;
     if (bt_mkdirs_for(out)) return 1;
     sd_store_t store;
     if (!cli_base_dtype("lora-grad", base_dtype, &store)) return 2;

@@ -37,7 +37,7 @@ int cmd_priors(int argc, char **argv)
     float guidance = 7.5f;
     uint64_t seed = 0;
     const cli_opt_t opts[] = {
-        CLI_OPT("--model", CLI_STR, &model, "DIR|FILE", "a diffusers model folder, or a single-file checkpoint (.safetensors) (required)"),
+        CLI_OPT("--model", CLI_STR, &model, "DIR|FILE", "a diffusers model folder, or a single-file checkpoint (.safetensors) " CLI_MODEL_DEFAULT_HELP),
         CLI_OPT("--base-dtype", CLI_STR, &base_dtype, "TYPE", CLI_BASE_DTYPE_HELP),
         CLI_OPT("--prediction-type", CLI_STR, &prediction_s, "TYPE", CLI_PREDICTION_HELP),
         CLI_OPT("--class-prompt", CLI_TEXT, &prompt, "TEXT", "e.g. \"a photo of dog\" (required)"),
@@ -62,10 +62,11 @@ int cmd_priors(int argc, char **argv)
     const char *pos[1];
     int npos, rc = cli_parse(&spec, argc, argv, pos, &npos);
     if (rc >= 0) return rc;
-    if (!model || !prompt || !out || !num) {
-        fprintf(stderr, "booth priors: --model, --class-prompt, --num and --out are required\n");
+    if (!prompt || !out || !num) {
+        fprintf(stderr, "booth priors: --class-prompt, --num and --out are required\n");
         return 2;
     }
+    if (!model && !(model = cli_default_model("priors"))) return 2;
     if (!resolution && !(resolution = cli_native_resolution(model))) return 2; /* the config loader said why */
     const cli_irange_t ranges[] = {{"--num", num, 1, 100000}, {"--steps", steps, 1, 1000},
                                    {"--resolution", resolution, 8, 4096}};

@@ -642,6 +642,7 @@ int cmd_submit(int argc, char **argv)
         }
     } else {
         if (priors_only) {
+            if (!f.c.model_dir && f.c.class_prompt && !(f.c.model_dir = cli_default_model("submit"))) return 2;
             if ((rc = s_priors_check(NULL, &f.c))) return rc;
             if (!sd_lr_sched_parse(f.lr_sched, &f.c.lr_scheduler)) {
                 fprintf(stderr, "booth submit: --lr-scheduler '%s' is not " SD_LR_NAMES "\n", f.lr_sched);

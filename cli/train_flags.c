@@ -29,7 +29,7 @@ int cli_train_opts(cli_train_flags_t *f, cli_opt_t *opts, int max)
     f->validation_epochs = 50;
     f->sample_batch_size = 4;
     const cli_opt_t rows[] = {
-        CLI_OPT("--model", CLI_STR, &f->c.model_dir, "DIR|FILE", "the diffusers model folder, or single-file checkpoint (.safetensors), to fine-tune (required)"),
+        CLI_OPT("--model", CLI_STR, &f->c.model_dir, "DIR|FILE", "the diffusers model folder, or single-file checkpoint (.safetensors), to fine-tune " CLI_MODEL_DEFAULT_HELP),
         CLI_OPT("--pretrained-model-name-or-path", CLI_STR, &f->c.model_dir, "DIR", "same as --model (diffusers' name)"),
         CLI_OPT("--base-dtype", CLI_STR, &f->base_dtype, "TYPE", CLI_BASE_DTYPE_HELP),
         CLI_OPT("--prediction-type", CLI_STR, &f->prediction, "TYPE", CLI_PREDICTION_HELP),
@@ -197,11 +197,12 @@ static int64_t s_epoch_images(const char *command, const sd_train_config_t *c)
 int cli_train_finish(const char *command, cli_train_flags_t *f, bool need_output_dir)
 {
     sd_train_config_t *c = &f->c;
-    if (!c->model_dir || !c->instance_dir || !c->instance_prompt || (need_output_dir && !f->output_dir)) {
-        fprintf(stderr, "booth %s: --model, --instance-data-dir, --instance-prompt%s are required\n", command,
+    if (!c->instance_dir || !c->instance_prompt || (need_output_dir && !f->output_dir)) {
+        fprintf(stderr, "booth %s: --instance-data-dir, --instance-prompt%s are required\n", command,
                 need_output_dir ? " and --output-dir" : "");
         return 2;
     }
+    if (!c->model_dir && !(c->model_dir = cli_default_model(command))) return 2;
     if (c->prior_preservation && !c->class_prompt) {
         fprintf(stderr, "booth %s: --with-prior-preservation needs --class-prompt\n", command);
         return 2;

@@ -17,7 +17,7 @@ int cmd_worker(int argc, char **argv)
     const cli_opt_t opts[] = {
         CLI_OPT("--coordinator", CLI_STR, &o.coordinator, "ADDR", "the coordinator, tcp://HOST:PORT (required)"),
         CLI_OPT("--model", CLI_STR, &o.model_dir, "DIR|FILE",
-                "diffusers model folder or single-file checkpoint, the same model as the jobs' (required; loaded once)"),
+                "diffusers model folder or single-file checkpoint, the same model as the jobs' (loaded once) " CLI_MODEL_DEFAULT_HELP),
         CLI_OPT("--base-dtype", CLI_STR, &base_dtype, "TYPE", CLI_BASE_DTYPE_HELP),
         CLI_OPT("--prediction-type", CLI_STR, &prediction_s, "TYPE", CLI_PREDICTION_HELP),
         CLI_OPT("--threads", CLI_INT, &o.threads, "N", "compute threads (default BOOTH_THREADS or the CPU count)"),
@@ -40,10 +40,11 @@ int cmd_worker(int argc, char **argv)
     const char *pos[1];
     int npos, rc = cli_parse(&spec, argc, argv, pos, &npos);
     if (rc >= 0) return rc;
-    if (!o.coordinator || !o.model_dir) {
-        fprintf(stderr, "booth worker: --coordinator and --model are required\n");
+    if (!o.coordinator) {
+        fprintf(stderr, "booth worker: --coordinator is required\n");
         return 2;
     }
+    if (!o.model_dir && !(o.model_dir = cli_default_model("worker"))) return 2;
     if (o.threads < 0 || o.node.max_message_mb < 0) {
         fprintf(stderr, "booth worker: --threads and --max-message-mb must not be negative\n");
         return 2;

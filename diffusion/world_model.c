@@ -415,7 +415,7 @@ int sd_world_model_init(nn_ctx_t *ctx, const char *dir, int resolution, uint64_t
     rc = s_write_text(path, "{\n  \"_class_name\": \"DDIMScheduler\",\n  \"_diffusers_version\": \"0.25.1\",\n"
                             "  \"beta_end\": 0.02,\n  \"beta_schedule\": \"squaredcos_cap_v2\",\n"
                             "  \"beta_start\": 0.0001,\n  \"clip_sample\": true,\n  \"clip_sample_range\": 1.0,\n"
-                            "  \"num_train_timesteps\": 1000,\n  \"prediction_type\": \"epsilon\",\n"
+                            "  \"num_train_timesteps\": 1000,\n  \"prediction_type\": \"v_prediction\",\n"
                             "  \"set_alpha_to_one\": false,\n  \"steps_offset\": 0,\n"
                             "  \"timestep_spacing\": \"trailing\",\n  \"trained_betas\": null\n}\n");
 

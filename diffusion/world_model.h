@@ -25,7 +25,7 @@
  *                 = y exactly, so conv_out recovers x from the pair; every ResNet's conv2 is zero
  *                 (a ResNet is then the identity), logvar is -30. The decoder does the same in
  *                 reverse. scaling_factor 1: the latents are the pixels.
- *   scheduler     the cosine schedule (squaredcos_cap_v2, 1000 steps, epsilon prediction), as a
+ *   scheduler     the cosine schedule (squaredcos_cap_v2, 1000 steps, v prediction), as a
  *                 DDIMScheduler config with clip_sample (the latents are pixels in [-1, 1]) and
  *                 trailing timesteps (sampling starts at the last one). Not SD's scaled-linear
  *                 schedule: its last step keeps a signal-to-noise ratio of 0.005, which for
@@ -36,7 +36,11 @@
  *                 whatever the prompt says (seen: two runs of 2-4 k steps ignored every colour
  *                 word, shapes right). The cosine schedule ends at SNR ~ 0 (Nichol & Dhariwal's
  *                 schedule for 32-px pixels; Lin et al., "Common Diffusion Noise Schedules and
- *                 Sample Steps are Flawed").
+ *                 Sample Steps are Flawed"), and, as Lin et al. say it must, predicts v, not the
+ *                 noise: at SNR ~ 0, x_t is the noise, so an epsilon target teaches nothing about
+ *                 the picture there and its x0 (x_t - sqrt(1 - abar) eps) / sqrt(abar) divides by
+ *                 ~5e-5 (seen: 2,000 steps with epsilon still took colours from the seed); v at
+ *                 t = 999 is -x0, the picture the prompt asks for.
  *
  * Initialisation (seeded): booth's usual N(0, 1/sqrt(fan_in)) for every network weight, with the
  * output projections that close a residual branch (ResNet conv2, attention to_out, proj_out, the

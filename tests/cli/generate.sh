@@ -67,3 +67,21 @@ cp -r "$T/model/"* "$T/broken/"
 cp "$T/trunc.safetensors" "$T/broken/unet/diffusion_pytorch_model.safetensors"
 check_error "diffusion_pytorch_model.safetensors" "$BOOTH" generate --model "$T/broken" --prompt x
 check_error "not tiny, sd15 or sd21" "$BOOTH" init-model --arch sdxl --out "$T/x"
+
+# without --model: $BOOTH_MODEL, else models/world beside the binary's folder; a line says which
+BOOTH_MODEL=$T/model "$BOOTH" generate --prompt "x" --steps 2 --width 32 --height 32 --seed 9 \
+    --out "$T/env.png" >/dev/null 2>"$T/env.err"
+grep -q "model $T/model (the default, from \$BOOTH_MODEL" "$T/env.err"
+"$BOOTH" generate --model "$T/model" --prompt "x" --steps 2 --width 32 --height 32 --seed 9 \
+    --out "$T/given.png" >/dev/null 2>&1
+cmp "$T/env.png" "$T/given.png"
+! BOOTH_MODEL=$T/none "$BOOTH" generate --prompt "x" --out "$T/none.png" >/dev/null 2>"$T/none.err"
+grep -q "^booth generate: --model not given, and \$BOOTH_MODEL ($T/none) is not a diffusers model folder$" "$T/none.err"
+[ ! -e "$T/none.png" ]
+mkdir -p "$T/inst/bin" "$T/inst/models"
+cp "$BOOTH" "$T/inst/bin/booth"
+ln -s "$T/model" "$T/inst/models/world"
+BOOTH_MODEL='' "$T/inst/bin/booth" generate --prompt "x" --steps 2 --width 32 --height 32 --seed 9 \
+    --out "$T/beside.png" >/dev/null 2>"$T/beside.err"
+grep -q "^booth generate: model $T/model (the default; --model to choose)$" "$T/beside.err"
+cmp "$T/beside.png" "$T/given.png"
