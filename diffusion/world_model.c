@@ -370,9 +370,10 @@ static int s_vae_construct(sd_vae_t *vae)
 /* Zero the projections that close a residual branch, so each block starts as the identity. */
 static void s_zero_residual_outputs(sd_params_t *ps)
 {
-    static const char *const tails[] = {".conv2.weight", ".conv2.bias", ".to_out.0.weight", ".to_out.0.bias",
-                                        ".proj_out.weight", ".proj_out.bias", ".ff.net.2.weight", ".ff.net.2.bias",
-                                        ".out_proj.weight", ".out_proj.bias", ".fc2.weight", ".fc2.bias"};
+    /* one zero per residual branch, at its end: a ResNet's conv2, a transformer's proj_out (its
+     * attention and feed-forward layers inside stay random, so that the cross-attention learns from
+     * the first step once proj_out moves), and the UNet's conv_out */
+    static const char *const tails[] = {".conv2.weight", ".conv2.bias", ".proj_out.weight", ".proj_out.bias"};
     for (int i = 0; i < ps->n; i++) {
         sd_param_t *p = &ps->p[i];
         size_t len = strlen(p->name);
@@ -435,7 +436,6 @@ int sd_world_model_init(nn_ctx_t *ctx, const char *dir, int resolution, uint64_t
     if (rc == BT_OK && !clip) rc = BT_ENOMEM;
     if (rc == BT_OK) rc = sd_params_alloc(&clip->params, ctx);
     if (rc == BT_OK) rc = sd_params_init_random(&clip->params, seed * 2 + 0);
-    if (rc == BT_OK) s_zero_residual_outputs(&clip->params);
     snprintf(path, sizeof path, "%s/text_encoder/model.safetensors", dir);
     if (rc == BT_OK) rc = sd_params_save(&clip->params, path, ST_F32, s_meta);
     sd_clip_destroy(&clip);

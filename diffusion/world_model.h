@@ -42,11 +42,14 @@
  *                 ~5e-5 (seen: 2,000 steps with epsilon still took colours from the seed); v at
  *                 t = 999 is -x0, the picture the prompt asks for.
  *
- * Initialisation (seeded): booth's usual N(0, 1/sqrt(fan_in)) for every network weight, with the
- * output projections that close a residual branch (ResNet conv2, attention to_out, proj_out, the
- * feed-forward's last layer, the UNet's conv_out) at zero, so that every block starts as the
- * identity and the untrained UNet predicts zero noise — the usual way to start a diffusion model
- * from scratch.
+ * Initialisation (seeded): booth's usual N(0, 1/sqrt(fan_in)) for every network weight, with one
+ * zero at the end of each UNet residual branch (a ResNet's conv2, a transformer's proj_out) and at
+ * the UNet's conv_out, so that every block starts as the identity and the untrained UNet predicts
+ * zero — ADM's way to start a diffusion model from scratch. Only one: with the attentions' to_out
+ * and the feed-forward's last layer at zero too, the cross-attention's keys and values got no
+ * gradient until two zero layers had grown, and a run of 1,700 steps had not yet used the caption
+ * at all (its loss the same with every caption shuffled). The text encoder is random throughout,
+ * as CLIP's own initialisation is.
  */
 #ifndef BOOTH_DIFFUSION_WORLD_MODEL_H
 #define BOOTH_DIFFUSION_WORLD_MODEL_H
