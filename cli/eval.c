@@ -104,7 +104,7 @@ int cmd_eval(int argc, char **argv)
         CLI_OPT("--guidance", CLI_FLOAT, &guidance, "G", "classifier-free guidance (default 5)"),
         CLI_OPT("--sampler", CLI_STR, &sampler_s, "NAME", "ddim, euler, pndm or ddpm (default ddim)"),
         CLI_OPT("--seed", CLI_U64, &seed, "S", "picture i of a set uses seed stream i of S (default 0)"),
-        CLI_OPT("--grid", CLI_STR, &grid, "FILE", "also a labelled sheet of each set's first 8 pictures"),
+        CLI_OPT("--grid", CLI_STR, &grid, "FILE", "also a sheet: the first prompts of each set (rows, labelled) with 4 pictures each"),
         CLI_OPT("--json", CLI_FLAG, &json, NULL, "the metrics as one JSON object"),
         CLI_END,
     };
@@ -243,21 +243,45 @@ int cmd_eval(int argc, char **argv)
         }
     }
     if (grid) {
-        const char *rl[S_NSETS];
-        const bt_img_t *cells[S_NSETS * 8];
-        int rows = 0;
-        for (int k = 0; k < S_NSETS; k++) {
+        /* rows of S_SHEET_COLS pictures: the world and subject sets' first prompts, each drawn with its
+         * own picture and S_SHEET_COLS - 1 more seed streams (past the measured ones), labelled with
+         * the prompt; the class set's first pictures ("a star") in rows of their own */
+        enum { S_SHEET_ROWS = 6, S_SHEET_COLS = 4, S_SHEET_MAX = 3 * S_SHEET_ROWS };
+        const bt_img_t *cells[S_SHEET_MAX * S_SHEET_COLS] = {0};
+        bt_img_t *extra[S_SHEET_MAX * S_SHEET_COLS] = {0};
+        char labels[S_SHEET_MAX][256];
+        const char *rl[S_SHEET_MAX];
+        int rows = 0, nextra = 0, ok = 1;
+        for (int k = 0; k < S_NSETS && ok; k++) {
             if (!on[k]) continue;
-            rl[rows] = s_set_name[k];
-            for (int i = 0; i < 8; i++) cells[rows * 8 + i] = tiles[k * 8 + i];
-            rows++;
+            if (k == S_CLASS) {
+                for (int r = 0; r < 2 && r * S_SHEET_COLS < num && r * S_SHEET_COLS < 8; r++, rows++) {
+                    s_prompt(k, 0, id, cls, labels[rows], sizeof labels[rows]);
+                    rl[rows] = labels[rows];
+                    for (int c = 0; c < S_SHEET_COLS; c++) cells[rows * S_SHEET_COLS + c] = tiles[k * 8 + r * S_SHEET_COLS + c];
+                }
+                continue;
+            }
+            for (int i = 0; i < S_SHEET_ROWS && i < num && i < 8 && ok; i++, rows++) {
+                s_prompt(k, i, id, cls, labels[rows], sizeof labels[rows]);
+                rl[rows] = labels[rows];
+                cells[rows * S_SHEET_COLS] = tiles[k * 8 + i];
+                for (int c = 1; c < S_SHEET_COLS && ok; c++) {
+                    bt_img_t *img = s_draw(&g, labels[rows], (int64_t)num + (int64_t)i * (S_SHEET_COLS - 1) + c - 1);
+                    if (!img) ok = 0;
+                    extra[nextra++] = img;
+                    cells[rows * S_SHEET_COLS + c] = img;
+                }
+            }
         }
         bt_img_grid_opts_t o = BT_IMG_GRID_OPTS_INIT;
         char title[512];
-        snprintf(title, sizeof title, "%s%s%s", model, lora ? " + " : "", lora ? lora : "");
+        snprintf(title, sizeof title, "%s%s%s | %d %s steps, guidance %g", model, lora ? " + " : "", lora ? lora : "",
+                 steps, sampler_s, guidance);
         o.title = title;
         o.row_labels = rl;
-        bt_img_t *sheet = bt_img_grid(cells, rows, 8, &o);
+        bt_img_t *sheet = ok ? bt_img_grid(cells, rows, S_SHEET_COLS, &o) : NULL;
+        for (int k = 0; k < nextra; k++) bt_img_destroy(&extra[k]);
         if (!sheet || st_png_write(grid, sheet, NULL, 0)) {
             bt_img_destroy(&sheet);
             goto out;
