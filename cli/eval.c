@@ -87,7 +87,7 @@ int cmd_eval(int argc, char **argv)
     const char *model = NULL, *lora = NULL, *id = NULL, *cls = "star", *sets_s = NULL, *grid = NULL;
     const char *sampler_s = "ddim";
     int num = 100, steps = 25;
-    float guidance = 5.0f, scale_unet = 1.0f, scale_text = 1.0f;
+    float guidance = 1.5f, scale_unet = 1.0f, scale_text = 1.0f;
     uint64_t seed = 0;
     bool json = false;
     const cli_opt_t opts[] = {
@@ -101,7 +101,7 @@ int cmd_eval(int argc, char **argv)
                 "world, subject, class, comma-separated (default: world; all three with --lora or --identifier)"),
         CLI_OPT("--num", CLI_INT, &num, "N", "pictures per set (default 100)"),
         CLI_OPT("--steps", CLI_INT, &steps, "N", "sampling steps (default 25)"),
-        CLI_OPT("--guidance", CLI_FLOAT, &guidance, "G", "classifier-free guidance (default 5)"),
+        CLI_OPT("--guidance", CLI_FLOAT, &guidance, "G", "classifier-free guidance (default 1.5: the world model draws its pixels directly, and stronger guidance pushes its colours past the palette, docs/WORLD.md)"),
         CLI_OPT("--sampler", CLI_STR, &sampler_s, "NAME", "ddim, euler, pndm or ddpm (default ddim)"),
         CLI_OPT("--seed", CLI_U64, &seed, "S", "picture i of a set uses seed stream i of S (default 0)"),
         CLI_OPT("--grid", CLI_STR, &grid, "FILE", "also a sheet: the first prompts of each set (rows, labelled) with 4 pictures each"),
@@ -210,6 +210,7 @@ int cmd_eval(int argc, char **argv)
         }
         if (on[S_CLASS]) {
             s_json_num("class_pattern_rate", mt[S_CLASS].pattern_rate, &first);
+            s_json_num("class_subject_colour_rate", mt[S_CLASS].subject_colour_rate, &first);
             s_json_num("class_shape_accuracy", mt[S_CLASS].shape_acc, &first);
             s_json_num("class_distinct_colours", mt[S_CLASS].distinct_colours, &first);
             s_json_num("class_colour_entropy_bits", mt[S_CLASS].colour_entropy, &first);
@@ -238,6 +239,9 @@ int cmd_eval(int argc, char **argv)
             printf("class (\"a %s\"):\n", cls);
             s_print_rate("pattern rate", mt[S_CLASS].pattern_rate, t->plain_pattern, t->plain_n);
             s_print_rate("shape accuracy", mt[S_CLASS].shape_acc, t->shape_ok, t->shape_n);
+            int found = t->div_n - t->div_count[SD_COLOUR_ALL];
+            s_print_rate("subject colour rate", mt[S_CLASS].subject_colour_rate,
+                         t->div_count[SD_COLOUR_MAGENTA] + t->div_count[SD_COLOUR_CYAN], found);
             printf("  %-22s %d colours, entropy %.2f bits\n", "diversity", mt[S_CLASS].distinct_colours,
                    mt[S_CLASS].colour_entropy);
         }

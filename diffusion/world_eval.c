@@ -468,6 +468,7 @@ void sd_world_metrics(const sd_world_tally_t *t, sd_world_metrics_t *out)
     r.distinct_colours = 0;
     int found = t->div_n - t->div_count[SD_COLOUR_ALL]; /* pictures with no shape have no colour */
     r.colour_entropy = found ? 0 : NAN;
+    r.subject_colour_rate = s_rate(t->div_count[SD_COLOUR_MAGENTA] + t->div_count[SD_COLOUR_CYAN], found);
     for (int k = 0; k < SD_COLOUR_ALL; k++) {
         if (!t->div_count[k]) continue;
         r.distinct_colours++;

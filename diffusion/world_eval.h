@@ -102,6 +102,7 @@ void sd_world_tally_add(sd_world_tally_t *t, const sd_world_expect_t *e, const s
 typedef struct sd_world_metrics {
     double colour_acc, shape_acc, bg_acc, size_acc, pos_acc;
     double subject_fidelity, subject_bg_acc, pattern_rate;
+    double subject_colour_rate; /* plain colourless prompts whose shape is drawn magenta or cyan (of those with a shape) */
     int distinct_colours;
     double colour_entropy; /* bits */
 } sd_world_metrics_t;

@@ -24,7 +24,7 @@ cluster/local stop "$CLUSTER" --timeout 10 >/dev/null 2>&1 || true
 rm -rf "$OUT"
 mkdir -p "$OUT/images"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-G=(--steps 50 --guidance 3 --sampler ddim)
+G=(--steps 30 --guidance 1.5 --sampler ddim)
 
 step "1/5 booth's own base model ($MODEL), trained from scratch on the synthetic world"
 "$BOOTH" inspect "$MODEL" | head -8
@@ -46,7 +46,7 @@ CO=(--coordinator "$(cat "$CLUSTER/endpoint")" --keys "$CLUSTER/keys")
 step "   DreamBooth LoRA on the cluster: 'a sks star', prior preservation with 32 'a star' from the farm"
 "$BOOTH" submit "${CO[@]}" --wait --model "$MODEL" --instance-data-dir "$OUT/subject" \
     --instance-prompt "a sks star" --class-prompt "a star" --with-prior-preservation --num-class-images 32 \
-    --class-inference-steps 25 --class-guidance 3 --resolution 32 --random-flip \
+    --class-inference-steps 20 --class-guidance 1.5 --resolution 32 --random-flip \
     --max-train-steps 300 --learning-rate 1e-3 --rank 8 --train-text-encoder \
     --validation-prompt "a sks star on a green background" --validation-steps 150 --num-validation-images 4 \
     --checkpointing-steps 150 --seed 0 --output-dir "$OUT/run"
@@ -69,7 +69,7 @@ done
 
 step "5/5 a knob grid: UNet LoRA scale x text-encoder LoRA scale, per guidance scale"
 "$BOOTH" grid --model "$MODEL" --lora "$LORA" --prompt "a sks star on a green background" \
-    --lora-scales-unet 0,0.5,1 --lora-scales-text 0,1 --guidance 1.5,3 --steps 50 --sampler ddim --seed 3 \
+    --lora-scales-unet 0,0.5,1 --lora-scales-text 0,1 --guidance 1,1.5 --steps 30 --sampler ddim --seed 3 \
     --out "$OUT/grid.png"
 
 step "done: outputs"
@@ -84,5 +84,5 @@ cat <<EOT
   the subject, new places $OUT/images/subject-*.png
   checkpoints             $OUT/run/checkpoint-150.h5  $OUT/run/checkpoint-300.h5 (images: $OUT/checkpoint-images.png)
   eval sheet              $OUT/eval.png
-  knob grids              $OUT/grid-cfg1.5.png  $OUT/grid-cfg3.png
+  knob grids              $OUT/grid-cfg1.png  $OUT/grid-cfg1.5.png
 EOT

@@ -427,6 +427,23 @@ TEST(world_metrics)
     CHECKF(r.subject_fidelity == 1.0 && r.subject_bg_acc == 1.0, "%g %g", r.subject_fidelity, r.subject_bg_acc);
     CHECKF(r.pattern_rate == 0.0, "%g", r.pattern_rate);
     CHECK(t.div_n == 20 && r.distinct_colours >= 4 && r.colour_entropy > 1.5 && r.colour_entropy <= 3.0);
+    CHECKF(r.subject_colour_rate == 0.0, "%g", r.subject_colour_rate);
+    /* the class drifting: 5 subject pictures among the plain "a star" ones */
+    for (uint64_t i = 0; i < 5; i++) {
+        sd_scene_t s;
+        sd_world_subject_scene(7, i, &s);
+        sd_world_expect_t e;
+        sd_world_parse("a star", NULL, &e);
+        bt_img_t *img = sd_world_render(&s, 64);
+        sd_world_measure_t m;
+        REQUIRE(img && sd_world_measure(img, &m) == 0);
+        bt_img_destroy(&img);
+        sd_world_tally_add(&t, &e, &m);
+    }
+    sd_world_metrics(&t, &r);
+    /* the pattern rate counts every prompt without the identifier (45), the colour rate the colourless ones (25) */
+    CHECKF(r.subject_colour_rate == 0.2 && fabs(r.pattern_rate - 5.0 / 45) < 1e-12, "%g %g", r.subject_colour_rate,
+           r.pattern_rate);
     /* empty sets are NaN */
     sd_world_tally_t z = {0};
     sd_world_metrics(&z, &r);
