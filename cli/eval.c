@@ -23,6 +23,7 @@
 #include "common/image.h"
 #include "common/log.h"
 #include "common/progress.h"
+#include "common/status.h"
 #include "diffusion/lora_io.h"
 #include "diffusion/pipeline.h"
 #include "diffusion/vae.h"
@@ -30,6 +31,7 @@
 #include "diffusion/world_eval.h"
 #include "storage/png.h"
 
+#define S_BATCH 8 /* pictures sampled together */
 #define S_HELD_OUT_WORLD 1000003u /* scenes nobody trains on (booth pretrain's default world seed is 0) */
 
 enum { S_WORLD, S_SUBJECT, S_CLASS, S_NSETS };
@@ -56,16 +58,22 @@ static void s_prompt(int set, int i, const char *id, const char *cls, char *buf,
     }
 }
 
-/* Image i (seed stream i) of prompt, as an RGB picture. */
-static bt_img_t *s_draw(s_gen_t *g, const char *prompt, int64_t i)
+/* Pictures i0 .. i0 + n - 1 (seed streams i0 ...) of prompts[0 .. n), n <= S_BATCH, in one batch
+ * (the same pictures as one by one): out[k] RGB, or NULL. */
+static int s_draw(s_gen_t *g, char (*prompts)[256], int64_t i0, int n, bt_img_t **out)
 {
-    int64_t sc = sd_vae_scale(g->m->vae);
-    g->p.first_index = i;
-    if (sd_encode_prompt(g->m, g->embeds + g->T * g->cd, prompt, 0) ||
-        sd_sample(g->m, &g->p, g->embeds + g->T * g->cd, g->embeds, g->T, g->lat, false, 1, g->h, g->w) ||
-        sd_decode(g->m, g->img, NULL, g->lat, 1, g->h, g->w))
-        return NULL;
-    return bt_img_from_f32_chw(g->img, 3, (int)(g->h * sc), (int)(g->w * sc), BT_IMG_RANGE_01);
+    int64_t sc = sd_vae_scale(g->m->vae), per = g->m->unet->cfg.in_channels * g->h * g->w;
+    g->p.first_index = i0;
+    g->p.cond_per_image = true;
+    for (int k = 0; k < n; k++)
+        if (sd_encode_prompt(g->m, g->embeds + (1 + k) * g->T * g->cd, prompts[k], 0)) return BT_EINVAL;
+    int rc = sd_sample(g->m, &g->p, g->embeds + g->T * g->cd, g->embeds, g->T, g->lat, false, n, g->h, g->w);
+    for (int k = 0; k < n && rc == BT_OK; k++) {
+        if ((rc = sd_decode(g->m, g->img, NULL, g->lat + k * per, 1, g->h, g->w))) break;
+        if (!(out[k] = bt_img_from_f32_chw(g->img, 3, (int)(g->h * sc), (int)(g->w * sc), BT_IMG_RANGE_01)))
+            rc = BT_ENOMEM;
+    }
+    return rc;
 }
 
 static void s_print_rate(const char *what, double v, int ok, int n)
@@ -162,8 +170,8 @@ int cmd_eval(int argc, char **argv)
     g.T = sd_prompt_tokens(g.m);
     g.cd = g.m->clip->cfg.hidden_size;
     int64_t sc = sd_vae_scale(g.m->vae);
-    g.embeds = nn_alloc(ctx, (size_t)(2 * g.T * g.cd) * sizeof(float));
-    g.lat = bt_malloc((size_t)(g.m->unet->cfg.in_channels * g.h * g.w) * sizeof(float));
+    g.embeds = nn_alloc(ctx, (size_t)((1 + S_BATCH) * g.T * g.cd) * sizeof(float));
+    g.lat = bt_malloc((size_t)(S_BATCH * g.m->unet->cfg.in_channels * g.h * g.w) * sizeof(float));
     g.img = bt_malloc((size_t)(3 * g.h * sc * g.w * sc) * sizeof(float));
     if (!g.embeds || !g.lat || !g.img || sd_encode_prompt(g.m, g.embeds, "", 0)) goto out;
     int nsets = 0;
@@ -173,21 +181,28 @@ int cmd_eval(int argc, char **argv)
     int64_t done = 0;
     for (int k = 0; k < S_NSETS; k++) {
         if (!on[k]) continue;
-        for (int i = 0; i < num; i++) {
-            char prompt[256];
-            s_prompt(k, i, id, cls, prompt, sizeof prompt);
-            bt_img_t *img = s_draw(&g, prompt, i);
-            sd_world_measure_t mm;
-            if (!img || sd_world_measure(img, &mm)) {
-                bt_img_destroy(&img);
-                goto out;
+        for (int i0 = 0; i0 < num; i0 += S_BATCH) {
+            char prompts[S_BATCH][256];
+            bt_img_t *imgs[S_BATCH] = {0};
+            int n = num - i0 < S_BATCH ? num - i0 : S_BATCH, bad = 0;
+            for (int j = 0; j < n; j++) s_prompt(k, i0 + j, id, cls, prompts[j], sizeof prompts[j]);
+            bad = s_draw(&g, prompts, i0, n, imgs);
+            for (int j = 0; j < n; j++) {
+                sd_world_measure_t mm;
+                if (bad || !imgs[j] || sd_world_measure(imgs[j], &mm)) {
+                    bad = 1;
+                    bt_img_destroy(&imgs[j]);
+                    continue;
+                }
+                sd_world_expect_t e;
+                sd_world_parse(prompts[j], id, &e);
+                sd_world_tally_add(&tally[k], &e, &mm);
+                if (i0 + j < 8) tiles[k * 8 + i0 + j] = imgs[j];
+                else bt_img_destroy(&imgs[j]);
             }
-            sd_world_expect_t e;
-            sd_world_parse(prompt, id, &e);
-            sd_world_tally_add(&tally[k], &e, &mm);
-            if (i < 8) tiles[k * 8 + i] = img;
-            else bt_img_destroy(&img);
-            bt_progress_update(&bar, ++done, s_set_name[k]);
+            if (bad) goto out;
+            done += n;
+            bt_progress_update(&bar, done, s_set_name[k]);
         }
     }
     bt_progress_finish(&bar, NULL);
@@ -270,12 +285,12 @@ int cmd_eval(int argc, char **argv)
                 s_prompt(k, i, id, cls, labels[rows], sizeof labels[rows]);
                 rl[rows] = labels[rows];
                 cells[rows * S_SHEET_COLS] = tiles[k * 8 + i];
-                for (int c = 1; c < S_SHEET_COLS && ok; c++) {
-                    bt_img_t *img = s_draw(&g, labels[rows], (int64_t)num + (int64_t)i * (S_SHEET_COLS - 1) + c - 1);
-                    if (!img) ok = 0;
-                    extra[nextra++] = img;
-                    cells[rows * S_SHEET_COLS + c] = img;
-                }
+                char same[S_SHEET_COLS - 1][256];
+                for (int c = 0; c < S_SHEET_COLS - 1; c++) memcpy(same[c], labels[rows], sizeof same[c]);
+                if (s_draw(&g, same, (int64_t)num + (int64_t)i * (S_SHEET_COLS - 1), S_SHEET_COLS - 1,
+                           extra + nextra))
+                    ok = 0;
+                for (int c = 1; c < S_SHEET_COLS; c++) cells[rows * S_SHEET_COLS + c] = extra[nextra++];
             }
         }
         bt_img_grid_opts_t o = BT_IMG_GRID_OPTS_INIT;

@@ -252,7 +252,7 @@ int sd_sample(sd_model_t *m, const sd_sample_params_t *p, const float *cond, con
     if (p->eta > 0 && (rc = sd_sched_set_eta(s, p->eta))) goto out;
     /* context batch: [uncond x n, cond x n] (diffusers' order), or [cond x n] */
     for (int64_t i = 0; i < nb; i++) {
-        const float *src = cfg && i < n ? uncond : cond;
+        const float *src = cfg && i < n ? uncond : p->cond_per_image ? cond + (cfg ? i - n : i) * T * ctx_dim : cond;
         if ((rc = nn_copy(m->ctx, d_ctx + i * T * ctx_dim, src, (size_t)(T * ctx_dim) * sizeof(float)))) goto out;
     }
     if (!init) {

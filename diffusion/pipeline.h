@@ -80,12 +80,13 @@ typedef struct sd_sample_params {
     float eta;               /* DDIM eta (0: deterministic) */
     uint64_t seed;
     int64_t first_index;     /* images are numbered from here: image i uses RNG stream i */
+    bool cond_per_image;     /* cond is [n, T, C], one prompt per image (the same pictures as one call each) */
     sd_progress_fn progress; /* called after every UNet call, may be NULL */
     void *progress_user;
 } sd_sample_params_t;
 
 /* Runs the sampling loop for n images of latent size [4, h, w] in one batch.
- * cond/uncond: [1, T, C] embeddings (uncond ignored without guidance).
+ * cond/uncond: [1, T, C] embeddings (uncond ignored without guidance; cond [n, T, C] with cond_per_image).
  * latents (host, [n, 4, h, w]): the starting latents if init is true (used as
  * given, like diffusers' `latents=`), else filled from the seed; the final
  * latents on return. */
