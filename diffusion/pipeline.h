@@ -80,7 +80,7 @@ typedef struct sd_sample_params {
     float eta;               /* DDIM eta (0: deterministic) */
     uint64_t seed;
     int64_t first_index;     /* images are numbered from here: image i uses RNG stream i */
-    bool cond_per_image;     /* cond is [n, T, C], one prompt per image (the same pictures as one call each) */
+    bool cond_per_image;     /* cond is [n, T, C], one prompt per image (as one call each, up to rounding) */
     sd_progress_fn progress; /* called after every UNet call, may be NULL */
     void *progress_user;
 } sd_sample_params_t;

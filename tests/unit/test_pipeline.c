@@ -110,6 +110,37 @@ TEST(pipeline_seed_independent_of_batch)
     nn_ctx_destroy(&ctx);
 }
 
+/* cond_per_image: image k of a batch follows prompt k, as if generated alone with it. */
+TEST(pipeline_one_prompt_per_image)
+{
+    nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, 0);
+    REQUIRE(ctx);
+    sd_model_t *m = sd_model_load(ctx, tu_fixture_path("tiny-sd"), SD_PART_ALL);
+    REQUIRE(m);
+    float *embeds = nn_alloc(ctx, 3 * 77 * 32 * sizeof(float)); /* uncond, prompt 0, prompt 1 */
+    REQUIRE(sd_encode_prompt(m, embeds, "", 0) == 0);
+    REQUIRE(sd_encode_prompt(m, embeds + 77 * 32, "a sks dog in the snow", 0) == 0);
+    REQUIRE(sd_encode_prompt(m, embeds + 2 * 77 * 32, "a red star on a blue background", 0) == 0);
+    const int64_t per = 4 * 8 * 8;
+    float both[2 * 4 * 8 * 8], alone[4 * 8 * 8];
+    sd_sample_params_t p = {.guidance = 3.0f, .steps = 3, .sampler = SD_SCHED_DDIM, .seed = 9, .first_index = 4,
+                            .cond_per_image = true};
+    REQUIRE(sd_sample(m, &p, embeds + 77 * 32, embeds, 77, both, false, 2, 8, 8) == 0);
+    p.cond_per_image = false;
+    for (int k = 0; k < 2; k++) {
+        p.first_index = 4 + k;
+        REQUIRE(sd_sample(m, &p, embeds + (1 + k) * 77 * 32, embeds, 77, alone, false, 1, 8, 8) == 0);
+        tu_check_close(k ? "image 1, prompt 1" : "image 0, prompt 0", alone, both + k * per, per,
+                       2e-6 * tu_max_abs(alone, per) + 1e-6);
+    }
+    /* and prompt 1 matters: image 1 with prompt 0 is another picture */
+    REQUIRE(sd_sample(m, &p, embeds + 77 * 32, embeds, 77, alone, false, 1, 8, 8) == 0);
+    CHECK(tu_max_abs_diff(alone, both + per, per) > 1e-3);
+    nn_free(ctx, embeds);
+    sd_model_destroy(&m);
+    nn_ctx_destroy(&ctx);
+}
+
 TEST(model_folder_errors)
 {
     nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, 0);
