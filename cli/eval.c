@@ -222,6 +222,7 @@ int cmd_eval(int argc, char **argv)
         if (on[S_SUBJECT]) {
             s_json_num("subject_fidelity", mt[S_SUBJECT].subject_fidelity, &first);
             s_json_num("subject_background_accuracy", mt[S_SUBJECT].subject_bg_acc, &first);
+            s_json_num("subject_colours", mt[S_SUBJECT].subject_colours_rate, &first);
         }
         if (on[S_CLASS]) {
             s_json_num("class_pattern_rate", mt[S_CLASS].pattern_rate, &first);
@@ -248,6 +249,7 @@ int cmd_eval(int argc, char **argv)
             printf("subject (\"a %s %s on a COLOUR background\"):\n", id, cls);
             s_print_rate("subject fidelity", mt[S_SUBJECT].subject_fidelity, t->subject_ok, t->subject_n);
             s_print_rate("background accuracy", mt[S_SUBJECT].subject_bg_acc, t->subject_bg_ok, t->subject_bg_n);
+            s_print_rate("subject's colours", mt[S_SUBJECT].subject_colours_rate, t->subject_colours, t->subject_n);
         }
         t = &tally[S_CLASS];
         if (on[S_CLASS]) {

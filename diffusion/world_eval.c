@@ -439,6 +439,7 @@ void sd_world_tally_add(sd_world_tally_t *t, const sd_world_expect_t *e, const s
     if (e->bg != SD_BG_NONE) t->bg_n++, t->bg_ok += sd_world_bg_ok(e, m);
     if (e->subject) {
         t->subject_n++, t->subject_ok += m->found && m->is_subject;
+        t->subject_colours += m->found && (m->colour == SD_COLOUR_MAGENTA || m->colour == SD_COLOUR_CYAN);
         if (e->bg != SD_BG_NONE) t->subject_bg_n++, t->subject_bg_ok += sd_world_bg_ok(e, m);
     } else {
         t->plain_n++, t->plain_pattern += m->found && m->is_pattern;
@@ -464,6 +465,7 @@ void sd_world_metrics(const sd_world_tally_t *t, sd_world_metrics_t *out)
     r.pos_acc = s_rate(t->pos_ok, t->pos_n);
     r.subject_fidelity = s_rate(t->subject_ok, t->subject_n);
     r.subject_bg_acc = s_rate(t->subject_bg_ok, t->subject_bg_n);
+    r.subject_colours_rate = s_rate(t->subject_colours, t->subject_n);
     r.pattern_rate = s_rate(t->plain_pattern, t->plain_n);
     r.distinct_colours = 0;
     int found = t->div_n - t->div_count[SD_COLOUR_ALL]; /* pictures with no shape have no colour */

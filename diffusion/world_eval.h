@@ -91,7 +91,7 @@ bool sd_world_bg_ok(const sd_world_expect_t *e, const sd_world_measure_t *m);
 typedef struct sd_world_tally {
     int n;
     int colour_n, colour_ok, shape_n, shape_ok, bg_n, bg_ok, size_n, size_ok, pos_n, pos_ok;
-    int subject_n, subject_ok, subject_bg_n, subject_bg_ok;
+    int subject_n, subject_ok, subject_bg_n, subject_bg_ok, subject_colours;
     int plain_n, plain_pattern;
     int div_n, div_count[SD_COLOUR_ALL + 1]; /* measured colours over plain colourless prompts; [ALL]: none found */
 } sd_world_tally_t;
@@ -102,6 +102,7 @@ void sd_world_tally_add(sd_world_tally_t *t, const sd_world_expect_t *e, const s
 typedef struct sd_world_metrics {
     double colour_acc, shape_acc, bg_acc, size_acc, pos_acc;
     double subject_fidelity, subject_bg_acc, pattern_rate;
+    double subject_colours_rate; /* identifier prompts whose shape is drawn magenta or cyan: the colours without the pattern */
     double subject_colour_rate; /* plain colourless prompts whose shape is drawn magenta or cyan (of those with a shape) */
     int distinct_colours;
     double colour_entropy; /* bits */

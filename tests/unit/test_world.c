@@ -424,7 +424,8 @@ TEST(world_metrics)
     sd_world_metrics(&t, &r);
     CHECKF(r.colour_acc == 1.0 && r.shape_acc == 1.0 && r.bg_acc == 1.0, "%g %g %g", r.colour_acc, r.shape_acc,
            r.bg_acc);
-    CHECKF(r.subject_fidelity == 1.0 && r.subject_bg_acc == 1.0, "%g %g", r.subject_fidelity, r.subject_bg_acc);
+    CHECKF(r.subject_fidelity == 1.0 && r.subject_bg_acc == 1.0 && r.subject_colours_rate == 1.0, "%g %g %g",
+           r.subject_fidelity, r.subject_bg_acc, r.subject_colours_rate);
     CHECKF(r.pattern_rate == 0.0, "%g", r.pattern_rate);
     CHECK(t.div_n == 20 && r.distinct_colours >= 4 && r.colour_entropy > 1.5 && r.colour_entropy <= 3.0);
     CHECKF(r.subject_colour_rate == 0.0, "%g", r.subject_colour_rate);
