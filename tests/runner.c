@@ -6,7 +6,7 @@
  * it fails. The last line is "N passed, N failed" (the exit status is 1 if any
  * failed).
  *
- *   runner [--list] [--no-fork] [PATTERN...]   PATTERN: substring of a test name
+ *   runner [--list] [--no-fork] [--exclude PATTERN]... [PATTERN...]   PATTERN: substring of a test name
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -230,10 +230,12 @@ int main(int argc, char **argv)
         }
     }
     bool fork_tests = true, list = false;
-    char **pat = calloc((size_t)argc, sizeof *pat);
-    int npat = 0;
+    char **pat = calloc((size_t)argc, sizeof *pat), **excl = calloc((size_t)argc, sizeof *excl);
+    int npat = 0, nexcl = 0;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--no-fork"))
+        if (!strcmp(argv[i], "--exclude") && i + 1 < argc)
+            excl[nexcl++] = argv[++i];
+        else if (!strcmp(argv[i], "--no-fork"))
             fork_tests = false;
         else if (!strcmp(argv[i], "--list"))
             list = true;
@@ -255,6 +257,10 @@ int main(int argc, char **argv)
     double t0 = s_now();
     for (int i = 0; i < s_ntests; i++) {
         if (!s_selected(&s_tests[i], npat, pat)) continue;
+        if (nexcl && s_selected(&s_tests[i], nexcl, excl)) {
+            if (!list) printf("--   %-50s excluded (--exclude)\n", s_tests[i].name);
+            continue;
+        }
         if (list) {
             printf("%s\n", s_tests[i].name);
             continue;
