@@ -4,7 +4,7 @@
 #   make test       build and run every test; ends with "N passed, N failed"
 #   make asan       the same tests under AddressSanitizer + UBSan (in build-asan/)
 #   make deps       install the Debian packages booth needs (as root), or print the apt-get line
-#   make demo       the main job end to end on the embedded default
+#   make demo       the main job end to end on booth's world model (models/world), on a local cluster
 #   make bench-ops  nn/ kernels vs PyTorch, side by side (needs python3-torch)
 #   make bench-ps   the parameter server's round trip and step scaling on loopback (bench/ps_scaling.sh)
 #   make fuzz       every libFuzzer harness of tests/fuzz/ for FUZZ_SECONDS each (clang-14, in build-fuzz/)
