@@ -44,8 +44,9 @@ wait_for() { # file, pattern, count: until the file has that many matching lines
 for opt in --coordinator --model --base-dtype --threads --work-dir --name --keys --coordinator-key --insecure; do
     grep -q -- "$opt" "$T/help.txt" || { echo "--help lacks $opt"; exit 1; }
 done
-one_error 2 "--coordinator and --model are required" "$BOOTH" worker
-one_error 2 "--coordinator and --model are required" "$BOOTH" worker --coordinator tcp://127.0.0.1:1
+one_error 2 "--coordinator is required" "$BOOTH" worker
+one_error 2 "--model not given, and \$BOOTH_MODEL (/nonexistent) is not a diffusers model folder" \
+    env BOOTH_MODEL=/nonexistent "$BOOTH" worker --coordinator tcp://127.0.0.1:1
 one_error 2 "base-dtype" "$BOOTH" worker --coordinator tcp://127.0.0.1:1 --model $MODEL --base-dtype fp8
 one_error 1 "--keys DIR is required" "$BOOTH" worker --coordinator tcp://127.0.0.1:1 --model $MODEL
 one_error 1 "$T/nokeys/secret.key" "$BOOTH" worker --coordinator tcp://127.0.0.1:1 --model $MODEL --keys "$T/nokeys"
