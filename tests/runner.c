@@ -275,6 +275,7 @@ int main(int argc, char **argv)
         printf("%d passed, %d failed\n", passed, failed);
     }
     free(pat);
+    free(excl);
     globfree(&g);
     return failed ? 1 : 0;
 }
