@@ -59,7 +59,7 @@ static void s_prompt(int set, int i, const char *id, const char *cls, char *buf,
 }
 
 /* Pictures i0 .. i0 + n - 1 (seed streams i0 ...) of prompts[0 .. n), n <= S_BATCH, in one batch
- * (the same pictures as one by one): out[k] RGB, or NULL. */
+ * (as one by one, up to rounding): out[k] RGB, or NULL. */
 static int s_draw(s_gen_t *g, char (*prompts)[256], int64_t i0, int n, bt_img_t **out)
 {
     int64_t sc = sd_vae_scale(g->m->vae), per = g->m->unet->cfg.in_channels * g->h * g->w;
