@@ -36,7 +36,8 @@ for p in "a red star on a blue background" "a big yellow heart on a gradient fro
 done
 
 step "2/5 the subject: a star the world never shows (magenta above, cyan below), 4 pictures"
-"$BOOTH" world --subject --num 4 --seed 0 --grid --out "$OUT/subject"
+"$BOOTH" world --subject --num 4 --seed 0 --resolution 32 --out "$OUT/subject"
+"$BOOTH" world --subject --num 4 --seed 0 --grid --out "$OUT/subject-sheet" >/dev/null # not in the photos' folder
 
 step "3/5 a local cluster: coordinator, 1 parameter server, 2 workers (CURVE keys in $CLUSTER/keys)"
 cluster/local start "$CLUSTER" --model "$MODEL" --workers 2 --ps 1
@@ -46,10 +47,10 @@ CO=(--coordinator "$(cat "$CLUSTER/endpoint")" --keys "$CLUSTER/keys")
 step "   DreamBooth LoRA on the cluster: 'a sks star', prior preservation with 32 'a star' from the farm"
 "$BOOTH" submit "${CO[@]}" --wait --model "$MODEL" --instance-data-dir "$OUT/subject" \
     --instance-prompt "a sks star" --class-prompt "a star" --with-prior-preservation --num-class-images 32 \
-    --class-inference-steps 20 --class-guidance 1.5 --resolution 32 --random-flip \
-    --max-train-steps 300 --learning-rate 1e-3 --rank 8 --train-text-encoder \
-    --validation-prompt "a sks star on a green background" --validation-steps 150 --num-validation-images 4 \
-    --checkpointing-steps 150 --seed 0 --output-dir "$OUT/run"
+    --class-inference-steps 10 --class-guidance 1.5 --resolution 32 --random-flip --prior-loss-weight 0.5 \
+    --max-train-steps 1000 --learning-rate 1e-3 --rank 8 --train-text-encoder \
+    --validation-prompt "a sks star on a green background" --validation-steps 500 --num-validation-images 4 \
+    --checkpointing-steps 500 --seed 0 --output-dir "$OUT/run"
 cluster/local stop "$CLUSTER"
 LORA=$OUT/run/pytorch_lora_weights.safetensors
 
@@ -63,9 +64,9 @@ done
     --prompt "a big sks star on a gradient from yellow to blue" --num-images 4 --seed 2 "${G[@]}" \
     --out "$OUT/images/subject-kohya-gradient.png" 2>/dev/null
 "$BOOTH" eval --model "$MODEL" --lora "$LORA" --num 24 "${G[@]}" --grid "$OUT/eval.png" 2>/dev/null
-"$BOOTH" inspect "$OUT/run/checkpoint-300.h5" | sed -n 1,4p
-"$BOOTH" inspect "$OUT/run/checkpoint-300.h5" --contact-sheet "$OUT/checkpoint-images.png"
-"$BOOTH" export "$OUT/run/checkpoint-300.h5" --format kohya -o "$OUT/checkpoint-300-kohya.safetensors"
+"$BOOTH" inspect "$OUT/run/checkpoint-1000.h5" | sed -n 1,4p
+"$BOOTH" inspect "$OUT/run/checkpoint-1000.h5" --contact-sheet "$OUT/checkpoint-images.png"
+"$BOOTH" export "$OUT/run/checkpoint-1000.h5" --format kohya -o "$OUT/checkpoint-1000-kohya.safetensors"
 
 step "5/5 a knob grid: UNet LoRA scale x text-encoder LoRA scale, per guidance scale"
 "$BOOTH" grid --model "$MODEL" --lora "$LORA" --prompt "a sks star on a green background" \
@@ -76,13 +77,13 @@ step "done: outputs"
 cat <<EOT
   the world (16 scenes)   $OUT/world/grid.png
   base model's pictures   $OUT/images/base-*.png
-  the subject             $OUT/subject/grid.png
+  the subject             $OUT/subject-sheet/grid.png
   cluster logs            $CLUSTER/logs/ (coordinator, ps1, worker1, worker2)
   LoRA (diffusers, kohya) $OUT/run/pytorch_lora_weights.safetensors  $OUT/run/pytorch_lora_weights_kohya.safetensors
   loss log / curve        $OUT/run/loss.csv  $OUT/run/loss.png
   validation grids        $OUT/run/validation/
   the subject, new places $OUT/images/subject-*.png
-  checkpoints             $OUT/run/checkpoint-150.h5  $OUT/run/checkpoint-300.h5 (images: $OUT/checkpoint-images.png)
+  checkpoints             $OUT/run/checkpoint-500.h5  $OUT/run/checkpoint-1000.h5 (images: $OUT/checkpoint-images.png)
   eval sheet              $OUT/eval.png
   knob grids              $OUT/grid-cfg1.png  $OUT/grid-cfg1.5.png
 EOT

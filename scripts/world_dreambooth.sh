@@ -8,18 +8,19 @@
 set -euo pipefail
 MODEL=$1
 OUT=$2
-STEPS=${3:-300}
+STEPS=${3:-1000}
 BOOTH=${BOOTH:-build/booth}
 NUM=${EVAL_NUM:-24}
 mkdir -p "$OUT"
 "$BOOTH" world --subject --num 4 --resolution 32 --seed 0 --out "$OUT/subject" >/dev/null
 COMMON=(--model "$MODEL" --instance-data-dir "$OUT/subject" --instance-prompt "a sks star" --resolution 32
-    --max-train-steps "$STEPS" --learning-rate 2e-3 --rank 8 --train-text-encoder --random-flip --seed 0)
-"$BOOTH" train "${COMMON[@]}" --class-prompt "a star" --with-prior-preservation --num-class-images 32 \
-    --class-inference-steps 20 --class-guidance 1.5 --output-dir "$OUT/priors" >/dev/null 2>"$OUT/priors.err"
+    --max-train-steps "$STEPS" --learning-rate 1e-3 --rank 8 --train-text-encoder --random-flip --seed 0)
+"$BOOTH" train "${COMMON[@]}" --class-prompt "a star" --with-prior-preservation --prior-loss-weight 0.5 \
+    --num-class-images 32 \
+    --class-inference-steps 10 --class-guidance 1.5 --output-dir "$OUT/priors" >/dev/null 2>"$OUT/priors.err"
 "$BOOTH" train "${COMMON[@]}" --output-dir "$OUT/no-priors" >/dev/null 2>"$OUT/no-priors.err"
 for run in priors no-priors; do
     echo "== $run"
-    "$BOOTH" eval --model "$MODEL" --lora "$OUT/$run/pytorch_lora_weights.safetensors" --num "$NUM" --steps 20 \
-        --sets subject,class --grid "$OUT/$run.png" 2>/dev/null
+    "$BOOTH" eval --model "$MODEL" --lora "$OUT/$run/pytorch_lora_weights.safetensors" --num "$NUM" --steps 10 \
+        --sets world,subject,class --grid "$OUT/$run.png" 2>/dev/null
 done

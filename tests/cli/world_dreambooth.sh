@@ -1,14 +1,12 @@
 # world_dreambooth.sh — the whole pipeline learns a subject (issue 15, docs/WORLD.md "How well it
 # draws"), measured from pixels with booth eval on booth's shipped world model (models/world):
-#   the base model draws the colours and backgrounds its held-out captions ask for;
+#   the base model draws the colour, shape and background its held-out captions ask for;
 #   DreamBooth LoRA with prior preservation on four pictures of a star the world never shows
-#   (magenta above, cyan below) draws the subject's colours on the background each prompt asks for
-#   ("a sks star on a COLOUR background"), while plain "a star" keeps the class's own colours,
-#   varied (the DreamBooth paper's PRES and DIV in miniature);
-#   the same run without prior preservation lets the class drift toward the subject's colours
-#   (language drift, measured here, not assumed).
-# The thresholds the shipped model does not meet yet (shape accuracy, subject fidelity: the star's
-# shape and its two halves) are in docs/WORLD.md, with the numbers it gives today.
+#   (magenta above, cyan below) draws that star (subject fidelity) on the background each prompt
+#   asks for ("a sks star on a COLOUR background"), while plain "a star" keeps the class's own
+#   look, in varied colours (the DreamBooth paper's PRES and DIV in miniature);
+#   the same run without prior preservation lets the class drift toward the subject (language
+#   drift, measured here, not assumed).
 # Run by tests/runner with bash -eu -o pipefail; $BOOTH is the binary, cwd the repo root.
 T=$BOOTH_TEST_TMPDIR
 MODEL=models/world
@@ -25,19 +23,20 @@ check() { # check FILE KEY ge|le LIMIT: one line naming the number and the limit
     fi
 }
 [ -f "$MODEL/model_index.json" ] || fail "$MODEL: the shipped world model is missing"
-E=(--model "$MODEL" --steps 20 --json)
+E=(--model "$MODEL" --steps 10 --json)
 
 # the base model on 100 held-out captions
 "$BOOTH" eval "${E[@]}" --num 100 >"$T/base.json" 2>"$T/base.err" || fail "eval: $(cat "$T/base.err")"
 check "$T/base.json" colour_accuracy ge 0.8
+check "$T/base.json" shape_accuracy ge 0.8
 check "$T/base.json" background_accuracy ge 0.7
 
 # DreamBooth, with and without prior preservation, the same flags otherwise
 "$BOOTH" world --subject --num 4 --resolution 32 --seed 0 --out "$T/subject" >/dev/null
 COMMON=(--model "$MODEL" --instance-data-dir "$T/subject" --instance-prompt "a sks star" --resolution 32
-    --max-train-steps 300 --learning-rate 2e-3 --rank 8 --train-text-encoder --random-flip --seed 0)
-"$BOOTH" train "${COMMON[@]}" --class-prompt "a star" --with-prior-preservation --num-class-images 32 \
-    --class-inference-steps 20 --class-guidance 1.5 --output-dir "$T/priors" >/dev/null 2>"$T/priors.err" ||
+    --max-train-steps 1000 --learning-rate 1e-3 --rank 8 --train-text-encoder --random-flip --seed 0)
+"$BOOTH" train "${COMMON[@]}" --class-prompt "a star" --with-prior-preservation --prior-loss-weight 0.5 \
+    --num-class-images 32 --class-inference-steps 10 --class-guidance 1.5 --output-dir "$T/priors" >/dev/null 2>"$T/priors.err" ||
     fail "train: $(tail -3 "$T/priors.err")"
 "$BOOTH" train "${COMMON[@]}" --output-dir "$T/no-priors" >/dev/null 2>"$T/no-priors.err" ||
     fail "train: $(tail -3 "$T/no-priors.err")"
@@ -45,13 +44,13 @@ for run in priors no-priors; do
     "$BOOTH" eval "${E[@]}" --lora "$T/$run/pytorch_lora_weights.safetensors" --num 24 --sets subject,class \
         >"$T/$run.json" 2>"$T/$run.eval.err" || fail "eval: $(cat "$T/$run.eval.err")"
 done
-# with priors: the subject's colours on the asked background; the class keeps its own, varied
-check "$T/priors.json" subject_colours ge 0.6
+# with priors: the subject on the asked background; the class keeps its own look, in varied colours
+check "$T/priors.json" subject_fidelity ge 0.8
 check "$T/priors.json" subject_background_accuracy ge 0.8
 check "$T/priors.json" class_pattern_rate le 0.1
 check "$T/priors.json" class_subject_colour_rate le 0.1
 check "$T/priors.json" class_distinct_colours ge 5
 # without: the class drifts toward the subject, its colours and its pattern
-check "$T/no-priors.json" class_subject_colour_rate ge 0.4
-check "$T/no-priors.json" class_pattern_rate ge 0.3
+check "$T/no-priors.json" class_subject_colour_rate ge 0.5
+check "$T/no-priors.json" class_pattern_rate ge 0.5
 for f in base priors no-priors; do echo "$f: $(cat "$T/$f.json")"; done
