@@ -6,7 +6,8 @@
  *               [--store auto|fp32|fp16|bf16] [--iters N] [--threads T] [--breakdown] [--dump FILE]
  *
  * unet_fwd  UNet forward of a classifier-free-guidance pair (batch 2) with a
- *           77-token context, as one sampling step of `booth generate` runs it.
+ *           context of the tokenizer's length (77 for SD), as one sampling step of
+ *           `booth generate` runs it.
  * vae_dec   VAE decode of one latent (batch 1).
  * train     one DreamBooth step with prior preservation: batch = 1 instance + 1
  *           class example, LoRA rank 4 (alpha 4) on to_q/to_k/to_v/to_out.0,
@@ -397,7 +398,7 @@ typedef struct bench {
     /* train */
     sd_lora_set_t *lora;
     sd_db_t *db;
-    int32_t ids[2 * 77];
+    int32_t *ids; /* [2, T]: "a photo of sks dog", "a photo of dog" */
     float *lat, *noise, *m1, *v1;
     int64_t ts[2], nblock, step;
     double loss;
@@ -502,7 +503,9 @@ int main(int argc, char **argv)
     if (!(b.ctx = nn_ctx_new(NN_BACKEND_CPU, threads))) return 1;
     nn_ctx_t *ctx = b.ctx;
     if (breakdown) s_install_timers(ctx);
-    unsigned parts = which == 0 ? SD_PART_UNET : which == 1 ? SD_PART_VAE : SD_PART_TEXT | SD_PART_UNET | SD_PART_SCHEDULER;
+    unsigned parts = which == 0   ? SD_PART_TOKENIZER | SD_PART_UNET
+                     : which == 1 ? SD_PART_VAE
+                                  : SD_PART_TOKENIZER | SD_PART_TEXT | SD_PART_UNET | SD_PART_SCHEDULER;
     double t0 = s_now();
     if (!(b.m = sd_model_load_as(ctx, dir, parts, store))) return 1;
     double load_s = s_now() - t0;
@@ -512,7 +515,7 @@ int main(int argc, char **argv)
     int64_t sample = which == 1 ? b.m->vae->cfg.sample_size / f : b.m->unet->cfg.sample_size;
     b.h = b.w = px ? px / f : sample;
     px = b.h * f;
-    b.T = 77;
+    b.T = sd_prompt_tokens(b.m); /* the tokenizer's length, checked against the text encoder's positions */
     int (*fn)(bench_t *) = NULL;
     if (which == 0) {
         int64_t cd = b.m->unet->cfg.cross_attention_dim[0], n = 2 * 4 * b.h * b.w;
@@ -530,9 +533,14 @@ int main(int argc, char **argv)
         if (!b.z || !b.img) return 1;
         fn = s_vae_dec;
     } else {
-        static const int32_t prompt[2][6] = {{49406, 320, 1125, 539, 48136, 1929}, {49406, 320, 1125, 539, 1929, 49407}};
-        for (int e = 0; e < 2; e++)
-            for (int i = 0; i < 77; i++) b.ids[e * 77 + i] = i < 6 ? prompt[e][i] : 49407;
+        static const char *prompt[2] = {"a photo of sks dog", "a photo of dog"};
+        if (!(b.ids = malloc((size_t)(2 * b.T) * sizeof *b.ids))) return 1;
+        for (int e = 0; e < 2; e++) {
+            sd_tok_result_t tr = {0};
+            if (sd_tokenize(b.m->tok, prompt[e], &tr)) return 1;
+            memcpy(b.ids + e * b.T, tr.input_ids, (size_t)b.T * sizeof *b.ids);
+            sd_tok_result_free(&tr);
+        }
         int64_t per = 4 * b.h * b.w;
         b.lat = s_host_normal(2 * per, 4);
         b.noise = s_host_normal(2 * per, 5);
@@ -610,6 +618,7 @@ int main(int argc, char **argv)
     free(b.t);
     free(b.lat);
     free(b.noise);
+    free(b.ids);
     nn_ctx_t *c = b.ctx;
     if (b.x) nn_free(c, b.x);
     if (b.out) nn_free(c, b.out);
