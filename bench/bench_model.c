@@ -535,12 +535,8 @@ int main(int argc, char **argv)
     } else {
         static const char *prompt[2] = {"a photo of sks dog", "a photo of dog"};
         if (!(b.ids = malloc((size_t)(2 * b.T) * sizeof *b.ids))) return 1;
-        for (int e = 0; e < 2; e++) {
-            sd_tok_result_t tr = {0};
-            if (sd_tokenize(b.m->tok, prompt[e], &tr)) return 1;
-            memcpy(b.ids + e * b.T, tr.input_ids, (size_t)b.T * sizeof *b.ids);
-            sd_tok_result_free(&tr);
-        }
+        for (int e = 0; e < 2; e++)
+            if (sd_prompt_ids(b.m, prompt[e], b.ids + e * b.T)) return 1;
         int64_t per = 4 * b.h * b.w;
         b.lat = s_host_normal(2 * per, 4);
         b.noise = s_host_normal(2 * per, 5);

@@ -207,10 +207,10 @@ static void s_drop_idle_scratch(sd_model_t *m)
 
 int64_t sd_prompt_tokens(const sd_model_t *m) { return m->tok ? sd_tok_max_length(m->tok) : 0; }
 
-int sd_encode_prompt(sd_model_t *m, float *embeds, const char *prompt, int clip_skip)
+int sd_prompt_ids(const sd_model_t *m, const char *prompt, int32_t *ids)
 {
-    if (!m->tok || !m->clip) {
-        BT_ERROR("%s: the tokenizer and text encoder are not loaded", m->dir);
+    if (!m->tok) {
+        BT_ERROR("%s: the tokenizer is not loaded", m->dir);
         return BT_EINVAL;
     }
     sd_tok_result_t tr;
@@ -219,9 +219,26 @@ int sd_encode_prompt(sd_model_t *m, float *embeds, const char *prompt, int clip_
     if (tr.truncated)
         BT_WARN("prompt has %d tokens; the text encoder sees the first %d: \"%s\"", tr.n_tokens, tr.max_length - 2,
                 prompt);
-    sd_run_t r = s_run(m);
-    rc = sd_clip_forward(&r, m->clip, embeds, NULL, tr.input_ids, 1, tr.max_length, clip_skip);
+    memcpy(ids, tr.input_ids, (size_t)tr.max_length * sizeof *ids);
     sd_tok_result_free(&tr);
+    return BT_OK;
+}
+
+int sd_encode_prompt(sd_model_t *m, float *embeds, const char *prompt, int clip_skip)
+{
+    if (!m->tok || !m->clip) {
+        BT_ERROR("%s: the tokenizer and text encoder are not loaded", m->dir);
+        return BT_EINVAL;
+    }
+    int64_t T = sd_prompt_tokens(m);
+    int32_t *ids = bt_malloc((size_t)T * sizeof *ids);
+    if (!ids) return BT_ENOMEM;
+    int rc = sd_prompt_ids(m, prompt, ids);
+    if (rc == BT_OK) {
+        sd_run_t r = s_run(m);
+        rc = sd_clip_forward(&r, m->clip, embeds, NULL, ids, 1, T, clip_skip);
+    }
+    free(ids);
     return rc;
 }
 

@@ -67,6 +67,10 @@ void sd_model_destroy(sd_model_t **m);
  * encoder's positions when the model is loaded. Every prompt buffer takes its length from here. */
 int64_t sd_prompt_tokens(const sd_model_t *m);
 
+/* Prompt -> its T = sd_prompt_tokens ids (BOS, tokens, EOS, padding) in ids[T]; a prompt longer
+ * than the model reads is cut, with one warning line. */
+int sd_prompt_ids(const sd_model_t *m, const char *prompt, int32_t *ids);
+
 /* Prompt -> text embeddings [1, T, C] (T = sd_prompt_tokens) in the context's memory (ids on the host). */
 int sd_encode_prompt(sd_model_t *m, float *embeds, const char *prompt, int clip_skip);
 

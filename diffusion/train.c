@@ -135,16 +135,6 @@ static int64_t s_block_floats(const sd_lora_set_t *s)
     return (last->data - s->params.mem) + n;
 }
 
-static int s_tokenize(const sd_trainer_t *t, const char *prompt, int32_t *ids)
-{
-    sd_tok_result_t r;
-    int rc = sd_tokenize(t->model->tok, prompt, &r);
-    if (rc) return rc;
-    if (r.truncated) BT_WARN("prompt \"%s\" has %d tokens; training sees the first %d", prompt, r.n_tokens, r.max_length - 2);
-    memcpy(ids, r.input_ids, (size_t)r.max_length * sizeof(int32_t));
-    sd_tok_result_free(&r);
-    return BT_OK;
-}
 
 /* Full fine-tuning's tensor table: every UNet parameter in model order, "unet.<diffusers name>",
  * then (when it trains) every text-encoder parameter, "text_encoder.<transformers name>", each
@@ -296,8 +286,8 @@ static sd_trainer_t *s_trainer_new(sd_model_t **model, const sd_train_config_t *
         BT_ERROR("train: out of memory for %lld prompt tokens", (long long)t->T);
         goto out_fail;
     }
-    if (s_tokenize(t, c->instance_prompt, t->ids_instance)) goto out_fail;
-    if (c->prior_preservation && s_tokenize(t, c->class_prompt, t->ids_class)) goto out_fail;
+    if (sd_prompt_ids(t->model, c->instance_prompt, t->ids_instance)) goto out_fail;
+    if (c->prior_preservation && sd_prompt_ids(t->model, c->class_prompt, t->ids_class)) goto out_fail;
 
     if (c->full_unet) { /* every UNet (and text-encoder) weight trains: gradients for all, and the weights as
                          * loaded kept aside */
