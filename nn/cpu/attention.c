@@ -60,6 +60,8 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define S_X86 1
 #include <immintrin.h>
+
+#include "nn/cpu/avx512.h"
 #define S_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")))
 #define S_AVX2 __attribute__((target("avx2,fma")))
 #else
@@ -486,41 +488,6 @@ S_AVX512 static void s_probs_avx512(float *st, float *dpt, int64_t nk, int64_t n
     }
 }
 
-/* r[j][i] <-> r[i][j]: 16 x 16 floats in registers, 64 shuffles. */
-S_AVX512 static inline __attribute__((always_inline)) void s_tr16(__m512 r[16])
-{
-    __m512 a[16], b[16];
-#pragma GCC unroll 8
-    for (int k = 0; k < 8; k++) { /* 32-bit interleave of row pairs, per 128-bit lane */
-        a[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
-        a[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
-    }
-#pragma GCC unroll 4
-    for (int g = 0; g < 4; g++) { /* b[4g+m], lane L: column 4L+m of rows 4g..4g+3 */
-        __m512d a0 = _mm512_castps_pd(a[4 * g]), a1 = _mm512_castps_pd(a[4 * g + 1]);
-        __m512d a2 = _mm512_castps_pd(a[4 * g + 2]), a3 = _mm512_castps_pd(a[4 * g + 3]);
-        b[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
-        b[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
-        b[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
-        b[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
-    }
-#pragma GCC unroll 4
-    for (int m = 0; m < 4; m++) { /* row 4L+m gathers lane L of b[m], b[4+m], b[8+m], b[12+m] */
-        __m512 c0 = _mm512_shuffle_f32x4(b[m], b[4 + m], 0x88), c1 = _mm512_shuffle_f32x4(b[m], b[4 + m], 0xdd);
-        __m512 c2 = _mm512_shuffle_f32x4(b[8 + m], b[12 + m], 0x88),
-               c3 = _mm512_shuffle_f32x4(b[8 + m], b[12 + m], 0xdd);
-        r[m] = _mm512_shuffle_f32x4(c0, c2, 0x88);
-        r[4 + m] = _mm512_shuffle_f32x4(c1, c3, 0x88);
-        r[8 + m] = _mm512_shuffle_f32x4(c0, c2, 0xdd);
-        r[12 + m] = _mm512_shuffle_f32x4(c1, c3, 0xdd);
-    }
-}
-
-static inline __mmask16 s_first(int64_t n)
-{
-    return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
-}
-
 /* Stores the first n (1..16) floats of x; whole-register stores where n allows. */
 S_AVX512 static inline __attribute__((always_inline)) void s_store_n(float *dst, __m512 x, int64_t n)
 {
@@ -529,7 +496,7 @@ S_AVX512 static inline __attribute__((always_inline)) void s_store_n(float *dst,
     else if (n == 8)
         _mm256_storeu_ps(dst, _mm512_castps512_ps256(x));
     else
-        _mm512_mask_storeu_ps(dst, s_first(n), x);
+        _mm512_mask_storeu_ps(dst, nn_first16(n), x);
 }
 
 S_AVX512 static void s_pack512(float *dst, const float *src, int64_t ld, int64_t n, int64_t D, float scale)
@@ -544,11 +511,11 @@ S_AVX512 static void s_pack512(float *dst, const float *src, int64_t ld, int64_t
                     _mm512_storeu_ps(dst + (c0 + j) * BQ + i0, _mm512_setzero_ps());
                 continue;
             }
-            __mmask16 cm = s_first(nc);
+            __mmask16 cm = nn_first16(nc);
 #pragma GCC unroll 16
             for (int j = 0; j < 16; j++)
                 r[j] = i0 + j < n ? _mm512_maskz_loadu_ps(cm, src + (i0 + j) * ld + c0) : _mm512_setzero_ps();
-            s_tr16(r);
+            nn_tr16(r);
 #pragma GCC unroll 16
             for (int j = 0; j < 16; j++)
                 if (j < nc) _mm512_storeu_ps(dst + (c0 + j) * BQ + i0, _mm512_mul_ps(sc, r[j]));
@@ -564,7 +531,7 @@ S_AVX512 static void s_unpack512(float *dst, int64_t ld, const float *src, int64
 #pragma GCC unroll 16
             for (int j = 0; j < 16; j++)
                 r[j] = j < nc ? _mm512_loadu_ps(src + (c0 + j) * BQ + i0) : _mm512_setzero_ps();
-            s_tr16(r);
+            nn_tr16(r);
 #pragma GCC unroll 16
             for (int i = 0; i < 16; i++)
                 if (i < ni) s_store_n(dst + (i0 + i) * ld + c0, _mm512_mul_ps(_mm512_set1_ps(f[i0 + i]), r[i]), nc);
@@ -577,7 +544,7 @@ S_AVX512 static void s_rows512(float *dst, const float *src, int64_t ld, int64_t
     for (int64_t i = 0; i < BQ; i++)
         for (int64_t c0 = 0; c0 < Dp; c0 += 16) {
             __m512 x =
-                i < n && c0 < D ? _mm512_maskz_loadu_ps(s_first(D - c0), src + i * ld + c0) : _mm512_setzero_ps();
+                i < n && c0 < D ? _mm512_maskz_loadu_ps(nn_first16(D - c0), src + i * ld + c0) : _mm512_setzero_ps();
             _mm512_storeu_ps(dst + i * Dp + c0, _mm512_mul_ps(sc, x));
         }
 }

@@ -44,6 +44,15 @@ int nn_cpu_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, fl
 int nn_cpu_sgemm_mt(nn_ctx_t *ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                     const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
 
+/* The product every layer uses: booth's packed AVX-512 kernel (gemm.c) where
+ * the CPU has it, nn_cpu_sgemm_mt elsewhere. Same contract as nn_cpu_sgemm_mt
+ * (thread-count independent bytes); runs on the context's pool and scratch. */
+int nn_cpu_gemm(nn_ctx_t *ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+/* Which kernels nn_cpu_gemm uses, for tests and benchmarks: 0 the best the CPU
+ * has (default), 1 OpenBLAS. Returns the set now in use (1 OpenBLAS, 2 AVX-512). */
+int nn_cpu_gemm_kernels(int which);
+
 /* ---- the table's entries ---- */
 void *nn_cpu_alloc(nn_ctx_t *ctx, size_t bytes);
 void nn_cpu_free(nn_ctx_t *ctx, void *p);

@@ -1,6 +1,6 @@
 /*
- * linear.c — matmul and linear layers on the CPU: one-thread OpenBLAS sgemms
- * on fixed output blocks spread over the pool (nn_cpu_sgemm_mt), plus the bias sums.
+ * linear.c — matmul and linear layers on the CPU: products by nn_cpu_gemm
+ * (gemm.c), plus the bias sums.
  */
 /* GCC's -O2 uses the "very cheap" vectorizer cost model, which leaves every loop
  * here that needs a remainder loop or a runtime alias check scalar (SiLU, GEGLU,
@@ -19,7 +19,7 @@
 int nn_cpu_matmul(nn_ctx_t *ctx, float *c, const float *a, const float *b, int64_t M, int64_t N, int64_t K,
                   bool trans_a, bool trans_b, float alpha, float beta)
 {
-    return nn_cpu_sgemm_mt(ctx, trans_a, trans_b, M, N, K, alpha, a, trans_a ? M : K, b, trans_b ? K : N, beta, c, N);
+    return nn_cpu_gemm(ctx, trans_a, trans_b, M, N, K, alpha, a, trans_a ? M : K, b, trans_b ? K : N, beta, c, N);
 }
 
 typedef struct {
@@ -41,7 +41,7 @@ int nn_cpu_linear_forward(nn_ctx_t *ctx, float *out, const float *inp, const flo
         s_args_t a = {.out = out, .bias = b, .M = M, .N = N};
         nn_cpu_parallel(ctx, M, N >= NN_GRAIN ? 1 : NN_GRAIN / (N ? N : 1), s_bias_rows, &a);
     }
-    return nn_cpu_sgemm_mt(ctx, false, true, M, N, K, 1.0f, inp, K, w, K, b ? 1.0f : 0.0f, out, N);
+    return nn_cpu_gemm(ctx, false, true, M, N, K, 1.0f, inp, K, w, K, b ? 1.0f : 0.0f, out, N);
 }
 
 /* item = one column block of 64: sums rows in row order (thread-count independent) */
@@ -64,8 +64,8 @@ int nn_cpu_linear_backward(nn_ctx_t *ctx, float *dinp, float *dw, float *db, con
                            const float *w, int64_t M, int64_t K, int64_t N)
 {
     int rc = BT_OK;
-    if (dinp && (rc = nn_cpu_sgemm_mt(ctx, false, false, M, K, N, 1.0f, dout, N, w, K, 0.0f, dinp, K))) return rc;
-    if (dw && (rc = nn_cpu_sgemm_mt(ctx, true, false, N, K, M, 1.0f, dout, N, inp, K, 1.0f, dw, K))) return rc;
+    if (dinp && (rc = nn_cpu_gemm(ctx, false, false, M, K, N, 1.0f, dout, N, w, K, 0.0f, dinp, K))) return rc;
+    if (dw && (rc = nn_cpu_gemm(ctx, true, false, N, K, M, 1.0f, dout, N, inp, K, 1.0f, dw, K))) return rc;
     if (db) {
         s_args_t a = {.out = db, .dout = dout, .M = M, .N = N};
         nn_cpu_parallel(ctx, N, 64, s_bias_grad, &a);

@@ -1007,6 +1007,86 @@ TEST(nn_matmul_transposes)
     nn_ctx_destroy(&ctx);
 }
 
+/* nn_cpu_gemm on shapes that cross every block boundary of gemm.c (tasks, 144-row
+ * blocks, 12-row groups, 64-column panels, K blocks of up to 384), with leading
+ * dimensions wider than the matrices: both kernel sets against float64, the
+ * same bytes for 1, 2 and 3 threads, and each row the same alone as in the
+ * whole product (a sample's result does not depend on the batch size). */
+static void s_gemm_case(nn_ctx_t *const ctx[3], bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
+                        float beta)
+{
+    int64_t lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 5, ldc = N + 2;
+    size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb, nc = (size_t)M * ldc;
+    float *a = malloc(na * sizeof *a), *b = malloc(nb * sizeof *b), *c0 = malloc(nc * sizeof *c0);
+    float *c[3], *crow = malloc(nc * sizeof *crow);
+    tu_rng_t r = tu_rng((uint64_t)(M * 1000003 + N * 1009 + K * 7 + ta * 2 + tb));
+    tu_fill_normal(&r, a, (int64_t)na, 1);
+    tu_fill_normal(&r, b, (int64_t)nb, 1);
+    tu_fill_normal(&r, c0, (int64_t)nc, 1);
+    if (beta == 0.0f)
+        for (size_t i = 0; i < nc; i++) c0[i] = NAN; /* beta 0: C is not read */
+    for (int set = 1; set <= 2; set++) {
+        if (nn_cpu_gemm_kernels(set == 1 ? 1 : 0) != set) continue; /* no AVX-512 here */
+        for (int t = 0; t < 3; t++) {
+            c[t] = malloc(nc * sizeof *c[t]);
+            memcpy(c[t], c0, nc * sizeof *c0);
+            CHECK_INT_EQ(nn_cpu_gemm(ctx[t], ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c[t], ldc), 0);
+        }
+        double err = 0, scale = 0;
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t j = 0; j < N; j++) {
+                double s = 0;
+                for (int64_t k = 0; k < K; k++)
+                    s += (double)(ta ? a[k * lda + i] : a[i * lda + k]) * (tb ? b[j * ldb + k] : b[k * ldb + j]);
+                double want = alpha * s + (beta == 0.0f ? 0.0 : beta * (double)c0[i * ldc + j]);
+                err = fmax(err, fabs(c[0][i * ldc + j] - want));
+                if (isnan(c[0][i * ldc + j])) err = INFINITY;
+                scale = fmax(scale, fabs(want));
+            }
+        CHECKF(err <= 1e-5 * fmax(scale, 1.0) * sqrt((double)K),
+               "gemm set %d ta %d tb %d %lldx%lldx%lld: max err %.3g (scale %.3g)", set, ta, tb, (long long)M,
+               (long long)N, (long long)K, err, scale);
+        for (int64_t i = 0; i < M; i++) /* padding between rows untouched */
+            for (int64_t j = N; j < ldc; j++) CHECK(memcmp(&c[0][i * ldc + j], &c0[i * ldc + j], sizeof(float)) == 0);
+        CHECKF(!memcmp(c[0], c[1], nc * sizeof(float)) && !memcmp(c[0], c[2], nc * sizeof(float)),
+               "gemm set %d ta %d tb %d %lldx%lldx%lld: bytes differ between 1, 2 and 3 threads", set, ta, tb,
+               (long long)M, (long long)N, (long long)K);
+        if (set == 2) { /* rows 0..4 and 17 one at a time */
+            memcpy(crow, c0, nc * sizeof *c0);
+            for (int64_t i = 0; i < M && i < 18; i = i < 4 ? i + 1 : i < 17 ? 17 : 18)
+                CHECK_INT_EQ(nn_cpu_gemm(ctx[1], ta, tb, 1, N, K, alpha, ta ? a + i : a + i * lda, lda, b, ldb, beta,
+                                         crow + i * ldc, ldc),
+                             0);
+            for (int64_t i = 0; i < M && i < 18; i = i < 4 ? i + 1 : i < 17 ? 17 : 18)
+                CHECKF(!memcmp(crow + i * ldc, c[0] + i * ldc, (size_t)N * sizeof(float)),
+                       "gemm ta %d tb %d %lldx%lldx%lld: row %lld alone differs from the batch", ta, tb, (long long)M,
+                       (long long)N, (long long)K, (long long)i);
+        }
+        for (int t = 0; t < 3; t++) free(c[t]);
+    }
+    nn_cpu_gemm_kernels(0);
+    free(a);
+    free(b);
+    free(c0);
+    free(crow);
+}
+
+TEST(nn_gemm_blocks)
+{
+    nn_ctx_t *ctx[3] = {nn_ctx_new(NN_BACKEND_CPU, 1), nn_ctx_new(NN_BACKEND_CPU, 2), nn_ctx_new(NN_BACKEND_CPU, 3)};
+    REQUIRE(ctx[0] && ctx[1] && ctx[2]);
+    static const int64_t shapes[][3] = {
+        {1, 1, 1},     {7, 5, 3},    {13, 17, 1},  {25, 63, 20},  {150, 65, 385}, {290, 129, 100},
+        {31, 300, 77}, {600, 20, 9}, {12, 48, 800}, {145, 4, 320}, {18, 320, 4},
+    };
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++)
+                s_gemm_case(ctx, ta, tb, shapes[i][0], shapes[i][1], shapes[i][2], i % 3 ? 1.0f : 0.5f,
+                            i % 2 ? 0.0f : i % 4 ? 1.0f : -0.75f);
+    for (int t = 0; t < 3; t++) nn_ctx_destroy(&ctx[t]);
+}
+
 /* Out-of-vocabulary ids and impossible dimensions are errors, not crashes. */
 TEST(nn_bad_arguments)
 {
