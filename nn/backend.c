@@ -47,6 +47,7 @@ void nn_ctx_destroy(nn_ctx_t **pctx)
     nn_ctx_t *ctx = *pctx;
     if (!ctx) return;
     if (ctx->scratch) ctx->ops->free(ctx, ctx->scratch);
+    if (ctx->packs) ctx->ops->free(ctx, ctx->packs);
     if (ctx->kind == NN_BACKEND_CUDA) nn_cuda_shutdown(ctx);
     bt_pool_destroy(&ctx->pool);
     free(ctx);

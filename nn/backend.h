@@ -30,6 +30,7 @@ typedef struct nn_ctx {
     bt_pool_t *pool;    /* CPU: the parallel loop's threads */
     void *scratch;      /* per-call temporary memory, grown on demand, never shrunk */
     size_t scratch_size;
+    float *packs;       /* CPU: threads x NN_GEMM_PACK_FLOATS for the matrix product (nn/cpu/gemm.c) */
     void *backend;      /* backend-private state (CUDA: stream, handles) */
 } nn_ctx_t;
 

@@ -8,7 +8,7 @@
  *   winograd  3x3 stride 1 with at least WINO_MIN_C input channels and
  *             WINO_MIN_TILES 2x2 output tiles per image (winograd.c; below that
  *             its per-call weight transform, 16 OC C floats, costs too much);
- *   im2col    everything else: banded im2col + sgemm. A 1x1 stride-1 unpadded
+ *   im2col    everything else: banded im2col + matrix product (nn_cpu_gemm1). A 1x1 stride-1 unpadded
  *             convolution skips im2col (the input is already the column matrix).
  * The choice never depends on the batch size either, so an image's result does
  * not depend on the batch around it.
@@ -111,6 +111,7 @@ typedef struct {
     float *col; /* [CKK, R * OW]: the band's column matrix (or dinp's dcol) */
     int64_t b, r0, r1;
     int64_t nM, nN; /* the band's sgemm blocks: rows x columns */
+    float *packs;   /* the context's packing buffers for nn_cpu_gemm1, one per thread */
 } s_conv_t;
 
 static void s_plan(s_conv_t *p, const nn_conv2d_dims_t *d)
@@ -256,8 +257,9 @@ static void s_fwd_gemm_task(void *arg, int64_t i0, int64_t i1, int tid)
         if (p->bias)
             for (int64_t oc = m0; oc < m1; oc++)
                 for (int64_t j = n0; j < n1; j++) out[oc * p->OHW + j] = p->bias[oc];
-        nn_cpu_sgemm(false, false, m1 - m0, n1 - n0, p->CKK, 1.0f, p->w + m0 * p->CKK, p->CKK, bmat + n0, ldb,
-                     p->bias ? 1.0f : 0.0f, out + m0 * p->OHW + n0, p->OHW);
+        nn_cpu_gemm1(p->packs + (size_t)tid * NN_GEMM_PACK_FLOATS, false, false, m1 - m0, n1 - n0, p->CKK, 1.0f,
+                     p->w + m0 * p->CKK, p->CKK, bmat + n0, ldb, p->bias ? 1.0f : 0.0f, out + m0 * p->OHW + n0,
+                     p->OHW);
     }
 }
 
@@ -278,6 +280,7 @@ static void s_im2col_forward(nn_ctx_t *ctx, float *scratch, float *out, const fl
     p.w = w;
     p.bias = bias;
     p.col = scratch;
+    p.packs = ctx->packs; /* made sure of by the entry points */
     nn_cpu_blas_threads(1);
     for (p.b = 0; p.b < d->B; p.b++)
         for (int64_t band = 0; band < p.nbands; band++) {
@@ -306,13 +309,14 @@ static void s_dinp_task(void *arg, int64_t i0, int64_t i1, int tid)
             int64_t n0, n1;
             s_block(i / p->nN, p->nM, d->C, &c0, &c1);
             s_block(i % p->nN, p->nN, P, &n0, &n1);
-            nn_cpu_sgemm(true, false, c1 - c0, n1 - n0, d->OC, 1.0f, p->w + c0, d->C, g + n0, p->OHW, 0.0f,
-                         dimg + c0 * p->OHW + p->r0 * p->OW + n0, p->OHW);
+            nn_cpu_gemm1(p->packs + (size_t)tid * NN_GEMM_PACK_FLOATS, true, false, c1 - c0, n1 - n0, d->OC, 1.0f,
+                         p->w + c0, d->C, g + n0, p->OHW, 0.0f, dimg + c0 * p->OHW + p->r0 * p->OW + n0, p->OHW);
             continue;
         }
         s_block(i, nb, d->C, &c0, &c1);
         float *dcol = p->col + c0 * KK * P;
-        nn_cpu_sgemm(true, false, (c1 - c0) * KK, P, d->OC, 1.0f, p->w + c0 * KK, p->CKK, g, p->OHW, 0.0f, dcol, P);
+        nn_cpu_gemm1(p->packs + (size_t)tid * NN_GEMM_PACK_FLOATS, true, false, (c1 - c0) * KK, P, d->OC, 1.0f,
+                     p->w + c0 * KK, p->CKK, g, p->OHW, 0.0f, dcol, P);
         s_col2im(p, dimg, p->col, c0, c1);
     }
 }
@@ -332,6 +336,7 @@ static void s_col2im_dinp(nn_ctx_t *ctx, float *scratch, float *dinp, const floa
     p.dout = dout;
     p.w = w;
     p.col = scratch;
+    p.packs = ctx->packs;
     if (!p.pointwise) nn_cpu_parallel(ctx, d->B * d->C * d->H * d->W, NN_GRAIN * 4, s_zero_task, dinp);
     nn_cpu_blas_threads(1);
     for (p.b = 0; p.b < d->B; p.b++)
@@ -355,8 +360,8 @@ static void s_dw_gemm_task(void *arg, int64_t i0, int64_t i1, int tid)
         int64_t m0, m1, n0, n1;
         s_block(i / p->nN, p->nM, d->OC, &m0, &m1);
         s_block(i % p->nN, p->nN, p->CKK, &n0, &n1);
-        nn_cpu_sgemm(false, true, m1 - m0, n1 - n0, P, 1.0f, g + m0 * p->OHW, p->OHW, bmat + n0 * ldb, ldb, 1.0f,
-                     p->dw + m0 * p->CKK + n0, p->CKK);
+        nn_cpu_gemm1(p->packs + (size_t)tid * NN_GEMM_PACK_FLOATS, false, true, m1 - m0, n1 - n0, P, 1.0f,
+                     g + m0 * p->OHW, p->OHW, bmat + n0 * ldb, ldb, 1.0f, p->dw + m0 * p->CKK + n0, p->CKK);
     }
 }
 
@@ -369,6 +374,7 @@ static void s_im2col_dw(nn_ctx_t *ctx, float *scratch, float *dw, const float *d
     p.dout = dout;
     p.inp = inp;
     p.col = scratch;
+    p.packs = ctx->packs;
     s_split(d->OC, p.CKK, &p.nM, &p.nN);
     nn_cpu_blas_threads(1);
     for (p.b = 0; p.b < d->B; p.b++)
@@ -710,6 +716,7 @@ int nn_cpu_conv2d_forward(nn_ctx_t *ctx, float *out, const float *inp, const flo
     if (rc || d->B == 0) return rc;
     s_alg_t alg = s_choose(d);
     float *scratch = NULL;
+    if (!nn_cpu_gemm_packs(ctx)) return BT_ENOMEM;
     size_t need = s_forward_floats(d, alg, ctx->threads);
     if (need && !(scratch = nn_ctx_scratch(ctx, need * sizeof(float)))) return BT_ENOMEM;
     s_forward(ctx, scratch, alg, out, inp, w, b, d);
@@ -811,6 +818,7 @@ int nn_cpu_conv2d_backward(nn_ctx_t *ctx, float *dinp, float *dw, float *db, con
     }
     size_t need = dinp_floats > dw_floats ? dinp_floats : dw_floats;
     float *scratch = NULL;
+    if (!nn_cpu_gemm_packs(ctx)) return BT_ENOMEM;
     if (need && !(scratch = nn_ctx_scratch(ctx, need * sizeof(float)))) return BT_ENOMEM;
 
     if (as_conv && dinp_alg == S_WINOGRAD) {

@@ -49,6 +49,15 @@ int nn_cpu_sgemm_mt(nn_ctx_t *ctx, bool trans_a, bool trans_b, int64_t M, int64_
  * (thread-count independent bytes); runs on the context's pool and scratch. */
 int nn_cpu_gemm(nn_ctx_t *ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                 const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+/* The same product on the calling thread alone (inside a parallel task), with
+ * that thread's NN_GEMM_PACK_FLOATS of nn_cpu_gemm_packs(ctx): the same bytes
+ * as nn_cpu_gemm. */
+#define NN_GEMM_PACK_FLOATS ((size_t)384 * 256 + (size_t)144 * 384)
+void nn_cpu_gemm1(float *pack, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                  const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+/* ctx->threads x NN_GEMM_PACK_FLOATS, kept by the context (NULL and a log line
+ * if it cannot be allocated). Call outside parallel regions. */
+float *nn_cpu_gemm_packs(nn_ctx_t *ctx);
 /* Which kernels nn_cpu_gemm uses, for tests and benchmarks: 0 the best the CPU
  * has (default), 1 OpenBLAS. Returns the set now in use (1 OpenBLAS, 2 AVX-512). */
 int nn_cpu_gemm_kernels(int which);

@@ -46,17 +46,14 @@
 #define G_X86 0
 #endif
 
-#ifndef G_KC
-#define G_KC 384 /* K per packed block (at most; K is split evenly) */
-#endif
-#ifndef G_MC
-#define G_MC 144 /* rows per packed A block (12 groups of 12) */
-#endif
+#define G_KC 384    /* K per packed block (at most; K is split evenly) */
+#define G_MC 144    /* rows per packed A block (12 groups of 12) */
 #define G_MS 576    /* rows per task */
 #define G_NS 256    /* columns per task (4 panels) */
 #define G_NR 64     /* columns per panel */
 #define G_GR 12     /* rows per packed A group */
 #define G_C_SMALL (1u << 20) /* floats of C below which K is the outer loop */
+_Static_assert(NN_GEMM_PACK_FLOATS == (size_t)G_KC * G_NS + (size_t)G_MC * G_KC, "a thread's packing buffers");
 
 static int s_kernels = -1; /* in use: 1 OpenBLAS, 2 AVX-512; -1 not chosen yet */
 
@@ -212,24 +209,23 @@ typedef struct {
     int64_t M, N, K, lda, ldb, ldc;
     int64_t ms, ns, tn; /* a task's rows and columns; tasks along N */
     int64_t kb, kb0, kb1; /* K blocks (an even split); those this round does */
+    int64_t tasks;
     float alpha, beta;
     const float *a, *b;
-    float *c, *scratch;
-    size_t per_thread; /* floats */
+    float *c, *packs;
 } s_gemm_t;
 
-/* Task t, K blocks [kb0, kb1): C[rows of t, columns of t] (+)= A[rows, kc] B[kc, columns]. */
-static void s_task(void *arg, int64_t i0, int64_t i1, int tid)
+/* Task t over K blocks [kb0, kb1): C[rows of t, columns of t] (+)= A[rows, kc] B[kc, columns],
+ * on one thread's packing buffers. */
+static void s_run(const s_gemm_t *g, float *pack, int64_t t, int64_t kb0, int64_t kb1)
 {
-    s_gemm_t *g = arg;
-    float *bpack = g->scratch + (size_t)tid * g->per_thread, *apack = bpack + (size_t)G_KC * G_NS;
+    float *bpack = pack, *apack = pack + (size_t)G_KC * G_NS;
     int64_t sr = g->ta ? 1 : g->lda, sk = g->ta ? g->lda : 1; /* A(i, k) = a[i*sr + k*sk] */
-    for (int64_t i = i0 * (g->kb1 - g->kb0); i < i1 * (g->kb1 - g->kb0); i++) {
-        int64_t t = i / (g->kb1 - g->kb0), kbi = g->kb0 + i % (g->kb1 - g->kb0);
+    int64_t m0 = (t / g->tn) * g->ms, n0 = (t % g->tn) * g->ns;
+    int64_t ms = g->M - m0 < g->ms ? g->M - m0 : g->ms, ns = g->N - n0 < g->ns ? g->N - n0 : g->ns;
+    for (int64_t kbi = kb0; kbi < kb1; kbi++) {
         int64_t k0 = g->K * kbi / g->kb, kc = g->K * (kbi + 1) / g->kb - k0;
         float beta = kbi ? 1.0f : g->beta;
-        int64_t m0 = (t / g->tn) * g->ms, n0 = (t % g->tn) * g->ns;
-        int64_t ms = g->M - m0 < g->ms ? g->M - m0 : g->ms, ns = g->N - n0 < g->ns ? g->N - n0 : g->ns;
         s_pack_b(bpack, g->tb, g->b, g->ldb, k0, kc, n0, ns);
         for (int64_t mb = 0; mb < ms; mb += G_MC) {
             int64_t mc = ms - mb < G_MC ? ms - mb : G_MC;
@@ -260,7 +256,65 @@ static void s_task(void *arg, int64_t i0, int64_t i1, int tid)
     }
 }
 
+static void s_task(void *arg, int64_t t0, int64_t t1, int tid)
+{
+    s_gemm_t *g = arg;
+    for (int64_t t = t0; t < t1; t++) s_run(g, g->packs + (size_t)tid * NN_GEMM_PACK_FLOATS, t, g->kb0, g->kb1);
+}
+
+/* The plan: K blocks, and tasks enough for `threads` (the split does not change the bytes). */
+static s_gemm_t s_plan(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *a, int64_t lda,
+                       const float *b, int64_t ldb, float beta, float *c, int64_t ldc, int threads)
+{
+    s_gemm_t g = {.ta = ta, .tb = tb, .M = M, .N = N, .K = K, .lda = lda, .ldb = ldb, .ldc = ldc, .ms = G_MS,
+                  .ns = G_NS, .kb = (K + G_KC - 1) / G_KC, .alpha = alpha, .beta = beta, .a = a, .b = b, .c = c};
+    int64_t want = threads > 1 ? 4 * (int64_t)threads : 1;
+    while (((M + g.ms - 1) / g.ms) * ((N + g.ns - 1) / g.ns) < want) {
+        if (g.ns > G_NR && (g.ns / G_NR >= g.ms / G_MC || g.ms <= G_MC))
+            g.ns /= 2;
+        else if (g.ms > G_MC)
+            g.ms /= 2;
+        else
+            break;
+    }
+    g.tn = (N + g.ns - 1) / g.ns;
+    g.tasks = ((M + g.ms - 1) / g.ms) * g.tn;
+    return g;
+}
+
+/* C = beta C, for K == 0 */
+static void s_scale_c(int64_t M, int64_t N, float beta, float *c, int64_t ldc)
+{
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
+}
+
 #endif /* G_X86 */
+
+float *nn_cpu_gemm_packs(nn_ctx_t *ctx)
+{
+    if (!ctx->packs) {
+        size_t bytes = (size_t)ctx->threads * NN_GEMM_PACK_FLOATS * sizeof(float);
+        ctx->packs = nn_cpu_alloc(ctx, bytes);
+        if (!ctx->packs) BT_ERROR("cpu backend: cannot allocate %zu bytes for the matrix product's packing", bytes);
+    }
+    return ctx->packs;
+}
+
+void nn_cpu_gemm1(float *pack, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *a,
+                  int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc)
+{
+#if G_X86
+    if (s_kernels < 0) nn_cpu_gemm_kernels(0);
+    if (s_kernels == 2 && M > 0 && N > 0) {
+        if (K <= 0) return s_scale_c(M, N, beta, c, ldc);
+        s_gemm_t g = s_plan(ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc, 1);
+        for (int64_t t = 0; t < g.tasks; t++) s_run(&g, pack, t, 0, g.kb);
+        return;
+    }
+#endif
+    nn_cpu_sgemm(ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
+}
 
 int nn_cpu_gemm(nn_ctx_t *ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *a,
                 int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc)
@@ -268,35 +322,19 @@ int nn_cpu_gemm(nn_ctx_t *ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K
 #if G_X86
     if (s_kernels < 0) nn_cpu_gemm_kernels(0);
     if (s_kernels == 2 && M > 0 && N > 0) {
-        if (K <= 0) { /* C = beta C */
-            for (int64_t i = 0; i < M; i++)
-                for (int64_t j = 0; j < N; j++) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
+        if (K <= 0) {
+            s_scale_c(M, N, beta, c, ldc);
             return BT_OK;
         }
-        s_gemm_t g = {.ta = ta, .tb = tb, .M = M, .N = N, .K = K, .lda = lda, .ldb = ldb, .ldc = ldc,
-                      .ms = G_MS, .ns = G_NS, .kb = (K + G_KC - 1) / G_KC, .alpha = alpha, .beta = beta, .a = a,
-                      .b = b, .c = c, .per_thread = (size_t)G_KC * G_NS + (size_t)G_MC * G_KC};
-        /* Enough tasks to keep the threads busy (the split does not change the bytes). */
-        int64_t want = 4 * (int64_t)ctx->threads;
-        while (((M + g.ms - 1) / g.ms) * ((N + g.ns - 1) / g.ns) < want) {
-            if (g.ns > G_NR && (g.ns / G_NR >= g.ms / G_MC || g.ms <= G_MC))
-                g.ns /= 2;
-            else if (g.ms > G_MC)
-                g.ms /= 2;
-            else
-                break;
-        }
-        g.tn = (N + g.ns - 1) / g.ns;
-        int64_t tasks = ((M + g.ms - 1) / g.ms) * g.tn;
-        g.scratch = nn_ctx_scratch(ctx, (size_t)ctx->threads * g.per_thread * sizeof(float));
-        if (!g.scratch) return BT_ENOMEM;
+        s_gemm_t g = s_plan(ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc, ctx->threads);
+        if (!(g.packs = nn_cpu_gemm_packs(ctx))) return BT_ENOMEM;
         /* A small C is done one K block at a time over all tasks, so that each
          * block of A and B is read from memory once; a big one a task at a time
          * over all K, so that its block of C stays in cache. */
         bool k_outer = (size_t)M * (size_t)N <= G_C_SMALL;
         for (g.kb0 = 0; g.kb0 < g.kb; g.kb0 = g.kb1) {
             g.kb1 = k_outer ? g.kb0 + 1 : g.kb;
-            nn_cpu_parallel(ctx, tasks, 1, s_task, &g);
+            nn_cpu_parallel(ctx, g.tasks, 1, s_task, &g);
         }
         return BT_OK;
     }

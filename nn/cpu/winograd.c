@@ -2,7 +2,7 @@
  * winograd.c — 3x3 stride-1 convolution by Winograd's minimal filtering
  * F(2x2, 3x3): each 2x2 block of outputs costs 16 multiplies per (in, out)
  * channel pair instead of 36, and the 16 products become 16 independent
- * matrix products that OpenBLAS runs near its peak.
+ * matrix products (nn_cpu_gemm1, one thread each) that run near the CPU's peak.
  *
  *   U = G g G^T       weights, once per call: 16 matrices [OC, C]
  *   V = B^T d B       4x4 input patches (stride 2): 16 matrices [C, T]
@@ -98,6 +98,7 @@ typedef struct {
     float *Mh; /* [16][K][C] */
     float *dw;
     float beta; /* 0 for the first band, then 1 */
+    float *packs; /* the context's packing buffers for nn_cpu_gemm1, one per thread */
 } s_wino_t;
 
 static bool s_tiny; /* test hook: one tile row per band */
@@ -339,8 +340,9 @@ static void s_gemm_task(void *arg, int64_t x0, int64_t x1, int tid)
     const s_geom_t *g = &p->g;
     int64_t Tb = (p->r1 - p->r0) * g->TW;
     for (int64_t xi = x0; xi < x1; xi++)
-        nn_cpu_sgemm(p->flip, false, g->K, Tb, g->C, 1.0f, p->U + xi * g->K * g->C, p->flip ? g->K : g->C,
-                     p->V + xi * g->C * Tb, Tb, 0.0f, p->M + xi * g->K * Tb, Tb);
+        nn_cpu_gemm1(p->packs + (size_t)tid * NN_GEMM_PACK_FLOATS, p->flip, false, g->K, Tb, g->C, 1.0f,
+                     p->U + xi * g->K * g->C, p->flip ? g->K : g->C, p->V + xi * g->C * Tb, Tb, 0.0f,
+                     p->M + xi * g->K * Tb, Tb);
 }
 
 static void s_output_task(void *arg, int64_t k0, int64_t k1, int tid)
@@ -379,6 +381,7 @@ static void s_band_task(void *arg, int64_t i0, int64_t i1, int tid)
 static void s_conv_run(nn_ctx_t *ctx, s_wino_t *p, float *scratch)
 {
     const s_geom_t *g = &p->g;
+    p->packs = ctx->packs; /* conv2d.c made sure of them */
     p->U = scratch;
     p->V = p->U + NXI * g->K * g->C;
     if (g->small && ctx->threads > 1) {
@@ -478,8 +481,8 @@ static void s_dw_gemm_task(void *arg, int64_t x0, int64_t x1, int tid)
     const s_geom_t *g = &p->g;
     int64_t Tb = (p->r1 - p->r0) * g->TW;
     for (int64_t xi = x0; xi < x1; xi++)
-        nn_cpu_sgemm(false, true, g->K, g->C, Tb, 1.0f, p->D + xi * g->K * Tb, Tb, p->V + xi * g->C * Tb, Tb, p->beta,
-                     p->Mh + xi * g->K * g->C, g->C);
+        nn_cpu_gemm1(p->packs + (size_t)tid * NN_GEMM_PACK_FLOATS, false, true, g->K, g->C, Tb, 1.0f,
+                     p->D + xi * g->K * Tb, Tb, p->V + xi * g->C * Tb, Tb, p->beta, p->Mh + xi * g->K * g->C, g->C);
 }
 
 /* dw[k][c] += G^T Mh G, G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1] */
@@ -578,6 +581,7 @@ static void s_dw_sum_task(void *arg, int64_t j0, int64_t j1, int tid)
 static void s_dw_run(nn_ctx_t *ctx, s_wino_t *p, float *scratch)
 {
     const s_geom_t *g = &p->g;
+    p->packs = ctx->packs; /* conv2d.c made sure of them */
     p->Mh = scratch;
     p->buf_floats = s_thread_floats(g);
     nn_cpu_blas_threads(1);
