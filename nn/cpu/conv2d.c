@@ -254,12 +254,9 @@ static void s_fwd_gemm_task(void *arg, int64_t i0, int64_t i1, int tid)
         int64_t m0, m1, n0, n1;
         s_block(i / p->nN, p->nM, d->OC, &m0, &m1);
         s_block(i % p->nN, p->nN, P, &n0, &n1);
-        if (p->bias)
-            for (int64_t oc = m0; oc < m1; oc++)
-                for (int64_t j = n0; j < n1; j++) out[oc * p->OHW + j] = p->bias[oc];
         nn_cpu_gemm1(p->packs + (size_t)tid * NN_GEMM_PACK_FLOATS, false, false, m1 - m0, n1 - n0, p->CKK, 1.0f,
-                     p->w + m0 * p->CKK, p->CKK, bmat + n0, ldb, p->bias ? 1.0f : 0.0f, out + m0 * p->OHW + n0,
-                     p->OHW);
+                     p->w + m0 * p->CKK, p->CKK, bmat + n0, ldb, 0.0f, out + m0 * p->OHW + n0, p->OHW,
+                     p->bias ? p->bias + m0 : NULL);
     }
 }
 
@@ -310,13 +307,13 @@ static void s_dinp_task(void *arg, int64_t i0, int64_t i1, int tid)
             s_block(i / p->nN, p->nM, d->C, &c0, &c1);
             s_block(i % p->nN, p->nN, P, &n0, &n1);
             nn_cpu_gemm1(p->packs + (size_t)tid * NN_GEMM_PACK_FLOATS, true, false, c1 - c0, n1 - n0, d->OC, 1.0f,
-                         p->w + c0, d->C, g + n0, p->OHW, 0.0f, dimg + c0 * p->OHW + p->r0 * p->OW + n0, p->OHW);
+                         p->w + c0, d->C, g + n0, p->OHW, 0.0f, dimg + c0 * p->OHW + p->r0 * p->OW + n0, p->OHW, NULL);
             continue;
         }
         s_block(i, nb, d->C, &c0, &c1);
         float *dcol = p->col + c0 * KK * P;
         nn_cpu_gemm1(p->packs + (size_t)tid * NN_GEMM_PACK_FLOATS, true, false, (c1 - c0) * KK, P, d->OC, 1.0f,
-                     p->w + c0 * KK, p->CKK, g, p->OHW, 0.0f, dcol, P);
+                     p->w + c0 * KK, p->CKK, g, p->OHW, 0.0f, dcol, P, NULL);
         s_col2im(p, dimg, p->col, c0, c1);
     }
 }
@@ -361,7 +358,7 @@ static void s_dw_gemm_task(void *arg, int64_t i0, int64_t i1, int tid)
         s_block(i / p->nN, p->nM, d->OC, &m0, &m1);
         s_block(i % p->nN, p->nN, p->CKK, &n0, &n1);
         nn_cpu_gemm1(p->packs + (size_t)tid * NN_GEMM_PACK_FLOATS, false, true, m1 - m0, n1 - n0, P, 1.0f,
-                     g + m0 * p->OHW, p->OHW, bmat + n0 * ldb, ldb, 1.0f, p->dw + m0 * p->CKK + n0, p->CKK);
+                     g + m0 * p->OHW, p->OHW, bmat + n0 * ldb, ldb, 1.0f, p->dw + m0 * p->CKK + n0, p->CKK, NULL);
     }
 }
 
@@ -771,15 +768,22 @@ typedef struct {
     int64_t B, OC, OHW;
 } s_db_t;
 
-static void s_db_task(void *arg, int64_t o0, int64_t o1, int tid)
+/* db[oc] += sum of dout over images and pixels, in double: LANES running sums
+ * (pixel j into sum j mod LANES, image after image), added up in order at the end. */
+NN_CLONES static void s_db_task(void *arg, int64_t o0, int64_t o1, int tid)
 {
     s_db_t *p = arg;
     for (int64_t oc = o0; oc < o1; oc++) {
-        double s = 0;
+        double acc[LANES] = {0};
         for (int64_t b = 0; b < p->B; b++) {
             const float *g = p->dout + (b * p->OC + oc) * p->OHW;
-            for (int64_t j = 0; j < p->OHW; j++) s += g[j];
+            int64_t j = 0;
+            for (; j + LANES <= p->OHW; j += LANES)
+                for (int l = 0; l < LANES; l++) acc[l] += g[j + l];
+            for (; j < p->OHW; j++) acc[j % LANES] += g[j];
         }
+        double s = 0;
+        for (int l = 0; l < LANES; l++) s += acc[l];
         p->db[oc] += (float)s;
     }
 }

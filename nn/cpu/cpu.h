@@ -51,10 +51,12 @@ int nn_cpu_gemm(nn_ctx_t *ctx, bool trans_a, bool trans_b, int64_t M, int64_t N,
                 const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
 /* The same product on the calling thread alone (inside a parallel task), with
  * that thread's NN_GEMM_PACK_FLOATS of nn_cpu_gemm_packs(ctx): the same bytes
- * as nn_cpu_gemm. */
+ * as nn_cpu_gemm. With row_bias, C = alpha op(A) op(B) + row_bias[i] (beta
+ * unused): the bytes of filling C with the bias and adding with beta 1. */
 #define NN_GEMM_PACK_FLOATS ((size_t)384 * 256 + (size_t)144 * 384)
 void nn_cpu_gemm1(float *pack, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                  const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+                  const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc,
+                  const float *row_bias);
 /* ctx->threads x NN_GEMM_PACK_FLOATS, kept by the context (NULL and a log line
  * if it cannot be allocated). Call outside parallel regions. */
 float *nn_cpu_gemm_packs(nn_ctx_t *ctx);

@@ -342,7 +342,7 @@ static void s_gemm_task(void *arg, int64_t x0, int64_t x1, int tid)
     for (int64_t xi = x0; xi < x1; xi++)
         nn_cpu_gemm1(p->packs + (size_t)tid * NN_GEMM_PACK_FLOATS, p->flip, false, g->K, Tb, g->C, 1.0f,
                      p->U + xi * g->K * g->C, p->flip ? g->K : g->C, p->V + xi * g->C * Tb, Tb, 0.0f,
-                     p->M + xi * g->K * Tb, Tb);
+                     p->M + xi * g->K * Tb, Tb, NULL);
 }
 
 static void s_output_task(void *arg, int64_t k0, int64_t k1, int tid)
@@ -482,7 +482,7 @@ static void s_dw_gemm_task(void *arg, int64_t x0, int64_t x1, int tid)
     int64_t Tb = (p->r1 - p->r0) * g->TW;
     for (int64_t xi = x0; xi < x1; xi++)
         nn_cpu_gemm1(p->packs + (size_t)tid * NN_GEMM_PACK_FLOATS, false, true, g->K, g->C, Tb, 1.0f,
-                     p->D + xi * g->K * Tb, Tb, p->V + xi * g->C * Tb, Tb, p->beta, p->Mh + xi * g->K * g->C, g->C);
+                     p->D + xi * g->K * Tb, Tb, p->V + xi * g->C * Tb, Tb, p->beta, p->Mh + xi * g->K * g->C, g->C, NULL);
 }
 
 /* dw[k][c] += G^T Mh G, G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1] */
