@@ -46,12 +46,16 @@ int nn_cpu_sgemm_mt(nn_ctx_t *ctx, bool trans_a, bool trans_b, int64_t M, int64_
 
 /* The product every layer uses: booth's packed AVX-512 kernel (gemm.c) where
  * the CPU has it, nn_cpu_sgemm_mt elsewhere. Same contract as nn_cpu_sgemm_mt
- * (thread-count independent bytes); runs on the context's pool and scratch. */
+ * (thread-count independent bytes); runs on the context's pool and packing
+ * buffers (nn_cpu_gemm_packs), not its scratch. With col_bias, C = alpha
+ * op(A) op(B) + col_bias[j] (beta unused): the bytes of filling C with the
+ * bias and adding with beta 1. */
 int nn_cpu_gemm(nn_ctx_t *ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+                const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc,
+                const float *col_bias);
 /* The same product on the calling thread alone (inside a parallel task), with
- * that thread's NN_GEMM_PACK_FLOATS of nn_cpu_gemm_packs(ctx): the same bytes
- * as nn_cpu_gemm. With row_bias, C = alpha op(A) op(B) + row_bias[i] (beta
+ * that thread's NN_GEMM_PACK_FLOATS of nn_cpu_gemm_packs(ctx): with booth's
+ * kernel, the same bytes as nn_cpu_gemm. With row_bias, C = alpha op(A) op(B) + row_bias[i] (beta
  * unused): the bytes of filling C with the bias and adding with beta 1. */
 #define NN_GEMM_PACK_FLOATS ((size_t)384 * 256 + (size_t)144 * 384)
 void nn_cpu_gemm1(float *pack, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,

@@ -71,12 +71,13 @@ int nn_cpu_gemm_kernels(int which)
 
 #if G_X86
 
-/* C[r][v*16 + l] (r < rows, l < cols - v*16) = alpha sum_k A(r, k) bp[k*nr + v*16 + l] + (rb ? rb[r] : beta C),
- * A(r, k) = a[r*sr + k*sk]; beta == 0 does not read C. The sum starts from 0. */
+/* C[r][v*16 + l] (r < rows, l < cols - v*16) = alpha sum_k A(r, k) bp[k*nr + v*16 + l] + (rb ? rb[r] : cb ?
+ * cb[v*16 + l] : beta C), A(r, k) = a[r*sr + k*sk]; beta == 0 does not read C. The sum starts from 0. */
 NN_AVX512 static inline __attribute__((always_inline)) void s_mk(int64_t K, const float *a, int64_t sr, int64_t sk,
                                                                  const float *bp, int64_t nr, float *c, int64_t ldc,
                                                                  int rows, int cols, float alpha, float beta,
-                                                                 const float *rb, const int MR, const int NV)
+                                                                 const float *rb, const float *cb, const int MR,
+                                                                 const int NV)
 {
     __m512 x[12][4];
     const float *ar[12];
@@ -106,6 +107,10 @@ NN_AVX512 static inline __attribute__((always_inline)) void s_mk(int64_t K, cons
     for (int v = 0; v < NV; v++)
         m[v] = nn_first16(cols - v * 16);
     const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    __m512 cbv[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++)
+        cbv[v] = cb ? _mm512_maskz_loadu_ps(m[v], cb + v * 16) : _mm512_setzero_ps();
 #pragma GCC unroll 12
     for (int r = 0; r < MR; r++) {
         if (r >= rows) break;
@@ -113,9 +118,10 @@ NN_AVX512 static inline __attribute__((always_inline)) void s_mk(int64_t K, cons
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++) {
             __m512 y;
-            if (rb)
-                y = alpha == 1.0f ? _mm512_add_ps(x[r][v], _mm512_set1_ps(rb[r]))
-                                  : _mm512_fmadd_ps(x[r][v], va, _mm512_set1_ps(rb[r]));
+            if (rb || cb) {
+                __m512 bias = rb ? _mm512_set1_ps(rb[r]) : cbv[v];
+                y = alpha == 1.0f ? _mm512_add_ps(x[r][v], bias) : _mm512_fmadd_ps(x[r][v], va, bias);
+            }
             else if (beta == 0.0f)
                 y = alpha == 1.0f ? x[r][v] : _mm512_mul_ps(x[r][v], va);
             else if (alpha == 1.0f)
@@ -131,15 +137,15 @@ NN_AVX512 static inline __attribute__((always_inline)) void s_mk(int64_t K, cons
 #define G_MK(MR, NV)                                                                                                   \
     NN_AVX512 static void s_mkp_##MR##_##NV(int64_t K, const float *a, int64_t sr, int64_t sk, const float *bp,       \
                                             int64_t nr, float *c, int64_t ldc, int rows, int cols, float alpha,        \
-                                            float beta, const float *rb)                                               \
+                                            float beta, const float *rb, const float *cb)                              \
     {                                                                                                                  \
-        s_mk(K, a, 1, G_GR, bp, nr, c, ldc, rows, cols, alpha, beta, rb, MR, NV);                                      \
+        s_mk(K, a, 1, G_GR, bp, nr, c, ldc, rows, cols, alpha, beta, rb, cb, MR, NV);                                      \
     }                                                                                                                  \
     NN_AVX512 static void s_mku_##MR##_##NV(int64_t K, const float *a, int64_t sr, int64_t sk, const float *bp,       \
                                             int64_t nr, float *c, int64_t ldc, int rows, int cols, float alpha,        \
-                                            float beta, const float *rb)                                               \
+                                            float beta, const float *rb, const float *cb)                              \
     {                                                                                                                  \
-        s_mk(K, a, sr, 1, bp, nr, c, ldc, rows, cols, alpha, beta, rb, MR, NV);                                        \
+        s_mk(K, a, sr, 1, bp, nr, c, ldc, rows, cols, alpha, beta, rb, cb, MR, NV);                                        \
     }                                                                                                                  \
     _Static_assert((MR) * (NV) <= 24 && (MR) <= G_GR && G_GR % (MR) == 0, "tile exceeds the registers")
 G_MK(6, 4);
@@ -148,7 +154,8 @@ G_MK(12, 2);
 G_MK(12, 1);
 
 typedef void (*s_mk_fn)(int64_t K, const float *a, int64_t sr, int64_t sk, const float *bp, int64_t nr, float *c,
-                        int64_t ldc, int rows, int cols, float alpha, float beta, const float *rb);
+                        int64_t ldc, int rows, int cols, float alpha, float beta, const float *rb,
+                        const float *cb);
 static const s_mk_fn s_mkp_tab[5] = {0, s_mkp_12_1, s_mkp_12_2, s_mkp_6_3, s_mkp_6_4};
 static const s_mk_fn s_mku_tab[5] = {0, s_mku_12_1, s_mku_12_2, s_mku_6_3, s_mku_6_4};
 static const int s_mr_tab[5] = {0, 12, 12, 6, 6};
@@ -211,7 +218,7 @@ typedef struct {
     int64_t kb, kb0, kb1; /* K blocks (an even split); those this round does */
     int64_t tasks;
     float alpha, beta;
-    const float *a, *b, *row_bias;
+    const float *a, *b, *row_bias, *col_bias;
     float *c, *packs;
 } s_gemm_t;
 
@@ -253,12 +260,13 @@ static void s_run(const s_gemm_t *g, float *pack, int64_t t, int64_t kb0, int64_
                     int rows = mc - r0 < mr ? (int)(mc - r0) : mr;
                     float *c = g->c + (m0 + mb + r0) * g->ldc + n0 + p0;
                     const float *rb = g->row_bias && !kbi ? g->row_bias + m0 + mb + r0 : NULL;
+                    const float *cb = g->col_bias && !kbi ? g->col_bias + n0 + p0 : NULL;
                     if (r0 >= full)
                         s_mkp_tab[nv](kc, apack + (r0 / G_GR) * kc * G_GR + r0 % G_GR, 1, G_GR, bpan[pi], bld[pi], c,
-                                      g->ldc, rows, (int)w, g->alpha, beta, rb);
+                                      g->ldc, rows, (int)w, g->alpha, beta, rb, cb);
                     else
                         s_mku_tab[nv](kc, ablk + r0 * sr, sr, 1, bpan[pi], bld[pi], c, g->ldc, rows, (int)w, g->alpha,
-                                      beta, rb);
+                                      beta, rb, cb);
                 }
             }
         }
@@ -291,12 +299,25 @@ static s_gemm_t s_plan(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float 
     return g;
 }
 
-/* C = row_bias or beta C, for K == 0 */
-static void s_scale_c(int64_t M, int64_t N, float beta, float *c, int64_t ldc, const float *row_bias)
+/* C = a bias or beta C, for K == 0 */
+static void s_scale_c(int64_t M, int64_t N, float beta, float *c, int64_t ldc, const float *row_bias,
+                      const float *col_bias)
 {
     for (int64_t i = 0; i < M; i++)
         for (int64_t j = 0; j < N; j++)
-            c[i * ldc + j] = row_bias ? row_bias[i] : beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
+            c[i * ldc + j] = row_bias   ? row_bias[i]
+                             : col_bias ? col_bias[j]
+                             : beta == 0.0f ? 0.0f
+                                            : beta * c[i * ldc + j];
+}
+
+/* The fallback: C filled with the bias, then added to with beta 1. */
+static float s_fill_bias(int64_t M, int64_t N, float beta, float *c, int64_t ldc, const float *row_bias,
+                         const float *col_bias)
+{
+    if (!row_bias && !col_bias) return beta;
+    s_scale_c(M, N, beta, c, ldc, row_bias, col_bias);
+    return 1.0f;
 }
 
 #endif /* G_X86 */
@@ -317,32 +338,29 @@ void nn_cpu_gemm1(float *pack, bool ta, bool tb, int64_t M, int64_t N, int64_t K
 #if G_X86
     if (s_kernels < 0) nn_cpu_gemm_kernels(0);
     if (s_kernels == 2 && M > 0 && N > 0) {
-        if (K <= 0) return s_scale_c(M, N, beta, c, ldc, row_bias);
+        if (K <= 0) return s_scale_c(M, N, beta, c, ldc, row_bias, NULL);
         s_gemm_t g = s_plan(ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc, 1);
         g.row_bias = row_bias;
         for (int64_t t = 0; t < g.tasks; t++) s_run(&g, pack, t, 0, g.kb);
         return;
     }
 #endif
-    if (row_bias && M > 0 && N > 0) {
-        for (int64_t i = 0; i < M; i++)
-            for (int64_t j = 0; j < N; j++) c[i * ldc + j] = row_bias[i];
-        beta = 1.0f;
-    }
+    if (M > 0 && N > 0) beta = s_fill_bias(M, N, beta, c, ldc, row_bias, NULL);
     nn_cpu_sgemm(ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 int nn_cpu_gemm(nn_ctx_t *ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *a,
-                int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc)
+                int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc, const float *col_bias)
 {
 #if G_X86
     if (s_kernels < 0) nn_cpu_gemm_kernels(0);
     if (s_kernels == 2 && M > 0 && N > 0) {
         if (K <= 0) {
-            s_scale_c(M, N, beta, c, ldc, NULL);
+            s_scale_c(M, N, beta, c, ldc, NULL, col_bias);
             return BT_OK;
         }
         s_gemm_t g = s_plan(ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc, ctx->threads);
+        g.col_bias = col_bias;
         if (!(g.packs = nn_cpu_gemm_packs(ctx))) return BT_ENOMEM;
         /* A small C is done one K block at a time over all tasks, so that each
          * block of A and B is read from memory once; a big one a task at a time
@@ -355,5 +373,6 @@ int nn_cpu_gemm(nn_ctx_t *ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K
         return BT_OK;
     }
 #endif
+    if (M > 0 && N > 0) beta = s_fill_bias(M, N, beta, c, ldc, NULL, col_bias);
     return nn_cpu_sgemm_mt(ctx, ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
 }

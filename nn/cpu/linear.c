@@ -19,7 +19,8 @@
 int nn_cpu_matmul(nn_ctx_t *ctx, float *c, const float *a, const float *b, int64_t M, int64_t N, int64_t K,
                   bool trans_a, bool trans_b, float alpha, float beta)
 {
-    return nn_cpu_gemm(ctx, trans_a, trans_b, M, N, K, alpha, a, trans_a ? M : K, b, trans_b ? K : N, beta, c, N);
+    return nn_cpu_gemm(ctx, trans_a, trans_b, M, N, K, alpha, a, trans_a ? M : K, b, trans_b ? K : N, beta, c, N,
+                       NULL);
 }
 
 typedef struct {
@@ -28,20 +29,10 @@ typedef struct {
     int64_t M, N;
 } s_args_t;
 
-static void s_bias_rows(void *arg, int64_t r0, int64_t r1, int tid)
-{
-    s_args_t *p = arg;
-    for (int64_t r = r0; r < r1; r++) memcpy(p->out + r * p->N, p->bias, (size_t)p->N * sizeof(float));
-}
-
 int nn_cpu_linear_forward(nn_ctx_t *ctx, float *out, const float *inp, const float *w, const float *b, int64_t M,
                           int64_t K, int64_t N)
 {
-    if (b) {
-        s_args_t a = {.out = out, .bias = b, .M = M, .N = N};
-        nn_cpu_parallel(ctx, M, N >= NN_GRAIN ? 1 : NN_GRAIN / (N ? N : 1), s_bias_rows, &a);
-    }
-    return nn_cpu_gemm(ctx, false, true, M, N, K, 1.0f, inp, K, w, K, b ? 1.0f : 0.0f, out, N);
+    return nn_cpu_gemm(ctx, false, true, M, N, K, 1.0f, inp, K, w, K, 0.0f, out, N, b);
 }
 
 /* item = one column block of 64: sums rows in row order (thread-count independent) */
@@ -64,8 +55,8 @@ int nn_cpu_linear_backward(nn_ctx_t *ctx, float *dinp, float *dw, float *db, con
                            const float *w, int64_t M, int64_t K, int64_t N)
 {
     int rc = BT_OK;
-    if (dinp && (rc = nn_cpu_gemm(ctx, false, false, M, K, N, 1.0f, dout, N, w, K, 0.0f, dinp, K))) return rc;
-    if (dw && (rc = nn_cpu_gemm(ctx, true, false, N, K, M, 1.0f, dout, N, inp, K, 1.0f, dw, K))) return rc;
+    if (dinp && (rc = nn_cpu_gemm(ctx, false, false, M, K, N, 1.0f, dout, N, w, K, 0.0f, dinp, K, NULL))) return rc;
+    if (dw && (rc = nn_cpu_gemm(ctx, true, false, N, K, M, 1.0f, dout, N, inp, K, 1.0f, dw, K, NULL))) return rc;
     if (db) {
         s_args_t a = {.out = db, .dout = dout, .M = M, .N = N};
         nn_cpu_parallel(ctx, N, 64, s_bias_grad, &a);

@@ -1010,19 +1010,24 @@ TEST(nn_matmul_transposes)
 /* nn_cpu_gemm on shapes that cross every block boundary of gemm.c (tasks, 144-row
  * blocks, 12-row groups, 64-column panels, K blocks of up to 384), with leading
  * dimensions wider than the matrices: both kernel sets against float64, the
- * same bytes for 1, 2 and 3 threads, and each row the same alone as in the
- * whole product (a sample's result does not depend on the batch size). */
+ * same bytes for 1, 2 and 3 threads and from nn_cpu_gemm1 on one thread, each
+ * row the same alone as in the whole product (a sample's result does not depend
+ * on the batch size), and a bias (per column for nn_cpu_gemm, per row for
+ * nn_cpu_gemm1) the same bytes as C filled with it and beta 1. */
 static void s_gemm_case(nn_ctx_t *const ctx[3], bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
                         float beta)
 {
     int64_t lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 5, ldc = N + 2;
     size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb, nc = (size_t)M * ldc;
     float *a = malloc(na * sizeof *a), *b = malloc(nb * sizeof *b), *c0 = malloc(nc * sizeof *c0);
-    float *c[3], *crow = malloc(nc * sizeof *crow);
+    float *c[3], *crow = malloc(nc * sizeof *crow), *cb = malloc(nc * sizeof *cb), *cf = malloc(nc * sizeof *cf);
+    float *bias_n = malloc((size_t)N * sizeof *bias_n), *bias_m = malloc((size_t)M * sizeof *bias_m);
     tu_rng_t r = tu_rng((uint64_t)(M * 1000003 + N * 1009 + K * 7 + ta * 2 + tb));
     tu_fill_normal(&r, a, (int64_t)na, 1);
     tu_fill_normal(&r, b, (int64_t)nb, 1);
     tu_fill_normal(&r, c0, (int64_t)nc, 1);
+    tu_fill_normal(&r, bias_n, N, 1);
+    tu_fill_normal(&r, bias_m, M, 1);
     if (beta == 0.0f)
         for (size_t i = 0; i < nc; i++) c0[i] = NAN; /* beta 0: C is not read */
     for (int set = 1; set <= 2; set++) {
@@ -1030,7 +1035,7 @@ static void s_gemm_case(nn_ctx_t *const ctx[3], bool ta, bool tb, int64_t M, int
         for (int t = 0; t < 3; t++) {
             c[t] = malloc(nc * sizeof *c[t]);
             memcpy(c[t], c0, nc * sizeof *c0);
-            CHECK_INT_EQ(nn_cpu_gemm(ctx[t], ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c[t], ldc), 0);
+            CHECK_INT_EQ(nn_cpu_gemm(ctx[t], ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c[t], ldc, NULL), 0);
         }
         double err = 0, scale = 0;
         for (int64_t i = 0; i < M; i++)
@@ -1051,11 +1056,34 @@ static void s_gemm_case(nn_ctx_t *const ctx[3], bool ta, bool tb, int64_t M, int
         CHECKF(!memcmp(c[0], c[1], nc * sizeof(float)) && !memcmp(c[0], c[2], nc * sizeof(float)),
                "gemm set %d ta %d tb %d %lldx%lldx%lld: bytes differ between 1, 2 and 3 threads", set, ta, tb,
                (long long)M, (long long)N, (long long)K);
+        float *pack = nn_cpu_gemm_packs(ctx[2]);
+        REQUIRE(pack);
+        memcpy(crow, c0, nc * sizeof *c0);
+        nn_cpu_gemm1(pack + NN_GEMM_PACK_FLOATS, ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, crow, ldc, NULL);
+        if (set == 2) /* OpenBLAS's bytes depend on the blocks it is given */
+            CHECKF(!memcmp(c[0], crow, nc * sizeof(float)), "gemm1 ta %d tb %d %lldx%lldx%lld: not gemm's bytes", ta,
+                   tb, (long long)M, (long long)N, (long long)K);
+        /* biases: per column (gemm), per row (gemm1) */
+        memcpy(cb, c0, nc * sizeof *c0);
+        memcpy(cf, c0, nc * sizeof *c0);
+        for (int64_t i = 0; i < M; i++) memcpy(cf + i * ldc, bias_n, (size_t)N * sizeof(float));
+        CHECK_INT_EQ(nn_cpu_gemm(ctx[1], ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, cb, ldc, bias_n), 0);
+        CHECK_INT_EQ(nn_cpu_gemm(ctx[1], ta, tb, M, N, K, alpha, a, lda, b, ldb, 1.0f, cf, ldc, NULL), 0);
+        CHECKF(!memcmp(cb, cf, nc * sizeof(float)), "gemm set %d ta %d tb %d %lldx%lldx%lld: column bias", set, ta,
+               tb, (long long)M, (long long)N, (long long)K);
+        memcpy(cb, c0, nc * sizeof *c0);
+        memcpy(cf, c0, nc * sizeof *c0);
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t j = 0; j < N; j++) cf[i * ldc + j] = bias_m[i];
+        nn_cpu_gemm1(pack, ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, cb, ldc, bias_m);
+        nn_cpu_gemm1(pack, ta, tb, M, N, K, alpha, a, lda, b, ldb, 1.0f, cf, ldc, NULL);
+        CHECKF(!memcmp(cb, cf, nc * sizeof(float)), "gemm1 set %d ta %d tb %d %lldx%lldx%lld: row bias", set, ta, tb,
+               (long long)M, (long long)N, (long long)K);
         if (set == 2) { /* rows 0..4 and 17 one at a time */
             memcpy(crow, c0, nc * sizeof *c0);
             for (int64_t i = 0; i < M && i < 18; i = i < 4 ? i + 1 : i < 17 ? 17 : 18)
                 CHECK_INT_EQ(nn_cpu_gemm(ctx[1], ta, tb, 1, N, K, alpha, ta ? a + i : a + i * lda, lda, b, ldb, beta,
-                                         crow + i * ldc, ldc),
+                                         crow + i * ldc, ldc, NULL),
                              0);
             for (int64_t i = 0; i < M && i < 18; i = i < 4 ? i + 1 : i < 17 ? 17 : 18)
                 CHECKF(!memcmp(crow + i * ldc, c[0] + i * ldc, (size_t)N * sizeof(float)),
@@ -1069,6 +1097,10 @@ static void s_gemm_case(nn_ctx_t *const ctx[3], bool ta, bool tb, int64_t M, int
     free(b);
     free(c0);
     free(crow);
+    free(cb);
+    free(cf);
+    free(bias_n);
+    free(bias_m);
 }
 
 TEST(nn_gemm_blocks)
