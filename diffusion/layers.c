@@ -361,14 +361,34 @@ int sd_attention_forward(sd_run_t *r, const sd_attention_t *m, float *out, const
     KEEP(q, B * N * inner);
     KEEP(k, B * Tk * inner);
     KEEP(v, B * Tk * inner);
-    KEEP(o, B * N * inner);
-    if (r->tape) KEEP(lse, B * m->heads * N);
+    bool reuse = r->tape && r->reuse; /* a checkpointed block's recomputation: o and lse were kept */
+    if (reuse) {
+        if (r->reuse->next + 2 > r->reuse->n) {
+            BT_ERROR("gradient checkpointing: a block re-ran more attention than it kept");
+            rc = BT_EINTERNAL;
+            goto out;
+        }
+        o = r->reuse->p[r->reuse->next++];
+        lse = r->reuse->p[r->reuse->next++];
+        if (sd_tape_ref(r->tape, o) || sd_tape_ref(r->tape, lse)) {
+            rc = BT_ENOMEM;
+            goto out;
+        }
+    } else if (!r->tape && r->keep) { /* a checkpointed forward: kept for the recomputation */
+        if (!(o = sd_tape_alloc(r->keep, B * N * inner)) || !(lse = sd_tape_alloc(r->keep, B * m->heads * N))) {
+            rc = BT_ENOMEM;
+            goto out;
+        }
+    } else {
+        KEEP(o, B * N * inner);
+        if (r->tape) KEEP(lse, B * m->heads * N);
+    }
     TRY(sd_linear_forward(r, &m->to_q, q, xs, B, N));
     TRY(sd_linear_forward(r, &m->to_k, k, kv, B, Tk));
     TRY(sd_linear_forward(r, &m->to_v, v, kv, B, Tk));
     nn_attn_dims_t d = {.B = B, .Tq = N, .Tk = Tk, .H = m->heads, .D = m->head_dim,
                         .scale = 1.0f / sqrtf((float)m->head_dim), .causal = causal};
-    TRY(nn_attention_forward(r->nn, o, lse, q, k, v, &d));
+    if (!reuse) TRY(nn_attention_forward(r->nn, o, lse, q, k, v, &d));
     TRY(sd_linear_forward(r, &m->to_out, out, o, B, N));
 out:
     bt_stack_reset(r->scratch, mk);
@@ -416,7 +436,7 @@ out:
 /* One BasicTransformerBlock on tokens x [B*N, C] -> out. Saved: x, LN1 stats,
  * attn1, x1, LN2 stats, attn2, x2, LN3 stats, GEGLU input. */
 static int s_tblock_forward(sd_run_t *r, const sd_tblock_t *b, float *out, const float *x, const float *ctx,
-                            int64_t B, int64_t N, int64_t T, const char *name)
+                            int64_t B, int64_t N, int64_t T, const char *name, bool need_out)
 {
     int rc = BT_OK;
     bt_stack_mark_t mk = bt_stack_mark(r->scratch);
@@ -452,6 +472,7 @@ static int s_tblock_forward(sd_run_t *r, const sd_tblock_t *b, float *out, const
     TRY(sd_layer_norm_forward(r, &b->norm3, h, m3, s3, x2, M));
     KEEP(p, M * 2 * b->ff.inner);
     TRY(sd_linear_forward(r, &b->ff.proj, p, h, B, N));
+    if (!need_out) goto out; /* refilling the tape: the FFN's output is not needed */
     ALLOC(g, M * b->ff.inner);
     TRY(nn_geglu_forward(r->nn, g, p, M, b->ff.inner));
     TRY(sd_linear_forward(r, &b->ff.out, a, g, B, N));
@@ -548,7 +569,11 @@ int sd_transformer_forward(sd_run_t *r, const sd_transformer_t *m, float *out, c
     for (int64_t i = 0; i < m->n_blocks; i++) {
         char bname[2 * SD_NAME_MAX];
         snprintf(bname, sizeof bname, "%s.transformer_blocks.%lld", m->name, (long long)i);
-        TRY(s_tblock_forward(r, &m->blocks[i], t1, t0, ctx, B, HW, T, bname));
+        /* a checkpointed transformer's recomputation only refills the tape: its last
+         * block's output, proj_out and the residual are not needed */
+        bool need_out = !(r->reuse && r->tape && i == m->n_blocks - 1 && !m->proj_out_lin.dw && !m->proj_out_conv.dw);
+        TRY(s_tblock_forward(r, &m->blocks[i], t1, t0, ctx, B, HW, T, bname, need_out));
+        if (!need_out) goto out;
         sd_hook(r, t1, 3, tok, "%s", bname);
         float *sw = t0;
         t0 = t1;

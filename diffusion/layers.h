@@ -38,9 +38,22 @@ typedef struct sd_run {
     bt_stack_t *scratch; /* temporaries, released before each call returns */
     sd_tape_t *tape;     /* non-NULL: save what backward needs */
     bool checkpoint;     /* gradient checkpointing: keep block inputs only, recompute in backward */
+    /* Checkpointing's refinements (unet.c). keep: during a checkpointed
+     * forward (tape NULL), attention puts its output and log-sum-exp here, so
+     * that the recomputation need not redo the attention itself. reuse: during
+     * that recomputation, attention takes them from here (in forward order)
+     * instead, and the work whose output backward does not need is skipped. */
+    sd_tape_t *keep;
+    struct sd_reuse *reuse;
     sd_hook_fn hook;
     void *hook_user;
 } sd_run_t;
+
+/* The tensors a recomputation takes over, in forward order. */
+typedef struct sd_reuse {
+    float **p;
+    int n, next;
+} sd_reuse_t;
 
 /* Reports a tensor to run->hook (name from printf-style fmt); no-op without a hook. */
 void sd_hook(const sd_run_t *r, const float *data, int ndim, const int64_t *shape, const char *fmt, ...)

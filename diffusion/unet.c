@@ -215,29 +215,18 @@ static void s_plan(const sd_unet_t *u, int64_t H, int64_t W, s_plan_t *p)
 
 /* --------------------------------------------------- checkpointed units */
 
+/* ResNets are not checkpointed: they keep only their input and conv1's output
+ * (two tensors), and re-running them would cost a 3x3 convolution each. */
 static int s_res_fwd(sd_run_t *r, const sd_resnet_t *m, float *out, const float *x, const float *temb, int64_t B,
                      int64_t H, int64_t W)
 {
-    if (!r->tape || !r->checkpoint) return sd_resnet_forward(r, m, out, x, temb, B, H, W);
-    if (!sd_tape_save(r->tape, r->nn, x, B * m->in * H * W)) return BT_ENOMEM;
-    sd_run_t r2 = *r;
-    r2.tape = NULL;
-    return sd_resnet_forward(&r2, m, out, x, temb, B, H, W);
+    return sd_resnet_forward(r, m, out, x, temb, B, H, W);
 }
 
 static int s_res_bwd(sd_run_t *r, const sd_resnet_t *m, float *dx, float *dtemb, const float *dout,
                      const float *temb, int64_t B, int64_t H, int64_t W)
 {
-    if (!r->checkpoint) return sd_resnet_backward(r, m, dx, dtemb, dout, temb, B, H, W);
-    float *x = sd_tape_pop(r->tape);
-    if (!x) return BT_EINTERNAL;
-    if (!dx && !m->conv1.dw) return BT_OK; /* no input gradient wanted and no parameters: nothing to recompute */
-    bt_stack_mark_t mk = bt_stack_mark(r->scratch);
-    float *tmp = sd_scratch(r, B * m->out * H * W);
-    int rc = tmp ? sd_resnet_forward(r, m, tmp, x, temb, B, H, W) : BT_ENOMEM;
-    if (rc == BT_OK) rc = sd_resnet_backward(r, m, dx, dtemb, dout, temb, B, H, W);
-    bt_stack_reset(r->scratch, mk);
-    return rc;
+    return sd_resnet_backward(r, m, dx, dtemb, dout, temb, B, H, W);
 }
 
 static int s_tr_fwd(sd_run_t *r, const sd_transformer_t *m, float *out, const float *x, const float *ctx, int64_t B,
@@ -247,6 +236,7 @@ static int s_tr_fwd(sd_run_t *r, const sd_transformer_t *m, float *out, const fl
     if (!sd_tape_save(r->tape, r->nn, x, B * m->channels * H * W)) return BT_ENOMEM;
     sd_run_t r2 = *r;
     r2.tape = NULL;
+    r2.keep = r->tape; /* each attention's output and log-sum-exp, above x */
     return sd_transformer_forward(&r2, m, out, x, ctx, B, H, W, T);
 }
 
@@ -254,11 +244,34 @@ static int s_tr_bwd(sd_run_t *r, const sd_transformer_t *m, float *dx, float *dc
                     const float *ctx, int64_t B, int64_t H, int64_t W, int64_t T)
 {
     if (!r->checkpoint) return sd_transformer_backward(r, m, dx, dctx, dout, B, H, W, T);
+    /* the kept attention outputs (o, lse per attention, two attentions a block), then x */
+    int nkept = (int)(4 * m->n_blocks);
+    float **kept = malloc((size_t)nkept * sizeof *kept);
+    if (!kept) {
+        bt_alloc_failed("gradient checkpointing's list of kept attention outputs", (size_t)nkept * sizeof *kept);
+        return BT_ENOMEM;
+    }
+    for (int i = nkept - 1; i >= 0; i--)
+        if (!(kept[i] = sd_tape_pop(r->tape))) {
+            free(kept);
+            return BT_EINTERNAL;
+        }
     float *x = sd_tape_pop(r->tape);
-    if (!x) return BT_EINTERNAL;
+    if (!x) {
+        free(kept);
+        return BT_EINTERNAL;
+    }
     bt_stack_mark_t mk = bt_stack_mark(r->scratch);
     float *tmp = sd_scratch(r, B * m->channels * H * W);
-    int rc = tmp ? sd_transformer_forward(r, m, tmp, x, ctx, B, H, W, T) : BT_ENOMEM;
+    sd_reuse_t reuse = {.p = kept, .n = nkept};
+    sd_run_t r2 = *r;
+    r2.reuse = &reuse;
+    int rc = tmp ? sd_transformer_forward(&r2, m, tmp, x, ctx, B, H, W, T) : BT_ENOMEM;
+    if (rc == BT_OK && reuse.next != reuse.n) {
+        BT_ERROR("gradient checkpointing: a block re-ran %d of its %d kept attention tensors", reuse.next, reuse.n);
+        rc = BT_EINTERNAL;
+    }
+    free(kept);
     if (rc == BT_OK) rc = sd_transformer_backward(r, m, dx, dctx, dout, B, H, W, T);
     bt_stack_reset(r->scratch, mk);
     return rc;

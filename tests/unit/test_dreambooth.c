@@ -79,7 +79,8 @@ static void s_check_set(const st_file_t *fx, sd_lora_set_t *set, const char *par
     }
 }
 
-static void s_run(const char *fixture, bool train_text, bool checkpoint)
+/* grads (may be NULL): a copy of the UNet LoRA's gradients (caller frees), *ngrads floats */
+static void s_run(const char *fixture, bool train_text, bool checkpoint, float **grads, int64_t *ngrads)
 {
     nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, 0);
     REQUIRE(ctx);
@@ -134,6 +135,12 @@ static void s_run(const char *fixture, bool train_text, bool checkpoint)
     if (lt) s_check_set(fx, lt, "text_encoder", &worst);
     printf("%s%s: loss %.8f (reference %.8f); worst grad error %.2g of the tensor's max\n", fixture,
            checkpoint ? " (checkpointed)" : "", loss, l64, worst);
+    if (grads) {
+        *ngrads = lu->params.numel;
+        *grads = malloc((size_t)*ngrads * sizeof(float));
+        REQUIRE(*grads);
+        memcpy(*grads, lu->grad, (size_t)*ngrads * sizeof(float));
+    }
 
     free(il);
     free(cl);
@@ -149,9 +156,25 @@ static void s_run(const char *fixture, bool train_text, bool checkpoint)
     nn_ctx_destroy(&ctx);
 }
 
-TEST(dreambooth_unet_lora_matches_oracle) { s_run("oracle/dreambooth_unet_lora.safetensors", false, false); }
-TEST(dreambooth_unet_te_lora_matches_oracle) { s_run("oracle/dreambooth_unet_te_lora.safetensors", true, false); }
-TEST(dreambooth_checkpointing_matches_oracle) { s_run("oracle/dreambooth_unet_te_lora.safetensors", true, true); }
+TEST(dreambooth_unet_lora_matches_oracle) { s_run("oracle/dreambooth_unet_lora.safetensors", false, false, NULL, NULL); }
+TEST(dreambooth_unet_te_lora_matches_oracle)
+{
+    s_run("oracle/dreambooth_unet_te_lora.safetensors", true, false, NULL, NULL);
+}
+
+/* Checkpointing recomputes the same numbers (attention outputs kept, resnets
+ * re-run only up to what their backward needs): the same gradient bytes. */
+TEST(dreambooth_checkpointing_matches_oracle)
+{
+    float *plain = NULL, *ckpt = NULL;
+    int64_t n0 = 0, n1 = 0;
+    s_run("oracle/dreambooth_unet_te_lora.safetensors", true, false, &plain, &n0);
+    s_run("oracle/dreambooth_unet_te_lora.safetensors", true, true, &ckpt, &n1);
+    REQUIRE(plain && ckpt && n0 == n1 && n0 > 0);
+    CHECKF(!memcmp(plain, ckpt, (size_t)n0 * sizeof(float)), "checkpointed UNet LoRA gradients differ from the plain step's");
+    free(plain);
+    free(ckpt);
+}
 
 /* `booth lora-grad` on the oracle's batch file with its LoRA in the diffusers layout
  * reproduces the reference's loss, gradients and AdamW step. */
