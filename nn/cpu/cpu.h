@@ -65,7 +65,8 @@ void nn_cpu_gemm1(float *pack, bool trans_a, bool trans_b, int64_t M, int64_t N,
  * if it cannot be allocated). Call outside parallel regions. */
 float *nn_cpu_gemm_packs(nn_ctx_t *ctx);
 /* Which kernels nn_cpu_gemm uses, for tests and benchmarks: 0 the best the CPU
- * has (default), 1 OpenBLAS. Returns the set now in use (1 OpenBLAS, 2 AVX-512). */
+ * has (default; BOOTH_GEMM_KERNELS=openblas makes it OpenBLAS), 1 OpenBLAS.
+ * Returns the set now in use (1 OpenBLAS, 2 AVX-512). */
 int nn_cpu_gemm_kernels(int which);
 
 /* ---- the table's entries ---- */

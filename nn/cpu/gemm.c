@@ -65,6 +65,8 @@ int nn_cpu_gemm_kernels(int which)
     avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
 #endif
+    const char *cap = getenv("BOOTH_GEMM_KERNELS"); /* "openblas": the default becomes OpenBLAS */
+    if (which == 0 && cap && !strcmp(cap, "openblas")) which = 1;
     s_kernels = which == 1 || !avx512 ? 1 : 2;
     return s_kernels;
 }
