@@ -3,10 +3,15 @@
  * 1.5 shapes at 512 px (batch 1), one JSON line per row.
  *
  *   bench_ops [--row NAME] [--iters N] [--threads T] [--list]
+ *   bench_ops --gemm [--iters N] [--threads T]
  *
  * bench/ops.py runs this and the same rows in PyTorch side by side and prints
  * the ratios; see docs/BENCHMARKS.md. Each figure is the median of N timed runs
  * after one warm-up run.
+ *
+ * --gemm: booth's matrix product (nn/cpu/gemm.c) against OpenBLAS's sgemm on
+ * the products of an SD 1.5 training step at 512 px (batch 2), the two kernel
+ * sets alternating shape by shape in this one process; a markdown table.
  */
 #include <math.h>
 #include <stdio.h>
@@ -15,6 +20,7 @@
 #include <time.h>
 
 #include "common/pool.h"
+#include "nn/cpu/cpu.h"
 #include "nn/nn.h"
 
 static double s_now(void)
@@ -231,11 +237,79 @@ static double s_time(nn_ctx_t *ctx, row_t *r, int mode, int iters)
     return t[iters / 2] * 1e3;
 }
 
+/* ---- --gemm: C[M,N] = op(A) op(B), booth's kernel against OpenBLAS ---- */
+
+typedef struct {
+    const char *what;
+    bool ta, tb;
+    int64_t M, N, K;
+} s_gemm_shape_t;
+
+static const s_gemm_shape_t s_gemm_shapes[] = {
+    {"to_q/k/v/out 320, 64x64 x 2: forward", false, true, 8192, 320, 320},
+    {"to_q/k/v/out 320: input gradient", false, false, 8192, 320, 320},
+    {"GEGLU proj 320 -> 2560: forward", false, true, 8192, 2560, 320},
+    {"FF out 1280 -> 320: forward", false, true, 8192, 320, 1280},
+    {"GEGLU proj: input gradient", false, false, 8192, 320, 2560},
+    {"to_q/k/v/out 640, 32x32 x 2: forward", false, true, 2048, 640, 640},
+    {"GEGLU proj 1280 -> 10240, 16x16 x 2: forward", false, true, 512, 10240, 1280},
+    {"cross-attention to_k/v 768 -> 320, 77 x 2", false, true, 154, 320, 768},
+    {"weight gradient 320 x 320 over 8192 tokens", true, false, 320, 320, 8192},
+    {"Winograd product 640 x 512 tiles x 640", false, false, 640, 512, 640},
+    {"LoRA down 320 -> rank 4", false, true, 8192, 4, 320},
+};
+
+static double s_gemm_time(nn_ctx_t *ctx, const s_gemm_shape_t *g, float *a, float *b, float *c, int iters)
+{
+    double t[64];
+    if (iters > 64) iters = 64;
+    for (int i = -1; i < iters; i++) {
+        double t0 = s_now();
+        nn_cpu_gemm(ctx, g->ta, g->tb, g->M, g->N, g->K, 1.0f, a, g->ta ? g->M : g->K, b, g->tb ? g->K : g->N, 0.0f,
+                    c, g->N, NULL);
+        if (i >= 0) t[i] = s_now() - t0;
+    }
+    qsort(t, (size_t)iters, sizeof t[0], s_cmp_double);
+    return t[iters / 2];
+}
+
+static int s_gemm_bench(nn_ctx_t *ctx, int iters)
+{
+    if (nn_cpu_gemm_kernels(0) != 2) {
+        fprintf(stderr, "bench_ops --gemm: this CPU has no AVX-512, so booth uses OpenBLAS: nothing to compare\n");
+        nn_cpu_gemm_kernels(0);
+        return 1;
+    }
+    printf("# booth's sgemm (nn/cpu/gemm.c) vs OpenBLAS (%s), %d threads, median of %d\n", nn_blas_info(),
+           ctx->threads, iters);
+    printf("| product | op | M x N x K | booth ms | GFLOP/s | OpenBLAS ms | GFLOP/s | booth/OpenBLAS |\n");
+    printf("|---|---|---|---:|---:|---:|---:|---:|\n");
+    for (size_t i = 0; i < sizeof s_gemm_shapes / sizeof s_gemm_shapes[0]; i++) {
+        const s_gemm_shape_t *g = &s_gemm_shapes[i];
+        float *a = s_buf(g->M * g->K, 1), *b = s_buf(g->K * g->N, 2), *c = s_buf(g->M * g->N, 3);
+        nn_cpu_gemm_kernels(0);
+        double tb = s_gemm_time(ctx, g, a, b, c, iters);
+        nn_cpu_gemm_kernels(1);
+        double to = s_gemm_time(ctx, g, a, b, c, iters);
+        double fl = 2.0 * (double)g->M * (double)g->N * (double)g->K * 1e-9;
+        printf("| %s | %c%c | %lld x %lld x %lld | %.2f | %.0f | %.2f | %.0f | %.2f |\n", g->what, g->ta ? 'T' : 'N',
+               g->tb ? 'T' : 'N', (long long)g->M, (long long)g->N, (long long)g->K, tb * 1e3, fl / tb, to * 1e3,
+               fl / to, tb / to);
+        fflush(stdout);
+        free(a);
+        free(b);
+        free(c);
+    }
+    nn_cpu_gemm_kernels(0);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     nn_process_init(argc, argv);
     const char *only = NULL;
     int iters = 5, threads = 0;
+    bool gemm = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--row") && i + 1 < argc)
             only = argv[++i];
@@ -243,16 +317,24 @@ int main(int argc, char **argv)
             iters = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
             threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--gemm"))
+            gemm = true;
         else if (!strcmp(argv[i], "--list")) {
             for (int r = 0; r < NROWS; r++) printf("%s\t%s\n", s_rows[r].name, s_rows[r].what);
             return 0;
         } else {
-            fprintf(stderr, "usage: bench_ops [--row NAME] [--iters N] [--threads T] [--list]\n");
+            fprintf(stderr, "usage: bench_ops [--row NAME] [--iters N] [--threads T] [--list]\n"
+                            "       bench_ops --gemm [--iters N] [--threads T]\n");
             return 2;
         }
     }
     nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, threads);
     if (!ctx) return 1;
+    if (gemm) {
+        int rc = s_gemm_bench(ctx, iters);
+        nn_ctx_destroy(&ctx);
+        return rc;
+    }
     for (int i = 0; i < NROWS; i++) {
         row_t *r = &s_rows[i];
         if (only && strcmp(only, r->name)) continue;

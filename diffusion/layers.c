@@ -339,6 +339,12 @@ int sd_layer_norm_backward(sd_run_t *r, const sd_norm_t *m, float *dx, const flo
 
 /* --------------------------------------------------------------- attention */
 
+static int64_t s_keep_qkv_from = 640;
+
+void sd_attention_test_keep_qkv_from(int64_t channels) { s_keep_qkv_from = channels; }
+
+int sd_attention_kept(const sd_attention_t *m) { return m->heads * m->head_dim >= s_keep_qkv_from ? 5 : 2; }
+
 /* Saved: x, q, k, v, o, lse (context by reference). */
 int sd_attention_forward(sd_run_t *r, const sd_attention_t *m, float *out, const float *x, const float *ctx,
                          int64_t B, int64_t N, int64_t T, bool causal)
@@ -358,23 +364,42 @@ int sd_attention_forward(sd_run_t *r, const sd_attention_t *m, float *out, const
     } else {
         kv = xs;
     }
-    KEEP(q, B * N * inner);
-    KEEP(k, B * Tk * inner);
-    KEEP(v, B * Tk * inner);
-    bool reuse = r->tape && r->reuse; /* a checkpointed block's recomputation: o and lse were kept */
-    if (reuse) {
-        if (r->reuse->next + 2 > r->reuse->n) {
-            BT_ERROR("gradient checkpointing: a block re-ran more attention than it kept");
-            rc = BT_EINTERNAL;
+    bool reuse = r->tape && r->reuse, keep = !r->tape && r->keep;
+    bool qkv = sd_attention_kept(m) > 2; /* checkpointing keeps the projections too */
+    if (reuse && r->reuse->next + sd_attention_kept(m) > r->reuse->n) {
+        BT_ERROR("gradient checkpointing: a block re-ran more attention than it kept");
+        rc = BT_EINTERNAL;
+        goto out;
+    }
+    float **next = reuse ? r->reuse->p + r->reuse->next : NULL;
+    if (reuse && qkv) { /* a checkpointed block's recomputation: q, k, v were kept */
+        q = *next++;
+        k = *next++;
+        v = *next++;
+        if (sd_tape_ref(r->tape, q) || sd_tape_ref(r->tape, k) || sd_tape_ref(r->tape, v)) {
+            rc = BT_ENOMEM;
             goto out;
         }
-        o = r->reuse->p[r->reuse->next++];
-        lse = r->reuse->p[r->reuse->next++];
+    } else if (keep && qkv) { /* a checkpointed forward: kept for the recomputation */
+        if (!(q = sd_tape_alloc(r->keep, B * N * inner)) || !(k = sd_tape_alloc(r->keep, B * Tk * inner)) ||
+            !(v = sd_tape_alloc(r->keep, B * Tk * inner))) {
+            rc = BT_ENOMEM;
+            goto out;
+        }
+    } else {
+        KEEP(q, B * N * inner);
+        KEEP(k, B * Tk * inner);
+        KEEP(v, B * Tk * inner);
+    }
+    if (reuse) { /* o and lse were kept */
+        o = *next++;
+        lse = *next++;
+        r->reuse->next = (int)(next - r->reuse->p);
         if (sd_tape_ref(r->tape, o) || sd_tape_ref(r->tape, lse)) {
             rc = BT_ENOMEM;
             goto out;
         }
-    } else if (!r->tape && r->keep) { /* a checkpointed forward: kept for the recomputation */
+    } else if (keep) {
         if (!(o = sd_tape_alloc(r->keep, B * N * inner)) || !(lse = sd_tape_alloc(r->keep, B * m->heads * N))) {
             rc = BT_ENOMEM;
             goto out;
@@ -383,9 +408,11 @@ int sd_attention_forward(sd_run_t *r, const sd_attention_t *m, float *out, const
         KEEP(o, B * N * inner);
         if (r->tape) KEEP(lse, B * m->heads * N);
     }
-    TRY(sd_linear_forward(r, &m->to_q, q, xs, B, N));
-    TRY(sd_linear_forward(r, &m->to_k, k, kv, B, Tk));
-    TRY(sd_linear_forward(r, &m->to_v, v, kv, B, Tk));
+    if (!(reuse && qkv)) {
+        TRY(sd_linear_forward(r, &m->to_q, q, xs, B, N));
+        TRY(sd_linear_forward(r, &m->to_k, k, kv, B, Tk));
+        TRY(sd_linear_forward(r, &m->to_v, v, kv, B, Tk));
+    }
     nn_attn_dims_t d = {.B = B, .Tq = N, .Tk = Tk, .H = m->heads, .D = m->head_dim,
                         .scale = 1.0f / sqrtf((float)m->head_dim), .causal = causal};
     if (!reuse) TRY(nn_attention_forward(r->nn, o, lse, q, k, v, &d));

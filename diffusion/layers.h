@@ -39,10 +39,11 @@ typedef struct sd_run {
     sd_tape_t *tape;     /* non-NULL: save what backward needs */
     bool checkpoint;     /* gradient checkpointing: keep block inputs only, recompute in backward */
     /* Checkpointing's refinements (unet.c). keep: during a checkpointed
-     * forward (tape NULL), attention puts its output and log-sum-exp here, so
-     * that the recomputation need not redo the attention itself. reuse: during
-     * that recomputation, attention takes them from here (in forward order)
-     * instead, and the work whose output backward does not need is skipped. */
+     * forward (tape NULL), attention puts its output and log-sum-exp here (and
+     * its q, k, v: sd_attention_kept), so that the recomputation need not redo
+     * the attention itself. reuse: during that recomputation, attention takes
+     * them from here (in forward order) instead, and the work whose output
+     * backward does not need is skipped. */
     sd_tape_t *keep;
     struct sd_reuse *reuse;
     sd_hook_fn hook;
@@ -183,6 +184,13 @@ int sd_layer_norm_backward(sd_run_t *r, const sd_norm_t *m, float *dx, const flo
 
 /* x [B, N, query_dim]; ctx [B, T, kv_dim] for cross attention (NULL for self);
  * causal for CLIP. out [B, N, query_dim]. */
+/* Tensors a checkpointed forward keeps for an attention (run->keep): its output
+ * and log-sum-exp (2), and from 640 channels on its q, k and v too (5): there
+ * recomputing them would cost 2 x 640+ multiply-adds per float kept, while at 320
+ * channels, SD's 4096-token level, their memory matters more. */
+int sd_attention_kept(const sd_attention_t *m);
+/* Tests: the channel count from which q, k, v are kept (640; 0 for all). */
+void sd_attention_test_keep_qkv_from(int64_t channels);
 int sd_attention_forward(sd_run_t *r, const sd_attention_t *m, float *out, const float *x, const float *ctx,
                          int64_t B, int64_t N, int64_t T, bool causal);
 /* dx (=); dctx (+=, may be NULL) for cross attention. */

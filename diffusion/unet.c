@@ -244,8 +244,10 @@ static int s_tr_bwd(sd_run_t *r, const sd_transformer_t *m, float *dx, float *dc
                     const float *ctx, int64_t B, int64_t H, int64_t W, int64_t T)
 {
     if (!r->checkpoint) return sd_transformer_backward(r, m, dx, dctx, dout, B, H, W, T);
-    /* the kept attention outputs (o, lse per attention, two attentions a block), then x */
-    int nkept = (int)(4 * m->n_blocks);
+    /* what the attentions kept (two a block), then x */
+    int nkept = 0;
+    for (int64_t i = 0; i < m->n_blocks; i++)
+        nkept += sd_attention_kept(&m->blocks[i].attn1) + sd_attention_kept(&m->blocks[i].attn2);
     float **kept = malloc((size_t)nkept * sizeof *kept);
     if (!kept) {
         bt_alloc_failed("gradient checkpointing's list of kept attention outputs", (size_t)nkept * sizeof *kept);

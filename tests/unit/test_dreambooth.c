@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "diffusion/dreambooth.h"
+#include "diffusion/layers.h"
 #include "nn/nn.h"
 #include "testutil.h"
 
@@ -172,6 +173,14 @@ TEST(dreambooth_checkpointing_matches_oracle)
     s_run("oracle/dreambooth_unet_te_lora.safetensors", true, true, &ckpt, &n1);
     REQUIRE(plain && ckpt && n0 == n1 && n0 > 0);
     CHECKF(!memcmp(plain, ckpt, (size_t)n0 * sizeof(float)), "checkpointed UNet LoRA gradients differ from the plain step's");
+    free(ckpt);
+    ckpt = NULL;
+    sd_attention_test_keep_qkv_from(0); /* the tiny model's attentions keep q, k, v too */
+    s_run("oracle/dreambooth_unet_te_lora.safetensors", true, true, &ckpt, &n1);
+    sd_attention_test_keep_qkv_from(640);
+    REQUIRE(ckpt && n0 == n1);
+    CHECKF(!memcmp(plain, ckpt, (size_t)n0 * sizeof(float)),
+           "checkpointed UNet LoRA gradients (q, k, v kept) differ from the plain step's");
     free(plain);
     free(ckpt);
 }
