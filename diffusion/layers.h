@@ -37,7 +37,7 @@ typedef struct sd_run {
     nn_ctx_t *nn;
     bt_stack_t *scratch; /* temporaries, released before each call returns */
     sd_tape_t *tape;     /* non-NULL: save what backward needs */
-    bool checkpoint;     /* gradient checkpointing: keep block inputs only, recompute in backward */
+    bool checkpoint;     /* gradient checkpointing: transformers keep little, recompute in backward (unet.c) */
     /* Checkpointing's refinements (unet.c). keep: during a checkpointed
      * forward (tape NULL), attention puts its output and log-sum-exp here (and
      * its q, k, v: sd_attention_kept), so that the recomputation need not redo

@@ -2,10 +2,12 @@
  * cpu.h — what the CPU kernels share (internal to nn/).
  *
  * Threading: element-wise and normalisation kernels split their work with the
- * context's pool (common/pool.h); matrix products go to OpenBLAS. A kernel that
- * runs many small products inside its own parallel loop (attention, conv
- * tiles) first switches OpenBLAS to one thread with nn_cpu_blas_threads(1), so
- * the two thread pools never compete for the same cores.
+ * context's pool (common/pool.h); matrix products go to nn_cpu_gemm (booth's
+ * kernel on AVX-512 CPUs, else OpenBLAS in fixed blocks). A kernel that runs
+ * many small products inside its own parallel loop (conv bands, Winograd) calls
+ * nn_cpu_gemm1 on its thread's packing buffers, after switching OpenBLAS to one
+ * thread with nn_cpu_blas_threads(1), so the two thread pools never compete for
+ * the same cores.
  */
 #ifndef BOOTH_NN_CPU_CPU_H
 #define BOOTH_NN_CPU_CPU_H

@@ -3,31 +3,36 @@
  *
  *   C[M,N] = alpha op(A) op(B) + beta C        (row-major, any leading dimensions)
  *
- * OpenBLAS 0.3.21's SkylakeX sgemm reaches 200-220 GFLOP/s on the linears of a
- * Stable Diffusion step on the 2-core machine booth is measured on, where the
- * register-tiled kernel of attention.c runs at 330-410. This is that kernel in
- * the classic packed form (Goto; BLIS's loop order):
+ * Debian's OpenBLAS 0.3.21 reaches 200-240 GFLOP/s on the products of a Stable
+ * Diffusion step on the 2-core machine booth is measured on; this reaches
+ * 400-470 (bench_ops --gemm). It is the classic packed form (Goto; BLIS's loop
+ * order) around the register tile attention.c also uses:
  *
- *   for each task (a fixed block of G_MS rows x G_NS columns of C)
- *     for each block of G_KC of the K dimension, in order
- *       pack op(B)[kc, columns] into panels of 64 columns (zero-padded), k-major
- *       for each block of G_MC rows
- *         pack op(A)[rows, kc] into groups of 12 rows, k-major
- *         for each panel (stays in L1), for each group of rows: micro-kernel
+ *   tasks: blocks of C, up to G_MS rows x G_NS columns, enough for the threads
+ *   for each block of K (an even split into blocks of at most G_KC), in order
+ *     pack op(B)[kc, the task's columns] into panels of 64 columns, k-major
+ *     for each block of G_MC rows
+ *       A read in place (op(A) = A), or packed into groups of 12 rows (A^T)
+ *       for each panel, for each tile of rows: micro-kernel
+ *
+ * A big C is done task by task over all of K (its block stays in cache); a
+ * small one (the weight gradients: K is the token count) K block by K block
+ * over all tasks, so that each block of A and B is read from memory once.
  *
  * Micro-kernel: a register tile of 6 rows x 64 columns (24 zmm accumulators; 4
  * loads of B and 6 broadcasts of A feed 24 FMAs per k); a narrower last panel
- * uses 1-3 vectors and up to 12 rows. It sums its kc block from zero and then
- * adds that to C (two-level sums: each output element's rounding is the same
- * whatever its position in the tile).
+ * uses 1-3 vectors and up to 12 rows. It sums its K block from zero and then
+ * adds that to C, or to a bias (per row or per column: the store adds it, no
+ * separate pass over C).
  *
- * Determinism: the tasks and the K blocking follow from the dimensions alone,
- * and every output element is one sequence of FMAs over its kc blocks in order,
- * so the bytes depend neither on the thread count nor on M or N (a row of a
- * batch comes out the same whatever the batch size).
+ * Determinism: each output element is one sequence of FMAs over its K blocks
+ * in order, and the K blocks follow from K alone, so the bytes depend neither
+ * on the thread count nor on the task split, nor on M or N (a row of a batch
+ * comes out the same whatever the batch size), and nn_cpu_gemm1 (one thread)
+ * gives the same bytes as nn_cpu_gemm.
  *
- * Elsewhere (no AVX-512, or nn_cpu_gemm_kernels(1)) products go to OpenBLAS in
- * fixed blocks (blas.c).
+ * Elsewhere (no AVX-512, nn_cpu_gemm_kernels(1), BOOTH_GEMM_KERNELS=openblas)
+ * products go to OpenBLAS in fixed blocks (blas.c).
  */
 #include <stdlib.h>
 #include <string.h>
