@@ -340,6 +340,47 @@ out:
     return rc;
 }
 
+/* A buffer reused across blocks: grown (its contents dropped) when a block needs more. */
+typedef struct {
+    float *p;
+    int64_t cap;
+} s_slab_t;
+
+static float *s_slab(sd_run_t *r, s_slab_t *s, int64_t n)
+{
+    if (n > s->cap) {
+        if (s->p) nn_free(r->nn, s->p);
+        s->p = nn_alloc(r->nn, (size_t)n * sizeof(float));
+        s->cap = s->p ? n : 0;
+    }
+    return s->p;
+}
+
+/* In sd_unet_forward/backward: the next buffer of the ping-pong pair (slab[0],
+ * slab[1]) for the activation or gradient flowing along the path, and a
+ * block's other temporaries in their own reused buffers. */
+#define NEXT_DH(p_, n_)                                                                                        \
+    do {                                                                                                       \
+        cur ^= 1;                                                                                              \
+        if (!((p_) = s_slab(r, &slab[cur], (n_)))) {                                                           \
+            rc = BT_ENOMEM;                                                                                    \
+            goto out;                                                                                          \
+        }                                                                                                      \
+    } while (0)
+#define SLAB(p_, i_, n_)                                                                                       \
+    do {                                                                                                       \
+        if (!((p_) = s_slab(r, &slab[i_], (n_)))) {                                                            \
+            rc = BT_ENOMEM;                                                                                    \
+            goto out;                                                                                          \
+        }                                                                                                      \
+    } while (0)
+
+static void s_slabs_free(sd_run_t *r, s_slab_t *slab, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (slab[i].p) nn_free(r->nn, slab[i].p);
+}
+
 int sd_unet_forward(sd_run_t *r, const sd_unet_t *u, float *out, const float *sample, const float *t,
                     const float *ctx, int64_t B, int64_t H, int64_t W, int64_t T)
 {
@@ -351,6 +392,9 @@ int sd_unet_forward(sd_run_t *r, const sd_unet_t *u, float *out, const float *sa
     s_plan(u, H, W, &p);
     float *temb, *skips[MAX_SKIPS], *h, *nh;
     int ns = 0;
+    /* the up path's activations and temporaries: reused buffers (the down path's are skips) */
+    s_slab_t slab[4] = {{0}};
+    int cur = 0;
     TRY(s_time_embedding(r, u, &temb, t, B, NULL));
 
     int64_t c0 = c->block_out_channels[0];
@@ -419,14 +463,14 @@ int sd_unet_forward(sd_run_t *r, const sd_unet_t *u, float *out, const float *sa
             int k = p.consumed[i][j];
             int64_t sc = p.skip_c[k], cat_c = ch + sc;
             float *cat;
-            ALLOC(cat, B * cat_c * hh * ww);
+            SLAB(cat, 2, B * cat_c * hh * ww);
             TRY(nn_concat_channels(r->nn, cat, h, skips[k], B, ch, sc, hh * ww));
-            ALLOC(nh, B * oc * hh * ww);
+            NEXT_DH(nh, B * oc * hh * ww);
             TRY(s_res_fwd(r, &b->resnets[j], nh, cat, temb, B, hh, ww));
             h = nh;
             ch = oc;
             if (b->cross) {
-                ALLOC(nh, B * oc * hh * ww);
+                NEXT_DH(nh, B * oc * hh * ww);
                 TRY(s_tr_fwd(r, &b->attns[j], nh, h, ctx, B, hh, ww, T));
                 h = nh;
             }
@@ -439,9 +483,9 @@ int sd_unet_forward(sd_run_t *r, const sd_unet_t *u, float *out, const float *sa
                 rc = BT_ENOMEM;
                 goto out;
             }
-            ALLOC(upx, B * oc * oh * ow);
+            SLAB(upx, 3, B * oc * oh * ow);
             TRY(nn_upsample_nearest_forward(r->nn, upx, h, B * oc, hh, ww, oh, ow));
-            ALLOC(nh, B * oc * oh * ow);
+            NEXT_DH(nh, B * oc * oh * ow);
             TRY(sd_conv_forward(r, &b->sampler, nh, upx, B, oh, ow));
             h = nh;
             hh = oh;
@@ -467,6 +511,7 @@ int sd_unet_forward(sd_run_t *r, const sd_unet_t *u, float *out, const float *sa
     TRY(sd_conv_forward(r, &u->conv_out, out, g, B, H, W));
     sd_hook(r, out, 4, (int64_t[]){B, c->out_channels, H, W}, "conv_out");
 out:
+    s_slabs_free(r, slab, 4);
     bt_stack_reset(r->scratch, mk);
     return rc;
 }
@@ -483,10 +528,16 @@ int sd_unet_backward(sd_run_t *r, const sd_unet_t *u, float *dctx, const float *
     s_plan_t p;
     s_plan(u, H, W, &p);
     float *temb = NULL, *dtemb = NULL, *dskip[MAX_SKIPS] = {0}, *dh, *nd, *x;
+    /* The gradient flowing down the path lives in two buffers in turn, the
+     * concatenation's and the upsampler's in their own: each is reused block
+     * after block (grown when a block needs more), so the scratch stack holds
+     * only the skip gradients, allocated first, and one block's temporaries. */
+    s_slab_t slab[4] = {{0}};
+    int cur = 0;
     bool trains = u->conv_in.dw != NULL;
     s_temb_t te;
     int64_t td = c->time_embed_dim;
-    if (r->checkpoint || trains) TRY(s_time_embedding(r, u, &temb, t, B, &te)); /* ResNets re-run or train */
+    if (trains) TRY(s_time_embedding(r, u, &temb, t, B, &te)); /* ResNets train */
     if (trains) {
         ALLOC(dtemb, B * td);
         TRY(nn_fill(r->nn, dtemb, B * td, 0.0f));
@@ -515,6 +566,8 @@ int sd_unet_backward(sd_run_t *r, const sd_unet_t *u, float *dctx, const float *
     TRY(sd_group_norm_backward(r, &u->norm_out, dh, g, hs, mean, rstd, B, H * W, true));
     sd_tape_trim(r->tape);
 
+    for (int k = 0; k < p.nskips; k++) ALLOC(dskip[k], B * p.skip_c[k] * p.skip_h[k] * p.skip_w[k]);
+
     int64_t hh = H, ww = W;
     for (int i = n - 1; i >= 0; i--) {
         const sd_unet_block_t *b = &u->up[i];
@@ -530,9 +583,9 @@ int sd_unet_backward(sd_run_t *r, const sd_unet_t *u, float *dctx, const float *
                 ALLOC(upx, B * oc * hh * ww);
                 TRY(nn_upsample_nearest_forward(r->nn, upx, x, B * oc, ih, iw, hh, ww));
             }
-            ALLOC(dup, B * oc * hh * ww);
+            SLAB(dup, 3, B * oc * hh * ww);
             TRY(sd_conv_backward(r, &b->sampler, dup, dh, upx, B, hh, ww));
-            ALLOC(nd, B * oc * ih * iw);
+            NEXT_DH(nd, B * oc * ih * iw);
             TRY(nn_upsample_nearest_backward(r->nn, nd, dup, B * oc, ih, iw, hh, ww));
             dh = nd;
             hh = ih;
@@ -540,7 +593,7 @@ int sd_unet_backward(sd_run_t *r, const sd_unet_t *u, float *dctx, const float *
         }
         for (int64_t j = b->n_layers - 1; j >= 0; j--) {
             if (b->cross) {
-                ALLOC(nd, B * oc * hh * ww);
+                NEXT_DH(nd, B * oc * hh * ww);
                 TRY(s_tr_bwd(r, &b->attns[j], nd, dctx, dh, ctx, B, hh, ww, T));
                 sd_tape_trim(r->tape);
                 dh = nd;
@@ -549,28 +602,33 @@ int sd_unet_backward(sd_run_t *r, const sd_unet_t *u, float *dctx, const float *
             int64_t sc = p.skip_c[k];
             int64_t prev_c = j == 0 ? (i == 0 ? c->block_out_channels[n - 1] : u->up[i - 1].out_channels) : oc;
             float *dcat;
-            ALLOC(dcat, B * (prev_c + sc) * hh * ww);
+            if (p.skip_h[k] != hh || p.skip_w[k] != ww) {
+                BT_ERROR("unet backward: skip %d is %lldx%lld, the up path %lldx%lld", k, (long long)p.skip_h[k],
+                         (long long)p.skip_w[k], (long long)hh, (long long)ww);
+                rc = BT_EINTERNAL;
+                goto out;
+            }
+            SLAB(dcat, 2, B * (prev_c + sc) * hh * ww);
             TRY(s_res_bwd(r, &b->resnets[j], dcat, dtemb, dh, temb, B, hh, ww));
             sd_tape_trim(r->tape);
-            ALLOC(nd, B * prev_c * hh * ww);
-            ALLOC(dskip[k], B * sc * hh * ww);
+            NEXT_DH(nd, B * prev_c * hh * ww);
             TRY(nn_split_channels(r->nn, nd, dskip[k], dcat, B, prev_c, sc, hh * ww));
             dh = nd;
         }
     }
     int64_t cl = c->block_out_channels[n - 1];
     if (c->has_mid) {
-        ALLOC(nd, B * cl * hh * ww);
+        NEXT_DH(nd, B * cl * hh * ww);
         TRY(s_res_bwd(r, &u->mid_res[1], nd, dtemb, dh, temb, B, hh, ww));
         sd_tape_trim(r->tape);
         dh = nd;
         if (c->mid_cross) {
-            ALLOC(nd, B * cl * hh * ww);
+            NEXT_DH(nd, B * cl * hh * ww);
             TRY(s_tr_bwd(r, &u->mid_attn, nd, dctx, dh, ctx, B, hh, ww, T));
             sd_tape_trim(r->tape);
             dh = nd;
         }
-        ALLOC(nd, B * cl * hh * ww);
+        NEXT_DH(nd, B * cl * hh * ww);
         TRY(s_res_bwd(r, &u->mid_res[0], nd, dtemb, dh, temb, B, hh, ww));
         sd_tape_trim(r->tape);
         dh = nd;
@@ -588,7 +646,7 @@ int sd_unet_backward(sd_run_t *r, const sd_unet_t *u, float *dctx, const float *
                 goto out;
             }
             if (dh && i >= first) {
-                ALLOC(nd, B * oc * bh * bw);
+                NEXT_DH(nd, B * oc * bh * bw);
                 TRY(sd_conv_backward(r, &b->sampler, nd, dh, x, B, bh, bw));
             }
             dh = nd;
@@ -599,7 +657,7 @@ int sd_unet_backward(sd_run_t *r, const sd_unet_t *u, float *dctx, const float *
             int k = p.down_skip[i][j];
             if (dh) TRY(nn_axpy(r->nn, dh, dskip[k], B * oc * hh * ww, 1.0f));
             if (b->cross) {
-                ALLOC(nd, B * oc * hh * ww);
+                NEXT_DH(nd, B * oc * hh * ww);
                 TRY(s_tr_bwd(r, &b->attns[j], nd, dctx, dh, ctx, B, hh, ww, T));
                 sd_tape_trim(r->tape);
                 dh = nd;
@@ -607,7 +665,7 @@ int sd_unet_backward(sd_run_t *r, const sd_unet_t *u, float *dctx, const float *
             bool need_dx = i > first || (i == first && j > 0);
             int64_t in_c = b->resnets[j].in;
             nd = NULL;
-            if (need_dx) ALLOC(nd, B * in_c * hh * ww);
+            if (need_dx) NEXT_DH(nd, B * in_c * hh * ww);
             TRY(s_res_bwd(r, &b->resnets[j], nd, dtemb, dh, temb, B, hh, ww));
             sd_tape_trim(r->tape);
             dh = nd;
@@ -624,6 +682,7 @@ int sd_unet_backward(sd_run_t *r, const sd_unet_t *u, float *dctx, const float *
         sd_tape_trim(r->tape);
     }
 out:
+    s_slabs_free(r, slab, 4);
     bt_stack_reset(r->scratch, mk);
     return rc;
 }
