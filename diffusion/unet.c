@@ -340,7 +340,7 @@ out:
     return rc;
 }
 
-/* A buffer reused across blocks: grown (its contents dropped) when a block needs more. */
+/* A buffer reused across blocks, sized for the largest tensor it will hold. */
 typedef struct {
     float *p;
     int64_t cap;
@@ -348,12 +348,70 @@ typedef struct {
 
 static float *s_slab(sd_run_t *r, s_slab_t *s, int64_t n)
 {
+    (void)r;
     if (n > s->cap) {
-        if (s->p) nn_free(r->nn, s->p);
-        s->p = nn_alloc(r->nn, (size_t)n * sizeof(float));
-        s->cap = s->p ? n : 0;
+        BT_ERROR("unet: a %lld-float tensor in a %lld-float buffer (the path's sizes were misjudged)", (long long)n,
+                 (long long)s->cap);
+        return NULL;
     }
     return s->p;
+}
+
+/* The largest activation (B x channels x pixels) along the UNet's path at this
+ * size, the largest concatenation of the up path and the largest upsampled
+ * tensor: what the reused buffers of forward and backward hold. */
+static void s_path_sizes(const sd_unet_t *u, const s_plan_t *p, int64_t B, int64_t *act, int64_t *cat, int64_t *up)
+{
+    const sd_unet_config_t *c = &u->cfg;
+    int n = c->n_blocks;
+    *act = *cat = *up = 1;
+#define S_MAX(x_, v_) (*(x_) = (v_) > *(x_) ? (v_) : *(x_))
+    int64_t ch = c->block_out_channels[0];
+    S_MAX(act, B * ch * p->h[0] * p->w[0]);
+    for (int i = 0; i < n; i++) {
+        const sd_unet_block_t *b = &u->down[i];
+        int64_t area = p->h[i] * p->w[i];
+        for (int64_t j = 0; j < b->n_layers; j++) {
+            S_MAX(act, B * b->resnets[j].in * area);
+            S_MAX(act, B * b->out_channels * area);
+        }
+        if (b->has_sampler) S_MAX(act, B * b->out_channels * p->h[i + 1] * p->w[i + 1]);
+        ch = b->out_channels;
+    }
+    int64_t hh = p->h[n], ww = p->w[n];
+    S_MAX(act, B * ch * hh * ww);
+    for (int i = 0; i < n; i++) {
+        const sd_unet_block_t *b = &u->up[i];
+        int64_t oc = b->out_channels;
+        for (int64_t j = 0; j < b->n_layers; j++) {
+            int64_t sc = p->skip_c[p->consumed[i][j]];
+            S_MAX(cat, B * (ch + sc) * hh * ww);
+            S_MAX(act, B * (ch > oc ? ch : oc) * hh * ww);
+            S_MAX(act, B * sc * hh * ww);
+            ch = oc;
+        }
+        if (b->has_sampler) {
+            int k = p->consumed[i][b->n_layers - 1] - 1;
+            hh = p->skip_h[k];
+            ww = p->skip_w[k];
+            S_MAX(up, B * oc * hh * ww);
+            S_MAX(act, B * oc * hh * ww);
+        }
+    }
+#undef S_MAX
+}
+
+/* The four buffers, from the scratch stack (whose chunks stay from step to step). */
+static int s_slabs(sd_run_t *r, const sd_unet_t *u, const s_plan_t *p, int64_t B, s_slab_t slab[4])
+{
+    int64_t size[4];
+    s_path_sizes(u, p, B, &size[0], &size[2], &size[3]);
+    size[1] = size[0];
+    for (int i = 0; i < 4; i++) {
+        if (!(slab[i].p = sd_scratch(r, size[i]))) return BT_ENOMEM;
+        slab[i].cap = size[i];
+    }
+    return BT_OK;
 }
 
 /* In sd_unet_forward/backward: the next buffer of the ping-pong pair (slab[0],
@@ -375,12 +433,6 @@ static float *s_slab(sd_run_t *r, s_slab_t *s, int64_t n)
         }                                                                                                      \
     } while (0)
 
-static void s_slabs_free(sd_run_t *r, s_slab_t *slab, int n)
-{
-    for (int i = 0; i < n; i++)
-        if (slab[i].p) nn_free(r->nn, slab[i].p);
-}
-
 int sd_unet_forward(sd_run_t *r, const sd_unet_t *u, float *out, const float *sample, const float *t,
                     const float *ctx, int64_t B, int64_t H, int64_t W, int64_t T)
 {
@@ -395,6 +447,7 @@ int sd_unet_forward(sd_run_t *r, const sd_unet_t *u, float *out, const float *sa
     /* the up path's activations and temporaries: reused buffers (the down path's are skips) */
     s_slab_t slab[4] = {{0}};
     int cur = 0;
+    TRY(s_slabs(r, u, &p, B, slab));
     TRY(s_time_embedding(r, u, &temb, t, B, NULL));
 
     int64_t c0 = c->block_out_channels[0];
@@ -511,7 +564,6 @@ int sd_unet_forward(sd_run_t *r, const sd_unet_t *u, float *out, const float *sa
     TRY(sd_conv_forward(r, &u->conv_out, out, g, B, H, W));
     sd_hook(r, out, 4, (int64_t[]){B, c->out_channels, H, W}, "conv_out");
 out:
-    s_slabs_free(r, slab, 4);
     bt_stack_reset(r->scratch, mk);
     return rc;
 }
@@ -530,10 +582,11 @@ int sd_unet_backward(sd_run_t *r, const sd_unet_t *u, float *dctx, const float *
     float *temb = NULL, *dtemb = NULL, *dskip[MAX_SKIPS] = {0}, *dh, *nd, *x;
     /* The gradient flowing down the path lives in two buffers in turn, the
      * concatenation's and the upsampler's in their own: each is reused block
-     * after block (grown when a block needs more), so the scratch stack holds
-     * only the skip gradients, allocated first, and one block's temporaries. */
+     * after block, so the scratch stack holds only them, the skip gradients,
+     * allocated first, and one block's temporaries. */
     s_slab_t slab[4] = {{0}};
     int cur = 0;
+    TRY(s_slabs(r, u, &p, B, slab));
     bool trains = u->conv_in.dw != NULL;
     s_temb_t te;
     int64_t td = c->time_embed_dim;
@@ -682,7 +735,6 @@ int sd_unet_backward(sd_run_t *r, const sd_unet_t *u, float *dctx, const float *
         sd_tape_trim(r->tape);
     }
 out:
-    s_slabs_free(r, slab, 4);
     bt_stack_reset(r->scratch, mk);
     return rc;
 }
