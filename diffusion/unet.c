@@ -346,9 +346,8 @@ typedef struct {
     int64_t cap;
 } s_slab_t;
 
-static float *s_slab(sd_run_t *r, s_slab_t *s, int64_t n)
+static float *s_slab(s_slab_t *s, int64_t n)
 {
-    (void)r;
     if (n > s->cap) {
         BT_ERROR("unet: a %lld-float tensor in a %lld-float buffer (the path's sizes were misjudged)", (long long)n,
                  (long long)s->cap);
@@ -417,20 +416,17 @@ static int s_slabs(sd_run_t *r, const sd_unet_t *u, const s_plan_t *p, int64_t B
 /* In sd_unet_forward/backward: the next buffer of the ping-pong pair (slab[0],
  * slab[1]) for the activation or gradient flowing along the path, and a
  * block's other temporaries in their own reused buffers. */
-#define NEXT_DH(p_, n_)                                                                                        \
+#define SLAB(p_, i_, n_)                                                                                       \
     do {                                                                                                       \
-        cur ^= 1;                                                                                              \
-        if (!((p_) = s_slab(r, &slab[cur], (n_)))) {                                                           \
+        if (!((p_) = s_slab(&slab[i_], (n_)))) {                                                               \
             rc = BT_ENOMEM;                                                                                    \
             goto out;                                                                                          \
         }                                                                                                      \
     } while (0)
-#define SLAB(p_, i_, n_)                                                                                       \
+#define NEXT_DH(p_, n_)                                                                                        \
     do {                                                                                                       \
-        if (!((p_) = s_slab(r, &slab[i_], (n_)))) {                                                            \
-            rc = BT_ENOMEM;                                                                                    \
-            goto out;                                                                                          \
-        }                                                                                                      \
+        cur ^= 1;                                                                                              \
+        SLAB(p_, cur, n_);                                                                                     \
     } while (0)
 
 int sd_unet_forward(sd_run_t *r, const sd_unet_t *u, float *out, const float *sample, const float *t,

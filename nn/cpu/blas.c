@@ -1,6 +1,7 @@
 /*
- * blas.c — OpenBLAS: choosing its kernels, its thread count, and the one sgemm
- * wrapper every matrix product goes through.
+ * blas.c — OpenBLAS: choosing its kernels, its thread count, and the sgemm
+ * wrappers the matrix products fall back to where booth's own kernel (gemm.c)
+ * does not run (no AVX-512, or BOOTH_GEMM_KERNELS=openblas).
  *
  * OpenBLAS 0.3.21 (Debian 12) does not know recent Xeons (e.g. family 6 model
  * 207) and silently uses its generic "Prescott" SSE3 kernels there: 64 GFLOP/s
