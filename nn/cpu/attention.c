@@ -630,9 +630,7 @@ static atomic_int s_forced;  /* nn_cpu_attention_kernels(); S_BEST: none */
 static int s_supported(int want)
 {
 #if S_X86
-    if (want >= S_AVX512_SET && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
-        return S_AVX512_SET;
+    if (want >= S_AVX512_SET && nn_avx512_cpu()) return S_AVX512_SET;
     if (want >= S_AVX2_SET && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return S_AVX2_SET;
 #endif
     return S_GENERIC;

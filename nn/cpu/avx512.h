@@ -6,9 +6,18 @@
 #define BOOTH_NN_CPU_AVX512_H
 
 #include <immintrin.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #define NN_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")))
+
+/* Whether this CPU runs the AVX-512 subsets NN_AVX512 compiles for. */
+static inline bool nn_avx512_cpu(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
+}
 
 /* The first n lanes (all 16 from n >= 16, none from n <= 0). */
 static inline __mmask16 nn_first16(int64_t n)

@@ -135,6 +135,8 @@ void nn_cpu_winograd_dw(nn_ctx_t *ctx, float *scratch, float *dw, const float *d
 typedef enum { NN_CONV_AUTO, NN_CONV_IM2COL, NN_CONV_COL2IM, NN_CONV_WINOGRAD } nn_conv_alg_t;
 void nn_cpu_conv2d_test_force(nn_conv_alg_t alg, bool tiny_bands);
 void nn_cpu_winograd_test_tiny_bands(bool on);
+/* Test hook (winograd.c): the portable transforms even on AVX-512 CPUs. */
+void nn_cpu_winograd_test_portable(bool on);
 
 int nn_cpu_group_norm_forward(nn_ctx_t *ctx, float *out, float *mean, float *rstd, const float *inp,
                               const float *gamma, const float *beta, int64_t B, int64_t C, int64_t HW, int64_t G,

@@ -66,9 +66,7 @@ int nn_cpu_gemm_kernels(int which)
 {
     bool avx512 = false;
 #if G_X86
-    __builtin_cpu_init();
-    avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
+    avx512 = nn_avx512_cpu();
 #endif
     const char *cap = getenv("BOOTH_GEMM_KERNELS"); /* "openblas": the default becomes OpenBLAS */
     if (which == 0 && cap && !strcmp(cap, "openblas")) which = 1;

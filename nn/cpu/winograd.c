@@ -35,11 +35,21 @@
  * is about 1.4 times im2col's (2e-6 vs 1.5e-6). F(4x4, 3x3) would need a
  * quarter of the multiplies but errs 15-20 times more than direct
  * convolution, which is why it is not used.
+ *
+ * The transforms are portable loops that GCC vectorises, and on AVX-512 CPUs
+ * hand-written register versions of the same arithmetic (same bytes).
  */
 #include <string.h>
 
 #include "nn/conv2d.h"
 #include "nn/cpu/cpu.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define W_X86 1
+#include "nn/cpu/avx512.h"
+#else
+#define W_X86 0
+#endif
 
 #define NXI 16 /* points of the transformed 4x4 tile */
 
@@ -136,6 +146,172 @@ static size_t s_thread_floats(const s_geom_t *g)
 {
     return (size_t)((4 * g->PWp + 15) / 16 * 16); /* whole cache lines: threads never share one */
 }
+
+/* ---- the transforms with AVX-512 ----
+ *
+ * The portable loops below leave their intermediate rows on the stack, and the
+ * input transform's column step then reads them back at an offset of two
+ * floats, which store-to-load forwarding cannot serve: on AVX-512 CPUs that
+ * stall was half of the input transform's time. These versions keep every
+ * intermediate in registers, read the input straight from its plane (masked
+ * loads give the zero padding) and write straight to it. They do the portable
+ * versions' additions in the same order, with exact shuffles in place of the
+ * column indexing, so they give the same bytes (tested). */
+
+static bool s_portable; /* test hook: the portable transforms even where AVX-512 runs */
+
+void nn_cpu_winograd_test_portable(bool on) { s_portable = on; }
+
+#if W_X86
+static bool s_use512(void)
+{
+    static int have = -1; /* benign race: every thread computes the same value */
+    if (have < 0) have = nn_avx512_cpu();
+    return have && !s_portable;
+}
+
+/* Lanes i of a 16-float load from plane column x0 + i that fall inside [0, W). */
+static inline __mmask16 s_cols(int64_t x0, int64_t W)
+{
+    int64_t lo = x0 < 0 ? -x0 : 0, hi = W - x0 < 16 ? W - x0 : 16;
+    if (hi <= lo) return 0;
+    return (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
+}
+
+/* 16 floats from row + x0 (x0 may be negative), lanes outside m zero: the
+ * address is formed in integers because it may point before the row. */
+NN_AVX512 static inline __attribute__((always_inline)) __m512 s_load(const float *row, int64_t x0, __mmask16 m)
+{
+    if (!m) return _mm512_setzero_ps();
+    return _mm512_maskz_loadu_ps(m, (const void *)((uintptr_t)row + (uintptr_t)(x0 * (int64_t)sizeof(float))));
+}
+
+NN_AVX512 static void s_input_channel_512(const s_wino_t *p, int64_t c)
+{
+    const s_geom_t *g = &p->g;
+    int64_t TW = g->TW, W = g->W, Tb = (p->r1 - p->r0) * TW, CT = g->C * Tb;
+    const float *plane = p->inp + (p->b * g->C + c) * g->H * W;
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const int off[4] = {0, 16, 2, 18}; /* the padded columns 2 l + {0, 1} and 2 l + {2, 3} */
+    for (int64_t r = p->r0; r < p->r1; r++) {
+        int64_t iy = 2 * r - g->pt;
+        float *dst = p->V + c * Tb + (r - p->r0) * TW;
+        for (int64_t j = 0; j < TW; j += L) {
+            int64_t x = 2 * j - g->pl; /* plane column of the block's first padded column */
+            __m512 d[4][4];
+#pragma GCC unroll 4
+            for (int q = 0; q < 4; q++) {
+                __mmask16 m = s_cols(x + off[q], W);
+#pragma GCC unroll 4
+                for (int i = 0; i < 4; i++)
+                    d[i][q] = iy + i >= 0 && iy + i < g->H ? s_load(plane + (iy + i) * W, x + off[q], m)
+                                                           : _mm512_setzero_ps();
+            }
+            __m512 v[NXI];
+#pragma GCC unroll 4
+            for (int a = 0; a < 4; a++) {
+                __m512 e[4]; /* B^T d: row a, at the four load offsets */
+#pragma GCC unroll 4
+                for (int q = 0; q < 4; q++)
+                    e[q] = a == 0   ? _mm512_sub_ps(d[0][q], d[2][q])
+                           : a == 1 ? _mm512_add_ps(d[1][q], d[2][q])
+                           : a == 2 ? _mm512_sub_ps(d[2][q], d[1][q])
+                                    : _mm512_sub_ps(d[1][q], d[3][q]);
+                __m512 x0 = _mm512_permutex2var_ps(e[0], even, e[1]), x1 = _mm512_permutex2var_ps(e[0], odd, e[1]);
+                __m512 x2 = _mm512_permutex2var_ps(e[2], even, e[3]), x3 = _mm512_permutex2var_ps(e[2], odd, e[3]);
+                v[4 * a + 0] = _mm512_sub_ps(x0, x2);
+                v[4 * a + 1] = _mm512_add_ps(x1, x2);
+                v[4 * a + 2] = _mm512_sub_ps(x2, x1);
+                v[4 * a + 3] = _mm512_sub_ps(x1, x3);
+            }
+            __mmask16 n = nn_first16(TW - j);
+#pragma GCC unroll 16
+            for (int xi = 0; xi < NXI; xi++) _mm512_mask_storeu_ps(dst + xi * CT + j, n, v[xi]);
+        }
+    }
+}
+
+/* out[2 l], out[2 l + 1] = e[l], o[l] for the first n of 32 floats */
+NN_AVX512 static inline __attribute__((always_inline)) void s_store_pairs(float *out, __m512 e, __m512 o, int64_t n)
+{
+    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    _mm512_mask_storeu_ps(out, nn_first16(n), _mm512_permutex2var_ps(e, lo, o));
+    _mm512_mask_storeu_ps(out + 16, nn_first16(n - 16), _mm512_permutex2var_ps(e, hi, o));
+}
+
+NN_AVX512 static void s_output_channel_512(const s_wino_t *p, int64_t k)
+{
+    const s_geom_t *g = &p->g;
+    int64_t TW = g->TW, Tb = (p->r1 - p->r0) * TW, KT = g->K * Tb;
+    __m512 bias = _mm512_set1_ps(p->bias ? p->bias[k] : 0.0f);
+    for (int64_t r = p->r0; r < p->r1; r++) {
+        const float *m = p->M + k * Tb + (r - p->r0) * TW;
+        float *o0 = p->out + ((p->b * g->K + k) * g->OH + 2 * r) * g->OW, *o1 = o0 + g->OW;
+        bool two = 2 * r + 1 < g->OH;
+        for (int64_t j = 0; j < TW; j += L) {
+            __mmask16 n = nn_first16(TW - j);
+            __m512 s0[4], s1[4];
+#pragma GCC unroll 4
+            for (int a = 0; a < 4; a++) { /* m A */
+                __m512 m0 = _mm512_maskz_loadu_ps(n, m + (4 * a) * KT + j);
+                __m512 m1 = _mm512_maskz_loadu_ps(n, m + (4 * a + 1) * KT + j);
+                __m512 m2 = _mm512_maskz_loadu_ps(n, m + (4 * a + 2) * KT + j);
+                __m512 m3 = _mm512_maskz_loadu_ps(n, m + (4 * a + 3) * KT + j);
+                s0[a] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+                s1[a] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+            }
+            int64_t nx = g->OW - 2 * j;
+            s_store_pairs(o0 + 2 * j, _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s0[0], s0[1]), s0[2]), bias),
+                          _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s1[0], s1[1]), s1[2]), bias), nx);
+            if (two)
+                s_store_pairs(o1 + 2 * j, _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s0[1], s0[2]), s0[3]), bias),
+                              _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s1[1], s1[2]), s1[3]), bias), nx);
+        }
+    }
+}
+
+NN_AVX512 static void s_dout_channel_512(const s_wino_t *p, int64_t k)
+{
+    const s_geom_t *g = &p->g;
+    int64_t TW = g->TW, OW = g->OW, Tb = (p->r1 - p->r0) * TW, KT = g->K * Tb;
+    const float *plane = p->dout + (p->b * g->K + k) * g->OH * OW;
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    for (int64_t r = p->r0; r < p->r1; r++) {
+        float *dd = p->D + k * Tb + (r - p->r0) * TW;
+        for (int64_t j = 0; j < TW; j += L) {
+            __m512 t[2][4]; /* the two dout rows lifted along x: A u */
+#pragma GCC unroll 2
+            for (int i = 0; i < 2; i++) {
+                int64_t oy = 2 * r + i;
+                __m512 u0 = _mm512_setzero_ps(), u1 = _mm512_setzero_ps();
+                if (oy < g->OH) {
+                    u0 = s_load(plane + oy * OW, 2 * j, s_cols(2 * j, OW));
+                    u1 = s_load(plane + oy * OW, 2 * j + 16, s_cols(2 * j + 16, OW));
+                }
+                __m512 e = _mm512_permutex2var_ps(u0, even, u1), o = _mm512_permutex2var_ps(u0, odd, u1);
+                t[i][0] = e;
+                t[i][1] = _mm512_add_ps(e, o);
+                t[i][2] = _mm512_sub_ps(e, o);
+                t[i][3] = _mm512_xor_ps(o, sign);
+            }
+            __mmask16 n = nn_first16(TW - j);
+#pragma GCC unroll 4
+            for (int x = 0; x < 4; x++) { /* then along y */
+                _mm512_mask_storeu_ps(dd + x * KT + j, n, t[0][x]);
+                _mm512_mask_storeu_ps(dd + (4 + x) * KT + j, n, _mm512_add_ps(t[0][x], t[1][x]));
+                _mm512_mask_storeu_ps(dd + (8 + x) * KT + j, n, _mm512_sub_ps(t[0][x], t[1][x]));
+                _mm512_mask_storeu_ps(dd + (12 + x) * KT + j, n, _mm512_xor_ps(t[1][x], sign));
+            }
+        }
+    }
+}
+#else
+static bool s_use512(void) { return false; }
+#endif
 
 /* ---- weights: U[xi][k][c] = (G g G^T)[xi], G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1] ---- */
 
@@ -243,6 +419,12 @@ NN_CLONES static void s_input_channel(const s_wino_t *p, int64_t c, float *buf)
     const s_geom_t *g = &p->g;
     int64_t TW = g->TW, PW = g->PWp, Tb = (p->r1 - p->r0) * TW, CT = g->C * Tb;
     float *d0 = buf, *d1 = buf + PW, *d2 = buf + 2 * PW, *d3 = buf + 3 * PW, v[NXI][L];
+#if W_X86
+    if (s_use512()) {
+        s_input_channel_512(p, c);
+        return;
+    }
+#endif
     for (int64_t r = p->r0; r < p->r1; r++) {
         int64_t iy = 2 * r - g->pt;
         const float *plane = p->inp + (p->b * g->C + c) * g->H * g->W;
@@ -300,6 +482,12 @@ NN_CLONES static void s_output_channel(const s_wino_t *p, int64_t k)
     const s_geom_t *g = &p->g;
     int64_t TW = g->TW, Tb = (p->r1 - p->r0) * TW, KT = g->K * Tb;
     float bias = p->bias ? p->bias[k] : 0.0f, y[2][2][L], mt[NXI][L];
+#if W_X86
+    if (s_use512()) {
+        s_output_channel_512(p, k);
+        return;
+    }
+#endif
     for (int64_t r = p->r0; r < p->r1; r++) {
         const float *m = p->M + k * Tb + (r - p->r0) * TW;
         float *o0 = p->out + ((p->b * g->K + k) * g->OH + 2 * r) * g->OW, *o1 = o0 + g->OW;
@@ -439,6 +627,12 @@ NN_CLONES static void s_dout_channel(const s_wino_t *p, int64_t k, float *buf)
     const s_geom_t *g = &p->g;
     int64_t TW = g->TW, Tb = (p->r1 - p->r0) * TW, KT = g->K * Tb, PW = g->PWp;
     float *u0 = buf, *u1 = buf + PW, d[NXI][L];
+#if W_X86
+    if (s_use512()) {
+        s_dout_channel_512(p, k);
+        return;
+    }
+#endif
     for (int64_t r = p->r0; r < p->r1; r++) {
         const float *plane = p->dout + (p->b * g->K + k) * g->OH * g->OW;
         for (int i = 0; i < 2; i++) {

@@ -1166,6 +1166,67 @@ TEST(nn_conv2d_every_algorithm)
     nn_ctx_destroy(&ctx);
 }
 
+/* Winograd's hand-vectorised transforms (AVX-512 CPUs) against the portable
+ * loops: the same additions in the same order, so the same bytes, on shapes that
+ * reach their masked edges (widths not a multiple of 16 tiles, odd sizes, a
+ * plane narrower than a vector, every pad, bottom/right-only padding) and their
+ * band boundaries (one-row bands). Where AVX-512 is absent both runs take the
+ * portable path and the test still checks that they agree. */
+TEST(nn_winograd_transforms_match_portable)
+{
+    static const nn_conv2d_dims_t shapes[] = {
+        {.B = 2, .C = 3, .H = 7, .W = 37, .OC = 5, .KH = 3, .KW = 3, .stride = 1, 1, 1, 1, 1},
+        {.B = 1, .C = 17, .H = 33, .W = 16, .OC = 9, .KH = 3, .KW = 3, .stride = 1, 0, 0, 0, 0},
+        {.B = 1, .C = 4, .H = 5, .W = 3, .OC = 6, .KH = 3, .KW = 3, .stride = 1, 2, 2, 2, 2},
+        {.B = 2, .C = 24, .H = 20, .W = 70, .OC = 40, .KH = 3, .KW = 3, .stride = 1, 1, 1, 1, 1},
+        {.B = 1, .C = 8, .H = 12, .W = 65, .OC = 8, .KH = 3, .KW = 3, .stride = 1, 0, 1, 0, 1},
+        {.B = 1, .C = 2, .H = 1, .W = 1, .OC = 3, .KH = 3, .KW = 3, .stride = 1, 1, 1, 1, 1},
+    };
+    nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, 2);
+    REQUIRE(ctx);
+    tu_rng_t r = tu_rng(77);
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        const nn_conv2d_dims_t *d = &shapes[i];
+        int64_t OH = nn_conv2d_out_h(d), OW = nn_conv2d_out_w(d);
+        size_t nx = (size_t)(d->B * d->C * d->H * d->W), nw = (size_t)(d->OC * d->C * 9),
+               ny = (size_t)(d->B * d->OC * OH * OW);
+        float *x = malloc(nx * sizeof *x), *w = malloc(nw * sizeof *w), *b = malloc((size_t)d->OC * sizeof *b),
+              *dy = malloc(ny * sizeof *dy), *res[2][3];
+        REQUIRE(x && w && b && dy);
+        tu_fill_normal(&r, x, (int64_t)nx, 1.0f);
+        tu_fill_normal(&r, w, (int64_t)nw, 0.2f);
+        tu_fill_normal(&r, b, d->OC, 1.0f);
+        tu_fill_normal(&r, dy, (int64_t)ny, 1.0f);
+        for (int tiny = 0; tiny < 2; tiny++) {
+            nn_cpu_conv2d_test_force(NN_CONV_WINOGRAD, tiny);
+            for (int port = 0; port < 2; port++) {
+                nn_cpu_winograd_test_portable(port);
+                res[port][0] = malloc(ny * sizeof(float));
+                res[port][1] = malloc(nx * sizeof(float));
+                res[port][2] = calloc(nw, sizeof(float));
+                REQUIRE(res[port][0] && res[port][1] && res[port][2]);
+                CHECK_INT_EQ(nn_conv2d_forward(ctx, res[port][0], x, w, b, d), 0);
+                CHECK_INT_EQ(nn_conv2d_backward(ctx, res[port][1], res[port][2], NULL, dy, x, w, d), 0);
+            }
+            static const char *const what[3] = {"forward", "input gradient", "weight gradient"};
+            size_t n[3] = {ny, nx, nw};
+            for (int k = 0; k < 3; k++) {
+                CHECKF(!memcmp(res[0][k], res[1][k], n[k] * sizeof(float)),
+                       "shape %zu (one-row bands %d): the %s differs from the portable transforms'", i, tiny, what[k]);
+                free(res[0][k]);
+                free(res[1][k]);
+            }
+        }
+        free(x);
+        free(w);
+        free(b);
+        free(dy);
+    }
+    nn_cpu_winograd_test_portable(false);
+    nn_cpu_conv2d_test_force(NN_CONV_AUTO, false);
+    nn_ctx_destroy(&ctx);
+}
+
 /* float64 forward and all three gradients of sum(out * dout), by the definition */
 static void s_conv_ref_all(const nn_conv2d_dims_t *d, const float *x, const float *w, const float *b,
                            const float *dout, double *out, double *dx, double *dw, double *db)
