@@ -6,8 +6,9 @@
  *   bench_ops --gemm [--iters N] [--threads T]
  *
  * bench/ops.py runs this and the same rows in PyTorch side by side and prints
- * the ratios; see docs/BENCHMARKS.md. Each figure is the median of N timed runs
- * after one warm-up run.
+ * the ratios; see docs/BENCHMARKS.md. Each figure is the median of N samples
+ * after one warm-up run; a sample is one run, or the mean of as many runs as
+ * fill 20 ms for rows faster than that.
  *
  * --gemm: booth's matrix product (nn/cpu/gemm.c) against OpenBLAS's sgemm on
  * the products of an SD 1.5 training step at 512 px (batch 2), the two kernel
@@ -223,15 +224,24 @@ static row_t s_rows[] = {
 };
 #define NROWS ((int)(sizeof s_rows / sizeof s_rows[0]))
 
+/* Each sample is the mean of enough back-to-back calls to last SAMPLE_S (one
+ * call for a row slower than that), so that sub-millisecond rows are not at the
+ * mercy of the clock and the scheduler; bench/ops.py times PyTorch the same way. */
+#define SAMPLE_S 0.02
+
 static double s_time(nn_ctx_t *ctx, row_t *r, int mode, int iters)
 {
     double t[64];
     if (iters > 64) iters = 64;
     r->fn(ctx, r, mode); /* warm-up: first-touch, scratch growth */
+    double t0 = s_now();
+    r->fn(ctx, r, mode);
+    double once = s_now() - t0;
+    int reps = once >= SAMPLE_S ? 1 : (int)(SAMPLE_S / (once > 1e-7 ? once : 1e-7)) + 1;
     for (int i = 0; i < iters; i++) {
-        double t0 = s_now();
-        r->fn(ctx, r, mode);
-        t[i] = s_now() - t0;
+        t0 = s_now();
+        for (int k = 0; k < reps; k++) r->fn(ctx, r, mode);
+        t[i] = (s_now() - t0) / reps;
     }
     qsort(t, (size_t)iters, sizeof t[0], s_cmp_double);
     return t[iters / 2] * 1e3;
