@@ -309,6 +309,45 @@ NN_AVX512 static void s_dout_channel_512(const s_wino_t *p, int64_t k)
         }
     }
 }
+
+/* rows [k0, k1) of U, as s_weight_rows below: 16 kernels at a time, their taps
+ * gathered (reversed for the input gradient) */
+NN_AVX512 static void s_weight_rows_512(const s_wino_t *p, int64_t k0, int64_t k1)
+{
+    int64_t C = p->C0, KC = p->K0 * C;
+    const __m512i base = _mm512_setr_epi32(0, 9, 18, 27, 36, 45, 54, 63, 72, 81, 90, 99, 108, 117, 126, 135);
+    const __m512 half = _mm512_set1_ps(0.5f);
+    for (int64_t k = k0; k < k1; k++)
+        for (int64_t c0 = 0; c0 < C; c0 += L) {
+            __mmask16 n = nn_first16(C - c0);
+            const float *g = p->w + (k * C + c0) * 9;
+            __m512 t[9];
+#pragma GCC unroll 9
+            for (int i = 0; i < 9; i++)
+                t[i] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), n,
+                                                _mm512_add_epi32(base, _mm512_set1_epi32(p->flip ? 8 - i : i)), g, 4);
+            __m512 r[4][3];
+#pragma GCC unroll 3
+            for (int x = 0; x < 3; x++) { /* G g */
+                __m512 a = t[x], b = t[3 + x], c = t[6 + x];
+                r[0][x] = a;
+                r[1][x] = _mm512_mul_ps(half, _mm512_add_ps(_mm512_add_ps(a, b), c));
+                r[2][x] = _mm512_mul_ps(half, _mm512_add_ps(_mm512_sub_ps(a, b), c));
+                r[3][x] = c;
+            }
+            float *dst = p->U + k * C + c0;
+#pragma GCC unroll 4
+            for (int y = 0; y < 4; y++) { /* (G g) G^T */
+                __m512 a = r[y][0], b = r[y][1], c = r[y][2];
+                _mm512_mask_storeu_ps(dst + (4 * y + 0) * KC, n, a);
+                _mm512_mask_storeu_ps(dst + (4 * y + 1) * KC, n,
+                                      _mm512_mul_ps(half, _mm512_add_ps(_mm512_add_ps(a, b), c)));
+                _mm512_mask_storeu_ps(dst + (4 * y + 2) * KC, n,
+                                      _mm512_mul_ps(half, _mm512_add_ps(_mm512_sub_ps(a, b), c)));
+                _mm512_mask_storeu_ps(dst + (4 * y + 3) * KC, n, c);
+            }
+        }
+}
 #else
 static bool s_use512(void) { return false; }
 #endif
@@ -345,6 +384,12 @@ NN_CLONES static void s_weight_rows(const s_wino_t *p, int64_t k0, int64_t k1)
 {
     int64_t C = p->C0, KC = p->K0 * C;
     float t[9][L], u[NXI][L];
+#if W_X86
+    if (s_use512()) {
+        s_weight_rows_512(p, k0, k1);
+        return;
+    }
+#endif
     for (int64_t k = k0; k < k1; k++)
         for (int64_t c0 = 0; c0 < C; c0 += L) {
             int64_t n = C - c0 < L ? C - c0 : L;
