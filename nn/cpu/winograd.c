@@ -139,7 +139,15 @@ static void s_geom(s_geom_t *g, int64_t B, int64_t C, int64_t H, int64_t W, int6
     g->RB = (rows + g->nbands - 1) / g->nbands; /* even the bands out */
 }
 
-static size_t s_band_floats(const s_geom_t *g) { return (size_t)(NXI * (g->C + g->K) * g->RB * g->TW); }
+/* Floats from one point's matrix to the next (U, and a band's V, M, D): a cache line
+ * more than the matrix, so that the 16 streams a transform reads or writes do not
+ * all fall into one set of the L1 cache when the matrix size is a power of two. */
+static inline int64_t s_pitch(int64_t floats) { return floats + 16; }
+
+static size_t s_band_floats(const s_geom_t *g)
+{
+    return (size_t)(NXI * (s_pitch(g->C * g->RB * g->TW) + s_pitch(g->K * g->RB * g->TW)));
+}
 
 /* per thread: the input transform's 4 padded rows */
 static size_t s_thread_floats(const s_geom_t *g)
@@ -189,7 +197,7 @@ NN_AVX512 static inline __attribute__((always_inline)) __m512 s_load(const float
 NN_AVX512 static void s_input_channel_512(const s_wino_t *p, int64_t c)
 {
     const s_geom_t *g = &p->g;
-    int64_t TW = g->TW, W = g->W, Tb = (p->r1 - p->r0) * TW, CT = g->C * Tb;
+    int64_t TW = g->TW, W = g->W, Tb = (p->r1 - p->r0) * TW, CT = s_pitch(g->C * Tb);
     const float *plane = p->inp + (p->b * g->C + c) * g->H * W;
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
@@ -244,7 +252,7 @@ NN_AVX512 static inline __attribute__((always_inline)) void s_store_pairs(float 
 NN_AVX512 static void s_output_channel_512(const s_wino_t *p, int64_t k)
 {
     const s_geom_t *g = &p->g;
-    int64_t TW = g->TW, Tb = (p->r1 - p->r0) * TW, KT = g->K * Tb;
+    int64_t TW = g->TW, Tb = (p->r1 - p->r0) * TW, KT = s_pitch(g->K * Tb);
     __m512 bias = _mm512_set1_ps(p->bias ? p->bias[k] : 0.0f);
     for (int64_t r = p->r0; r < p->r1; r++) {
         const float *m = p->M + k * Tb + (r - p->r0) * TW;
@@ -275,7 +283,7 @@ NN_AVX512 static void s_output_channel_512(const s_wino_t *p, int64_t k)
 NN_AVX512 static void s_dout_channel_512(const s_wino_t *p, int64_t k)
 {
     const s_geom_t *g = &p->g;
-    int64_t TW = g->TW, OW = g->OW, Tb = (p->r1 - p->r0) * TW, KT = g->K * Tb;
+    int64_t TW = g->TW, OW = g->OW, Tb = (p->r1 - p->r0) * TW, KT = s_pitch(g->K * Tb);
     const float *plane = p->dout + (p->b * g->K + k) * g->OH * OW;
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
@@ -314,7 +322,7 @@ NN_AVX512 static void s_dout_channel_512(const s_wino_t *p, int64_t k)
  * gathered (reversed for the input gradient) */
 NN_AVX512 static void s_weight_rows_512(const s_wino_t *p, int64_t k0, int64_t k1)
 {
-    int64_t C = p->C0, KC = p->K0 * C;
+    int64_t C = p->C0, KC = s_pitch(p->K0 * C);
     const __m512i base = _mm512_setr_epi32(0, 9, 18, 27, 36, 45, 54, 63, 72, 81, 90, 99, 108, 117, 126, 135);
     const __m512 half = _mm512_set1_ps(0.5f);
     for (int64_t k = k0; k < k1; k++)
@@ -382,7 +390,7 @@ S_BLOCK void s_weight_block(float u[NXI][L], const float t[9][L])
  * channels. Either way w is read and U written front to back. */
 NN_CLONES static void s_weight_rows(const s_wino_t *p, int64_t k0, int64_t k1)
 {
-    int64_t C = p->C0, KC = p->K0 * C;
+    int64_t C = p->C0, KC = s_pitch(p->K0 * C);
     float t[9][L], u[NXI][L];
 #if W_X86
     if (s_use512()) {
@@ -462,7 +470,7 @@ S_BLOCK void s_input_block(float v[NXI][L], const float *d0, const float *d1, co
 NN_CLONES static void s_input_channel(const s_wino_t *p, int64_t c, float *buf)
 {
     const s_geom_t *g = &p->g;
-    int64_t TW = g->TW, PW = g->PWp, Tb = (p->r1 - p->r0) * TW, CT = g->C * Tb;
+    int64_t TW = g->TW, PW = g->PWp, Tb = (p->r1 - p->r0) * TW, CT = s_pitch(g->C * Tb);
     float *d0 = buf, *d1 = buf + PW, *d2 = buf + 2 * PW, *d3 = buf + 3 * PW, v[NXI][L];
 #if W_X86
     if (s_use512()) {
@@ -525,7 +533,7 @@ S_BLOCK void s_interleave(float *o, const float y[2][L], int64_t n)
 NN_CLONES static void s_output_channel(const s_wino_t *p, int64_t k)
 {
     const s_geom_t *g = &p->g;
-    int64_t TW = g->TW, Tb = (p->r1 - p->r0) * TW, KT = g->K * Tb;
+    int64_t TW = g->TW, Tb = (p->r1 - p->r0) * TW, KT = s_pitch(g->K * Tb);
     float bias = p->bias ? p->bias[k] : 0.0f, y[2][2][L], mt[NXI][L];
 #if W_X86
     if (s_use512()) {
@@ -574,8 +582,8 @@ static void s_gemm_task(void *arg, int64_t x0, int64_t x1, int tid)
     int64_t Tb = (p->r1 - p->r0) * g->TW;
     for (int64_t xi = x0; xi < x1; xi++)
         nn_cpu_gemm1(p->packs + (size_t)tid * NN_GEMM_PACK_FLOATS, p->flip, false, g->K, Tb, g->C, 1.0f,
-                     p->U + xi * g->K * g->C, p->flip ? g->K : g->C, p->V + xi * g->C * Tb, Tb, 0.0f,
-                     p->M + xi * g->K * Tb, Tb, NULL);
+                     p->U + xi * s_pitch(g->K * g->C), p->flip ? g->K : g->C, p->V + xi * s_pitch(g->C * Tb), Tb, 0.0f,
+                     p->M + xi * s_pitch(g->K * Tb), Tb, NULL);
 }
 
 static void s_output_task(void *arg, int64_t k0, int64_t k1, int tid)
@@ -588,8 +596,8 @@ static void s_output_task(void *arg, int64_t k0, int64_t k1, int tid)
 static size_t s_conv_floats(const s_geom_t *g, int threads)
 {
     if (g->small && threads > 1)
-        return (size_t)(NXI * g->K * g->C) + (size_t)threads * (s_band_floats(g) + s_thread_floats(g));
-    return (size_t)(NXI * g->K * g->C) + s_band_floats(g) + (size_t)threads * s_thread_floats(g);
+        return (size_t)(NXI * s_pitch(g->K * g->C)) + (size_t)threads * (s_band_floats(g) + s_thread_floats(g));
+    return (size_t)(NXI * s_pitch(g->K * g->C)) + s_band_floats(g) + (size_t)threads * s_thread_floats(g);
 }
 
 /* small problems: item = (image, band), all three steps on this thread's V and M */
@@ -600,8 +608,8 @@ static void s_band_task(void *arg, int64_t i0, int64_t i1, int tid)
     s_wino_t q = *p;
     float *mine = p->V + (size_t)tid * (s_band_floats(g) + s_thread_floats(g));
     q.V = mine;
-    q.M = q.V + NXI * g->C * g->RB * g->TW;
-    q.buf = q.M + NXI * g->K * g->RB * g->TW;
+    q.M = q.V + NXI * s_pitch(g->C * g->RB * g->TW);
+    q.buf = q.M + NXI * s_pitch(g->K * g->RB * g->TW);
     for (int64_t i = i0; i < i1; i++) {
         q.b = i / g->nbands;
         s_band(&q, i % g->nbands);
@@ -616,15 +624,15 @@ static void s_conv_run(nn_ctx_t *ctx, s_wino_t *p, float *scratch)
     const s_geom_t *g = &p->g;
     p->packs = ctx->packs; /* conv2d.c made sure of them */
     p->U = scratch;
-    p->V = p->U + NXI * g->K * g->C;
+    p->V = p->U + NXI * s_pitch(g->K * g->C);
     if (g->small && ctx->threads > 1) {
         nn_cpu_parallel(ctx, p->K0, 1, s_weight_task, p);
         nn_cpu_blas_threads(1);
         nn_cpu_parallel(ctx, g->B * g->nbands, 1, s_band_task, p);
         return;
     }
-    p->M = p->V + NXI * g->C * g->RB * g->TW;
-    p->buf = p->M + NXI * g->K * g->RB * g->TW;
+    p->M = p->V + NXI * s_pitch(g->C * g->RB * g->TW);
+    p->buf = p->M + NXI * s_pitch(g->K * g->RB * g->TW);
     p->buf_floats = s_thread_floats(g);
     nn_cpu_parallel(ctx, p->K0, 1, s_weight_task, p);
     nn_cpu_blas_threads(1);
@@ -670,7 +678,7 @@ S_BLOCK void s_dout_block(float d[NXI][L], const float *u0, const float *u1)
 NN_CLONES static void s_dout_channel(const s_wino_t *p, int64_t k, float *buf)
 {
     const s_geom_t *g = &p->g;
-    int64_t TW = g->TW, Tb = (p->r1 - p->r0) * TW, KT = g->K * Tb, PW = g->PWp;
+    int64_t TW = g->TW, Tb = (p->r1 - p->r0) * TW, KT = s_pitch(g->K * Tb), PW = g->PWp;
     float *u0 = buf, *u1 = buf + PW, d[NXI][L];
 #if W_X86
     if (s_use512()) {
@@ -721,7 +729,7 @@ static void s_dw_gemm_task(void *arg, int64_t x0, int64_t x1, int tid)
     int64_t Tb = (p->r1 - p->r0) * g->TW;
     for (int64_t xi = x0; xi < x1; xi++)
         nn_cpu_gemm1(p->packs + (size_t)tid * NN_GEMM_PACK_FLOATS, false, true, g->K, g->C, Tb, 1.0f,
-                     p->D + xi * g->K * Tb, Tb, p->V + xi * g->C * Tb, Tb, p->beta, p->Mh + xi * g->K * g->C, g->C, NULL);
+                     p->D + xi * s_pitch(g->K * Tb), Tb, p->V + xi * s_pitch(g->C * Tb), Tb, p->beta, p->Mh + xi * g->K * g->C, g->C, NULL);
 }
 
 /* dw[k][c] += G^T Mh G, G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1] */
@@ -791,8 +799,8 @@ static void s_dw_group_task(void *arg, int64_t g0, int64_t g1, int tid)
     int64_t items = g->B * g->nbands, groups = s_dw_groups(g);
     s_wino_t q = *p;
     q.V = p->V + (size_t)tid * (s_band_floats(g) + s_thread_floats(g));
-    q.D = q.V + NXI * g->C * g->RB * g->TW;
-    q.buf = q.D + NXI * g->K * g->RB * g->TW;
+    q.D = q.V + NXI * s_pitch(g->C * g->RB * g->TW);
+    q.buf = q.D + NXI * s_pitch(g->K * g->RB * g->TW);
     for (int64_t grp = g0; grp < g1; grp++) {
         q.Mh = p->Mh + grp * NXI * g->K * g->C;
         int64_t i0 = items * grp / groups, i1 = items * (grp + 1) / groups;
@@ -832,8 +840,8 @@ static void s_dw_run(nn_ctx_t *ctx, s_wino_t *p, float *scratch)
         return;
     }
     p->V = p->Mh + NXI * g->K * g->C;
-    p->D = p->V + NXI * g->C * g->RB * g->TW;
-    p->buf = p->D + NXI * g->K * g->RB * g->TW;
+    p->D = p->V + NXI * s_pitch(g->C * g->RB * g->TW);
+    p->buf = p->D + NXI * s_pitch(g->K * g->RB * g->TW);
     for (p->b = 0; p->b < g->B; p->b++)
         for (int64_t band = 0; band < g->nbands; band++) {
             s_band(p, band);
