@@ -299,25 +299,7 @@ S_AVX512 static inline __attribute__((always_inline)) void s_mk512(float *c, int
                                                                    const float *cs)
 {
     __m512 x[12][4];
-#pragma GCC unroll 12
-    for (int r = 0; r < RT; r++)
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; v++)
-            x[r][v] = _mm512_setzero_ps();
-    for (int64_t k = 0; k < K; k++) {
-        const float *bk = b + k * ldb, *ak = a + k * sk;
-        __m512 bv[4];
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; v++)
-            bv[v] = _mm512_loadu_ps(bk + v * 16);
-#pragma GCC unroll 12
-        for (int r = 0; r < RT; r++) {
-            __m512 av = _mm512_set1_ps(ak[r * sr]);
-#pragma GCC unroll 4
-            for (int v = 0; v < NV; v++)
-                x[r][v] = _mm512_fmadd_ps(av, bv[v], x[r][v]);
-        }
-    }
+    nn_tile_sum(x, K, a, sr, sk, b, ldb, RT, NV);
     if (acc) {
         __m512 f[4];
 #pragma GCC unroll 4

@@ -25,6 +25,39 @@ static inline __mmask16 nn_first16(int64_t n)
     return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
 }
 
+/* The register tile of every product (gemm.c, attention.c):
+ *   x[r][v] = sum over k < K of A(r, k) * b[k * ldb + 16 v + (0..15)]
+ * for r < MR, v < NV, A(r, k) = a[r * sr + k * sk], summed in k order from
+ * zero. MR x NV <= 24 accumulators; each k loads NV vectors of B and broadcasts
+ * MR values of A. Constant MR and NV unroll it into registers. */
+NN_AVX512 static inline __attribute__((always_inline)) void nn_tile_sum(__m512 x[12][4], int64_t K, const float *a,
+                                                                       int64_t sr, int64_t sk, const float *b,
+                                                                       int64_t ldb, const int MR, const int NV)
+{
+    const float *ar[12];
+#pragma GCC unroll 12
+    for (int r = 0; r < MR; r++) {
+        ar[r] = a + r * sr;
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++)
+            x[r][v] = _mm512_setzero_ps();
+    }
+    for (int64_t k = 0; k < K; k++) {
+        const float *bk = b + k * ldb;
+        __m512 bv[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++)
+            bv[v] = _mm512_loadu_ps(bk + v * 16);
+#pragma GCC unroll 12
+        for (int r = 0; r < MR; r++) {
+            __m512 av = _mm512_set1_ps(ar[r][k * sk]);
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++)
+                x[r][v] = _mm512_fmadd_ps(av, bv[v], x[r][v]);
+        }
+    }
+}
+
 /* r[j][i] <-> r[i][j]: 16 x 16 floats in registers, 64 shuffles. */
 NN_AVX512 static inline __attribute__((always_inline)) void nn_tr16(__m512 r[16])
 {

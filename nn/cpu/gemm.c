@@ -85,28 +85,7 @@ NN_AVX512 static inline __attribute__((always_inline)) void s_mk(int64_t K, cons
                                                                  const int NV)
 {
     __m512 x[12][4];
-    const float *ar[12];
-#pragma GCC unroll 12
-    for (int r = 0; r < MR; r++) {
-        ar[r] = a + r * sr;
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; v++)
-            x[r][v] = _mm512_setzero_ps();
-    }
-    for (int64_t k = 0; k < K; k++) {
-        const float *bk = bp + k * nr;
-        __m512 bv[4];
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; v++)
-            bv[v] = _mm512_loadu_ps(bk + v * 16);
-#pragma GCC unroll 12
-        for (int r = 0; r < MR; r++) {
-            __m512 av = _mm512_set1_ps(ar[r][k * sk]);
-#pragma GCC unroll 4
-            for (int v = 0; v < NV; v++)
-                x[r][v] = _mm512_fmadd_ps(av, bv[v], x[r][v]);
-        }
-    }
+    nn_tile_sum(x, K, a, sr, sk, bp, nr, MR, NV);
     __mmask16 m[4];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; v++)
