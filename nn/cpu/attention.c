@@ -62,7 +62,6 @@
 #include <immintrin.h>
 
 #include "nn/cpu/avx512.h"
-#define S_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")))
 #define S_AVX2 __attribute__((target("avx2,fma")))
 #else
 #define S_X86 0
@@ -293,10 +292,10 @@ static const s_kern_t s_kern_generic = {s_lgemm_generic, s_softmax_generic, s_pr
 
 /* Register tile: RT rows x NV vectors of accumulators (RT * NV <= 24 of the 32
  * zmm registers), B's NV vectors loaded once per k, A broadcast per row. */
-S_AVX512 static inline __attribute__((always_inline)) void s_mk512(float *c, int64_t ldc, const float *a, int64_t sr,
-                                                                   int64_t sk, const float *b, int64_t ldb, int64_t K,
-                                                                   const int RT, const int NV, bool acc,
-                                                                   const float *cs)
+NN_AVX512 static inline __attribute__((always_inline)) void s_mk512(float *c, int64_t ldc, const float *a, int64_t sr,
+                                                                    int64_t sk, const float *b, int64_t ldb, int64_t K,
+                                                                    const int RT, const int NV, bool acc,
+                                                                    const float *cs)
 {
     __m512 x[12][4];
     nn_tile_sum(x, K, a, sr, sk, b, ldb, RT, NV);
@@ -320,8 +319,8 @@ S_AVX512 static inline __attribute__((always_inline)) void s_mk512(float *c, int
 
 /* One function per tile shape (a table picks it); the assertion takes the ';'. */
 #define S_MK512(RT, NV)                                                                                                \
-    S_AVX512 static void s_mk512_##RT##_##NV(float *c, int64_t ldc, const float *a, int64_t sr, int64_t sk,            \
-                                             const float *b, int64_t ldb, int64_t K, bool acc, const float *cs)        \
+    NN_AVX512 static void s_mk512_##RT##_##NV(float *c, int64_t ldc, const float *a, int64_t sr, int64_t sk,           \
+                                              const float *b, int64_t ldb, int64_t K, bool acc, const float *cs)       \
     {                                                                                                                  \
         s_mk512(c, ldc, a, sr, sk, b, ldb, K, RT, NV, acc, cs);                                                        \
     }                                                                                                                  \
@@ -396,7 +395,7 @@ static void s_lgemm_avx512(float *c, int64_t ldc, const float *a, int64_t sr, in
  * x - n ln2 in one FMA (ln2's float error moves r by |n| 2e-9, nothing where
  * e^x matters), e^r by a degree-6 minimax polynomial (relative error 1.7e-8 on
  * |r| <= ln2/2), 2^n by scalef. 0 below -87.3 and for -inf; x must be < 88. */
-S_AVX512 static inline __m512 s_exp512(__m512 x)
+NN_AVX512 static inline __m512 s_exp512(__m512 x)
 {
     __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_GE_OQ);
     __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
@@ -413,15 +412,15 @@ S_AVX512 static inline __m512 s_exp512(__m512 x)
 }
 
 /* Lanes whose query index (qi0 + lane) is below key index kj. */
-S_AVX512 static inline __mmask16 s_masked512(int64_t qi0, int64_t kj)
+NN_AVX512 static inline __mmask16 s_masked512(int64_t qi0, int64_t kj)
 {
     const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     __m512i q = _mm512_add_epi32(_mm512_set1_epi32((int)qi0), iota);
     return _mm512_cmpgt_epi32_mask(_mm512_set1_epi32((int)kj), q);
 }
 
-S_AVX512 static void s_softmax_avx512(float *st, int64_t nk, int64_t nv, float *m, float *l, float *alpha, int64_t qi0,
-                                      int64_t k0, bool mask)
+NN_AVX512 static void s_softmax_avx512(float *st, int64_t nk, int64_t nv, float *m, float *l, float *alpha, int64_t qi0,
+                                       int64_t k0, bool mask)
 {
     const __m512 ninf = _mm512_set1_ps(-INFINITY);
     for (int64_t v = 0; v < nv; v++) {
@@ -455,8 +454,8 @@ S_AVX512 static void s_softmax_avx512(float *st, int64_t nk, int64_t nv, float *
     }
 }
 
-S_AVX512 static void s_probs_avx512(float *st, float *dpt, int64_t nk, int64_t nv, const float *lse, const float *delta,
-                                    int64_t qi0, int64_t k0, bool mask)
+NN_AVX512 static void s_probs_avx512(float *st, float *dpt, int64_t nk, int64_t nv, const float *lse,
+                                     const float *delta, int64_t qi0, int64_t k0, bool mask)
 {
     for (int64_t v = 0; v < nv; v++) {
         __m512 lv = _mm512_loadu_ps(lse + v * LANES), dl = _mm512_loadu_ps(delta + v * LANES);
@@ -471,7 +470,7 @@ S_AVX512 static void s_probs_avx512(float *st, float *dpt, int64_t nk, int64_t n
 }
 
 /* Stores the first n (1..16) floats of x; whole-register stores where n allows. */
-S_AVX512 static inline __attribute__((always_inline)) void s_store_n(float *dst, __m512 x, int64_t n)
+NN_AVX512 static inline __attribute__((always_inline)) void s_store_n(float *dst, __m512 x, int64_t n)
 {
     if (n == 16)
         _mm512_storeu_ps(dst, x);
@@ -481,7 +480,7 @@ S_AVX512 static inline __attribute__((always_inline)) void s_store_n(float *dst,
         _mm512_mask_storeu_ps(dst, nn_first16(n), x);
 }
 
-S_AVX512 static void s_pack512(float *dst, const float *src, int64_t ld, int64_t n, int64_t D, float scale)
+NN_AVX512 static void s_pack512(float *dst, const float *src, int64_t ld, int64_t n, int64_t D, float scale)
 {
     const __m512 sc = _mm512_set1_ps(scale);
     for (int64_t i0 = 0; i0 < BQ; i0 += 16)
@@ -504,7 +503,7 @@ S_AVX512 static void s_pack512(float *dst, const float *src, int64_t ld, int64_t
         }
 }
 
-S_AVX512 static void s_unpack512(float *dst, int64_t ld, const float *src, int64_t n, int64_t D, const float *f)
+NN_AVX512 static void s_unpack512(float *dst, int64_t ld, const float *src, int64_t n, int64_t D, const float *f)
 {
     for (int64_t i0 = 0; i0 < n; i0 += 16)
         for (int64_t c0 = 0; c0 < D; c0 += 16) {
@@ -520,7 +519,7 @@ S_AVX512 static void s_unpack512(float *dst, int64_t ld, const float *src, int64
         }
 }
 
-S_AVX512 static void s_rows512(float *dst, const float *src, int64_t ld, int64_t n, int64_t D, int64_t Dp, float scale)
+NN_AVX512 static void s_rows512(float *dst, const float *src, int64_t ld, int64_t n, int64_t D, int64_t Dp, float scale)
 {
     const __m512 sc = _mm512_set1_ps(scale);
     for (int64_t i = 0; i < BQ; i++)

@@ -31,8 +31,8 @@ static inline __mmask16 nn_first16(int64_t n)
  * zero. MR x NV <= 24 accumulators; each k loads NV vectors of B and broadcasts
  * MR values of A. Constant MR and NV unroll it into registers. */
 NN_AVX512 static inline __attribute__((always_inline)) void nn_tile_sum(__m512 x[12][4], int64_t K, const float *a,
-                                                                       int64_t sr, int64_t sk, const float *b,
-                                                                       int64_t ldb, const int MR, const int NV)
+                                                                        int64_t sr, int64_t sk, const float *b,
+                                                                        int64_t ldb, const int MR, const int NV)
 {
     const float *ar[12];
 #pragma GCC unroll 12
