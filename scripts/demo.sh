@@ -36,7 +36,9 @@ for p in "a red star on a blue background" "a big yellow heart on a gradient fro
 done
 
 step "2/5 the subject: a star the world never shows (magenta above, cyan below), 4 pictures"
-"$BOOTH" world --subject --num 4 --seed 0 --resolution 32 --out "$OUT/subject"
+# shellcheck source=scripts/world_dreambooth_settings.sh
+. "$(dirname "$0")/world_dreambooth_settings.sh" # the settings the test holds to its numbers
+"$BOOTH" world "${DB_SUBJECT[@]}" --out "$OUT/subject"
 "$BOOTH" world --subject --num 4 --seed 0 --grid --out "$OUT/subject-sheet" >/dev/null # not in the photos' folder
 
 step "3/5 a local cluster: coordinator, 1 parameter server, 2 workers (CURVE keys in $CLUSTER/keys)"
@@ -46,11 +48,9 @@ CO=(--coordinator "$(cat "$CLUSTER/endpoint")" --keys "$CLUSTER/keys")
 
 step "   DreamBooth LoRA on the cluster: 'a sks star', prior preservation with 32 'a star' from the farm"
 "$BOOTH" submit "${CO[@]}" --wait --model "$MODEL" --instance-data-dir "$OUT/subject" \
-    --instance-prompt "a sks star" --class-prompt "a star" --with-prior-preservation --num-class-images 32 \
-    --class-inference-steps 10 --class-guidance 1.5 --resolution 32 --random-flip --prior-loss-weight 0.5 \
-    --max-train-steps 1000 --learning-rate 1e-3 --rank 8 --train-text-encoder \
+    "${DB_TRAIN[@]}" "${DB_PRIORS[@]}" --max-train-steps "$DB_STEPS" \
     --validation-prompt "a sks star on a green background" --validation-steps 500 --num-validation-images 4 \
-    --checkpointing-steps 500 --seed 0 --output-dir "$OUT/run"
+    --checkpointing-steps 500 --output-dir "$OUT/run"
 cluster/local stop "$CLUSTER"
 LORA=$OUT/run/pytorch_lora_weights.safetensors
 

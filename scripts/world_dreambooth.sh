@@ -4,20 +4,20 @@
 # a LoRA trained with prior preservation (class "a star", class pictures the model draws) and one
 # without, then booth eval of both: subject fidelity on "a sks star on a COLOUR background", the
 # pattern rate of plain "a star" (language drift: low with priors, higher without) and its colour
-# diversity. Prints both evals; the numbers are docs/WORLD.md's and the test's.
+# diversity. Prints both evals; the numbers are docs/WORLD.md's and the test's. The settings are
+# world_dreambooth_settings.sh's (STEPS overrides its step count).
 set -euo pipefail
 MODEL=$1
 OUT=$2
-STEPS=${3:-1000}
 BOOTH=${BOOTH:-build/booth}
 NUM=${EVAL_NUM:-24}
 mkdir -p "$OUT"
-"$BOOTH" world --subject --num 4 --resolution 32 --seed 0 --out "$OUT/subject" >/dev/null
-COMMON=(--model "$MODEL" --instance-data-dir "$OUT/subject" --instance-prompt "a sks star" --resolution 32
-    --max-train-steps "$STEPS" --learning-rate 1e-3 --rank 8 --train-text-encoder --random-flip --seed 0)
-"$BOOTH" train "${COMMON[@]}" --class-prompt "a star" --with-prior-preservation --prior-loss-weight 0.5 \
-    --num-class-images 32 \
-    --class-inference-steps 10 --class-guidance 1.5 --output-dir "$OUT/priors" >/dev/null 2>"$OUT/priors.err"
+# shellcheck source=scripts/world_dreambooth_settings.sh
+. "$(dirname "$0")/world_dreambooth_settings.sh"
+STEPS=${3:-$DB_STEPS}
+"$BOOTH" world "${DB_SUBJECT[@]}" --out "$OUT/subject" >/dev/null
+COMMON=(--model "$MODEL" --instance-data-dir "$OUT/subject" "${DB_TRAIN[@]}" --max-train-steps "$STEPS")
+"$BOOTH" train "${COMMON[@]}" "${DB_PRIORS[@]}" --output-dir "$OUT/priors" >/dev/null 2>"$OUT/priors.err"
 "$BOOTH" train "${COMMON[@]}" --output-dir "$OUT/no-priors" >/dev/null 2>"$OUT/no-priors.err"
 for run in priors no-priors; do
     echo "== $run"

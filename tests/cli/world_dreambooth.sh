@@ -28,18 +28,17 @@ E=(--model "$MODEL" --steps 10 --json)
 # At 32 px a second thread does not make a step faster (the work is too small to share), so the
 # two halves below run side by side, one thread each: the results do not depend on the count.
 export BOOTH_THREADS=1
-"$BOOTH" world --subject --num 4 --resolution 32 --seed 0 --out "$T/subject" >/dev/null
-COMMON=(--model "$MODEL" --instance-data-dir "$T/subject" --instance-prompt "a sks star" --resolution 32
-    --max-train-steps 1000 --learning-rate 1e-3 --rank 8 --train-text-encoder --random-flip --seed 0)
+. scripts/world_dreambooth_settings.sh # the settings make demo and the docs use
+"$BOOTH" world "${DB_SUBJECT[@]}" --out "$T/subject" >/dev/null
+COMMON=(--model "$MODEL" --instance-data-dir "$T/subject" "${DB_TRAIN[@]}" --max-train-steps "$DB_STEPS")
 lora_eval() { # lora_eval RUN: the subject and the class with RUN's LoRA
     "$BOOTH" eval "${E[@]}" --lora "$T/$1/pytorch_lora_weights.safetensors" --num 24 --sets subject,class \
         >"$T/$1.json" 2>"$T/$1.eval.err" || fail "eval: $(cat "$T/$1.eval.err")"
 }
 # DreamBooth with prior preservation (its class pictures drawn first)
 (
-    "$BOOTH" train "${COMMON[@]}" --class-prompt "a star" --with-prior-preservation --prior-loss-weight 0.5 \
-        --num-class-images 32 --class-inference-steps 10 --class-guidance 1.5 --output-dir "$T/priors" \
-        >/dev/null 2>"$T/priors.err" || fail "train: $(tail -3 "$T/priors.err")"
+    "$BOOTH" train "${COMMON[@]}" "${DB_PRIORS[@]}" --output-dir "$T/priors" >/dev/null 2>"$T/priors.err" ||
+        fail "train: $(tail -3 "$T/priors.err")"
     lora_eval priors
 ) >"$T/priors.out" &
 pid=$!
