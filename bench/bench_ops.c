@@ -64,19 +64,19 @@ struct row {
     bool frozen_row; /* has a separate "weights frozen" backward (LoRA's case) */
 };
 
-/* ---- conv3x3, stride 1, pad 1: p = {C, H, W, OC} (OC 0: OC = C) ---- */
+/* ---- conv3x3, stride 1, pad 1: p = {C, H, W, OC, B} (OC 0: OC = C; B 0: 1) ---- */
 static void s_conv(nn_ctx_t *ctx, row_t *r, int mode)
 {
-    int64_t C = r->p[0], H = r->p[1], W = r->p[2], OC = r->p[3] ? r->p[3] : C;
-    nn_conv2d_dims_t d = {.B = 1, .C = C, .H = H, .W = W, .OC = OC, .KH = 3, .KW = 3, .stride = 1,
+    int64_t C = r->p[0], H = r->p[1], W = r->p[2], OC = r->p[3] ? r->p[3] : C, B = r->p[4] ? r->p[4] : 1;
+    nn_conv2d_dims_t d = {.B = B, .C = C, .H = H, .W = W, .OC = OC, .KH = 3, .KW = 3, .stride = 1,
                           .pad_t = 1, .pad_b = 1, .pad_l = 1, .pad_r = 1};
     if (!r->buf[0]) {
-        r->buf[0] = s_buf(C * H * W, 1);      /* x */
+        r->buf[0] = s_buf(B * C * H * W, 1);  /* x */
         r->buf[1] = s_buf(OC * C * 9, 2);     /* w */
         r->buf[2] = s_buf(OC, 3);             /* b */
-        r->buf[3] = s_buf(OC * H * W, 4);     /* y */
-        r->buf[4] = s_buf(OC * H * W, 5);     /* dy */
-        r->buf[5] = s_buf(C * H * W, 6);      /* dx */
+        r->buf[3] = s_buf(B * OC * H * W, 4); /* y */
+        r->buf[4] = s_buf(B * OC * H * W, 5); /* dy */
+        r->buf[5] = s_buf(B * C * H * W, 6);  /* dx */
         r->buf[6] = s_buf(OC * C * 9, 7);     /* dw */
         r->buf[7] = s_buf(OC, 8);             /* db */
     }
@@ -197,6 +197,8 @@ static row_t s_rows[] = {
     {"conv3x3_640_32", "conv3x3 640->640 @32x32", s_conv, {640, 32, 32}, {0}, true},
     {"conv3x3_1280_16", "conv3x3 1280->1280 @16x16", s_conv, {1280, 16, 16}, {0}, true},
     {"conv3x3_1280_8", "conv3x3 1280->1280 @8x8", s_conv, {1280, 8, 8}, {0}, true},
+    {"conv3x3_1280_8_b2", "conv3x3 1280->1280 @8x8, batch 2 (256 px step)", s_conv, {1280, 8, 8, 0, 2}, {0}, true},
+    {"conv3x3_1280_4_b2", "conv3x3 1280->1280 @4x4, batch 2 (256 px step)", s_conv, {1280, 4, 4, 0, 2}, {0}, true},
     {"conv_in_4_320_64", "conv3x3 4->320 @64x64 (UNet conv_in)", s_conv, {4, 64, 64, 320}, {0}, true},
     {"conv_out_320_4_64", "conv3x3 320->4 @64x64 (UNet conv_out)", s_conv, {320, 64, 64, 4}, {0}, true},
     {"vae_conv_512_128", "conv3x3 512->512 @128x128 (VAE decoder)", s_conv, {512, 128, 128}, {0}, true},

@@ -92,12 +92,12 @@ def med(fn, iters):
     return statistics.median(ts) * 1e3
 
 
-def conv_row(C, H, W, OC=None):
+def conv_row(C, H, W, OC=None, B=1):
     OC = OC or C
-    x = torch.randn(1, C, H, W)
+    x = torch.randn(B, C, H, W)
     w = torch.randn(OC, C, 3, 3) * 0.02
     b = torch.randn(OC)
-    dy = torch.randn(1, OC, H, W)
+    dy = torch.randn(B, OC, H, W)
 
     def fwd():
         with torch.no_grad():
@@ -212,6 +212,8 @@ ROWS = {
     "conv3x3_640_32": lambda: conv_row(640, 32, 32),
     "conv3x3_1280_16": lambda: conv_row(1280, 16, 16),
     "conv3x3_1280_8": lambda: conv_row(1280, 8, 8),
+    "conv3x3_1280_8_b2": lambda: conv_row(1280, 8, 8, B=2),
+    "conv3x3_1280_4_b2": lambda: conv_row(1280, 4, 4, B=2),
     "conv_in_4_320_64": lambda: conv_row(4, 64, 64, 320),
     "conv_out_320_4_64": lambda: conv_row(320, 64, 64, 4),
     "vae_conv_512_128": lambda: conv_row(512, 128, 128),

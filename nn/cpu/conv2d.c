@@ -61,6 +61,9 @@ static bool s_pointwise(const nn_conv2d_dims_t *d)
 /* test hooks: nn_cpu_conv2d_test_force() */
 static nn_conv_alg_t s_force;
 static bool s_tiny;
+static bool s_unbatched; /* nn_cpu_conv2d_test_unbatched() */
+
+void nn_cpu_conv2d_test_unbatched(bool on) { s_unbatched = on; }
 
 void nn_cpu_conv2d_test_force(nn_conv_alg_t alg, bool tiny_bands)
 {
@@ -161,11 +164,11 @@ static void s_block(int64_t i, int64_t n, int64_t total, int64_t *lo, int64_t *h
     *hi = total * (i + 1) / n;
 }
 
-/* col[(c,ky,kx), (oy-r0)*OW + ox] = padded input, for output rows [r0, r1) */
-NN_CLONES static void s_im2col(const s_conv_t *p, float *col, const float *img, int64_t c0, int64_t c1)
+/* col[(c,ky,kx) * ld + (oy-r0)*OW + ox] = padded input, for output rows [r0, r1) */
+NN_CLONES static void s_im2col(const s_conv_t *p, float *col, int64_t ld, const float *img, int64_t c0, int64_t c1)
 {
     const nn_conv2d_dims_t *d = &p->d;
-    int64_t OW = p->OW, r0 = p->r0, r1 = p->r1, P = (r1 - r0) * OW, s = d->stride;
+    int64_t OW = p->OW, r0 = p->r0, r1 = p->r1, P = ld, s = d->stride;
     for (int64_t c = c0; c < c1; c++) {
         const float *plane = img + c * d->H * d->W;
         for (int64_t ky = 0; ky < d->KH; ky++)
@@ -227,7 +230,7 @@ NN_CLONES static void s_col2im(const s_conv_t *p, float *dimg, const float *col,
 static void s_im2col_task(void *arg, int64_t c0, int64_t c1, int tid)
 {
     s_conv_t *p = arg;
-    s_im2col(p, p->col, p->inp + p->b * p->d.C * p->d.H * p->d.W, c0, c1);
+    s_im2col(p, p->col, (p->r1 - p->r0) * p->OW, p->inp + p->b * p->d.C * p->d.H * p->d.W, c0, c1);
 }
 
 /* The band's column matrix and its leading dimension. */
@@ -260,10 +263,78 @@ static void s_fwd_gemm_task(void *arg, int64_t i0, int64_t i1, int tid)
     }
 }
 
+/* Small images (B OH OW <= SMALL_COLS, one band each: the UNet's 8x8 and 4x4
+ * levels): every image's columns side by side in one column matrix, so that one
+ * product per block reads W once for the whole batch instead of once per image
+ * (at 8x8 and 1280 channels W is 59 MB and the product is bound by reading it).
+ * Each output element is the same FMAs in the same order as image by image (the
+ * product's bytes do not depend on N), so the choice may depend on the batch size.
+ * The input gradient does the same the other way round (s_small_dinp). */
+#define SMALL_COLS 256
+
+static bool s_small(const s_conv_t *p)
+{
+    return !s_unbatched && !p->pointwise && p->nbands == 1 && p->d.B * p->OHW <= SMALL_COLS;
+}
+
+/* scratch: columns [CKK, B P] | output [OC, B P] */
+static size_t s_small_fwd_floats(const s_conv_t *p)
+{
+    int64_t n = p->d.B * p->OHW;
+    return s_round16((size_t)(p->CKK * n)) + (size_t)(p->d.OC * n);
+}
+
+static void s_small_im2col_task(void *arg, int64_t i0, int64_t i1, int tid)
+{
+    const s_conv_t *p = arg;
+    int64_t n = p->d.B * p->OHW, CHW = p->d.C * p->d.H * p->d.W;
+    for (int64_t i = i0; i < i1; i++) /* item: (image, channel) */
+        s_im2col(p, p->col + i / p->d.C * p->OHW, n, p->inp + i / p->d.C * CHW, i % p->d.C, i % p->d.C + 1);
+}
+
+static void s_small_fwd_task(void *arg, int64_t i0, int64_t i1, int tid)
+{
+    const s_conv_t *p = arg;
+    int64_t n = p->d.B * p->OHW, OC = p->d.OC;
+    float *y = p->col + s_round16((size_t)(p->CKK * n));
+    for (int64_t i = i0; i < i1; i++) {
+        int64_t m0, m1, n0, n1;
+        s_block(i / p->nN, p->nM, OC, &m0, &m1);
+        s_block(i % p->nN, p->nN, n, &n0, &n1);
+        nn_cpu_gemm1(p->packs + (size_t)tid * NN_GEMM_PACK_FLOATS, false, false, m1 - m0, n1 - n0, p->CKK, 1.0f,
+                     p->w + m0 * p->CKK, p->CKK, p->col + n0, n, 0.0f, y + m0 * n + n0, n,
+                     p->bias ? p->bias + m0 : NULL);
+    }
+}
+
+static void s_small_scatter_task(void *arg, int64_t k0, int64_t k1, int tid)
+{
+    const s_conv_t *p = arg;
+    int64_t n = p->d.B * p->OHW, OC = p->d.OC;
+    const float *y = p->col + s_round16((size_t)(p->CKK * n));
+    for (int64_t k = k0; k < k1; k++)
+        for (int64_t b = 0; b < p->d.B; b++)
+            memcpy(p->out + (b * OC + k) * p->OHW, y + k * n + b * p->OHW, (size_t)p->OHW * sizeof(float));
+}
+
+static void s_small_forward(nn_ctx_t *ctx, s_conv_t *p)
+{
+    p->r0 = 0;
+    p->r1 = p->OH;
+    nn_cpu_parallel(ctx, p->d.B * p->d.C, 1, s_small_im2col_task, p);
+    /* one block of rows per thread: each block packs all the columns for itself
+     * (the bytes depend on no split) */
+    p->nN = 1;
+    p->nM = ctx->threads < p->d.OC ? ctx->threads : p->d.OC;
+    nn_cpu_parallel(ctx, p->nM * p->nN, 1, s_small_fwd_task, p);
+    nn_cpu_parallel(ctx, p->d.OC, 64, s_small_scatter_task, p);
+}
+
 static size_t s_im2col_fwd_floats(const nn_conv2d_dims_t *d)
 {
     s_conv_t p;
     s_plan(&p, d);
+    if (s_small(&p)) return s_small_fwd_floats(&p);
     return p.pointwise ? 0 : (size_t)(p.CKK * p.R * p.OW);
 }
 
@@ -279,6 +350,10 @@ static void s_im2col_forward(nn_ctx_t *ctx, float *scratch, float *out, const fl
     p.col = scratch;
     p.packs = ctx->packs; /* made sure of by the entry points */
     nn_cpu_blas_threads(1);
+    if (s_small(&p)) {
+        s_small_forward(ctx, &p);
+        return;
+    }
     for (p.b = 0; p.b < d->B; p.b++)
         for (int64_t band = 0; band < p.nbands; band++) {
             s_band(&p, band);
@@ -324,6 +399,89 @@ static void s_zero_task(void *arg, int64_t i0, int64_t i1, int tid)
     memset(x + i0, 0, (size_t)(i1 - i0) * sizeof(float));
 }
 
+/* ---- input gradient of small images: dcol^T = dout^T . W, the whole batch at once ----
+ *
+ * With few output pixels (s_small: the UNet's 8x8 and 4x4 levels), col2im's product dcol = W^T . dout is tall and narrow: W^T is packed
+ * again for every image, which costs as much as the arithmetic, and most of the
+ * register tile's 64 columns are empty. The same product transposed over all
+ * images at once, dcol^T[B P, CKK] = dout^T . W, packs W in its own layout once
+ * and fills the tile. Each dcol element is the same FMAs in the same order either
+ * way (the product's bytes depend on neither its orientation nor M or N), and the
+ * scatter adds into dinp in s_col2im's order, so the bytes are the banded path's
+ * (one band per image): the choice may depend on the batch size. */
+/* scratch: dout gathered as [OC, B P] | dcol^T [B P, CKK] */
+static size_t s_small_dinp_floats(const s_conv_t *p)
+{
+    int64_t n = p->d.B * p->OHW;
+    return s_round16((size_t)(p->d.OC * n)) + (size_t)(n * p->CKK);
+}
+
+/* dimg += col2im of one image's rows of dcol^T (dct[P, CKK]), channels [c0, c1), in s_col2im's order */
+NN_CLONES static void s_col2im_t(const s_conv_t *p, float *dimg, const float *dct, int64_t c0, int64_t c1)
+{
+    const nn_conv2d_dims_t *d = &p->d;
+    int64_t OW = p->OW, s = d->stride, CKK = p->CKK;
+    for (int64_t c = c0; c < c1; c++) {
+        float *plane = dimg + c * d->H * d->W;
+        for (int64_t ky = 0; ky < d->KH; ky++)
+            for (int64_t kx = 0; kx < d->KW; kx++) {
+                const float *col = dct + (c * d->KH + ky) * d->KW + kx;
+                int64_t lo = d->pad_l - kx > 0 ? (d->pad_l - kx + s - 1) / s : 0;
+                int64_t hi = (d->W - 1 + d->pad_l - kx) / s + 1;
+                if (d->W - 1 + d->pad_l - kx < 0) hi = 0;
+                if (hi > OW) hi = OW;
+                for (int64_t oy = 0; oy < p->OH; oy++) {
+                    int64_t iy = oy * s - d->pad_t + ky;
+                    if (iy < 0 || iy >= d->H) continue;
+                    float *dst = plane + iy * d->W - d->pad_l + kx;
+                    const float *src = col + oy * OW * CKK;
+                    for (int64_t ox = lo; ox < hi; ox++) dst[ox * s] += src[ox * CKK];
+                }
+            }
+    }
+}
+
+static void s_gather_task(void *arg, int64_t k0, int64_t k1, int tid)
+{
+    const s_conv_t *p = arg;
+    int64_t n = p->d.B * p->OHW, OC = p->d.OC;
+    for (int64_t k = k0; k < k1; k++)
+        for (int64_t b = 0; b < p->d.B; b++)
+            memcpy(p->col + k * n + b * p->OHW, p->dout + (b * OC + k) * p->OHW, (size_t)p->OHW * sizeof(float));
+}
+
+static void s_small_dinp_task(void *arg, int64_t i0, int64_t i1, int tid)
+{
+    const s_conv_t *p = arg;
+    const nn_conv2d_dims_t *d = &p->d;
+    int64_t KK = d->KH * d->KW, n = d->B * p->OHW, nb = s_dinp_blocks(d);
+    const float *g = p->col;
+    float *dct = p->col + s_round16((size_t)(d->OC * n));
+    for (int64_t i = i0; i < i1; i++) {
+        int64_t c0, c1;
+        s_block(i, nb, d->C, &c0, &c1);
+        nn_cpu_gemm1(p->packs + (size_t)tid * NN_GEMM_PACK_FLOATS, true, false, n, (c1 - c0) * KK, d->OC, 1.0f, g, n,
+                     p->w + c0 * KK, p->CKK, 0.0f, dct + c0 * KK, p->CKK, NULL);
+        for (int64_t b = 0; b < d->B; b++)
+            s_col2im_t(p, p->out + b * d->C * d->H * d->W, dct + b * p->OHW * p->CKK, c0, c1);
+    }
+}
+
+static void s_small_dinp_run(nn_ctx_t *ctx, s_conv_t *p)
+{
+    const nn_conv2d_dims_t *d = &p->d;
+    nn_cpu_parallel(ctx, d->OC, 64, s_gather_task, p);
+    nn_cpu_parallel(ctx, s_dinp_blocks(d), 1, s_small_dinp_task, p);
+}
+
+/* scratch for the input gradient by col2im */
+static size_t s_col2im_dinp_floats(const nn_conv2d_dims_t *d)
+{
+    s_conv_t p;
+    s_plan(&p, d);
+    return s_small(&p) ? s_small_dinp_floats(&p) : s_im2col_fwd_floats(d);
+}
+
 static void s_col2im_dinp(nn_ctx_t *ctx, float *scratch, float *dinp, const float *dout, const float *w,
                           const nn_conv2d_dims_t *d)
 {
@@ -336,6 +494,10 @@ static void s_col2im_dinp(nn_ctx_t *ctx, float *scratch, float *dinp, const floa
     p.packs = ctx->packs;
     if (!p.pointwise) nn_cpu_parallel(ctx, d->B * d->C * d->H * d->W, NN_GRAIN * 4, s_zero_task, dinp);
     nn_cpu_blas_threads(1);
+    if (s_small(&p)) {
+        s_small_dinp_run(ctx, &p);
+        return;
+    }
     for (p.b = 0; p.b < d->B; p.b++)
         for (int64_t band = 0; band < p.nbands; band++) { /* in order: overlapping rows add up in band order */
             s_band(&p, band);
@@ -809,7 +971,7 @@ int nn_cpu_conv2d_backward(nn_ctx_t *ctx, float *dinp, float *dw, float *db, con
         flip_floats = s_round16((size_t)(d->C * d->OC * d->KH * d->KW));
         dinp_floats = flip_floats + s_forward_floats(&di, dinp_alg, ctx->threads);
     } else if (dinp) {
-        dinp_floats = s_im2col_fwd_floats(d);
+        dinp_floats = s_col2im_dinp_floats(d);
     }
     if (dw) {
         dw_alg = s_choose(d);

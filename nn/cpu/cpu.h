@@ -135,6 +135,8 @@ void nn_cpu_winograd_dw(nn_ctx_t *ctx, float *scratch, float *dw, const float *d
 typedef enum { NN_CONV_AUTO, NN_CONV_IM2COL, NN_CONV_COL2IM, NN_CONV_WINOGRAD } nn_conv_alg_t;
 void nn_cpu_conv2d_test_force(nn_conv_alg_t alg, bool tiny_bands);
 void nn_cpu_winograd_test_tiny_bands(bool on);
+/* Test hook (conv2d.c): small images image by image, not in one product for the whole batch. */
+void nn_cpu_conv2d_test_unbatched(bool on);
 /* Test hook (winograd.c): the portable transforms even on AVX-512 CPUs. */
 void nn_cpu_winograd_test_portable(bool on);
 

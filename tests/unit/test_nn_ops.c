@@ -1227,6 +1227,68 @@ TEST(nn_winograd_transforms_match_portable)
     nn_ctx_destroy(&ctx);
 }
 
+/* Small images (the UNet's 8x8 and 4x4 levels) go through one product for the
+ * whole batch, forward and input gradient: the same bytes as image by image and
+ * as each image alone. Shapes: input gradient by col2im (OC >= 32) and by the
+ * rotated-kernel convolution (OC < 32), stride 2, a 1x5 image. */
+TEST(nn_conv2d_small_images_batched)
+{
+    static const nn_conv2d_dims_t shapes[] = {
+        {.B = 3, .C = 20, .H = 8, .W = 8, .OC = 40, .KH = 3, .KW = 3, .stride = 1, 1, 1, 1, 1},
+        {.B = 3, .C = 24, .H = 4, .W = 4, .OC = 16, .KH = 3, .KW = 3, .stride = 1, 1, 1, 1, 1},
+        {.B = 2, .C = 12, .H = 9, .W = 7, .OC = 36, .KH = 3, .KW = 3, .stride = 2, 1, 1, 1, 1},
+        {.B = 4, .C = 8, .H = 1, .W = 5, .OC = 33, .KH = 3, .KW = 3, .stride = 1, 1, 1, 1, 1},
+    };
+    nn_ctx_t *ctx = nn_ctx_new(NN_BACKEND_CPU, 2);
+    REQUIRE(ctx);
+    tu_rng_t r = tu_rng(91);
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        nn_conv2d_dims_t d = shapes[i], one = d;
+        one.B = 1;
+        int64_t OH = nn_conv2d_out_h(&d), OW = nn_conv2d_out_w(&d);
+        size_t ix = (size_t)(d.C * d.H * d.W), iy = (size_t)(d.OC * OH * OW), nw = (size_t)(d.OC * d.C * 9);
+        size_t nx = ix * (size_t)d.B, ny = iy * (size_t)d.B;
+        float *x = malloc(nx * sizeof *x), *w = malloc(nw * sizeof *w), *b = malloc((size_t)d.OC * sizeof *b),
+              *dy = malloc(ny * sizeof *dy), *y[3], *dx[3];
+        REQUIRE(x && w && b && dy);
+        tu_fill_normal(&r, x, (int64_t)nx, 1.0f);
+        tu_fill_normal(&r, w, (int64_t)nw, 0.2f);
+        tu_fill_normal(&r, b, d.OC, 1.0f);
+        tu_fill_normal(&r, dy, (int64_t)ny, 1.0f);
+        for (int k = 0; k < 3; k++) {
+            y[k] = malloc(ny * sizeof(float));
+            dx[k] = malloc(nx * sizeof(float));
+            REQUIRE(y[k] && dx[k]);
+        }
+        /* 0: batched; 1: image by image; 2: each image alone */
+        for (int k = 0; k < 2; k++) {
+            nn_cpu_conv2d_test_unbatched(k == 1);
+            CHECK_INT_EQ(nn_conv2d_forward(ctx, y[k], x, w, b, &d), 0);
+            CHECK_INT_EQ(nn_conv2d_backward(ctx, dx[k], NULL, NULL, dy, x, w, &d), 0);
+        }
+        nn_cpu_conv2d_test_unbatched(false);
+        for (int64_t n = 0; n < d.B; n++) {
+            CHECK_INT_EQ(nn_conv2d_forward(ctx, y[2] + n * iy, x + n * ix, w, b, &one), 0);
+            CHECK_INT_EQ(nn_conv2d_backward(ctx, dx[2] + n * ix, NULL, NULL, dy + n * iy, x + n * ix, w, &one), 0);
+        }
+        for (int k = 1; k < 3; k++) {
+            const char *how = k == 1 ? "image by image" : "each image alone";
+            CHECKF(!memcmp(y[0], y[k], ny * sizeof(float)), "shape %zu: the batched forward differs from %s", i, how);
+            CHECKF(!memcmp(dx[0], dx[k], nx * sizeof(float)), "shape %zu: the batched input gradient differs from %s",
+                   i, how);
+        }
+        for (int k = 0; k < 3; k++) {
+            free(y[k]);
+            free(dx[k]);
+        }
+        free(x);
+        free(w);
+        free(b);
+        free(dy);
+    }
+    nn_ctx_destroy(&ctx);
+}
+
 /* float64 forward and all three gradients of sum(out * dout), by the definition */
 static void s_conv_ref_all(const nn_conv2d_dims_t *d, const float *x, const float *w, const float *b,
                            const float *dout, double *out, double *dx, double *dw, double *db)
