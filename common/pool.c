@@ -10,11 +10,23 @@
  * after that finds the job closed and goes back to sleep. Shares also balance a
  * core that another process slows down. A 1-thread pool needs no
  * synchronisation at all.
+ *
+ * Kernels come back to back (a training step runs thousands), so after a job a
+ * worker first watches the generation for a short while (SPIN_ROUNDS pauses,
+ * some tens of microseconds) and only then sleeps; the caller likewise watches
+ * the workers it waits for before it sleeps. A job that follows within that
+ * window starts on every thread at once, with no system call.
  */
 #include "common/pool.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define S_PAUSE() _mm_pause()
+#else
+#define S_PAUSE() ((void)0)
+#endif
 #include <stdbool.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -30,8 +42,11 @@ struct bt_pool {
     pthread_cond_t cv_done;
     uint64_t generation; /* bumped for every job; workers look when it moves */
     bool open;           /* the current job still takes workers */
-    int active;          /* workers inside the current job */
+    atomic_int active;   /* workers inside the current job (changed under mu) */
     bool stop;
+    atomic_uint_fast64_t spied; /* generation and stop (bit 0), for spinning workers */
+    int sleepers;               /* workers waiting on cv_work */
+    bool caller_sleeps;         /* the caller waits on cv_done */
     /* the current job */
     bt_task_fn fn;
     void *arg;
@@ -40,6 +55,7 @@ struct bt_pool {
 };
 
 #define SHARES_PER_THREAD 4
+#define SPIN_ROUNDS 4096 /* pauses a worker (or the caller) spins before sleeping */
 
 typedef struct {
     bt_pool_t *pool;
@@ -66,17 +82,28 @@ static void *s_worker(void *varg)
     free(varg);
     bt_pool_t *p = wa.pool;
     uint64_t seen = 0;
-    pthread_mutex_lock(&p->mu);
     for (;;) {
-        while (!p->stop && p->generation == seen) pthread_cond_wait(&p->cv_work, &p->mu);
+        for (int i = 0; i < SPIN_ROUNDS && atomic_load_explicit(&p->spied, memory_order_relaxed) == seen << 1; i++)
+            S_PAUSE();
+        pthread_mutex_lock(&p->mu);
+        while (!p->stop && p->generation == seen) {
+            p->sleepers++;
+            pthread_cond_wait(&p->cv_work, &p->mu);
+            p->sleepers--;
+        }
         if (p->stop) break;
         seen = p->generation;
-        if (!p->open) continue; /* woke too late: the caller ran it all */
-        p->active++;
+        if (!p->open) { /* too late: the caller ran it all */
+            pthread_mutex_unlock(&p->mu);
+            continue;
+        }
+        atomic_fetch_add_explicit(&p->active, 1, memory_order_relaxed);
         pthread_mutex_unlock(&p->mu);
         s_run_shares(p, wa.tid);
         pthread_mutex_lock(&p->mu);
-        if (--p->active == 0 && !p->open) pthread_cond_signal(&p->cv_done);
+        if (atomic_fetch_sub_explicit(&p->active, 1, memory_order_release) == 1 && p->caller_sleeps)
+            pthread_cond_signal(&p->cv_done);
+        pthread_mutex_unlock(&p->mu);
     }
     pthread_mutex_unlock(&p->mu);
     return NULL;
@@ -134,6 +161,7 @@ void bt_pool_destroy(bt_pool_t **pp)
     if (!p) return;
     pthread_mutex_lock(&p->mu);
     p->stop = true;
+    atomic_store_explicit(&p->spied, 1, memory_order_relaxed);
     pthread_cond_broadcast(&p->cv_work);
     pthread_mutex_unlock(&p->mu);
     for (int t = 1; t < p->threads; t++)
@@ -166,13 +194,21 @@ void bt_pool_run(bt_pool_t *p, int64_t n, int64_t grain, bt_task_fn fn, void *ar
     atomic_store_explicit(&p->next, 0, memory_order_relaxed);
     p->open = true;
     p->generation++;
-    pthread_cond_broadcast(&p->cv_work);
+    atomic_store_explicit(&p->spied, p->generation << 1, memory_order_relaxed);
+    if (p->sleepers) pthread_cond_broadcast(&p->cv_work);
     pthread_mutex_unlock(&p->mu);
 
     s_run_shares(p, 0);
 
     pthread_mutex_lock(&p->mu);
-    p->open = false;
-    while (p->active > 0) pthread_cond_wait(&p->cv_done, &p->mu);
+    p->open = false; /* no worker joins from here on: only those inside are waited for */
     pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < SPIN_ROUNDS && atomic_load_explicit(&p->active, memory_order_acquire) > 0; i++) S_PAUSE();
+    if (atomic_load_explicit(&p->active, memory_order_acquire) > 0) {
+        pthread_mutex_lock(&p->mu);
+        p->caller_sleeps = true;
+        while (atomic_load_explicit(&p->active, memory_order_acquire) > 0) pthread_cond_wait(&p->cv_done, &p->mu);
+        p->caller_sleeps = false;
+        pthread_mutex_unlock(&p->mu);
+    }
 }

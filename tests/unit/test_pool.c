@@ -6,6 +6,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/pool.h"
 #include "test.h"
@@ -116,6 +117,34 @@ TEST(pool_back_to_back_tiny_jobs)
         want += n;
         CHECK_INT_EQ(atomic_load(&total), want);
         if (atomic_load(&total) != want) break;
+    }
+    bt_pool_destroy(&pool);
+}
+
+/* Items that take a while: a worker still inside the job when the caller is
+ * done makes the caller wait, past its spinning, asleep. */
+static void s_add_slowly(void *arg, int64_t begin, int64_t end, int tid)
+{
+    if (tid) usleep(400);
+    atomic_fetch_add((atomic_llong *)arg, end - begin);
+}
+
+/* Workers spin for a while after a job, then sleep: jobs that come right away,
+ * after the spin window (workers asleep) and slow ones that the caller waits
+ * for asleep, mixed, must each run every item exactly once. */
+TEST(pool_jobs_across_spin_and_sleep)
+{
+    bt_pool_t *pool = bt_pool_new(3);
+    REQUIRE(pool);
+    atomic_llong total = 0;
+    long long want = 0;
+    for (int i = 0; i < 300; i++) {
+        int64_t n = 3 + i % 7;
+        bt_pool_run(pool, n, 1, i % 3 == 2 ? s_add_slowly : s_add, &total);
+        want += n;
+        CHECK_INT_EQ(atomic_load(&total), want);
+        if (atomic_load(&total) != want) break;
+        if (i % 5 == 4) usleep(2000); /* well past the spin window: the workers sleep */
     }
     bt_pool_destroy(&pool);
 }
