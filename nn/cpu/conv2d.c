@@ -199,16 +199,20 @@ NN_CLONES static void s_im2col(const s_conv_t *p, float *col, int64_t ld, const 
     }
 }
 
-/* dimg += col2im(col) for output rows [r0, r1), channels [c0, c1) */
-NN_CLONES static void s_col2im(const s_conv_t *p, float *dimg, const float *col, int64_t c0, int64_t c1)
+/* dimg += col2im(col) for output rows [r0, r1), channels [c0, c1): the column
+ * value of (c, ky, kx) at band pixel j is col[((c KH + ky) KW + kx) ts + j ps]
+ * (the column matrix: ts = P, ps = 1; its transpose: ts = 1, ps = CKK). For
+ * each input pixel, contributions add up in (ky, kx) order either way. */
+NN_CLONES static void s_col2im(const s_conv_t *p, float *dimg, const float *col, int64_t ts, int64_t ps, int64_t c0,
+                               int64_t c1)
 {
     const nn_conv2d_dims_t *d = &p->d;
-    int64_t OW = p->OW, r0 = p->r0, r1 = p->r1, P = (r1 - r0) * OW, s = d->stride;
+    int64_t OW = p->OW, r0 = p->r0, r1 = p->r1, s = d->stride;
     for (int64_t c = c0; c < c1; c++) {
         float *plane = dimg + c * d->H * d->W;
         for (int64_t ky = 0; ky < d->KH; ky++)
             for (int64_t kx = 0; kx < d->KW; kx++) {
-                const float *row = col + ((c * d->KH + ky) * d->KW + kx) * P;
+                const float *row = col + ((c * d->KH + ky) * d->KW + kx) * ts;
                 int64_t lo = d->pad_l - kx > 0 ? (d->pad_l - kx + s - 1) / s : 0;
                 int64_t hi = (d->W - 1 + d->pad_l - kx) / s + 1;
                 if (d->W - 1 + d->pad_l - kx < 0) hi = 0;
@@ -216,12 +220,12 @@ NN_CLONES static void s_col2im(const s_conv_t *p, float *dimg, const float *col,
                 for (int64_t oy = r0; oy < r1; oy++) {
                     int64_t iy = oy * s - d->pad_t + ky;
                     if (iy < 0 || iy >= d->H) continue;
-                    const float *restrict src = row + (oy - r0) * OW;
+                    const float *restrict src = row + (oy - r0) * OW * ps;
                     float *restrict dst = plane + iy * d->W - d->pad_l + kx;
-                    if (s == 1)
+                    if (s == 1 && ps == 1)
                         for (int64_t ox = lo; ox < hi; ox++) dst[ox] += src[ox];
                     else
-                        for (int64_t ox = lo; ox < hi; ox++) dst[ox * s] += src[ox];
+                        for (int64_t ox = lo; ox < hi; ox++) dst[ox * s] += src[ox * ps];
                 }
             }
     }
@@ -389,7 +393,7 @@ static void s_dinp_task(void *arg, int64_t i0, int64_t i1, int tid)
         float *dcol = p->col + c0 * KK * P;
         nn_cpu_gemm1(p->packs + (size_t)tid * NN_GEMM_PACK_FLOATS, true, false, (c1 - c0) * KK, P, d->OC, 1.0f,
                      p->w + c0 * KK, p->CKK, g, p->OHW, 0.0f, dcol, P, NULL);
-        s_col2im(p, dimg, p->col, c0, c1);
+        s_col2im(p, dimg, p->col, P, 1, c0, c1);
     }
 }
 
@@ -416,31 +420,6 @@ static size_t s_small_dinp_floats(const s_conv_t *p)
     return s_round16((size_t)(p->d.OC * n)) + (size_t)(n * p->CKK);
 }
 
-/* dimg += col2im of one image's rows of dcol^T (dct[P, CKK]), channels [c0, c1), in s_col2im's order */
-NN_CLONES static void s_col2im_t(const s_conv_t *p, float *dimg, const float *dct, int64_t c0, int64_t c1)
-{
-    const nn_conv2d_dims_t *d = &p->d;
-    int64_t OW = p->OW, s = d->stride, CKK = p->CKK;
-    for (int64_t c = c0; c < c1; c++) {
-        float *plane = dimg + c * d->H * d->W;
-        for (int64_t ky = 0; ky < d->KH; ky++)
-            for (int64_t kx = 0; kx < d->KW; kx++) {
-                const float *col = dct + (c * d->KH + ky) * d->KW + kx;
-                int64_t lo = d->pad_l - kx > 0 ? (d->pad_l - kx + s - 1) / s : 0;
-                int64_t hi = (d->W - 1 + d->pad_l - kx) / s + 1;
-                if (d->W - 1 + d->pad_l - kx < 0) hi = 0;
-                if (hi > OW) hi = OW;
-                for (int64_t oy = 0; oy < p->OH; oy++) {
-                    int64_t iy = oy * s - d->pad_t + ky;
-                    if (iy < 0 || iy >= d->H) continue;
-                    float *dst = plane + iy * d->W - d->pad_l + kx;
-                    const float *src = col + oy * OW * CKK;
-                    for (int64_t ox = lo; ox < hi; ox++) dst[ox * s] += src[ox * CKK];
-                }
-            }
-    }
-}
-
 static void s_gather_task(void *arg, int64_t k0, int64_t k1, int tid)
 {
     const s_conv_t *p = arg;
@@ -463,13 +442,15 @@ static void s_small_dinp_task(void *arg, int64_t i0, int64_t i1, int tid)
         nn_cpu_gemm1(p->packs + (size_t)tid * NN_GEMM_PACK_FLOATS, true, false, n, (c1 - c0) * KK, d->OC, 1.0f, g, n,
                      p->w + c0 * KK, p->CKK, 0.0f, dct + c0 * KK, p->CKK, NULL);
         for (int64_t b = 0; b < d->B; b++)
-            s_col2im_t(p, p->out + b * d->C * d->H * d->W, dct + b * p->OHW * p->CKK, c0, c1);
+            s_col2im(p, p->out + b * d->C * d->H * d->W, dct + b * p->OHW * p->CKK, 1, p->CKK, c0, c1);
     }
 }
 
 static void s_small_dinp_run(nn_ctx_t *ctx, s_conv_t *p)
 {
     const nn_conv2d_dims_t *d = &p->d;
+    p->r0 = 0; /* one band: the whole image */
+    p->r1 = p->OH;
     nn_cpu_parallel(ctx, d->OC, 64, s_gather_task, p);
     nn_cpu_parallel(ctx, s_dinp_blocks(d), 1, s_small_dinp_task, p);
 }

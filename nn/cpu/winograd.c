@@ -194,13 +194,20 @@ NN_AVX512 static inline __attribute__((always_inline)) __m512 s_load(const float
     return _mm512_maskz_loadu_ps(m, (const void *)((uintptr_t)row + (uintptr_t)(x0 * (int64_t)sizeof(float))));
 }
 
+/* Indices of lanes first, first + 2, ..., first + 30 of a pair of vectors (for
+ * _mm512_permutex2var_ps): the even (0) or odd (1) columns of 32. */
+NN_AVX512 static inline __m512i s_every_other(int first)
+{
+    return _mm512_add_epi32(_mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
+                            _mm512_set1_epi32(first));
+}
+
 NN_AVX512 static void s_input_channel_512(const s_wino_t *p, int64_t c)
 {
     const s_geom_t *g = &p->g;
     int64_t TW = g->TW, W = g->W, Tb = (p->r1 - p->r0) * TW, CT = s_pitch(g->C * Tb);
     const float *plane = p->inp + (p->b * g->C + c) * g->H * W;
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const __m512i even = s_every_other(0), odd = s_every_other(1);
     const int off[4] = {0, 16, 2, 18}; /* the padded columns 2 l + {0, 1} and 2 l + {2, 3} */
     for (int64_t r = p->r0; r < p->r1; r++) {
         int64_t iy = 2 * r - g->pt;
@@ -285,8 +292,7 @@ NN_AVX512 static void s_dout_channel_512(const s_wino_t *p, int64_t k)
     const s_geom_t *g = &p->g;
     int64_t TW = g->TW, OW = g->OW, Tb = (p->r1 - p->r0) * TW, KT = s_pitch(g->K * Tb);
     const float *plane = p->dout + (p->b * g->K + k) * g->OH * OW;
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const __m512i even = s_every_other(0), odd = s_every_other(1);
     const __m512 sign = _mm512_set1_ps(-0.0f);
     for (int64_t r = p->r0; r < p->r1; r++) {
         float *dd = p->D + k * Tb + (r - p->r0) * TW;

@@ -1166,6 +1166,38 @@ TEST(nn_conv2d_every_algorithm)
     nn_ctx_destroy(&ctx);
 }
 
+/* A 3x3 convolution's random operands: x [B,C,H,W], w [OC,C,3,3], b [OC], dy
+ * [B,OC,OH,OW] (freed by s_conv_operands_free); the sizes in *nx, *nw, *ny. */
+typedef struct {
+    float *x, *w, *b, *dy;
+    size_t nx, nw, ny;
+} s_conv_operands_t;
+
+static bool s_conv_operands(tu_rng_t *r, const nn_conv2d_dims_t *d, s_conv_operands_t *o)
+{
+    o->nx = (size_t)(d->B * d->C * d->H * d->W);
+    o->nw = (size_t)(d->OC * d->C * d->KH * d->KW);
+    o->ny = (size_t)(d->B * d->OC * nn_conv2d_out_h(d) * nn_conv2d_out_w(d));
+    o->x = malloc(o->nx * sizeof(float));
+    o->w = malloc(o->nw * sizeof(float));
+    o->b = malloc((size_t)d->OC * sizeof(float));
+    o->dy = malloc(o->ny * sizeof(float));
+    if (!o->x || !o->w || !o->b || !o->dy) return false;
+    tu_fill_normal(r, o->x, (int64_t)o->nx, 1.0f);
+    tu_fill_normal(r, o->w, (int64_t)o->nw, 0.2f);
+    tu_fill_normal(r, o->b, d->OC, 1.0f);
+    tu_fill_normal(r, o->dy, (int64_t)o->ny, 1.0f);
+    return true;
+}
+
+static void s_conv_operands_free(s_conv_operands_t *o)
+{
+    free(o->x);
+    free(o->w);
+    free(o->b);
+    free(o->dy);
+}
+
 /* Winograd's hand-vectorised transforms (AVX-512 CPUs) against the portable
  * loops: the same additions in the same order, so the same bytes, on shapes that
  * reach their masked edges (widths not a multiple of 16 tiles, odd sizes, a
@@ -1187,16 +1219,11 @@ TEST(nn_winograd_transforms_match_portable)
     tu_rng_t r = tu_rng(77);
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         const nn_conv2d_dims_t *d = &shapes[i];
-        int64_t OH = nn_conv2d_out_h(d), OW = nn_conv2d_out_w(d);
-        size_t nx = (size_t)(d->B * d->C * d->H * d->W), nw = (size_t)(d->OC * d->C * 9),
-               ny = (size_t)(d->B * d->OC * OH * OW);
-        float *x = malloc(nx * sizeof *x), *w = malloc(nw * sizeof *w), *b = malloc((size_t)d->OC * sizeof *b),
-              *dy = malloc(ny * sizeof *dy), *res[2][3];
-        REQUIRE(x && w && b && dy);
-        tu_fill_normal(&r, x, (int64_t)nx, 1.0f);
-        tu_fill_normal(&r, w, (int64_t)nw, 0.2f);
-        tu_fill_normal(&r, b, d->OC, 1.0f);
-        tu_fill_normal(&r, dy, (int64_t)ny, 1.0f);
+        s_conv_operands_t o;
+        REQUIRE(s_conv_operands(&r, d, &o));
+        size_t nx = o.nx, nw = o.nw, ny = o.ny;
+        const float *x = o.x, *w = o.w, *b = o.b, *dy = o.dy;
+        float *res[2][3];
         for (int tiny = 0; tiny < 2; tiny++) {
             nn_cpu_conv2d_test_force(NN_CONV_WINOGRAD, tiny);
             for (int port = 0; port < 2; port++) {
@@ -1217,10 +1244,7 @@ TEST(nn_winograd_transforms_match_portable)
                 free(res[1][k]);
             }
         }
-        free(x);
-        free(w);
-        free(b);
-        free(dy);
+        s_conv_operands_free(&o);
     }
     nn_cpu_winograd_test_portable(false);
     nn_cpu_conv2d_test_force(NN_CONV_AUTO, false);
@@ -1245,16 +1269,11 @@ TEST(nn_conv2d_small_images_batched)
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         nn_conv2d_dims_t d = shapes[i], one = d;
         one.B = 1;
-        int64_t OH = nn_conv2d_out_h(&d), OW = nn_conv2d_out_w(&d);
-        size_t ix = (size_t)(d.C * d.H * d.W), iy = (size_t)(d.OC * OH * OW), nw = (size_t)(d.OC * d.C * 9);
-        size_t nx = ix * (size_t)d.B, ny = iy * (size_t)d.B;
-        float *x = malloc(nx * sizeof *x), *w = malloc(nw * sizeof *w), *b = malloc((size_t)d.OC * sizeof *b),
-              *dy = malloc(ny * sizeof *dy), *y[3], *dx[3];
-        REQUIRE(x && w && b && dy);
-        tu_fill_normal(&r, x, (int64_t)nx, 1.0f);
-        tu_fill_normal(&r, w, (int64_t)nw, 0.2f);
-        tu_fill_normal(&r, b, d.OC, 1.0f);
-        tu_fill_normal(&r, dy, (int64_t)ny, 1.0f);
+        s_conv_operands_t o;
+        REQUIRE(s_conv_operands(&r, &d, &o));
+        size_t nx = o.nx, ny = o.ny, ix = nx / (size_t)d.B, iy = ny / (size_t)d.B;
+        const float *x = o.x, *w = o.w, *b = o.b, *dy = o.dy;
+        float *y[3], *dx[3];
         for (int k = 0; k < 3; k++) {
             y[k] = malloc(ny * sizeof(float));
             dx[k] = malloc(nx * sizeof(float));
@@ -1281,10 +1300,7 @@ TEST(nn_conv2d_small_images_batched)
             free(y[k]);
             free(dx[k]);
         }
-        free(x);
-        free(w);
-        free(b);
-        free(dy);
+        s_conv_operands_free(&o);
     }
     nn_ctx_destroy(&ctx);
 }
