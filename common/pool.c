@@ -12,8 +12,8 @@
  * synchronisation at all.
  *
  * Kernels come back to back (a training step runs thousands), so after a job a
- * worker first watches the generation for a short while (SPIN_ROUNDS pauses,
- * some tens of microseconds) and only then sleeps; the caller likewise watches
+ * worker first watches the generation for a short while (SPIN_NS, 50
+ * microseconds) and only then sleeps; the caller likewise watches
  * the workers it waits for before it sleeps. A job that follows within that
  * window starts on every thread at once, with no system call.
  */
@@ -29,6 +29,7 @@
 #endif
 #include <stdbool.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/alloc.h"
@@ -55,7 +56,40 @@ struct bt_pool {
 };
 
 #define SHARES_PER_THREAD 4
-#define SPIN_ROUNDS 4096 /* pauses a worker (or the caller) spins before sleeping */
+#define SPIN_NS 50000 /* how long a worker (or the caller) watches before it sleeps */
+
+static int64_t s_now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* Waits up to SPIN_NS for *word to differ from `same`: true if it did. The
+ * clock is read every 32 pauses (a pause takes 1 to 50 ns depending on the CPU). */
+static bool s_spin_u64(atomic_uint_fast64_t *word, uint64_t same)
+{
+    int64_t until = s_now_ns() + SPIN_NS;
+    do {
+        for (int i = 0; i < 32; i++) {
+            if (atomic_load_explicit(word, memory_order_relaxed) != same) return true;
+            S_PAUSE();
+        }
+    } while (s_now_ns() < until);
+    return false;
+}
+
+static bool s_spin_zero(atomic_int *word)
+{
+    int64_t until = s_now_ns() + SPIN_NS;
+    do {
+        for (int i = 0; i < 32; i++) {
+            if (atomic_load_explicit(word, memory_order_acquire) == 0) return true;
+            S_PAUSE();
+        }
+    } while (s_now_ns() < until);
+    return false;
+}
 
 typedef struct {
     bt_pool_t *pool;
@@ -83,8 +117,7 @@ static void *s_worker(void *varg)
     bt_pool_t *p = wa.pool;
     uint64_t seen = 0;
     for (;;) {
-        for (int i = 0; i < SPIN_ROUNDS && atomic_load_explicit(&p->spied, memory_order_relaxed) == seen << 1; i++)
-            S_PAUSE();
+        (void)s_spin_u64(&p->spied, seen << 1); /* then, under the lock, the generation decides */
         pthread_mutex_lock(&p->mu);
         while (!p->stop && p->generation == seen) {
             p->sleepers++;
@@ -203,8 +236,7 @@ void bt_pool_run(bt_pool_t *p, int64_t n, int64_t grain, bt_task_fn fn, void *ar
     pthread_mutex_lock(&p->mu);
     p->open = false; /* no worker joins from here on: only those inside are waited for */
     pthread_mutex_unlock(&p->mu);
-    for (int i = 0; i < SPIN_ROUNDS && atomic_load_explicit(&p->active, memory_order_acquire) > 0; i++) S_PAUSE();
-    if (atomic_load_explicit(&p->active, memory_order_acquire) > 0) {
+    if (!s_spin_zero(&p->active)) {
         pthread_mutex_lock(&p->mu);
         p->caller_sleeps = true;
         while (atomic_load_explicit(&p->active, memory_order_acquire) > 0) pthread_cond_wait(&p->cv_done, &p->mu);
