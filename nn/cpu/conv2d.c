@@ -271,14 +271,15 @@ static void s_fwd_gemm_task(void *arg, int64_t i0, int64_t i1, int tid)
  * levels): every image's columns side by side in one column matrix, so that one
  * product per block reads W once for the whole batch instead of once per image
  * (at 8x8 and 1280 channels W is 59 MB and the product is bound by reading it).
- * Each output element is the same FMAs in the same order as image by image (the
- * product's bytes do not depend on N), so the choice may depend on the batch size.
- * The input gradient does the same the other way round (s_small_dinp). */
+ * With booth's kernel each output element is the same FMAs in the same order as
+ * image by image (its bytes depend on neither M, N nor the split), so the choice
+ * may depend on the batch size; with OpenBLAS (no AVX-512) images stay apart.
+ * The input gradient does the same the other way round (s_small_dinp_run). */
 #define SMALL_COLS 256
 
 static bool s_small(const s_conv_t *p)
 {
-    return !s_unbatched && !p->pointwise && p->nbands == 1 && p->d.B * p->OHW <= SMALL_COLS;
+    return !s_unbatched && !p->pointwise && p->nbands == 1 && p->d.B * p->OHW <= SMALL_COLS && nn_cpu_gemm_exact();
 }
 
 /* scratch: columns [CKK, B P] | output [OC, B P] */
@@ -327,7 +328,7 @@ static void s_small_forward(nn_ctx_t *ctx, s_conv_t *p)
     p->r1 = p->OH;
     nn_cpu_parallel(ctx, p->d.B * p->d.C, 1, s_small_im2col_task, p);
     /* one block of rows per thread: each block packs all the columns for itself
-     * (the bytes depend on no split) */
+     * (with booth's kernel the bytes depend on no split: s_small) */
     p->nN = 1;
     p->nM = ctx->threads < p->d.OC ? ctx->threads : p->d.OC;
     nn_cpu_parallel(ctx, p->nM * p->nN, 1, s_small_fwd_task, p);
@@ -405,12 +406,13 @@ static void s_zero_task(void *arg, int64_t i0, int64_t i1, int tid)
 
 /* ---- input gradient of small images: dcol^T = dout^T . W, the whole batch at once ----
  *
- * With few output pixels (s_small: the UNet's 8x8 and 4x4 levels), col2im's product dcol = W^T . dout is tall and narrow: W^T is packed
- * again for every image, which costs as much as the arithmetic, and most of the
- * register tile's 64 columns are empty. The same product transposed over all
- * images at once, dcol^T[B P, CKK] = dout^T . W, packs W in its own layout once
- * and fills the tile. Each dcol element is the same FMAs in the same order either
- * way (the product's bytes depend on neither its orientation nor M or N), and the
+ * With few output pixels (s_small: the UNet's 8x8 and 4x4 levels), col2im's
+ * product dcol = W^T . dout is tall and narrow: W^T is packed again for every
+ * image, which costs as much as the arithmetic, and most of the register tile's
+ * 64 columns are empty. The same product transposed over all images at once,
+ * dcol^T[B P, CKK] = dout^T . W, packs W in its own layout once and fills the
+ * tile. With booth's kernel each dcol element is the same FMAs in the same order
+ * either way (its bytes depend on neither the orientation nor M or N), and the
  * scatter adds into dinp in s_col2im's order, so the bytes are the banded path's
  * (one band per image): the choice may depend on the batch size. */
 /* scratch: dout gathered as [OC, B P] | dcol^T [B P, CKK] */

@@ -70,6 +70,11 @@ float *nn_cpu_gemm_packs(nn_ctx_t *ctx);
  * has (default; BOOTH_GEMM_KERNELS=openblas makes it OpenBLAS), 1 OpenBLAS.
  * Returns the set now in use (1 OpenBLAS, 2 AVX-512). */
 int nn_cpu_gemm_kernels(int which);
+/* Whether products run on booth's kernel, whose bytes depend neither on M or N
+ * nor on how a product is split into blocks; OpenBLAS's may (its edge kernels
+ * differ), so a caller that regroups products (several images in one) may do so
+ * only when this holds. */
+bool nn_cpu_gemm_exact(void);
 
 /* ---- the table's entries ---- */
 void *nn_cpu_alloc(nn_ctx_t *ctx, size_t bytes);

@@ -306,6 +306,12 @@ static float s_fill_bias(int64_t M, int64_t N, float beta, float *c, int64_t ldc
 
 #endif /* G_X86 */
 
+bool nn_cpu_gemm_exact(void)
+{
+    if (s_kernels < 0) nn_cpu_gemm_kernels(0);
+    return s_kernels == 2;
+}
+
 float *nn_cpu_gemm_packs(nn_ctx_t *ctx)
 {
     if (!ctx->packs) {

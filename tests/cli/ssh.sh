@@ -96,9 +96,10 @@ root@127.0.0.1 ps
 EOF
 P=$(free_ports 2)
 START=(--ssh-opts "$SSH_OPTS" --remote-dir "$RD" --port "$P" --model "$MODEL" --threads 1 --timeout 40)
-# an ssh session starts with a fresh environment: the OpenBLAS settings of this one (which kernels,
-# hence which roundings) go along, or the workers' bits could differ from `booth train`'s here
-for v in $(compgen -e | grep '^OPENBLAS_' || true); do START+=(--env "$v"); done
+# an ssh session starts with a fresh environment: this one's choices of kernels (OpenBLAS's, and
+# booth's BOOTH_GEMM_KERNELS / BOOTH_ATTN_KERNELS: hence which roundings) go along, or the workers'
+# bits could differ from `booth train`'s here
+for v in $(compgen -e | grep -E '^(OPENBLAS_|BOOTH_(GEMM|ATTN)_KERNELS$)' || true); do START+=(--env "$v"); done
 
 # --dry-run: every ssh command printed, nothing started or created
 cluster/ssh start "$HOSTS" "$T/dry" "${START[@]}" --dry-run >"$T/dry.out"
