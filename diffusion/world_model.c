@@ -155,6 +155,13 @@ static int s_base_symbols(s_vocab_t *v)
     return rc;
 }
 
+/* a += b, for pieces of one word of at most 30 letters plus "</w>": they always fit */
+static void s_join(char a[64], const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la + lb < 64) memcpy(a + la, b, lb + 1);
+}
+
 /* Makes word (lower-case ASCII letters) one token: BPE with the merges so far, then merges that
  * join what is left from the left. Added merges rank after every earlier one, so they never change
  * how an earlier word splits (each step of an earlier word has a lower-ranked merge available until
@@ -174,18 +181,14 @@ static int s_word(s_vocab_t *v, const char *word)
                     at = i;
                 }
         if (best < 0) break;
-        char joined[64];
-        snprintf(joined, sizeof joined, "%s%s", piece[at], piece[at + 1]);
-        snprintf(piece[at], sizeof piece[at], "%s", joined);
+        s_join(piece[at], piece[at + 1]);
         memmove(piece[at + 1], piece[at + 2], (size_t)(n - at - 2) * sizeof piece[0]);
         n--;
     }
     int rc = BT_OK;
     while (n > 1 && rc == BT_OK) {
         rc = s_merge_add(v, piece[0], piece[1]);
-        char joined[64];
-        snprintf(joined, sizeof joined, "%s%s", piece[0], piece[1]);
-        snprintf(piece[0], sizeof piece[0], "%s", joined);
+        s_join(piece[0], piece[1]);
         memmove(piece[1], piece[2], (size_t)(n - 2) * sizeof piece[0]);
         n--;
     }
