@@ -65,26 +65,24 @@ static int64_t s_now_ns(void)
     return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
-/* Waits up to SPIN_NS for *word to differ from `same`: true if it did. The
- * clock is read every 32 pauses (a pause takes 1 to 50 ns depending on the CPU). */
-static bool s_spin_u64(atomic_uint_fast64_t *word, uint64_t same)
+static bool s_moved(const bt_pool_t *p, uint64_t seen)
 {
-    int64_t until = s_now_ns() + SPIN_NS;
-    do {
-        for (int i = 0; i < 32; i++) {
-            if (atomic_load_explicit(word, memory_order_relaxed) != same) return true;
-            S_PAUSE();
-        }
-    } while (s_now_ns() < until);
-    return false;
+    return atomic_load_explicit(&p->spied, memory_order_relaxed) != seen << 1;
 }
 
-static bool s_spin_zero(atomic_int *word)
+static bool s_idle(const bt_pool_t *p, uint64_t unused)
+{
+    return atomic_load_explicit(&p->active, memory_order_acquire) == 0;
+}
+
+/* Watches for up to SPIN_NS until ready(p, arg): true if it came. The clock is
+ * read every 32 pauses (a pause takes 1 to 50 ns depending on the CPU). */
+static bool s_spin(const bt_pool_t *p, bool (*ready)(const bt_pool_t *, uint64_t), uint64_t arg)
 {
     int64_t until = s_now_ns() + SPIN_NS;
     do {
         for (int i = 0; i < 32; i++) {
-            if (atomic_load_explicit(word, memory_order_acquire) == 0) return true;
+            if (ready(p, arg)) return true;
             S_PAUSE();
         }
     } while (s_now_ns() < until);
@@ -117,7 +115,7 @@ static void *s_worker(void *varg)
     bt_pool_t *p = wa.pool;
     uint64_t seen = 0;
     for (;;) {
-        (void)s_spin_u64(&p->spied, seen << 1); /* then, under the lock, the generation decides */
+        (void)s_spin(p, s_moved, seen); /* then, under the lock, the generation decides */
         pthread_mutex_lock(&p->mu);
         while (!p->stop && p->generation == seen) {
             p->sleepers++;
@@ -236,7 +234,7 @@ void bt_pool_run(bt_pool_t *p, int64_t n, int64_t grain, bt_task_fn fn, void *ar
     pthread_mutex_lock(&p->mu);
     p->open = false; /* no worker joins from here on: only those inside are waited for */
     pthread_mutex_unlock(&p->mu);
-    if (!s_spin_zero(&p->active)) {
+    if (!s_spin(p, s_idle, 0)) {
         pthread_mutex_lock(&p->mu);
         p->caller_sleeps = true;
         while (atomic_load_explicit(&p->active, memory_order_acquire) > 0) pthread_cond_wait(&p->cv_done, &p->mu);

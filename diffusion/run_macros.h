@@ -19,20 +19,16 @@
     do {                                                                                                       \
         if ((rc = (x)) != BT_OK) goto out;                                                                     \
     } while (0)
-#define ALLOC(p, n)                                                                                            \
+/* p = expr, or BT_ENOMEM and out when it is NULL (ALLOC, KEEP and unet.c's SLAB) */
+#define NEED(p, expr)                                                                                          \
     do {                                                                                                       \
-        if (!((p) = sd_scratch(r, (n)))) {                                                                     \
+        if (!((p) = (expr))) {                                                                                 \
             rc = BT_ENOMEM;                                                                                    \
             goto out;                                                                                          \
         }                                                                                                      \
     } while (0)
-#define KEEP(p, n)                                                                                             \
-    do {                                                                                                       \
-        if (!((p) = r->tape ? sd_tape_alloc(r->tape, (n)) : sd_scratch(r, (n)))) {                             \
-            rc = BT_ENOMEM;                                                                                    \
-            goto out;                                                                                          \
-        }                                                                                                      \
-    } while (0)
+#define ALLOC(p, n) NEED(p, sd_scratch(r, (n)))
+#define KEEP(p, n) NEED(p, r->tape ? sd_tape_alloc(r->tape, (n)) : sd_scratch(r, (n)))
 #define KEEP_COPY(p, src, n)                                                                                   \
     do {                                                                                                       \
         if (!r->tape)                                                                                          \

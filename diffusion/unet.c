@@ -416,13 +416,7 @@ static int s_slabs(sd_run_t *r, const sd_unet_t *u, const s_plan_t *p, int64_t B
 /* In sd_unet_forward/backward: the next buffer of the ping-pong pair (slab[0],
  * slab[1]) for the activation or gradient flowing along the path, and a
  * block's other temporaries in their own reused buffers. */
-#define SLAB(p_, i_, n_)                                                                                       \
-    do {                                                                                                       \
-        if (!((p_) = s_slab(&slab[i_], (n_)))) {                                                               \
-            rc = BT_ENOMEM;                                                                                    \
-            goto out;                                                                                          \
-        }                                                                                                      \
-    } while (0)
+#define SLAB(p_, i_, n_) NEED(p_, s_slab(&slab[i_], (n_)))
 #define NEXT_DH(p_, n_)                                                                                        \
     do {                                                                                                       \
         cur ^= 1;                                                                                              \

@@ -103,24 +103,6 @@ static void s_add(void *arg, int64_t begin, int64_t end, int tid)
     atomic_fetch_add((atomic_llong *)arg, end - begin);
 }
 
-/* Jobs that finish before a worker can wake: the caller runs them alone and late
- * workers must neither run nor miss anything of the next job. */
-TEST(pool_back_to_back_tiny_jobs)
-{
-    bt_pool_t *pool = bt_pool_new(3);
-    REQUIRE(pool);
-    atomic_llong total = 0;
-    long long want = 0;
-    for (int i = 0; i < 20000; i++) {
-        int64_t n = 2 + i % 13;
-        bt_pool_run(pool, n, 1, s_add, &total);
-        want += n;
-        CHECK_INT_EQ(atomic_load(&total), want);
-        if (atomic_load(&total) != want) break;
-    }
-    bt_pool_destroy(&pool);
-}
-
 /* Items that take a while: a worker still inside the job when the caller is
  * done makes the caller wait, past its spinning, asleep. */
 static void s_add_slowly(void *arg, int64_t begin, int64_t end, int tid)
@@ -129,24 +111,40 @@ static void s_add_slowly(void *arg, int64_t begin, int64_t end, int tid)
     atomic_fetch_add((atomic_llong *)arg, end - begin);
 }
 
-/* Workers spin for a while after a job, then sleep: jobs that come right away,
- * after the spin window (workers asleep) and slow ones that the caller waits
- * for asleep, mixed, must each run every item exactly once. */
-TEST(pool_jobs_across_spin_and_sleep)
+/* `jobs` jobs of base + i % spread items on 3 threads, every slow_every-th
+ * (0: none) slow, a pause past the spin window after every pause_every-th
+ * (0: none): each must run every item exactly once. */
+static void s_jobs(int jobs, int64_t base, int64_t spread, int slow_every, int pause_every)
 {
     bt_pool_t *pool = bt_pool_new(3);
     REQUIRE(pool);
     atomic_llong total = 0;
     long long want = 0;
-    for (int i = 0; i < 300; i++) {
-        int64_t n = 3 + i % 7;
-        bt_pool_run(pool, n, 1, i % 3 == 2 ? s_add_slowly : s_add, &total);
+    for (int i = 0; i < jobs; i++) {
+        int64_t n = base + i % spread;
+        bool slow = slow_every && i % slow_every == slow_every - 1;
+        bt_pool_run(pool, n, 1, slow ? s_add_slowly : s_add, &total);
         want += n;
         CHECK_INT_EQ(atomic_load(&total), want);
         if (atomic_load(&total) != want) break;
-        if (i % 5 == 4) usleep(2000); /* well past the spin window: the workers sleep */
+        if (pause_every && i % pause_every == pause_every - 1) usleep(2000); /* the workers sleep */
     }
     bt_pool_destroy(&pool);
+}
+
+/* Jobs that finish before a worker can wake: the caller runs them alone and late
+ * workers must neither run nor miss anything of the next job. */
+TEST(pool_back_to_back_tiny_jobs)
+{
+    s_jobs(20000, 2, 13, 0, 0);
+}
+
+/* Workers spin for a while after a job, then sleep: jobs that come right away,
+ * after the spin window (workers asleep) and slow ones that the caller waits
+ * for asleep, mixed, must each run every item exactly once. */
+TEST(pool_jobs_across_spin_and_sleep)
+{
+    s_jobs(300, 3, 7, 3, 5);
 }
 
 TEST(pool_null_and_one_thread_run_inline)
